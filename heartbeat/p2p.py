@@ -1,0 +1,206 @@
+"""The libp2p shell: the only module that imports py-libp2p.
+
+Everything the agent and the aggregator need from py-libp2p 0.8.1 goes through
+here, with its traps disarmed (docs/ARCHITECTURE.md and the measured limits):
+Noise + Yamux only, all four layers of limits set explicitly, a peerstore large
+enough that the host's own key is never evicted, and the `libp2p` logger's
+propagation restored by the programs' `__main__` (see `restore_libp2p_logging`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.identity_utils import load_identity, save_identity
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamEOF, StreamError, StreamReset
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import PeerStore
+from libp2p.rcmgr import ResourceLimits, new_resource_manager
+from libp2p.rcmgr.connection_limits import ConnectionLimits
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from heartbeat.errors import IdentityError
+
+__all__ = [
+    "HostLimits",
+    "IHost",
+    "INetStream",
+    "KeyPair",
+    "PeerInfo",
+    "StreamClosed",
+    "StreamEOF",
+    "StreamError",
+    "StreamReset",
+    "build_host",
+    "load_or_create_identity",
+    "peer_id_of",
+    "peer_info_from_multiaddr",
+    "restore_libp2p_logging",
+    "running_host",
+]
+
+#: Every error a stream operation can raise once the peer is gone or misbehaves.
+#: py-libp2p reports a clean close, a remote reset and a dropped connection all as
+#: StreamEOF on read, and StreamReset or StreamError on write.
+StreamClosed = (StreamEOF, StreamReset, StreamError)
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """All four layers of py-libp2p's limits, in one place.
+
+    The defaults suit an agent (a handful of outbound connections). A server
+    passes `HostLimits.server(n)`.
+    """
+
+    max_connections: int = 64
+    max_streams: int = 256
+    max_memory_mb: int = 128
+    max_peers: int = 256
+    #: Outbound dials: one connection per peer avoids py-libp2p's fixed 250 ms
+    #: wait on every dial.
+    max_connections_per_peer: int = 1
+    dial_timeout: float = 10.0
+    upgrade_timeout: float = 10.0
+    negotiate_timeout: int = 10
+    #: The resource manager's per-peer connection rate limit.
+    connections_per_peer_per_sec: float = 10.0
+
+    @classmethod
+    def server(
+        cls,
+        max_connections: int = 12_000,
+        *,
+        max_streams_total: int | None = None,
+        max_memory_mb: int | None = None,
+        max_connections_per_peer: int = 2,
+    ) -> HostLimits:
+        # ~70 KB per held connection (measured) plus head-room for stream buffers.
+        memory = max_memory_mb if max_memory_mb is not None else max(512, max_connections // 4)
+        return cls(
+            max_connections=max_connections,
+            max_streams=max_streams_total or max_connections * 4,
+            max_memory_mb=memory,
+            max_peers=max_connections * 2 + 64,
+            max_connections_per_peer=max_connections_per_peer,
+            connections_per_peer_per_sec=100.0,
+        )
+
+
+def _ensure_private_dir(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def load_or_create_identity(path: Path) -> KeyPair:
+    """Load the Ed25519 identity at `path`, creating it (mode 0600) on first use."""
+    try:
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                logging.getLogger(__name__).warning(
+                    "identity_file_permissions path=%s mode=%o (expected 600)", path, mode
+                )
+            return load_identity(path)
+        _ensure_private_dir(path)
+        key_pair = create_new_key_pair()
+        # Write to a temporary name first so a crash never leaves a truncated key.
+        tmp = path.with_name(path.name + ".tmp")
+        save_identity(key_pair, tmp)
+        os.replace(tmp, path)
+        return key_pair
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot load or create identity file {path}: {exc}") from exc
+
+
+def peer_id_of(key_pair: KeyPair) -> str:
+    return ID.from_pubkey(key_pair.public_key).to_base58()
+
+
+def peer_info_from_multiaddr(addr: str) -> PeerInfo:
+    """A dialable PeerInfo from a `/…/p2p/<id>` multiaddr (validated by the caller)."""
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    text = addr.replace("/ipfs/", "/p2p/")
+    return info_from_p2p_addr(multiaddr.Multiaddr(text))
+
+
+def build_host(key_pair: KeyPair, limits: HostLimits | None = None) -> IHost:
+    """A host speaking Noise + Yamux only, with every limit set explicitly."""
+    limits = limits or HostLimits()
+    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    connection_config = ConnectionConfig(
+        max_connections=limits.max_connections,
+        max_connections_per_peer=limits.max_connections_per_peer,
+        high_watermark=limits.max_connections,
+        # The auto-connector re-dials known peers below the low watermark; a
+        # server must never dial its clients, and an agent dials by itself.
+        low_watermark=0,
+        min_connections=0,
+        dial_timeout=limits.dial_timeout,
+        inbound_upgrade_timeout=limits.upgrade_timeout,
+        outbound_upgrade_timeout=limits.upgrade_timeout,
+    )
+    resource_manager = new_resource_manager(
+        limits=ResourceLimits(
+            max_connections=limits.max_connections,
+            max_memory_mb=limits.max_memory_mb,
+            max_streams=limits.max_streams,
+        ),
+        connection_limits=ConnectionLimits(
+            max_pending_inbound=max(64, limits.max_connections // 8),
+            max_established_inbound=limits.max_connections,
+            max_established_outbound=limits.max_connections,
+            max_established_total=limits.max_connections,
+            max_established_per_peer=max(limits.max_connections_per_peer, 1),
+        ),
+        enable_metrics=False,
+    )
+    rm: Any = resource_manager
+    if hasattr(rm, "connections_per_peer_per_sec"):
+        rm.connections_per_peer_per_sec = limits.connections_per_peer_per_sec
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        peerstore_opt=PeerStore(max_peers=limits.max_peers, max_records=limits.max_peers * 2),
+        connection_config=connection_config,
+        resource_manager=resource_manager,
+        enable_metrics=False,
+        enable_mDNS=False,
+        enable_upnp=False,
+        negotiate_timeout=limits.negotiate_timeout,
+    )
+
+
+@asynccontextmanager
+async def running_host(
+    key_pair: KeyPair, listen: list[str] | None = None, limits: HostLimits | None = None
+) -> AsyncIterator[IHost]:
+    """Run a host (listening on `listen`, if any) for the duration of the block."""
+    host = build_host(key_pair, limits)
+    addrs = [multiaddr.Multiaddr(a) for a in (listen or [])]
+    async with host.run(listen_addrs=addrs):
+        yield host
+
+
+def restore_libp2p_logging() -> None:
+    """`import libp2p` turns off propagation of its logger; programs turn it back on."""
+    logging.getLogger("libp2p").propagate = True
