@@ -1,0 +1,392 @@
+"""The agent's configuration: one frozen `AgentConfig` from flags, environment and TOML.
+
+Pure: the caller (`__main__`) reads `os.environ`, the TOML file and the platform's
+state directory, and passes them in. Precedence: flags > environment > TOML >
+defaults. Every bad value raises one `ConfigError` naming the setting by its flag
+and its environment variable.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from heartbeat.address import AddressError, normalize_miner_address
+from heartbeat.durations import parse_duration
+from heartbeat.errors import ConfigError, HeartbeatError
+from heartbeat.targets import Target, parse_target
+from heartbeat.tipset import is_plausible_cid
+
+__all__ = [
+    "ALERTS_PERIOD",
+    "ENCODINGS",
+    "HEAD_SOURCES",
+    "AgentConfig",
+    "Setting",
+    "build_config",
+    "config_path",
+    "parse_toml",
+    "resolve_identity_file",
+]
+
+HEAD_SOURCES = ("lotus", "static", "simulated")
+ENCODINGS = ("cbor", "json")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The alert service target beats and redials every 10 s, as the original did.
+ALERTS_PERIOD = 10.0
+
+_NICKNAME = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
+_STATIC_HEAD_CID = "bafy2bzacedstaticheadstaticheadstaticheadstaticheadstatichea"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """How one setting is spelled in each source."""
+
+    key: str  # TOML key and the parsed-flags key
+    flag: str
+    env: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.flag} / {self.env}" if self.env else self.flag
+
+
+_S = {
+    s.key: s
+    for s in (
+        Setting("targets", "--target", "FIL_HEARTBEAT_TARGETS"),
+        Setting("alerts", "--alerts", "FIL_HEARTBEAT_ALERTS"),
+        Setting("nickname", "--nickname", "FIL_HEARTBEAT_NICKNAME"),
+        Setting("beat_period", "--beat-period", "FIL_HEARTBEAT_BEAT_PERIOD"),
+        Setting("reconnect_period", "--reconnect-period", "FIL_HEARTBEAT_RECONNECT_PERIOD"),
+        Setting("jitter", "--jitter", "FIL_HEARTBEAT_JITTER"),
+        Setting("error_log_period", "--error-log-period", "FIL_HEARTBEAT_ERROR_LOG_PERIOD"),
+        Setting("write_timeout", "--write-timeout", "FIL_HEARTBEAT_WRITE_TIMEOUT"),
+        Setting("dial_timeout", "--dial-timeout", "FIL_HEARTBEAT_DIAL_TIMEOUT"),
+        Setting("head_source", "--head-source", "FIL_HEARTBEAT_HEAD_SOURCE"),
+        Setting("fullnode_api_info", "--fullnode-api-info", "FULLNODE_API_INFO"),
+        Setting("miner_api_info", "--miner-api-info", "MINER_API_INFO"),
+        Setting("miner_address", "--miner-address", "FIL_HEARTBEAT_MINER_ADDRESS"),
+        Setting("identity_file", "--identity-file", "FIL_HEARTBEAT_IDENTITY_FILE"),
+        Setting("metrics_listen", "--metrics-listen", "FIL_HEARTBEAT_METRICS_LISTEN"),
+        Setting("log_format", "--log-format", "FIL_HEARTBEAT_LOG_FORMAT"),
+        Setting("log_level", "--log-level", "FIL_HEARTBEAT_LOG_LEVEL"),
+        Setting("encoding", "--encoding", "FIL_HEARTBEAT_ENCODING"),
+        Setting("static_height", "--static-height", "FIL_HEARTBEAT_STATIC_HEIGHT"),
+        Setting("static_head", "--static-head", "FIL_HEARTBEAT_STATIC_HEAD"),
+        Setting("genesis_cid", "--genesis-cid", "FIL_HEARTBEAT_GENESIS_CID"),
+        Setting("block_delay", "--block-delay", "FIL_HEARTBEAT_BLOCK_DELAY"),
+        Setting("lag_epochs", "--lag-epochs", "FIL_HEARTBEAT_LAG_EPOCHS"),
+        Setting("seed", "--seed", "FIL_HEARTBEAT_SEED"),
+    )
+}
+_CONFIG = Setting("config", "--config", "FIL_HEARTBEAT_CONFIG")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything the agent needs, validated."""
+
+    targets: tuple[Target, ...]
+    identity_file: Path
+    head_source: str  # one of HEAD_SOURCES
+    nickname: str = ""
+    beat_period: float = 3.0
+    reconnect_period: float = 10.0
+    jitter: float = 0.2
+    error_log_period: float = 600.0
+    write_timeout: float = 10.0
+    dial_timeout: float = 10.0
+    fullnode_api_info: str | None = None
+    miner_api_info: str | None = None
+    miner_address: str = ""  # normalised; "" = none (or read from the miner API)
+    metrics_listen: tuple[str, int] | None = None
+    log_format: str = "text"
+    log_level: str = "info"
+    encoding: str = "cbor"
+    static_height: int = 0
+    static_head: tuple[str, ...] = field(default=(_STATIC_HEAD_CID,))
+    genesis_cid: str | None = None
+    block_delay: float = 30.0
+    lag_epochs: int = 0
+    seed: int | None = None
+
+
+class _Sources:
+    """Looks a setting up in flags, then env, then TOML; remembers where it came from."""
+
+    def __init__(
+        self, flags: Mapping[str, Any], env: Mapping[str, str], toml: Mapping[str, Any]
+    ) -> None:
+        self.flags, self.env, self.toml = flags, env, toml
+
+    def get(self, key: str) -> tuple[Any, str] | None:
+        s = _S[key]
+        value = self.flags.get(key)
+        if value is not None and value != []:
+            return value, "flag"
+        if s.env is not None and self.env.get(s.env, "").strip():
+            return self.env[s.env].strip(), "env"
+        if key in self.toml:
+            return self.toml[key], "config file"
+        return None
+
+
+def _err(key: str, message: str) -> ConfigError:
+    return ConfigError(_S[key].label, message)
+
+
+def _duration(src: _Sources, key: str, default: float, *, minimum: float = 0.001) -> float:
+    found = src.get(key)
+    if found is None:
+        return default
+    value, origin = found
+    try:
+        seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
+    except (ValueError, ArithmeticError, HeartbeatError) as exc:
+        raise _err(key, f"invalid duration {value!r} ({origin}); example: 3s, 1m30s") from exc
+    if not seconds >= minimum or seconds > 86400 * 365:
+        raise _err(key, f"duration {value!r} ({origin}) out of range; example: 3s")
+    return seconds
+
+
+def _choice(src: _Sources, key: str, choices: Sequence[str], default: str | None) -> str | None:
+    found = src.get(key)
+    if found is None:
+        return default
+    value, origin = found
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise _err(key, f"invalid value {value!r} ({origin}); choose one of {', '.join(choices)}")
+    return text
+
+
+def _int(src: _Sources, key: str, default: int | None, lo: int, hi: int) -> int | None:
+    found = src.get(key)
+    if found is None:
+        return default
+    value, origin = found
+    if isinstance(value, bool):
+        raise _err(key, f"expected an integer, got {value!r} ({origin})")
+    try:
+        number = int(str(value).strip(), 10) if not isinstance(value, int) else value
+    except ValueError as exc:
+        raise _err(key, f"expected an integer, got {value!r} ({origin}); example: 100") from exc
+    if not lo <= number <= hi:
+        raise _err(key, f"{number} ({origin}) out of range [{lo}, {hi}]")
+    return number
+
+
+def _text(src: _Sources, key: str) -> str | None:
+    found = src.get(key)
+    if found is None:
+        return None
+    value, origin = found
+    if not isinstance(value, str):
+        raise _err(key, f"expected text, got {value!r} ({origin})")
+    return value.strip()
+
+
+def _target_list(src: _Sources) -> list[Target]:
+    found = src.get("targets")
+    if found is None:
+        return []
+    value, origin = found
+    if isinstance(value, str):
+        items = [part for part in value.split(",") if part.strip()]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = [part for v in value for part in v.split(",") if part.strip()]
+    else:
+        raise _err("targets", f"expected multiaddr text or a list of them ({origin})")
+    return [parse_target(item, setting=_S["targets"].label) for item in items]
+
+
+def _listen(src: _Sources) -> tuple[str, int] | None:
+    found = src.get("metrics_listen")
+    if found is None:
+        return None
+    value, origin = found
+    text = str(value).strip()
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise _err("metrics_listen", f"invalid HOST:PORT {value!r} ({origin}); e.g. 127.0.0.1:9083")
+    return host, int(port_text)
+
+
+def _cids(src: _Sources) -> tuple[str, ...] | None:
+    found = src.get("static_head")
+    if found is None:
+        return None
+    value, origin = found
+    text = str(value).strip().strip("{}")
+    cids = tuple(c for c in re.split(r"[,\s]+", text) if c)
+    if not cids or len(cids) > 16 or not all(is_plausible_cid(c) for c in cids):
+        raise _err(
+            "static_head",
+            f"invalid tipset key {value!r} ({origin}); e.g. bafy2bzacea...,bafy2bzaceb...",
+        )
+    return cids
+
+
+def config_path(flags: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """The TOML file to read, if any: --config, else FIL_HEARTBEAT_CONFIG."""
+    value = flags.get("config")
+    if value:
+        return str(value)
+    text = env.get(_CONFIG.env or "", "").strip()
+    return text or None
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """Parse the TOML file's text; keys may use '-' or '_'. A `[agent]` table is accepted."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_CONFIG.label, f"invalid TOML: {exc}") from exc
+    agent = data.get("agent")
+    if isinstance(agent, dict):
+        data = {**{k: v for k, v in data.items() if k != "agent"}, **agent}
+    normalised = {key.replace("-", "_"): value for key, value in data.items()}
+    if "target" in normalised and "targets" not in normalised:
+        normalised["targets"] = normalised.pop("target")
+    unknown = sorted(set(normalised) - set(_S))
+    if unknown:
+        raise ConfigError(_CONFIG.label, f"unknown key(s) {', '.join(unknown)} in config file")
+    return normalised
+
+
+def resolve_identity_file(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    toml: Mapping[str, Any],
+    default: Path,
+) -> Path:
+    """The identity key file (for `fil-heartbeat id` as well as `run`)."""
+    text = _text(_Sources(flags, env, toml), "identity_file")
+    if text == "":
+        raise _err("identity_file", "empty path")
+    return Path(text).expanduser() if text else default
+
+
+def build_config(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    toml: Mapping[str, Any] | None = None,
+    *,
+    default_identity_file: Path,
+) -> AgentConfig:
+    """Build and validate the agent's configuration. `flags` maps setting keys to the
+    parsed command-line values (None or missing = not given)."""
+    src = _Sources(flags, env, toml or {})
+    beat_period = _duration(src, "beat_period", 3.0)
+    reconnect_period = _duration(src, "reconnect_period", 10.0)
+    jitter_found = src.get("jitter")
+    jitter = 0.2
+    if jitter_found is not None:
+        value, origin = jitter_found
+        try:
+            text = str(value).strip()
+            jitter = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError as exc:
+            raise _err("jitter", f"invalid fraction {value!r} ({origin}); e.g. 0.2 or 20%") from exc
+        if not 0.0 <= jitter < 1.0:
+            raise _err("jitter", f"{value!r} ({origin}) out of range [0, 1); e.g. 0.2")
+
+    targets = [
+        replace(t, beat_period=beat_period, reconnect_period=reconnect_period)
+        for t in _target_list(src)
+    ]
+    alerts = _text(src, "alerts")
+    if alerts:
+        alert = parse_target(alerts, setting=_S["alerts"].label)
+        targets.append(
+            replace(
+                alert, beat_period=ALERTS_PERIOD, reconnect_period=ALERTS_PERIOD, role="alerts"
+            )
+        )
+    if not targets:
+        raise _err(
+            "targets",
+            "no target given; set --target MULTIADDR (repeatable) or FIL_HEARTBEAT_TARGETS",
+        )
+    seen: set[tuple[str, str]] = set()
+    for t in targets:
+        if (t.role, t.addr) in seen:
+            raise _err("targets", f"duplicate target {t.addr}")
+        seen.add((t.role, t.addr))
+
+    nickname = _text(src, "nickname") or ""
+    if not _NICKNAME.match(nickname):
+        raise _err(
+            "nickname",
+            f"invalid nickname {nickname!r}: letters, digits, '-', '_', '.', up to 64",
+        )
+
+    fullnode = _text(src, "fullnode_api_info") or None
+    miner_api = _text(src, "miner_api_info") or None
+    if miner_api is None and env.get("STORAGE_API_INFO", "").strip():
+        miner_api = env["STORAGE_API_INFO"].strip()
+    head_source = _choice(src, "head_source", HEAD_SOURCES, "lotus" if fullnode else None)
+    if head_source is None:
+        raise _err(
+            "head_source",
+            "no head source: set FULLNODE_API_INFO (to follow a Lotus node) "
+            "or --head-source static|simulated",
+        )
+    if head_source == "lotus" and not fullnode:
+        raise _err("fullnode_api_info", "--head-source lotus needs FULLNODE_API_INFO")
+    if head_source == "lotus":
+        _check_api_info(fullnode or "", "fullnode_api_info", miner=False)
+        if miner_api:
+            _check_api_info(miner_api, "miner_api_info", miner=True)
+
+    miner_text = _text(src, "miner_address")
+    miner_address = ""
+    if miner_text:
+        try:
+            miner_address = normalize_miner_address(miner_text)
+        except (AddressError, ValueError) as exc:
+            raise _err(
+                "miner_address", f"invalid Filecoin address {miner_text!r}; e.g. f01234"
+            ) from exc
+
+    identity_file = resolve_identity_file(flags, env, toml or {}, default_identity_file)
+
+    return AgentConfig(
+        targets=tuple(targets),
+        identity_file=identity_file,
+        head_source=head_source,
+        nickname=nickname,
+        beat_period=beat_period,
+        reconnect_period=reconnect_period,
+        jitter=jitter,
+        error_log_period=_duration(src, "error_log_period", 600.0, minimum=1.0),
+        write_timeout=_duration(src, "write_timeout", 10.0),
+        dial_timeout=_duration(src, "dial_timeout", 10.0),
+        fullnode_api_info=fullnode,
+        miner_api_info=miner_api,
+        miner_address=miner_address,
+        metrics_listen=_listen(src),
+        log_format=_choice(src, "log_format", LOG_FORMATS, "text") or "text",
+        log_level=_choice(src, "log_level", LOG_LEVELS, "info") or "info",
+        encoding=_choice(src, "encoding", ENCODINGS, "cbor") or "cbor",
+        static_height=_int(src, "static_height", 0, 0, 2**63 - 1) or 0,
+        static_head=_cids(src) or (_STATIC_HEAD_CID,),
+        genesis_cid=_text(src, "genesis_cid") or None,
+        block_delay=_duration(src, "block_delay", 30.0, minimum=0.01),
+        lag_epochs=_int(src, "lag_epochs", 0, 0, 1_000_000) or 0,
+        seed=_int(src, "seed", None, 0, 2**63 - 1),
+    )
+
+
+def _check_api_info(value: str, key: str, *, miner: bool) -> None:
+    from heartbeat.lotus.apiinfo import parse_api_info
+
+    parse_api_info(value, setting=_S[key].label, miner=miner)
