@@ -1,0 +1,337 @@
+"""The aggregator's configuration: one frozen dataclass from flags, env and TOML.
+
+Pure: callers pass the flag values, the environment mapping and the parsed TOML
+table; nothing here reads `os.environ` or files. Precedence: flags, then
+environment (`FIL_HEARTBEAT_AGGREGATOR_<SETTING>`), then the TOML file, then the
+defaults. Every bad value raises one `ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from heartbeat.durations import parse_duration
+
+from heartbeat.errors import ConfigError, HeartbeatError
+
+__all__ = [
+    "DEFAULT_HTTP_LISTEN",
+    "DEFAULT_LISTEN",
+    "ENV_PREFIX",
+    "AggregatorConfig",
+    "build_config",
+    "parse_allowlist",
+    "parse_http_listen",
+    "validate_listen_multiaddr",
+]
+
+ENV_PREFIX = "FIL_HEARTBEAT_AGGREGATOR_"
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/9081"
+DEFAULT_HTTP_LISTEN = "0.0.0.0:9082"
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    """Everything the aggregator needs, validated."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    http_host: str = "0.0.0.0"
+    http_port: int = 9082
+    identity_file: Path = Path("aggregator.key")
+    state_db: Path = Path("aggregator.db")
+    allowlist_file: Path | None = None
+    legacy_metrics: bool = False
+    #: The aggregator's name (legacy metrics label `aggregator`, alert sender).
+    name: str = "aggregator"
+    # -- limits --
+    max_connections: int = 12_000
+    max_connections_per_ip: int = 256
+    max_streams_per_peer: int = 4
+    max_beat_size: int = 4096
+    max_buffer: int = 65536
+    # -- per-peer rate limit --
+    rate_limit: float = 2.0  # beats per second
+    rate_burst: int = 10
+    flood_drops: int = 50  # drops within flood_window that disconnect a peer
+    flood_window: float = 60.0
+    # -- fleet policy --
+    beat_timeout: float = 30.0  # before a peer's period is known
+    beat_timeout_min: float = 10.0
+    beat_timeout_max: float = 120.0
+    lag_threshold: int = 5
+    stall_after: float = 300.0
+    retention: float = 86_400.0
+    max_nodes: int = 20_000
+    # -- operations --
+    reject_log_interval: float = 60.0
+    store_flush_interval: float = 1.0
+    expire_interval: float = 60.0
+    gc_freeze: bool = True
+    gc_threshold: tuple[int, int, int] = (50_000, 50, 100)
+    log_format: str = "text"
+    log_level: str = "INFO"
+    #: The raw `[alerts]` table of the TOML file, for the alerting service.
+    alerts: Mapping[str, Any] = field(default_factory=dict)
+    #: A separate alert rules/receivers file, if any.
+    alerts_file: Path | None = None
+
+    @property
+    def http_url(self) -> str:
+        host = self.http_host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port}"
+
+
+# -- value parsers (text from flags/env, or typed values from TOML) -----------
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, int):
+        return value
+    return int(str(value).strip().replace("_", ""))
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    return float(value)
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration")
+    if isinstance(value, int | float):
+        return float(value)
+    return float(parse_duration(str(value).strip()))
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _path(value: Any) -> Path:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("empty path")
+    return Path(text).expanduser()
+
+
+def _opt_path(value: Any) -> Path | None:
+    text = str(value).strip()
+    return Path(text).expanduser() if text else None
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected text")
+    return value.strip()
+
+
+def _listen(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    addrs = tuple(str(a).strip() for a in items if str(a).strip())
+    if not addrs:
+        raise ValueError("at least one listen multiaddr is required")
+    for addr in addrs:
+        validate_listen_multiaddr(addr)
+    return addrs
+
+
+def _threshold(value: Any) -> tuple[int, int, int]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    numbers = tuple(_int(v) for v in items)
+    if len(numbers) != 3 or any(n < 0 for n in numbers):
+        raise ValueError("expected three non-negative integers, e.g. 50000,50,100")
+    return (numbers[0], numbers[1], numbers[2])
+
+
+def _log_format(value: Any) -> str:
+    text = _str(value).lower()
+    if text not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return text
+
+
+def _log_level(value: Any) -> str:
+    text = _str(value).upper()
+    if text not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected debug, info, warning, error or critical")
+    return text
+
+
+def _alerts(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table")
+    return dict(value)
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "listen": _listen,
+    "identity_file": _path,
+    "state_db": _path,
+    "allowlist_file": _opt_path,
+    "legacy_metrics": _bool,
+    "name": _str,
+    "max_connections": _int,
+    "max_connections_per_ip": _int,
+    "max_streams_per_peer": _int,
+    "max_beat_size": _int,
+    "max_buffer": _int,
+    "rate_limit": _float,
+    "rate_burst": _int,
+    "flood_drops": _int,
+    "flood_window": _duration,
+    "beat_timeout": _duration,
+    "beat_timeout_min": _duration,
+    "beat_timeout_max": _duration,
+    "lag_threshold": _int,
+    "stall_after": _duration,
+    "retention": _duration,
+    "max_nodes": _int,
+    "reject_log_interval": _duration,
+    "store_flush_interval": _duration,
+    "expire_interval": _duration,
+    "gc_freeze": _bool,
+    "gc_threshold": _threshold,
+    "log_format": _log_format,
+    "log_level": _log_level,
+    "alerts": _alerts,
+    "alerts_file": _opt_path,
+}
+
+#: Settings that must be strictly positive / at least 1.
+_POSITIVE = {
+    "rate_limit", "flood_window", "beat_timeout", "beat_timeout_min", "beat_timeout_max",
+    "stall_after", "retention", "store_flush_interval", "expire_interval",
+}  # fmt: skip
+_AT_LEAST_ONE = {
+    "max_connections", "max_connections_per_ip", "max_streams_per_peer", "max_beat_size",
+    "max_buffer", "rate_burst", "flood_drops", "lag_threshold", "max_nodes",
+}  # fmt: skip
+
+_MULTIADDR = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/([^/]+)/tcp/(\d+)$")
+_IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+
+
+def validate_listen_multiaddr(addr: str) -> None:
+    """A TCP listen multiaddr without /p2p: `/ip4/0.0.0.0/tcp/9081`, `/ip6/::/tcp/9081`."""
+    match = _MULTIADDR.match(addr)
+    if match is None:
+        raise ValueError(f"{addr!r} is not a TCP multiaddr like /ip4/0.0.0.0/tcp/9081")
+    proto, host, port = match.groups()
+    if proto == "ip4":
+        ip = _IPV4.match(host)
+        if ip is None or any(int(part) > 255 for part in ip.groups()):
+            raise ValueError(f"{addr!r}: bad IPv4 address")
+    if proto == "ip6" and ":" not in host:
+        raise ValueError(f"{addr!r}: bad IPv6 address")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"{addr!r}: port out of range")
+
+
+def parse_http_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` → (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host or "0.0.0.0", int(port)
+
+
+def parse_allowlist(text: str) -> frozenset[str]:
+    """Peer ids, one per line; `#` starts a comment; blank lines are ignored."""
+    ids: set[str] = set()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if " " in line or not line.isalnum():
+            raise ValueError(f"line {number}: {line!r} is not a peer id")
+        ids.add(line)
+    return frozenset(ids)
+
+
+def _normalise_key(key: str) -> str:
+    return key.strip().lower().replace("-", "_")
+
+
+def build_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    file: Mapping[str, Any] | None = None,
+    *,
+    state_dir: Path | None = None,
+) -> AggregatorConfig:
+    """Merge flags > env > TOML > defaults and validate; `state_dir` holds default files."""
+    flags = flags or {}
+    env = env or {}
+    file = {_normalise_key(k): v for k, v in (file or {}).items()}
+    values: dict[str, Any] = {}
+    sources: list[tuple[str, Mapping[str, Any]]] = [
+        ("file", file),
+        ("env", {
+            _normalise_key(k[len(ENV_PREFIX):]): v
+            for k, v in env.items() if k.startswith(ENV_PREFIX)
+        }),
+        ("flag", {_normalise_key(k): v for k, v in flags.items() if v is not None}),
+    ]  # fmt: skip
+    known = set(_PARSERS) | {"http_listen"}
+    for origin, source in sources:
+        for key, raw in source.items():
+            if key not in known:
+                if origin == "flag":
+                    continue  # CLI-only options (subcommand, config path, ...)
+                raise ConfigError(key, f"unknown setting (from {origin})")
+            if key == "http_listen":
+                try:
+                    values["http_host"], values["http_port"] = parse_http_listen(str(raw))
+                except ValueError as exc:
+                    raise ConfigError("http_listen", str(exc)) from exc
+                continue
+            try:
+                values[key] = _PARSERS[key](raw)
+            except (ValueError, TypeError, HeartbeatError) as exc:
+                raise ConfigError(key, f"bad value {raw!r}: {exc}") from exc
+    if state_dir is not None:
+        values.setdefault("identity_file", state_dir / "aggregator.key")
+        values.setdefault("state_db", state_dir / "aggregator.db")
+    for key in _POSITIVE:
+        if key in values and values[key] <= 0:
+            raise ConfigError(key, "must be greater than zero")
+    for key in _AT_LEAST_ONE:
+        if key in values and values[key] < 1:
+            raise ConfigError(key, "must be at least 1")
+    config = AggregatorConfig(**values)
+    if config.beat_timeout_min > config.beat_timeout_max:
+        raise ConfigError("beat_timeout_min", "must not exceed beat_timeout_max")
+    if config.max_beat_size > config.max_buffer:
+        raise ConfigError("max_beat_size", "must not exceed max_buffer")
+    if not config.name:
+        raise ConfigError("name", "must not be empty")
+    return config
+
+
+def config_fields() -> list[str]:
+    """Every setting name (for documentation and `--help`)."""
+    return [f.name for f in fields(AggregatorConfig)]

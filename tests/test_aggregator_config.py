@@ -1,0 +1,139 @@
+"""The aggregator's configuration: precedence, parsing and one ConfigError per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aggregator.config import (
+    AggregatorConfig,
+    build_config,
+    parse_allowlist,
+    parse_http_listen,
+)
+from heartbeat.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = build_config(state_dir=Path("/state"))
+    assert config.listen == ("/ip4/0.0.0.0/tcp/9081",)
+    assert (config.http_host, config.http_port) == ("0.0.0.0", 9082)
+    assert config.identity_file == Path("/state/aggregator.key")
+    assert config.state_db == Path("/state/aggregator.db")
+    assert config.beat_timeout == 30.0
+    assert (config.beat_timeout_min, config.beat_timeout_max) == (10.0, 120.0)
+    assert config.lag_threshold == 5
+    assert config.stall_after == 300.0
+    assert config.retention == 86_400.0
+    assert config.http_url == "http://127.0.0.1:9082"
+    assert config.allowlist_file is None
+
+
+def test_precedence_flags_over_env_over_file() -> None:
+    file = {"rate-limit": 1.0, "rate_burst": 3, "beat_timeout": "45s", "name": "file"}
+    env = {"FIL_HEARTBEAT_AGGREGATOR_RATE_BURST": "7", "FIL_HEARTBEAT_AGGREGATOR_NAME": "env"}
+    flags = {"name": "flag", "listen": None, "command": "run"}
+    config = build_config(flags, env, file)
+    assert config.rate_limit == 1.0
+    assert config.rate_burst == 7
+    assert config.beat_timeout == 45.0
+    assert config.name == "flag"
+    assert config.listen == ("/ip4/0.0.0.0/tcp/9081",)
+
+
+def test_values_from_text() -> None:
+    config = build_config(
+        {
+            "listen": ["/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/9081"],
+            "http_listen": "[::1]:9999",
+            "stall_after": "1m30s",
+            "gc_threshold": "1000,10,10",
+            "legacy_metrics": True,
+            "allowlist_file": "/etc/allow",
+        },
+        {
+            "FIL_HEARTBEAT_AGGREGATOR_GC_FREEZE": "false",
+            "FIL_HEARTBEAT_AGGREGATOR_LOG_FORMAT": "JSON",
+        },
+    )
+    assert config.listen == ("/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/9081")
+    assert (config.http_host, config.http_port) == ("::1", 9999)
+    assert config.http_url == "http://[::1]:9999"
+    assert config.stall_after == 90.0
+    assert config.gc_threshold == (1000, 10, 10)
+    assert config.legacy_metrics is True
+    assert config.gc_freeze is False
+    assert config.log_format == "json"
+    assert config.allowlist_file == Path("/etc/allow")
+
+
+def test_env_listen_is_comma_separated() -> None:
+    config = build_config(
+        env={"FIL_HEARTBEAT_AGGREGATOR_LISTEN": "/ip4/1.2.3.4/tcp/1, /ip6/::/tcp/2"}
+    )
+    assert config.listen == ("/ip4/1.2.3.4/tcp/1", "/ip6/::/tcp/2")
+
+
+@pytest.mark.parametrize(
+    ("flags", "setting"),
+    [
+        ({"listen": ["/ip4/1.2.3/tcp/1"]}, "listen"),
+        ({"listen": ["/ip4/127.0.0.1/udp/1"]}, "listen"),
+        ({"listen": ["/ip4/127.0.0.1/tcp/99999"]}, "listen"),
+        ({"listen": ["/ip4/300.0.0.1/tcp/1"]}, "listen"),
+        ({"http_listen": "localhost"}, "http_listen"),
+        ({"rate_limit": "fast"}, "rate_limit"),
+        ({"rate_limit": "0"}, "rate_limit"),
+        ({"rate_burst": "0"}, "rate_burst"),
+        ({"stall_after": "5 minutes"}, "stall_after"),
+        ({"beat_timeout": "-1s"}, "beat_timeout"),
+        ({"beat_timeout_min": "3m"}, "beat_timeout_min"),
+        ({"gc_threshold": "1,2"}, "gc_threshold"),
+        ({"legacy_metrics": "maybe"}, "legacy_metrics"),
+        ({"log_format": "xml"}, "log_format"),
+        ({"max_beat_size": "100000"}, "max_beat_size"),
+        ({"max_connections_per_ip": "0"}, "max_connections_per_ip"),
+    ],
+)
+def test_bad_values_name_the_setting(flags: dict[str, object], setting: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(flags)
+    assert info.value.setting == setting
+
+
+def test_unknown_settings_in_env_or_file_are_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"FIL_HEARTBEAT_AGGREGATOR_RATE_LIMT": "3"})
+    assert info.value.setting == "rate_limt"
+    with pytest.raises(ConfigError) as info:
+        build_config(file={"bogus": 1})
+    assert info.value.setting == "bogus"
+    # Other programs' variables are not ours to judge.
+    assert build_config(env={"FIL_HEARTBEAT_NICKNAME": "x"}) == AggregatorConfig()
+
+
+def test_toml_types_are_checked() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(file={"max_connections": True})
+    assert info.value.setting == "max_connections"
+    with pytest.raises(ConfigError) as info:
+        build_config(file={"alerts": "yes"})
+    assert info.value.setting == "alerts"
+    config = build_config(file={"alerts": {"alertmanager_url": "http://127.0.0.1:9093"}})
+    assert config.alerts == {"alertmanager_url": "http://127.0.0.1:9093"}
+
+
+def test_parse_http_listen() -> None:
+    assert parse_http_listen("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_http_listen(":9082") == ("0.0.0.0", 9082)
+    assert parse_http_listen("[::]:80") == ("::", 80)
+    with pytest.raises(ValueError):
+        parse_http_listen("127.0.0.1")
+
+
+def test_parse_allowlist() -> None:
+    text = "# fleet\n12D3KooWAbc  # alpha\n\n  QmXyz\n"
+    assert parse_allowlist(text) == frozenset({"12D3KooWAbc", "QmXyz"})
+    with pytest.raises(ValueError, match="line 2"):
+        parse_allowlist("ok\nnot a peer\n")
