@@ -1,0 +1,58 @@
+"""Benchmark: how long `Fleet.snapshot` takes for a large fleet (prints figures, asserts nothing).
+
+Usage: python scripts/bench_fleet.py [NODES]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from aggregator.fleet import Fleet, FleetPolicy
+from aggregator.networks import MAINNET_GENESIS_CID
+from heartbeat.wire import Beat
+
+
+def cid(tag: int) -> str:
+    """A plausible CIDv1 text (base32 alphabet) distinct for each tag."""
+    digits = "abcdefghijklmnopqrstuvwxyz234567"
+    text = ""
+    while True:
+        tag, rem = divmod(tag, 32)
+        text += digits[rem]
+        if tag == 0:
+            break
+    return "bafy2bzacea" + text
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    fleet = Fleet(FleetPolicy(max_nodes=count + 1))
+    now = 1_700_000_000.0
+    for i in range(count):
+        pid = f"12D3KooW{i:08d}"
+        height = 1000 - (i % 9)
+        beat = Beat(
+            head="{" + cid(2 * height) + "," + cid(2 * height + 1) + "}",
+            height=height,
+            nickname=f"node{i}",
+            miner_address=f"f0{i}",
+            genesis_cid=MAINNET_GENESIS_CID,
+            head_timestamp=1598306400 + height * 30,
+            syncing=False,
+            version="fil-heartbeat/0.1.0",
+        )
+        fleet.on_connect(pid, f"/ip4/10.0.{i // 256 % 256}.{i % 256}/tcp/4001", now)
+        fleet.on_beat(pid, beat, now)
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        snap = fleet.snapshot(now + 1.0)
+        runs.append((time.perf_counter() - t0) * 1000.0)
+    net = snap.networks[MAINNET_GENESIS_CID]
+    print(f"nodes={count} snapshot_ms min={min(runs):.1f} max={max(runs):.1f}")
+    print(f"network height={net.height} counts={dict(net.counts)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Table tests of the pure fleet model, with explicit `now` values."""
+
+from __future__ import annotations
+
+import pytest
+
+from aggregator.consensus import head_hash
+from aggregator.errors import FleetFull
+from aggregator.fleet import Fleet, FleetPolicy, NodeState
+from aggregator.networks import CALIBNET_GENESIS_CID, MAINNET_GENESIS_CID
+from heartbeat.wire import Beat
+
+T0 = 1_700_000_000.0
+MAIN = MAINNET_GENESIS_CID
+CALIB = CALIBNET_GENESIS_CID
+
+
+def cid(tag: str) -> str:
+    """A plausible CIDv1 text; `tag` must use lowercase letters only."""
+    return "bafy2bzacea" + tag
+
+
+def head(*tags: str) -> str:
+    return "{" + ",".join(cid(t) for t in tags) + "}"
+
+
+def beat(height: int, *tags: str, genesis: str | None = MAIN, **kw: object) -> Beat:
+    return Beat(
+        head=head(*(tags or ("x",))),
+        height=height,
+        nickname=str(kw.pop("nickname", "alpha")),
+        miner_address=str(kw.pop("miner", "")),
+        genesis_cid=genesis,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def joined(fleet: Fleet, peer: str, b: Beat, now: float = T0) -> None:
+    fleet.on_connect(peer, f"/ip4/10.0.0.1/tcp/{len(peer)}", now)
+    fleet.on_beat(peer, b, now)
+
+
+def states(fleet: Fleet, now: float) -> dict[str, NodeState]:
+    return {v.peer_id: v.state for v in fleet.snapshot(now).nodes}
+
+
+def test_empty_fleet_snapshot() -> None:
+    snap = Fleet().snapshot(T0)
+    assert snap.nodes == ()
+    assert dict(snap.networks) == {}
+    assert snap.node("nobody") is None
+    assert snap.taken_at == T0
+
+
+def test_consensus_fork_and_disjoint_rule() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", beat(100, "aa", "ab"))
+    joined(fleet, "b", beat(100, "ab", "aa"))  # same set, other order
+    joined(fleet, "c", beat(100, "aa"))  # saw fewer blocks of the same tipset: not forked
+    joined(fleet, "d", beat(100, "zz"))  # disjoint head at the top height: forked
+    snap = fleet.snapshot(T0 + 1)
+    assert {v.peer_id: v.state for v in snap.nodes} == {
+        "a": NodeState.IN_CONSENSUS,
+        "b": NodeState.IN_CONSENSUS,
+        "c": NodeState.IN_CONSENSUS,
+        "d": NodeState.FORKED,
+    }
+    net = snap.networks[MAIN]
+    assert net.name == "mainnet"
+    assert net.height == 100
+    assert net.consensus_head == frozenset({cid("aa"), cid("ab")})
+    assert net.consensus_votes == 2
+    assert net.consensus_head_hash == head_hash(frozenset({cid("aa"), cid("ab")}))
+    assert (net.in_consensus, net.in_dispute, net.nodes_up, net.nodes_total) == (3, 1, 4, 4)
+    assert net.counts[NodeState.FORKED] == 1
+    assert net.counts[NodeState.DOWN] == 0
+
+
+@pytest.mark.parametrize(
+    ("height", "expected"),
+    [
+        (100, NodeState.IN_CONSENSUS),
+        (99, NodeState.IN_CONSENSUS),  # one epoch behind, different head: no flapping
+        (98, NodeState.IN_CONSENSUS),  # null round: top jumped by 2
+        (96, NodeState.IN_CONSENSUS),
+        (95, NodeState.LAGGING),  # exactly lag_epochs behind
+        (10, NodeState.LAGGING),
+    ],
+)
+def test_lag_threshold(height: int, expected: NodeState) -> None:
+    fleet = Fleet()
+    joined(fleet, "top", beat(100, "top"))
+    joined(fleet, "n", beat(height, "other"))
+    snap = fleet.snapshot(T0 + 1)
+    node = snap.node("n")
+    assert node is not None
+    assert node.state is expected
+    assert node.lag_epochs == 100 - height
+
+
+def test_null_round_does_not_fork_or_lag() -> None:
+    fleet = Fleet()
+    for p in ("a", "b", "c"):
+        joined(fleet, p, beat(100, "ha"))
+    # a and b move on across a null round (101 empty) to 102; c is still at 100
+    fleet.on_beat("a", beat(102, "hc"), T0 + 60)
+    fleet.on_beat("b", beat(102, "hc"), T0 + 60)
+    fleet.on_beat("c", beat(100, "ha"), T0 + 60)
+    assert set(states(fleet, T0 + 61).values()) == {NodeState.IN_CONSENSUS}
+
+
+def test_tie_break_is_deterministic() -> None:
+    results = set()
+    for order in (("a", "b"), ("b", "a")):
+        fleet = Fleet()
+        joined(fleet, order[0], beat(7, "hb" if order[0] == "a" else "ha"))
+        joined(fleet, order[1], beat(7, "hb" if order[1] == "a" else "ha"))
+        snap = fleet.snapshot(T0)
+        results.add(snap.networks[MAIN].consensus_head)
+        assert snap.node("b").state is NodeState.IN_CONSENSUS  # "ha" < "hb"
+        assert snap.node("a").state is NodeState.FORKED
+    assert results == {frozenset({cid("ha")})}
+
+
+def test_stall_after_five_minutes_without_height_change() -> None:
+    fleet = Fleet()
+    joined(fleet, "s", beat(100, "a"))
+    joined(fleet, "m", beat(100, "a"))
+    for t in range(3, 301, 3):
+        fleet.on_beat("s", beat(100, "a"), T0 + t)  # keeps beating, height never moves
+        fleet.on_beat("m", beat(100 + t // 30, "a" if t < 30 else "b"), T0 + t)
+    # at T0+299 "s" has not changed height for 299 s, then passes the 300 s mark
+    fleet.on_beat("s", beat(100, "a"), T0 + 299)
+    assert states(fleet, T0 + 299.5)["s"] is NodeState.LAGGING
+    assert states(fleet, T0 + 300)["s"] is NodeState.STALLED
+    fleet.on_beat("s", beat(110, "b"), T0 + 301)
+    assert states(fleet, T0 + 301)["s"] is NodeState.IN_CONSENSUS
+
+
+def test_down_on_disconnect_and_on_beat_timeout() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", beat(5))
+    joined(fleet, "b", beat(5))
+    assert fleet.beat_timeout("a") == 30.0  # no period observed yet
+    assert states(fleet, T0 + 30) == {"a": NodeState.IN_CONSENSUS, "b": NodeState.IN_CONSENSUS}
+    assert states(fleet, T0 + 30.5)["a"] is NodeState.DOWN
+    fleet.on_beat("a", beat(5), T0 + 31)
+    fleet.on_disconnect("a", T0 + 32)
+    snap = fleet.snapshot(T0 + 32)
+    a = snap.node("a")
+    assert a is not None and a.state is NodeState.DOWN and not a.connected and not a.up
+    net = snap.networks[MAIN]
+    assert (net.nodes_up, net.nodes_total, net.counts[NodeState.DOWN]) == (0, 2, 2)
+    assert net.height is None and net.consensus_head is None and net.consensus_head_hash == 0
+    assert a.lag_epochs is None
+
+
+def test_peer_counted_once_across_connections() -> None:
+    fleet = Fleet()
+    fleet.on_connect("a", "/ip4/1.1.1.1/tcp/1", T0)
+    fleet.on_connect("a", "/ip4/1.1.1.1/tcp/2", T0)
+    fleet.on_beat("a", beat(5), T0)
+    fleet.on_disconnect("a", T0 + 1)  # one of two connections closed
+    snap = fleet.snapshot(T0 + 1)
+    assert len(snap.nodes) == 1
+    assert snap.node("a").state is NodeState.IN_CONSENSUS
+    fleet.on_disconnect("a", T0 + 2)
+    assert states(fleet, T0 + 2)["a"] is NodeState.DOWN
+
+
+def test_connected_but_never_beaten_is_not_a_node() -> None:
+    fleet = Fleet()
+    fleet.on_connect("ghost", "/ip4/1.1.1.1/tcp/1", T0)
+    snap = fleet.snapshot(T0)
+    assert snap.nodes == () and snap.pending_peers == 1
+    fleet.on_disconnect("ghost", T0 + 1)
+    assert fleet.snapshot(T0 + 1).pending_peers == 0
+
+
+def test_syncing_wins_over_lag() -> None:
+    fleet = Fleet()
+    joined(fleet, "top", beat(1000))
+    joined(fleet, "s", beat(10, syncing=True))
+    assert states(fleet, T0)["s"] is NodeState.SYNCING
+
+
+def test_genesis_separation() -> None:
+    fleet = Fleet()
+    joined(fleet, "m1", beat(4_000_000, "ma", genesis=MAIN))
+    joined(fleet, "m2", beat(4_000_000, "ma", genesis=MAIN))
+    joined(fleet, "c1", beat(2_000_000, "ca", genesis=CALIB))
+    joined(fleet, "u1", beat(50, "ua", genesis=None))
+    snap = fleet.snapshot(T0)
+    assert set(snap.networks) == {MAIN, CALIB, "unknown"}
+    assert {v.state for v in snap.nodes} == {NodeState.IN_CONSENSUS}
+    assert snap.networks[CALIB].name == "calibnet"
+    assert snap.networks[CALIB].height == 2_000_000
+    assert snap.node("u1").network == "unknown"
+    assert snap.networks[MAIN].expected_height == int((T0 - 1598306400) // 30)
+    assert snap.networks["unknown"].expected_height is None
+
+
+def test_unknown_network_learns_timing_from_beats() -> None:
+    fleet = Fleet()
+    other = cid("devnet")
+    joined(fleet, "d", beat(100, genesis=other, head_timestamp=1_000_400))
+    info = fleet.network_info(other)
+    assert (info.genesis_timestamp, info.block_delay) == (1_000_400 - 100 * 30, 30.0)
+    fleet.on_beat("d", beat(110, genesis=other, head_timestamp=1_000_440), T0 + 3)  # 4 s epochs
+    info = fleet.network_info(other)
+    assert (info.genesis_timestamp, info.block_delay, info.source) == (1_000_000, 4.0, "learned")
+    snap = fleet.snapshot(1_000_800.0)
+    assert snap.networks[other].name == other
+    assert snap.networks[other].expected_height == 200
+    # a registered (authoritative) value is never overridden by what beats say
+    fleet.register_network(other, 999_000, 5.0)
+    fleet.on_beat("d", beat(120, genesis=other, head_timestamp=1_000_480), T0 + 6)
+    assert fleet.network_info(other).genesis_timestamp == 999_000
+
+
+def test_head_age_and_view_fields() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", beat(100, "aa", head_timestamp=int(T0) - 20, nickname="alpha",
+                             miner="f01234", version="v1"))
+    v = fleet.snapshot(T0 + 5).node("a")
+    assert v.head_age_seconds == 25.0
+    got = (v.nickname, v.miner_address, v.version, v.beats_received)
+    assert got == ("alpha", "f01234", "v1", 1)
+    assert v.head_cids == (cid("aa"),)
+    assert v.remote_address.startswith("/ip4/10.0.0.1/")
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout"),
+    [(3.0, 10.0), (10.0, 30.0), (20.0, 60.0), (60.0, 120.0)],
+)
+def test_beat_timeout_follows_observed_period(interval: float, timeout: float) -> None:
+    fleet = Fleet()
+    joined(fleet, "a", beat(1))
+    for i in range(1, 30):
+        fleet.on_beat("a", beat(1), T0 + i * interval)
+    assert fleet.beat_timeout("a") == pytest.approx(timeout)
+    last = T0 + 29 * interval
+    assert states(fleet, last + timeout - 0.01)["a"] is not NodeState.DOWN
+    assert states(fleet, last + timeout + 0.01)["a"] is NodeState.DOWN
+
+
+def test_reconnect_gap_does_not_inflate_period() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", beat(1))
+    fleet.on_beat("a", beat(1), T0 + 3)
+    fleet.on_disconnect("a", T0 + 4)
+    fleet.on_connect("a", "", T0 + 100)
+    fleet.on_beat("a", beat(1), T0 + 100)
+    assert fleet.beat_timeout("a") == 10.0  # 3 * 3 s, clamped to the 10 s minimum
+
+
+def test_retention_expiry() -> None:
+    fleet = Fleet(FleetPolicy(retention=3600.0))
+    joined(fleet, "old", beat(1))
+    joined(fleet, "new", beat(1))
+    fleet.on_disconnect("old", T0 + 10)
+    fleet.on_beat("new", beat(2), T0 + 3000)
+    assert fleet.expire(T0 + 3610) == []
+    assert fleet.expire(T0 + 3611) == ["old"]
+    assert [v.peer_id for v in fleet.snapshot(T0 + 3611).nodes] == ["new"]
+    _, removed = fleet.drain_changes()
+    assert removed == ["old"]
+
+
+def test_node_cap_refuses_new_peers() -> None:
+    fleet = Fleet(FleetPolicy(max_nodes=2))
+    joined(fleet, "a", beat(1))
+    fleet.on_connect("b", "", T0)  # pending peers take a slot too
+    with pytest.raises(FleetFull) as info:
+        fleet.on_beat("c", beat(1), T0)
+    assert info.value.limit == 2 and info.value.peer_id == "c"
+    with pytest.raises(FleetFull):
+        fleet.on_connect("c", "", T0)
+    fleet.on_beat("b", beat(1), T0)  # known peers still get in
+    fleet.on_beat("a", beat(2), T0)
+    assert len(fleet) == 2
+
+
+def test_restore_gives_down_nodes_until_they_beat() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", beat(100, "aa", nickname="alpha"))
+    fleet.on_beat("a", beat(100, "aa", nickname="alpha"), T0 + 3)
+    records = fleet.export_records()
+    back = Fleet.restore(records, FleetPolicy(), T0 + 600)
+    assert back.export_records() == records
+    v = back.snapshot(T0 + 600).node("a")
+    assert v.state is NodeState.DOWN and v.nickname == "alpha" and v.height == 100
+    assert back.beat_timeout("a") == 10.0  # period survives the restart
+    back.on_connect("a", "", T0 + 601)
+    back.on_beat("a", beat(101, "ab", nickname="alpha"), T0 + 601)
+    v = back.snapshot(T0 + 601).node("a")
+    assert v.state is NodeState.IN_CONSENSUS and v.beats_received == 3
+
+
+def test_drain_changes_reports_only_changed_nodes() -> None:
+    fleet = Fleet()
+    joined(fleet, "a", beat(1))
+    joined(fleet, "b", beat(1))
+    changed, removed = fleet.drain_changes()
+    assert [r.peer_id for r in changed] == ["a", "b"] and removed == []
+    fleet.on_beat("b", beat(2), T0 + 3)
+    changed, _ = fleet.drain_changes()
+    assert [(r.peer_id, r.height) for r in changed] == [("b", 2)]
+    assert fleet.drain_changes() == ([], [])
+
+
+def test_fork_window_compares_lower_heights() -> None:
+    fleet = Fleet(FleetPolicy(fork_window_epochs=1))
+    joined(fleet, "t", beat(100, "top"))
+    joined(fleet, "a", beat(99, "pa"))
+    joined(fleet, "b", beat(99, "pa"))
+    joined(fleet, "c", beat(99, "pc"))
+    got = states(fleet, T0)
+    assert got["c"] is NodeState.FORKED and got["a"] is NodeState.IN_CONSENSUS
