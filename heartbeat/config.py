@@ -147,6 +147,8 @@ def _duration(src: _Sources, key: str, default: float, *, minimum: float = 0.001
     if found is None:
         return default
     value, origin = found
+    if isinstance(value, bool):
+        raise _err(key, f"invalid duration {value!r} ({origin}); example: 3s, 1m30s")
     try:
         seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
     except (ValueError, ArithmeticError, HeartbeatError) as exc:
