@@ -1,0 +1,348 @@
+"""The libp2p stream handler: decode, validate, rate limit, read deadline, publish.
+
+One long-lived stream per agent carries a CBOR sequence (or legacy
+newline-delimited JSON) of beats. For every stream the handler:
+
+- refuses peers outside the allowlist (stream reset, connection closed) and
+  streams beyond the per-peer cap (py-libp2p never applies its own);
+- feeds the bytes to a bounded `BeatDecoder`: a rejected beat is counted by
+  reason and logged at most once per peer per interval; a framing error
+  (`BeatDecodeError`) resets the stream;
+- enforces a read deadline: a peer that completes no beat within its beat
+  timeout (silent, frozen or slow-dripping) is reset and disconnected;
+- rate limits per peer (token bucket), disconnecting a peer that keeps flooding;
+- publishes `PeerConnected` / `BeatAccepted` / `PeerDisconnected` on the bus;
+- after EOF closes its own side of the stream (py-libp2p loses unread data on a
+  fast close otherwise).
+
+Nothing a peer sends may let an exception out: the top of `handle_stream` is
+the one catch-all (an exception escaping a py-libp2p handler kills the host).
+`trio.Cancelled` is never caught there (it is not an `Exception`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from aggregator.bus import BeatAccepted, Bus, PeerConnected, PeerDisconnected
+from aggregator.errors import FleetFull
+from aggregator.ratelimit import LogLimiter, PeerRateLimiter, RateDecision
+from heartbeat import p2p
+from heartbeat.wire import Beat, BeatDecodeError, BeatDecoder, BeatRejected
+
+if TYPE_CHECKING:
+    from aggregator.config import AggregatorConfig
+
+__all__ = ["Ingest", "IngestCounters", "IngestSettings", "ReadableStream"]
+
+log = logging.getLogger(__name__)
+
+#: How long closing or resetting a stream may take before we give up on it.
+CLOSE_TIMEOUT = 5.0
+READ_SIZE = 65536
+
+
+class ReadableStream(Protocol):
+    async def read(self, n: int | None = None) -> bytes: ...
+    async def close(self) -> None: ...
+    async def reset(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    max_beat_size: int = 4096
+    max_buffer: int = 65536
+    max_streams_per_peer: int = 4
+    max_connections_per_ip: int = 256
+    rate_limit: float = 2.0
+    rate_burst: int = 10
+    flood_drops: int = 50
+    flood_window: float = 60.0
+    reject_log_interval: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: AggregatorConfig) -> IngestSettings:
+        return cls(
+            max_beat_size=config.max_beat_size,
+            max_buffer=config.max_buffer,
+            max_streams_per_peer=config.max_streams_per_peer,
+            max_connections_per_ip=config.max_connections_per_ip,
+            rate_limit=config.rate_limit,
+            rate_burst=config.rate_burst,
+            flood_drops=config.flood_drops,
+            flood_window=config.flood_window,
+            reject_log_interval=config.reject_log_interval,
+        )
+
+
+@dataclass
+class IngestCounters:
+    """The ingest's self metrics; the Prometheus collector reads them at scrape time."""
+
+    beats_received: int = 0
+    beats_accepted: int = 0
+    beats_rejected: Counter[str] = field(default_factory=Counter)
+    beats_rate_limited: int = 0
+    decode_errors: Counter[str] = field(default_factory=Counter)
+    streams_open: int = 0
+    connections: int = 0
+    peers_refused: Counter[str] = field(default_factory=Counter)
+    peers_disconnected: Counter[str] = field(default_factory=Counter)
+    handler_errors: int = 0
+
+
+class Ingest:
+    """The aggregator's ingest; `handle_stream` is the libp2p stream handler.
+
+    `disconnect_peer(peer_id)` and `close_connection(conn)` close connections
+    (the app passes the p2p helpers bound to its host); they run in the ingest's
+    own nursery (`run`) so that a handler never cancels itself by closing its
+    own connection.
+    """
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        bus: Bus,
+        *,
+        beat_timeout: Callable[[str], float],
+        disconnect_peer: Callable[[str], Awaitable[None]] | None = None,
+        close_connection: Callable[[Any], Awaitable[None]] | None = None,
+        allowlist: frozenset[str] | None = None,
+        clock: Callable[[], float] = trio.current_time,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.counters = IngestCounters()
+        self.allowlist = allowlist
+        self._beat_timeout = beat_timeout
+        self._disconnect_peer = disconnect_peer
+        self._close_connection = close_connection
+        self._clock = clock
+        self._wall = wall_clock
+        self._limiter = PeerRateLimiter(
+            settings.rate_limit,
+            settings.rate_burst,
+            flood_drops=settings.flood_drops,
+            flood_window=settings.flood_window,
+        )
+        self._log_limiter = LogLimiter(settings.reject_log_interval)
+        self._streams: Counter[str] = Counter()
+        self._conns_by_ip: Counter[str] = Counter()
+        self._conn_ip: dict[int, str] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the nursery in which disconnects run; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def peers_streaming(self) -> int:
+        return len(self._streams)
+
+    def set_allowlist(self, allowlist: frozenset[str] | None) -> None:
+        self.allowlist = allowlist
+        log.info("allowlist_set peers=%s", "any" if allowlist is None else len(allowlist))
+
+    # -- connection events (per-IP cap) --------------------------------------
+
+    async def on_connected(self, conn: Any) -> None:
+        self.counters.connections += 1
+        ip = p2p.conn_remote_ip(conn)
+        if ip is None:
+            return
+        self._conn_ip[id(conn)] = ip
+        self._conns_by_ip[ip] += 1
+        if self._conns_by_ip[ip] > self.settings.max_connections_per_ip:
+            self.counters.peers_refused["too_many_connections_per_ip"] += 1
+            if self._log_limiter.allow(f"ip:{ip}", self._clock()):
+                log.warning(
+                    "connection_refused ip=%s reason=too_many_connections_per_ip limit=%d",
+                    ip, self.settings.max_connections_per_ip,
+                )  # fmt: skip
+            self._spawn(self._close_conn, conn)
+
+    async def on_disconnected(self, conn: Any) -> None:
+        self.counters.connections = max(0, self.counters.connections - 1)
+        ip = self._conn_ip.pop(id(conn), None)
+        if ip is not None:
+            self._conns_by_ip[ip] -= 1
+            if self._conns_by_ip[ip] <= 0:
+                del self._conns_by_ip[ip]
+
+    # -- the stream handler ----------------------------------------------------
+
+    async def handle_stream(self, stream: Any) -> None:
+        """The libp2p handler: nothing escapes but cancellation."""
+        peer = "unknown"
+        try:
+            peer = p2p.stream_peer_id(stream)
+            await self.serve(stream, peer, p2p.stream_remote_ip(stream) or "")
+        except Exception as exc:  # the one catch-all: see the module docstring
+            self.counters.handler_errors += 1
+            if self._log_limiter.allow(f"error:{peer}", self._clock()):
+                log.warning("stream_handler_error peer=%s err=%r", peer, exc)
+            await self._reset(stream)
+
+    async def serve(self, stream: ReadableStream, peer: str, remote_ip: str) -> None:
+        """Serve one heartbeat stream from `peer` until EOF, a deadline or misbehaviour."""
+        if self.allowlist is not None and peer not in self.allowlist:
+            self._refuse(peer, "not_allowed")
+            await self._reset(stream)
+            self._spawn(self._disconnect, peer)
+            return
+        if self._streams[peer] >= self.settings.max_streams_per_peer:
+            self._refuse(peer, "too_many_streams")
+            await self._reset(stream)
+            return
+        first = self._streams[peer] == 0
+        self._streams[peer] += 1
+        self.counters.streams_open += 1
+        try:
+            if first:
+                await self.bus.publish(PeerConnected(peer, remote_ip, self._wall()))
+            await self._read_beats(stream, peer)
+        except FleetFull:
+            self._refuse(peer, "fleet_full")
+            await self._reset(stream)
+            self._spawn(self._disconnect, peer)
+        finally:
+            self.counters.streams_open -= 1
+            self._streams[peer] -= 1
+            if self._streams[peer] <= 0:
+                del self._streams[peer]
+                self._limiter.forget(peer)
+                # Bookkeeping must happen even when the connection is being torn down.
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                    await self.bus.publish(PeerDisconnected(peer, self._wall()))
+
+    async def _read_beats(self, stream: ReadableStream, peer: str) -> None:
+        settings = self.settings
+        decoder = BeatDecoder(max_beat_size=settings.max_beat_size, max_buffer=settings.max_buffer)
+        # The deadline is for completing the next beat, not for the next byte:
+        # a slow drip cannot keep a stream alive.
+        deadline = self._clock() + self._beat_timeout(peer)
+        while True:
+            data = b""
+            with trio.move_on_at(deadline) as scope:
+                try:
+                    data = await stream.read(READ_SIZE)
+                except p2p.StreamClosed:
+                    data = b""
+            if scope.cancelled_caught:
+                self._disconnected(peer, "read_timeout")
+                await self._reset(stream)
+                self._spawn(self._disconnect, peer)
+                return
+            if not data:  # EOF: close our side too, so the sender's last beats land
+                await self._close(stream)
+                return
+            error: BeatDecodeError | None = None
+            try:
+                items = decoder.feed(data)
+            except BeatDecodeError as exc:
+                error = exc
+                items = exc.decoded  # what came before the fault still counts
+            if items:
+                if not await self._handle_items(items, peer, stream):
+                    return
+                deadline = self._clock() + self._beat_timeout(peer)
+            if error is not None:
+                reason = error.reason.value
+                self.counters.decode_errors[reason] += 1
+                if self._log_limiter.allow(peer, self._clock()):
+                    log.warning("stream_garbage peer=%s reason=%s err=%s", peer, reason, error)
+                await self._reset(stream)
+                return
+
+    async def _handle_items(
+        self, items: list[Beat | BeatRejected], peer: str, stream: ReadableStream
+    ) -> bool:
+        """Count, rate limit and publish; False when the peer was disconnected."""
+        counters = self.counters
+        for item in items:
+            counters.beats_received += 1
+            now = self._clock()
+            # Rejected beats take tokens too: flooding with junk is still flooding.
+            decision = self._limiter.check(peer, now)
+            if decision is not RateDecision.ACCEPT:
+                counters.beats_rate_limited += 1
+                if decision is RateDecision.DISCONNECT:
+                    self._disconnected(peer, "flooding")
+                    await self._reset(stream)
+                    self._spawn(self._disconnect, peer)
+                    return False
+                continue
+            if isinstance(item, BeatRejected):
+                counters.beats_rejected[item.reason.value] += 1
+                if self._log_limiter.allow(peer, now):
+                    log.warning(
+                        "beat_rejected peer=%s reason=%s detail=%s suppressed=%d",
+                        peer, item.reason.value, item.detail,
+                        self._log_limiter.take_suppressed(peer),
+                    )  # fmt: skip
+                continue
+            counters.beats_accepted += 1
+            await self.bus.publish(BeatAccepted(peer, item, self._wall()))
+        return True
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _refuse(self, peer: str, reason: str) -> None:
+        self.counters.peers_refused[reason] += 1
+        if self._log_limiter.allow(f"refused:{peer}", self._clock()):
+            log.warning("peer_refused peer=%s reason=%s", peer, reason)
+
+    def _disconnected(self, peer: str, reason: str) -> None:
+        self.counters.peers_disconnected[reason] += 1
+        log.warning("peer_disconnected peer=%s reason=%s", peer, reason)
+
+    def _spawn(self, fn: Callable[[Any], Awaitable[None]], arg: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, arg)
+
+    async def _disconnect(self, peer: str) -> None:
+        if self._disconnect_peer is None:
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self._disconnect_peer(peer)
+            except (*p2p.StreamClosed, OSError, trio.BrokenResourceError) as exc:
+                log.debug("disconnect_failed peer=%s err=%r", peer, exc)
+
+    async def _close_conn(self, conn: Any) -> None:
+        if self._close_connection is None:
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self._close_connection(conn)
+            except (*p2p.StreamClosed, OSError, trio.BrokenResourceError) as exc:
+                log.debug("close_connection_failed err=%r", exc)
+
+    @staticmethod
+    async def _reset(stream: ReadableStream) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await stream.reset()
+            except (*p2p.StreamClosed, OSError, trio.BrokenResourceError) as exc:
+                log.debug("stream_reset_failed err=%r", exc)
+
+    @staticmethod
+    async def _close(stream: ReadableStream) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await stream.close()
+            except (*p2p.StreamClosed, OSError, trio.BrokenResourceError) as exc:
+                log.debug("stream_close_failed err=%r", exc)
