@@ -20,6 +20,7 @@ from heartbeat.durations import parse_duration
 from heartbeat.errors import ConfigError, HeartbeatError
 from heartbeat.targets import Target, parse_target
 from heartbeat.tipset import is_plausible_cid
+from heartbeat.wire import validate_nickname
 
 __all__ = [
     "ALERTS_PERIOD",
@@ -40,7 +41,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: The alert service target beats and redials every 10 s, as the original did.
 ALERTS_PERIOD = 10.0
 
-_NICKNAME = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
 _STATIC_HEAD_CID = "bafy2bzacedstaticheadstaticheadstaticheadstaticheadstatichea"
 
 
@@ -325,10 +325,11 @@ def build_config(
         seen.add((t.role, t.addr))
 
     nickname = _text(src, "nickname") or ""
-    if not _NICKNAME.match(nickname):
+    if not validate_nickname(nickname):
         raise _err(
             "nickname",
-            f"invalid nickname {nickname!r}: letters, digits, '-', '_', '.', up to 64",
+            f"invalid nickname {nickname!r}: letters, digits, space and -_.:@+#/() "
+            "up to 64 characters; e.g. alpha-1",
         )
 
     fullnode = _text(src, "fullnode_api_info") or None

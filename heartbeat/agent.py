@@ -1,0 +1,338 @@
+"""The agent's beat loops: one independent loop per target, under one root nursery.
+
+A loop dials its target (one dial = one attempt under one deadline), then writes
+a beat every beat period on a drift-free timer, each write under a deadline. A
+failed or stalled write resets the stream and the loop dials again; failed dials
+are retried every (jittered) reconnect period and logged with the escalating
+policy of `heartbeat.policy.FailureLog`.
+
+The network is behind a small `Connector` interface so that the loop runs under
+trio's MockClock with a fake; `Libp2pConnector` is the real one over the host
+from `heartbeat.p2p`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from heartbeat.errors import HeartbeatError
+from heartbeat.head import Head, HeadSource
+from heartbeat.p2p import StreamClosed, peer_info_from_multiaddr
+from heartbeat.policy import FailureLog, format_seconds, jittered, next_deadline
+from heartbeat.targets import Target
+from heartbeat.tipset import format_head
+from heartbeat.version import AGENT_VERSION
+from heartbeat.wire import PROTOCOL_ID, Beat, encode_cbor, encode_json
+
+__all__ = [
+    "Agent",
+    "BeatLoop",
+    "BeatStream",
+    "ConnectFailed",
+    "Connector",
+    "Libp2pConnector",
+    "StreamBroken",
+    "TargetStats",
+    "make_beat",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long a stopping loop waits for the remote to close after our half-close.
+CLOSE_WAIT = 1.0
+
+
+class ConnectFailed(HeartbeatError):
+    """A dial (connect + protocol negotiation) failed."""
+
+
+class StreamBroken(HeartbeatError):
+    """A write failed or stalled: the stream is unusable."""
+
+
+class BeatStream(Protocol):
+    """The part of a libp2p stream a beat loop uses."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None:
+        """Half-close: no more writes; the remote still reads what was sent."""
+
+    async def reset(self) -> None:
+        """Abort the stream (and whatever connection state it needs to drop)."""
+
+    async def wait_closed(self) -> None:
+        """Return once the remote has closed its side (or the stream is gone)."""
+
+
+class Connector(Protocol):
+    async def connect(self, target: Target) -> BeatStream:
+        """Dial `target` and open a heartbeat stream; raise on failure."""
+
+
+@dataclass(slots=True)
+class TargetStats:
+    """What the metrics endpoint shows per target; updated synchronously by its loop."""
+
+    connected: bool = False
+    beats_sent: int = 0
+    dial_attempts: int = 0
+    dial_failures: int = 0
+    last_success: float | None = None  # wall-clock unix seconds of the last beat written
+
+
+def make_beat(head: Head, *, nickname: str, miner_address: str, version: str) -> Beat:
+    """The beat for `head`: the source's miner address wins over the configured one."""
+    return Beat(
+        head=format_head(head.cids),
+        height=head.height,
+        nickname=nickname,
+        miner_address=head.miner_address or miner_address,
+        genesis_cid=head.genesis_cid,
+        head_timestamp=head.timestamp,
+        syncing=head.syncing,
+        version=version,
+    )
+
+
+class BeatLoop:
+    """Dial, beat, redial: the life of one target."""
+
+    def __init__(
+        self,
+        target: Target,
+        connector: Connector,
+        latest: Callable[[], Head | None],
+        *,
+        nickname: str = "",
+        miner_address: str = "",
+        encoding: str = "cbor",
+        write_timeout: float = 10.0,
+        dial_timeout: float = 10.0,
+        jitter: float = 0.2,
+        error_log_period: float = 600.0,
+        rand: Callable[[], float] = random.random,
+        wall_clock: Callable[[], float] = time.time,
+        version: str = AGENT_VERSION,
+    ) -> None:
+        self.target = target
+        self.stats = TargetStats()
+        self._connector = connector
+        self._latest = latest
+        self._nickname = nickname
+        self._miner_address = miner_address
+        self._encode = encode_json if encoding == "json" else encode_cbor
+        self._write_timeout = write_timeout
+        self._dial_timeout = dial_timeout
+        self._jitter = jitter
+        self._rand = rand
+        self._wall_clock = wall_clock
+        self._version = version
+        self._failures = FailureLog(error_every=error_log_period)
+        self._lost_at: float | None = None
+        self._stopping = False
+        self._stop_event = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self._stream: BeatStream | None = None
+        self._cache: tuple[Head, bytes] | None = None
+
+    # -- control -------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop gracefully: a connected loop half-closes its stream, others stop at once."""
+        self._stopping = True
+        self._stop_event.set()
+        if self._stream is None and self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            task_status.started()
+            while not self._stopping:
+                stream = await self._dial()
+                if stream is None:
+                    delay = jittered(self.target.reconnect_period, self._jitter, self._rand())
+                    await trio.sleep(delay)
+                    continue
+                await self._beat(stream)
+
+    # -- dialing -------------------------------------------------------------
+
+    async def _dial(self) -> BeatStream | None:
+        self.stats.dial_attempts += 1
+        error: str
+        try:
+            with trio.fail_after(self._dial_timeout):
+                stream = await self._connector.connect(self.target)
+        except trio.TooSlowError:
+            error = f"dial_timeout_{format_seconds(self._dial_timeout)}"
+        except Exception as exc:  # the connect loop's catch-all: every failure is one attempt
+            error = f"{type(exc).__name__}:{exc}".replace(" ", "_")[:200]
+        else:
+            now = trio.current_time()
+            recovered = self._failures.on_success(now)
+            self._lost_at = None
+            if recovered is not None:
+                log.log(recovered[0], "reconnected target=%s %s", self.target.addr, recovered[1])
+            else:
+                log.info("connected target=%s", self.target.addr)
+            return stream
+        self.stats.dial_failures += 1
+        level, detail = self._failures.on_failure(trio.current_time(), error, since=self._lost_at)
+        log.log(level, "dial_failed target=%s %s", self.target.addr, detail)
+        return None
+
+    # -- beating -------------------------------------------------------------
+
+    def _payload(self, head: Head) -> bytes:
+        if self._cache is None or self._cache[0] != head:
+            beat = make_beat(
+                head,
+                nickname=self._nickname,
+                miner_address=self._miner_address,
+                version=self._version,
+            )
+            self._cache = (head, self._encode(beat))
+        return self._cache[1]
+
+    async def _beat(self, stream: BeatStream) -> None:
+        self._stream = stream
+        self.stats.connected = True
+        period = self.target.beat_period
+        deadline = trio.current_time()
+        try:
+            while True:
+                head = self._latest()
+                if head is not None:
+                    await self._write(stream, self._payload(head))
+                deadline = next_deadline(deadline, period, trio.current_time())
+                with trio.move_on_at(deadline):
+                    await self._stop_event.wait()
+                if self._stop_event.is_set():
+                    await self._close(stream)
+                    return
+        except StreamBroken as exc:
+            self._lost_at = trio.current_time()
+            log.warning(
+                "disconnected target=%s beats=%d err=%s",
+                self.target.addr,
+                self.stats.beats_sent,
+                exc,
+            )
+            with trio.move_on_after(self._write_timeout):
+                await stream.reset()
+        finally:
+            self._stream = None
+            self.stats.connected = False
+
+    async def _write(self, stream: BeatStream, data: bytes) -> None:
+        try:
+            with trio.fail_after(self._write_timeout):
+                await stream.write(data)
+        except trio.TooSlowError as exc:
+            raise StreamBroken(f"write_stalled_{format_seconds(self._write_timeout)}") from exc
+        self.stats.beats_sent += 1
+        self.stats.last_success = self._wall_clock()
+
+    async def _close(self, stream: BeatStream) -> None:
+        with trio.move_on_after(CLOSE_WAIT) as scope:
+            try:
+                await stream.close()
+                await stream.wait_closed()
+            except StreamBroken as exc:
+                log.debug("close_failed target=%s err=%s", self.target.addr, exc)
+        log.info(
+            "stream_closed target=%s beats=%d remote_closed=%s",
+            self.target.addr,
+            self.stats.beats_sent,
+            not scope.cancelled_caught,
+        )
+
+
+class Agent:
+    """All beat loops of one process, sharing one connector and one head source."""
+
+    def __init__(self, loops: list[BeatLoop], head_source: HeadSource | None = None) -> None:
+        self.loops = loops
+        self.head_source = head_source
+        self._done = trio.Event()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for loop in self.loops:
+                await nursery.start(loop.run)
+            task_status.started()
+        self._done.set()
+
+    async def stop(self, grace: float = 1.5) -> bool:
+        """Stop every loop gracefully; True if all finished within `grace` seconds."""
+        for loop in self.loops:
+            loop.stop()
+        with trio.move_on_after(grace):
+            await self._done.wait()
+            return True
+        return False
+
+
+class _Libp2pStream:
+    """A libp2p stream behind the `BeatStream` interface, library errors translated."""
+
+    def __init__(self, stream: Any, host: Any, peer_id: Any) -> None:
+        self._stream = stream
+        self._host = host
+        self._peer_id = peer_id
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._stream.write(data)
+        except StreamClosed as exc:
+            raise StreamBroken(f"{type(exc).__name__}:{exc}".replace(" ", "_")) from exc
+
+    async def close(self) -> None:
+        try:
+            await self._stream.close()
+        except StreamClosed as exc:
+            raise StreamBroken(f"{type(exc).__name__}:{exc}") from exc
+
+    async def wait_closed(self) -> None:
+        # read() never returns b"" in py-libp2p: a close, a reset and a dropped
+        # connection all raise.
+        try:
+            while await self._stream.read(1024):
+                pass
+        except StreamClosed:
+            return
+
+    async def reset(self) -> None:
+        # A broken stream may sit on a dead connection: drop both so the next
+        # dial starts fresh.
+        try:
+            await self._stream.reset()
+            await self._host.disconnect(self._peer_id)
+        except Exception as exc:  # part of the connect loop's clean-up; never fatal
+            log.debug("reset_failed peer=%s err=%r", self._peer_id, exc)
+
+
+class Libp2pConnector:
+    """Dials targets over a running libp2p host and opens heartbeat streams."""
+
+    def __init__(self, host: Any, protocol: str = PROTOCOL_ID) -> None:
+        self._host = host
+        self._protocol = protocol
+
+    async def connect(self, target: Target) -> BeatStream:
+        info = peer_info_from_multiaddr(target.addr)
+        try:
+            await self._host.connect(info)
+            stream = await self._host.new_stream(info.peer_id, [self._protocol])
+        except Exception as exc:  # translate the library's errors at this one boundary
+            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
+        return _Libp2pStream(stream, self._host, info.peer_id)
