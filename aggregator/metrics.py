@@ -1,0 +1,408 @@
+"""The aggregator's Prometheus exposition: custom collectors on an own registry.
+
+Every value is read at scrape time: the fleet families from the latest `FleetSnapshot` (a node
+that is forgotten simply stops appearing), the self families from the plain counters the ingest
+(`IngestCounters`), the bus (`Bus.backpressure_seconds`, `Bus.dropped`) and the GC monitor
+(`GcMonitor`) keep. Nothing here registers on prometheus_client's global registry.
+
+Label values are bounded: a head is exported as `node_head_hash` (a VALUE < 2**52), never as a
+label; reject and refuse reasons come from fixed sets and are pre-initialised to 0 so that
+`rate()` works from the first scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from aggregator.fleet import NodeState
+from heartbeat.version import __version__
+from heartbeat.wire import RejectReason
+
+if TYPE_CHECKING:
+    from aggregator.fleet import FleetSnapshot
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DISCONNECT_REASONS",
+    "PREFIX",
+    "REFUSE_REASONS",
+    "AggregatorMetrics",
+    "FleetCollector",
+    "Prepared",
+    "SelfCollector",
+    "SelfFrame",
+    "create_metrics",
+    "render",
+]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "fil_heartbeat_"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Reasons the ingest refuses a peer with; pre-initialised (others appear when first used).
+REFUSE_REASONS = ("fleet_full", "not_allowed", "too_many_connections_per_ip", "too_many_streams")
+#: Reasons the ingest disconnects a peer with; pre-initialised likewise.
+DISCONNECT_REASONS = ("flooding", "read_timeout")
+
+_REJECT_REASONS = tuple(r.value for r in RejectReason)
+_STATES = tuple(NodeState)
+_NODE_LABELS = ("peer_id", "nickname", "miner", "network")
+
+SnapshotProvider = Callable[[], "FleetSnapshot | None"]
+AlertsProvider = Callable[[], Iterable[Any]]
+
+
+class CountersLike(Protocol):
+    beats_received: int
+    beats_accepted: int
+    beats_rejected: Mapping[str, int]
+    beats_rate_limited: int
+    decode_errors: Mapping[str, int]
+    streams_open: int
+    connections: int
+    peers_refused: Mapping[str, int]
+    peers_disconnected: Mapping[str, int]
+
+
+class BusLike(Protocol):
+    backpressure_seconds: float
+    dropped: Mapping[str, int]
+
+
+class GcLike(Protocol):
+    count: int
+    sum: float
+
+    def cumulative_buckets(self) -> list[tuple[str, int]]: ...
+
+
+def _g(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
+
+
+class FleetCollector(Collector):
+    """Per-node and per-network families from a snapshot provider, evaluated at scrape time."""
+
+    def __init__(self, snapshot_provider: SnapshotProvider, *, legacy: bool = False) -> None:
+        self.snapshot_provider = snapshot_provider
+        self.legacy = legacy
+        self._pinned = threading.local()
+
+    def describe(self) -> list[Metric]:
+        return []  # do not evaluate the provider at registration time
+
+    def pin(self, snapshot: FleetSnapshot | None) -> None:
+        """Use `snapshot` (None: an empty fleet) for scrapes in this thread until `unpin`."""
+        self._pinned.snapshot = (snapshot,)
+
+    def unpin(self) -> None:
+        self._pinned.snapshot = None
+
+    def _snapshot(self) -> FleetSnapshot | None:
+        pinned = getattr(self._pinned, "snapshot", None)
+        return pinned[0] if pinned is not None else self.snapshot_provider()
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        if snap is None:
+            return
+        yield from self._nodes(snap)
+        yield from self._networks(snap)
+        if self.legacy:
+            yield from self._legacy(snap)
+
+    def _nodes(self, snap: FleetSnapshot) -> Iterator[Metric]:
+        height = _g("node_height", "Height of the node's head tipset (epochs).", _NODE_LABELS)
+        head_ts = _g(
+            "node_head_timestamp_seconds", "Timestamp of the node's head tipset.", _NODE_LABELS
+        )
+        last_beat = _g(
+            "node_last_beat_timestamp_seconds", "When the node's last beat arrived.", _NODE_LABELS
+        )
+        changed = _g(
+            "node_head_changed_timestamp_seconds", "When the node's head last changed.",
+            _NODE_LABELS,
+        )
+        up = _g("node_up", "1 when the node is connected and beating in time.", _NODE_LABELS)
+        state = _g(
+            "node_state", "1 for the node's current state, 0 for the others.",
+            (*_NODE_LABELS, "state"),
+        )
+        lag = _g("node_lag_epochs", "Network height minus node height (epochs).", _NODE_LABELS)
+        syncing = _g("node_syncing", "1 when the node reports it is syncing.", _NODE_LABELS)
+        beats = CounterMetricFamily(
+            PREFIX + "node_beats", "Beats received from the node.", labels=list(_NODE_LABELS)
+        )
+        hhash = _g(
+            "node_head_hash", "Head CID set hashed to an integer below 2^52 (0: no head).",
+            _NODE_LABELS,
+        )
+        info = _g(
+            "node_info", "Node metadata (always 1).", (*_NODE_LABELS, "version", "remote_address")
+        )
+        for v in snap.nodes:
+            labels = [v.peer_id, v.nickname, v.miner_address, v.network]
+            height.add_metric(labels, v.height)
+            if v.head_timestamp is not None:
+                head_ts.add_metric(labels, v.head_timestamp)
+            last_beat.add_metric(labels, v.last_beat)
+            changed.add_metric(labels, v.head_changed_at)
+            up.add_metric(labels, 1.0 if v.up else 0.0)
+            for s in _STATES:
+                state.add_metric([*labels, s.value], 1.0 if v.state is s else 0.0)
+            if v.lag_epochs is not None:
+                lag.add_metric(labels, v.lag_epochs)
+            syncing.add_metric(labels, 1.0 if v.syncing else 0.0)
+            beats.add_metric(labels, v.beats_received)
+            hhash.add_metric(labels, v.head_hash)
+            info.add_metric([*labels, v.version or "", v.remote_address], 1.0)
+        yield from (height, head_ts, last_beat, changed, up, state, lag, syncing, beats, hhash)
+        yield info
+
+    def _networks(self, snap: FleetSnapshot) -> Iterator[Metric]:
+        height = _g("network_height", "Highest height among up nodes.", ["network"])
+        expected = _g(
+            "network_expected_height", "Height expected from genesis time and block delay.",
+            ["network"],
+        )
+        nodes = _g("nodes", "Nodes per state.", ["network", "state"])
+        in_cons = _g("nodes_in_consensus", "Up nodes in consensus.", ["network"])
+        dispute = _g("nodes_in_dispute", "Up nodes not in consensus.", ["network"])
+        chash = _g(
+            "consensus_head_hash", "Consensus head hashed like node_head_hash (0: none).",
+            ["network"],
+        )
+        for net in snap.networks.values():
+            label = [net.name]
+            if net.height is not None:
+                height.add_metric(label, net.height)
+            if net.expected_height is not None:
+                expected.add_metric(label, net.expected_height)
+            for s in _STATES:
+                nodes.add_metric([net.name, s.value], net.counts.get(s, 0))
+            in_cons.add_metric(label, net.in_consensus)
+            dispute.add_metric(label, net.in_dispute)
+            chash.add_metric(label, net.consensus_head_hash)
+        yield from (height, expected, nodes, in_cons, dispute, chash)
+
+    def _legacy(self, snap: FleetSnapshot) -> Iterator[Metric]:
+        nets = snap.networks.values()
+        label = ["aggregator"]
+        for name, doc, value in (
+            ("connected_nodes", "Nodes up (legacy).", sum(n.nodes_up for n in nets)),
+            ("nodes_in_consensus", "Nodes in consensus (legacy).",
+             sum(n.in_consensus for n in nets)),
+            ("nodes_in_dispute", "Nodes in dispute (legacy).", sum(n.in_dispute for n in nets)),
+        ):
+            fam = GaugeMetricFamily(name, doc, labels=["aggregator"])
+            fam.add_metric(label, value)
+            yield fam
+
+
+def _counter_by(name: str, doc: str, label: str, values: Mapping[str, int],
+                preset: Iterable[str]) -> CounterMetricFamily:
+    fam = CounterMetricFamily(PREFIX + name, doc, labels=[label])
+    merged = dict.fromkeys(preset, 0)
+    merged.update(values)
+    for key in sorted(merged):
+        fam.add_metric([key], merged[key])
+    return fam
+
+
+@dataclass(eq=False)
+class SelfCollector(Collector):
+    """The aggregator's own health, read from the ingest, bus and GC monitor at scrape time.
+
+    The app attaches the sources once they exist; a missing source exports zeros (counters with
+    their pre-initialised labels) so that dashboards and `rate()` work from the first scrape.
+    `alerts_provider` returns the firing alerts: (alertname, severity) pairs, or objects with
+    `alertname` and `severity` attributes.
+    """
+
+    peer_id: str = ""
+    version: str = __version__
+    counters: CountersLike | None = None
+    bus: BusLike | None = None
+    gc: GcLike | None = None
+    alerts_provider: AlertsProvider | None = None
+    _pinned: threading.local = field(default_factory=threading.local, repr=False)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def pin(self, frame: SelfFrame | None) -> None:
+        """Use `frame` for scrapes in this thread (None: read the sources again)."""
+        self._pinned.frame = frame
+
+    def firing_alerts(self) -> list[tuple[str, str]]:
+        if self.alerts_provider is None:
+            return []
+        out: list[tuple[str, str]] = []
+        for a in self.alerts_provider():
+            if isinstance(a, tuple):
+                out.append((str(a[0]), str(a[1])))
+            else:
+                out.append((str(a.alertname), str(a.severity)))
+        return out
+
+    def frame(self) -> SelfFrame:
+        """Copy every value out of the live sources (call on the event loop)."""
+        c, b, g = self.counters, self.bus, self.gc
+        return SelfFrame(
+            beats_received=c.beats_received if c else 0,
+            beats_accepted=c.beats_accepted if c else 0,
+            beats_rate_limited=c.beats_rate_limited if c else 0,
+            beats_rejected=dict(c.beats_rejected) if c else {},
+            decode_errors=dict(c.decode_errors) if c else {},
+            peers_refused=dict(c.peers_refused) if c else {},
+            peers_disconnected=dict(c.peers_disconnected) if c else {},
+            streams_open=c.streams_open if c else 0,
+            connections=c.connections if c else 0,
+            backpressure_seconds=b.backpressure_seconds if b else 0.0,
+            bus_dropped=dict(b.dropped) if b else {},
+            gc_buckets=g.cumulative_buckets() if g else [("+Inf", 0)],
+            gc_sum=g.sum if g else 0.0,
+            alerts=self.firing_alerts(),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        f = getattr(self._pinned, "frame", None) or self.frame()
+        for name, doc, value in (
+            ("beats_received", "Beats decoded from streams.", f.beats_received),
+            ("beats_accepted", "Beats accepted into the fleet.", f.beats_accepted),
+            ("beats_rate_limited", "Beats dropped by the per-peer rate limit.",
+             f.beats_rate_limited),
+        ):
+            yield CounterMetricFamily(PREFIX + name, doc, value=value)
+        yield _counter_by("beats_rejected", "Beats rejected, by reason.", "reason",
+                          f.beats_rejected, _REJECT_REASONS)
+        yield _counter_by("decode_errors", "Streams reset for a framing error, by reason.",
+                          "reason", f.decode_errors, _REJECT_REASONS)
+        yield _counter_by("peers_refused", "Peers refused, by reason.", "reason",
+                          f.peers_refused, REFUSE_REASONS)
+        yield _counter_by("peers_disconnected", "Peers disconnected by us, by reason.", "reason",
+                          f.peers_disconnected, DISCONNECT_REASONS)
+        yield GaugeMetricFamily(PREFIX + "streams_open", "Open beat streams.",
+                                value=f.streams_open)
+        yield GaugeMetricFamily(PREFIX + "connections", "Open libp2p connections.",
+                                value=f.connections)
+        yield CounterMetricFamily(
+            PREFIX + "bus_backpressure_seconds", "Time publishers waited on required subscribers.",
+            value=f.backpressure_seconds,
+        )
+        yield _counter_by("bus_dropped", "Events dropped for a lagging optional subscriber.",
+                          "subscriber", f.bus_dropped, ())
+        yield HistogramMetricFamily(
+            PREFIX + "gc_pause_seconds", "Garbage collector pauses.",
+            buckets=f.gc_buckets, sum_value=f.gc_sum,
+        )
+        firing = GaugeMetricFamily(PREFIX + "alerts_firing", "Firing alerts.",
+                                   labels=["alertname", "severity"])
+        counts: dict[tuple[str, str], int] = {}
+        for key in f.alerts:
+            counts[key] = counts.get(key, 0) + 1
+        for key in sorted(counts):
+            firing.add_metric(list(key), counts[key])
+        yield firing
+        info = GaugeMetricFamily(PREFIX + "aggregator_info", "This aggregator (always 1).",
+                                 labels=["peer_id", "version"])
+        info.add_metric([self.peer_id, self.version], 1.0)
+        yield info
+        build = GaugeMetricFamily(PREFIX + "build_info", "Build (always 1).",
+                                  labels=["version", "python"])
+        build.add_metric([__version__, platform.python_version()], 1.0)
+        yield build
+
+
+@dataclass(frozen=True)
+class SelfFrame:
+    """The self metrics' values copied at one instant (safe to render in another thread)."""
+
+    beats_received: int
+    beats_accepted: int
+    beats_rate_limited: int
+    beats_rejected: dict[str, int]
+    decode_errors: dict[str, int]
+    peers_refused: dict[str, int]
+    peers_disconnected: dict[str, int]
+    streams_open: int
+    connections: int
+    backpressure_seconds: float
+    bus_dropped: dict[str, int]
+    gc_buckets: list[tuple[str, int]]
+    gc_sum: float
+    alerts: list[tuple[str, str]]
+
+
+@dataclass
+class AggregatorMetrics:
+    """The registry with both collectors; `render()` is the /metrics body."""
+
+    registry: CollectorRegistry
+    fleet: FleetCollector
+    own: SelfCollector
+
+    def set_alerts_provider(self, provider: AlertsProvider | None) -> None:
+        self.own.alerts_provider = provider
+
+    def render(self) -> bytes:
+        return render(self.registry)
+
+    def prepare(self) -> Prepared:
+        """Read every source on the event loop, for `render_prepared` in a worker thread.
+
+        Rendering 10,000 nodes takes over a second: the HTTP shell must not do it on the loop.
+        """
+        return Prepared(self.fleet.snapshot_provider(), self.own.frame())
+
+    def render_prepared(self, prepared: Prepared) -> bytes:
+        """Render the prepared values; safe to run in a worker thread."""
+        self.fleet.pin(prepared.snapshot)
+        self.own.pin(prepared.frame)
+        try:
+            return render(self.registry)
+        finally:
+            self.fleet.unpin()
+            self.own.pin(None)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    snapshot: FleetSnapshot | None
+    frame: SelfFrame
+
+
+def create_metrics(
+    snapshot_provider: SnapshotProvider,
+    *,
+    legacy: bool = False,
+    peer_id: str = "",
+    version: str = __version__,
+) -> AggregatorMetrics:
+    """A fresh registry holding the fleet and self collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    fleet = FleetCollector(snapshot_provider, legacy=legacy)
+    own = SelfCollector(peer_id=peer_id, version=version)
+    registry.register(fleet)
+    registry.register(own)
+    return AggregatorMetrics(registry, fleet, own)
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format (0.0.4) of `registry`."""
+    return generate_latest(registry)
