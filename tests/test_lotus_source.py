@@ -11,15 +11,22 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from heartbeat.errors import ConfigError
 from heartbeat.head import NodeBadResponse, NodeRpcError, NodeUnreachable
-from heartbeat.lotus.client import ActiveSync, LotusClient
-from heartbeat.lotus.notify import chain_notify
+from heartbeat.lotus.client import (
+    ActiveSync,
+    LotusClient,
+    parse_active_syncs,
+    parse_network_params,
+    parse_tipset,
+)
+from heartbeat.lotus.notify import chain_notify, parse_changes
 from heartbeat.lotus.source import LotusHeadSource, is_syncing
 from tests.fakelotus import FakeLotus, fake_lotus
 
-pytestmark = pytest.mark.integration
 __all__ = ["fake_lotus"]  # the fixture, re-exported for pytest
 
 SRC = "heartbeat.lotus.source"
@@ -47,6 +54,7 @@ async def started(
     yield start
 
 
+@pytest.mark.integration
 async def test_polling_only(fake_lotus: FakeLotus, started: Callable[..., object]) -> None:
     source: LotusHeadSource = await started(subscribe=False)  # type: ignore[misc]
     head = source.latest
@@ -67,6 +75,7 @@ async def test_polling_only(fake_lotus: FakeLotus, started: Callable[..., object
     assert fake_lotus.calls.count("Filecoin.StateGetNetworkParams") == 1
 
 
+@pytest.mark.integration
 async def test_subscription_delivers_heads(
     fake_lotus: FakeLotus, started: Callable[..., object]
 ) -> None:
@@ -81,6 +90,7 @@ async def test_subscription_delivers_heads(
     assert fake_lotus.calls.count("Filecoin.ChainHead") == polls  # not from polling
 
 
+@pytest.mark.integration
 async def test_reorg_replaces_the_head(
     fake_lotus: FakeLotus, started: Callable[..., object]
 ) -> None:
@@ -94,6 +104,7 @@ async def test_reorg_replaces_the_head(
     assert source.latest is not None and source.latest.height == 100
 
 
+@pytest.mark.integration
 async def test_closed_channel_resubscribes(
     fake_lotus: FakeLotus, started: Callable[..., object]
 ) -> None:
@@ -109,6 +120,7 @@ async def test_closed_channel_resubscribes(
     await eventually(lambda: fake_lotus.subscriptions_total == 3 and fake_lotus.subscribers == 1)
 
 
+@pytest.mark.integration
 async def test_subscription_failure_falls_back_to_polling(
     fake_lotus: FakeLotus, started: Callable[..., object], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -125,6 +137,7 @@ async def test_subscription_failure_falls_back_to_polling(
     await eventually(lambda: source.status.mode == "subscribed", timeout=10)
 
 
+@pytest.mark.integration
 async def test_unreachable_node_keeps_head_and_escalates(
     fake_lotus: FakeLotus, started: Callable[..., object], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -158,6 +171,7 @@ async def test_unreachable_node_keeps_head_and_escalates(
     assert len(recovered) == 1 and "failed attempts" in recovered[0]
 
 
+@pytest.mark.integration
 async def test_sync_state_marks_syncing(
     fake_lotus: FakeLotus, started: Callable[..., object]
 ) -> None:
@@ -186,10 +200,11 @@ async def test_sync_state_marks_syncing(
         ([ActiveSync(0, 0, None, None), ActiveSync(1, 100, 900, 100)], True),
     ],
 )
-async def test_is_syncing_rule(syncs: list[ActiveSync], expected: bool) -> None:
+def test_is_syncing_rule(syncs: list[ActiveSync], expected: bool) -> None:
     assert is_syncing(syncs, 100) is expected
 
 
+@pytest.mark.integration
 async def test_genesis_is_retried_until_it_succeeds(
     fake_lotus: FakeLotus, started: Callable[..., object]
 ) -> None:
@@ -203,6 +218,7 @@ async def test_genesis_is_retried_until_it_succeeds(
                      and source.latest.genesis_cid == fake_lotus.genesis_cid)
 
 
+@pytest.mark.integration
 async def test_miner_address_from_miner_api(
     fake_lotus: FakeLotus, started: Callable[..., object]
 ) -> None:
@@ -213,6 +229,7 @@ async def test_miner_address_from_miner_api(
     assert source.latest is not None and source.latest.miner_address == "t0777"
 
 
+@pytest.mark.integration
 async def test_bad_miner_address_is_retried(
     fake_lotus: FakeLotus, started: Callable[..., object], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -226,6 +243,7 @@ async def test_bad_miner_address_is_retried(
     await eventually(lambda: source.miner_address == "f01234")
 
 
+@pytest.mark.integration
 async def test_miner_override(fake_lotus: FakeLotus, started: Callable[..., object]) -> None:
     source: LotusHeadSource = await started(  # type: ignore[misc]
         subscribe=False, miner=[fake_lotus.api_info(miner=True)], miner_override="f00123")
@@ -235,6 +253,7 @@ async def test_miner_override(fake_lotus: FakeLotus, started: Callable[..., obje
         LotusHeadSource([fake_lotus.api_info()], miner_override="f0x")
 
 
+@pytest.mark.integration
 async def test_failover_to_the_next_endpoint(
     nursery: trio.Nursery, fake_lotus: FakeLotus, started: Callable[..., object]
 ) -> None:
@@ -247,6 +266,7 @@ async def test_failover_to_the_next_endpoint(
     assert source.status.reachable
 
 
+@pytest.mark.integration
 async def test_token_is_sent(nursery: trio.Nursery) -> None:
     fake = FakeLotus(token="s3cret")
     await fake.start(nursery)
@@ -265,6 +285,7 @@ async def test_token_is_sent(nursery: trio.Nursery) -> None:
         await chain_notify(fake.api_info(token="wrong"), got.append, timeout=1.0)
 
 
+@pytest.mark.integration
 async def test_client_errors_are_typed(fake_lotus: FakeLotus) -> None:
     async with LotusClient(fake_lotus.api_info(), 0.3) as client:
         fake_lotus.fail("Filecoin.ChainHead", 12, "nope")
@@ -278,3 +299,35 @@ async def test_client_errors_are_typed(fake_lotus: FakeLotus) -> None:
         with pytest.raises(NodeRpcError) as info:
             await client.call("Filecoin.ChainNotify")  # WebSocket only
         assert info.value.code == -32601
+
+
+# -- pure decoders of Lotus answers --------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["Cids", "/", "Height", "Blocks", "Timestamp", "Type",
+                                       "Val", "ActiveSyncs", "Stage", "Target", "Base",
+                                       "NetworkName", "BlockDelaySecs", "x"]), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(_json)
+def test_decoders_raise_only_bad_response(value: object) -> None:
+    for parse in (parse_tipset, parse_active_syncs, parse_network_params, parse_changes):
+        try:
+            parse(value)
+        except NodeBadResponse:
+            pass
+
+
+def test_parse_tipset_shape() -> None:
+    ts = {"Cids": [{"/": "b2"}, {"/": "b1"}], "Height": 7,
+          "Blocks": [{"Timestamp": 20, "Height": 7}, {"Timestamp": 19, "Height": 7}]}
+    head = parse_tipset(ts)
+    assert (head.cids, head.height, head.timestamp) == (("b2", "b1"), 7, 19)
+    for bad in ({**ts, "Height": True}, {**ts, "Height": -1}, {**ts, "Cids": []},
+                {**ts, "Cids": [{"/": 5}]}, {**ts, "Blocks": [{"Timestamp": "1"}]}):
+        with pytest.raises(NodeBadResponse):
+            parse_tipset(bad)

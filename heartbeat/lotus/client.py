@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import httpx
 import trio
@@ -64,7 +64,7 @@ def auth_headers(info: ApiInfo) -> dict[str, str]:
     return {"Authorization": f"Bearer {info.token}"} if info.token else {}
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -89,9 +89,12 @@ def parse_tipset(obj: object, *, what: str = "tipset") -> Head:
     if blocks is not None:
         if not isinstance(blocks, list):
             raise NodeBadResponse(f"{what}: Blocks must be a list")
-        stamps = [b.get("Timestamp") for b in blocks if isinstance(b, dict)]
-        if len(stamps) != len(blocks) or not all(_is_int(s) and s >= 0 for s in stamps):
-            raise NodeBadResponse(f"{what}: bad block Timestamp")
+        stamps: list[int] = []
+        for block in blocks:
+            stamp = block.get("Timestamp") if isinstance(block, dict) else None
+            if not _is_int(stamp) or stamp < 0:
+                raise NodeBadResponse(f"{what}: bad block Timestamp")
+            stamps.append(stamp)
         timestamp = min(stamps) if stamps else None
     return Head(cids=tuple(cids), height=height, timestamp=timestamp)
 
