@@ -1,0 +1,165 @@
+"""The SQLite node registry and its trio writer (fake clock for the periodic batches)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from aggregator.errors import StoreError
+from aggregator.fleet import Fleet, FleetPolicy, NodeRecord, NodeState
+from aggregator.store import SCHEMA_VERSION, NodeStore, run_store_writer
+from heartbeat.wire import Beat
+
+T0 = 1_700_000_000.0
+
+
+def beat(height: int, tag: str = "aa", **kw: object) -> Beat:
+    return Beat(head="{bafy2bzacea" + tag + "}", height=height, nickname="alpha",
+                miner_address="f01234", **kw)  # type: ignore[arg-type]
+
+
+def record(pid: str, **kw: object) -> NodeRecord:
+    base: dict[str, object] = dict(
+        peer_id=pid, nickname="n", miner_address="", head="{bafy2bzaceaaa}", height=1,
+        head_timestamp=None, genesis_cid=None, syncing=None, version=None, first_seen=T0,
+        last_beat=T0, beats_received=1, remote_address="", beat_period=None,
+        head_changed_at=T0, height_changed_at=T0,
+    )
+    base.update(kw)
+    return NodeRecord(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.db"
+    store = NodeStore(path)
+    a = record("a", syncing=True, head_timestamp=123, genesis_cid="g", version="v",
+               beat_period=3.0)
+    b = record("b", syncing=False)
+    store.save([a, b])
+    store.save([record("b", height=5)])  # upsert
+    store.delete(["a", "zzz"])
+    store.close()
+    again = NodeStore(path)
+    assert again.load() == [record("b", height=5)]
+    again.save([a])
+    assert again.load() == [a, record("b", height=5)]
+    again.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_corrupt_file_is_a_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.db"
+    path.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(StoreError) as info:
+        NodeStore(path).load()
+    assert info.value.path == str(path)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer"):
+        NodeStore(path).load()
+
+
+def test_unopenable_path_is_a_typed_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        NodeStore(tmp_path / "missing-dir" / "nodes.db").load()
+
+
+class SignallingStore(NodeStore):
+    """Tells the test (on the event loop) each time a batch has been committed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes = 0
+        self.written = trio.Event()
+
+    def write(self, records: object, deleted: object = ()) -> None:
+        super().write(records, deleted)  # type: ignore[arg-type]
+        trio.from_thread.run_sync(self._signal)
+
+    def _signal(self) -> None:
+        self.writes += 1
+        self.written.set()
+        self.written = trio.Event()
+
+
+async def test_writer_batches_and_restart_shows_down_nodes(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "nodes.db"
+    fleet = Fleet()
+    store = SignallingStore(path)
+    async with trio.open_nursery() as nursery:
+        restored = await nursery.start(
+            lambda task_status: run_store_writer(
+                fleet, store, 10.0, clock=lambda: T0, task_status=task_status
+            )
+        )
+        assert restored == 0
+        fleet.on_connect("a", "/ip4/1.2.3.4/tcp/1", T0)
+        fleet.on_beat("a", beat(100), T0)
+        mock_clock.jump(9.9)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.writes == 0  # nothing before the first period elapsed
+        written = store.written
+        mock_clock.jump(0.2)
+        await written.wait()
+        assert [(r.peer_id, r.height) for r in NodeStore(path).load()] == [("a", 100)]
+        mock_clock.jump(10)  # nothing changed: no write
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.writes == 1
+        fleet.on_beat("a", beat(101, "ab"), T0 + 12)
+        nursery.cancel_scope.cancel()  # the final flush writes the last change
+    assert store.writes == 2
+    assert [(r.peer_id, r.height) for r in NodeStore(path).load()] == [("a", 101)]
+
+    # a restarted aggregator shows the node, DOWN until it beats again
+    fresh = Fleet()
+    async with trio.open_nursery() as nursery:
+        restored = await nursery.start(
+            lambda task_status: run_store_writer(
+                fresh, NodeStore(path), clock=lambda: T0, task_status=task_status
+            )
+        )
+        assert restored == 1
+        view = fresh.snapshot(T0 + 20).node("a")
+        assert view is not None and view.state is NodeState.DOWN and view.height == 101
+        nursery.cancel_scope.cancel()
+
+
+async def test_writer_deletes_expired_nodes(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "nodes.db"
+    NodeStore(path).save([record("old", last_beat=T0 - 100_000), record("new")])
+    fleet = Fleet(FleetPolicy(retention=86400.0))
+    store = SignallingStore(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_store_writer(
+                fleet, store, 10.0, clock=lambda: T0, task_status=task_status
+            )
+        )
+        assert "old" in fleet
+        written = store.written
+        mock_clock.jump(10)
+        await written.wait()
+        assert [r.peer_id for r in NodeStore(path).load()] == ["new"]
+        assert "old" not in fleet
+        nursery.cancel_scope.cancel()
+
+
+async def test_writer_refuses_to_start_on_corrupt_db(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.db"
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError):
+        await run_store_writer(Fleet(), NodeStore(path))
