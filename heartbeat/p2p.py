@@ -44,6 +44,7 @@ __all__ = [
     "IHost",
     "INetStream",
     "KeyPair",
+    "LightConnection",
     "PeerInfo",
     "StreamClosed",
     "StreamEOF",
@@ -55,8 +56,10 @@ __all__ = [
     "conn_peer_id",
     "conn_remote_ip",
     "connection_count",
+    "light_connection",
     "listen_multiaddrs",
     "load_or_create_identity",
+    "new_identity",
     "peer_id_of",
     "peer_info_from_multiaddr",
     "restore_libp2p_logging",
@@ -138,6 +141,11 @@ def load_or_create_identity(path: Path) -> KeyPair:
         return key_pair
     except (OSError, ValueError) as exc:
         raise IdentityError(f"cannot load or create identity file {path}: {exc}") from exc
+
+
+def new_identity(seed: bytes | None = None) -> KeyPair:
+    """A fresh Ed25519 key pair; the same 32-byte `seed` always gives the same key."""
+    return create_new_key_pair(seed)
 
 
 def peer_id_of(key_pair: KeyPair) -> str:
@@ -308,3 +316,124 @@ def watch_connections(host: IHost, on_connected: Any, on_disconnected: Any) -> N
             return None
 
     host.get_network().register_notifee(_Watcher())
+
+
+# -- light outbound connections (the load generator) -----------------------------
+# A full host per simulated agent costs ~150 KB and a swarm, a peerstore and a
+# resource manager each; the load generator needs only one Noise + Yamux
+# connection per identity. `light_connection` dials TCP, upgrades it exactly as
+# a host would (Noise, then Yamux, each chosen by multistream-select) and opens
+# streams on it: ~58 KB per simulated agent (measured, loopback). It does not
+# run identify; inbound streams from the remote are reset.
+
+
+class LightConnection:
+    """One outbound Noise + Yamux connection, without a host around it."""
+
+    def __init__(self, muxed: Any, remote_peer_id: str) -> None:
+        self._muxed = muxed
+        self.remote_peer_id = remote_peer_id
+
+    async def open_stream(self, protocol: str, timeout: float = 10.0) -> INetStream:
+        """Open a stream and negotiate `protocol`; errors surface as StreamClosed types."""
+        from libp2p.network.stream.net_stream import NetStream
+        from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+        from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+        try:
+            muxed_stream = await self._muxed.open_stream()
+        except Exception as exc:  # the library's muxer errors, translated at this boundary
+            raise StreamError(f"open_stream: {exc}") from exc
+        stream = NetStream(muxed_stream, None, None)
+        try:
+            await MultiselectClient().select_one_of(
+                [TProtocol(protocol)], MultiselectCommunicator(stream), max(1, int(timeout))
+            )
+        except Exception as exc:
+            await muxed_stream.reset()
+            raise StreamError(f"negotiate {protocol}: {exc}") from exc
+        stream.set_protocol(TProtocol(protocol))
+        return stream
+
+    @property
+    def is_closed(self) -> bool:
+        return bool(self._muxed.event_shutting_down.is_set())
+
+    async def wait_closed(self) -> None:
+        await self._muxed.event_closed.wait()
+
+    async def close(self) -> None:
+        try:
+            await self._muxed.close()
+        except Exception as exc:  # closing a broken connection: nothing left to do
+            logging.getLogger(__name__).debug("light_close_failed err=%r", exc)
+
+
+@asynccontextmanager
+async def light_connection(
+    key_pair: KeyPair, addr: str, *, timeout: float = 10.0
+) -> AsyncIterator[LightConnection]:
+    """Dial `addr` (`/…/tcp/<port>/p2p/<id>`) as `key_pair` for the duration of the block.
+
+    Raises `StreamError` if the dial or an upgrade fails within `timeout`.
+    """
+    import trio
+    from libp2p.transport.tcp.tcp import TCP
+    from libp2p.transport.upgrader import TransportUpgrader
+
+    info = peer_info_from_multiaddr(addr)
+    upgrader = TransportUpgrader(
+        {
+            TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
+                key_pair, noise_privkey=create_new_x25519_key_pair().private_key
+            )
+        },
+        {TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        negotiate_timeout=max(1, int(timeout)),
+    )
+    raw = None
+    try:
+        with trio.fail_after(timeout):
+            raw = await TCP().dial(info.addrs[0])
+            secured = await upgrader.upgrade_security(raw, True, info.peer_id)
+            muxed = await upgrader.upgrade_connection(secured, info.peer_id)
+    except trio.TooSlowError as exc:
+        if raw is not None:
+            await _quiet_close(raw)
+        raise StreamError(f"dial timeout after {timeout}s") from exc
+    except Exception as exc:  # the library's dial/upgrade errors, translated here
+        if raw is not None:
+            await _quiet_close(raw)
+        raise StreamError(f"dial {type(exc).__name__}: {exc}") from exc
+    conn = LightConnection(muxed, info.peer_id.to_base58())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(muxed.start)
+        nursery.start_soon(_refuse_inbound, muxed)
+        try:
+            with trio.fail_after(timeout):
+                await muxed.event_started.wait()
+            yield conn
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                await conn.close()
+            nursery.cancel_scope.cancel()
+
+
+async def _refuse_inbound(muxed: Any) -> None:
+    """The remote may open streams (identify push): reset them, we serve nothing."""
+    while True:
+        try:
+            stream = await muxed.accept_stream()
+        except Exception:  # the connection is closing: nothing more will arrive
+            return
+        try:
+            await stream.reset()
+        except Exception as exc:
+            logging.getLogger(__name__).debug("light_inbound_reset_failed err=%r", exc)
+
+
+async def _quiet_close(raw: Any) -> None:
+    try:
+        await raw.close()
+    except Exception as exc:
+        logging.getLogger(__name__).debug("light_raw_close_failed err=%r", exc)
