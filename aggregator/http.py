@@ -1,0 +1,189 @@
+"""The aggregator's HTTP endpoint: a plain ASGI app served by hypercorn's trio worker.
+
+Routes (GET and HEAD only; anything else is 405, an unknown path a JSON 404):
+`/metrics` (Prometheus text), `/healthz`, `/readyz` (503 until the app marks itself ready,
+i.e. the libp2p listener is up), `/api/v1/nodes`, `/api/v1/nodes/{peer_id}`, `/api/v1/fleet`,
+`/api/v1/alerts` (from a provider the alerting plugs in; `[]` by default) and `/nodes` (the
+original aggregator's JSON list of peer ids: here the peers that are up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from aggregator.metrics import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from aggregator.fleet import FleetSnapshot, NetworkView, NodeView
+    from aggregator.metrics import AggregatorMetrics
+
+__all__ = ["HttpApi", "network_json", "node_json", "serve_http"]
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
+_NODE_PREFIX = "/api/v1/nodes/"
+
+
+def node_json(v: NodeView) -> dict[str, Any]:
+    """A node as JSON: NodeView's fields, `state` as its value, `head_cids` as a list."""
+    out = v._asdict()
+    out["state"] = v.state.value
+    out["head_cids"] = list(v.head_cids)
+    return out
+
+
+def network_json(n: NetworkView) -> dict[str, Any]:
+    return {
+        "key": n.key,
+        "network": n.name,
+        "height": n.height,
+        "expected_height": n.expected_height,
+        "genesis_timestamp": n.genesis_timestamp,
+        "block_delay": n.block_delay,
+        "consensus_head": sorted(n.consensus_head) if n.consensus_head else None,
+        "consensus_head_hash": n.consensus_head_hash,
+        "consensus_votes": n.consensus_votes,
+        "nodes_total": n.nodes_total,
+        "nodes_up": n.nodes_up,
+        "counts": {s.value: c for s, c in n.counts.items()},
+        "in_consensus": n.in_consensus,
+        "in_dispute": n.in_dispute,
+    }
+
+
+class HttpApi:
+    """The ASGI application. The app sets `ready` and may plug in an alerts provider."""
+
+    def __init__(
+        self,
+        snapshot_provider: Callable[[], FleetSnapshot],
+        metrics: AggregatorMetrics | None = None,
+        *,
+        alerts_provider: Callable[[], list[Any]] | None = None,
+    ) -> None:
+        self.snapshot_provider = snapshot_provider
+        self.metrics = metrics
+        self.alerts_provider = alerts_provider
+        self.ready = False
+
+    def set_ready(self, ready: bool = True) -> None:
+        self.ready = ready
+
+    def set_alerts_provider(self, provider: Callable[[], list[Any]] | None) -> None:
+        self.alerts_provider = provider
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, send)
+        # websocket and anything else: not served (hypercorn closes the connection)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        method = scope.get("method", "GET")
+        path = scope.get("path", "/")
+        if len(path) > 1:
+            path = path.rstrip("/") or "/"
+        status, ctype, body = await self._route(method, path)
+        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        if status == 405:
+            headers.append((b"allow", b"GET, HEAD"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    async def _route(self, method: str, path: str) -> tuple[int, bytes, bytes]:
+        known = path in _ROUTES or (
+            path.startswith(_NODE_PREFIX) and len(path) > len(_NODE_PREFIX)
+        )
+        if path == "/metrics" and self.metrics is None:
+            known = False
+        if not known:
+            return _json(404, {"error": "not found", "path": path})
+        if method not in ("GET", "HEAD"):
+            return _json(405, {"error": "method not allowed", "method": method})
+        if path == "/metrics":
+            return 200, CONTENT_TYPE.encode(), await self._metrics()
+        if path == "/healthz":
+            return 200, _TEXT, b"ok\n"
+        if path == "/readyz":
+            return (200, _TEXT, b"ready\n") if self.ready else (503, _TEXT, b"not ready\n")
+        if path == "/api/v1/alerts":
+            return _json(200, self.alerts_provider() if self.alerts_provider else [])
+        snap = self.snapshot_provider()
+        if path == "/api/v1/nodes":
+            return _json(200, [node_json(v) for v in snap.nodes])
+        if path == "/nodes":
+            return _json(200, [v.peer_id for v in snap.nodes if v.up])
+        if path == "/api/v1/fleet":
+            return _json(200, {
+                "taken_at": snap.taken_at,
+                "pending_peers": snap.pending_peers,
+                "networks": [network_json(n) for n in snap.networks.values()],
+            })
+        peer_id = unquote(path[len(_NODE_PREFIX):])
+        view = snap.node(peer_id)
+        if view is None:
+            return _json(404, {"error": "unknown peer", "peer_id": peer_id})
+        return _json(200, node_json(view))
+
+    async def _metrics(self) -> bytes:
+        assert self.metrics is not None
+        prepared = self.metrics.prepare()  # read on the loop, render (slow) in a thread
+        return await trio.to_thread.run_sync(self.metrics.render_prepared, prepared)
+
+
+_ROUTES = frozenset(
+    {"/metrics", "/healthz", "/readyz", "/api/v1/nodes", "/api/v1/fleet", "/api/v1/alerts",
+     "/nodes"}
+)
+
+
+def _json(status: int, payload: Any) -> tuple[int, bytes, bytes]:
+    return status, _JSON, json.dumps(payload, default=str).encode()
+
+
+async def serve_http(
+    app: HttpApi,
+    host: str,
+    port: int,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` until cancelled (or `shutdown_trigger` returns); reports the bound port."""
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 2.0
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            lambda task_status: serve(
+                app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
+            )
+        )
+        bound = int(binds[0].rsplit(":", 1)[1])
+        log.info("http_listening host=%s port=%d", host, bound)
+        task_status.started(bound)
