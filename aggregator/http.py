@@ -181,7 +181,10 @@ async def serve_http(
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
             lambda task_status: serve(
-                app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
+                app,  # type: ignore[arg-type]  # a plain ASGI callable
+                config,
+                shutdown_trigger=shutdown_trigger,
+                task_status=task_status,
             )
         )
         bound = int(binds[0].rsplit(":", 1)[1])

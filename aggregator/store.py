@@ -230,6 +230,7 @@ async def run_store_writer(
             await trio.sleep_until(deadline)
             await flush()
     finally:
-        with trio.move_on_after(shutdown_timeout, shield=True):
+        with trio.move_on_after(shutdown_timeout) as scope:
+            scope.shield = True
             await flush()
             await trio.to_thread.run_sync(store.close)
