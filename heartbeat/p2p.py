@@ -194,7 +194,7 @@ def build_host(key_pair: KeyPair, limits: HostLimits | None = None) -> IHost:
     rm: Any = resource_manager
     if hasattr(rm, "connections_per_peer_per_sec"):
         rm.connections_per_peer_per_sec = limits.connections_per_peer_per_sec
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
@@ -206,6 +206,25 @@ def build_host(key_pair: KeyPair, limits: HostLimits | None = None) -> IHost:
         enable_upnp=False,
         negotiate_timeout=limits.negotiate_timeout,
     )
+    _disable_auto_connector(host)
+    return host
+
+
+def _disable_auto_connector(host: IHost) -> None:
+    """Stop the swarm's auto-connector from dialing peers out of the peerstore.
+
+    A low watermark of 0 is not enough in 0.8.1: the connector aims at the
+    midpoint of the watermarks, so a server would dial back (up to thousands of)
+    agents' ephemeral addresses after every disconnect.
+    """
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is None:
+        return
+
+    async def _never() -> None:
+        return None
+
+    connector.maybe_connect = _never
 
 
 @asynccontextmanager

@@ -1,0 +1,154 @@
+"""CLI: `fil-heartbeat-aggregator run|id` (no subcommand means `run`).
+
+Exit codes: 0 after a clean shutdown, 2 for a configuration error (the message
+names the setting), 1 for an identity or store error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from aggregator.config import AggregatorConfig, build_config
+from aggregator.errors import AggregatorError
+from heartbeat.errors import ConfigError, HeartbeatError
+
+__all__ = ["main", "parse_args"]
+
+log = logging.getLogger("aggregator")
+
+
+def _state_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("fil-heartbeat"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fil-heartbeat-aggregator",
+        description="Ingest heartbeats from Filecoin node agents and export fleet metrics.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the aggregator (the default)")
+    ident = sub.add_parser("id", help="print the aggregator's peer id")
+    for p in (parser, run, ident):
+        p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+        p.add_argument("--identity-file", metavar="PATH", help="Ed25519 key file (created)")
+    for p in (parser, run):
+        p.add_argument("--listen", action="append", metavar="MULTIADDR",
+                       help="libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/9081)")
+        p.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP address (0.0.0.0:9082)")
+        p.add_argument("--state-db", metavar="PATH", help="SQLite node registry")
+        p.add_argument("--allowlist", dest="allowlist_file", metavar="FILE",
+                       help="allowed peer ids, one per line (reloaded on SIGHUP)")
+        p.add_argument("--legacy-metrics", action="store_const", const=True, default=None,
+                       help="also export go-filecoin's unprefixed gauges")
+        p.add_argument("--name", help="this aggregator's name (legacy metrics label)")
+        p.add_argument("--max-connections", type=str, metavar="N")
+        p.add_argument("--max-connections-per-ip", type=str, metavar="N")
+        p.add_argument("--max-streams-per-peer", type=str, metavar="N")
+        p.add_argument("--max-beat-size", type=str, metavar="BYTES")
+        p.add_argument("--rate-limit", type=str, metavar="BEATS_PER_S")
+        p.add_argument("--rate-burst", type=str, metavar="N")
+        p.add_argument("--flood-drops", type=str, metavar="N")
+        p.add_argument("--flood-window", type=str, metavar="DURATION")
+        p.add_argument("--beat-timeout", type=str, metavar="DURATION",
+                       help="silence before a node is down, until its period is known (30s)")
+        p.add_argument("--beat-timeout-min", type=str, metavar="DURATION")
+        p.add_argument("--beat-timeout-max", type=str, metavar="DURATION")
+        p.add_argument("--lag-threshold", type=str, metavar="EPOCHS")
+        p.add_argument("--stall-after", type=str, metavar="DURATION")
+        p.add_argument("--retention", type=str, metavar="DURATION")
+        p.add_argument("--max-nodes", type=str, metavar="N")
+        p.add_argument("--gc-threshold", type=str, metavar="G0,G1,G2")
+        p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
+                       default=None)
+        p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
+    for p in (parser, run, ident):
+        p.add_argument("--log-format", choices=["text", "json"], default=None)
+        p.add_argument("--log-level", default=None)
+    return parser
+
+
+def parse_args(
+    argv: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[str, AggregatorConfig]:
+    """(command, config); raises ConfigError."""
+    args = _parser().parse_args(list(argv))
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+    command = flags.pop("command", None) or "run"
+    env = dict(os.environ) if env is None else env
+    file: dict[str, Any] = {}
+    config_path = flags.pop("config", None) or env.get("FIL_HEARTBEAT_AGGREGATOR_CONFIG")
+    env = {k: v for k, v in env.items() if k != "FIL_HEARTBEAT_AGGREGATOR_CONFIG"}
+    if config_path:
+        try:
+            file = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("config", f"{config_path}: {exc}") from exc
+        file = dict(file.get("aggregator", file))
+    return command, build_config(flags, env, file, state_dir=_state_dir())
+
+
+def _print_ready(agg: Any) -> None:
+    for addr in agg.multiaddrs:
+        print(addr, flush=True)
+    print(agg.http_url, flush=True)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        command, config = parse_args(argv)
+    except ConfigError as exc:
+        print(f"fil-heartbeat-aggregator: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        from heartbeat.logs import setup_logging
+
+        setup_logging(config.log_format, config.log_level)
+        from heartbeat import p2p
+
+        p2p.restore_libp2p_logging()
+        logging.getLogger("libp2p").setLevel(logging.WARNING)
+        if command == "id":
+            print(p2p.peer_id_of(p2p.load_or_create_identity(config.identity_file)))
+            return 0
+        from aggregator.app import run_aggregator
+
+        try:
+            trio.run(partial(run_aggregator, config, on_ready=_print_ready))
+        except BaseExceptionGroup as group:
+            leaf = _first_leaf(group)
+            if isinstance(leaf, HeartbeatError | AggregatorError | OSError):
+                raise leaf from group
+            raise
+    except ConfigError as exc:
+        print(f"fil-heartbeat-aggregator: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (HeartbeatError, AggregatorError, OSError) as exc:
+        print(f"fil-heartbeat-aggregator: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The aggregator, wired under one root nursery.
+
+`run_aggregator(config, task_status=...)` starts, in order: the ingest, the
+node registry (SQLite, restored into the fleet, then a batched writer), the
+libp2p host with the heartbeat handler on `fil/heartbeat/1.0.0` and its alias,
+the HTTP endpoint, the fleet expiry timer, the alerting service (when
+configured) and the signal handlers (SIGTERM/SIGINT: clean shutdown with the
+store flushed; SIGHUP: allowlist reload). It reports `(multiaddrs, http_url)`
+through `task_status.started` once everything listens.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from aggregator.bus import BeatAccepted, Bus, Event, PeerConnected, PeerDisconnected
+from aggregator.config import AggregatorConfig, parse_allowlist
+from aggregator.fleet import Fleet, FleetPolicy, FleetSnapshot
+from aggregator.gcmon import GcMonitor, tune_gc
+from aggregator.ingest import Ingest, IngestSettings
+from aggregator.metrics import AggregatorMetrics, create_metrics
+from heartbeat import p2p
+from heartbeat.errors import ConfigError
+from heartbeat.wire import PROTOCOL_ALIASES, PROTOCOL_ID
+
+__all__ = [
+    "Aggregator",
+    "dialable_multiaddrs",
+    "fleet_policy",
+    "load_allowlist",
+    "local_ip_addresses",
+    "run_aggregator",
+]
+
+log = logging.getLogger(__name__)
+
+
+def fleet_policy(config: AggregatorConfig) -> FleetPolicy:
+    return FleetPolicy(
+        lag_epochs=config.lag_threshold,
+        stall_after=config.stall_after,
+        beat_timeout_default=config.beat_timeout,
+        beat_timeout_min=config.beat_timeout_min,
+        beat_timeout_max=config.beat_timeout_max,
+        retention=config.retention,
+        max_nodes=config.max_nodes,
+    )
+
+
+def load_allowlist(path: Path | None) -> frozenset[str] | None:
+    """Read and parse the allowlist file (None: everyone is allowed)."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        return parse_allowlist(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError("allowlist_file", f"{path}: {exc}") from exc
+
+
+def local_ip_addresses() -> tuple[list[str], list[str]]:
+    """This machine's IPv4 and IPv6 addresses (loopback first), best effort."""
+    v4: list[str] = ["127.0.0.1"]
+    v6: list[str] = ["::1"]
+    candidates: set[tuple[int, str]] = set()
+    try:
+        for family, _, _, _, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
+            candidates.add((family, str(sockaddr[0])))
+    except OSError as exc:
+        log.debug("hostname_lookup_failed err=%r", exc)
+    # The address the default route would use (a UDP connect sends nothing).
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.connect((probe, 9))
+                candidates.add((family, str(sock.getsockname()[0])))
+        except OSError:
+            continue  # no route for this family
+    for family, addr in sorted(candidates):
+        if family == socket.AF_INET and addr not in v4 and not addr.startswith("127."):
+            v4.append(addr)
+        elif family == socket.AF_INET6 and addr not in v6 and not addr.startswith("fe80"):
+            v6.append(addr.split("%")[0])
+    return v4, v6
+
+
+def dialable_multiaddrs(
+    listening: Iterable[str], peer_id: str, v4: Iterable[str], v6: Iterable[str]
+) -> list[str]:
+    """Full `/…/tcp/N/p2p/<id>` addresses; wildcard listeners expand to `v4`/`v6`."""
+    v4, v6 = list(v4), list(v6)
+    out: list[str] = []
+    for addr in listening:
+        parts = addr.split("/")  # ["", "ip4", host, "tcp", port]
+        hosts = [parts[2]] if len(parts) > 2 else []
+        if addr.startswith("/ip4/0.0.0.0/"):
+            hosts = v4
+        elif addr.startswith("/ip6/::/"):
+            hosts = v6
+        for host in hosts:
+            full = "/".join([*parts[:2], host, *parts[3:]]) + f"/p2p/{peer_id}"
+            if full not in out:
+                out.append(full)
+    return out
+
+
+@dataclass
+class Aggregator:
+    """What the running aggregator is made of (for the alerting hook and tests)."""
+
+    config: AggregatorConfig
+    peer_id: str
+    fleet: Fleet
+    bus: Bus
+    ingest: Ingest
+    metrics: AggregatorMetrics
+    gc: GcMonitor
+    host: Any = None
+    http: Any = None  # aggregator.http.HttpApi
+    multiaddrs: list[str] = field(default_factory=list)
+    http_url: str = ""
+    wall_clock: Callable[[], float] = time.time
+
+    def snapshot(self) -> FleetSnapshot:
+        return self.fleet.snapshot(self.wall_clock())
+
+    def reload_allowlist(self) -> bool:
+        try:
+            allowlist = load_allowlist(self.config.allowlist_file)
+        except ConfigError as exc:
+            log.error("allowlist_reload_failed err=%s (keeping the previous list)", exc)
+            return False
+        self.ingest.set_allowlist(allowlist)
+        return True
+
+
+def _fleet_subscriber(fleet: Fleet) -> Callable[[Event], None]:
+    def update(event: Event) -> None:
+        if isinstance(event, BeatAccepted):
+            fleet.on_beat(event.peer_id, event.beat, event.at)
+        elif isinstance(event, PeerConnected):
+            fleet.on_connect(event.peer_id, event.remote_addr, event.at)
+        elif isinstance(event, PeerDisconnected):
+            fleet.on_disconnect(event.peer_id, event.at)
+
+    return update
+
+
+async def _signals(agg: Aggregator, shutdown: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("sighup_received action=reload_allowlist")
+                agg.reload_allowlist()
+                continue
+            log.info("shutdown_requested signal=%s", signal.Signals(signum).name)
+            shutdown.cancel()
+            return
+
+
+async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
+    """The alerting service's place (aggregator/alerts): started when configured."""
+    if not (agg.config.alerts or agg.config.alerts_file):
+        return
+    log.warning("alerts_not_available reason=no_alerting_service_in_this_build")
+
+
+async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
+    """Restore the node registry into the fleet, then run the batched writer."""
+    from aggregator import store
+    # The writer restores the fleet before it starts, expires nodes past the
+    # retention at each batch, and flushes once more (shielded) at shutdown.
+    restored = await nursery.start(
+        partial(
+            store.run_store_writer,
+            agg.fleet,
+            store.NodeStore(agg.config.state_db),
+            agg.config.store_flush_interval,
+            clock=agg.wall_clock,
+            expire=True,
+        )
+    )
+    log.info("fleet_restored nodes=%s path=%s", restored, agg.config.state_db)
+
+
+async def _start_http(agg: Aggregator, nursery: trio.Nursery) -> str:
+    from aggregator.http import HttpApi, serve_http
+
+    agg.http = HttpApi(agg.snapshot, agg.metrics)
+    port: int = await nursery.start(
+        partial(serve_http, agg.http, agg.config.http_host, agg.config.http_port)
+    )
+    host = agg.config.http_host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def build_aggregator(
+    config: AggregatorConfig, key_pair: Any, *, wall_clock: Callable[[], float] = time.time
+) -> Aggregator:
+    """Everything but the I/O: fleet, bus, ingest, metrics."""
+    peer_id = p2p.peer_id_of(key_pair)
+    fleet = Fleet(fleet_policy(config))
+    bus = Bus()
+    bus.subscribe_sync("fleet", _fleet_subscriber(fleet))
+    ingest = Ingest(
+        IngestSettings.from_config(config),
+        bus,
+        beat_timeout=fleet.beat_timeout,
+        allowlist=load_allowlist(config.allowlist_file),
+        wall_clock=wall_clock,
+    )
+    metrics = create_metrics(
+        lambda: fleet.snapshot(wall_clock()), legacy=config.legacy_metrics, peer_id=peer_id
+    )
+    gc_monitor = GcMonitor()
+    metrics.own.counters = ingest.counters
+    metrics.own.bus = bus
+    metrics.own.gc = gc_monitor
+    return Aggregator(config, peer_id, fleet, bus, ingest, metrics, gc_monitor,
+                      wall_clock=wall_clock)  # fmt: skip
+
+
+async def run_aggregator(
+    config: AggregatorConfig,
+    *,
+    handle_signals: bool = True,
+    on_ready: Callable[[Aggregator], None] | None = None,
+    task_status: trio.TaskStatus[tuple[list[str], str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the aggregator until cancelled or signalled (see the module docstring)."""
+    key_pair = p2p.load_or_create_identity(config.identity_file)
+    agg = build_aggregator(config, key_pair)
+    limits = p2p.HostLimits.server(config.max_connections)
+    with trio.CancelScope() as shutdown, agg.gc:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agg.ingest.run)
+            await _start_store(agg, nursery)
+            async with p2p.running_host(key_pair, list(config.listen), limits) as host:
+                agg.host = host
+                agg.ingest._disconnect_peer = lambda peer: p2p.close_peer(host, peer)
+                agg.ingest._close_connection = p2p.close_connection
+                p2p.watch_connections(host, agg.ingest.on_connected, agg.ingest.on_disconnected)
+                p2p.set_stream_handlers(
+                    host, [PROTOCOL_ID, *PROTOCOL_ALIASES], agg.ingest.handle_stream
+                )
+                v4, v6 = local_ip_addresses()
+                agg.multiaddrs = dialable_multiaddrs(
+                    p2p.listen_multiaddrs(host), agg.peer_id, v4, v6
+                )
+                agg.http_url = await _start_http(agg, nursery)
+                await _start_alerts(agg, nursery)
+                if handle_signals:
+                    nursery.start_soon(_signals, agg, shutdown)
+                agg.http.set_ready(True)
+                tune_gc(config.gc_threshold, freeze=config.gc_freeze)
+                for addr in agg.multiaddrs:
+                    log.info("listening multiaddr=%s", addr)
+                log.info("http_listening url=%s peer_id=%s", agg.http_url, agg.peer_id)
+                if on_ready is not None:
+                    on_ready(agg)
+                task_status.started((list(agg.multiaddrs), agg.http_url))
+                await trio.sleep_forever()
+    log.info("aggregator_stopped")

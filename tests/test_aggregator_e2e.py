@@ -1,0 +1,214 @@
+"""The aggregator end to end: real libp2p on loopback, real HTTP, scripted and real agents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from aggregator.app import Aggregator, run_aggregator
+from aggregator.config import AggregatorConfig, build_config
+from aggregator.fleet import NodeState
+from heartbeat.wire import Beat, encode_cbor
+from tests.legacy_sender import legacy_line, scripted_sender
+
+pytestmark = pytest.mark.integration
+
+GENESIS = "bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2"
+OTHER_GENESIS = "bafy2bzaceaxm23epjsmh75yvzcecsrbavlmkcxnva66bkdebdcnyw3bjrc74u"
+HEAD_A = "{bafy2bzaceheadaaaaaaaaaaaaaaa}"
+HEAD_B = "{bafy2bzaceheadbbbbbbbbbbbbbbb}"
+
+
+def beat(height: int, nickname: str, head: str = HEAD_A, genesis: str | None = GENESIS) -> bytes:
+    b = Beat(head=head, height=height, nickname=nickname, miner_address="f01234",
+             genesis_cid=genesis)  # fmt: skip
+    return encode_cbor(b)
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> AggregatorConfig:
+    base = build_config(
+        {
+            "listen": ["/ip4/127.0.0.1/tcp/0"],
+            "http_listen": "127.0.0.1:0",
+            "identity_file": str(tmp_path / "aggregator.key"),
+            "state_db": str(tmp_path / "aggregator.db"),
+            "gc_freeze": False,
+        }
+    )
+    return replace(base, **overrides)
+
+
+@asynccontextmanager
+async def running(config: AggregatorConfig) -> AsyncIterator[Aggregator]:
+    holder: list[Aggregator] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_aggregator(
+                config, handle_signals=False, on_ready=holder.append, task_status=task_status
+            )
+        )
+        yield holder[0]
+        nursery.cancel_scope.cancel()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def wait_for_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not await predicate():
+            await trio.sleep(0.05)
+
+
+def state_of(agg: Aggregator, peer: str) -> NodeState | None:
+    node = agg.snapshot().node(peer)
+    return node.state if node is not None else None
+
+
+async def test_scripted_beats_drive_consensus_lag_and_fork(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path)) as agg:
+        addr = agg.multiaddrs[0]
+        assert addr.startswith("/ip4/127.0.0.1/tcp/") and addr.endswith("/p2p/" + agg.peer_id)
+        async with (
+            scripted_sender(addr) as a,
+            scripted_sender(addr) as b,
+            scripted_sender(addr) as c,
+            scripted_sender(addr) as lagger,
+            scripted_sender(addr) as forker,
+            scripted_sender(addr, protocol="/fil/heartbeat/1.0.0") as other_net,
+        ):
+            for sender, nick in ((a, "alpha"), (b, "bravo"), (c, "charlie")):
+                await sender.write(beat(100, nick))
+            await lagger.write(beat(92, "lagger"))
+            await forker.write(beat(100, "forker", head=HEAD_B))
+            await other_net.write(beat(5, "calib", genesis=OTHER_GENESIS))
+            peers = [a, b, c, lagger, forker, other_net]
+            await wait_for(lambda: all(agg.fleet.snapshot(agg.wall_clock()).node(s.peer_id)
+                                       for s in peers))  # fmt: skip
+            assert [state_of(agg, s.peer_id) for s in peers] == [
+                NodeState.IN_CONSENSUS, NodeState.IN_CONSENSUS, NodeState.IN_CONSENSUS,
+                NodeState.LAGGING, NodeState.FORKED, NodeState.IN_CONSENSUS,
+            ]  # fmt: skip
+            snap = agg.snapshot()
+            main = next(n for n in snap.networks.values() if n.key == GENESIS)
+            assert (main.height, main.in_consensus, main.in_dispute) == (100, 3, 2)
+            other = next(n for n in snap.networks.values() if n.key == OTHER_GENESIS)
+            assert (other.height, other.in_consensus) == (5, 1)
+            # The lagger catches up.
+            await lagger.write(beat(100, "lagger"))
+            await wait_for(lambda: state_of(agg, lagger.peer_id) is NodeState.IN_CONSENSUS)
+            for s in peers:
+                await s.finish()
+        assert agg.ingest.counters.beats_accepted == 7
+        await wait_for(lambda: state_of(agg, a.peer_id) is NodeState.DOWN)
+
+
+async def test_legacy_json_sender_is_accepted(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path)) as agg:
+        async with scripted_sender(agg.multiaddrs[0]) as legacy:
+            lines = legacy_line(10, nickname="gofil") + legacy_line(11, nickname="gofil")
+            await legacy.write(lines)
+            await wait_for(lambda: agg.ingest.counters.beats_accepted == 2)
+            node = agg.snapshot().node(legacy.peer_id)
+            assert node is not None
+            assert (node.nickname, node.height, node.miner_address) == ("gofil", 11, "t01234")
+            assert node.network_key == "unknown"
+            await legacy.finish()
+
+
+async def test_misbehaving_peers_are_cut_while_others_flow(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path, beat_timeout=2.0, beat_timeout_min=1.0, max_beat_size=512, max_buffer=4096
+    )
+    async with running(config) as agg:
+        addr = agg.multiaddrs[0]
+        counters = agg.ingest.counters
+        async with scripted_sender(addr) as good:
+            height = 1
+
+            async def keep_flowing(task_status: trio.TaskStatus[None]) -> None:
+                nonlocal height
+                task_status.started()
+                while True:
+                    await good.write(beat(height, "good"))
+                    height += 1
+                    await trio.sleep(0.5)
+
+            async with trio.open_nursery() as flow:
+                await flow.start(keep_flowing)
+                # Garbage: reset, counted as a decode error.
+                async with scripted_sender(addr) as garbage:
+                    await garbage.write(b"\xff\x00garbage")
+                    assert await garbage.read_until_closed() == "closed"
+                # Oversize beat.
+                async with scripted_sender(addr) as big:
+                    await big.write(beat(1, "x" * 600))
+                    assert await big.read_until_closed() == "closed"
+                # Wrong type: rejected, stream stays open, then a good beat passes.
+                async with scripted_sender(addr) as wrong:
+                    await wrong.write(b'{"Head":"{ bafy2bzaceaaa }","Height":"1",'
+                                      b'"Nickname":"w","MinerAddress":""}\n')  # fmt: skip
+                    await wait_for(lambda: counters.beats_rejected["wrong_type"] == 1)
+                    await wrong.finish()
+                # Silent and slow-drip peers: cut at the beat timeout (2 s).
+                async with scripted_sender(addr) as silent, scripted_sender(addr) as drip:
+                    payload = beat(1, "drip")
+
+                    async def dripping() -> None:
+                        for byte in payload:
+                            await trio.sleep(0.3)
+                            try:
+                                await drip.write(bytes([byte]))
+                            except Exception:  # the aggregator cut us: expected
+                                return
+
+                    async with trio.open_nursery() as n:
+                        n.start_soon(dripping)
+                        assert await silent.read_until_closed(8) == "closed"
+                        assert await drip.read_until_closed(8) == "closed"
+                    await wait_for(lambda: not silent.connected() and not drip.connected())
+                assert counters.peers_disconnected["read_timeout"] == 2
+                flow.cancel_scope.cancel()
+            assert sum(counters.decode_errors.values()) == 2
+            assert counters.decode_errors["oversize"] == 1
+            assert counters.handler_errors == 0
+            node = agg.snapshot().node(good.peer_id)
+            assert node is not None and node.height == height - 1 and node.up
+        # The host survived: a new peer still gets through.
+        async with scripted_sender(addr) as late:
+            await late.write(beat(1, "late"))
+            await wait_for(lambda: agg.snapshot().node(late.peer_id) is not None)
+            await late.finish()
+
+
+async def test_allowlist_refuses_and_reloads(tmp_path: Path) -> None:
+    from heartbeat import p2p
+
+    allow = tmp_path / "allow.txt"
+    allow.write_text("# nobody yet\n")
+    key = p2p.new_identity(b"s" * 32)
+    async with running(make_config(tmp_path, allowlist_file=allow)) as agg:
+        addr = agg.multiaddrs[0]
+        async with scripted_sender(addr, key_pair=key) as stranger:
+            assert await stranger.read_until_closed() == "closed"
+            await wait_for(lambda: not stranger.connected())
+        assert agg.ingest.counters.peers_refused["not_allowed"] == 1
+        allow.write_text(f"{stranger.peer_id}  # now welcome\n")
+        assert agg.reload_allowlist()
+        async with scripted_sender(addr, key_pair=key) as again:
+            await again.write(beat(1, "welcome"))
+            await wait_for(lambda: agg.snapshot().node(again.peer_id) is not None)
+            await again.finish()
+        assert agg.ingest.counters.peers_refused["not_allowed"] == 1
+        allow.write_text("not a peer id\n")
+        assert not agg.reload_allowlist()  # a bad file keeps the previous list
+        assert agg.ingest.allowlist == frozenset({stranger.peer_id})
