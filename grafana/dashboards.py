@@ -1,0 +1,445 @@
+"""Generate the fil-heartbeat Grafana dashboards with grafana-foundation-sdk.
+
+    python grafana/dashboards.py            # rewrite grafana/dashboards/*.json
+    python grafana/dashboards.py --check    # exit 1 when the committed files differ
+
+Every panel and query uses the `datasource` template variable (file provisioning does not
+substitute `${DS_PROMETHEUS}`); its default is the provisioned datasource's fixed uid.
+Queries use the aggregator's metrics and the recording rules of prometheus/rules.yml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, statetimeline, table
+from grafana_foundation_sdk.builders import timeseries as ts
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import prometheus as prom_model
+
+__all__ = [
+    "DATASOURCE_UID",
+    "OUT_DIR",
+    "fleet_overview",
+    "main",
+    "node_detail",
+    "panel_queries",
+    "render_all",
+]
+
+OUT_DIR = Path(__file__).resolve().parent / "dashboards"
+#: The uid of the provisioned datasource (provisioning/datasources/prometheus.yaml).
+DATASOURCE_UID = "fil-heartbeat-prometheus"
+DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+NET = 'network=~"$network"'
+NODE = 'peer_id="$node"'
+
+_STATE_COLORS = {
+    "in_consensus": "green",
+    "lagging": "yellow",
+    "forked": "purple",
+    "stalled": "orange",
+    "syncing": "blue",
+    "down": "red",
+}
+
+
+class _Ids:
+    """Panel ids and query ref ids, deterministic per dashboard."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def __call__(self) -> int:
+        self.next += 1
+        return self.next
+
+
+def _q(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False
+       ) -> prometheus.Dataquery:
+    q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DS)
+    if legend:
+        q = q.legend_format(legend)
+    if instant:
+        q = q.instant().format(prom_model.PromQueryFormat.TABLE)
+    return q
+
+
+def _targets(panel: Any, queries: list[tuple[str, str]]) -> Any:
+    for i, (expr, legend) in enumerate(queries):
+        panel = panel.with_target(_q(expr, legend, chr(ord("A") + i)))
+    return panel
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> dash.ThresholdsConfig:
+    return dash.ThresholdsConfig().mode(model.ThresholdsMode.ABSOLUTE).steps(
+        [model.Threshold(value=v, color=c) for v, c in steps]
+    )
+
+
+def _datasource_variable() -> dash.DatasourceVariable:
+    return (
+        dash.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
+        .current(model.VariableOption(text="fil-heartbeat Prometheus", value=DATASOURCE_UID))
+    )
+
+
+def _network_variable() -> dash.QueryVariable:
+    return (
+        dash.QueryVariable("network")
+        .label("Network")
+        .datasource(DS)
+        .query("label_values(fil_heartbeat_network_height, network)")
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+    )
+
+
+def _base(title: str, uid: str, description: str) -> dash.Dashboard:
+    return (
+        dash.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["fil-heartbeat", "filecoin"])
+        .refresh("30s")
+        .time("now-6h", "now")
+        .timezone("browser")
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .with_variable(_datasource_variable())
+        .with_variable(_network_variable())
+    )
+
+
+def _stat(ids: _Ids, title: str, expr: str, *, unit: str = "none", legend: str = "",
+          steps: tuple[tuple[float | None, str], ...] = ((None, "green"),),
+          description: str = "") -> stat.Panel:
+    panel = stat.Panel().id(ids()).title(title).datasource(DS)
+    if description:
+        panel = panel.description(description)
+    return (
+        panel.with_target(_q(expr, legend))
+        .unit(unit).thresholds(_thresholds(*steps))
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .graph_mode(common.BigValueGraphMode.AREA)
+        .height(4).span(4)
+    )  # fmt: skip
+
+
+def fleet_overview() -> dash.Dashboard:
+    """The fleet at a glance: states, heights, consensus, lag, alerts and ingest."""
+    ids = _Ids()
+    d = _base(
+        "fil-heartbeat fleet",
+        "fil-heartbeat-fleet",
+        "Filecoin nodes reporting to the fil-heartbeat aggregators, deduplicated across "
+        "aggregators by the recording rules of grafana/prometheus/rules.yml.",
+    )
+    d = d.link(
+        dash.DashboardLink("Node detail").type(model.DashboardLinkType.DASHBOARDS)
+        .tags(["fil-heartbeat"]).include_vars(True).keep_time(True).as_dropdown(True)
+    )  # fmt: skip
+    d = d.with_row(dash.Row("Fleet").id(ids()).datasource(DS))
+    d = d.with_panel(_stat(
+        ids, "Nodes up", f"sum(fil_heartbeat:nodes_up:count{{{NET}}})",
+        steps=((None, "red"), (1, "green")),
+        description="Nodes seen up by at least one aggregator.",
+    ))
+    d = d.with_panel(_stat(
+        ids, "Nodes known", f"sum(fil_heartbeat:nodes_known:count{{{NET}}})",
+        steps=((None, "blue"),),
+    ))
+    d = d.with_panel(_stat(
+        ids, "Consensus share",
+        f"sum(fil_heartbeat:nodes_in_consensus:count{{{NET}}})"
+        f" / sum(fil_heartbeat:nodes_up:count{{{NET}}})",
+        unit="percentunit", steps=((None, "red"), (0.66, "yellow"), (0.9, "green")),
+        description="Up nodes holding the plurality head.",
+    ))
+    d = d.with_panel(_stat(
+        ids, "Epochs behind expected",
+        f"max(fil_heartbeat:network_expected_height:max{{{NET}}}"
+        f" - on (network) fil_heartbeat:network_height:max{{{NET}}})",
+        steps=((None, "green"), (3, "yellow"), (10, "red")),
+        description="Expected height (genesis time, block delay) minus the best height. "
+        "A null round adds 1 for one epoch.",
+    ))
+    d = d.with_panel(_stat(
+        ids, "Alerts firing (Prometheus)",
+        'count(ALERTS{alertname=~"Fil.*", alertstate="firing"}) or vector(0)',
+        steps=((None, "green"), (1, "red")),
+    ))
+    d = d.with_panel(_stat(
+        ids, "Alerts firing (built-in)", "sum(fil_heartbeat_alerts_firing) or vector(0)",
+        steps=((None, "green"), (1, "red")),
+        description="Alerts of the aggregators' built-in alerter.",
+    ))
+    d = d.with_panel(
+        ts.Panel().id(ids()).title("Nodes by state").datasource(DS)
+        .with_target(_q(
+            f"sum by (state) (max by (network, state) (fil_heartbeat_nodes{{{NET}}}))",
+            "{{state}}",
+        ))
+        .stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
+        .fill_opacity(60).line_width(1).min(0).unit("none")
+        .overrides([
+            dash.DashboardFieldConfigSourceOverrides()
+            .matcher(model.MatcherConfig(id_val="byName", options=state))
+            .properties([model.DynamicConfigValue(
+                id_val="color", value={"mode": "fixed", "fixedColor": color}
+            )])
+            for state, color in _STATE_COLORS.items()
+        ])
+        .height(8).span(12)
+    )  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Network height vs expected height").datasource(DS)
+        .unit("none").decimals(0).height(8).span(12),
+        [
+            (f"fil_heartbeat:network_height:max{{{NET}}}", "{{network}} height"),
+            (f"fil_heartbeat:network_expected_height:max{{{NET}}}", "{{network}} expected"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Consensus share").datasource(DS)
+        .unit("percentunit").min(0).max(1).height(8).span(12),
+        [
+            (f"fil_heartbeat:consensus_share:ratio{{{NET}}}", "{{network}}"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(
+        heatmap.Panel().id(ids()).title("Lag behind the fleet (epochs)").datasource(DS)
+        .description("Distribution of the nodes' lag; 5 epochs or more is FilNodeLagging.")
+        .with_target(_q(f"fil_heartbeat:node_lag_epochs:fleet{{{NET}}}", "{{nickname}}"))
+        .calculate(True)
+        .height(8).span(12)
+    )  # fmt: skip
+    d = d.with_row(dash.Row("Alerts").id(ids()).datasource(DS))
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Alerts firing").datasource(DS)
+        .unit("none").min(0).height(8).span(24),
+        [
+            ('sum by (alertname, severity) (ALERTS{alertname=~"Fil.*", alertstate="firing"})',
+             "{{alertname}} ({{severity}})"),
+            ("sum by (alertname, severity) (fil_heartbeat_alerts_firing)",
+             "built-in {{alertname}} ({{severity}})"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(
+        table.Panel().id(ids()).title("Nodes").datasource(DS)
+        .with_target(
+            _q(f"max by (peer_id, nickname, miner, network, state) "
+               f"(fil_heartbeat_node_state{{{NET}}} == 1)", instant=True)
+        )
+        .with_transformation(model.DataTransformerConfig(
+            id_val="organize",
+            options={"excludeByName": {"Time": True, "Value": True}},
+        ))
+        .height(10).span(24)
+    )  # fmt: skip
+    d = d.with_row(dash.Row("Aggregators").id(ids()).datasource(DS))
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Beats per second").datasource(DS)
+        .unit("reqps").min(0).height(8).span(12),
+        [
+            ("sum by (instance) (rate(fil_heartbeat_beats_received_total[$__rate_interval]))",
+             "{{instance}} received"),
+            ("sum by (instance) (rate(fil_heartbeat_beats_accepted_total[$__rate_interval]))",
+             "{{instance}} accepted"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Rejected beats by reason").datasource(DS)
+        .unit("reqps").min(0).height(8).span(12),
+        [
+            ("sum by (reason) (rate(fil_heartbeat_beats_rejected_total[$__rate_interval]))",
+             "{{reason}}"),
+            ("sum by (reason) (rate(fil_heartbeat_decode_errors_total[$__rate_interval]))",
+             "stream reset: {{reason}}"),
+            ("sum(rate(fil_heartbeat_beats_rate_limited_total[$__rate_interval]))",
+             "rate limited"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Connections and streams").datasource(DS)
+        .unit("none").min(0).height(8).span(12),
+        [
+            ("sum by (instance) (fil_heartbeat_connections)", "{{instance}} connections"),
+            ("sum by (instance) (fil_heartbeat_streams_open)", "{{instance}} streams"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Aggregator up").datasource(DS)
+        .unit("none").min(0).max(1).height(8).span(12),
+        [('up{job="fil-heartbeat-aggregator"}', "{{instance}}")],
+    ))  # fmt: skip
+    return d
+
+
+def _node_variable() -> dash.QueryVariable:
+    return (
+        dash.QueryVariable("node")
+        .label("Node (peer id)")
+        .datasource(DS)
+        .query(f"label_values(fil_heartbeat_node_up{{{NET}}}, peer_id)")
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+    )
+
+
+def node_detail() -> dash.Dashboard:
+    """One node (template variable `node`, a peer id) against its network."""
+    ids = _Ids()
+    d = _base(
+        "fil-heartbeat node",
+        "fil-heartbeat-node",
+        "One Filecoin node as the fil-heartbeat aggregators see it.",
+    ).with_variable(_node_variable())
+    d = d.with_panel(
+        stat.Panel().id(ids()).title("State").datasource(DS)
+        .with_target(_q(f"max by (state) (fil_heartbeat_node_state{{{NODE}}}) == 1", "{{state}}"))
+        .text_mode(common.BigValueTextMode.NAME)
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .height(4).span(6)
+    )  # fmt: skip
+    d = d.with_panel(_stat(
+        ids, "Lag (epochs)", f"max(fil_heartbeat:node_lag_epochs:fleet{{{NODE}}})",
+        steps=((None, "green"), (2, "yellow"), (5, "red")),
+    ).span(6))
+    d = d.with_panel(_stat(
+        ids, "Head unchanged for",
+        f"time() - max(fil_heartbeat_node_head_changed_timestamp_seconds{{{NODE}}})",
+        unit="s", steps=((None, "green"), (150, "yellow"), (300, "red")),
+    ).span(6))
+    d = d.with_panel(_stat(
+        ids, "Last beat", f"time() - max(fil_heartbeat_node_last_beat_timestamp_seconds{{{NODE}}})",
+        unit="s", steps=((None, "green"), (30, "yellow"), (180, "red")),
+    ).span(6))
+    d = d.with_panel(
+        statetimeline.Panel().id(ids()).title("Up / down").datasource(DS)
+        .with_target(_q(f"fil_heartbeat:node_up:max{{{NODE}}}", "{{nickname}}"))
+        .mappings([model.ValueMap(options={
+            "0": model.ValueMappingResult(text="down", color="red", index=0),
+            "1": model.ValueMappingResult(text="up", color="green", index=1),
+        })])
+        .height(5).span(24)
+    )  # fmt: skip
+    d = d.with_panel(
+        statetimeline.Panel().id(ids()).title("State").datasource(DS)
+        .with_target(_q(f"max by (state) (fil_heartbeat_node_state{{{NODE}}})", "{{state}}"))
+        .mappings([model.ValueMap(options={
+            "0": model.ValueMappingResult(text="-", color="transparent", index=0),
+            "1": model.ValueMappingResult(text="current", color="green", index=1),
+        })])
+        .height(7).span(24)
+    )  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Height vs network").datasource(DS)
+        .unit("none").decimals(0).height(8).span(12),
+        [
+            (f"max by (nickname) (fil_heartbeat_node_height{{{NODE}}})", "{{nickname}}"),
+            (f"fil_heartbeat:network_height:max and on (network) "
+             f"fil_heartbeat:node_up:max{{{NODE}}}", "{{network}} best"),
+            (f"fil_heartbeat:network_expected_height:max and on (network) "
+             f"fil_heartbeat:node_up:max{{{NODE}}}", "{{network}} expected"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Lag (epochs)").datasource(DS)
+        .unit("none").min(0).height(8).span(12),
+        [
+            (f"fil_heartbeat:node_lag_epochs:fleet{{{NODE}}}", "fleet"),
+            (f"fil_heartbeat_node_lag_epochs{{{NODE}}}", "{{instance}}"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Head age").datasource(DS)
+        .unit("s").min(0).height(8).span(12),
+        [
+            (f"time() - max(fil_heartbeat_node_head_changed_timestamp_seconds{{{NODE}}})",
+             "since the head changed"),
+            (f"time() - max(fil_heartbeat_node_head_timestamp_seconds{{{NODE}}})",
+             "tipset age"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Beats per second").datasource(DS)
+        .unit("reqps").min(0).height(8).span(12),
+        [
+            (f"sum by (instance) (rate(fil_heartbeat_node_beats_total{{{NODE}}}"
+             f"[$__rate_interval]))", "{{instance}}"),
+        ],
+    ))  # fmt: skip
+    d = d.with_panel(
+        table.Panel().id(ids()).title("Node info").datasource(DS)
+        .with_target(
+            _q(f"fil_heartbeat_node_info{{{NODE}}}", instant=True)
+        )
+        .with_transformation(model.DataTransformerConfig(
+            id_val="organize",
+            options={"excludeByName": {"Time": True, "Value": True, "__name__": True}},
+        ))
+        .height(6).span(24)
+    )  # fmt: skip
+    return d
+
+
+def _to_json(builder: cogbuilder.Builder[Any]) -> str:
+    return json.dumps(builder.build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def render_all() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    return {
+        "fleet-overview.json": _to_json(fleet_overview()),
+        "node-detail.json": _to_json(node_detail()),
+    }
+
+
+def panel_queries(model_json: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL expression) of every query of every panel in a dashboard."""
+    out: list[tuple[str, str]] = []
+    for panel in model_json.get("panels", []):
+        for target in panel.get("targets", []):
+            if "expr" in target:
+                out.append((panel.get("title", ""), target["expr"]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare with the files")
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in render_all().items():
+        path = args.out / name
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        stale.append(name)
+        if not args.check:
+            args.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)} (run python grafana/dashboards.py)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
