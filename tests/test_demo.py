@@ -1,0 +1,42 @@
+"""The README demo runs by itself for a few seconds and shows the three nodes."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aggregator.demo import run_demo
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_demo_prints_multiaddr_and_node_lines() -> None:
+    out = io.StringIO()
+    await run_demo(7.0, block_delay=1.0, refresh=1.0, out=out)
+    text = out.getvalue()
+    assert re.search(r"^aggregator multiaddr: /ip4/127\.0\.0\.1/tcp/\d+/p2p/\w+$", text, re.M)
+    assert re.search(r"^metrics: +http://127\.0\.0\.1:\d+/metrics$", text, re.M)
+    last = text.rsplit("-- ", 1)[1]
+    assert "nodes=3" in last
+    lines = {line.split()[0]: line for line in last.splitlines()[1:]}
+    assert set(lines) == {"alpha", "bravo", "charlie"}
+    assert "in_consensus" in lines["alpha"]
+    assert "lagging" in lines["bravo"] and "lag=8" in lines["bravo"]
+
+
+def test_demo_module_runs_with_duration() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aggregator.demo", "--duration", "5", "--block-delay", "1",
+         "--refresh", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "aggregator multiaddr: /ip4/127.0.0.1/tcp/" in proc.stdout
+    assert re.search(r"^  alpha +\w+ +height=\d+", proc.stdout, re.M)
