@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -212,3 +213,124 @@ async def test_allowlist_refuses_and_reloads(tmp_path: Path) -> None:
         allow.write_text("not a peer id\n")
         assert not agg.reload_allowlist()  # a bad file keeps the previous list
         assert agg.ingest.allowlist == frozenset({stranger.peer_id})
+
+
+# -- real agents (heartbeat.agent) and the HTTP API -----------------------------------------
+
+
+@asynccontextmanager
+async def real_agent(
+    addr: str, nickname: str, height: int, *, key: Any = None, period: float = 0.5
+) -> AsyncIterator[Any]:
+    from heartbeat import p2p
+    from heartbeat.agent import Agent, BeatLoop, Libp2pConnector
+    from heartbeat.head import Head
+    from heartbeat.targets import parse_target
+
+    head = Head(cids=("bafy2bzaceheadaaaaaaaaaaaaaaa",), height=height, genesis_cid=GENESIS)
+    target = replace(parse_target(addr), beat_period=period, reconnect_period=0.5)
+    async with p2p.running_host(key or p2p.new_identity(), []) as host:
+        loop = BeatLoop(target, Libp2pConnector(host), lambda: head, nickname=nickname,
+                        jitter=0.0)  # fmt: skip
+        agent = Agent([loop])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            yield agent
+            await agent.stop()
+            nursery.cancel_scope.cancel()
+
+
+async def nodes_by_nick(client: httpx.AsyncClient, url: str) -> dict[str, dict[str, Any]]:
+    reply = await client.get(url + "/api/v1/nodes")
+    assert reply.status_code == 200
+    return {n["nickname"]: n for n in reply.json()}
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_real_agents_appear_in_metrics_and_api_then_stall_and_go_down(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, stall_after=2.0)
+    async with running(config) as agg, httpx.AsyncClient(timeout=5) as client:
+        url = agg.http_url
+        assert (await client.get(url + "/readyz")).status_code == 200
+        addr = agg.multiaddrs[0]
+        async with real_agent(addr, "alpha", 300), real_agent(addr, "bravo", 300):
+            async def both_in_consensus() -> bool:
+                nodes = await nodes_by_nick(client, url)
+                return all(nodes.get(n, {}).get("state") == "in_consensus"
+                           for n in ("alpha", "bravo"))  # fmt: skip
+
+            await wait_for_async(both_in_consensus)
+            metrics = (await client.get(url + "/metrics")).text
+            assert metric_value(metrics, "fil_heartbeat_node_height", nickname="alpha") == 300
+            assert metric_value(metrics, "fil_heartbeat_node_up", nickname="bravo") == 1
+            assert metric_value(metrics, "fil_heartbeat_node_state", nickname="alpha",
+                                state="in_consensus") == 1  # fmt: skip
+            assert (metric_value(metrics, "fil_heartbeat_beats_accepted_total") or 0) >= 2
+            assert metric_value(metrics, "fil_heartbeat_streams_open") == 2
+            # The static head never moves: both stall after 2 s.
+            async def both_stalled() -> bool:
+                nodes = await nodes_by_nick(client, url)
+                return all(nodes[n]["state"] == "stalled" for n in ("alpha", "bravo"))
+
+            await wait_for_async(both_stalled)
+        # Both agents stopped: down at once (their streams closed), still listed.
+        async def both_down() -> bool:
+            nodes = await nodes_by_nick(client, url)
+            return all(nodes[n]["state"] == "down" and not nodes[n]["up"]
+                       for n in ("alpha", "bravo"))  # fmt: skip
+
+        await wait_for_async(both_down)
+        metrics = (await client.get(url + "/metrics")).text
+        assert metric_value(metrics, "fil_heartbeat_node_up", nickname="alpha") == 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_restart_remembers_down_nodes_and_agents_reconnect(tmp_path: Path) -> None:
+    from heartbeat import p2p
+
+    port = free_port()
+    config = make_config(tmp_path, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
+                         store_flush_interval=0.2)  # fmt: skip
+    key_back = p2p.new_identity(b"b" * 32)
+    async with trio.open_nursery() as outer:
+        back_running = trio.Event()
+        stop_back = trio.Event()
+        async with running(config) as agg:
+            addr = agg.multiaddrs[0]
+            peer_id = agg.peer_id
+
+            async def back_agent() -> None:
+                async with real_agent(addr, "back", 77, key=key_back):
+                    back_running.set()
+                    await stop_back.wait()
+
+            outer.start_soon(back_agent)
+            await back_running.wait()
+            async with real_agent(addr, "gone", 77):
+                await wait_for(lambda: len(agg.snapshot().nodes) == 2)
+        # The aggregator is stopped (store flushed); "gone" never comes back.
+        async with running(config) as agg2:
+            assert agg2.peer_id == peer_id and agg2.multiaddrs[0] == addr
+            def states() -> dict[str, str]:
+                return {n.nickname: n.state.value for n in agg2.snapshot().nodes}
+
+            assert states().get("gone") == "down"
+            await wait_for(lambda: states() == {"gone": "down", "back": "in_consensus"}, 15)
+            stop_back.set()
