@@ -40,6 +40,7 @@ __all__ = [
     "Libp2pConnector",
     "StreamBroken",
     "TargetStats",
+    "disable_auto_dial",
     "make_beat",
 ]
 
@@ -316,9 +317,30 @@ class _Libp2pStream:
         # dial starts fresh.
         try:
             await self._stream.reset()
-            await self._host.disconnect(self._peer_id)
         except Exception as exc:  # part of the connect loop's clean-up; never fatal
             log.debug("reset_failed peer=%s err=%r", self._peer_id, exc)
+        try:
+            await self._host.disconnect(self._peer_id)
+        except Exception as exc:  # likewise: the connection may already be gone
+            log.debug("disconnect_failed peer=%s err=%r", self._peer_id, exc)
+
+
+async def _no_auto_dial() -> None:
+    return None
+
+
+def disable_auto_dial(host: Any) -> None:
+    """Stop py-libp2p's auto-connector from dialing peerstore peers by itself.
+
+    With `low_watermark=0` it still aims at (low + high) / 2 connections and
+    re-dials known peers behind our back: a second connection to a target that
+    allows one per peer is refused, and the loop's own redial loses the race.
+    The agent dials by itself, one attempt under one deadline.
+    """
+    network = host.get_network()
+    connector = getattr(network, "auto_connector", None)
+    if connector is not None:
+        connector.maybe_connect = _no_auto_dial
 
 
 class Libp2pConnector:
@@ -327,6 +349,7 @@ class Libp2pConnector:
     def __init__(self, host: Any, protocol: str = PROTOCOL_ID) -> None:
         self._host = host
         self._protocol = protocol
+        disable_auto_dial(host)
 
     async def connect(self, target: Target) -> BeatStream:
         info = peer_info_from_multiaddr(target.addr)
@@ -334,5 +357,12 @@ class Libp2pConnector:
             await self._host.connect(info)
             stream = await self._host.new_stream(info.peer_id, [self._protocol])
         except Exception as exc:  # translate the library's errors at this one boundary
+            # Drop whatever half-dead connection state the swarm kept, so the next
+            # attempt dials afresh instead of reusing a closed connection.
+            with trio.move_on_after(1.0):
+                try:
+                    await self._host.disconnect(info.peer_id)
+                except Exception as cleanup:  # best effort: the dial already failed
+                    log.debug("disconnect_failed peer=%s err=%r", info.peer_id, cleanup)
             raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
         return _Libp2pStream(stream, self._host, info.peer_id)

@@ -1,0 +1,150 @@
+"""The agent's optional Prometheus endpoint (`--metrics-listen 127.0.0.1:9083`).
+
+A custom collector on a registry of our own reads the beat loops' stats and the
+head source's status at scrape time; hypercorn's trio worker serves it as a tiny
+ASGI app (`/metrics`, plus `/healthz`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from heartbeat.agent import BeatLoop
+from heartbeat.head import HeadSource
+from heartbeat.version import __version__
+
+__all__ = ["AgentCollector", "make_registry", "metrics_app", "serve_metrics"]
+
+log = logging.getLogger(__name__)
+
+_P = "fil_heartbeat_agent_"
+
+
+class AgentCollector(Collector):
+    """Per-target and head-source series, computed from live state at each scrape."""
+
+    def __init__(self, loops: Sequence[BeatLoop], head_source: HeadSource | None) -> None:
+        self._loops = loops
+        self._source = head_source
+
+    def collect(self) -> Iterable[Any]:
+        labels = ["target", "role"]
+        connected = GaugeMetricFamily(
+            _P + "target_connected", "1 while a stream to the target is open", labels=labels
+        )
+        beats = CounterMetricFamily(
+            _P + "beats_sent", "Beats written to the target", labels=labels
+        )
+        attempts = CounterMetricFamily(
+            _P + "reconnect_attempts", "Dial attempts to the target", labels=labels
+        )
+        failures = CounterMetricFamily(
+            _P + "dial_failures", "Failed dial attempts to the target", labels=labels
+        )
+        last = GaugeMetricFamily(
+            _P + "last_success_timestamp_seconds",
+            "Unix time of the last beat written to the target",
+            labels=labels,
+        )
+        for loop in self._loops:
+            value = [loop.target.addr, loop.target.role]
+            stats = loop.stats
+            connected.add_metric(value, 1.0 if stats.connected else 0.0)
+            beats.add_metric(value, stats.beats_sent)
+            attempts.add_metric(value, stats.dial_attempts)
+            failures.add_metric(value, stats.dial_failures)
+            if stats.last_success is not None:
+                last.add_metric(value, stats.last_success)
+        yield from (connected, beats, attempts, failures, last)
+
+        info = GaugeMetricFamily(_P + "info", "Agent version", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+        if self._source is None:
+            return
+        status = self._source.status
+        reachable = GaugeMetricFamily(
+            _P + "head_source_reachable", "1 when the head source answers", labels=["mode"]
+        )
+        reachable.add_metric([status.mode], 1.0 if status.reachable else 0.0)
+        yield reachable
+        head = self._source.latest
+        if head is not None:
+            height = GaugeMetricFamily(_P + "head_height", "Height of the latest known head")
+            height.add_metric([], head.height)
+            yield height
+
+
+def make_registry(loops: Sequence[BeatLoop], head_source: HeadSource | None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(loops, head_source))
+    return registry
+
+
+def metrics_app(registry: CollectorRegistry) -> Callable[..., Any]:
+    """A minimal ASGI app: GET /metrics, GET /healthz, 404 otherwise."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope.get("path", "")
+        if path == "/metrics":
+            status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+        elif path == "/healthz":
+            status, ctype, body = 200, "text/plain", b"ok\n"
+        else:
+            status, ctype, body = 404, "text/plain", b"not found\n"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", ctype.encode()),
+                    (b"content-length", b"%d" % len(body)),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def serve_metrics(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve /metrics until cancelled; `task_status.started(bind)` once listening."""
+    config = HypercornConfig()
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    config.bind = [bind]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 0.5
+
+    async def started(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(metrics_app(registry), config, task_status=task_status)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(started)
+        log.info("metrics_listening binds=%s", ",".join(binds))
+        task_status.started(binds[0] if binds else bind)
