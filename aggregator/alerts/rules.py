@@ -1,0 +1,446 @@
+"""The built-in alert evaluator: the alerts of grafana/prometheus/rules.yml over a FleetSnapshot.
+
+Pure: no I/O, no clock reads; `AlertEvaluator.evaluate(snapshot)` uses `snapshot.taken_at`.
+
+Each alert key (alertname + peer_id for node alerts, alertname + network for fleet alerts)
+runs a small state machine, as Prometheus does:
+
+    inactive --condition--> pending --held for `for`--> firing (FIRED sent)
+    pending  --clear------> inactive (nothing sent)
+    firing   --condition--> firing (RESEND every `resend_interval`)
+    firing   --clear------> firing, held down: still firing for `keep_firing_for`
+    held     --condition--> firing again, nothing sent (the flap is suppressed)
+    held     --clear for `keep_firing_for`--> resolved (RESOLVED sent, endsAt = now)
+
+The hold-down is Prometheus's `keep_firing_for`: an alert that clears and comes back within it
+sends neither a recovery nor a new page. A node or network that disappears from the snapshot
+(expired) clears its conditions.
+
+Thresholds and `for` durations are those of rules.yml (tests/test_alert_rules.py compares
+them). FilHeartbeatAggregatorDown and FilHeartbeatBeatsRejected are Prometheus-only: an
+aggregator cannot report its own death, and the snapshot holds no ingest counters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from aggregator.fleet import FleetSnapshot, NetworkView, NodeState, NodeView
+from heartbeat.durations import format_duration, parse_duration
+from heartbeat.errors import ConfigError
+
+__all__ = [
+    "ALERT_SEVERITIES",
+    "TEST_ALERT_NAME",
+    "Alert",
+    "AlertEvaluator",
+    "AlertPolicy",
+    "AlertingSettings",
+    "Phase",
+    "Severity",
+    "Transition",
+    "TransitionKind",
+    "alerting_settings",
+    "test_alert",
+]
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+#: Every alert the evaluator raises and its severity (as in rules.yml).
+ALERT_SEVERITIES: Mapping[str, Severity] = {
+    "FilNodeDown": Severity.CRITICAL,
+    "FilHeartbeatMissing": Severity.WARNING,
+    "FilNodeLagging": Severity.WARNING,
+    "FilNodeHeadStalled": Severity.CRITICAL,
+    "FilNodeForked": Severity.CRITICAL,
+    "FilNodeSyncingTooLong": Severity.WARNING,
+    "FilFleetHeightStalled": Severity.CRITICAL,
+    "FilFleetBehindExpectedHeight": Severity.WARNING,
+    "FilFleetShrunk": Severity.CRITICAL,
+}
+TEST_ALERT_NAME = "FilHeartbeatTestAlert"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPolicy:
+    """Thresholds (seconds, epochs, nodes) and `for` durations; defaults = rules.yml."""
+
+    node_down_for: float = 60.0
+    heartbeat_missing_after: float = 180.0
+    heartbeat_missing_for: float = 60.0
+    lag_epochs: int = 5
+    lagging_for: float = 120.0
+    head_stalled_after: float = 300.0
+    head_stalled_for: float = 60.0
+    forked_for: float = 300.0
+    syncing_for: float = 1800.0
+    fleet_stalled_after: float = 300.0
+    fleet_stalled_for: float = 300.0
+    fleet_behind_epochs: int = 10
+    fleet_behind_for: float = 300.0
+    fleet_min_up_nodes: int = 1
+    fleet_shrunk_for: float = 120.0
+    #: Flap suppression: a cleared alert keeps firing this long before it resolves.
+    keep_firing_for: float = 60.0
+    #: Firing alerts are sent again this often (Alertmanager forgets them otherwise).
+    resend_interval: float = 60.0
+    #: Alert names not to evaluate.
+    disabled: frozenset[str] = frozenset()
+
+    def for_duration(self, alertname: str) -> float:
+        return {
+            "FilNodeDown": self.node_down_for,
+            "FilHeartbeatMissing": self.heartbeat_missing_for,
+            "FilNodeLagging": self.lagging_for,
+            "FilNodeHeadStalled": self.head_stalled_for,
+            "FilNodeForked": self.forked_for,
+            "FilNodeSyncingTooLong": self.syncing_for,
+            "FilFleetHeightStalled": self.fleet_stalled_for,
+            "FilFleetBehindExpectedHeight": self.fleet_behind_for,
+            "FilFleetShrunk": self.fleet_shrunk_for,
+        }.get(alertname, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert instance; `labels` include alertname and severity."""
+
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: float  # when the condition became true (Prometheus's activeAt)
+    ends_at: float | None = None  # set once resolved
+    value: float = 0.0
+
+    @property
+    def alertname(self) -> str:
+        return self.labels["alertname"]
+
+    @property
+    def severity(self) -> str:
+        return self.labels.get("severity", "")
+
+
+class TransitionKind(StrEnum):
+    FIRED = "fired"
+    RESEND = "resend"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    kind: TransitionKind
+    alert: Alert
+
+
+class Phase(StrEnum):
+    PENDING = "pending"
+    FIRING = "firing"
+
+
+@dataclass(slots=True)
+class _Track:
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    value: float
+    active_since: float
+    phase: Phase = Phase.PENDING
+    last_sent: float = -math.inf
+    clear_since: float | None = None  # hold-down start while firing
+
+    def alert(self, ends_at: float | None = None) -> Alert:
+        return Alert(dict(self.labels), dict(self.annotations), self.active_since, ends_at,
+                     self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Condition:
+    key: tuple[str, str]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    value: float
+
+
+def _miner(v: NodeView) -> str:
+    return f"miner {v.miner_address}" if v.miner_address else "no miner"
+
+
+def _who(v: NodeView) -> str:
+    return f"{v.nickname} ({_miner(v)}, peer {v.peer_id}, network {v.network})"
+
+
+def _human(seconds: float) -> str:
+    return format_duration(float(round(seconds)))
+
+
+def _node(name: str, v: NodeView, value: float, summary: str, description: str) -> _Condition:
+    labels = {"alertname": name, "severity": ALERT_SEVERITIES[name].value,
+              "peer_id": v.peer_id, "nickname": v.nickname, "network": v.network}
+    if v.miner_address:
+        labels["miner"] = v.miner_address
+    return _Condition((name, v.peer_id), labels, _annotations(name, summary, description), value)
+
+
+def _net(name: str, n: NetworkView, value: float, summary: str, description: str) -> _Condition:
+    labels = {"alertname": name, "severity": ALERT_SEVERITIES[name].value, "network": n.name}
+    return _Condition((name, n.key), labels, _annotations(name, summary, description), value)
+
+
+def _annotations(name: str, summary: str, description: str) -> dict[str, str]:
+    return {"summary": summary, "description": description,
+            "runbook": f"grafana/RUNBOOK.md#{name.lower()}"}
+
+
+class AlertEvaluator:
+    """The per-key state machines; feed it snapshots in time order."""
+
+    def __init__(self, policy: AlertPolicy | None = None,
+                 static_labels: Mapping[str, str] | None = None) -> None:
+        self.policy = policy if policy is not None else AlertPolicy()
+        self.static_labels = dict(static_labels or {})
+        self._tracks: dict[tuple[str, str], _Track] = {}
+        # per network key: (last height seen, when it last changed)
+        self._heights: dict[str, tuple[int, float]] = {}
+
+    # -- conditions --------------------------------------------------------------------------
+
+    def _node_conditions(self, v: NodeView, now: float) -> Iterable[_Condition]:
+        p = self.policy
+        if not v.up:
+            yield _node("FilNodeDown", v, 0.0, f"Filecoin node {v.nickname} is down",
+                        f"No aggregator sees node {_who(v)} up: its heartbeat stream is closed "
+                        "or timed out.")
+        silent = now - v.last_beat
+        if silent > p.heartbeat_missing_after:
+            yield _node("FilHeartbeatMissing", v, silent,
+                        f"No heartbeat from {v.nickname} for {_human(silent)}",
+                        f"The last beat of node {_who(v)} arrived {_human(silent)} ago "
+                        f"(threshold {_human(p.heartbeat_missing_after)}).")
+        if not v.up:
+            return
+        if v.lag_epochs is not None and v.lag_epochs >= p.lag_epochs \
+                and v.state is not NodeState.SYNCING:
+            yield _node("FilNodeLagging", v, v.lag_epochs,
+                        f"Node {v.nickname} is {v.lag_epochs} epochs behind",
+                        f"Node {v.nickname} ({_miner(v)}, peer {v.peer_id}) is {v.lag_epochs} "
+                        f"epochs behind the {v.network} fleet (threshold {p.lag_epochs} epochs "
+                        f"for {_human(p.lagging_for)}).")
+        unchanged = now - v.head_changed_at
+        if unchanged > p.head_stalled_after:
+            yield _node("FilNodeHeadStalled", v, unchanged,
+                        f"Head of {v.nickname} unchanged for {_human(unchanged)}",
+                        f"Node {_who(v)} still beats but its head has not changed for "
+                        f"{_human(unchanged)} (threshold {_human(p.head_stalled_after)}).")
+        if v.state is NodeState.FORKED:
+            yield _node("FilNodeForked", v, 1.0, f"Node {v.nickname} is on a fork",
+                        f"Node {_who(v)} has been on a head that differs from the fleet's "
+                        f"consensus at the same height for {_human(p.forked_for)}.")
+        if v.state is NodeState.SYNCING:
+            yield _node("FilNodeSyncingTooLong", v, 1.0,
+                        f"Node {v.nickname} has been syncing for {_human(p.syncing_for)}",
+                        f"Node {_who(v)} has reported syncing for more than "
+                        f"{_human(p.syncing_for)}.")
+
+    def _network_conditions(self, n: NetworkView, now: float) -> Iterable[_Condition]:
+        p = self.policy
+        if n.height is not None:
+            last = self._heights.get(n.key)
+            if last is None or last[0] != n.height:
+                self._heights[n.key] = (n.height, now)
+            else:
+                unchanged = now - last[1]
+                if unchanged >= p.fleet_stalled_after:
+                    yield _net("FilFleetHeightStalled", n, n.height,
+                               f"The {n.name} fleet's height has not advanced for "
+                               f"{_human(unchanged)}",
+                               f"The highest height any node of network {n.name} reports "
+                               f"({n.height}) has not changed for {_human(unchanged)}. Either "
+                               "the chain halted or every node is stuck.")
+            if n.expected_height is not None:
+                behind = n.expected_height - n.height
+                if behind >= p.fleet_behind_epochs:
+                    yield _net("FilFleetBehindExpectedHeight", n, behind,
+                               f"The {n.name} fleet is {behind} epochs behind wall-clock",
+                               f"The best height of network {n.name} is {behind} epochs below "
+                               "the height expected from genesis time and block delay "
+                               f"(threshold {p.fleet_behind_epochs} epochs).")
+        if n.nodes_up < p.fleet_min_up_nodes:
+            yield _net("FilFleetShrunk", n, n.nodes_up,
+                       f"Only {n.nodes_up} nodes up in {n.name}",
+                       f"{n.nodes_up} nodes of network {n.name} are up, fewer than the "
+                       f"minimum of {p.fleet_min_up_nodes}.")
+
+    def _conditions(self, snapshot: FleetSnapshot) -> dict[tuple[str, str], _Condition]:
+        now = snapshot.taken_at
+        out: dict[tuple[str, str], _Condition] = {}
+        for v in snapshot.nodes:
+            for c in self._node_conditions(v, now):
+                out[c.key] = c
+        for n in snapshot.networks.values():
+            for c in self._network_conditions(n, now):
+                out[c.key] = c
+        for key in [k for k in self._heights if k not in snapshot.networks]:
+            del self._heights[key]
+        disabled = self.policy.disabled
+        return {k: c for k, c in out.items() if k[0] not in disabled}
+
+    # -- the state machines ------------------------------------------------------------------
+
+    def evaluate(self, snapshot: FleetSnapshot) -> list[Transition]:
+        """Advance every alert to `snapshot.taken_at`; the transitions to deliver, in order."""
+        now = snapshot.taken_at
+        p = self.policy
+        out: list[Transition] = []
+        active = self._conditions(snapshot)
+        for key, c in active.items():
+            track = self._tracks.get(key)
+            labels = {**self.static_labels, **c.labels}
+            if track is None:
+                track = self._tracks[key] = _Track(labels, c.annotations, c.value, now)
+            else:
+                track.labels, track.annotations, track.value = labels, c.annotations, c.value
+                track.clear_since = None
+            if track.phase is Phase.PENDING:
+                if now - track.active_since >= p.for_duration(key[0]):
+                    track.phase = Phase.FIRING
+                    track.last_sent = now
+                    out.append(Transition(TransitionKind.FIRED, track.alert()))
+            elif now - track.last_sent >= p.resend_interval:
+                track.last_sent = now
+                out.append(Transition(TransitionKind.RESEND, track.alert()))
+        for key in [k for k in self._tracks if k not in active]:
+            track = self._tracks[key]
+            if track.phase is Phase.PENDING:
+                del self._tracks[key]
+                continue
+            if track.clear_since is None:
+                track.clear_since = now
+            if now - track.clear_since >= p.keep_firing_for:
+                del self._tracks[key]
+                out.append(Transition(TransitionKind.RESOLVED, track.alert(ends_at=now)))
+            elif now - track.last_sent >= p.resend_interval:
+                track.last_sent = now
+                out.append(Transition(TransitionKind.RESEND, track.alert()))
+        return out
+
+    def firing(self) -> list[Alert]:
+        """Alerts firing now (held-down ones included), sorted by labels."""
+        alerts = [t.alert() for t in self._tracks.values() if t.phase is Phase.FIRING]
+        return sorted(alerts, key=lambda a: sorted(a.labels.items()))
+
+    def current(self) -> list[dict[str, Any]]:
+        """Pending and firing alerts as JSON-ready dicts (for /api/v1/alerts)."""
+        out = []
+        for t in self._tracks.values():
+            out.append({
+                "labels": dict(t.labels),
+                "annotations": dict(t.annotations),
+                "state": t.phase.value,
+                "activeAt": t.active_since,
+                "value": t.value,
+                "keptFiringSince": t.clear_since,
+            })
+        return sorted(out, key=lambda a: sorted(a["labels"].items()))
+
+
+def test_alert(now: float, static_labels: Mapping[str, str] | None = None,
+               duration: float = 600.0) -> Alert:
+    """The start-up test alert: fires now, resolves by itself after `duration`."""
+    labels = {**(static_labels or {}), "alertname": TEST_ALERT_NAME,
+              "severity": Severity.INFO.value}
+    return Alert(labels, {"summary": "fil-heartbeat alerting test",
+                          "description": "Sent once at start-up (--alert-test): alert delivery "
+                          "works."}, now, now + duration)
+
+
+test_alert.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AlertingSettings:
+    """Where and how the built-in alerter delivers (from the `[alerts]` table and flags)."""
+
+    alertmanager_urls: tuple[str, ...] = ()
+    webhook_urls: tuple[str, ...] = ()
+    send_test_alert: bool = False
+    evaluation_interval: float = 5.0
+    policy: AlertPolicy = field(default_factory=AlertPolicy)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.alertmanager_urls or self.webhook_urls)
+
+
+def _urls(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    urls = tuple(str(u).strip().rstrip("/") for u in items if str(u).strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+    return urls
+
+
+def _seconds(value: Any) -> float:
+    seconds = parse_duration(value) if isinstance(value, str) else float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("expected a non-negative duration")
+    return seconds
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("expected an integer")
+    number = int(value)
+    if number < 0:
+        raise ValueError("expected a non-negative integer")
+    return number
+
+
+def alerting_settings(table: Mapping[str, Any]) -> AlertingSettings:
+    """Validate the `[alerts]` table. Keys: `alertmanager_urls`, `webhook_urls`,
+    `send_test_alert`, `evaluation_interval`, `disabled` and every `AlertPolicy` field
+    (durations as numbers or Go strings: `for` durations are `*_for`). One bad key raises a
+    `ConfigError` naming `alerts.<key>`."""
+    policy_fields = {f.name: f for f in fields(AlertPolicy)}
+    policy: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    for key, value in table.items():
+        try:
+            if key in ("alertmanager_urls", "alertmanager_url"):
+                settings["alertmanager_urls"] = _urls(value)
+            elif key in ("webhook_urls", "webhook_url"):
+                settings["webhook_urls"] = _urls(value)
+            elif key == "send_test_alert":
+                if not isinstance(value, bool):
+                    raise ValueError("expected true or false")
+                settings["send_test_alert"] = value
+            elif key == "evaluation_interval":
+                interval = _seconds(value)
+                if interval <= 0:
+                    raise ValueError("must be positive")
+                settings["evaluation_interval"] = interval
+            elif key == "disabled":
+                names = frozenset([value] if isinstance(value, str) else value)
+                unknown = names - set(ALERT_SEVERITIES)
+                if unknown:
+                    raise ValueError(f"unknown alerts {sorted(unknown)}")
+                policy["disabled"] = names
+            elif key in policy_fields:
+                kind = policy_fields[key].type
+                policy[key] = _count(value) if kind == "int" else _seconds(value)
+            else:
+                raise ValueError("unknown setting")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"alerts.{key}", str(exc)) from exc
+    return AlertingSettings(policy=AlertPolicy(**policy), **settings)
