@@ -97,32 +97,34 @@ async def scripted_sender(
 
 
 async def _crowd_member(
-    addr: str, index: int, handshakes: trio.CapacityLimiter, ready: trio.Semaphore, period: float
+    addr: str, index: int, handshakes: trio.Semaphore, ready: trio.Semaphore, period: float
 ) -> None:
+    """One light connection (no host: ~58 KB each) with one heartbeat stream."""
+    await handshakes.acquire()  # held only during the handshake
+    released = False
     try:
-        async with handshakes:
-            # The limiter covers only the handshake; the connection stays afterwards.
-            cm = scripted_sender(addr)
-            sender = await cm.__aenter__()
-        try:
+        async with p2p.light_connection(p2p.new_identity(), addr, timeout=60.0) as conn:
+            stream = await conn.open_stream(PROTOCOL)
             height = 1
-            await sender.write(legacy_line(height, nickname=f"crowd{index}"))
+            await stream.write(legacy_line(height, nickname=f"crowd{index}"))
+            handshakes.release()
+            released = True
             ready.release()
             while True:
                 await trio.sleep(period)
                 height += 1
-                await sender.write(legacy_line(height, nickname=f"crowd{index}"))
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await cm.__aexit__(None, None, None)
+                await stream.write(legacy_line(height, nickname=f"crowd{index}"))
     except (*p2p.StreamClosed, OSError, trio.TooSlowError) as exc:
         print(f"failed {index} {exc!r}", flush=True)
+    finally:
+        if not released:
+            handshakes.release()
 
 
 async def crowd(addr: str, count: int, concurrency: int = 8, period: float = 5.0) -> None:
     """Hold `count` connections (one identity each); stop when stdin closes."""
     ready = trio.Semaphore(0, max_value=count)
-    handshakes = trio.CapacityLimiter(concurrency)
+    handshakes = trio.Semaphore(concurrency)
     async with trio.open_nursery() as nursery:
         for i in range(count):
             nursery.start_soon(_crowd_member, addr, i, handshakes, ready, period)

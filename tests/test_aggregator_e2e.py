@@ -334,3 +334,52 @@ async def test_restart_remembers_down_nodes_and_agents_reconnect(tmp_path: Path)
             assert states().get("gone") == "down"
             await wait_for(lambda: states() == {"gone": "down", "back": "in_consensus"}, 15)
             stop_back.set()
+
+
+# -- many agents ------------------------------------------------------------------------------
+
+CROWD = 1000
+CROWD_PROCESSES = 4
+
+
+async def test_thousand_concurrent_agent_connections(tmp_path: Path) -> None:
+    """1,000 connections (one identity each) from a few client processes, within 90 s.
+
+    Measured here: ~12 s for 1,000 (Noise handshakes dominate; four client processes).
+    """
+    import subprocess
+    import sys
+
+    config = make_config(tmp_path, max_connections_per_ip=CROWD + 100)
+    root = Path(__file__).resolve().parent.parent
+    async with running(config) as agg, httpx.AsyncClient(timeout=30) as client:
+        addr = agg.multiaddrs[0]
+        command = [sys.executable, "-m", "tests.legacy_sender", "crowd", addr,
+                   str(CROWD // CROWD_PROCESSES)]  # fmt: skip
+        procs = [
+            subprocess.Popen(command, cwd=root, stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(CROWD_PROCESSES)
+        ]
+        try:
+            started = trio.current_time()
+            await wait_for(lambda: agg.ingest.counters.streams_open >= CROWD, timeout=90)
+            elapsed = trio.current_time() - started
+            await wait_for(lambda: len(agg.fleet) >= CROWD, timeout=10)
+            metrics = (await client.get(agg.http_url + "/metrics")).text
+            assert metric_value(metrics, "fil_heartbeat_connections") == CROWD
+            assert metric_value(metrics, "fil_heartbeat_streams_open") == CROWD
+            nodes = (await client.get(agg.http_url + "/api/v1/nodes")).json()
+            assert len(nodes) == CROWD
+            assert agg.ingest.counters.handler_errors == 0
+            print(f"crowd connections={CROWD} seconds={elapsed:.1f}")
+        finally:
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.close()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
