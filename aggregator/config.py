@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from heartbeat.durations import parse_duration
-
 from heartbeat.errors import ConfigError, HeartbeatError
 
 __all__ = [

@@ -258,7 +258,7 @@ async def test_streams_per_peer_are_capped(autojump_clock: trio.testing.MockCloc
         await trio.testing.wait_all_tasks_blocked()
 
     await _run(h, *streams, body=body)
-    assert [s.reset_called for s in streams] == [False, False, True]
+    assert sorted(s.reset_called for s in streams) == [False, False, True]
     assert h.ingest.counters.peers_refused == {"too_many_streams": 1}
     # One peer, two streams: one connect event (and one disconnect at cancellation).
     assert sum(isinstance(e, PeerConnected) for e in h.events) == 1
