@@ -37,10 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fil-heartbeat-aggregator",
         description="Ingest heartbeats from Filecoin node agents and export fleet metrics.",
+        argument_default=argparse.SUPPRESS,
     )
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run the aggregator (the default)")
-    ident = sub.add_parser("id", help="print the aggregator's peer id")
+    # SUPPRESS everywhere: an option given before the subcommand is not reset by
+    # the subcommand's own default.
+    run = sub.add_parser("run", help="run the aggregator (the default)",
+                         argument_default=argparse.SUPPRESS)
+    ident = sub.add_parser("id", help="print the aggregator's peer id",
+                           argument_default=argparse.SUPPRESS)
     for p in (parser, run, ident):
         p.add_argument("--config", metavar="FILE", help="TOML configuration file")
         p.add_argument("--identity-file", metavar="PATH", help="Ed25519 key file (created)")
@@ -51,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--state-db", metavar="PATH", help="SQLite node registry")
         p.add_argument("--allowlist", dest="allowlist_file", metavar="FILE",
                        help="allowed peer ids, one per line (reloaded on SIGHUP)")
-        p.add_argument("--legacy-metrics", action="store_const", const=True, default=None,
+        p.add_argument("--legacy-metrics", action="store_const", const=True,
                        help="also export go-filecoin's unprefixed gauges")
         p.add_argument("--name", help="this aggregator's name (legacy metrics label)")
         p.add_argument("--max-connections", type=str, metavar="N")
@@ -72,11 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--max-nodes", type=str, metavar="N")
         p.add_argument("--gc-threshold", type=str, metavar="G0,G1,G2")
         p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
-                       default=None)
+)
         p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
     for p in (parser, run, ident):
-        p.add_argument("--log-format", choices=["text", "json"], default=None)
-        p.add_argument("--log-level", default=None)
+        p.add_argument("--log-format", choices=["text", "json"])
+        p.add_argument("--log-level")
     return parser
 
 

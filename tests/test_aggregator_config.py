@@ -137,3 +137,51 @@ def test_parse_allowlist() -> None:
     assert parse_allowlist(text) == frozenset({"12D3KooWAbc", "QmXyz"})
     with pytest.raises(ValueError, match="line 2"):
         parse_allowlist("ok\nnot a peer\n")
+
+
+def test_cli_flags_become_config(tmp_path: Path) -> None:
+    from aggregator.__main__ import parse_args
+
+    toml = tmp_path / "agg.toml"
+    toml.write_text('rate_burst = 4\n[alerts]\nalertmanager_url = "http://127.0.0.1:9093"\n')
+    command, config = parse_args(
+        ["run", "--listen", "/ip4/127.0.0.1/tcp/1", "--listen", "/ip6/::1/tcp/2",
+         "--http-listen", "127.0.0.1:0", "--legacy-metrics", "--stall-after", "2m",
+         "--config", str(toml), "--identity-file", str(tmp_path / "k")],
+        env={"FIL_HEARTBEAT_AGGREGATOR_NAME": "east"},
+    )  # fmt: skip
+    assert command == "run"
+    assert config.listen == ("/ip4/127.0.0.1/tcp/1", "/ip6/::1/tcp/2")
+    assert config.legacy_metrics and config.stall_after == 120.0 and config.name == "east"
+    assert config.rate_burst == 4
+    assert config.alerts == {"alertmanager_url": "http://127.0.0.1:9093"}
+    assert config.identity_file == tmp_path / "k"
+    assert parse_args([], env={})[0] == "run"
+
+
+def test_cli_bad_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from aggregator.__main__ import main
+
+    assert main(["run", "--rate-limit", "lots"]) == 2
+    assert "rate_limit" in capsys.readouterr().err
+
+
+def test_gc_monitor_measures_pauses() -> None:
+    import gc
+
+    from aggregator.gcmon import GcMonitor
+
+    ticks = iter([1.0, 1.004, 2.0, 2.3])
+    monitor = GcMonitor(clock=lambda: next(ticks))
+    monitor._callback("start", {"generation": 0})
+    monitor._callback("stop", {"generation": 0})
+    monitor._callback("start", {"generation": 2})
+    monitor._callback("stop", {"generation": 2})
+    assert monitor.count == 2 and monitor.by_generation == [1, 0, 1]
+    assert monitor.max == pytest.approx(0.3)
+    buckets = dict(monitor.cumulative_buckets())
+    assert buckets["0.005"] == 1 and buckets["0.5"] == 2 and buckets["+Inf"] == 2
+    with GcMonitor() as real:
+        gc.collect()
+    assert real.count >= 1
+    assert real._callback not in gc.callbacks

@@ -383,3 +383,39 @@ async def test_thousand_concurrent_agent_connections(tmp_path: Path) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_run_prints_addresses_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    base = [sys.executable, "-m", "aggregator", "--identity-file", str(tmp_path / "agg.key")]
+    ident = subprocess.run([*base[:3], "id", *base[3:]], cwd=root,
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert ident.returncode == 0, ident.stderr
+    peer_id = ident.stdout.strip()
+    assert peer_id.startswith("12D3KooW")
+    proc = subprocess.Popen(
+        [*base, "run", "--listen", "/ip4/127.0.0.1/tcp/0", "--http-listen", "127.0.0.1:0",
+         "--state-db", str(tmp_path / "agg.db")],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        second = proc.stdout.readline().strip()
+        assert first.startswith("/ip4/127.0.0.1/tcp/") and first.endswith(f"/p2p/{peer_id}")
+        assert second.startswith("http://127.0.0.1:")
+        assert httpx.get(second + "/healthz", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert (tmp_path / "agg.db").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
