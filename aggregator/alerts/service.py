@@ -1,0 +1,140 @@
+"""The alerting service: evaluate the fleet every few seconds, deliver the transitions.
+
+`run_alerting(snapshot_provider, policy, delivery, task_status=...)` starts the delivery
+tasks, sends the start-up test alert when asked, then evaluates on a drift-free timer. It
+reports an `AlertingService` through `task_status.started`: `firing()` feeds the
+`alerts_firing` metric, `current()` the `/api/v1/alerts` endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from aggregator.alerts.rules import (
+    Alert,
+    AlertEvaluator,
+    AlertingSettings,
+    AlertPolicy,
+    Transition,
+    TransitionKind,
+    alerting_settings,
+    test_alert,
+)
+from heartbeat.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aggregator.alerts.delivery import AlertDelivery
+    from aggregator.fleet import FleetSnapshot
+
+__all__ = ["AlertingService", "load_settings", "run_alerting"]
+
+log = logging.getLogger(__name__)
+
+
+class AlertingService:
+    """The evaluator and its delivery, driven by `run`."""
+
+    def __init__(
+        self,
+        snapshot_provider: Callable[[], FleetSnapshot | None],
+        policy: AlertPolicy,
+        delivery: AlertDelivery,
+        *,
+        interval: float = 5.0,
+        static_labels: Mapping[str, str] | None = None,
+        send_test_alert: bool = False,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.snapshot_provider = snapshot_provider
+        self.delivery = delivery
+        self.interval = interval
+        self.static_labels = dict(static_labels or {})
+        self.send_test_alert = send_test_alert
+        self.wall_clock = wall_clock
+        self.evaluator = AlertEvaluator(policy, self.static_labels)
+        self.evaluations = 0
+
+    def firing(self) -> list[Alert]:
+        return self.evaluator.firing()
+
+    def current(self) -> list[dict[str, Any]]:
+        return self.evaluator.current()
+
+    def evaluate_once(self) -> list[Transition]:
+        snapshot = self.snapshot_provider()
+        if snapshot is None:
+            return []
+        transitions = self.evaluator.evaluate(snapshot)
+        self.evaluations += 1
+        for tr in transitions:
+            if tr.kind is TransitionKind.FIRED:
+                log.warning("alert_firing alertname=%s labels=%s", tr.alert.alertname,
+                            _short(tr.alert))
+            elif tr.kind is TransitionKind.RESOLVED:
+                log.info("alert_resolved alertname=%s labels=%s", tr.alert.alertname,
+                         _short(tr.alert))
+        self.delivery.submit(transitions)
+        return transitions
+
+    async def run(self, *, task_status: trio.TaskStatus[AlertingService] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.delivery.run)
+            if self.send_test_alert:
+                alert = test_alert(self.wall_clock(), self.static_labels)
+                log.info("alert_test_sent targets=%d", len(self.delivery.targets))
+                self.delivery.submit([Transition(TransitionKind.FIRED, alert)])
+            task_status.started(self)
+            deadline = trio.current_time()
+            while True:
+                self.evaluate_once()
+                deadline += self.interval
+                await trio.sleep_until(deadline)
+
+
+def _short(alert: Alert) -> str:
+    keep = ("peer_id", "nickname", "network")
+    return ",".join(f"{k}={alert.labels[k]}" for k in keep if k in alert.labels)
+
+
+async def run_alerting(
+    snapshot_provider: Callable[[], FleetSnapshot | None],
+    policy: AlertPolicy,
+    delivery: AlertDelivery,
+    *,
+    interval: float = 5.0,
+    static_labels: Mapping[str, str] | None = None,
+    send_test_alert: bool = False,
+    wall_clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[AlertingService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the alerting service until cancelled (see the module docstring)."""
+    service = AlertingService(
+        snapshot_provider, policy, delivery, interval=interval, static_labels=static_labels,
+        send_test_alert=send_test_alert, wall_clock=wall_clock,
+    )
+    await service.run(task_status=task_status)
+
+
+def load_settings(table: Mapping[str, Any], alerts_file: Path | None = None) -> AlertingSettings:
+    """Settings from the config's `[alerts]` table over those of `alerts_file` (TOML, either
+    an `[alerts]` table or top-level keys). Raises `ConfigError`."""
+    merged: dict[str, Any] = {}
+    if alerts_file is not None:
+        try:
+            doc = tomllib.loads(alerts_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("alerts_file", f"{alerts_file}: {exc}") from exc
+        section = doc.get("alerts", doc)
+        if not isinstance(section, dict):
+            raise ConfigError("alerts_file", f"{alerts_file}: [alerts] must be a table")
+        merged.update(section)
+    merged.update(table)
+    return alerting_settings(merged)
