@@ -1,0 +1,257 @@
+"""Shared helpers of the capacity benchmarks (and the resilience tests).
+
+- `AggregatorProcess`: `python -m aggregator run` as a subprocess on loopback (ports chosen by
+  the kernel), with its multiaddr and HTTP URL read from its stdout, its RSS and CPU time read
+  from /proc, its /metrics parsed, and SIGTERM / SIGKILL by its own pid.
+- `run_loadgen` / `LoadgenProcess`: `python -m heartbeat.loadgen … --json` as a subprocess.
+- `spread` and `print_table`: every figure is the median of several runs with min and max.
+
+Blocking code (subprocess and urllib): benchmark scripts are plain Python, not trio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = [
+    "PYTHON",
+    "REPO",
+    "AggregatorProcess",
+    "LoadgenProcess",
+    "http_get",
+    "print_table",
+    "proc_cpu_seconds",
+    "proc_rss_kb",
+    "run_loadgen",
+    "spread",
+    "wait_for",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kb(pid: int) -> int:
+    """Resident set size of `pid` in KiB (VmRSS from /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise LookupError(f"no VmRSS for pid {pid}")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        text = stat.read()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+
+
+def http_get(url: str, timeout: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
+        return bytes(response.read())
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
+    """Poll `predicate()` until true or `timeout` seconds pass; its last verdict."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+class AggregatorProcess:
+    """One aggregator subprocess on loopback."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], multiaddr: str, http_url: str) -> None:
+        self.proc = proc
+        self.multiaddr = multiaddr
+        self.http_url = http_url
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        *args: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        log_path: Path | None = None,
+    ) -> AggregatorProcess:
+        """Start with its identity and state db in `workdir` (reused across restarts)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            PYTHON, "-m", "aggregator", "run",
+            "--listen", f"/ip4/127.0.0.1/tcp/{port}",
+            "--http-listen", "127.0.0.1:0",
+            "--identity-file", str(workdir / "aggregator.key"),
+            "--state-db", str(workdir / "aggregator.db"),
+            "--log-level", "WARNING",
+            *args,
+        ]  # fmt: skip
+        log_file = open(log_path or workdir / "aggregator.log", "ab")
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+        log_file.close()
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        # It prints its multiaddrs, then its HTTP URL, once everything listens.
+        while time.monotonic() < deadline:
+            raw = proc.stdout.readline()
+            if not raw:
+                break
+            line = raw.decode().strip()
+            lines.append(line)
+            if line.startswith("http://"):
+                return cls(proc, lines[0], line)
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"aggregator did not start: {lines!r} (log in {workdir})")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.multiaddr.split("/")[4])
+
+    def rss_kb(self) -> int:
+        return proc_rss_kb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics: (name, sorted labels) → value."""
+        text = http_get(self.http_url + "/metrics").decode()
+        out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples named `name` whose labels include `labels`."""
+        want = set(labels.items())
+        return sum(
+            value
+            for (n, lab), value in self.metrics().items()
+            if n == name and want <= set(lab)
+        )
+
+    def nodes(self) -> list[dict[str, Any]]:
+        data = json.loads(http_get(self.http_url + "/api/v1/nodes"))
+        return list(data["nodes"] if isinstance(data, dict) else data)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (a clean shutdown, the store flushed), then SIGKILL after `timeout`."""
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close_pipes()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the resilience tests inflict."""
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> AggregatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _loadgen_cmd(target: str, args: Sequence[str]) -> list[str]:
+    return [PYTHON, "-m", "heartbeat.loadgen", "--target", target, "--json", *args]
+
+
+class LoadgenProcess:
+    """A load generator running in the background; `result()` waits for its JSON summary."""
+
+    def __init__(self, target: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            _loadgen_cmd(target, args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise RuntimeError(f"loadgen timed out: {err.decode()[-2000:]}") from None
+        if not out.strip():
+            raise RuntimeError(f"loadgen failed ({self.proc.returncode}): {err.decode()[-2000:]}")
+        return dict(json.loads(out))
+
+
+def run_loadgen(target: str, *args: str, timeout: float) -> dict[str, Any]:
+    """Run the load generator to completion; its JSON summary."""
+    return LoadgenProcess(target, *args).result(timeout)
+
+
+def spread(values: Iterable[float]) -> dict[str, float]:
+    """Median, min and max of several runs."""
+    vals = list(values)
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def fmt_spread(values: Iterable[float], fmt: str = "{:.0f}") -> str:
+    s = spread(values)
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}–{fmt.format(s['max'])})"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Print (and return) a Markdown table."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+             for r in cells]  # fmt: skip
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def machine_note() -> str:
+    """CPU count and load average, to print beside every figure."""
+    load = os.getloadavg()
+    return f"cpus={os.cpu_count()} load_avg={load[0]:.2f},{load[1]:.2f},{load[2]:.2f}"
