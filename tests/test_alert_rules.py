@@ -366,11 +366,13 @@ def test_settings_from_the_alerts_table() -> None:
     })
     assert s.alertmanager_urls == ("http://127.0.0.1:9093", "http://127.0.0.1:9094")
     assert s.webhook_urls == ("https://hooks.example/x",)
-    assert s.send_test_alert and s.enabled and s.evaluation_interval == 2.0
+    assert s.send_test_alert and s.has_receivers and s.evaluation_interval == 2.0
+    assert s.enabled
     assert s.policy.lag_epochs == 7 and s.policy.lagging_for == 180.0
     assert s.policy.keep_firing_for == 30.0
     assert s.policy.disabled == frozenset({"FilNodeForked"})
-    assert not alerting_settings({}).enabled
+    assert not alerting_settings({}).has_receivers
+    assert not alerting_settings({"enabled": False}).enabled
 
 
 @pytest.mark.parametrize(("table", "setting"), [

@@ -371,6 +371,8 @@ test_alert.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 class AlertingSettings:
     """Where and how the built-in alerter delivers (from the `[alerts]` table and flags)."""
 
+    #: Evaluate at all (the evaluator also feeds /api/v1/alerts and `alerts_firing`).
+    enabled: bool = True
     alertmanager_urls: tuple[str, ...] = ()
     webhook_urls: tuple[str, ...] = ()
     send_test_alert: bool = False
@@ -378,7 +380,7 @@ class AlertingSettings:
     policy: AlertPolicy = field(default_factory=AlertPolicy)
 
     @property
-    def enabled(self) -> bool:
+    def has_receivers(self) -> bool:
         return bool(self.alertmanager_urls or self.webhook_urls)
 
 
@@ -392,7 +394,15 @@ def _urls(value: Any) -> tuple[str, ...]:
 
 
 def _seconds(value: Any) -> float:
-    seconds = parse_duration(value) if isinstance(value, str) else float(value)
+    if isinstance(value, bool):
+        raise ValueError("expected a duration")
+    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = parse_duration(value)
+    else:
+        seconds = float(value)
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("expected a non-negative duration")
     return seconds
@@ -408,7 +418,7 @@ def _count(value: Any) -> int:
 
 
 def alerting_settings(table: Mapping[str, Any]) -> AlertingSettings:
-    """Validate the `[alerts]` table. Keys: `alertmanager_urls`, `webhook_urls`,
+    """Validate the `[alerts]` table. Keys: `enabled`, `alertmanager_urls`, `webhook_urls`,
     `send_test_alert`, `evaluation_interval`, `disabled` and every `AlertPolicy` field
     (durations as numbers or Go strings: `for` durations are `*_for`). One bad key raises a
     `ConfigError` naming `alerts.<key>`."""
@@ -421,10 +431,10 @@ def alerting_settings(table: Mapping[str, Any]) -> AlertingSettings:
                 settings["alertmanager_urls"] = _urls(value)
             elif key in ("webhook_urls", "webhook_url"):
                 settings["webhook_urls"] = _urls(value)
-            elif key == "send_test_alert":
+            elif key in ("send_test_alert", "enabled"):
                 if not isinstance(value, bool):
                     raise ValueError("expected true or false")
-                settings["send_test_alert"] = value
+                settings[key] = value
             elif key == "evaluation_interval":
                 interval = _seconds(value)
                 if interval <= 0:

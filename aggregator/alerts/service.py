@@ -8,10 +8,11 @@ reports an `AlertingService` through `task_status.started`: `firing()` feeds the
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,13 @@ if TYPE_CHECKING:
     from aggregator.alerts.delivery import AlertDelivery
     from aggregator.fleet import FleetSnapshot
 
-__all__ = ["AlertingService", "load_settings", "run_alerting"]
+__all__ = [
+    "AlertingService",
+    "add_alert_arguments",
+    "load_settings",
+    "merge_alert_flags",
+    "run_alerting",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +145,47 @@ def load_settings(table: Mapping[str, Any], alerts_file: Path | None = None) -> 
         merged.update(section)
     merged.update(table)
     return alerting_settings(merged)
+
+
+def add_alert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The alerting flags of `fil-heartbeat-aggregator run`."""
+    parser.add_argument("--alertmanager-url", action="append", metavar="URL",
+                        help="Alertmanager base URL (repeatable: every cluster member)")
+    parser.add_argument("--alert-webhook", action="append", metavar="URL",
+                        help="POST alerts as JSON to this URL (repeatable)")
+    parser.add_argument("--alert-test", action="store_const", const=True,
+                        help="send a test alert at start-up")
+    parser.add_argument("--alert-set", action="append", metavar="KEY=VALUE",
+                        help="an [alerts] setting, e.g. lagging_for=3m or lag_epochs=8")
+
+
+def merge_alert_flags(flags: MutableMapping[str, Any], file: Mapping[str, Any]) -> None:
+    """Move the alerting flags out of `flags` into `flags["alerts"]`, over the file's
+    `[alerts]` table (flags win key by key). Raises `ConfigError`."""
+    cli: dict[str, Any] = {}
+    urls = flags.pop("alertmanager_url", None)
+    if urls:
+        cli["alertmanager_urls"] = urls
+    hooks = flags.pop("alert_webhook", None)
+    if hooks:
+        cli["webhook_urls"] = hooks
+    if flags.pop("alert_test", None):
+        cli["send_test_alert"] = True
+    for item in flags.pop("alert_set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("alert-set", f"{item!r} is not KEY=VALUE")
+        cli[key.strip()] = _flag_value(value.strip())
+    if cli:
+        base = file.get("alerts", {})
+        flags["alerts"] = {**(base if isinstance(base, Mapping) else {}), **cli}
+
+
+def _flag_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text

@@ -1,0 +1,161 @@
+"""Real Prometheus and Alertmanager (Debian's packages) for end-to-end tests.
+
+Each server runs on 127.0.0.1 on a free port, with its data directory under the test's temp
+folder, and is stopped (SIGTERM, then SIGKILL) when its context exits, whatever happened.
+`fast_rules` writes a test copy of grafana/prometheus/rules.yml with every `for` shortened,
+so that an alert fires in seconds instead of minutes; the expressions stay those of the
+real file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+__all__ = [
+    "ALERTMANAGER_BIN",
+    "PROMETHEUS_BIN",
+    "REPO",
+    "Server",
+    "alertmanager",
+    "fast_rules",
+    "free_port",
+    "prometheus",
+    "stop_process",
+    "wait_until",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = REPO / "grafana" / "prometheus" / "rules.yml"
+PROMETHEUS_BIN = shutil.which("prometheus")
+ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.2) -> Any:
+    """Poll `predicate` until it returns a truthy value (returned) or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except (httpx.HTTPError, OSError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; always reaps the process."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+@contextlib.contextmanager
+def _serve(args: Sequence[str], url: str, data_dir: Path, log_path: Path) -> Iterator[Server]:
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    server = Server(proc, url, data_dir, log_path)
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{args[0]} exited with {proc.returncode}:\n{server.log()}")
+            return httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200
+
+        wait_until(ready, 30, f"{args[0]} ready")
+        yield server
+    finally:
+        stop_process(proc)
+
+
+@contextlib.contextmanager
+def alertmanager(tmp: Path, config: dict[str, Any] | None = None) -> Iterator[Server]:
+    """Alertmanager with `config` (default: one null receiver), clustering off."""
+    if ALERTMANAGER_BIN is None:
+        raise RuntimeError("prometheus-alertmanager is not installed")
+    base = tmp / "alertmanager"
+    (base / "data").mkdir(parents=True)
+    config = config or {
+        "route": {"receiver": "null", "group_by": ["alertname", "peer_id"],
+                  "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "null"}],
+    }
+    (base / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    args = [ALERTMANAGER_BIN, f"--config.file={base / 'alertmanager.yml'}",
+            f"--storage.path={base / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=", "--log.level=info"]
+    with _serve(args, f"http://127.0.0.1:{port}", base / "data", base / "log") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def prometheus(tmp: Path, *, targets: Sequence[str], rule_files: Sequence[Path] = (),
+               alertmanager_url: str | None = None, interval: str = "1s") -> Iterator[Server]:
+    """Prometheus scraping `targets` (host:port) as job fil-heartbeat-aggregator."""
+    if PROMETHEUS_BIN is None:
+        raise RuntimeError("prometheus is not installed")
+    base = tmp / "prometheus"
+    (base / "data").mkdir(parents=True)
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(p) for p in rule_files],
+        "scrape_configs": [{"job_name": "fil-heartbeat-aggregator",
+                            "static_configs": [{"targets": list(targets)}]}],
+    }
+    if alertmanager_url is not None:
+        host = alertmanager_url.removeprefix("http://")
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [host]}]}]}
+    (base / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    args = [PROMETHEUS_BIN, f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=info"]
+    with _serve(args, f"http://127.0.0.1:{port}", base / "data", base / "log") as server:
+        yield server
+
+
+def fast_rules(dst: Path, for_: str = "2s", source: Path = RULES) -> Path:
+    """A copy of the rules with every alert's `for` set to `for_` (expressions unchanged)."""
+    doc = yaml.safe_load(source.read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = for_
+    dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dst
