@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aggregator.consensus import head_hash
 from aggregator.fleet import Fleet, FleetSnapshot
 from aggregator.gcmon import GcMonitor
-from aggregator.metrics import create_metrics
+from aggregator.metrics import FleetRenderer, create_metrics, render_reference
 from aggregator.networks import MAINNET_GENESIS_CID
 from heartbeat.wire import Beat, RejectReason
 
@@ -188,3 +188,89 @@ def test_own_registry_not_global() -> None:
     snap = fleet_snapshot()
     create_metrics(lambda: snap)
     assert REGISTRY.get_sample_value("fil_heartbeat_beats_received_total") is None
+
+
+# -- the hand-written fleet families against prometheus_client's ------------------------------
+
+NASTY = ('quo"te', "back\\slash", "new\nline", "nœud-日本-🚀", 'all\\"\n\\n', "")
+
+
+def nasty_snapshot(nickname_suffix: str = "") -> FleetSnapshot:
+    """Two networks, nasty label values, a node without head timestamp, a down node, no lag."""
+    fleet = Fleet()
+    for i, nasty in enumerate(NASTY):
+        pid = f"12D3KooW{i:044d}"
+        fleet.on_connect(pid, f"/ip4/10.0.0.{i}/tcp/4001{nasty}", T0)
+        fleet.on_beat(
+            pid,
+            Beat(
+                head="{" + (A if i % 3 else B) + "}", height=100 - i,
+                nickname=nasty + nickname_suffix, miner_address=f"f0{i}{nasty}",
+                genesis_cid=MAINNET_GENESIS_CID,
+                head_timestamp=None if i == 2 else 1598306400 + (100 - i) * 30,
+                syncing=i == 4, version=None if i == 1 else f"v{nasty}",
+            ),
+            T0 + i / 7,
+        )
+    fleet.on_disconnect("12D3KooW" + "0" * 44, T0 + 2)
+    # alone on its network and down: no lag, no network height
+    fleet.on_connect("lonely", "", T0)
+    fleet.on_beat(
+        "lonely",
+        Beat(head="{" + A + "}", height=5, nickname="lonely", miner_address="f09",
+             genesis_cid="bafyOtherGenesis", head_timestamp=None, syncing=None, version="v"),
+        T0,
+    )
+    fleet.on_disconnect("lonely", T0 + 1)
+    return fleet.snapshot(T0 + 2.5)
+
+
+def families(body: bytes) -> list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]:
+    return [
+        (f.name, f.type, f.documentation, [(s.name, s.labels, s.value) for s in f.samples])
+        for f in text_string_to_metric_families(body.decode())
+    ]
+
+
+def test_fast_renderer_matches_prometheus_client() -> None:
+    snap = nasty_snapshot()
+    assert any(v.lag_epochs is None for v in snap.nodes)
+    assert any(v.head_timestamp is None for v in snap.nodes)
+    for legacy in (False, True):
+        fast = FleetRenderer(legacy=legacy).render(snap).encode()
+        reference = render_reference(snap, legacy=legacy)
+        assert families(fast) == families(reference)
+        assert len(families(fast)) == 17 + (3 if legacy else 0)
+    for empty in (None, Fleet().snapshot(T0)):
+        assert families(FleetRenderer().render(empty).encode()) == families(render_reference(empty))
+
+
+def test_fast_renderer_escapes_label_values() -> None:
+    text = FleetRenderer().render(nasty_snapshot())
+    assert 'nickname="quo\\"te"' in text
+    assert 'nickname="back\\\\slash"' in text
+    assert 'nickname="new\\nline"' in text
+    assert 'nickname="all\\\\\\"\\n\\\\n"' in text
+    assert 'nickname="nœud-日本-🚀"' in text
+    assert all(line.startswith(("#", "fil_heartbeat_")) for line in text.splitlines())
+
+
+def test_fast_renderer_label_cache_follows_the_fleet() -> None:
+    renderer = FleetRenderer()
+    renderer.render(nasty_snapshot())
+    renamed = nasty_snapshot("-renamed")
+    fast = renderer.render(renamed).encode()
+    assert families(fast) == families(render_reference(renamed))
+    assert 'nickname="quo\\"te-renamed"' in fast.decode()
+    assert 'nickname="quo\\"te"' not in fast.decode()
+    renderer.render(Fleet().snapshot(T0))
+    assert renderer._cache == {}
+
+
+def test_full_body_is_fleet_then_self_families() -> None:
+    snap = nasty_snapshot()
+    m = create_metrics(lambda: snap, legacy=True)
+    got = families(m.render())
+    fleet = families(render_reference(snap, legacy=True))
+    assert got[: len(fleet)] == fleet
+    assert "fil_heartbeat_beats_received" in {name for name, *_ in got[len(fleet):]}

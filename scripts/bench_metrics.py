@@ -1,0 +1,86 @@
+"""Benchmark: how long the /metrics body takes to render for a large fleet, and how big it is.
+
+Prints, for 1,000 and 10,000 nodes (or the counts given), the median of 3 renders of the full
+body (`AggregatorMetrics.render`: the hand-written fleet families plus prometheus_client's self
+families) and of prometheus_client's generator over the reference collector (`FleetCollector`),
+which is how every family was rendered before. Prints figures, asserts nothing.
+
+Usage: python scripts/bench_metrics.py [NODES ...]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from aggregator.fleet import Fleet, FleetPolicy, FleetSnapshot
+from aggregator.metrics import create_metrics
+from aggregator.networks import MAINNET_GENESIS_CID
+from heartbeat.wire import Beat
+
+RUNS = 3
+NOW = 1_700_000_000.0
+
+
+def cid(tag: int) -> str:
+    """A plausible CIDv1 text (base32 alphabet) distinct for each tag."""
+    digits = "abcdefghijklmnopqrstuvwxyz234567"
+    text = ""
+    while True:
+        tag, rem = divmod(tag, 32)
+        text += digits[rem]
+        if tag == 0:
+            break
+    return "bafy2bzacea" + text
+
+
+def snapshot(count: int) -> FleetSnapshot:
+    """A mainnet fleet of `count` nodes with realistic peer ids, a few lagging."""
+    fleet = Fleet(FleetPolicy(max_nodes=count + 1))
+    for i in range(count):
+        pid = f"12D3KooW{i:044d}"  # 52 characters, like an Ed25519 peer id
+        height = 1000 - (i % 9)
+        beat = Beat(
+            head="{" + cid(2 * height) + "," + cid(2 * height + 1) + "}",
+            height=height,
+            nickname=f"node-{i}",
+            miner_address=f"f0{10000 + i}",
+            genesis_cid=MAINNET_GENESIS_CID,
+            head_timestamp=1598306400 + height * 30,
+            syncing=False,
+            version="fil-heartbeat/0.1.0",
+        )
+        fleet.on_connect(pid, f"/ip4/10.0.{i // 256 % 256}.{i % 256}/tcp/4001", NOW)
+        fleet.on_beat(pid, beat, NOW + (i % 1000) / 1000)
+    return fleet.snapshot(NOW + 1.0)
+
+
+def measure(render: Callable[[], bytes]) -> tuple[float, int]:
+    times = []
+    size = 0
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        size = len(render())
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times), size
+
+
+def main() -> None:
+    counts = [int(a) for a in sys.argv[1:]] or [1_000, 10_000]
+    for count in counts:
+        snap = snapshot(count)
+        metrics = create_metrics(lambda snap=snap: snap)
+        ms, size = measure(metrics.render)
+        print(f"nodes={count:>6} render      median_ms={ms:7.1f} size_mb={size / 1e6:6.2f}")
+        try:
+            from aggregator.metrics import render_reference
+        except ImportError:
+            continue
+        ms, size = measure(lambda snap=snap: render_reference(snap))
+        print(f"nodes={count:>6} prom_client median_ms={ms:7.1f} size_mb={size / 1e6:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
