@@ -93,27 +93,43 @@ def _recording_rule_names() -> set[str]:
     return {r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r}
 
 
-def _exported_names() -> set[str]:
-    """Sample names in the aggregator's exposition, rendered over a sample fleet."""
-    from aggregator.fleet import Fleet
-    from aggregator.metrics import create_metrics
+def _names_in(text: str) -> set[str]:
+    """Series names in an exposition text, from samples and from family types (a family
+    without samples, e.g. no alert firing, still names its series)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "summary": ("_sum", "_count")}
+    names = set()
+    for fam in text_string_to_metric_families(text):
+        names |= {s.name for s in fam.samples}
+        names |= {fam.name + suffix for suffix in suffixes.get(fam.type, ("",))}
+    return names
+
+
+def _sample_fleet_beats(fleet: Any, now: float) -> None:
     from heartbeat.wire import Beat
 
-    fleet = Fleet()
-    fleet.on_connect("12D3KooWExample", "/ip4/127.0.0.1/tcp/4001", 1000.0)
+    fleet.on_connect("12D3KooWExample", "/ip4/127.0.0.1/tcp/4001", now)
     for i in range(3):
         fleet.on_beat(
             "12D3KooWExample",
             Beat(head="{bafy2bzacea" + "abc"[i] * 20 + "}", height=100 + i, nickname="alpha",
-                 miner_address="f01234", genesis_cid=None, head_timestamp=990 + 30 * i,
+                 miner_address="f01234", genesis_cid=None, head_timestamp=int(now) - 10 + i,
                  syncing=False, version="test"),
-            1000.0 + 3 * i,
+            now + i,
         )
+
+
+def _exported_names() -> set[str]:
+    """Sample names in the aggregator's exposition, rendered over a sample fleet."""
+    from aggregator.fleet import Fleet
+    from aggregator.metrics import create_metrics
+
+    fleet = Fleet()
+    _sample_fleet_beats(fleet, 1000.0)
     snap = fleet.snapshot(1010.0)
     metrics = create_metrics(lambda: snap, peer_id="12D3KooWAggregator")
     metrics.set_alerts_provider(lambda: [("FilNodeDown", "critical")])
-    text = metrics.render().decode()
-    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return _names_in(metrics.render().decode())
 
 
 # --- tests --------------------------------------------------------------------------------
@@ -192,13 +208,47 @@ def test_metric_name_extraction() -> None:
 def test_every_query_uses_only_known_metric_names() -> None:
     known = _exported_names() | _recording_rule_names() | PROMETHEUS_BUILTINS
     assert "fil_heartbeat_node_beats_total" in known  # the rendering really happened
-    unknown = {
+    assert not _unknown_names(known), sorted(_unknown_names(known))
+    # and the check is real: a made-up name is caught
+    assert _unknown_names(known - {"fil_heartbeat_nodes"})
+
+
+def _unknown_names(known: set[str]) -> set[tuple[str, str, str]]:
+    return {
         (name, where, metric)
         for name, where, expr in _all_queries()
         for metric in metric_names(_substitute(expr))
         if metric not in known
     }
-    assert not unknown, sorted(unknown)
+
+
+@pytest.mark.integration
+async def test_every_query_uses_only_names_a_running_aggregator_exports(tmp_path: Path) -> None:
+    """Scrape the real app (aggregator/app.py) over HTTP, one node injected."""
+    import httpx
+    import trio
+
+    from aggregator.app import Aggregator, run_aggregator
+    from aggregator.config import build_config
+
+    config = build_config({
+        "listen": ["/ip4/127.0.0.1/tcp/0"], "http_listen": "127.0.0.1:0",
+        "identity_file": str(tmp_path / "agg.key"), "state_db": str(tmp_path / "agg.db"),
+        "gc_freeze": False,
+    })
+    ready: list[Aggregator] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: run_aggregator(
+            config, handle_signals=False, on_ready=ready.append, task_status=task_status))
+        agg = ready[0]
+        _sample_fleet_beats(agg.fleet, agg.wall_clock())
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"{agg.http_url}/metrics", timeout=10)).text
+        nursery.cancel_scope.cancel()
+    exported = _names_in(text)
+    assert "fil_heartbeat_node_height" in exported and "fil_heartbeat_alerts_firing" in exported
+    known = exported | _recording_rule_names() | PROMETHEUS_BUILTINS
+    assert not _unknown_names(known), sorted(_unknown_names(known))
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus')")
