@@ -1,0 +1,136 @@
+"""Benchmark 2 (+5): saturated ingest in beats/s and aggregator CPU µs per beat.
+
+Each run starts fresh aggregator(s) with the per-peer rate limit lifted, has the load
+generator beat as fast as it can (`--beat-period 1ms` per agent, one beat per frame like the
+agent, or `--beats-per-frame`), and samples the aggregator's `beats_received_total` and its
+CPU time (/proc) over a window after warm-up. In the same run, the plain-TCP receiver with the
+same `BeatDecoder` (bench/tcp_baseline.py) gives the ceiling, and the ratio is printed.
+
+`--aggregators 2` runs two independent aggregator processes on two ports with half the agents
+each and sums their ingest: the upper bound of a two-worker (SO_REUSEPORT) design.
+
+    .venv/bin/python -m bench.bench_ingest --agents 32 --duration 15 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import tcp_baseline
+from bench.common import (
+    AggregatorProcess,
+    LoadgenProcess,
+    fmt_spread,
+    machine_note,
+    print_table,
+)
+
+__all__ = ["UNLIMITED", "main", "run_once"]
+
+#: Aggregator flags lifting the per-peer rate limit (a saturation test, not a policy).
+UNLIMITED = (
+    "--rate-limit", "1000000", "--rate-burst", "1000000", "--flood-drops", "1000000",
+    "--max-connections-per-ip", "20000",
+)  # fmt: skip
+
+
+def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    aggs = [
+        AggregatorProcess.start(workdir / f"agg{i}", *UNLIMITED, *args.aggregator_arg)
+        for i in range(args.aggregators)
+    ]
+    loadgens: list[LoadgenProcess] = []
+    try:
+        per = max(1, args.agents // args.aggregators)
+        run_for = args.warmup + args.duration + 5
+        for agg in aggs:
+            loadgens.append(
+                LoadgenProcess(
+                    agg.multiaddr,
+                    "--agents", str(per), "--processes", str(args.loadgen_processes),
+                    "--ramp", "200/s", "--beat-period", args.beat_period,
+                    "--beats-per-frame", str(args.beats_per_frame),
+                    "--duration", f"{run_for:.0f}s",
+                )
+            )
+        time.sleep(args.warmup + 1.0)  # loadgen start-up + ramp + warm-up
+
+        def sample() -> tuple[float, float, float]:
+            beats = sum(a.metric("fil_heartbeat_beats_received_total") for a in aggs)
+            cpu = sum(a.cpu_seconds() for a in aggs)
+            return time.monotonic(), beats, cpu
+
+        t0, b0, c0 = sample()
+        time.sleep(args.duration)
+        t1, b1, c1 = sample()
+        rss = [a.rss_kb() / 1024 for a in aggs]
+        for lg in loadgens:
+            lg.result(timeout=run_for + 60)
+    finally:
+        for agg in aggs:
+            agg.stop()
+    beats = b1 - b0
+    return {
+        "beats_per_s": beats / (t1 - t0),
+        "cpu_us_per_beat": (c1 - c0) / max(beats, 1) * 1e6,
+        "cpu_cores": (c1 - c0) / (t1 - t0),
+        "rss_mb": sum(rss),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--agents", type=int, default=32)
+    p.add_argument("--aggregators", type=int, default=1, choices=(1, 2, 3, 4))
+    p.add_argument("--loadgen-processes", type=int, default=1)
+    p.add_argument("--beat-period", default="1ms", help="per agent; 1ms = as fast as possible")
+    p.add_argument("--beats-per-frame", type=int, default=1)
+    p.add_argument("--duration", type=float, default=15.0, help="measurement window (s)")
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-tcp", action="store_true", help="skip the plain-TCP ceiling")
+    p.add_argument("--aggregator-arg", action="append", default=[],
+                   help="extra aggregator flag (repeatable), e.g. --aggregator-arg=--no-gc-freeze")
+    args = p.parse_args(argv)
+    args.duration = min(args.duration, 300.0)
+    runs, tcp_runs = [], []
+    for i in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+            runs.append(run_once(args, Path(tmp)))
+        print(f"run {i + 1} libp2p: {runs[-1]}", flush=True)
+        if not args.no_tcp:
+            tcp_runs.append(tcp_baseline.measure(args.duration, connections=16))
+            print(f"run {i + 1} tcp: {tcp_runs[-1]}", flush=True)
+    print(f"\nbench_ingest agents={args.agents} aggregators={args.aggregators} "
+          f"beats_per_frame={args.beats_per_frame} window={args.duration}s runs={len(runs)} "
+          f"{machine_note()}")
+    rows = [
+        ["libp2p ingest beats/s", fmt_spread(r["beats_per_s"] for r in runs)],
+        ["libp2p aggregator CPU µs/beat", fmt_spread((r["cpu_us_per_beat"] for r in runs),
+                                                     "{:.1f}")],
+        ["libp2p aggregator CPU (cores)", fmt_spread((r["cpu_cores"] for r in runs), "{:.2f}")],
+        ["libp2p beats/s per full core", fmt_spread(1e6 / r["cpu_us_per_beat"] for r in runs)],
+    ]  # fmt: skip
+    if tcp_runs:
+        rows += [
+            ["plain TCP beats/s", fmt_spread(r["beats_per_s"] for r in tcp_runs)],
+            ["plain TCP CPU µs/beat", fmt_spread((r["cpu_us_per_beat"] for r in tcp_runs),
+                                                 "{:.1f}")],
+            ["ratio TCP/libp2p (beats/s)", fmt_spread(
+                (t["beats_per_s"] / r["beats_per_s"] for r, t in zip(runs, tcp_runs,
+                                                                     strict=True)), "{:.1f}")],
+            ["ratio libp2p/TCP (CPU per beat)", fmt_spread(
+                (r["cpu_us_per_beat"] / t["cpu_us_per_beat"] for r, t in zip(runs, tcp_runs,
+                                                                             strict=True)),
+                "{:.1f}")],
+        ]  # fmt: skip
+    print_table(["figure", "median (min–max)"], rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
