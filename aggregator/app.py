@@ -40,6 +40,7 @@ __all__ = [
     "load_allowlist",
     "local_ip_addresses",
     "run_aggregator",
+    "run_expiry",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,11 +176,32 @@ async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
     log.warning("alerts_not_available reason=no_alerting_service_in_this_build")
 
 
+async def run_expiry(
+    fleet: Fleet,
+    interval: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Forget nodes past the fleet's retention now, then every `interval` seconds.
+
+    Its own timer rather than part of the store's batches: expiry must not depend on
+    persistence. The store deletes expired nodes at its next batch (`Fleet.drain_changes`).
+    """
+    fleet.expire(clock())
+    task_status.started()
+    deadline = trio.current_time()
+    while True:
+        deadline += interval
+        await trio.sleep_until(deadline)
+        fleet.expire(clock())
+
+
 async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
     """Restore the node registry into the fleet, then run the batched writer."""
     from aggregator import store
-    # The writer restores the fleet before it starts, expires nodes past the
-    # retention at each batch, and flushes once more (shielded) at shutdown.
+    # The writer restores the fleet before it starts and flushes once more
+    # (shielded) at shutdown; expiry is `run_expiry`'s.
     restored = await nursery.start(
         partial(
             store.run_store_writer,
@@ -187,7 +209,6 @@ async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
             store.NodeStore(agg.config.state_db),
             agg.config.store_flush_interval,
             clock=agg.wall_clock,
-            expire=True,
         )
     )
     log.info("fleet_restored nodes=%s path=%s", restored, agg.config.state_db)
@@ -251,6 +272,9 @@ async def run_aggregator(
         async with trio.open_nursery() as nursery:
             await nursery.start(agg.ingest.run)
             await _start_store(agg, nursery)
+            await nursery.start(
+                partial(run_expiry, agg.fleet, config.expire_interval, clock=agg.wall_clock)
+            )
             async with p2p.running_host(key_pair, list(config.listen), limits) as host:
                 agg.host = host
                 agg.ingest._disconnect_peer = lambda peer: p2p.close_peer(host, peer)

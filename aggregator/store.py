@@ -1,10 +1,10 @@
 """The node registry on disk: SQLite (WAL), written in batches off the event loop.
 
 `NodeStore` is blocking and knows nothing of trio; `run_store_writer` is the trio service that
-restores the fleet at start, then every `period` expires old nodes and writes the nodes changed
-since the last batch (one transaction), and writes once more at shutdown. Every store call runs
-in a worker thread (`trio.to_thread.run_sync`); calls never overlap, so one connection serves
-them all.
+restores the fleet at start, then every `period` writes the nodes changed since the last batch
+and deletes the ones the fleet forgot (one transaction), and writes once more at shutdown. Every
+store call runs in a worker thread (`trio.to_thread.run_sync`); calls never overlap, so one
+connection serves them all.
 """
 
 from __future__ import annotations
@@ -184,7 +184,6 @@ async def run_store_writer(
     period: float = 10.0,
     *,
     clock: Callable[[], float] = time.time,
-    expire: bool = True,
     shutdown_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -192,7 +191,7 @@ async def run_store_writer(
 
     `task_status.started(n)` reports how many nodes were restored. A load failure raises
     `StoreError` before starting; a failed batch is logged and retried with the next one.
-    With `expire`, each batch first forgets nodes past the fleet's retention (`Fleet.expire`).
+    Nodes the fleet expired (`Fleet.expire`, the app's own timer) are deleted at the next batch.
     """
     records = await trio.to_thread.run_sync(store.load)
     restored = fleet.load_records(records, clock())
@@ -202,8 +201,6 @@ async def run_store_writer(
     removed: set[str] = set()
 
     async def flush() -> None:
-        if expire:
-            fleet.expire(clock())
         changed, gone = fleet.drain_changes()
         for r in changed:
             pending[r.peer_id] = r

@@ -150,6 +150,7 @@ async def test_writer_deletes_expired_nodes(
             )
         )
         assert "old" in fleet
+        assert fleet.expire(T0) == ["old"]  # the app's expiry timer (`run_expiry`)
         written = store.written
         mock_clock.jump(10)
         await written.wait()
