@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from aggregator.alerts.service import add_alert_arguments, load_settings, merge_alert_flags
 from aggregator.config import AggregatorConfig, build_config
 from aggregator.errors import AggregatorError
 from heartbeat.errors import ConfigError, HeartbeatError
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
 )
         p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
+        add_alert_arguments(p)
     for p in (parser, run, ident):
         p.add_argument("--log-format", choices=["text", "json"])
         p.add_argument("--log-level")
@@ -102,7 +104,10 @@ def parse_args(
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError("config", f"{config_path}: {exc}") from exc
         file = dict(file.get("aggregator", file))
-    return command, build_config(flags, env, file, state_dir=_state_dir())
+    merge_alert_flags(flags, file)
+    config = build_config(flags, env, file, state_dir=_state_dir())
+    load_settings(config.alerts, config.alerts_file)  # a bad [alerts] setting fails here
+    return command, config
 
 
 def _print_ready(agg: Any) -> None:

@@ -170,10 +170,27 @@ async def _signals(agg: Aggregator, shutdown: trio.CancelScope) -> None:
 
 
 async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
-    """The alerting service's place (aggregator/alerts): started when configured."""
-    if not (agg.config.alerts or agg.config.alerts_file):
+    """The built-in alerter (aggregator/alerts): on unless `[alerts] enabled = false`."""
+    from aggregator.alerts.delivery import AlertDelivery
+    from aggregator.alerts.service import load_settings, run_alerting
+
+    settings = load_settings(agg.config.alerts, agg.config.alerts_file)
+    if not settings.enabled:
         return
-    log.warning("alerts_not_available reason=no_alerting_service_in_this_build")
+    delivery = AlertDelivery(
+        alertmanager_urls=settings.alertmanager_urls,
+        webhook_urls=settings.webhook_urls,
+        sender=agg.config.name,
+        generator_url=f"{agg.http_url}/api/v1/alerts" if agg.http_url else "",
+    )
+    service = await nursery.start(partial(
+        run_alerting, agg.snapshot, settings.policy, delivery,
+        interval=settings.evaluation_interval, static_labels={"aggregator": agg.config.name},
+        send_test_alert=settings.send_test_alert, wall_clock=agg.wall_clock,
+    ))
+    agg.metrics.set_alerts_provider(service.firing)
+    if agg.http is not None:
+        agg.http.set_alerts_provider(service.current)
 
 
 async def run_expiry(
