@@ -40,7 +40,10 @@ UNLIMITED = (
 
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     aggs = [
-        AggregatorProcess.start(workdir / f"agg{i}", *UNLIMITED, *args.aggregator_arg)
+        AggregatorProcess.start(
+            workdir / f"agg{i}", *UNLIMITED, *args.aggregator_arg,
+            env=dict(kv.split("=", 1) for kv in args.aggregator_env),
+        )
         for i in range(args.aggregators)
     ]
     loadgens: list[LoadgenProcess] = []
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-tcp", action="store_true", help="skip the plain-TCP ceiling")
     p.add_argument("--aggregator-arg", action="append", default=[],
                    help="extra aggregator flag (repeatable), e.g. --aggregator-arg=--no-gc-freeze")
+    p.add_argument("--aggregator-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="aggregator environment, e.g. PY_YAMUX_RELEASE_ON_READ=0")
     args = p.parse_args(argv)
     args.duration = min(args.duration, 300.0)
     runs, tcp_runs = [], []
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             tcp_runs.append(tcp_baseline.measure(args.duration, connections=16))
             print(f"run {i + 1} tcp: {tcp_runs[-1]}", flush=True)
     print(f"\nbench_ingest agents={args.agents} aggregators={args.aggregators} "
+          f"env={','.join(args.aggregator_env) or '-'} "
           f"beats_per_frame={args.beats_per_frame} window={args.duration}s runs={len(runs)} "
           f"{machine_note()}")
     rows = [
