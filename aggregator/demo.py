@@ -4,8 +4,9 @@
 `scripts/demo` runs). Everything listens on loopback; identities and the node
 registry live in a temporary directory. The agents: `alpha` is healthy,
 `bravo` lags 8 epochs, `charlie` leaves and comes back periodically. Prints the
-aggregator's multiaddr, the metrics URL and a one-line-per-node summary every
-couple of seconds, until Ctrl-C or `--duration`.
+aggregator's multiaddr and URLs first, then a one-line-per-node summary every
+second on stdout, until Ctrl-C or `--duration`; log lines go to stderr, held
+back until the addresses are out.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,7 @@ from heartbeat.agent import Agent, BeatLoop, Libp2pConnector
 from heartbeat.sources import SimulatedChain
 from heartbeat.targets import parse_target
 
-__all__ = ["demo_config", "format_summary", "main", "run_demo"]
+__all__ = ["LogGate", "demo_config", "format_summary", "main", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +55,51 @@ def demo_config(state_dir: Path) -> AggregatorConfig:
 
 
 def format_summary(snap: FleetSnapshot, now: float) -> list[str]:
-    """One line per node: nickname, state, height, lag, last beat age."""
+    """One line per node: nickname, state, height, lag, ages of the last beat and the head."""
     lines = []
     for node in sorted(snap.nodes, key=lambda n: n.nickname):
         lag = "-" if node.lag_epochs is None else str(node.lag_epochs)
         age = max(0.0, now - node.last_beat)
+        head = "-" if node.head_timestamp is None else f"{max(0.0, now - node.head_timestamp):.1f}s"
         lines.append(
             f"  {node.nickname or node.peer_id[:12]:<10} {node.state.value:<13} "
-            f"height={node.height:<7} lag={lag:<4} last_beat={age:5.1f}s ago"
+            f"height={node.height:<7} lag={lag:<4} last_beat={age:5.1f}s ago  head_age={head}"
         )
     return lines
+
+
+class LogGate(logging.Handler):
+    """Holds the root logger's records until `release_held()`, then hands them to its handlers.
+
+    The demo's first lines are the addresses an operator copies; start-up log lines (stderr)
+    would otherwise come first in the terminal.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        super().__init__()
+        self.limit = limit
+        self.held: list[logging.LogRecord] = []
+        self.root = logging.getLogger()
+        self.targets = list(self.root.handlers)
+        for handler in self.targets:
+            self.root.removeHandler(handler)
+        self.root.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.held) < self.limit:
+            self.held.append(record)
+
+    def release_held(self) -> None:
+        if self not in self.root.handlers:
+            return
+        self.root.removeHandler(self)
+        for handler in self.targets:
+            self.root.addHandler(handler)
+        for record in self.held:
+            for handler in self.targets:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        self.held.clear()
 
 
 def _agent(
@@ -99,9 +135,11 @@ async def run_demo(
     duration: float | None = None,
     *,
     block_delay: float = 4.0,
-    refresh: float = 2.0,
+    refresh: float = 1.0,
     out: IO[str] | None = None,
+    on_header: Callable[[], None] | None = None,
 ) -> None:
+    """Run the demo; `on_header` is called once the addresses are printed."""
     out = out or sys.stdout
 
     def say(text: str = "") -> None:
@@ -122,6 +160,8 @@ async def run_demo(
             say(f"aggregator multiaddr: {addr}")
             say(f"metrics:              {agg.http_url}/metrics")
             say(f"nodes (JSON):         {agg.http_url}/api/v1/nodes")
+            if on_header is not None:
+                on_header()
             chain = SimulatedChain(block_delay=block_delay, null_round_probability=0.0)
             await nursery.start(chain.run)
             lagging = SimulatedChain(
@@ -132,7 +172,9 @@ async def run_demo(
             nursery.start_soon(_steady_agent, addr, "alpha", chain, BEAT_PERIOD)
             nursery.start_soon(_steady_agent, addr, "bravo", lagging, BEAT_PERIOD)
             nursery.start_soon(_coming_and_going, addr, "charlie", chain, BEAT_PERIOD)
-            deadline = trio.current_time()
+            # Every 1 s by default, half a period out of phase with the beats: a refresh that
+            # coincides with the 2 s beats shows the same age forever (or races with the beat).
+            deadline = trio.current_time() - refresh / 2
             while True:
                 deadline += refresh
                 await trio.sleep_until(deadline)
@@ -147,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aggregator.demo", description=__doc__)
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--block-delay", type=float, default=4.0, help="simulated block time")
-    parser.add_argument("--refresh", type=float, default=2.0, help="summary period (seconds)")
+    parser.add_argument("--refresh", type=float, default=1.0, help="summary period (seconds)")
     parser.add_argument("--verbose", action="store_true", help="log at INFO instead of WARNING")
     args = parser.parse_args(argv)
     from heartbeat.logs import setup_logging
@@ -155,12 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("text", logging.INFO if args.verbose else logging.WARNING)
     p2p.restore_libp2p_logging()
     logging.getLogger("libp2p").setLevel(logging.ERROR)
+    gate = LogGate()
     try:
-        trio.run(
-            lambda: run_demo(args.duration, block_delay=args.block_delay, refresh=args.refresh)
-        )
+        trio.run(partial(run_demo, args.duration, block_delay=args.block_delay,
+                         refresh=args.refresh, on_header=gate.release_held))  # fmt: skip
     except KeyboardInterrupt:
         print("demo stopped", flush=True)
+    finally:
+        gate.release_held()  # a start-up failure's log lines must not stay held
     return 0
 
 

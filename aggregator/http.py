@@ -177,6 +177,9 @@ async def serve_http(
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
+    # A Logger (not hypercorn's default "-") so that hypercorn adds no stderr handler of its own:
+    # its messages go through the root logger's handler once, at the level `__main__` set.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(

@@ -34,9 +34,14 @@ async def test_demo_prints_multiaddr_and_node_lines() -> None:
 def test_demo_module_runs_with_duration() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "aggregator.demo", "--duration", "5", "--block-delay", "1",
-         "--refresh", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+         "--verbose"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "aggregator multiaddr: /ip4/127.0.0.1/tcp/" in proc.stdout
-    assert re.search(r"^  alpha +\w+ +height=\d+", proc.stdout, re.M)
+    assert proc.returncode == 0, proc.stdout
+    # the addresses come first, before any log line (stdout and stderr on one pipe here)
+    first = proc.stdout.splitlines()[:3]
+    assert first[0].startswith("aggregator multiaddr: /ip4/127.0.0.1/tcp/"), proc.stdout
+    assert first[1].startswith("metrics: ") and first[2].startswith("nodes (JSON): ")
+    assert re.search(r"^  alpha +\w+ +height=\d+ .* last_beat= *\d+\.\d+s ago", proc.stdout, re.M)
+    # hypercorn logs through the root handler only: each of its lines once
+    assert proc.stdout.count("Running on http://127.0.0.1:") == 1
