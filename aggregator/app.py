@@ -87,10 +87,10 @@ def local_ip_addresses() -> tuple[list[str], list[str]]:
                 candidates.add((family, str(sock.getsockname()[0])))
         except OSError:
             continue  # no route for this family
-    for family, addr in sorted(candidates):
-        if family == socket.AF_INET and addr not in v4 and not addr.startswith("127."):
+    for kind, addr in sorted(candidates):
+        if kind == socket.AF_INET and addr not in v4 and not addr.startswith("127."):
             v4.append(addr)
-        elif family == socket.AF_INET6 and addr not in v6 and not addr.startswith("fe80"):
+        elif kind == socket.AF_INET6 and addr not in v6 and not addr.startswith("fe80"):
             v6.append(addr.split("%")[0])
     return v4, v6
 

@@ -75,26 +75,41 @@ SnapshotProvider = Callable[[], "FleetSnapshot | None"]
 AlertsProvider = Callable[[], Iterable[Any]]
 
 
+# Read-only members: the collector never writes them, and a settable `Mapping` member would not
+# accept the ingest's `Counter` (mutable protocol members are invariant).
 class CountersLike(Protocol):
-    beats_received: int
-    beats_accepted: int
-    beats_rejected: Mapping[str, int]
-    beats_rate_limited: int
-    decode_errors: Mapping[str, int]
-    streams_open: int
-    connections: int
-    peers_refused: Mapping[str, int]
-    peers_disconnected: Mapping[str, int]
+    @property
+    def beats_received(self) -> int: ...
+    @property
+    def beats_accepted(self) -> int: ...
+    @property
+    def beats_rejected(self) -> Mapping[str, int]: ...
+    @property
+    def beats_rate_limited(self) -> int: ...
+    @property
+    def decode_errors(self) -> Mapping[str, int]: ...
+    @property
+    def streams_open(self) -> int: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def peers_refused(self) -> Mapping[str, int]: ...
+    @property
+    def peers_disconnected(self) -> Mapping[str, int]: ...
 
 
 class BusLike(Protocol):
-    backpressure_seconds: float
-    dropped: Mapping[str, int]
+    @property
+    def backpressure_seconds(self) -> float: ...
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
 
 
 class GcLike(Protocol):
-    count: int
-    sum: float
+    @property
+    def count(self) -> int: ...
+    @property
+    def sum(self) -> float: ...
 
     def cumulative_buckets(self) -> list[tuple[str, int]]: ...
 

@@ -32,10 +32,13 @@ async def test_connections_beyond_the_per_ip_cap_are_refused(tmp_path: Path) -> 
             refused = counters.peers_refused["too_many_connections_per_ip"]
             return refused + min(counters.connections, CAP)
 
+        async def wait_counted(n: int) -> None:
+            await wait_for(lambda: counted() >= n)
+
         conns = []
         for n, key in enumerate(keys, 1):  # one at a time: the first CAP are the ones kept
             conns.append(await stack.enter_async_context(p2p.light_connection(key, addr)))
-            await wait_for(lambda n=n: counted() >= n)
+            await wait_counted(n)
         kept, excess = conns[:CAP], conns[CAP:]
         with trio.fail_after(10):
             for conn in excess:
