@@ -94,11 +94,12 @@ class AggregatorProcess:
         env: dict[str, str] | None = None,
         timeout: float = 30.0,
         log_path: Path | None = None,
+        module: str = "aggregator",
     ) -> AggregatorProcess:
         """Start with its identity and state db in `workdir` (reused across restarts)."""
         workdir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            PYTHON, "-m", "aggregator", "run",
+            PYTHON, "-m", module, "run",
             "--listen", f"/ip4/127.0.0.1/tcp/{port}",
             "--http-listen", "127.0.0.1:0",
             "--identity-file", str(workdir / "aggregator.key"),

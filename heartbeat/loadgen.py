@@ -318,6 +318,7 @@ class AgentStats:
     dials: int = 0
     sessions: int = 0
     beats_sent: int = 0
+    session_beats: int = 0  # beats written in the latest session
     streams_opened: int = 0
     cut_off: int = 0  # streams the aggregator closed or reset on us
     failures: Counter[str] = field(default_factory=Counter)
@@ -348,7 +349,7 @@ def summarize(stats: Sequence[AgentStats]) -> dict[str, Any]:
     for s in stats:
         k = kinds.setdefault(s.kind, {
             "agents": 0, "started": 0, "connected": 0, "ever_connected": 0, "dials": 0,
-            "sessions": 0, "beats_sent": 0, "streams_opened": 0, "cut_off": 0,
+            "sessions": 0, "beats_sent": 0, "session_beats": 0, "streams_opened": 0, "cut_off": 0,
             "failures": {}, "recoveries": [], "storm_recoveries": [], "storm_missing": 0,
             "cut_after": [],
         })  # fmt: skip
@@ -356,7 +357,8 @@ def summarize(stats: Sequence[AgentStats]) -> dict[str, Any]:
         k["started"] += s.started
         k["connected"] += s.connected
         k["ever_connected"] += s.ever_connected
-        for name in ("dials", "sessions", "beats_sent", "streams_opened", "cut_off"):
+        for name in ("dials", "sessions", "beats_sent", "session_beats", "streams_opened",
+                     "cut_off"):  # fmt: skip
             k[name] += getattr(s, name)
         for reason, n in s.failures.items():
             k["failures"][reason] = k["failures"].get(reason, 0) + n
@@ -624,6 +626,7 @@ class _Sim:
             try:
                 async with _connect(config, key) as session:
                     stats.sessions += 1
+                    stats.session_beats = 0
                     phase = "stream"
                     return await _BEHAVIOURS[self.kind](self, session)
             except Exception as exc:  # the connect loop's catch-all: one failed attempt
@@ -667,6 +670,7 @@ class _Sim:
     def wrote_beat(self, frames: int) -> None:
         stats = self.stats
         stats.beats_sent += frames
+        stats.session_beats += frames
         if self.beating:
             return
         self.beating = True

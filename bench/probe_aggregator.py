@@ -1,0 +1,96 @@
+"""The aggregator with a latency probe, for bench_latency (never used in production).
+
+Runs `python -m aggregator` in this process after wrapping the fleet subscriber: every
+`BeatAccepted` whose Version carries a load generator stamp (`lg t=<CLOCK_MONOTONIC ns>`, sent
+with `fil-heartbeat loadgen --stamp` on the same machine) records `now - stamp` right after
+the fleet model applied the beat: the beat→fleet-model latency, sender's encode, Noise, Yamux,
+the ingest, the bus and the fleet update included.
+
+Control without touching the event loop: a daemon thread polls `$BENCH_PROBE_DIR/probe.req`;
+`reset` clears the samples, `dump` writes them (ns) to `$BENCH_PROBE_DIR/latency.json`.
+
+    BENCH_PROBE_DIR=/tmp/p .venv/bin/python -m bench.probe_aggregator run --listen …
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aggregator.app as app
+from aggregator.bus import BeatAccepted
+from heartbeat.loadgen import parse_stamp
+
+__all__ = ["SAMPLES", "main", "request"]
+
+SAMPLES: deque[int] = deque(maxlen=1_000_000)
+_original = app._fleet_subscriber
+
+
+def _probed(fleet: Any) -> Callable[[Any], None]:
+    update = _original(fleet)
+    clock = time.monotonic_ns
+    append = SAMPLES.append
+
+    def probe(event: Any) -> None:
+        update(event)
+        if type(event) is BeatAccepted:
+            sent = parse_stamp(event.beat.version)
+            if sent is not None:
+                append(clock() - sent)
+
+    return probe
+
+
+def _control(directory: Path) -> None:
+    req = directory / "probe.req"
+    while True:
+        time.sleep(0.2)
+        try:
+            command = req.read_text().strip()
+        except FileNotFoundError:
+            continue
+        if command == "reset":
+            SAMPLES.clear()
+        elif command == "dump":
+            tmp = directory / "latency.json.tmp"
+            tmp.write_text(json.dumps(list(SAMPLES)))
+            os.replace(tmp, directory / "latency.json")
+        req.unlink()
+
+
+def request(directory: Path, command: str, timeout: float = 30.0) -> list[int] | None:
+    """Send `reset` or `dump` to a probe; the samples (ns) for `dump`."""
+    out = directory / "latency.json"
+    if command == "dump" and out.exists():
+        out.unlink()
+    (directory / "probe.req").write_text(command)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if command == "dump" and out.exists():
+            return list(json.loads(out.read_text()))
+        if command != "dump" and not (directory / "probe.req").exists():
+            return None
+        time.sleep(0.1)
+    raise TimeoutError(f"probe did not answer {command!r}")
+
+
+def main() -> int:
+    directory = Path(os.environ["BENCH_PROBE_DIR"])
+    directory.mkdir(parents=True, exist_ok=True)
+    app._fleet_subscriber = _probed
+    threading.Thread(target=_control, args=(directory,), daemon=True).start()
+    from aggregator.__main__ import main as aggregator_main
+
+    return aggregator_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
