@@ -154,7 +154,7 @@ async def run_agent(
     config: AgentConfig,
     *,
     shutdown: Callable[[], Awaitable[None]],
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until `shutdown()` returns, then stop gracefully.
 

@@ -153,7 +153,7 @@ class BeatLoop:
         if self._stream is None and self._scope is not None:
             self._scope.cancel()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             self._scope = scope
             task_status.started()
@@ -266,7 +266,7 @@ class Agent:
         self.head_source = head_source
         self._done = trio.Event()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             for loop in self.loops:
                 await nursery.start(loop.run)
@@ -353,6 +353,7 @@ class Libp2pConnector:
 
     async def connect(self, target: Target) -> BeatStream:
         info = peer_info_from_multiaddr(target.addr)
+        await self._forget_past_failures(info.peer_id)
         try:
             await self._host.connect(info)
             stream = await self._host.new_stream(info.peer_id, [self._protocol])
@@ -366,3 +367,21 @@ class Libp2pConnector:
                     log.debug("disconnect_failed peer=%s err=%r", info.peer_id, cleanup)
             raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
         return _Libp2pStream(stream, self._host, info.peer_id)
+
+    async def _forget_past_failures(self, peer_id: Any) -> None:
+        """Make this attempt a real dial, whatever py-libp2p remembers from earlier ones.
+
+        - Its negative peer cache refuses every dial to a peer for 60 s after one
+          dial that failed on all addresses: an aggregator down for a second would
+          keep its agents away for a minute. Our reconnect policy does the pacing.
+        - A connection whose clean-up has not finished stays listed while already
+          closed: `host.connect` then returns at once and `new_stream` fails with
+          "No valid connections available". Drop such leftovers first.
+        """
+        network = self._host.get_network()
+        unblock = getattr(network, "unblock_peer", None)
+        if unblock is not None:
+            unblock(peer_id)
+        connections = network.get_connections(peer_id)
+        if connections and all(conn.is_closed for conn in connections):
+            await network.close_peer(peer_id)

@@ -131,7 +131,7 @@ async def serve_metrics(
     host: str,
     port: int,
     *,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve /metrics until cancelled; `task_status.started(bind)` once listening."""
     config = HypercornConfig()
@@ -142,7 +142,7 @@ async def serve_metrics(
     config.graceful_timeout = 0.5
 
     async def started(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(metrics_app(registry), config, task_status=task_status)  # type: ignore[arg-type]
+        await serve(metrics_app(registry), config, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(started)

@@ -56,7 +56,7 @@ class Receiver:
         self.streams_opened = 0
         self.streams_ended = 0
         self._changed = trio.Event()
-        self._scope: trio.CancelScope | None = None
+        self._stop_requested: trio.Event | None = None
         self._stopped: trio.Event | None = None
 
     @property
@@ -72,29 +72,37 @@ class Receiver:
         await nursery.start(self._run)
         return self.addr
 
-    async def stop(self) -> None:
-        """Stop listening and drop every connection."""
-        if self._scope is not None and self._stopped is not None:
-            self._scope.cancel()
-            await self._stopped.wait()
-        self._scope = None
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening, drop every connection and close the listening socket."""
+        if self._stop_requested is not None and self._stopped is not None:
+            self._stop_requested.set()
+            with trio.fail_after(timeout):
+                await self._stopped.wait()
+        self._stop_requested = None
 
     async def _run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # Close the host explicitly before leaving `host.run`: py-libp2p 0.8.1
+        # stops the swarm by cancelling it, and its clean-up `finally` (which
+        # closes the TCP listener) is aborted by that very cancellation. The
+        # listening socket then lives on in a system task; bound with
+        # SO_REUSEPORT, it shares the port with the restarted receiver, and the
+        # kernel hands it a share of the new dials, which it upgrades and drops
+        # ("No valid connections available" on the dialer).
         self._stopped = trio.Event()
+        self._stop_requested = trio.Event()
         try:
-            with trio.CancelScope() as scope:
-                self._scope = scope
-                listen = [f"/ip4/127.0.0.1/tcp/{self.port}"]
-                # Like the aggregator: two connections per peer, so a sender's
-                # redial is not refused while its previous connection is torn down.
-                limits = HostLimits(max_connections_per_peer=2)
-                async with running_host(self.key_pair, listen, limits) as host:
-                    disable_auto_dial(host)  # a receiver never dials its senders
-                    set_stream_handlers(host, [PROTOCOL_ID], self._handle)
-                    addrs = listen_multiaddrs(host)
-                    self.port = int(addrs[0].split("/tcp/")[1].split("/")[0])
-                    task_status.started()
-                    await trio.sleep_forever()
+            listen = [f"/ip4/127.0.0.1/tcp/{self.port}"]
+            # Like the aggregator: two connections per peer, so a sender's
+            # redial is not refused while its previous connection is torn down.
+            limits = HostLimits(max_connections_per_peer=2)
+            async with running_host(self.key_pair, listen, limits) as host:
+                disable_auto_dial(host)  # a receiver never dials its senders
+                set_stream_handlers(host, [PROTOCOL_ID], self._handle)
+                addrs = listen_multiaddrs(host)
+                self.port = int(addrs[0].split("/tcp/")[1].split("/")[0])
+                task_status.started()
+                await self._stop_requested.wait()
+                await host.close()
         finally:
             self._stopped.set()
 
