@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -343,6 +344,33 @@ def disable_auto_dial(host: Any) -> None:
         connector.maybe_connect = _no_auto_dial
 
 
+async def resolve_target(target: Target) -> str:
+    """The target's multiaddr with a `/dns*` host resolved to an `/ip4` or `/ip6` one.
+
+    py-libp2p 0.8.1's TCP transport does not dial `/dns4/…` addresses, so the agent
+    resolves the name itself, at every dial (the aggregator's address may change),
+    under the caller's dial deadline.
+    """
+    kind = target.addr.split("/", 2)[1]
+    if not kind.startswith("dns"):
+        return target.addr
+    family = {"dns4": socket.AF_INET, "dns6": socket.AF_INET6}.get(kind, socket.AF_UNSPEC)
+    try:
+        infos = await trio.socket.getaddrinfo(
+            target.host, target.port, family=family, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise ConnectFailed(f"dns_failed:{target.host}:{exc}") from exc
+    if not infos:
+        raise ConnectFailed(f"dns_failed:{target.host}:no_address")
+    # Prefer IPv4 when the name has both and the target said /dns: loopback and
+    # dual-stack set-ups are far more common than IPv6-only aggregators.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    ip = str(infos[0][4][0])
+    proto = "ip4" if infos[0][0] == socket.AF_INET else "ip6"
+    return f"/{proto}/{ip}/tcp/{target.port}/p2p/{target.peer_id}"
+
+
 class Libp2pConnector:
     """Dials targets over a running libp2p host and opens heartbeat streams."""
 
@@ -352,7 +380,7 @@ class Libp2pConnector:
         disable_auto_dial(host)
 
     async def connect(self, target: Target) -> BeatStream:
-        info = peer_info_from_multiaddr(target.addr)
+        info = peer_info_from_multiaddr(await resolve_target(target))
         await self._forget_past_failures(info.peer_id)
         try:
             await self._host.connect(info)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import multiaddr
+import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -235,7 +236,15 @@ async def running_host(
     host = build_host(key_pair, limits)
     addrs = [multiaddr.Multiaddr(a) for a in (listen or [])]
     async with host.run(listen_addrs=addrs):
-        yield host
+        try:
+            yield host
+        finally:
+            # Leaving `host.run` stops the swarm by cancellation, which also aborts
+            # the clean-up that closes the TCP listener: a leaked listener on a
+            # SO_REUSEPORT port keeps accepting (and dropping) dials meant for a
+            # restarted server. Close the host first, shielded, under a deadline.
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await host.close()
 
 
 def restore_libp2p_logging() -> None:
@@ -256,7 +265,7 @@ def stream_peer_id(stream: INetStream) -> str:
 def stream_remote_ip(stream: INetStream) -> str | None:
     """The remote IP address of a stream's connection, if known."""
     try:
-        remote = stream.get_remote_address()  # type: ignore[attr-defined]
+        remote = stream.get_remote_address()
     except (AttributeError, OSError):
         return None
     return str(remote[0]) if remote else None

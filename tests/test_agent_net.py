@@ -224,3 +224,19 @@ async def test_sigterm_exits_zero_and_delivers_the_last_beat(tmp_path: Path) -> 
     assert match, err.decode()
     assert len(receiver.beats) == int(match.group(1))
     assert all(b.nickname == "sig" for _, b in receiver.beats)
+
+
+async def test_a_dns4_target_is_resolved_and_dialed(tmp_path: Path) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        receiver = Receiver()
+        await receiver.start(nursery)
+        target = f"/dns4/localhost/tcp/{receiver.port}/p2p/{receiver.peer_id}"
+        config = config_for(tmp_path, [target])
+        await nursery.start(lambda task_status: run_agent(
+            config, shutdown=stop.wait, task_status=task_status))
+        beats = await receiver.wait_for(2)
+        stop.set()
+        await receiver.wait_streams_ended(1)
+        await receiver.stop()
+    assert [b.height for b in beats[:2]] == [4242, 4242]
