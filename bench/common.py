@@ -17,6 +17,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -205,23 +206,30 @@ class LoadgenProcess:
     """A load generator running in the background; `result()` waits for its JSON summary."""
 
     def __init__(self, target: str, *args: str) -> None:
+        # stderr to a file: a full pipe would block the load generator.
+        self._err = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            _loadgen_cmd(target, args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
+            _loadgen_cmd(target, args), stdout=subprocess.PIPE, stderr=self._err, cwd=REPO
         )
+
+    def _stderr(self) -> str:
+        self._err.seek(0)
+        return self._err.read().decode(errors="replace")[-3000:]
 
     def result(self, timeout: float) -> dict[str, Any]:
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            out, _ = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-            raise RuntimeError(f"loadgen timed out: {err.decode()[-2000:]}") from None
+            self.proc.communicate()
+            raise RuntimeError(f"loadgen timed out: {self._stderr()}") from None
         if not out.strip():
-            raise RuntimeError(f"loadgen failed ({self.proc.returncode}): {err.decode()[-2000:]}")
-        return dict(json.loads(out))
+            raise RuntimeError(f"loadgen failed ({self.proc.returncode}): {self._stderr()}")
+        summary = dict(json.loads(out))
+        errors = [w["error"] for w in summary.get("workers", []) if w.get("error")]
+        if errors:
+            raise RuntimeError(f"loadgen worker failed: {errors} {self._stderr()}")
+        return summary
 
 
 def run_loadgen(target: str, *args: str, timeout: float) -> dict[str, Any]:

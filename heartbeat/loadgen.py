@@ -621,28 +621,32 @@ class _Sim:
         config, stats = self.worker.config, self.stats
         stats.dials += 1
         phase = "dial"
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            try:
+        # The handler sits outside the cancel scope: a cut racing a stop or a storm arrives
+        # as a group the scope has already stripped of its own Cancelled.
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
                 async with _connect(config, key) as session:
                     stats.sessions += 1
                     stats.session_beats = 0
                     phase = "stream"
                     return await _BEHAVIOURS[self.kind](self, session)
-            except Exception as exc:  # the connect loop's catch-all: one failed attempt
-                leaf = _leaf(exc)
-                if isinstance(leaf, _Cut):
-                    stats.cut_off += 1
-                    stats.failures["cut_off"] += 1
-                    return "cut"
-                if isinstance(leaf, trio.TooSlowError):
-                    stats.failures[f"{phase}_timeout"] += 1
-                else:
-                    stats.failures[f"{phase}_failed"] += 1
-                log.debug("session_failed agent=%d phase=%s err=%r", self.index, phase, leaf)
-                return "failed"
-            finally:
-                self._scope = None
+        except Exception as exc:  # the connect loop's catch-all: one failed attempt
+            leaf = _leaf(exc)
+            if isinstance(leaf, _Cut) and self.worker.stopping:
+                return "stopped"  # our own close at the end of the run, not a cut
+            if isinstance(leaf, _Cut):
+                stats.cut_off += 1
+                stats.failures["cut_off"] += 1
+                return "cut"
+            if isinstance(leaf, trio.TooSlowError):
+                stats.failures[f"{phase}_timeout"] += 1
+            else:
+                stats.failures[f"{phase}_failed"] += 1
+            log.debug("session_failed agent=%d phase=%s err=%r", self.index, phase, leaf)
+            return "failed"
+        finally:
+            self._scope = None
         return self._dropped or "stopped"
 
     # -- helpers for the behaviours ------------------------------------------------------
@@ -664,7 +668,8 @@ class _Sim:
             self._cut(watched, exc)
 
     def _cut(self, watched: _Watched, exc: BaseException | None = None) -> None:
-        self.stats.cut_after.append(round(trio.current_time() - watched.opened_at, 3))
+        if not self.worker.stopping:
+            self.stats.cut_after.append(round(trio.current_time() - watched.opened_at, 3))
         raise _Cut() from exc
 
     def wrote_beat(self, frames: int) -> None:
@@ -819,6 +824,8 @@ async def _hog_stream(sim: _Sim, session: _Session) -> None:
             nursery.cancel_scope.cancel()
     except Exception as exc:  # a refused stream is the expected outcome for a hog
         if isinstance(_leaf(exc), _Cut):
+            if sim.worker.stopping:
+                return
             sim.stats.cut_off += 1
             sim.stats.failures["hog_stream_cut"] += 1
         else:
@@ -891,8 +898,10 @@ def _worker_main(
     log_level: str,
 ) -> None:  # fmt: skip
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if log_level == "DEBUG":  # py-libp2p logs every refused stream at ERROR: noise here
+    if log_level == "DEBUG":
         p2p.restore_libp2p_logging()
+    else:  # py-libp2p logs every refused stream at ERROR: noise for a load generator
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     gc.set_threshold(50_000, 50, 100)  # full collections would distort every timing
     report: dict[str, Any]
     try:

@@ -1,0 +1,271 @@
+"""Resilience: hostile peers among healthy ones, a crashed aggregator, a vanished aggregator.
+
+- Hostile mix: ~200 healthy simulated agents beat while garbage, oversize, slow-drip, silent,
+  flooding and connection-hogging peers attack the same aggregator (a subprocess). Every
+  healthy beat is counted, the hostile peers are cut off and counted by reason on /metrics,
+  and the aggregator's memory stays bounded.
+- SIGKILL under load, restart with the same identity, port and state db: the node registry
+  is back, every agent reconnects within its reconnect period plus jitter, and no beat sent
+  after the reconnection is lost.
+- Agent side (MockClock, a fake connector): the aggregator vanishes for 30 virtual minutes;
+  the agent's memory and log volume stay bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from bench.common import AggregatorProcess, LoadgenProcess, wait_for
+from heartbeat.agent import BeatLoop, StreamBroken
+from heartbeat.head import Head
+from heartbeat.targets import Target, parse_target
+
+PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
+
+
+def _nodes_by_kind(agg: AggregatorProcess, kind: str) -> list[dict[str, Any]]:
+    return [n for n in agg.nodes() if str(n.get("nickname", "")).startswith(f"lg-{kind}-")]
+
+
+# -- the hostile mix --------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
+    healthy, each = 200, 3
+    agg = AggregatorProcess.start(
+        tmp_path / "agg",
+        "--beat-timeout", "5s", "--beat-timeout-min", "5s", "--max-connections-per-ip", "2000",
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        rss_rest = agg.rss_kb()
+        mix = f"healthy={healthy}," + ",".join(
+            f"{k}={each}" for k in ("garbage", "oversize", "slowdrip", "silent", "flood", "hog")
+        )
+        duration = 30
+        lg = LoadgenProcess(
+            agg.multiaddr, "--agents", str(healthy + 6 * each), "--mix", mix,
+            "--ramp", "100/s", "--beat-period", "1s", "--duration", f"{duration}s",
+            "--reconnect-period", "3s", "--flood-rate", "100/s",
+        )  # fmt: skip
+        rss: list[tuple[float, int]] = []
+        t0 = time.monotonic()
+        while lg.proc.poll() is None and time.monotonic() - t0 < duration + 20:
+            rss.append((time.monotonic() - t0, agg.rss_kb()))
+            time.sleep(1.0)
+        summary = lg.result(timeout=30)
+        kinds = summary["kinds"]
+        nodes = _nodes_by_kind(agg, "healthy")
+        metrics = agg.metrics()
+    finally:
+        agg.stop()
+
+    def metric(name: str, **labels: str) -> float:
+        want = set(labels.items())
+        return sum(v for (n, lab), v in metrics.items() if n == name and want <= set(lab))
+
+    # Every healthy agent connected and stayed connected; every beat it wrote was counted.
+    h = kinds["healthy"]
+    assert h["agents"] == healthy and h["connected"] == healthy
+    assert h["failures"] == {} and h["cut_off"] == 0
+    assert len(nodes) == healthy
+    assert sum(n["beats_received"] for n in nodes) == h["beats_sent"]
+    assert h["beats_sent"] >= healthy * (duration - 5)
+    # The hostile peers were cut off, and the aggregator counted them by reason.
+    assert kinds["garbage"]["cut_off"] >= each
+    assert metric("fil_heartbeat_decode_errors_total", reason="malformed_cbor") == (
+        kinds["garbage"]["cut_off"]
+    )
+    assert metric("fil_heartbeat_decode_errors_total", reason="oversize") == (
+        kinds["oversize"]["cut_off"]
+    )
+    slow_cut = kinds["slowdrip"]["cut_off"] + kinds["silent"]["cut_off"]
+    assert slow_cut >= 2 * each
+    assert metric("fil_heartbeat_peers_disconnected_total", reason="read_timeout") >= slow_cut
+    assert kinds["silent"]["cut_after"]["p50"] == pytest.approx(5.0, abs=1.5)
+    assert kinds["flood"]["cut_off"] >= each
+    assert metric("fil_heartbeat_peers_disconnected_total", reason="flooding") >= each
+    assert metric("fil_heartbeat_beats_rate_limited_total") > 0
+    assert metric("fil_heartbeat_peers_refused_total", reason="too_many_streams") >= each
+    # Memory stays bounded: ~220 peers cost a few MB; the churn of hostile reconnects during
+    # the second half of the run does not make it grow.
+    peak = max(kb for _, kb in rss)
+    assert peak - rss_rest < 64 * 1024, (rss_rest, peak)
+    half = [kb for t, kb in rss if duration / 2 <= t <= duration]
+    assert max(half) - min(half) < 16 * 1024, half
+
+
+# -- SIGKILL and restart ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+def test_sigkill_restart_registry_back_and_no_beat_lost(tmp_path: Path) -> None:
+    agents, reconnect, jitter = 30, 2.0, 0.2
+    workdir = tmp_path / "agg"
+    agg = AggregatorProcess.start(workdir)
+    port = agg.port
+    lg = LoadgenProcess(
+        agg.multiaddr, "--agents", str(agents), "--ramp", "100/s", "--beat-period", "1s",
+        "--duration", "22s", "--reconnect-period", f"{reconnect:g}s", "--jitter", str(jitter),
+        "--key-seed", "resilience",
+    )  # fmt: skip
+    restarted: AggregatorProcess | None = None
+    try:
+        assert wait_for(lambda: len(_nodes_by_kind(agg, "healthy")) == agents, 15)
+        time.sleep(2.5)  # beats flowing, the registry flushed at least once (1 s interval)
+        agg.kill()
+        killed_at = time.monotonic()
+        restarted = AggregatorProcess.start(workdir, port=port)
+        startup = time.monotonic() - killed_at
+        # The registry is back before any agent could have beaten again.
+        registry = {n["peer_id"] for n in _nodes_by_kind(restarted, "healthy")}
+        assert len(registry) == agents
+        summary = lg.result(timeout=60)
+        accepted = restarted.metric("fil_heartbeat_beats_accepted_total")
+        nodes = _nodes_by_kind(restarted, "healthy")
+    finally:
+        (restarted or agg).stop()
+        if lg.proc.poll() is None:
+            lg.proc.kill()
+
+    h = summary["kinds"]["healthy"]
+    # Every agent lost its connection once and came back within reconnect period + jitter
+    # (+ the restart itself, + one dial).
+    assert h["recoveries"]["count"] == agents
+    assert h["recoveries"]["max"] <= startup + reconnect * (1 + jitter) * 2 + 1.5, (
+        startup, h["recoveries"],
+    )
+    assert h["connected"] == agents
+    # The new process counted exactly the beats written since the reconnections.
+    assert h["session_beats"] > agents * 5
+    assert accepted == h["session_beats"]
+    assert {n["peer_id"] for n in nodes} == registry
+
+
+# -- the agent when its aggregator vanishes --------------------------------------------------
+
+
+class _Stream:
+    def __init__(self, connector: _Connector) -> None:
+        self.connector = connector
+        self.writes = 0
+
+    async def write(self, data: bytes) -> None:
+        if self.connector.down:
+            raise StreamBroken("StreamReset")
+        self.writes += 1
+
+    async def close(self) -> None:
+        return None
+
+    async def wait_closed(self) -> None:
+        return None
+
+    async def reset(self) -> None:
+        return None
+
+
+class _Connector:
+    def __init__(self) -> None:
+        self.down = False
+        self.attempts = 0
+        self.streams = 0
+
+    async def connect(self, target: Target) -> _Stream:
+        self.attempts += 1
+        if self.down:
+            raise ConnectionRefusedError("connection refused")
+        self.streams += 1
+        return _Stream(self)
+
+
+def _heartbeat_memory(snapshot: tracemalloc.Snapshot) -> int:
+    """Bytes allocated by the agent's own modules and still alive."""
+    stats = snapshot.filter_traces([tracemalloc.Filter(True, "*/heartbeat/*")]).statistics(
+        "filename"
+    )
+    return sum(s.size for s in stats)
+
+
+class _CountingHandler(logging.Handler):
+    """Counts records by level and keeps none (pytest's capture would keep them all alive)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.loud = 0
+        self.total = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.total += 1
+        self.loud += record.levelno >= logging.INFO
+
+
+async def _outage(minutes: float, counter: _CountingHandler) -> tuple[int, int, int, _Connector]:
+    """Beat for 5 min, lose the aggregator for `minutes`, beat 5 min more.
+
+    Returns (memory growth of heartbeat/* across the outage, log records at INFO and above
+    during it, all log records during it, the connector).
+    """
+    connector = _Connector()
+    target = parse_target(f"/ip4/127.0.0.1/tcp/9081/p2p/{PEER}")
+    head = Head(cids=("bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2",),
+                height=100, timestamp=1_700_000_000)  # fmt: skip
+    loop = BeatLoop(target, connector, lambda: head, nickname="n", jitter=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loop.run)
+        await trio.sleep(300)
+        before = _heartbeat_memory(tracemalloc.take_snapshot())
+        counter.loud = counter.total = 0
+        connector.down = True
+        await trio.sleep(minutes * 60)
+        loud, total = counter.loud, counter.total
+        connector.down = False
+        await trio.sleep(300)
+        after = _heartbeat_memory(tracemalloc.take_snapshot())
+        assert loop.stats.connected  # back, beating on a new stream
+        assert loop.stats.beats_sent >= 190  # 5 min at 3 s before, ~5 min after
+        nursery.cancel_scope.cancel()
+    return after - before, loud, total, connector
+
+
+async def test_agent_outage_keeps_memory_and_logs_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    logger = logging.getLogger("heartbeat")
+    counter = _CountingHandler()
+    saved = logger.level, logger.propagate
+    logger.addHandler(counter)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    tracemalloc.start()
+    try:
+        grown_30, loud_30, all_30, connector = await _outage(30, counter)
+        grown_90, loud_90, all_90, _ = await _outage(90, counter)
+    finally:
+        tracemalloc.stop()
+        logger.removeHandler(counter)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    assert connector.streams == 2
+    # ~180 redials in 30 minutes: one DEBUG line each, but only a handful at INFO and above
+    # (disconnected, first failure, one error per 10 minutes).
+    assert 150 <= connector.attempts <= 230
+    assert 1 <= loud_30 <= 5
+    assert all_30 <= connector.attempts + 2
+    # Three times the outage: the loud log grows by one line per 10 minutes, no more.
+    assert loud_90 <= loud_30 + 6
+    assert all_90 <= 3 * all_30 + 6
+    # No growing lists or queues: the agent's live memory does not depend on the outage.
+    assert grown_30 < 4 * 1024, grown_30
+    assert grown_90 < 4 * 1024, grown_90
