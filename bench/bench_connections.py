@@ -23,6 +23,7 @@ from bench.common import (
     fmt_spread,
     machine_note,
     print_table,
+    variant,
 )
 from heartbeat.loadgen import parse_rate
 
@@ -52,7 +53,8 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     # All simulated agents share 127.0.0.1: lift the per-IP cap (256) for the bench.
     cap = str(args.agents + 1000)
     agg = AggregatorProcess.start(
-        workdir, "--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap
+        workdir, "--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
+        **variant(workdir, args.fast_task_lookup),
     )
     try:
         time.sleep(1.0)
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=20.0, help="s without new connections")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--max-time", type=float, default=600.0, help="hard cap per run (s)")
+    p.add_argument("--fast-task-lookup", action="store_true",
+                   help="patch py-libp2p's O(n) parent-task search (bench/probe_aggregator.py)")
     args = p.parse_args(argv)
     runs = []
     for i in range(args.repeat):
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(result)
         print(f"run {i + 1}: {result}", flush=True)
     print(f"\nbench_connections agents={args.agents} processes={args.processes} "
+          f"fast_task_lookup={args.fast_task_lookup} "
           f"ramp={args.ramp} beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
     print_table(
         ["figure", "median (min–max)"],

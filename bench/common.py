@@ -37,6 +37,7 @@ __all__ = [
     "proc_rss_kb",
     "run_loadgen",
     "spread",
+    "variant",
     "wait_for",
 ]
 
@@ -196,6 +197,17 @@ class AggregatorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def variant(workdir: Path, fast_task_lookup: bool) -> dict[str, Any]:
+    """`AggregatorProcess.start` keywords: the stock aggregator, or bench/probe_aggregator.py
+    with py-libp2p's O(n) parent-task search replaced by a lookup."""
+    if not fast_task_lookup:
+        return {}
+    return {
+        "module": "bench.probe_aggregator",
+        "env": {"BENCH_PROBE_DIR": str(workdir / "probe"), "BENCH_FAST_TASK_LOOKUP": "1"},
+    }
 
 
 def _loadgen_cmd(target: str, args: Sequence[str]) -> list[str]:
