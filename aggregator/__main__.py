@@ -62,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--name", help="this aggregator's name (legacy metrics label)")
         p.add_argument("--max-connections", type=str, metavar="N")
         p.add_argument("--max-connections-per-ip", type=str, metavar="N")
+        p.add_argument("--max-streams-total", type=str, metavar="N",
+                       help="streams on the host (default 4 x max connections)")
+        p.add_argument("--max-memory-mb", type=str, metavar="MB",
+                       help="resource manager memory (default max(512, max connections / 4))")
+        p.add_argument("--max-peers", type=str, metavar="N",
+                       help="peerstore size (default 2 x max connections + 64)")
+        p.add_argument("--max-pending-inbound", type=str, metavar="N",
+                       help="handshakes at once (default max(64, max connections / 8))")
+        p.add_argument("--max-connections-per-peer", type=str, metavar="N",
+                       help="connections per peer id (default 2)")
         p.add_argument("--max-streams-per-peer", type=str, metavar="N")
         p.add_argument("--max-beat-size", type=str, metavar="BYTES")
         p.add_argument("--rate-limit", type=str, metavar="BEATS_PER_S")

@@ -37,6 +37,7 @@ __all__ = [
     "Aggregator",
     "dialable_multiaddrs",
     "fleet_policy",
+    "host_limits",
     "load_allowlist",
     "local_ip_addresses",
     "run_aggregator",
@@ -55,6 +56,18 @@ def fleet_policy(config: AggregatorConfig) -> FleetPolicy:
         beat_timeout_max=config.beat_timeout_max,
         retention=config.retention,
         max_nodes=config.max_nodes,
+    )
+
+
+def host_limits(config: AggregatorConfig) -> p2p.HostLimits:
+    """All four layers of py-libp2p's limits from the config (unset ones derived)."""
+    return p2p.HostLimits.server(
+        config.max_connections,
+        max_streams_total=config.max_streams_total,
+        max_memory_mb=config.max_memory_mb,
+        max_peers=config.max_peers,
+        max_pending_inbound=config.max_pending_inbound,
+        max_connections_per_peer=config.max_connections_per_peer,
     )
 
 
@@ -284,7 +297,7 @@ async def run_aggregator(
     """Run the aggregator until cancelled or signalled (see the module docstring)."""
     key_pair = p2p.load_or_create_identity(config.identity_file)
     agg = build_aggregator(config, key_pair)
-    limits = p2p.HostLimits.server(config.max_connections)
+    limits = host_limits(config)
     with trio.CancelScope() as shutdown, agg.gc:
         async with trio.open_nursery() as nursery:
             await nursery.start(agg.ingest.run)

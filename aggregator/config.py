@@ -49,6 +49,13 @@ class AggregatorConfig:
     # -- limits --
     max_connections: int = 12_000
     max_connections_per_ip: int = 256
+    # The other layers of py-libp2p's limits (see `heartbeat.p2p.HostLimits`);
+    # None: derived from max_connections by `HostLimits.server`.
+    max_streams_total: int | None = None
+    max_memory_mb: int | None = None
+    max_peers: int | None = None  # peerstore; must exceed max_connections
+    max_pending_inbound: int | None = None
+    max_connections_per_peer: int | None = None
     max_streams_per_peer: int = 4
     max_beat_size: int = 4096
     max_buffer: int = 65536
@@ -191,6 +198,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "name": _str,
     "max_connections": _int,
     "max_connections_per_ip": _int,
+    "max_streams_total": _int,
+    "max_memory_mb": _int,
+    "max_peers": _int,
+    "max_pending_inbound": _int,
+    "max_connections_per_peer": _int,
     "max_streams_per_peer": _int,
     "max_beat_size": _int,
     "max_buffer": _int,
@@ -223,6 +235,8 @@ _POSITIVE = {
 }  # fmt: skip
 _AT_LEAST_ONE = {
     "max_connections", "max_connections_per_ip", "max_streams_per_peer", "max_beat_size",
+    "max_streams_total", "max_memory_mb", "max_peers", "max_pending_inbound",
+    "max_connections_per_peer",
     "max_buffer", "rate_burst", "flood_drops", "lag_threshold", "max_nodes",
 }  # fmt: skip
 
@@ -326,6 +340,9 @@ def build_config(
         raise ConfigError("beat_timeout_min", "must not exceed beat_timeout_max")
     if config.max_beat_size > config.max_buffer:
         raise ConfigError("max_beat_size", "must not exceed max_buffer")
+    if config.max_peers is not None and config.max_peers <= config.max_connections:
+        # py-libp2p's peerstore evicts the host's own key first when full.
+        raise ConfigError("max_peers", "must exceed max_connections")
     if not config.name:
         raise ConfigError("name", "must not be empty")
     return config

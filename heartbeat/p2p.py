@@ -79,16 +79,26 @@ StreamClosed = (StreamEOF, StreamReset, StreamError)
 
 @dataclass(frozen=True)
 class HostLimits:
-    """All four layers of py-libp2p's limits, in one place.
+    """All four layers of py-libp2p's limits, in one place (pylibp2p.md).
+
+    1. `ConnectionConfig`: `max_connections` (also the high watermark) and
+       `max_connections_per_peer`;
+    2. the resource manager's `ResourceLimits`: `max_connections`, `max_streams`,
+       `max_memory_mb`;
+    3. its `ConnectionLimits`: `max_pending_inbound`, the established caps
+       (`max_connections`) and `max_connections_per_peer`;
+    4. the `PeerStore`: `max_peers` (records: twice as many).
 
     The defaults suit an agent (a handful of outbound connections). A server
-    passes `HostLimits.server(n)`.
+    passes `HostLimits.server(n, ...)`, which derives what it is not given.
     """
 
     max_connections: int = 64
     max_streams: int = 256
     max_memory_mb: int = 128
     max_peers: int = 256
+    #: Handshakes in progress at once (None: max(64, max_connections // 8)).
+    max_pending_inbound: int | None = None
     #: Outbound dials: one connection per peer avoids py-libp2p's fixed 250 ms
     #: wait on every dial.
     max_connections_per_peer: int = 1
@@ -98,6 +108,12 @@ class HostLimits:
     #: The resource manager's per-peer connection rate limit.
     connections_per_peer_per_sec: float = 10.0
 
+    @property
+    def pending_inbound(self) -> int:
+        if self.max_pending_inbound is not None:
+            return self.max_pending_inbound
+        return max(64, self.max_connections // 8)
+
     @classmethod
     def server(
         cls,
@@ -105,16 +121,23 @@ class HostLimits:
         *,
         max_streams_total: int | None = None,
         max_memory_mb: int | None = None,
-        max_connections_per_peer: int = 2,
+        max_peers: int | None = None,
+        max_pending_inbound: int | None = None,
+        max_connections_per_peer: int | None = None,
     ) -> HostLimits:
+        """A server's limits; each one left as None is derived from `max_connections`."""
         # ~70 KB per held connection (measured) plus head-room for stream buffers.
         memory = max_memory_mb if max_memory_mb is not None else max(512, max_connections // 4)
         return cls(
             max_connections=max_connections,
-            max_streams=max_streams_total or max_connections * 4,
+            max_streams=max_streams_total if max_streams_total is not None
+            else max_connections * 4,
             max_memory_mb=memory,
-            max_peers=max_connections * 2 + 64,
-            max_connections_per_peer=max_connections_per_peer,
+            # The host's own key must never be evicted from the peerstore.
+            max_peers=max_peers if max_peers is not None else max_connections * 2 + 64,
+            max_pending_inbound=max_pending_inbound,
+            max_connections_per_peer=max_connections_per_peer
+            if max_connections_per_peer is not None else 2,
             connections_per_peer_per_sec=100.0,
         )
 
@@ -184,7 +207,7 @@ def build_host(key_pair: KeyPair, limits: HostLimits | None = None) -> IHost:
             max_streams=limits.max_streams,
         ),
         connection_limits=ConnectionLimits(
-            max_pending_inbound=max(64, limits.max_connections // 8),
+            max_pending_inbound=limits.pending_inbound,
             max_established_inbound=limits.max_connections,
             max_established_outbound=limits.max_connections,
             max_established_total=limits.max_connections,

@@ -94,6 +94,11 @@ def test_env_listen_is_comma_separated() -> None:
         ({"log_format": "xml"}, "log_format"),
         ({"max_beat_size": "100000"}, "max_beat_size"),
         ({"max_connections_per_ip": "0"}, "max_connections_per_ip"),
+        ({"max_streams_total": "0"}, "max_streams_total"),
+        ({"max_memory_mb": "lots"}, "max_memory_mb"),
+        ({"max_peers": "100", "max_connections": "100"}, "max_peers"),
+        ({"max_pending_inbound": "-1"}, "max_pending_inbound"),
+        ({"max_connections_per_peer": "0"}, "max_connections_per_peer"),
     ],
 )
 def test_bad_values_name_the_setting(flags: dict[str, object], setting: str) -> None:
@@ -122,6 +127,40 @@ def test_toml_types_are_checked() -> None:
     assert info.value.setting == "alerts"
     config = build_config(file={"alerts": {"alertmanager_url": "http://127.0.0.1:9093"}})
     assert config.alerts == {"alertmanager_url": "http://127.0.0.1:9093"}
+
+
+def test_host_limits_all_four_layers() -> None:
+    from aggregator.app import host_limits
+
+    derived = host_limits(build_config({"max_connections": "1000"}))
+    assert derived.max_connections == 1000
+    assert derived.max_streams == 4000
+    assert derived.max_memory_mb == 512
+    assert derived.max_peers == 2064
+    assert derived.pending_inbound == 125
+    assert derived.max_connections_per_peer == 2
+    config = build_config(
+        {"max_streams_total": "9000", "max_peers": "5000"},
+        {"FIL_HEARTBEAT_AGGREGATOR_MAX_MEMORY_MB": "2048",
+         "FIL_HEARTBEAT_AGGREGATOR_MAX_PENDING_INBOUND": "300"},
+        {"max_connections_per_peer": 3, "max_connections": 1000},
+    )  # fmt: skip
+    limits = host_limits(config)
+    assert (limits.max_streams, limits.max_memory_mb, limits.max_peers) == (9000, 2048, 5000)
+    assert (limits.pending_inbound, limits.max_connections_per_peer) == (300, 3)
+
+
+def test_cli_limit_flags(tmp_path: Path) -> None:
+    from aggregator.__main__ import parse_args
+
+    _, config = parse_args(
+        ["run", "--max-streams-total", "100", "--max-memory-mb", "600", "--max-peers", "20000",
+         "--max-pending-inbound", "32", "--max-connections-per-peer", "1",
+         "--identity-file", str(tmp_path / "k")],
+        env={},
+    )  # fmt: skip
+    assert (config.max_streams_total, config.max_memory_mb, config.max_peers) == (100, 600, 20000)
+    assert (config.max_pending_inbound, config.max_connections_per_peer) == (32, 1)
 
 
 def test_parse_http_listen() -> None:
