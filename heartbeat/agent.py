@@ -41,7 +41,6 @@ __all__ = [
     "Libp2pConnector",
     "StreamBroken",
     "TargetStats",
-    "disable_auto_dial",
     "make_beat",
 ]
 
@@ -176,7 +175,11 @@ class BeatLoop:
                 stream = await self._connector.connect(self.target)
         except trio.TooSlowError:
             error = f"dial_timeout_{format_seconds(self._dial_timeout)}"
-        except Exception as exc:  # the connect loop's catch-all: every failure is one attempt
+        except Exception as exc:
+            # The agent's one catch-all: whatever a dial raises (DNS, TCP, Noise,
+            # Yamux, multistream, a py-libp2p bug) is one failed attempt, logged by
+            # type and retried after the reconnect period; a loop never dies of its
+            # target. (trio.Cancelled is not an Exception: it passes through.)
             error = f"{type(exc).__name__}:{exc}".replace(" ", "_")[:200]
         else:
             now = trio.current_time()
@@ -284,6 +287,20 @@ class Agent:
         return False
 
 
+#: What tearing down a stream or connection raises once the other side (or the
+#: connection under it) is already gone; py-libp2p swallows most of it itself.
+_GONE = (*StreamClosed, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+async def _drop_peer(host: Any, peer_id: Any, timeout: float = 1.0) -> None:
+    """Close every connection to `peer_id`, bounded; a connection already gone is fine."""
+    with trio.move_on_after(timeout):
+        try:
+            await host.disconnect(peer_id)
+        except _GONE as exc:
+            log.debug("disconnect_failed peer=%s err=%r", peer_id, exc)
+
+
 class _Libp2pStream:
     """A libp2p stream behind the `BeatStream` interface, library errors translated."""
 
@@ -318,30 +335,9 @@ class _Libp2pStream:
         # dial starts fresh.
         try:
             await self._stream.reset()
-        except Exception as exc:  # part of the connect loop's clean-up; never fatal
+        except _GONE as exc:
             log.debug("reset_failed peer=%s err=%r", self._peer_id, exc)
-        try:
-            await self._host.disconnect(self._peer_id)
-        except Exception as exc:  # likewise: the connection may already be gone
-            log.debug("disconnect_failed peer=%s err=%r", self._peer_id, exc)
-
-
-async def _no_auto_dial() -> None:
-    return None
-
-
-def disable_auto_dial(host: Any) -> None:
-    """Stop py-libp2p's auto-connector from dialing peerstore peers by itself.
-
-    With `low_watermark=0` it still aims at (low + high) / 2 connections and
-    re-dials known peers behind our back: a second connection to a target that
-    allows one per peer is refused, and the loop's own redial loses the race.
-    The agent dials by itself, one attempt under one deadline.
-    """
-    network = host.get_network()
-    connector = getattr(network, "auto_connector", None)
-    if connector is not None:
-        connector.maybe_connect = _no_auto_dial
+        await _drop_peer(self._host, self._peer_id)
 
 
 async def resolve_target(target: Target) -> str:
@@ -377,23 +373,27 @@ class Libp2pConnector:
     def __init__(self, host: Any, protocol: str = PROTOCOL_ID) -> None:
         self._host = host
         self._protocol = protocol
-        disable_auto_dial(host)
 
     async def connect(self, target: Target) -> BeatStream:
+        """Dial and open a stream; whatever fails propagates to the connect loop.
+
+        py-libp2p raises a wide, untyped mix here (SwarmException, multistream and
+        resource-manager errors, OSError, trio's resource errors): the connect
+        loop's catch-all is the one place that turns any of them into a failed
+        attempt. This method only makes sure a failed dial leaves nothing behind.
+        """
         info = peer_info_from_multiaddr(await resolve_target(target))
         await self._forget_past_failures(info.peer_id)
+        opened = False
         try:
             await self._host.connect(info)
             stream = await self._host.new_stream(info.peer_id, [self._protocol])
-        except Exception as exc:  # translate the library's errors at this one boundary
-            # Drop whatever half-dead connection state the swarm kept, so the next
-            # attempt dials afresh instead of reusing a closed connection.
-            with trio.move_on_after(1.0):
-                try:
-                    await self._host.disconnect(info.peer_id)
-                except Exception as cleanup:  # best effort: the dial already failed
-                    log.debug("disconnect_failed peer=%s err=%r", info.peer_id, cleanup)
-            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
+            opened = True
+        finally:
+            if not opened:
+                # Drop whatever half-dead connection state the swarm kept, so the
+                # next attempt dials afresh instead of reusing a closed connection.
+                await _drop_peer(self._host, info.peer_id)
         return _Libp2pStream(stream, self._host, info.peer_id)
 
     async def _forget_past_failures(self, peer_id: Any) -> None:

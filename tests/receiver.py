@@ -22,7 +22,6 @@ from typing import Any
 
 import trio
 
-from heartbeat.agent import disable_auto_dial
 from heartbeat.p2p import (
     HostLimits,
     KeyPair,
@@ -96,7 +95,6 @@ class Receiver:
             # redial is not refused while its previous connection is torn down.
             limits = HostLimits(max_connections_per_peer=2)
             async with running_host(self.key_pair, listen, limits) as host:
-                disable_auto_dial(host)  # a receiver never dials its senders
                 set_stream_handlers(host, [PROTOCOL_ID], self._handle)
                 addrs = listen_multiaddrs(host)
                 self.port = int(addrs[0].split("/tcp/")[1].split("/")[0])
