@@ -19,12 +19,14 @@ from typing import Any
 
 import multiaddr
 import trio
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.identity_utils import load_identity, save_identity
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError, StreamReset
@@ -37,10 +39,18 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from noise.exceptions import (
+    NoiseHandshakeError,
+    NoiseInvalidMessage,
+    NoiseMaxNonceError,
+    NoiseValidationError,
+    NoiseValueError,
+)
 
 from heartbeat.errors import IdentityError
 
 __all__ = [
+    "LIBP2P_ERRORS",
     "HostLimits",
     "IHost",
     "INetStream",
@@ -75,6 +85,46 @@ __all__ = [
 #: py-libp2p reports a clean close, a remote reset and a dropped connection all as
 #: StreamEOF on read, and StreamReset or StreamError on write.
 StreamClosed = (StreamEOF, StreamReset, StreamError)
+
+#: Everything a py-libp2p connection, upgrade or stream call raises when the remote,
+#: the network or a handshake fails, by type: the library's own root
+#: (`BaseLibp2pError`: muxer, multiselect, security, transport, swarm and stream
+#: errors), socket errors, EOF, trio's errors for a resource closed or timed out
+#: under it, and the errors of the Noise and protobuf libraries it does not wrap.
+#: Programming errors (TypeError, AttributeError, ...) are deliberately absent.
+LIBP2P_ERRORS: tuple[type[Exception], ...] = (
+    BaseLibp2pError,
+    OSError,
+    EOFError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    NoiseHandshakeError,
+    NoiseInvalidMessage,
+    NoiseMaxNonceError,
+    NoiseValidationError,
+    NoiseValueError,
+    ProtobufDecodeError,
+)
+
+
+@asynccontextmanager
+async def _translated(what: str) -> AsyncIterator[None]:
+    """The one boundary where py-libp2p's errors (`LIBP2P_ERRORS`) become `StreamError`."""
+    try:
+        yield
+    except StreamError:
+        raise
+    except LIBP2P_ERRORS as exc:
+        raise StreamError(f"{what} {type(exc).__name__}: {exc}") from exc
+
+
+async def _quietly(what: str, close: Any) -> None:
+    """Await `close()` (closing or resetting something already broken): failures are logged."""
+    try:
+        await close()
+    except LIBP2P_ERRORS as exc:
+        logging.getLogger(__name__).debug("%s_failed err=%r", what, exc)
 
 
 @dataclass(frozen=True)
@@ -391,18 +441,17 @@ class LightConnection:
         from libp2p.protocol_muxer.multiselect_client import MultiselectClient
         from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 
-        try:
+        async with _translated("open_stream"):
             muxed_stream = await self._muxed.open_stream()
-        except Exception as exc:  # the library's muxer errors, translated at this boundary
-            raise StreamError(f"open_stream: {exc}") from exc
         stream = NetStream(muxed_stream, None, None)
         try:
-            await MultiselectClient().select_one_of(
-                [TProtocol(protocol)], MultiselectCommunicator(stream), max(1, int(timeout))
-            )
-        except Exception as exc:
-            await muxed_stream.reset()
-            raise StreamError(f"negotiate {protocol}: {exc}") from exc
+            async with _translated(f"negotiate {protocol}"):
+                await MultiselectClient().select_one_of(
+                    [TProtocol(protocol)], MultiselectCommunicator(stream), max(1, int(timeout))
+                )
+        except StreamError:
+            await _quietly("light_stream_reset", muxed_stream.reset)
+            raise
         stream.set_protocol(TProtocol(protocol))
         return stream
 
@@ -414,10 +463,7 @@ class LightConnection:
         await self._muxed.event_closed.wait()
 
     async def close(self) -> None:
-        try:
-            await self._muxed.close()
-        except Exception as exc:  # closing a broken connection: nothing left to do
-            logging.getLogger(__name__).debug("light_close_failed err=%r", exc)
+        await _quietly("light_close", self._muxed.close)
 
 
 @asynccontextmanager
@@ -428,7 +474,6 @@ async def light_connection(
 
     Raises `StreamError` if the dial or an upgrade fails within `timeout`.
     """
-    import trio
     from libp2p.transport.tcp.tcp import TCP
     from libp2p.transport.upgrader import TransportUpgrader
 
@@ -450,11 +495,11 @@ async def light_connection(
             muxed = await upgrader.upgrade_connection(secured, info.peer_id)
     except trio.TooSlowError as exc:
         if raw is not None:
-            await _quiet_close(raw)
+            await _quietly("light_raw_close", raw.close)
         raise StreamError(f"dial timeout after {timeout}s") from exc
-    except Exception as exc:  # the library's dial/upgrade errors, translated here
+    except LIBP2P_ERRORS as exc:
         if raw is not None:
-            await _quiet_close(raw)
+            await _quietly("light_raw_close", raw.close)
         raise StreamError(f"dial {type(exc).__name__}: {exc}") from exc
     conn = LightConnection(muxed, info.peer_id.to_base58())
     async with trio.open_nursery() as nursery:
@@ -475,16 +520,6 @@ async def _refuse_inbound(muxed: Any) -> None:
     while True:
         try:
             stream = await muxed.accept_stream()
-        except Exception:  # the connection is closing: nothing more will arrive
+        except LIBP2P_ERRORS:  # the connection is closing: nothing more will arrive
             return
-        try:
-            await stream.reset()
-        except Exception as exc:
-            logging.getLogger(__name__).debug("light_inbound_reset_failed err=%r", exc)
-
-
-async def _quiet_close(raw: Any) -> None:
-    try:
-        await raw.close()
-    except Exception as exc:
-        logging.getLogger(__name__).debug("light_raw_close_failed err=%r", exc)
+        await _quietly("light_inbound_reset", stream.reset)
