@@ -23,6 +23,7 @@ from bench.common import (
     fmt_spread,
     machine_note,
     print_table,
+    start_workers,
     variant,
 )
 from heartbeat.loadgen import parse_rate
@@ -52,14 +53,21 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     max_time = args.max_time
     # All simulated agents share 127.0.0.1: lift the per-IP cap (256) for the bench.
     cap = str(args.agents + 1000)
-    agg = AggregatorProcess.start(
-        workdir, "--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
-        **variant(workdir, args.fast_task_lookup),
-    )
+    flags = ("--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap)
+    extra = variant(workdir, args.fast_task_lookup)
+    if args.workers > 1:  # one port, one identity, SO_REUSEPORT
+        aggs = start_workers(workdir, args.workers, *flags, **extra)
+    else:
+        aggs = [AggregatorProcess.start(workdir, *flags, **extra)]
+    agg = aggs[0]
+
+    def rss() -> int:
+        return sum(a.rss_kb() for a in aggs)
+
     try:
         time.sleep(1.0)
-        rss0 = agg.rss_kb()
-        cpu0 = agg.cpu_seconds()
+        rss0 = rss()
+        cpu0 = sum(a.cpu_seconds() for a in aggs)
         # Slack beyond the ramp: accepting slows down as connections add up.
         duration = min(max_time, args.agents / ramp * 1.5 + args.settle + 60)
         t0 = time.monotonic()
@@ -74,20 +82,21 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         while time.monotonic() - t0 < duration - 15:
             time.sleep(2.0)
             now_est = established(agg.port)
-            peak_rss = max(peak_rss, agg.rss_kb())
+            peak_rss = max(peak_rss, rss())
             if now_est > best:
                 best, best_at = now_est, time.monotonic()
             if now_est >= args.agents or time.monotonic() - best_at > args.settle:
                 break
         held_at = time.monotonic() - t0
         time.sleep(2.0)
-        rss1 = agg.rss_kb()
-        cpu1 = agg.cpu_seconds()
-        gauge = agg.metric("fil_heartbeat_connections")
+        rss1 = rss()
+        cpu1 = sum(a.cpu_seconds() for a in aggs)
+        gauge = sum(a.metric("fil_heartbeat_connections") for a in aggs)
         est = established(agg.port)
         summary = loadgen.result(timeout=duration + 120)
     finally:
-        agg.stop()
+        for a in aggs:
+            a.stop()
     conns = max(1, int(gauge))
     loadgen_rss = sum(w.get("rss_kb") or 0 for w in summary["workers"])
     return {
@@ -115,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=20.0, help="s without new connections")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--max-time", type=float, default=600.0, help="hard cap per run (s)")
+    p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4),
+                   help="aggregator processes sharing the port (SO_REUSEPORT)")
     p.add_argument("--fast-task-lookup", action="store_true",
                    help="patch py-libp2p's O(n) parent-task search (bench/probe_aggregator.py)")
     args = p.parse_args(argv)
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(result)
         print(f"run {i + 1}: {result}", flush=True)
     print(f"\nbench_connections agents={args.agents} processes={args.processes} "
-          f"fast_task_lookup={args.fast_task_lookup} "
+          f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
           f"ramp={args.ramp} beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
     print_table(
         ["figure", "median (min–max)"],

@@ -27,6 +27,7 @@ from bench.common import (
     fmt_spread,
     machine_note,
     print_table,
+    start_workers,
 )
 
 __all__ = ["UNLIMITED", "main", "run_once"]
@@ -39,18 +40,23 @@ UNLIMITED = (
 
 
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    aggs = [
-        AggregatorProcess.start(
-            workdir / f"agg{i}", *UNLIMITED, *args.aggregator_arg,
-            env=dict(kv.split("=", 1) for kv in args.aggregator_env),
-        )
-        for i in range(args.aggregators)
-    ]
+    env = dict(kv.split("=", 1) for kv in args.aggregator_env)
+    if args.reuseport:  # N workers behind one port and one identity
+        aggs = start_workers(workdir, args.aggregators, *UNLIMITED, *args.aggregator_arg,
+                             env=env)  # fmt: skip
+    else:  # N independent aggregators, each on its own port with its share of the agents
+        aggs = [
+            AggregatorProcess.start(workdir / f"agg{i}", *UNLIMITED, *args.aggregator_arg,
+                                    env=env)
+            for i in range(args.aggregators)
+        ]
     loadgens: list[LoadgenProcess] = []
     try:
         per = max(1, args.agents // args.aggregators)
+        if args.reuseport:
+            per = args.agents
         run_for = args.warmup + args.duration + 5
-        for agg in aggs:
+        for agg in aggs[:1] if args.reuseport else aggs:
             loadgens.append(
                 LoadgenProcess(
                     agg.multiaddr,
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--agents", type=int, default=32)
     p.add_argument("--aggregators", type=int, default=1, choices=(1, 2, 3, 4))
+    p.add_argument("--reuseport", action="store_true",
+                   help="the aggregators share one port and identity (SO_REUSEPORT)")
     p.add_argument("--loadgen-processes", type=int, default=1)
     p.add_argument("--beat-period", default="1ms", help="per agent; 1ms = as fast as possible")
     p.add_argument("--beats-per-frame", type=int, default=1)
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             tcp_runs.append(tcp_baseline.measure(args.duration, connections=16))
             print(f"run {i + 1} tcp: {tcp_runs[-1]}", flush=True)
     print(f"\nbench_ingest agents={args.agents} aggregators={args.aggregators} "
+          f"reuseport={args.reuseport} "
           f"env={','.join(args.aggregator_env) or '-'} "
           f"beats_per_frame={args.beats_per_frame} window={args.duration}s runs={len(runs)} "
           f"{machine_note()}")

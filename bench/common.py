@@ -37,6 +37,7 @@ __all__ = [
     "proc_rss_kb",
     "run_loadgen",
     "spread",
+    "start_workers",
     "variant",
     "wait_for",
 ]
@@ -208,6 +209,29 @@ def variant(workdir: Path, fast_task_lookup: bool) -> dict[str, Any]:
         "module": "bench.probe_aggregator",
         "env": {"BENCH_PROBE_DIR": str(workdir / "probe"), "BENCH_FAST_TASK_LOOKUP": "1"},
     }
+
+
+def start_workers(workdir: Path, workers: int, *args: str, **kw: Any) -> list[AggregatorProcess]:
+    """`workers` aggregator processes sharing one identity and one TCP port.
+
+    py-libp2p 0.8.1 opens every TCP listener with SO_REUSEPORT, so the kernel spreads new
+    connections over the processes; each keeps its own fleet view, state db and HTTP port.
+    """
+    first = AggregatorProcess.start(workdir / "w0", *args, **kw)
+    procs = [first]
+    try:
+        for i in range(1, workers):
+            wdir = workdir / f"w{i}"
+            wdir.mkdir(parents=True, exist_ok=True)
+            key = wdir / "aggregator.key"
+            key.write_bytes((workdir / "w0" / "aggregator.key").read_bytes())
+            key.chmod(0o600)
+            procs.append(AggregatorProcess.start(wdir, *args, port=first.port, **kw))
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs
 
 
 def _loadgen_cmd(target: str, args: Sequence[str]) -> list[str]:
