@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from aggregator.metrics import CONTENT_TYPE
+from heartbeat.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
 
 if TYPE_CHECKING:
     from aggregator.fleet import FleetSnapshot, NetworkView, NodeView
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["HttpApi", "network_json", "node_json", "serve_http"]
 
 log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
@@ -88,19 +84,10 @@ class HttpApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send)
         elif scope["type"] == "http":
             await self._http(scope, send)
         # websocket and anything else: not served (hypercorn closes the connection)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def _http(self, scope: Scope, send: Send) -> None:
         method = scope.get("method", "GET")
@@ -174,22 +161,10 @@ async def serve_http(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until cancelled (or `shutdown_trigger` returns); reports the bound port."""
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    # A Logger (not hypercorn's default "-") so that hypercorn adds no stderr handler of its own:
-    # its messages go through the root logger's handler once, at the level `__main__` set.
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 2.0
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
-            lambda task_status: serve(
-                app,  # type: ignore[arg-type]  # a plain ASGI callable
-                config,
-                shutdown_trigger=shutdown_trigger,
-                task_status=task_status,
-            )
+            partial(serve_asgi, app, host, port, shutdown_trigger=shutdown_trigger)
         )
-        bound = int(binds[0].rsplit(":", 1)[1])
+        bound = bound_port(binds[0])
         log.info("http_listening host=%s port=%d", host, bound)
         task_status.started(bound)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from heartbeat.agent import BeatLoop
+from heartbeat.asgi import bind_address, lifespan, serve_asgi
 from heartbeat.head import HeadSource
 from heartbeat.version import __version__
 
@@ -95,13 +95,8 @@ def metrics_app(registry: CollectorRegistry) -> Callable[..., Any]:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope.get("path", "")
@@ -134,17 +129,10 @@ async def serve_metrics(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve /metrics until cancelled; `task_status.started(bind)` once listening."""
-    config = HypercornConfig()
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    config.bind = [bind]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 0.5
-
-    async def started(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(metrics_app(registry), config, task_status=task_status)
-
+    app = metrics_app(registry)
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(started)
+        binds: list[str] = await nursery.start(
+            partial(serve_asgi, app, host, port, graceful_timeout=0.5)
+        )
         log.info("metrics_listening binds=%s", ",".join(binds))
-        task_status.started(binds[0] if binds else bind)
+        task_status.started(binds[0] if binds else bind_address(host, port))
