@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from aggregator.bus import BeatAccepted, Bus, Event, PeerConnected, PeerDisconnected
-from aggregator.config import AggregatorConfig, parse_allowlist
+from aggregator.config import AggregatorConfig, http_url, parse_allowlist
 from aggregator.fleet import Fleet, FleetPolicy, FleetSnapshot
 from aggregator.gcmon import GcMonitor, tune_gc
 from aggregator.ingest import Ingest, IngestSettings
@@ -251,14 +251,7 @@ async def _start_http(agg: Aggregator, nursery: trio.Nursery) -> str:
     port: int = await nursery.start(
         partial(serve_http, agg.http, agg.config.http_host, agg.config.http_port)
     )
-    host = agg.config.http_host
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return http_url(agg.config.http_host, port)
 
 
 def build_aggregator(

@@ -23,6 +23,7 @@ __all__ = [
     "ENV_PREFIX",
     "AggregatorConfig",
     "build_config",
+    "http_url",
     "parse_allowlist",
     "parse_http_listen",
     "validate_listen_multiaddr",
@@ -87,14 +88,18 @@ class AggregatorConfig:
 
     @property
     def http_url(self) -> str:
-        host = self.http_host
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.http_port}"
+        return http_url(self.http_host, self.http_port)
+
+
+def http_url(host: str, port: int) -> str:
+    """The URL to reach an HTTP listener on `host`: a wildcard becomes loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 # -- value parsers (text from flags/env, or typed values from TOML) -----------
