@@ -14,8 +14,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from heartbeat.durations import parse_duration
 from heartbeat.errors import ConfigError, HeartbeatError
+from heartbeat.settings import (
+    parse_bool,
+    parse_choice,
+    parse_duration_value,
+    parse_float,
+    parse_int,
+)
 
 __all__ = [
     "DEFAULT_HTTP_LISTEN",
@@ -105,37 +111,10 @@ def http_url(host: str, port: int) -> str:
 # -- value parsers (text from flags/env, or typed values from TOML) -----------
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer")
-    if isinstance(value, int):
-        return value
-    return int(str(value).strip().replace("_", ""))
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number")
-    return float(value)
-
-
-def _duration(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a duration")
-    if isinstance(value, int | float):
-        return float(value)
-    return float(parse_duration(str(value).strip()))
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
+_int = parse_int
+_float = parse_float
+_duration = parse_duration_value
+_bool = parse_bool
 
 
 def _path(value: Any) -> Path:
@@ -175,17 +154,11 @@ def _threshold(value: Any) -> tuple[int, int, int]:
 
 
 def _log_format(value: Any) -> str:
-    text = _str(value).lower()
-    if text not in ("text", "json"):
-        raise ValueError("expected text or json")
-    return text
+    return parse_choice(_str(value), ("text", "json"))
 
 
 def _log_level(value: Any) -> str:
-    text = _str(value).upper()
-    if text not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError("expected debug, info, warning, error or critical")
-    return text
+    return parse_choice(_str(value), ("debug", "info", "warning", "error", "critical")).upper()
 
 
 def _alerts(value: Any) -> Mapping[str, Any]:

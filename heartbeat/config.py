@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from heartbeat.address import AddressError, normalize_miner_address
-from heartbeat.durations import parse_duration
 from heartbeat.errors import ConfigError, HeartbeatError
+from heartbeat.settings import parse_choice, parse_duration_value, parse_int
 from heartbeat.targets import Target, parse_target
 from heartbeat.tipset import is_plausible_cid
 from heartbeat.wire import validate_nickname
@@ -147,11 +147,9 @@ def _duration(src: _Sources, key: str, default: float, *, minimum: float = 0.001
     if found is None:
         return default
     value, origin = found
-    if isinstance(value, bool):
-        raise _err(key, f"invalid duration {value!r} ({origin}); example: 3s, 1m30s")
     try:
-        seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
-    except (ValueError, ArithmeticError, HeartbeatError) as exc:
+        seconds = parse_duration_value(value)
+    except (ValueError, HeartbeatError) as exc:
         raise _err(key, f"invalid duration {value!r} ({origin}); example: 3s, 1m30s") from exc
     if not seconds >= minimum or seconds > 86400 * 365:
         raise _err(key, f"duration {value!r} ({origin}) out of range; example: 3s")
@@ -163,10 +161,10 @@ def _choice(src: _Sources, key: str, choices: Sequence[str], default: str | None
     if found is None:
         return default
     value, origin = found
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise _err(key, f"invalid value {value!r} ({origin}); choose one of {', '.join(choices)}")
-    return text
+    try:
+        return parse_choice(value, choices)
+    except ValueError as exc:
+        raise _err(key, f"invalid value {value!r} ({origin}); {exc}") from exc
 
 
 def _int(src: _Sources, key: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -174,10 +172,8 @@ def _int(src: _Sources, key: str, default: int | None, lo: int, hi: int) -> int 
     if found is None:
         return default
     value, origin = found
-    if isinstance(value, bool):
-        raise _err(key, f"expected an integer, got {value!r} ({origin})")
     try:
-        number = int(str(value).strip(), 10) if not isinstance(value, int) else value
+        number = parse_int(value)
     except ValueError as exc:
         raise _err(key, f"expected an integer, got {value!r} ({origin}); example: 100") from exc
     if not lo <= number <= hi:
