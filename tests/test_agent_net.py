@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
@@ -83,6 +82,7 @@ async def test_beats_decode_to_the_static_head(tmp_path: Path) -> None:
         receiver = Receiver()
         await receiver.start(nursery)
         config = config_for(tmp_path, [receiver.addr])
+        started = trio.current_time()
         await nursery.start(lambda task_status: run_agent(
             config, shutdown=stop.wait, task_status=task_status))
         beats = await receiver.wait_for(3)
@@ -95,46 +95,76 @@ async def test_beats_decode_to_the_static_head(tmp_path: Path) -> None:
         assert beat.nickname == "alpha"
         assert beat.miner_address == "f01234"
         assert beat.version == AGENT_VERSION
+    # Paced by the 200 ms period, never in a burst: the drift-free timer writes beat
+    # k no earlier than k periods after the first, so the last arrival bounds the
+    # count from below whatever the machine's load (which only delays beats). The
+    # exact schedule is checked on the fake clock (test_agent_loop).
     times = [t for t, _ in receiver.beats]
-    assert all(0.1 < b - a < 0.4 for a, b in itertools.pairwise(times))
+    assert times[-1] - started >= (len(times) - 1) * 0.2
 
 
-async def _silent_listener(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Accepts TCP connections and never answers: a dial to it hangs until its deadline."""
-    held: list[trio.SocketStream] = []
+class _SilentListener:
+    """Accepts TCP connections and never answers: a dial to it hangs until its deadline.
 
-    async def handler(stream: trio.SocketStream) -> None:
-        held.append(stream)
-        await trio.sleep_forever()
+    `windows` holds, per accepted connection, its (accepted, closed) trio times;
+    closed is None while the dialer still holds it open.
+    """
 
-    await trio.serve_tcp(handler, 0, host="127.0.0.1", task_status=task_status)
+    def __init__(self) -> None:
+        self.windows: list[list[float | None]] = []
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.serve_tcp(self._handle, 0, host="127.0.0.1", task_status=task_status)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        window: list[float | None] = [trio.current_time(), None]
+        self.windows.append(window)
+        try:
+            while await stream.receive_some():  # the dialer's handshake, never answered
+                pass
+        except trio.BrokenResourceError:
+            pass  # a reset by the dialer ends the dial just like a close
+        window[1] = trio.current_time()
 
 
 async def test_a_dead_target_does_not_delay_the_live_one(tmp_path: Path) -> None:
+    """The live target keeps beating while a dial to the dead one hangs.
+
+    Checked by what happens, not by timing: beats that reach the live receiver while
+    the dead target holds the agent's pending dial open. Were the dial blocking the
+    loops, hardly one beat could land inside such a window.
+    """
     from libp2p.crypto.ed25519 import create_new_key_pair
 
     from heartbeat.p2p import peer_id_of
 
     stop = trio.Event()
+    silent = _SilentListener()
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(_silent_listener)
+        listeners = await nursery.start(silent.serve)
         dead_port = listeners[0].socket.getsockname()[1]
         dead = f"/ip4/127.0.0.1/tcp/{dead_port}/p2p/{peer_id_of(create_new_key_pair())}"
         receiver = Receiver()
         await receiver.start(nursery)
-        config = config_for(tmp_path, [dead, receiver.addr])
+        config = config_for(tmp_path, [dead, receiver.addr], dial_timeout="5s")
         agent = await nursery.start(lambda task_status: run_agent(
             config, shutdown=stop.wait, task_status=task_status))
         await receiver.wait_for(15, timeout=10)
+        now = trio.current_time()
         dead_loop = agent.loops[0]
         assert not dead_loop.stats.connected
+        assert dead_loop.stats.beats_sent == 0
         stop.set()
         await receiver.wait_streams_ended(1)
         await receiver.stop()
         nursery.cancel_scope.cancel()
-    times = [t for t, _ in receiver.beats]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert max(gaps) < 0.45  # 200 ms period; never held up by the hanging dial
+    assert silent.windows, "the agent never dialed the dead target"
+    during = [
+        sum(1 for t, _ in receiver.beats if opened <= t <= (closed if closed is not None else now))
+        for opened, closed in silent.windows
+        if opened is not None
+    ]
+    assert max(during) >= 5, (during, silent.windows)
 
 
 async def test_alerts_target_from_the_environment(tmp_path: Path) -> None:
@@ -161,7 +191,11 @@ async def test_alerts_target_from_the_environment(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("down_for", [0.5, 2.5])
 async def test_receiver_restart_on_the_same_port(tmp_path: Path, down_for: float) -> None:
-    """Beats resume within one reconnect period (1 s, +20 % jitter) of the restart.
+    """Beats resume after the first dial that starts once the receiver is back.
+
+    That is "within one reconnect period" without reading a clock: counted on the
+    loop's TargetStats, at most one dial begins between the restart and the first
+    new beat (a dial already in flight at the restart may succeed or fail).
 
     0.5 s down: the redial is usually in flight when the receiver comes back.
     2.5 s down: whole dials have failed meanwhile, which py-libp2p's negative
@@ -171,22 +205,29 @@ async def test_receiver_restart_on_the_same_port(tmp_path: Path, down_for: float
     async with trio.open_nursery() as nursery:
         receiver = Receiver()
         await receiver.start(nursery)
-        config = config_for(tmp_path, [receiver.addr])
+        # A generous dial deadline: a busy machine must not turn the one dial that
+        # counts into a timeout.
+        config = config_for(tmp_path, [receiver.addr], dial_timeout="5s")
         agent = await nursery.start(lambda task_status: run_agent(
             config, shutdown=stop.wait, task_status=task_status))
+        stats = agent.loops[0].stats
         await receiver.wait_for(3)
         port, peer = receiver.port, receiver.peer_id
         for round_ in range(2):
+            failures_before = stats.dial_failures
             await receiver.stop()
             await trio.sleep(down_for)  # the agent notices and redials meanwhile
             before = len(receiver.beats)
-            restarted = trio.current_time()
             await receiver.start(nursery)
+            dials_before = stats.dial_attempts  # a dial begun during start() is in flight
             assert (receiver.port, receiver.peer_id) == (port, peer)
-            await receiver.wait_for(before + 3, timeout=5)
-            first_new = receiver.beats[before][0]
-            assert first_new - restarted < 1.0 * 1.2 + 0.3, (round_, first_new - restarted)
-            assert agent.loops[0].stats.connected
+            await receiver.wait_for(before + 3, timeout=15)
+            assert stats.connected
+            # No further dial can start while the loop stays connected: the count
+            # still is the one at the first new beat.
+            assert stats.dial_attempts - dials_before <= 1, (round_, stats)
+            if down_for > 2:
+                assert stats.dial_failures > failures_before, (round_, stats)
         stop.set()
         await receiver.wait_streams_ended(3)
         await receiver.stop()
@@ -206,10 +247,10 @@ async def test_sigterm_exits_zero_and_delivers_the_last_beat(tmp_path: Path) -> 
         try:
             await receiver.wait_for(5, timeout=15)
             proc.send_signal(signal.SIGTERM)
-            sent = trio.current_time()
-            with trio.fail_after(2):
+            # Exiting within a couple of seconds is the agent's own STOP_GRACE (checked
+            # below through `clean=True`); this bound only turns a hang into a failure.
+            with trio.fail_after(15):
                 rc = await proc.wait()
-            elapsed = trio.current_time() - sent
             assert proc.stderr is not None
             err = b""
             while chunk := await proc.stderr.receive_some():
@@ -219,7 +260,7 @@ async def test_sigterm_exits_zero_and_delivers_the_last_beat(tmp_path: Path) -> 
                 proc.kill()
         await receiver.stop()
     assert rc == 0, err.decode()
-    assert elapsed < 2.0
+    assert "agent_stopped clean=True" in err.decode(), err.decode()
     match = re.search(r"stream_closed target=\S+ beats=(\d+) remote_closed=True", err.decode())
     assert match, err.decode()
     assert len(receiver.beats) == int(match.group(1))
