@@ -1,10 +1,12 @@
 """The fan-out from ingest to its consumers, like a small event broker.
 
 - REQUIRED subscribers see every event, in publication order (so in order per
-  node). A synchronous callback runs inline (the fleet model update: the fast
-  path); an asynchronous one reads a bounded trio channel that the publisher
-  awaits, so a slow consumer applies back-pressure. The time the publisher
-  spends waiting is measured (`backpressure_seconds`).
+  node). A synchronous callback runs inline and must be cheap (the fleet model
+  update; the alert evaluator's change signal); an asynchronous one reads a
+  bounded trio channel that the publisher awaits (the persistence writer), so a
+  slow consumer applies back-pressure. The time the publisher spends waiting is
+  measured (`backpressure_seconds`, exported as
+  `fil_heartbeat_bus_backpressure_seconds_total`).
 - OPTIONAL subscribers (live feeds) get events through bounded channels with
   `send_nowait`; when full, the event is dropped for that subscriber and
   counted. A slow optional consumer never slows ingest.

@@ -270,7 +270,6 @@ class Fleet:
         self.networks = NetworkRegistry(self.policy.block_delay_default)
         self._nodes: dict[str, _Node] = {}
         self._pending: dict[str, _Pending] = {}
-        self._dirty: set[str] = set()
         self._removed: set[str] = set()
 
     def __len__(self) -> int:
@@ -297,7 +296,6 @@ class Fleet:
             node.connections += 1
             if remote_addr:
                 node.remote_addr = remote_addr
-            self._dirty.add(peer_id)
             return
         pending = self._pending.get(peer_id)
         if pending is None:
@@ -366,7 +364,6 @@ class Fleet:
         node.last_beat = now
         node.last_seen = now
         node.beats += 1
-        self._dirty.add(peer_id)
         self.networks.observe(node.net_key, beat.height, beat.head_timestamp)
 
     def beat_timeout(self, peer_id: str) -> float:
@@ -389,7 +386,6 @@ class Fleet:
         gone = sorted(pid for pid, n in self._nodes.items() if n.last_seen < horizon)
         for pid in gone:
             del self._nodes[pid]
-            self._dirty.discard(pid)
             self._removed.add(pid)
         stale = [pid for pid, p in self._pending.items() if p.first_seen < horizon]
         for pid in stale:
@@ -423,13 +419,19 @@ class Fleet:
         """Every node as a record, sorted by peer id."""
         return [self._record(self._nodes[pid]) for pid in sorted(self._nodes)]
 
-    def drain_changes(self) -> tuple[list[NodeRecord], list[str]]:
-        """Records of nodes changed since the last call, and peer ids removed since then."""
-        changed = [self._record(self._nodes[pid]) for pid in sorted(self._dirty)]
+    def records(self, peer_ids: Iterable[str]) -> list[NodeRecord]:
+        """Records of the nodes among `peer_ids`, sorted (peers that are not nodes are skipped).
+
+        The persistence writer learns which nodes changed from the bus, not from the fleet.
+        """
+        nodes = self._nodes
+        return [self._record(nodes[pid]) for pid in sorted(peer_ids) if pid in nodes]
+
+    def drain_removed(self) -> list[str]:
+        """Peer ids forgotten (`expire`) since the last call, sorted."""
         removed = sorted(self._removed)
-        self._dirty.clear()
         self._removed.clear()
-        return changed, removed
+        return removed
 
     def load_records(self, records: Iterable[NodeRecord], now: float) -> int:
         """Add persisted nodes (as DOWN) that the fleet does not track yet; returns how many."""

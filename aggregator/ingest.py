@@ -102,9 +102,10 @@ class Ingest:
     """The aggregator's ingest; `handle_stream` is the libp2p stream handler.
 
     `disconnect_peer(peer_id)` and `close_connection(conn)` close connections
-    (the app passes the p2p helpers bound to its host); they run in the ingest's
-    own nursery (`run`) so that a handler never cancels itself by closing its
-    own connection.
+    (given to the constructor, or through `bind` once the host exists: the app
+    passes the p2p helpers bound to its host); they run in the ingest's own
+    nursery (`run`) so that a handler never cancels itself by closing its own
+    connection.
     """
 
     def __init__(
@@ -148,6 +149,16 @@ class Ingest:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+    def bind(
+        self,
+        *,
+        disconnect_peer: Callable[[str], Awaitable[None]],
+        close_connection: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        """Give the ingest its ways to close connections (the host is built after the ingest)."""
+        self._disconnect_peer = disconnect_peer
+        self._close_connection = close_connection
 
     def peers_streaming(self) -> int:
         return len(self._streams)

@@ -5,6 +5,12 @@ restores the fleet at start, then every `period` writes the nodes changed since 
 and deletes the ones the fleet forgot (one transaction), and writes once more at shutdown. Every
 store call runs in a worker thread (`trio.to_thread.run_sync`); calls never overlap, so one
 connection serves them all.
+
+The writer is a REQUIRED bus subscriber: it reads every event, in order, from a bounded channel
+and marks the peer for the next batch (the fleet, updated inline before, holds the state to
+write). When it falls behind, the channel fills and the publisher waits (measured as bus
+back-pressure) rather than a change going unwritten. What a SIGKILL loses is the last `period`
+of changes (docs/ARCHITECTURE.md, "Persistence").
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -178,10 +184,17 @@ class NodeStore:
             self._conn = None
 
 
+async def _mark_changed(events: trio.MemoryReceiveChannel[Any], changed: set[str]) -> None:
+    """The bus consumer: every event names a peer whose record may have changed."""
+    async for event in events:
+        changed.add(event.peer_id)
+
+
 async def run_store_writer(
     fleet: Fleet,
     store: NodeStore,
-    period: float = 10.0,
+    events: trio.MemoryReceiveChannel[Any],
+    period: float = 2.0,
     *,
     clock: Callable[[], float] = time.time,
     shutdown_timeout: float = 10.0,
@@ -189,6 +202,7 @@ async def run_store_writer(
 ) -> None:
     """Restore the fleet from `store`, then persist its changes every `period` seconds.
 
+    `events` is this writer's required subscription to the bus (`Bus.subscribe_required`).
     `task_status.started(n)` reports how many nodes were restored. A load failure raises
     `StoreError` before starting; a failed batch is logged and retried with the next one.
     Nodes the fleet expired (`Fleet.expire`, the app's own timer) are deleted at the next batch.
@@ -197,15 +211,21 @@ async def run_store_writer(
     restored = fleet.load_records(records, clock())
     log.info("store_loaded path=%s nodes=%d", store.path, restored)
     task_status.started(restored)
+    changed: set[str] = set()
     pending: dict[str, NodeRecord] = {}
     removed: set[str] = set()
 
     async def flush() -> None:
-        changed, gone = fleet.drain_changes()
-        for r in changed:
+        while True:  # what the consumer has not taken yet belongs to this batch
+            try:
+                changed.add(events.receive_nowait().peer_id)
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        for r in fleet.records(changed):
             pending[r.peer_id] = r
             removed.discard(r.peer_id)
-        for pid in gone:
+        changed.clear()
+        for pid in fleet.drain_removed():
             pending.pop(pid, None)
             removed.add(pid)
         if not pending and not removed:
@@ -221,11 +241,13 @@ async def run_store_writer(
         log.debug("store_written nodes=%d deleted=%d", len(batch), len(deleted))
 
     try:
-        deadline = trio.current_time()
-        while True:
-            deadline += period
-            await trio.sleep_until(deadline)
-            await flush()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_mark_changed, events, changed)
+            deadline = trio.current_time()
+            while True:
+                deadline += period
+                await trio.sleep_until(deadline)
+                await flush()
     finally:
         with trio.move_on_after(shutdown_timeout) as scope:
             scope.shield = True

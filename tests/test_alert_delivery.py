@@ -381,6 +381,38 @@ async def test_service_evaluates_on_a_drift_free_timer(
     assert times == [0.0, 2.5, 5.0, 7.5, 10.0, 12.5][: len(times)] and len(times) >= 5
 
 
+async def test_service_evaluates_soon_after_a_change_and_still_on_its_timer(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A bus event wakes the evaluator (no sooner than min_gap after the last evaluation);
+    a burst makes one evaluation; the timer ticks at 0, 10, 20 regardless."""
+    from aggregator.alerts.service import ChangeSignal
+    from aggregator.bus import BeatAccepted, PeerDisconnected
+    from heartbeat.wire import Beat
+
+    times: list[float] = []
+    base = trio.current_time()
+
+    def provider() -> FleetSnapshot | None:
+        times.append(trio.current_time() - base)
+        return None
+
+    changes = ChangeSignal()
+    beat = Beat(head="{bafy2bzaceaaa}", height=1, nickname="n", miner_address="")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_alerting(
+            provider, AlertPolicy(), AlertDelivery(), interval=10.0, changes=changes,
+            min_gap=1.0))
+        await trio.sleep_until(base + 0.5)
+        changes(PeerDisconnected("p", 0.0))  # evaluated at 1.0: min_gap after 0
+        await trio.sleep_until(base + 4.0)
+        for _ in range(3):  # a burst: one evaluation
+            changes(BeatAccepted("p", beat, 0.0))
+        await trio.sleep_until(base + 25.0)
+        nursery.cancel_scope.cancel()
+    assert times == [0.0, 1.0, 4.0, 10.0, 20.0]
+    assert (changes.events, changes.beats) == (4, 3)
+
+
 def test_load_settings_merges_file_and_table(tmp_path: Any) -> None:
     path = tmp_path / "alerts.toml"
     path.write_text('[alerts]\nalertmanager_urls = ["http://127.0.0.1:9093"]\n'

@@ -264,8 +264,8 @@ def test_retention_expiry() -> None:
     assert fleet.expire(T0 + 3610) == []
     assert fleet.expire(T0 + 3611) == ["old"]
     assert [v.peer_id for v in fleet.snapshot(T0 + 3611).nodes] == ["new"]
-    _, removed = fleet.drain_changes()
-    assert removed == ["old"]
+    assert fleet.drain_removed() == ["old"]
+    assert fleet.drain_removed() == []
 
 
 def test_node_cap_refuses_new_peers() -> None:
@@ -298,16 +298,15 @@ def test_restore_gives_down_nodes_until_they_beat() -> None:
     assert v.state is NodeState.IN_CONSENSUS and v.beats_received == 3
 
 
-def test_drain_changes_reports_only_changed_nodes() -> None:
+def test_records_of_the_given_nodes_only() -> None:
     fleet = Fleet()
     joined(fleet, "a", beat(1))
     joined(fleet, "b", beat(1))
-    changed, removed = fleet.drain_changes()
-    assert [r.peer_id for r in changed] == ["a", "b"] and removed == []
+    fleet.on_connect("pending", "", T0)
     fleet.on_beat("b", beat(2), T0 + 3)
-    changed, _ = fleet.drain_changes()
-    assert [(r.peer_id, r.height) for r in changed] == [("b", 2)]
-    assert fleet.drain_changes() == ([], [])
+    records = fleet.records({"b", "pending", "gone", "a"})
+    assert [(r.peer_id, r.height) for r in records] == [("a", 1), ("b", 2)]
+    assert fleet.records(()) == []
 
 
 def test_fork_window_compares_lower_heights() -> None:

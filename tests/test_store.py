@@ -9,6 +9,8 @@ import pytest
 import trio
 import trio.testing
 
+from aggregator.app import fleet_subscriber
+from aggregator.bus import BeatAccepted, Bus, PeerConnected
 from aggregator.errors import StoreError
 from aggregator.fleet import Fleet, FleetPolicy, NodeRecord, NodeState
 from aggregator.store import SCHEMA_VERSION, NodeStore, run_store_writer
@@ -20,6 +22,13 @@ T0 = 1_700_000_000.0
 def beat(height: int, tag: str = "aa", **kw: object) -> Beat:
     return Beat(head="{bafy2bzacea" + tag + "}", height=height, nickname="alpha",
                 miner_address="f01234", **kw)  # type: ignore[arg-type]
+
+
+def wired(fleet: Fleet, capacity: int = 64) -> tuple[Bus, trio.MemoryReceiveChannel[object]]:
+    """A bus as the app wires it: the fleet inline, the store writer on a bounded channel."""
+    bus = Bus()
+    bus.subscribe_sync("fleet", fleet_subscriber(fleet))
+    return bus, bus.subscribe_required("store", capacity)
 
 
 def record(pid: str, **kw: object) -> NodeRecord:
@@ -97,16 +106,17 @@ async def test_writer_batches_and_restart_shows_down_nodes(
 ) -> None:
     path = tmp_path / "nodes.db"
     fleet = Fleet()
+    bus, events = wired(fleet)
     store = SignallingStore(path)
     async with trio.open_nursery() as nursery:
         restored = await nursery.start(
             lambda task_status: run_store_writer(
-                fleet, store, 10.0, clock=lambda: T0, task_status=task_status
+                fleet, store, events, 10.0, clock=lambda: T0, task_status=task_status
             )
         )
         assert restored == 0
-        fleet.on_connect("a", "/ip4/1.2.3.4/tcp/1", T0)
-        fleet.on_beat("a", beat(100), T0)
+        await bus.publish(PeerConnected("a", "/ip4/1.2.3.4/tcp/1", T0))
+        await bus.publish(BeatAccepted("a", beat(100), T0))
         mock_clock.jump(9.9)
         await trio.testing.wait_all_tasks_blocked()
         assert store.writes == 0  # nothing before the first period elapsed
@@ -117,7 +127,7 @@ async def test_writer_batches_and_restart_shows_down_nodes(
         mock_clock.jump(10)  # nothing changed: no write
         await trio.testing.wait_all_tasks_blocked()
         assert store.writes == 1
-        fleet.on_beat("a", beat(101, "ab"), T0 + 12)
+        await bus.publish(BeatAccepted("a", beat(101, "ab"), T0 + 12))
         nursery.cancel_scope.cancel()  # the final flush writes the last change
     assert store.writes == 2
     assert [(r.peer_id, r.height) for r in NodeStore(path).load()] == [("a", 101)]
@@ -127,7 +137,8 @@ async def test_writer_batches_and_restart_shows_down_nodes(
     async with trio.open_nursery() as nursery:
         restored = await nursery.start(
             lambda task_status: run_store_writer(
-                fresh, NodeStore(path), clock=lambda: T0, task_status=task_status
+                fresh, NodeStore(path), wired(fresh)[1], clock=lambda: T0,
+                task_status=task_status,
             )
         )
         assert restored == 1
@@ -146,7 +157,7 @@ async def test_writer_deletes_expired_nodes(
     async with trio.open_nursery() as nursery:
         await nursery.start(
             lambda task_status: run_store_writer(
-                fleet, store, 10.0, clock=lambda: T0, task_status=task_status
+                fleet, store, wired(fleet)[1], 10.0, clock=lambda: T0, task_status=task_status
             )
         )
         assert "old" in fleet
@@ -163,4 +174,59 @@ async def test_writer_refuses_to_start_on_corrupt_db(tmp_path: Path) -> None:
     path = tmp_path / "nodes.db"
     path.write_bytes(b"garbage" * 1000)
     with pytest.raises(StoreError):
-        await run_store_writer(Fleet(), NodeStore(path))
+        fleet = Fleet()
+        await run_store_writer(fleet, NodeStore(path), wired(fleet)[1])
+
+
+async def test_every_event_reaches_the_writer_even_through_a_full_channel(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """The writer is a required subscriber: when its channel is full the publisher waits
+    instead of a change going unwritten."""
+    path = tmp_path / "nodes.db"
+    fleet = Fleet()
+    bus, events = wired(fleet, capacity=2)
+    store = SignallingStore(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_store_writer(
+                fleet, store, events, 10.0, clock=lambda: T0, task_status=task_status
+            )
+        )
+        # Publish without yielding: the writer's consumer cannot run, so the channel fills
+        # and the third event makes the publisher wait until the consumer drains it.
+        async with trio.open_nursery() as publishers:
+
+            async def publish_all() -> None:
+                for i, pid in enumerate(["a", "b", "c", "d"]):
+                    await bus.publish(BeatAccepted(pid, beat(10 + i), T0))
+
+            publishers.start_soon(publish_all)
+        assert bus.published == 4
+        await trio.testing.wait_all_tasks_blocked()  # the consumer took what it was handed
+        written = store.written
+        mock_clock.jump(10)
+        await written.wait()
+        got = [(r.peer_id, r.height) for r in NodeStore(path).load()]
+        assert got == [("a", 10), ("b", 11), ("c", 12), ("d", 13)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_writer_measures_backpressure_when_it_lags(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fleet = Fleet()
+    bus, events = wired(fleet, capacity=1)
+    # No consumer yet: the second publish waits until one starts 5 virtual seconds later.
+    await bus.publish(BeatAccepted("a", beat(1), T0))
+
+    async def late_consumer() -> None:
+        await trio.sleep(5)
+        async for _ in events:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(late_consumer)
+        await bus.publish(BeatAccepted("b", beat(1), T0))
+        nursery.cancel_scope.cancel()
+    assert bus.backpressure_seconds == pytest.approx(5.0)

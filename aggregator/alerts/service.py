@@ -4,6 +4,11 @@
 tasks, sends the start-up test alert when asked, then evaluates on a drift-free timer. It
 reports an `AlertingService` through `task_status.started`: `firing()` feeds the
 `alerts_firing` metric, `current()` the `/api/v1/alerts` endpoint.
+
+With a `ChangeSignal` (the evaluator's required, synchronous bus subscriber: it counts the
+events and flags the fleet as changed) the service also evaluates soon after a change, at
+most once per `min_gap` seconds, besides its timer: silence turns a node DOWN without any
+event, so the timer never stops.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from aggregator.alerts.rules import (
     alerting_settings,
     test_alert,
 )
+from aggregator.bus import BeatAccepted
 from heartbeat.errors import ConfigError
 
 if TYPE_CHECKING:
     from aggregator.alerts.delivery import AlertDelivery
+    from aggregator.bus import Event
     from aggregator.fleet import FleetSnapshot
 
 __all__ = [
     "AlertingService",
+    "ChangeSignal",
     "add_alert_arguments",
     "load_settings",
     "merge_alert_flags",
@@ -43,6 +51,36 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class ChangeSignal:
+    """The alert evaluator's bus subscriber: called inline for every event, so it only counts
+    and sets a flag that the evaluation loop waits on."""
+
+    __slots__ = ("_changed", "beats", "events")
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.beats = 0
+        self._changed = trio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events += 1
+        if type(event) is BeatAccepted:
+            self.beats += 1
+        self._changed.set()
+
+    @property
+    def changed(self) -> bool:
+        return self._changed.is_set()
+
+    def clear(self) -> None:
+        if self._changed.is_set():
+            self._changed = trio.Event()
+
+    async def wait(self) -> None:
+        """Return once an event arrived since the last `clear` (at once if one did)."""
+        await self._changed.wait()
 
 
 class AlertingService:
@@ -58,8 +96,12 @@ class AlertingService:
         static_labels: Mapping[str, str] | None = None,
         send_test_alert: bool = False,
         wall_clock: Callable[[], float] = time.time,
+        changes: ChangeSignal | None = None,
+        min_gap: float = 1.0,
     ) -> None:
         self.snapshot_provider = snapshot_provider
+        self.changes = changes
+        self.min_gap = min_gap
         self.delivery = delivery
         self.interval = interval
         self.static_labels = dict(static_labels or {})
@@ -75,6 +117,8 @@ class AlertingService:
         return self.evaluator.current()
 
     def evaluate_once(self) -> list[Transition]:
+        if self.changes is not None:
+            self.changes.clear()  # what happens from here on is seen by the next evaluation
         snapshot = self.snapshot_provider()
         if snapshot is None:
             return []
@@ -102,8 +146,16 @@ class AlertingService:
             deadline = trio.current_time()
             while True:
                 self.evaluate_once()
-                deadline += self.interval
-                await trio.sleep_until(deadline)
+                done = trio.current_time()
+                while deadline <= done:
+                    deadline += self.interval
+                if self.changes is None:
+                    await trio.sleep_until(deadline)
+                    continue
+                # A burst of changes makes one evaluation; the timer still rules.
+                await trio.sleep_until(min(deadline, done + self.min_gap))
+                with trio.move_on_at(deadline):
+                    await self.changes.wait()
 
 
 def _short(alert: Alert) -> str:
@@ -120,12 +172,15 @@ async def run_alerting(
     static_labels: Mapping[str, str] | None = None,
     send_test_alert: bool = False,
     wall_clock: Callable[[], float] = time.time,
+    changes: ChangeSignal | None = None,
+    min_gap: float = 1.0,
     task_status: trio.TaskStatus[AlertingService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the alerting service until cancelled (see the module docstring)."""
     service = AlertingService(
         snapshot_provider, policy, delivery, interval=interval, static_labels=static_labels,
-        send_test_alert=send_test_alert, wall_clock=wall_clock,
+        send_test_alert=send_test_alert, wall_clock=wall_clock, changes=changes,
+        min_gap=min_gap,
     )
     await service.run(task_status=task_status)
 
