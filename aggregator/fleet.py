@@ -12,14 +12,19 @@ States, in order of precedence (the first that applies wins):
 2. SYNCING: the last beat said Syncing.
 3. STALLED: the node's height has not changed for `stall_after` seconds.
 4. LAGGING: `network_height - height >= lag_epochs`.
-5. FORKED: the node is at the network's top height (or within `fork_window_epochs` below it) and
-   its head shares NO block with the reference head at that height: the consensus head at the
-   top, the plurality head of up nodes at that height below it. Two tipsets at one height that
-   share a block have the same parents (all blocks of a tipset do), so a node that merely saw
-   fewer or more blocks of the same epoch is not forked. Nodes further below the top (but less
-   than `lag_epochs`) cannot be compared (ancestry is unknown) and count as in consensus: a node
-   one epoch behind does not flap to "forked" every epoch, and a null round (height + 2) is
-   neither lag nor fork.
+5. FORKED: the node's head shares NO block with the reference head AT ITS OWN HEIGHT, where
+   its height is the network's top height or at most `fork_window_epochs` (2) below it. Heads
+   are only ever compared at one height: a node one epoch behind legitimately has another
+   tipset (its head is the parent of the top), and a beat carries no parents. The reference:
+   - at the top height: the consensus head (plurality of up nodes there, deterministic
+     tie-break);
+   - below it: the head of a strict MAJORITY of the up nodes at that height, and only when at
+     least `fork_min_votes` (2) nodes back it. A lone trailing node, a 1-1 split or a three-way
+     split has no reference there, so nobody is forked on a guess; the node is in consensus.
+   Two tipsets at one height that share a block have the same parents (all blocks of a tipset
+   do), so a node that merely saw fewer or more blocks of the same epoch is not forked. A null
+   round (nobody can be at height + 1) only means fewer nodes share a height. Nodes further
+   below (but less than `lag_epochs`) are not compared and count as in consensus.
 6. IN_CONSENSUS: everything else that is up.
 
 Per network (keyed by genesis CID, "unknown" when the beat has none; a calibnet node never
@@ -31,7 +36,7 @@ not in consensus.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -88,7 +93,8 @@ class FleetPolicy:
     beat_timeout_factor: float = 3.0
     beat_timeout_min: float = 10.0
     beat_timeout_max: float = 120.0
-    fork_window_epochs: int = 0
+    fork_window_epochs: int = 2
+    fork_min_votes: int = 2
     retention: float = 86400.0
     max_nodes: int = 20000
     block_delay_default: float = 30.0
@@ -509,10 +515,12 @@ class Fleet:
                 if up[n.peer_id] and t - n.height <= window:
                     heads[n.height].append(n.head_cids)
             for h, hs in heads.items():
-                winner, count = plurality(hs)
-                reference[(key, h)] = winner
                 if h == t:
+                    winner, count = plurality(hs)
+                    reference[(key, h)] = winner
                     votes[key] = count
+                else:
+                    reference[(key, h)] = _majority(hs, policy.fork_min_votes)
 
         lag_epochs = policy.lag_epochs
         stall_after = policy.stall_after
@@ -603,6 +611,18 @@ class Fleet:
             pending_peers=len(self._pending),
             _index={v.peer_id: v for v in node_views},
         )
+
+
+def _majority(heads: list[frozenset[str]], min_votes: int) -> frozenset[str] | None:
+    """The head held by more than half of `heads` (empty heads ignored) and by at least
+    `min_votes` of them; None when there is no such head."""
+    counts = Counter(h for h in heads if h)
+    if not counts:
+        return None
+    winner, count = counts.most_common(1)[0]
+    if count < min_votes or 2 * count <= sum(counts.values()):
+        return None
+    return winner
 
 
 def _forked(head: frozenset[str], reference: frozenset[str] | None) -> bool:

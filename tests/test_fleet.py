@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from aggregator.consensus import head_hash
@@ -317,3 +319,88 @@ def test_fork_window_compares_lower_heights() -> None:
     joined(fleet, "c", beat(99, "pc"))
     got = states(fleet, T0)
     assert got["c"] is NodeState.FORKED and got["a"] is NodeState.IN_CONSENSUS
+
+
+# -- fork rule near the top: compare only at one height, and only against a clear majority --
+# Each row: up nodes as (peer, height, head tags); the peers expected FORKED. Top is the
+# highest height in the row. "p*" heads are parents (epoch 99), "g*" grandparents (epoch 98).
+FORK_TABLE = [
+    ("alone one behind, on the parent: not forked",
+     [("a", 100, ("t",)), ("b", 100, ("t",)), ("c", 99, ("pa",))], set()),
+    ("several one behind on the same parent", [("a", 100, ("t",)), ("b", 99, ("pa", "pb")),
+     ("c", 99, ("pa", "pb")), ("d", 99, ("pa",))], set()),
+    ("one behind, majority there disagrees: forked", [("a", 100, ("t",)), ("b", 99, ("pa",)),
+     ("c", 99, ("pa",)), ("d", 99, ("px",))], {"d"}),
+    ("one behind, 1-1 split: no reference, nobody forked",
+     [("a", 100, ("t",)), ("b", 99, ("pa",)), ("c", 99, ("px",))], set()),
+    ("one behind, 2-2 split: no majority", [("a", 100, ("t",)), ("b", 99, ("pa",)),
+     ("c", 99, ("pa",)), ("d", 99, ("px",)), ("e", 99, ("px",))], set()),
+    ("one behind, 2-1-1: a plurality but no majority", [("a", 100, ("t",)), ("b", 99, ("pa",)),
+     ("c", 99, ("pa",)), ("d", 99, ("px",)), ("e", 99, ("py",))], set()),
+    ("one behind, saw fewer blocks of the majority tipset", [("a", 100, ("t",)),
+     ("b", 99, ("pa", "pb")), ("c", 99, ("pa", "pb")), ("d", 99, ("pb",))], set()),
+    ("two behind, majority disagrees: forked", [("a", 100, ("t",)), ("b", 98, ("ga",)),
+     ("c", 98, ("ga",)), ("d", 98, ("gx",))], {"d"}),
+    ("three behind: outside the window, not compared", [("a", 100, ("t",)), ("b", 97, ("ka",)),
+     ("c", 97, ("ka",)), ("d", 97, ("kx",))], set()),
+    ("null round at 101: nodes at 100 compared among themselves", [("a", 102, ("t",)),
+     ("b", 100, ("ha",)), ("c", 100, ("ha",)), ("d", 100, ("hx",))], {"d"}),
+    ("null round at 101, one node trailing alone", [("a", 102, ("t",)), ("b", 102, ("t",)),
+     ("c", 100, ("ha",))], set()),
+    ("top keeps the plurality rule", [("a", 100, ("t",)), ("b", 100, ("t",)),
+     ("c", 100, ("tx",)), ("d", 99, ("pa",))], {"c"}),
+]
+
+
+@pytest.mark.parametrize(("rows", "forked"), [r[1:] for r in FORK_TABLE],
+                         ids=[r[0] for r in FORK_TABLE])
+def test_fork_rule_near_the_top(rows: list[tuple[str, int, tuple[str, ...]]],
+                                forked: set[str]) -> None:
+    fleet = Fleet()
+    for peer, height, tags in rows:
+        joined(fleet, peer, beat(height, *tags))
+    got = states(fleet, T0)
+    assert {p for p, s in got.items() if s is NodeState.FORKED} == forked
+    assert {p for p, s in got.items() if s is not NodeState.FORKED} == (
+        {p for p, _, _ in rows} - forked
+    )
+    assert all(s in (NodeState.FORKED, NodeState.IN_CONSENSUS) for s in got.values())
+
+
+def test_down_and_other_network_nodes_do_not_vote_below_the_top() -> None:
+    fleet = Fleet()
+    joined(fleet, "top", beat(100, "t"))
+    joined(fleet, "a", beat(99, "pa"))
+    joined(fleet, "x", beat(99, "px"))
+    for p in ("gone1", "gone2"):  # would make px the majority, but they are down
+        joined(fleet, p, beat(99, "px"))
+        fleet.on_disconnect(p, T0 + 1)
+    for p in ("cal1", "cal2"):  # another network entirely
+        joined(fleet, p, beat(99, "px", genesis=CALIB))
+    got = states(fleet, T0 + 2)
+    assert got["a"] is NodeState.IN_CONSENSUS and got["x"] is NodeState.IN_CONSENSUS
+
+
+def test_nodes_trailing_by_one_epoch_never_flap_to_forked() -> None:
+    """Every epoch three nodes see the new tipset first and two follow one epoch later, now and
+    then across a null round: no snapshot along the way shows anyone forked."""
+    fleet = Fleet()
+    leaders, followers = ("a", "b", "c"), ("d", "e")
+    heights = [100, 101, 102, 104, 105, 106]  # 103 is a null round
+    tipset = {h: (f"h{chr(97 + i)}", f"h{chr(97 + i)}z") for i, h in enumerate(heights)}
+    now = T0
+    for p in (*leaders, *followers):
+        joined(fleet, p, beat(heights[0], *tipset[heights[0]]), now)
+    for prev, h in pairwise(heights):
+        now += 30
+        for i, p in enumerate(leaders):
+            fleet.on_beat(p, beat(h, *tipset[h][: 1 + i % 2]), now)  # some saw one block
+            assert NodeState.FORKED not in states(fleet, now).values()
+        now += 3
+        for p in followers:
+            fleet.on_beat(p, beat(prev, *tipset[prev]), now)
+        assert NodeState.FORKED not in states(fleet, now).values()
+        now += 3
+        for p in followers:
+            fleet.on_beat(p, beat(h, *tipset[h]), now)
+            assert NodeState.FORKED not in states(fleet, now).values()
