@@ -81,7 +81,8 @@ class AggregatorConfig:
     max_nodes: int = 20_000
     # -- operations --
     reject_log_interval: float = 60.0
-    store_flush_interval: float = 5.0
+    #: The registry's batch period: also what a SIGKILL can lose (docs/ARCHITECTURE.md).
+    store_flush_interval: float = 2.0
     expire_interval: float = 60.0
     gc_freeze: bool = True
     gc_threshold: tuple[int, int, int] = (50_000, 50, 100)
