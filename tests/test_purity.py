@@ -1,7 +1,8 @@
 """The pure core stays pure: no I/O libraries imported, no clock read.
 
 Each module is imported in a fresh interpreter so that what the test process already loaded
-does not hide an import. Modules that do not exist yet are skipped: the list grows by itself.
+does not hide an import. The list is explicit (docs/ARCHITECTURE.md marks the same modules
+pure) and strict: a listed module that cannot be found is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ PURE_MODULES = [
     "heartbeat.durations",
     "heartbeat.policy",
     "heartbeat.head",
+    "heartbeat.settings",
+    "heartbeat.targets",
     "heartbeat.config",
     "heartbeat.lotus.apiinfo",
     "aggregator.errors",
+    "aggregator.networks",
     "aggregator.fleet",
     "aggregator.consensus",
     "aggregator.ratelimit",
@@ -42,17 +46,23 @@ print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
 """
 
 
-def _spec(module: str) -> importlib.machinery.ModuleSpec | None:
+def _source(module: str) -> Path:
+    """The listed module's file; a module that is missing fails the test."""
     try:
-        return importlib.util.find_spec(module)
-    except ModuleNotFoundError:  # the parent package does not exist yet
-        return None
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # the parent package is missing
+        spec = None
+    assert spec is not None and spec.origin is not None, f"listed pure module {module} is missing"
+    return Path(spec.origin)
+
+
+def test_the_list_names_no_module_twice() -> None:
+    assert len(set(PURE_MODULES)) == len(PURE_MODULES)
 
 
 @pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_module_imports_no_io_library(module: str) -> None:
-    if _spec(module) is None:
-        pytest.skip(f"{module} does not exist yet")
+    _source(module)
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, module],
         capture_output=True,
@@ -67,10 +77,7 @@ def test_pure_module_imports_no_io_library(module: str) -> None:
 
 @pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_module_reads_no_clock(module: str) -> None:
-    spec = _spec(module)
-    if spec is None or spec.origin is None:
-        pytest.skip(f"{module} does not exist yet")
-    source = Path(spec.origin).read_text(encoding="utf-8")
+    source = _source(module).read_text(encoding="utf-8")
     assert not CLOCK_CALL.findall(source), f"{module} reads the clock; take `now` instead"
 
 
@@ -86,3 +93,10 @@ def test_probe_detects_an_io_import() -> None:
     assert "sqlite3" in json.loads(result.stdout)
     assert CLOCK_CALL.search("x = time.monotonic()")
     assert not CLOCK_CALL.search("def f(now: float) -> float: return now")
+
+
+def test_a_missing_listed_module_fails() -> None:
+    with pytest.raises(AssertionError, match="missing"):
+        _source("heartbeat.no_such_module")
+    with pytest.raises(AssertionError, match="missing"):
+        _source("no_such_package.module")
