@@ -13,8 +13,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,11 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.helpers import eventually_blocking
+
 __all__ = [
     "ALERTMANAGER_BIN",
+    "HTTP_NOT_YET",
     "PROMETHEUS_BIN",
     "REPO",
     "Server",
@@ -32,13 +34,14 @@ __all__ = [
     "free_port",
     "prometheus",
     "stop_process",
-    "wait_until",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "grafana" / "prometheus" / "rules.yml"
 PROMETHEUS_BIN = shutil.which("prometheus")
 ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+#: What a poll of a server that is still starting (or restarting) raises.
+HTTP_NOT_YET = (httpx.HTTPError, OSError)
 
 
 @dataclass
@@ -56,22 +59,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.2) -> Any:
-    """Poll `predicate` until it returns a truthy value (returned) or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except (httpx.HTTPError, OSError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
@@ -97,7 +84,7 @@ def _serve(args: Sequence[str], url: str, data_dir: Path, log_path: Path) -> Ite
                 raise RuntimeError(f"{args[0]} exited with {proc.returncode}:\n{server.log()}")
             return httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200
 
-        wait_until(ready, 30, f"{args[0]} ready")
+        eventually_blocking(ready, timeout=30, what=f"{args[0]} ready", transient=HTTP_NOT_YET)
         yield server
     finally:
         stop_process(proc)

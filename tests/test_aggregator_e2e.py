@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +16,7 @@ from aggregator.app import Aggregator, run_aggregator
 from aggregator.config import AggregatorConfig, build_config
 from aggregator.fleet import NodeState
 from heartbeat.wire import Beat, encode_cbor
+from tests.helpers import eventually, metric_value
 from tests.legacy_sender import legacy_line, scripted_sender
 
 pytestmark = pytest.mark.integration
@@ -58,16 +59,8 @@ async def running(config: AggregatorConfig) -> AsyncIterator[Aggregator]:
         nursery.cancel_scope.cancel()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
-
-
-async def wait_for_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not await predicate():
-            await trio.sleep(0.05)
+#: Still imported under this name by test_aggregator_ip_cap.
+wait_for = eventually
 
 
 def state_of(agg: Aggregator, peer: str) -> NodeState | None:
@@ -93,7 +86,7 @@ async def test_scripted_beats_drive_consensus_lag_and_fork(tmp_path: Path) -> No
             await forker.write(beat(100, "forker", head=HEAD_B))
             await other_net.write(beat(5, "calib", genesis=OTHER_GENESIS))
             peers = [a, b, c, lagger, forker, other_net]
-            await wait_for(lambda: all(agg.fleet.snapshot(agg.wall_clock()).node(s.peer_id)
+            await eventually(lambda: all(agg.fleet.snapshot(agg.wall_clock()).node(s.peer_id)
                                        for s in peers))  # fmt: skip
             assert [state_of(agg, s.peer_id) for s in peers] == [
                 NodeState.IN_CONSENSUS, NodeState.IN_CONSENSUS, NodeState.IN_CONSENSUS,
@@ -106,11 +99,11 @@ async def test_scripted_beats_drive_consensus_lag_and_fork(tmp_path: Path) -> No
             assert (other.height, other.in_consensus) == (5, 1)
             # The lagger catches up.
             await lagger.write(beat(100, "lagger"))
-            await wait_for(lambda: state_of(agg, lagger.peer_id) is NodeState.IN_CONSENSUS)
+            await eventually(lambda: state_of(agg, lagger.peer_id) is NodeState.IN_CONSENSUS)
             for s in peers:
                 await s.finish()
         assert agg.ingest.counters.beats_accepted == 7
-        await wait_for(lambda: state_of(agg, a.peer_id) is NodeState.DOWN)
+        await eventually(lambda: state_of(agg, a.peer_id) is NodeState.DOWN)
 
 
 async def test_legacy_json_sender_is_accepted(tmp_path: Path) -> None:
@@ -118,7 +111,7 @@ async def test_legacy_json_sender_is_accepted(tmp_path: Path) -> None:
         async with scripted_sender(agg.multiaddrs[0]) as legacy:
             lines = legacy_line(10, nickname="gofil") + legacy_line(11, nickname="gofil")
             await legacy.write(lines)
-            await wait_for(lambda: agg.ingest.counters.beats_accepted == 2)
+            await eventually(lambda: agg.ingest.counters.beats_accepted == 2)
             node = agg.snapshot().node(legacy.peer_id)
             assert node is not None
             assert (node.nickname, node.height, node.miner_address) == ("gofil", 11, "t01234")
@@ -158,7 +151,7 @@ async def test_misbehaving_peers_are_cut_while_others_flow(tmp_path: Path) -> No
                 async with scripted_sender(addr) as wrong:
                     await wrong.write(b'{"Head":"{ bafy2bzaceaaa }","Height":"1",'
                                       b'"Nickname":"w","MinerAddress":""}\n')  # fmt: skip
-                    await wait_for(lambda: counters.beats_rejected["wrong_type"] == 1)
+                    await eventually(lambda: counters.beats_rejected["wrong_type"] == 1)
                     await wrong.finish()
                 # Silent and slow-drip peers: cut at the beat timeout (2 s).
                 async with scripted_sender(addr) as silent, scripted_sender(addr) as drip:
@@ -176,7 +169,7 @@ async def test_misbehaving_peers_are_cut_while_others_flow(tmp_path: Path) -> No
                         n.start_soon(dripping)
                         assert await silent.read_until_closed(8) == "closed"
                         assert await drip.read_until_closed(8) == "closed"
-                    await wait_for(lambda: not silent.connected() and not drip.connected())
+                    await eventually(lambda: not silent.connected() and not drip.connected())
                 assert counters.peers_disconnected["read_timeout"] == 2
                 flow.cancel_scope.cancel()
             assert sum(counters.decode_errors.values()) == 2
@@ -187,7 +180,7 @@ async def test_misbehaving_peers_are_cut_while_others_flow(tmp_path: Path) -> No
         # The host survived: a new peer still gets through.
         async with scripted_sender(addr) as late:
             await late.write(beat(1, "late"))
-            await wait_for(lambda: agg.snapshot().node(late.peer_id) is not None)
+            await eventually(lambda: agg.snapshot().node(late.peer_id) is not None)
             await late.finish()
 
 
@@ -201,13 +194,13 @@ async def test_allowlist_refuses_and_reloads(tmp_path: Path) -> None:
         addr = agg.multiaddrs[0]
         async with scripted_sender(addr, key_pair=key) as stranger:
             assert await stranger.read_until_closed() == "closed"
-            await wait_for(lambda: not stranger.connected())
+            await eventually(lambda: not stranger.connected())
         assert agg.ingest.counters.peers_refused["not_allowed"] == 1
         allow.write_text(f"{stranger.peer_id}  # now welcome\n")
         assert agg.reload_allowlist()
         async with scripted_sender(addr, key_pair=key) as again:
             await again.write(beat(1, "welcome"))
-            await wait_for(lambda: agg.snapshot().node(again.peer_id) is not None)
+            await eventually(lambda: agg.snapshot().node(again.peer_id) is not None)
             await again.finish()
         assert agg.ingest.counters.peers_refused["not_allowed"] == 1
         allow.write_text("not a peer id\n")
@@ -246,15 +239,6 @@ async def nodes_by_nick(client: httpx.AsyncClient, url: str) -> dict[str, dict[s
     return {n["nickname"]: n for n in reply.json()}
 
 
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 async def test_real_agents_appear_in_metrics_and_api_then_stall_and_go_down(
     tmp_path: Path,
 ) -> None:
@@ -269,7 +253,7 @@ async def test_real_agents_appear_in_metrics_and_api_then_stall_and_go_down(
                 return all(nodes.get(n, {}).get("state") == "in_consensus"
                            for n in ("alpha", "bravo"))  # fmt: skip
 
-            await wait_for_async(both_in_consensus)
+            await eventually(both_in_consensus, interval=0.05)
             metrics = (await client.get(url + "/metrics")).text
             assert metric_value(metrics, "fil_heartbeat_node_height", nickname="alpha") == 300
             assert metric_value(metrics, "fil_heartbeat_node_up", nickname="bravo") == 1
@@ -282,14 +266,14 @@ async def test_real_agents_appear_in_metrics_and_api_then_stall_and_go_down(
                 nodes = await nodes_by_nick(client, url)
                 return all(nodes[n]["state"] == "stalled" for n in ("alpha", "bravo"))
 
-            await wait_for_async(both_stalled)
+            await eventually(both_stalled, interval=0.05)
         # Both agents stopped: down at once (their streams closed), still listed.
         async def both_down() -> bool:
             nodes = await nodes_by_nick(client, url)
             return all(nodes[n]["state"] == "down" and not nodes[n]["up"]
                        for n in ("alpha", "bravo"))  # fmt: skip
 
-        await wait_for_async(both_down)
+        await eventually(both_down, interval=0.05)
         metrics = (await client.get(url + "/metrics")).text
         assert metric_value(metrics, "fil_heartbeat_node_up", nickname="alpha") == 0
 
@@ -324,7 +308,7 @@ async def test_restart_remembers_down_nodes_and_agents_reconnect(tmp_path: Path)
             outer.start_soon(back_agent)
             await back_running.wait()
             async with real_agent(addr, "gone", 77):
-                await wait_for(lambda: len(agg.snapshot().nodes) == 2)
+                await eventually(lambda: len(agg.snapshot().nodes) == 2)
         # The aggregator is stopped (store flushed); "gone" never comes back.
         async with running(config) as agg2:
             assert agg2.peer_id == peer_id and agg2.multiaddrs[0] == addr
@@ -332,7 +316,8 @@ async def test_restart_remembers_down_nodes_and_agents_reconnect(tmp_path: Path)
                 return {n.nickname: n.state.value for n in agg2.snapshot().nodes}
 
             assert states().get("gone") == "down"
-            await wait_for(lambda: states() == {"gone": "down", "back": "in_consensus"}, 15)
+            await eventually(lambda: states() == {"gone": "down", "back": "in_consensus"},
+                             timeout=15)
             stop_back.set()
 
 
@@ -363,9 +348,9 @@ async def test_thousand_concurrent_agent_connections(tmp_path: Path) -> None:
         ]
         try:
             started = trio.current_time()
-            await wait_for(lambda: agg.ingest.counters.streams_open >= CROWD, timeout=90)
+            await eventually(lambda: agg.ingest.counters.streams_open >= CROWD, timeout=90)
             elapsed = trio.current_time() - started
-            await wait_for(lambda: len(agg.fleet) >= CROWD, timeout=10)
+            await eventually(lambda: len(agg.fleet) >= CROWD, timeout=10)
             metrics = (await client.get(agg.http_url + "/metrics")).text
             assert metric_value(metrics, "fil_heartbeat_connections") == CROWD
             assert metric_value(metrics, "fil_heartbeat_streams_open") == CROWD

@@ -10,6 +10,7 @@ test alert (`--alert-test`) arrives too. Every process is stopped in a `finally`
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,15 +20,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import eventually_blocking
 from tests.promservers import (
     ALERTMANAGER_BIN,
+    HTTP_NOT_YET,
     PROMETHEUS_BIN,
     REPO,
     alertmanager,
     fast_rules,
     prometheus,
     stop_process,
-    wait_until,
 )
 
 pytestmark = [
@@ -39,6 +41,9 @@ pytestmark = [
 ]
 
 AGGREGATOR_NAME = "agg-e2e"
+
+#: Every wait here: 30 s, a server still (re)starting counting as "not yet".
+poll = functools.partial(eventually_blocking, timeout=30, transient=HTTP_NOT_YET)
 
 
 @contextlib.contextmanager
@@ -80,7 +85,7 @@ def aggregator(tmp: Path, alertmanager_url: str) -> Iterator[tuple[str, str]]:
             addrs = [line for line in lines if line.startswith("/ip4/127.0.0.1/")]
             return (addrs[0], http[0]) if http and addrs else None
 
-        yield wait_until(ready, 30, "the aggregator to listen")
+        yield poll(ready, what="the aggregator to listen")
     finally:
         stop_process(proc)
 
@@ -131,15 +136,15 @@ def test_node_down_alert_fires_and_resolves_through_prometheus_and_built_in(
             process(agent_args(tmp_path, "bravo", multiaddr), tmp_path / "bravo.log"):
         alpha_args = agent_args(tmp_path, "alpha", multiaddr)
         with process(alpha_args, tmp_path / "alpha.log"):
-            alpha = wait_until(lambda: peer_of(http_url, "alpha"), 30, "alpha to beat")
-            wait_until(lambda: peer_of(http_url, "bravo"), 30, "bravo to beat")
+            alpha = poll(lambda: peer_of(http_url, "alpha"), what="alpha to beat")
+            poll(lambda: peer_of(http_url, "bravo"), what="bravo to beat")
             # the start-up test alert came straight from the aggregator
             names = {a["labels"]["alertname"] for a in am_alerts(am.url)}
             assert "FilHeartbeatTestAlert" in names
             assert node_down(am.url, alpha) == {}
         # alpha stopped: both sources raise FilNodeDown for alpha, none for bravo
         both = {"prometheus": "alpha", "builtin": "alpha"}
-        wait_until(lambda: node_down(am.url, alpha) == both, 30, "FilNodeDown for alpha")
+        poll(lambda: node_down(am.url, alpha) == both, what="FilNodeDown for alpha")
         bravo = peer_of(http_url, "bravo")
         assert bravo is not None and node_down(am.url, bravo) == {}
         built_in = next(a for a in am_alerts(am.url) if a["labels"].get("peer_id") == alpha
@@ -155,5 +160,5 @@ def test_node_down_alert_fires_and_resolves_through_prometheus_and_built_in(
             in metrics
         # alpha back with the same identity: both resolve
         with process(alpha_args, tmp_path / "alpha2.log"):
-            wait_until(lambda: peer_of(http_url, "alpha") == alpha, 30, "alpha to return")
-            wait_until(lambda: node_down(am.url, alpha) == {}, 30, "FilNodeDown to resolve")
+            poll(lambda: peer_of(http_url, "alpha") == alpha, what="alpha to return")
+            poll(lambda: node_down(am.url, alpha) == {}, what="FilNodeDown to resolve")
