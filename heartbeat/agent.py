@@ -25,7 +25,7 @@ import trio
 
 from heartbeat.errors import HeartbeatError
 from heartbeat.head import Head, HeadSource
-from heartbeat.p2p import StreamClosed, peer_info_from_multiaddr
+from heartbeat.p2p import LIBP2P_ERRORS, StreamClosed, peer_info_from_multiaddr
 from heartbeat.policy import FailureLog, format_seconds, jittered, next_deadline
 from heartbeat.targets import Target
 from heartbeat.tipset import format_head
@@ -287,17 +287,12 @@ class Agent:
         return False
 
 
-#: What tearing down a stream or connection raises once the other side (or the
-#: connection under it) is already gone; py-libp2p swallows most of it itself.
-_GONE = (*StreamClosed, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
 async def _drop_peer(host: Any, peer_id: Any, timeout: float = 1.0) -> None:
     """Close every connection to `peer_id`, bounded; a connection already gone is fine."""
     with trio.move_on_after(timeout):
         try:
             await host.disconnect(peer_id)
-        except _GONE as exc:
+        except LIBP2P_ERRORS as exc:  # already gone: nothing left to tear down
             log.debug("disconnect_failed peer=%s err=%r", peer_id, exc)
 
 
@@ -335,7 +330,7 @@ class _Libp2pStream:
         # dial starts fresh.
         try:
             await self._stream.reset()
-        except _GONE as exc:
+        except LIBP2P_ERRORS as exc:  # already gone: nothing left to tear down
             log.debug("reset_failed peer=%s err=%r", self._peer_id, exc)
         await _drop_peer(self._host, self._peer_id)
 
@@ -375,12 +370,10 @@ class Libp2pConnector:
         self._protocol = protocol
 
     async def connect(self, target: Target) -> BeatStream:
-        """Dial and open a stream; whatever fails propagates to the connect loop.
+        """Dial and open a stream; py-libp2p's errors become `ConnectFailed` here.
 
-        py-libp2p raises a wide, untyped mix here (SwarmException, multistream and
-        resource-manager errors, OSError, trio's resource errors): the connect
-        loop's catch-all is the one place that turns any of them into a failed
-        attempt. This method only makes sure a failed dial leaves nothing behind.
+        Anything else (a bug) propagates as is, to the connect loop's catch-all.
+        Either way a failed dial leaves no connection state behind.
         """
         info = peer_info_from_multiaddr(await resolve_target(target))
         await self._forget_past_failures(info.peer_id)
@@ -389,6 +382,8 @@ class Libp2pConnector:
             await self._host.connect(info)
             stream = await self._host.new_stream(info.peer_id, [self._protocol])
             opened = True
+        except LIBP2P_ERRORS as exc:
+            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
             if not opened:
                 # Drop whatever half-dead connection state the swarm kept, so the
