@@ -149,9 +149,14 @@ class AggregatorProcess:
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.pid)
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample of /metrics: (name, sorted labels) → value."""
-        text = http_get(self.http_url + "/metrics").decode()
+    def metrics(
+        self, timeout: float = 60.0
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics: (name, sorted labels) → value.
+
+        Rendering takes seconds with thousands of nodes on a busy aggregator: a long timeout.
+        """
+        text = http_get(self.http_url + "/metrics", timeout).decode()
         out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
