@@ -5,20 +5,26 @@ folder, and is stopped (SIGTERM, then SIGKILL) when its context exits, whatever 
 `fast_rules` writes a test copy of grafana/prometheus/rules.yml with every `for` shortened,
 so that an alert fires in seconds instead of minutes; the expressions stay those of the
 real file.
+
+Tests that need one of these tools carry `@pytest.mark.requires_tools("promtool", ...)`
+(see tests/conftest.py and `require_tools`): locally a missing tool skips the test with
+the package to install; under CI (`CI=true`) it fails it, so a broken set-up shows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from tests.helpers import eventually_blocking
@@ -28,18 +34,48 @@ __all__ = [
     "HTTP_NOT_YET",
     "PROMETHEUS_BIN",
     "REPO",
+    "TOOLS",
     "Server",
     "alertmanager",
     "fast_rules",
     "free_port",
     "prometheus",
+    "require_tools",
     "stop_process",
+    "tool_path",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "grafana" / "prometheus" / "rules.yml"
-PROMETHEUS_BIN = shutil.which("prometheus")
-ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+#: The system tools tests drive: the names each goes by and the Debian package that has it.
+TOOLS: dict[str, tuple[tuple[str, ...], str]] = {
+    "promtool": (("promtool",), "prometheus"),
+    "prometheus": (("prometheus",), "prometheus"),
+    "alertmanager": (("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager"),
+    "amtool": (("amtool",), "prometheus-alertmanager"),
+}
+
+
+def tool_path(tool: str) -> str | None:
+    """Where `tool` (a key of TOOLS, or a plain command name) is installed, if it is."""
+    names, _ = TOOLS.get(tool, ((tool,), "?"))
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def require_tools(*tools: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Skip the calling test when a tool is missing, or fail it under CI (`CI=true`)."""
+    missing = [f"{tool} (Debian package {TOOLS.get(tool, ((), '?'))[1]})"
+               for tool in tools if tool_path(tool) is None]  # fmt: skip
+    if not missing:
+        return
+    reason = f"not installed: {', '.join(missing)}; `scripts/setup --system` installs them"
+    if environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(f"{reason} (CI=true: a missing tool is a broken set-up)", pytrace=False)
+    pytest.skip(reason)
+
+
+PROMETHEUS_BIN = tool_path("prometheus")
+ALERTMANAGER_BIN = tool_path("alertmanager")
 #: What a poll of a server that is still starting (or restarting) raises.
 HTTP_NOT_YET = (httpx.HTTPError, OSError)
 

@@ -22,9 +22,7 @@ import pytest
 
 from tests.helpers import eventually_blocking
 from tests.promservers import (
-    ALERTMANAGER_BIN,
     HTTP_NOT_YET,
-    PROMETHEUS_BIN,
     REPO,
     alertmanager,
     fast_rules,
@@ -36,8 +34,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.integration,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(PROMETHEUS_BIN is None or ALERTMANAGER_BIN is None,
-                       reason="needs Debian's prometheus and prometheus-alertmanager"),
+    pytest.mark.requires_tools("prometheus", "alertmanager"),
 ]
 
 AGGREGATOR_NAME = "agg-e2e"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +21,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.promservers import tool_path
+
 GRAFANA = Path(__file__).resolve().parent.parent / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
 RULES = GRAFANA / "prometheus" / "rules.yml"
-PROMTOOL = shutil.which("promtool")
+PROMTOOL = tool_path("promtool")
 
 #: Series Prometheus itself makes; dashboards may use them beside the aggregator's.
 PROMETHEUS_BUILTINS = {"up", "ALERTS"}
@@ -251,7 +252,7 @@ async def test_every_query_uses_only_names_a_running_aggregator_exports(tmp_path
     assert not _unknown_names(known), sorted(_unknown_names(known))
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus')")
+@pytest.mark.requires_tools("promtool")
 def test_every_query_parses_as_promql(tmp_path: Path) -> None:
     queries = _all_queries()
     rules = []
@@ -267,7 +268,7 @@ def test_every_query_parses_as_promql(tmp_path: Path) -> None:
     assert f"{len(rules)} rules found" in result.stdout
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus')")
+@pytest.mark.requires_tools("promtool")
 def test_promql_check_rejects_a_broken_query(tmp_path: Path) -> None:
     """The parser check is real: a syntax error fails it."""
     path = tmp_path / "bad.yml"

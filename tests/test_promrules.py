@@ -1,7 +1,8 @@
 """The Prometheus rules, their promtool unit tests and the example configs.
 
 `promtool` and `amtool` come from Debian's prometheus and prometheus-alertmanager packages
-(CI installs them); without them the tool-driven tests skip and say why.
+(`scripts/setup --system` installs them); without them the tool-driven tests skip and
+say why, except under CI (`CI=true`), where they fail.
 """
 
 from __future__ import annotations
@@ -15,19 +16,17 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.promservers import require_tools, tool_path
+
 GRAFANA = Path(__file__).resolve().parent.parent / "grafana"
 RULES = GRAFANA / "prometheus" / "rules.yml"
 RULE_TESTS = sorted((GRAFANA / "prometheus" / "tests").glob("*_test.yml"))
 RUNBOOK = GRAFANA / "RUNBOOK.md"
 
-PROMTOOL = shutil.which("promtool")
-AMTOOL = shutil.which("amtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus')"
-)
-needs_amtool = pytest.mark.skipif(
-    AMTOOL is None, reason="amtool not installed (Debian package 'prometheus-alertmanager')"
-)
+PROMTOOL = tool_path("promtool")
+AMTOOL = tool_path("amtool")
+needs_promtool = pytest.mark.requires_tools("promtool")
+needs_amtool = pytest.mark.requires_tools("amtool")
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -143,3 +142,11 @@ def test_every_alert_has_unit_tests_that_fire_resolve_and_stay_quiet() -> None:
     assert names - fired == set(), "alerts never shown firing"
     assert names - resolved == set(), "alerts never shown resolving"
     assert names - quiet_in_null_rounds == set(), "alerts not checked across null rounds"
+
+
+def test_a_missing_tool_skips_locally_and_fails_under_ci() -> None:
+    with pytest.raises(pytest.skip.Exception, match="no-such-tool"):
+        require_tools("no-such-tool", environ={})
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_tools("no-such-tool", environ={"CI": "true"})
+    require_tools(environ={"CI": "true"})  # nothing required: nothing missing
