@@ -262,7 +262,7 @@ def test_every_query_parses_as_promql(tmp_path: Path) -> None:
         rules.append({"record": f"dashboard_query_{i}", "expr": expr})
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
+    result = subprocess.run([str(PROMTOOL), "check", "rules", str(path)], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(rules)} rules found" in result.stdout
@@ -274,6 +274,6 @@ def test_promql_check_rejects_a_broken_query(tmp_path: Path) -> None:
     path = tmp_path / "bad.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
         {"record": "bad", "expr": "sum by (a (rate(x[1m]))"}]}]}))
-    result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
+    result = subprocess.run([str(PROMTOOL), "check", "rules", str(path)], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode != 0
