@@ -39,6 +39,7 @@ from aggregator.alerts.rules import (
 )
 from aggregator.alerts.service import AlertingService, load_settings, run_alerting
 from aggregator.fleet import FleetSnapshot, NodeState, NodeView
+from heartbeat.asgi import lifespan
 from heartbeat.errors import ConfigError
 
 FIRED, RESEND, RESOLVED = TransitionKind.FIRED, TransitionKind.RESEND, TransitionKind.RESOLVED
@@ -111,13 +112,8 @@ class Receiver:
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
                        send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         body = b""
         while True:
             message = await receive()
