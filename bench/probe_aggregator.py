@@ -35,7 +35,8 @@ from heartbeat.loadgen import parse_stamp
 __all__ = ["SAMPLES", "main", "request"]
 
 SAMPLES: deque[int] = deque(maxlen=1_000_000)
-_original = app._fleet_subscriber
+_SUBSCRIBER = "fleet_subscriber" if hasattr(app, "fleet_subscriber") else "_fleet_subscriber"
+_original = getattr(app, _SUBSCRIBER)
 
 
 def _probed(fleet: Any) -> Callable[[Any], None]:
@@ -128,7 +129,7 @@ def main() -> int:
         patch_task_lookup()
     directory = Path(os.environ["BENCH_PROBE_DIR"])
     directory.mkdir(parents=True, exist_ok=True)
-    app._fleet_subscriber = _probed
+    setattr(app, _SUBSCRIBER, _probed)
     threading.Thread(target=_control, args=(directory,), daemon=True).start()
     from aggregator.__main__ import main as aggregator_main
 
