@@ -41,6 +41,7 @@ from aggregator.alerts.service import AlertingService, load_settings, run_alerti
 from aggregator.fleet import FleetSnapshot, NodeState, NodeView
 from heartbeat.asgi import lifespan
 from heartbeat.errors import ConfigError
+from tests.helpers import eventually
 
 FIRED, RESEND, RESOLVED = TransitionKind.FIRED, TransitionKind.RESEND, TransitionKind.RESOLVED
 
@@ -135,13 +136,6 @@ class Receiver:
                 await self.arrived.wait()
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (bounded) for a condition that the client side reaches after the receiver."""
-    with trio.fail_after(10):
-        while not condition():
-            await trio.sleep(0.01)
-
-
 @asynccontextmanager
 async def serving(*receivers: Receiver) -> AsyncIterator[list[str]]:
     async with trio.open_nursery() as nursery:
@@ -179,7 +173,7 @@ async def test_alertmanager_cluster_gets_every_batch() -> None:
             delivery.submit([Transition(FIRED, _alert())])
             delivery.submit([Transition(RESEND, _alert())])
             delivery.submit([Transition(RESOLVED, _alert(ends_at=1_700_000_100.0))])
-            await until(lambda: [t.delivered for t in delivery.targets] == [3, 3])
+            await eventually(lambda: [t.delivered for t in delivery.targets] == [3, 3])
     for am in (am1, am2):
         assert [path for path, _ in am.requests] == ["/api/v2/alerts"] * 3
         bodies = [body for _, body in am.requests]
@@ -244,7 +238,7 @@ async def test_a_hanging_receiver_blocks_neither_submit_nor_the_other_receivers(
             delivery.submit([Transition(FIRED, _alert())])
             delivery.submit([Transition(FIRED, _alert())])
             await healthy.wait_for(5)
-            await until(lambda: fine.delivered == 5)
+            await eventually(lambda: fine.delivered == 5)
     assert (blocked.overflow, fine.overflow) == (9, 7)
     assert blocked.delivered == 0
 

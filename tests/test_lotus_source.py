@@ -26,17 +26,11 @@ from heartbeat.lotus.client import (
 from heartbeat.lotus.notify import chain_notify, parse_changes
 from heartbeat.lotus.source import LotusHeadSource, is_syncing
 from tests.fakelotus import FakeLotus, fake_lotus
+from tests.helpers import eventually
 
 __all__ = ["fake_lotus"]  # the fixture, re-exported for pytest
 
 SRC = "heartbeat.lotus.source"
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `predicate()` holds (checked every 10 ms), failing after `timeout`."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 @pytest.fixture
