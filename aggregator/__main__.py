@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--gc-threshold", type=str, metavar="G0,G1,G2")
         p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
 )
+        p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_const",
+                       const=False, help="keep py-libp2p's O(connections) parent-task search")
         p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
         add_alert_arguments(p)
     for p in (parser, run, ident):

@@ -309,6 +309,10 @@ async def run_aggregator(
     key_pair = p2p.load_or_create_identity(config.identity_file)
     agg = build_aggregator(config, key_pair)
     limits = host_limits(config)
+    if config.fast_task_lookup:
+        # Process-wide and idempotent; refuses (with a warning) on other py-libp2p internals.
+        installed = p2p.install_fast_task_lookup()
+        log.info("fast_task_lookup installed=%s", installed)
     with trio.CancelScope() as shutdown, agg.gc:
         async with trio.open_nursery() as nursery:
             await nursery.start(agg.ingest.run)

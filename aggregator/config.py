@@ -86,6 +86,9 @@ class AggregatorConfig:
     expire_interval: float = 60.0
     gc_freeze: bool = True
     gc_threshold: tuple[int, int, int] = (50_000, 50, 100)
+    #: Replace py-libp2p's O(connections) parent-task search by an O(1) lookup
+    #: (`heartbeat.p2p.install_fast_task_lookup`; docs/CAPACITY.md).
+    fast_task_lookup: bool = True
     log_format: str = "text"
     log_level: str = "INFO"
     #: The raw `[alerts]` table of the TOML file, for the alerting service.
@@ -201,6 +204,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "expire_interval": _duration,
     "gc_freeze": _bool,
     "gc_threshold": _threshold,
+    "fast_task_lookup": _bool,
     "log_format": _log_format,
     "log_level": _log_level,
     "alerts": _alerts,

@@ -9,8 +9,10 @@ propagation restored by the programs' `__main__` (see `restore_libp2p_logging`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ __all__ = [
     "conn_peer_id",
     "conn_remote_ip",
     "connection_count",
+    "install_fast_task_lookup",
     "light_connection",
     "listen_multiaddrs",
     "load_or_create_identity",
@@ -323,6 +326,129 @@ async def running_host(
 def restore_libp2p_logging() -> None:
     """`import libp2p` turns off propagation of its logger; programs turn it back on."""
     logging.getLogger("libp2p").propagate = True
+
+
+# -- O(1) parent-task lookup ---------------------------------------------------
+# py-libp2p 0.8.1's `TrioManager.run_task` / `run_child_service` find the calling
+# task's parent with `_find_parent_task`, which walks every task of the manager's
+# tree: for the swarm's manager that is every task of every connection, twice per
+# accepted connection. Accepting then costs O(connections) and one aggregator
+# stalls near 5,000 connections (docs/CAPACITY.md). The replacement gives the same
+# answer from an index: every FunctionTask is indexed by its trio task when that is
+# set (the `trio_task` setter, called once in `FunctionTask.run`), and the walk's
+# "is it in THIS manager's tree" condition is checked along the task's parent
+# chain, O(depth).
+
+_FAST_LOOKUP_MARK = "_fil_heartbeat_fast_task_lookup"
+#: `_find_parent_task` of py-libp2p itself, kept for the tests' equivalence check.
+original_find_parent_task: Any = None
+
+
+def _task_lookup_internals() -> tuple[Any, Any] | str:
+    """(TrioManager, FunctionTask) if their internals are the ones of 0.8.1, else why not."""
+    try:
+        from libp2p.tools.anyio_service.trio_manager import TrioManager
+        from libp2p.tools.anyio_service.trio_tasks import FunctionTask
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    find = TrioManager.__dict__.get("_find_parent_task")
+    if not inspect.isfunction(find):
+        return "TrioManager._find_parent_task missing"
+    if list(inspect.signature(find).parameters) != ["self", "trio_task"]:
+        return f"_find_parent_task signature {inspect.signature(find)}"
+    # The walk this replaces: the manager's root tasks, FunctionTask.iterate_tasks,
+    # has_trio_task, trio_task; nothing else.
+    names = set(find.__code__.co_names)
+    expected = {"FunctionTask", "iterate_tasks", "_root_tasks", "has_trio_task", "trio_task"}
+    if names != expected:
+        return f"_find_parent_task body differs (uses {sorted(names)})"
+    prop = FunctionTask.__dict__.get("trio_task")
+    if not isinstance(prop, property) or prop.fget is None or prop.fset is None:
+        return "FunctionTask.trio_task is not a settable property"
+    if "_trio_task" not in FunctionTask.__dict__ or "has_trio_task" not in FunctionTask.__dict__:
+        return "FunctionTask._trio_task/has_trio_task missing"
+    if "trio_task" not in FunctionTask.run.__code__.co_names:
+        return "FunctionTask.run no longer sets trio_task"
+    return TrioManager, FunctionTask
+
+
+def install_fast_task_lookup() -> bool:
+    """Replace py-libp2p's O(n) `TrioManager._find_parent_task` by an O(1) lookup.
+
+    Same answer as the tree walk (tests/test_p2p_tasks.py), process-wide, idempotent;
+    safe to call before or after hosts start (a manager's existing tasks are indexed by
+    one walk on its first lookup). Returns True when the lookup is installed. If
+    py-libp2p's internals are not those of 0.8.1, it patches nothing, logs a warning
+    and returns False: the stock walk keeps working, only slower.
+    """
+    global original_find_parent_task
+    if _installed_manager() is not None:
+        return True
+    found = _task_lookup_internals()
+    if isinstance(found, str):
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("libp2p")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        logging.getLogger(__name__).warning(
+            "fast_task_lookup_refused libp2p=%s reason=%s", version, found
+        )
+        return False
+    manager_cls, task_cls = found
+    original = manager_cls._find_parent_task
+    original_find_parent_task = original
+    by_trio: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+    indexed: weakref.WeakSet[Any] = weakref.WeakSet()
+    prop = task_cls.__dict__["trio_task"]
+    set_trio_task = prop.fset
+
+    def indexing_setter(self: Any, value: Any) -> None:
+        set_trio_task(self, value)
+        by_trio[value] = self
+
+    def in_tree(manager: Any, task: Any) -> bool | None:
+        """Is `task` reachable from `manager`'s root tasks? None: chain too deep."""
+        for _ in range(256):
+            parent = task.parent
+            if parent is None:
+                return task in manager._root_tasks
+            if task not in parent.children:
+                return False
+            task = parent
+        return None
+
+    def find_parent_task(self: Any, trio_task: Any) -> Any:
+        if self not in indexed:
+            # Tasks that started before the install (or before this manager's first
+            # lookup under it) are indexed once.
+            for task in task_cls.iterate_tasks(*self._root_tasks):
+                if task.has_trio_task:
+                    by_trio.setdefault(task.trio_task, task)
+            indexed.add(self)
+        task = by_trio.get(trio_task)
+        if task is None or task.trio_task is not trio_task:
+            return None
+        reachable = in_tree(self, task)
+        if reachable is None:  # never seen in 0.8.1: fall back to the walk
+            return original(self, trio_task)
+        return task if reachable else None
+
+    setattr(find_parent_task, _FAST_LOOKUP_MARK, original)
+    task_cls.trio_task = property(prop.fget, indexing_setter, prop.fdel, prop.__doc__)
+    manager_cls._find_parent_task = find_parent_task
+    logging.getLogger(__name__).debug("fast_task_lookup_installed")
+    return True
+
+
+def _installed_manager() -> Any:
+    try:
+        from libp2p.tools.anyio_service.trio_manager import TrioManager
+    except ImportError:
+        return None
+    find = TrioManager.__dict__.get("_find_parent_task")
+    return TrioManager if hasattr(find, _FAST_LOOKUP_MARK) else None
 
 
 # -- server-side helpers (the aggregator's ingest) ------------------------------
