@@ -21,10 +21,11 @@ from bench.common import (
     AggregatorProcess,
     LoadgenProcess,
     fmt_spread,
+    http_get,
+    lookup_flags,
     machine_note,
     print_table,
     start_workers,
-    variant,
 )
 from heartbeat.loadgen import parse_rate
 
@@ -48,17 +49,40 @@ def established(port: int) -> int:
     return count
 
 
+def time_scrapes(agg: AggregatorProcess, n: int = 3) -> dict[str, Any]:
+    """Wall time of raw GETs (no parsing here) of /healthz and /metrics while agents beat.
+
+    /healthz is what the event loop alone costs a request; /metrics adds the snapshot and
+    the render of every node's series.
+    """
+    health, scrape, size = [], [], 0
+    for _ in range(n):
+        t = time.monotonic()
+        http_get(agg.http_url + "/healthz", timeout=60.0)
+        health.append(time.monotonic() - t)
+        t = time.monotonic()
+        size = len(http_get(agg.http_url + "/metrics", timeout=120.0))
+        scrape.append(time.monotonic() - t)
+        time.sleep(1.0)
+    return {"healthz_s": health, "metrics_raw_s": scrape, "metrics_bytes": size}
+
+
+def _mid(values: list[float] | None) -> float:
+    ordered = sorted(values or [0.0])
+    return ordered[len(ordered) // 2]
+
+
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ramp = parse_rate(args.ramp)
     max_time = args.max_time
     # All simulated agents share 127.0.0.1: lift the per-IP cap (256) for the bench.
     cap = str(args.agents + 1000)
-    flags = ("--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap)
-    extra = variant(workdir, args.fast_task_lookup)
+    flags = ("--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
+             *lookup_flags(args.fast_task_lookup))
     if args.workers > 1:  # one port, one identity, SO_REUSEPORT
-        aggs = start_workers(workdir, args.workers, *flags, **extra)
+        aggs = start_workers(workdir, args.workers, *flags)
     else:
-        aggs = [AggregatorProcess.start(workdir, *flags, **extra)]
+        aggs = [AggregatorProcess.start(workdir, *flags)]
     agg = aggs[0]
 
     def rss() -> int:
@@ -99,6 +123,10 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             print(f"metrics_unavailable err={exc!r}; using established sockets", flush=True)
             gauge = est
         scrape = time.monotonic() - scrape
+        try:
+            scrapes = time_scrapes(agg)
+        except OSError as exc:
+            scrapes = {"error": repr(exc)}
         summary = loadgen.result(timeout=duration + 120)
     finally:
         for a in aggs:
@@ -117,6 +145,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "kb_per_conn": (rss1 - rss0) / conns,
         "cpu_s": cpu1 - cpu0,
         "scrape_s": scrape,
+        **scrapes,
         "loadgen_kb_per_agent": loadgen_rss / max(1, args.agents),
         "loadgen_failures": summary["totals"].get("failures", {}),
     }
@@ -133,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-time", type=float, default=600.0, help="hard cap per run (s)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4),
                    help="aggregator processes sharing the port (SO_REUSEPORT)")
-    p.add_argument("--fast-task-lookup", action="store_true",
-                   help="patch py-libp2p's O(n) parent-task search (bench/probe_aggregator.py)")
+    p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
+                   help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
     args = p.parse_args(argv)
     runs = []
     for i in range(args.repeat):
@@ -154,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             ["RSS at rest (MB)", fmt_spread((r["rss0_mb"] for r in runs), "{:.0f}")],
             ["RSS held (MB)", fmt_spread((r["rss_mb"] for r in runs), "{:.0f}")],
             ["RSS per connection (KB)", fmt_spread((r["kb_per_conn"] for r in runs), "{:.1f}")],
-            ["/metrics scrape under load (s)", fmt_spread((r["scrape_s"] for r in runs),
+            ["/metrics raw GET under load (s), median of 3",
+             fmt_spread((_mid(r.get("metrics_raw_s")) for r in runs), "{:.2f}")],
+            ["/healthz GET under load (s), median of 3",
+             fmt_spread((_mid(r.get("healthz_s")) for r in runs), "{:.3f}")],
+            ["/metrics GET + parse in the bench (s)", fmt_spread((r["scrape_s"] for r in runs),
                                                           "{:.1f}")],
             ["aggregator CPU during run (s)", fmt_spread((r["cpu_s"] for r in runs), "{:.0f}")],
             ["loadgen RSS per agent (KB)",

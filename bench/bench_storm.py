@@ -24,9 +24,9 @@ from bench.common import (
     AggregatorProcess,
     LoadgenProcess,
     fmt_spread,
+    lookup_flags,
     machine_note,
     print_table,
-    variant,
 )
 from heartbeat.loadgen import parse_rate
 
@@ -37,9 +37,9 @@ MARKS = (0.5, 0.9, 0.99, 1.0)
 
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cap = str(args.agents + 1000)
-    flags = ("--max-connections-per-ip", cap, "--max-connections", cap, "--max-nodes", cap)
-    extra = variant(workdir, args.fast_task_lookup)
-    agg = AggregatorProcess.start(workdir, *flags, **extra)
+    flags = ("--max-connections-per-ip", cap, "--max-connections", cap, "--max-nodes", cap,
+             *lookup_flags(args.fast_task_lookup))
+    agg = AggregatorProcess.start(workdir, *flags)
     port = agg.port
     ramp_s = args.agents / parse_rate(args.ramp)
     run_for = ramp_s + args.settle + args.budget + 30
@@ -65,7 +65,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         else:
             agg.stop()
         killed = time.monotonic()
-        restarted = AggregatorProcess.start(workdir, *flags, port=port, **extra)
+        restarted = AggregatorProcess.start(workdir, *flags, port=port)
         startup = time.monotonic() - killed
         reached: dict[float, float | None] = dict.fromkeys(MARKS)
         while time.monotonic() - killed < args.budget:
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=180.0, help="give up after (s)")
     p.add_argument("--signal", choices=("kill", "term"), default="kill")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--fast-task-lookup", action="store_true",
-                   help="patch py-libp2p's O(n) parent-task search (bench/probe_aggregator.py)")
+    p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
+                   help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
     args = p.parse_args(argv)
     runs = []
     for i in range(args.repeat):

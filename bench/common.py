@@ -32,13 +32,13 @@ __all__ = [
     "AggregatorProcess",
     "LoadgenProcess",
     "http_get",
+    "lookup_flags",
     "print_table",
     "proc_cpu_seconds",
     "proc_rss_kb",
     "run_loadgen",
     "spread",
     "start_workers",
-    "variant",
     "wait_for",
 ]
 
@@ -205,15 +205,10 @@ class AggregatorProcess:
         self.stop()
 
 
-def variant(workdir: Path, fast_task_lookup: bool) -> dict[str, Any]:
-    """`AggregatorProcess.start` keywords: the stock aggregator, or bench/probe_aggregator.py
-    with py-libp2p's O(n) parent-task search replaced by a lookup."""
-    if not fast_task_lookup:
-        return {}
-    return {
-        "module": "bench.probe_aggregator",
-        "env": {"BENCH_PROBE_DIR": str(workdir / "probe"), "BENCH_FAST_TASK_LOOKUP": "1"},
-    }
+def lookup_flags(fast_task_lookup: bool) -> tuple[str, ...]:
+    """Aggregator flags: py-libp2p's parent-task search replaced by the O(1) lookup (the
+    aggregator's default, `heartbeat.p2p.install_fast_task_lookup`) or the stock O(n) walk."""
+    return () if fast_task_lookup else ("--no-fast-task-lookup",)
 
 
 def start_workers(workdir: Path, workers: int, *args: str, **kw: Any) -> list[AggregatorProcess]:

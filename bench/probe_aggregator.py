@@ -6,10 +6,6 @@ with `fil-heartbeat loadgen --stamp` on the same machine) records `now - stamp` 
 the fleet model applied the beat: the beat→fleet-model latency, sender's encode, Noise, Yamux,
 the ingest, the bus and the fleet update included.
 
-With `BENCH_FAST_TASK_LOOKUP=1` it also replaces py-libp2p's parent-task search (a walk of
-the whole task tree on every `run_task`, i.e. twice per accepted connection: O(connections))
-by a dictionary lookup, to measure what that walk costs (docs/CAPACITY.md).
-
 Control without touching the event loop: a daemon thread polls `$BENCH_PROBE_DIR/probe.req`;
 `reset` clears the samples, `dump` writes them (ns) to `$BENCH_PROBE_DIR/latency.json`.
 
@@ -86,47 +82,7 @@ def request(directory: Path, command: str, timeout: float = 30.0) -> list[int] |
     raise TimeoutError(f"probe did not answer {command!r}")
 
 
-def patch_task_lookup() -> None:
-    """O(1) `TrioManager._find_parent_task`: same answer as the tree walk.
-
-    The walk returns the manager's FunctionTask whose trio task is the current one. Every
-    FunctionTask of a manager passes through `_add_child_task`; its trio task is set once,
-    when it starts. Index both, weakly.
-    """
-    import weakref
-
-    from libp2p.tools.anyio_service.trio_manager import TrioManager
-    from libp2p.tools.anyio_service.trio_tasks import FunctionTask
-
-    by_trio: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-    members: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
-    prop = FunctionTask.trio_task
-
-    def set_trio_task(self: Any, value: Any) -> None:
-        assert prop.fset is not None
-        prop.fset(self, value)
-        by_trio[value] = self
-
-    FunctionTask.trio_task = property(prop.fget, set_trio_task)  # type: ignore[method-assign]
-    add_child = TrioManager._add_child_task
-
-    def add_child_task(self: Any, parent: Any, task: Any) -> None:
-        members.setdefault(self, weakref.WeakSet()).add(task)
-        add_child(self, parent, task)
-
-    def find_parent_task(self: Any, trio_task: Any) -> Any:
-        task = by_trio.get(trio_task)
-        if task is not None and task in members.get(self, ()):
-            return task
-        return None
-
-    TrioManager._add_child_task = add_child_task  # type: ignore[method-assign]
-    TrioManager._find_parent_task = find_parent_task  # type: ignore[method-assign]
-
-
 def main() -> int:
-    if os.environ.get("BENCH_FAST_TASK_LOOKUP") == "1":
-        patch_task_lookup()
     directory = Path(os.environ["BENCH_PROBE_DIR"])
     directory.mkdir(parents=True, exist_ok=True)
     setattr(app, _SUBSCRIBER, _probed)
