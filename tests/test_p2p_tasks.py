@@ -1,0 +1,175 @@
+"""`heartbeat.p2p.install_fast_task_lookup`: the same parent task as py-libp2p's walk.
+
+py-libp2p 0.8.1 finds a new task's parent by walking every task of the manager's tree
+(O(connections) per accepted connection); the installed lookup must give the same answer for
+every trio task on every manager, on a real task tree: a listening host, full-host clients
+and light connections on loopback, with streams open, and again after one client leaves.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from heartbeat import p2p
+
+PROTOCOL = "fil/heartbeat-test-tasks/1.0.0"
+
+pytestmark = [pytest.mark.timeout(60)]
+
+
+def _managers() -> list[Any]:
+    from libp2p.tools.anyio_service.trio_manager import TrioManager
+
+    return [o for o in gc.get_objects() if isinstance(o, TrioManager)]
+
+
+def _check_equivalence() -> tuple[int, int, int]:
+    """Compare both lookups for every started task against every manager, synchronously
+    (no await: the tree cannot change meanwhile). (managers, tasks, non-None answers)."""
+    from libp2p.tools.anyio_service.trio_manager import TrioManager
+    from libp2p.tools.anyio_service.trio_tasks import FunctionTask
+
+    fast = TrioManager._find_parent_task
+    walk = p2p.original_find_parent_task
+    assert walk is not None and fast is not walk
+    managers = _managers()
+    trio_tasks = [trio.lowlevel.current_task()]  # not a FunctionTask: None everywhere
+    for manager in managers:
+        for task in FunctionTask.iterate_tasks(*manager._root_tasks):
+            if task.has_trio_task:
+                trio_tasks.append(task.trio_task)
+    found = 0
+    for manager in managers:
+        for trio_task in trio_tasks:
+            expected = walk(manager, trio_task)
+            assert fast(manager, trio_task) is expected, (manager, trio_task)
+            found += expected is not None
+    return len(managers), len(trio_tasks) - 1, found
+
+
+def test_install_is_idempotent() -> None:
+    from libp2p.tools.anyio_service.trio_manager import TrioManager
+    from libp2p.tools.anyio_service.trio_tasks import FunctionTask
+
+    assert p2p.install_fast_task_lookup() is True
+    find, prop = TrioManager._find_parent_task, FunctionTask.__dict__["trio_task"]
+    assert p2p.install_fast_task_lookup() is True
+    assert TrioManager._find_parent_task is find
+    assert FunctionTask.__dict__["trio_task"] is prop
+
+
+def test_refuses_other_internals(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from libp2p.tools.anyio_service.trio_manager import TrioManager
+    from libp2p.tools.anyio_service.trio_tasks import FunctionTask
+
+    def _find_parent_task(self: Any, trio_task: Any) -> Any:  # a different implementation
+        return self._task_index.get(trio_task)
+
+    monkeypatch.setattr(TrioManager, "_find_parent_task", _find_parent_task)
+    prop = FunctionTask.__dict__["trio_task"]
+    with caplog.at_level(logging.WARNING, logger="heartbeat.p2p"):
+        assert p2p.install_fast_task_lookup() is False
+    assert TrioManager._find_parent_task is _find_parent_task
+    assert FunctionTask.__dict__["trio_task"] is prop
+    [record] = [r for r in caplog.records if r.name == "heartbeat.p2p"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith("fast_task_lookup_refused libp2p=")
+    assert "body differs" in record.getMessage()
+
+
+def test_refuses_other_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.tools.anyio_service.trio_manager import TrioManager
+
+    def _find_parent_task(self: Any, task: Any, default: Any = None) -> Any:
+        return default
+
+    monkeypatch.setattr(TrioManager, "_find_parent_task", _find_parent_task)
+    assert p2p.install_fast_task_lookup() is False
+    assert TrioManager._find_parent_task is _find_parent_task
+
+
+@pytest.mark.integration
+async def test_same_parent_as_the_walk_on_a_real_host() -> None:
+    assert p2p.install_fast_task_lookup() is True
+    received: list[bytes] = []
+    done = trio.Event()
+    expected = 4
+
+    async def handler(stream: Any) -> None:
+        data = b""
+        try:
+            with trio.fail_after(10):
+                while not data.endswith(b"\n"):
+                    data += await stream.read(64)
+            await stream.write(b"ok " + data)
+            await stream.close()
+        except p2p.StreamClosed:
+            await stream.reset()
+            return
+        received.append(data)
+        if len(received) >= expected:
+            done.set()
+
+    server_key = p2p.new_identity()
+    limits = p2p.HostLimits.server(64)
+    async with p2p.running_host(server_key, ["/ip4/127.0.0.1/tcp/0"], limits) as server:
+        p2p.set_stream_handlers(server, [PROTOCOL], handler)
+        [listen] = p2p.listen_multiaddrs(server)
+        addr = f"{listen}/p2p/{p2p.peer_id_of(server_key)}"
+        info = p2p.peer_info_from_multiaddr(addr)
+        async with (
+            p2p.running_host(p2p.new_identity()) as client_a,
+            p2p.running_host(p2p.new_identity()) as client_b,
+            p2p.light_connection(p2p.new_identity(), addr) as light_a,
+            p2p.light_connection(p2p.new_identity(), addr) as light_b,
+        ):
+            streams = []
+            for i, host in enumerate((client_a, client_b)):
+                with trio.fail_after(10):
+                    await host.connect(info)
+                    stream = await host.new_stream(info.peer_id, [PROTOCOL])
+                await stream.write(b"host %d\n" % i)
+                streams.append(stream)
+            for i, light in enumerate((light_a, light_b)):
+                stream = await light.open_stream(PROTOCOL)
+                await stream.write(b"light %d\n" % i)
+                streams.append(stream)
+            for stream in streams:  # streams work: each gets its echo
+                with trio.fail_after(10):
+                    assert (await stream.read(64)).startswith(b"ok ")
+            with trio.fail_after(10):
+                await done.wait()
+            assert sorted(received) == [b"host 0\n", b"host 1\n", b"light 0\n", b"light 1\n"]
+            assert p2p.connection_count(server) == 4
+
+            await trio.testing.wait_all_tasks_blocked()
+            managers, tasks, found = _check_equivalence()
+            # A real tree: one manager per host, its connections' and sessions' tasks in it.
+            assert managers >= 3 and tasks >= 8 and found == tasks
+
+            await light_a.close()
+            with trio.fail_after(10):
+                while p2p.connection_count(server) != 3:
+                    await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()
+            _check_equivalence()
+
+            # New connections and streams after the churn, found through the lookup.
+            async with p2p.light_connection(p2p.new_identity(), addr) as light_c:
+                expected = 5
+                done = trio.Event()
+                stream = await light_c.open_stream(PROTOCOL)
+                await stream.write(b"light 2\n")
+                with trio.fail_after(10):
+                    assert await stream.read(64) == b"ok light 2\n"
+                    await done.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                _check_equivalence()
