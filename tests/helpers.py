@@ -7,18 +7,21 @@ fails the test (with what was awaited) instead of hanging it:
     await eventually(lambda: len(agg.fleet) == 2)                # trio tests
     node = await eventually(fetch_node, timeout=15)               # async predicates too
     url = eventually_blocking(read_url, timeout=30, what="the HTTP address")  # no trio
+
+`assert_counted_by_reason` holds an aggregator's count of hostile streams against what the
+load generator saw of them, without racing the end of the run.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, overload
 
 import trio
 
-__all__ = ["eventually", "eventually_blocking", "metric_value"]
+__all__ = ["assert_counted_by_reason", "eventually", "eventually_blocking", "metric_value"]
 
 T = TypeVar("T")
 
@@ -86,3 +89,18 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def assert_counted_by_reason(sent: Mapping[str, Any], counted: float) -> None:
+    """The aggregator counted (`counted`, for one reason) every stream of one kind of hostile
+    load generator agent that it cut off, and none that was not sent (`sent`: the kind's
+    summary, or several kinds' summed).
+
+    The aggregator counts a stream before it resets it, so every cut the sender saw is
+    counted already: `cut_off <= counted`. A stream opened just before the run stopped (at
+    most one per agent, plus any that a failure ended) may have reached the aggregator and
+    been counted without its sender staying to see the cut: `counted <= streams_opened`.
+    """
+    failed = sum(n for reason, n in sent["failures"].items() if reason.startswith("stream_"))
+    assert sent["cut_off"] <= counted <= sent["streams_opened"], (counted, dict(sent))
+    assert sent["streams_opened"] - sent["cut_off"] <= sent["agents"] + failed, dict(sent)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import time
 import tracemalloc
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,37 @@ from bench.common import AggregatorProcess, LoadgenProcess, wait_for
 from heartbeat.agent import BeatLoop, StreamBroken
 from heartbeat.head import Head
 from heartbeat.targets import Target, parse_target
+from tests.helpers import assert_counted_by_reason, eventually_blocking
 
 PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
 
 
 def _nodes_by_kind(agg: AggregatorProcess, kind: str) -> list[dict[str, Any]]:
     return [n for n in agg.nodes() if str(n.get("nickname", "")).startswith(f"lg-{kind}-")]
+
+
+def _beats_received(agg: AggregatorProcess, kind: str) -> int:
+    return sum(int(n["beats_received"]) for n in _nodes_by_kind(agg, kind))
+
+
+def _when_reached(read: Callable[[], float], want: float, *, timeout: float, what: str) -> float:
+    """`read()` once it reaches `want`, or its last value after `timeout`.
+
+    For counts the aggregator may still be catching up on when the sender is done (its last
+    beats still in a socket buffer or on the bus): the caller asserts the exact value, so a
+    count that never gets there fails with both numbers.
+    """
+    last: list[float] = []
+
+    def reached() -> bool:
+        last[:] = [read()]
+        return last[0] >= want
+
+    try:
+        eventually_blocking(reached, timeout=timeout, what=what)
+    except TimeoutError:
+        pass
+    return last[0]
 
 
 # -- the hostile mix --------------------------------------------------------------------------
@@ -65,6 +92,11 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
             time.sleep(1.0)
         summary = lg.result(timeout=30)
         kinds = summary["kinds"]
+        h = kinds["healthy"]
+        received = _when_reached(
+            lambda: _beats_received(agg, "healthy"), h["beats_sent"], timeout=15,
+            what=f"{h['beats_sent']} healthy beats counted",
+        )  # fmt: skip
         nodes = _nodes_by_kind(agg, "healthy")
         metrics = agg.metrics()
     finally:
@@ -75,27 +107,30 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
         return sum(v for (n, lab), v in metrics.items() if n == name and want <= set(lab))
 
     # Every healthy agent connected and stayed connected; every beat it wrote was counted.
-    h = kinds["healthy"]
     assert h["agents"] == healthy and h["connected"] == healthy
     assert h["failures"] == {} and h["cut_off"] == 0
     assert len(nodes) == healthy
-    assert sum(n["beats_received"] for n in nodes) == h["beats_sent"]
+    assert received == h["beats_sent"]
     assert h["beats_sent"] >= healthy * (duration - 5)
-    # The hostile peers were cut off, and the aggregator counted them by reason.
-    assert kinds["garbage"]["cut_off"] >= each
-    assert metric("fil_heartbeat_decode_errors_total", reason="malformed_cbor") == (
-        kinds["garbage"]["cut_off"]
-    )
-    assert metric("fil_heartbeat_decode_errors_total", reason="oversize") == (
-        kinds["oversize"]["cut_off"]
-    )
-    slow_cut = kinds["slowdrip"]["cut_off"] + kinds["silent"]["cut_off"]
-    assert slow_cut >= 2 * each
-    assert metric("fil_heartbeat_peers_disconnected_total", reason="read_timeout") >= slow_cut
+    # The hostile peers were cut off, again and again, and the aggregator counted each by its
+    # reason (the agents redial every ~3 s: ~10 cuts each for a one-shot, ~3 for a slow one).
+    for kind in ("garbage", "oversize", "slowdrip", "silent", "flood"):
+        assert kinds[kind]["cut_off"] >= 2 * each, (kind, kinds[kind])
+    decode_errors = "fil_heartbeat_decode_errors_total"
+    assert_counted_by_reason(kinds["garbage"], metric(decode_errors, reason="malformed_cbor"))
+    assert_counted_by_reason(kinds["oversize"], metric(decode_errors, reason="oversize"))
+    slow = {key: kinds["slowdrip"][key] + kinds["silent"][key]
+            for key in ("agents", "cut_off", "streams_opened")}  # fmt: skip
+    slow["failures"] = Counter(kinds["slowdrip"]["failures"]) + Counter(kinds["silent"]["failures"])
+    timeouts = metric("fil_heartbeat_peers_disconnected_total", reason="read_timeout")
+    assert_counted_by_reason(slow, timeouts)  # and no healthy peer timed out
     assert kinds["silent"]["cut_after"]["p50"] == pytest.approx(5.0, abs=1.5)
-    assert kinds["flood"]["cut_off"] >= each
-    assert metric("fil_heartbeat_peers_disconnected_total", reason="flooding") >= each
+    # Flooding: the flooders' cuts, and perhaps a hog's (four streams beating from one peer id).
+    flooding = metric("fil_heartbeat_peers_disconnected_total", reason="flooding")
+    assert flooding >= kinds["flood"]["cut_off"]
     assert metric("fil_heartbeat_beats_rate_limited_total") > 0
+    # A hog opens more streams than one peer may hold: the extra ones are refused.
+    assert kinds["hog"]["cut_off"] >= each
     assert metric("fil_heartbeat_peers_refused_total", reason="too_many_streams") >= each
     # Memory stays bounded: ~220 peers cost a few MB; the churn of hostile reconnects during
     # the second half of the run does not make it grow.
@@ -132,14 +167,17 @@ def test_sigkill_restart_registry_back_and_no_beat_lost(tmp_path: Path) -> None:
         registry = {n["peer_id"] for n in _nodes_by_kind(restarted, "healthy")}
         assert len(registry) == agents
         summary = lg.result(timeout=60)
-        accepted = restarted.metric("fil_heartbeat_beats_accepted_total")
+        h = summary["kinds"]["healthy"]
+        accepted = _when_reached(
+            lambda: restarted.metric("fil_heartbeat_beats_accepted_total"), h["session_beats"],
+            timeout=15, what=f"{h['session_beats']} beats accepted since the restart",
+        )  # fmt: skip
         nodes = _nodes_by_kind(restarted, "healthy")
     finally:
         (restarted or agg).stop()
         if lg.proc.poll() is None:
             lg.proc.kill()
 
-    h = summary["kinds"]["healthy"]
     # Every agent lost its connection once and came back within reconnect period + jitter
     # (+ the restart itself, + one dial).
     assert h["recoveries"]["count"] == agents
