@@ -14,10 +14,13 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import subprocess
 import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import pytest
 import trio
 import trio.testing
 
-from bench.common import AggregatorProcess, LoadgenProcess, wait_for
+from bench.common import AggregatorProcess, LoadgenProcess
 from heartbeat.agent import BeatLoop, StreamBroken
 from heartbeat.head import Head
 from heartbeat.targets import Target, parse_target
@@ -36,6 +39,13 @@ PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
 
 def _nodes_by_kind(agg: AggregatorProcess, kind: str) -> list[dict[str, Any]]:
     return [n for n in agg.nodes() if str(n.get("nickname", "")).startswith(f"lg-{kind}-")]
+
+
+def _stored(db: Path, kind: str) -> set[str]:
+    """Nicknames of `kind` agents in the aggregator's state db, read while it runs (WAL)."""
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)) as conn:
+        rows = conn.execute("SELECT nickname FROM nodes WHERE nickname LIKE ?", (f"lg-{kind}-%",))
+        return {str(nickname) for (nickname,) in rows}
 
 
 def _beats_received(agg: AggregatorProcess, kind: str) -> int:
@@ -62,6 +72,17 @@ def _when_reached(read: Callable[[], float], want: float, *, timeout: float, wha
     return last[0]
 
 
+def _started(agg: AggregatorProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics, once it answers with the ingest counters."""
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        metrics = agg.metrics()
+        ready = any(name == "fil_heartbeat_decode_errors_total" for name, _ in metrics)
+        return metrics if ready else None
+
+    return eventually_blocking(scrape, timeout=15, what="/metrics", transient=(OSError,))
+
+
 # -- the hostile mix --------------------------------------------------------------------------
 
 
@@ -74,7 +95,7 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
         "--beat-timeout", "5s", "--beat-timeout-min", "5s", "--max-connections-per-ip", "2000",
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        _started(agg)
         rss_rest = agg.rss_kb()
         mix = f"healthy={healthy}," + ",".join(
             f"{k}={each}" for k in ("garbage", "oversize", "slowdrip", "silent", "flood", "hog")
@@ -87,9 +108,13 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
         )  # fmt: skip
         rss: list[tuple[float, int]] = []
         t0 = time.monotonic()
-        while lg.proc.poll() is None and time.monotonic() - t0 < duration + 20:
+        while time.monotonic() - t0 < duration + 20:
             rss.append((time.monotonic() - t0, agg.rss_kb()))
-            time.sleep(1.0)
+            try:  # one RSS sample a second until the load generator is done
+                lg.proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                pass
         summary = lg.result(timeout=30)
         kinds = summary["kinds"]
         h = kinds["healthy"]
@@ -157,8 +182,15 @@ def test_sigkill_restart_registry_back_and_no_beat_lost(tmp_path: Path) -> None:
     )  # fmt: skip
     restarted: AggregatorProcess | None = None
     try:
-        assert wait_for(lambda: len(_nodes_by_kind(agg, "healthy")) == agents, 15)
-        time.sleep(2.5)  # beats flowing, the registry flushed at least once (1 s interval)
+        eventually_blocking(
+            lambda: len(_nodes_by_kind(agg, "healthy")) == agents, timeout=15,
+            what=f"{agents} agents beating",
+        )  # fmt: skip
+        # Killed once the registry holds every agent: a later flush may be lost, not this one.
+        eventually_blocking(
+            lambda: len(_stored(workdir / "aggregator.db", "healthy")) == agents, timeout=15,
+            what=f"{agents} agents in the state db", transient=(sqlite3.OperationalError,),
+        )  # fmt: skip
         agg.kill()
         killed_at = time.monotonic()
         restarted = AggregatorProcess.start(workdir, port=port)
