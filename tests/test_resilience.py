@@ -321,21 +321,23 @@ async def test_agent_outage_keeps_memory_and_logs_bounded(
     tracemalloc.start()
     try:
         grown_30, loud_30, all_30, connector = await _outage(30, counter)
-        grown_90, loud_90, all_90, _ = await _outage(90, counter)
+        grown_90, loud_90, all_90, connector_90 = await _outage(90, counter)
     finally:
         tracemalloc.stop()
         logger.removeHandler(counter)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
-    assert connector.streams == 2
-    # ~180 redials in 30 minutes: one DEBUG line each, but only a handful at INFO and above
-    # (disconnected, first failure, one error per 10 minutes).
-    assert 150 <= connector.attempts <= 230
+    assert connector.streams == connector_90.streams == 2
+    # A redial every 10 s +-20% (the jitter is random: bounds, not counts): ~180 in 30 minutes,
+    # ~540 in 90. One line each, at DEBUG but for a handful at INFO and above (disconnected,
+    # first failure, one error per 10 minutes).
+    assert 1800 / 12 <= connector.attempts <= 1800 / 8 + 5
+    assert 5400 / 12 <= connector_90.attempts <= 5400 / 8 + 5
     assert 1 <= loud_30 <= 5
     assert all_30 <= connector.attempts + 2
+    assert all_90 <= connector_90.attempts + 2
     # Three times the outage: the loud log grows by one line per 10 minutes, no more.
     assert loud_90 <= loud_30 + 6
-    assert all_90 <= 3 * all_30 + 6
     # No growing lists or queues: the agent's live memory does not depend on the outage.
     assert grown_30 < 4 * 1024, grown_30
     assert grown_90 < 4 * 1024, grown_90
