@@ -467,8 +467,9 @@ async def _connect(config: LoadgenConfig, key: p2p.KeyPair) -> AsyncIterator[_Se
             await host.connect(info)
 
         async def open_stream(protocol: str, timeout: float = 10.0) -> Any:
+            protocols: list[Any] = [protocol]  # libp2p's TProtocol is a str NewType
             with trio.fail_after(timeout):
-                return await host.new_stream(info.peer_id, [protocol])
+                return await host.new_stream(info.peer_id, protocols)
 
         yield _Session(open_stream)
 
