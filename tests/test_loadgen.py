@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from aggregator.app import Aggregator, run_aggregator
-from aggregator.config import AggregatorConfig, build_config
+from aggregator.config import AggregatorConfig
 from heartbeat import loadgen
 from heartbeat.__main__ import main as agent_main
 from heartbeat.errors import ConfigError
@@ -38,6 +38,7 @@ from heartbeat.loadgen import (
 )
 from heartbeat.wire import BeatDecoder, encode_cbor
 from tests.helpers import assert_counted_by_reason, eventually
+from tests.test_aggregator_e2e import make_config
 
 PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
 LOOPBACK = f"/ip4/127.0.0.1/tcp/9081/p2p/{PEER}"
@@ -188,17 +189,6 @@ def test_cli_refuses_remote_targets_and_bad_flags(capsys: pytest.CaptureFixture[
 # -- a short real run ------------------------------------------------------------------------
 
 
-def make_config(tmp_path: Path, **overrides: Any) -> AggregatorConfig:
-    base = build_config(
-        {
-            "listen": ["/ip4/127.0.0.1/tcp/0"],
-            "http_listen": "127.0.0.1:0",
-            "identity_file": str(tmp_path / "aggregator.key"),
-            "state_db": str(tmp_path / "aggregator.db"),
-            "gc_freeze": False,
-        }
-    )
-    return replace(base, **overrides)
 
 
 def _received(nodes: dict[str, dict[str, Any]], kind: str) -> int:
