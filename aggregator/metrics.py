@@ -20,7 +20,7 @@ import logging
 import math
 import platform
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -323,13 +323,32 @@ class FleetRenderer:
         self._cache: dict[str, tuple[_LabelKey, str, str]] = {}
 
     def render(self, snap: FleetSnapshot | None) -> str:
+        out: list[str] = []
+        for _ in self._steps(snap, out, len(snap.nodes) + 1 if snap is not None else 1):
+            pass
+        return "".join(out)
+
+    async def render_chunked(
+        self,
+        snap: FleetSnapshot | None,
+        checkpoint: Callable[[], Awaitable[object]],
+        batch: int = 500,
+    ) -> str:
+        """`render`, awaiting `checkpoint()` (the event loop's turn) every `batch` nodes."""
+        out: list[str] = []
+        for _ in self._steps(snap, out, batch):
+            await checkpoint()
+        return "".join(out)
+
+    def _steps(self, snap: FleetSnapshot | None, out: list[str], batch: int) -> Iterator[None]:
+        """Append the exposition to `out`; yield after every `batch` rows of work."""
         if snap is None:
-            return ""
+            return
         old = self._cache
         cache: dict[str, tuple[_LabelKey, str, str]] = {}
         rows: list[tuple[str, NodeView]] = []
         infos: list[str] = []
-        for v in snap.nodes:
+        for i, v in enumerate(snap.nodes, 1):
             key = (v.nickname, v.miner_address, v.network, v.version, v.remote_address)
             entry = old.get(v.peer_id)
             if entry is None or entry[0] != key:
@@ -342,40 +361,45 @@ class FleetRenderer:
             cache[v.peer_id] = entry
             rows.append((entry[1], v))
             infos.append(entry[2])
+            if i % batch == 0:
+                yield
         self._cache = cache
 
-        out: list[str] = [_H_HEIGHT]
+        families: tuple[tuple[str, Callable[[list[tuple[str, NodeView]]], list[str]]], ...] = (
+            (_H_HEIGHT, lambda part: [f"{_N}height{b}}} {v.height}\n" for b, v in part]),
+            (_H_HEAD_TS, lambda part: [
+                f"{_N}head_timestamp_seconds{b}}} {_num(v.head_timestamp)}\n"
+                for b, v in part if v.head_timestamp is not None]),
+            (_H_LAST_BEAT, lambda part: [
+                f"{_N}last_beat_timestamp_seconds{b}}} {_num(v.last_beat)}\n" for b, v in part]),
+            (_H_CHANGED, lambda part: [
+                f"{_N}head_changed_timestamp_seconds{b}}} {_num(v.head_changed_at)}\n"
+                for b, v in part]),
+            (_H_UP, lambda part: [f"{_N}up{b}}} {1 if v.up else 0}\n" for b, v in part]),
+            (_H_STATE, lambda part: [
+                f"{_N}state{b}{suffix}{1 if v.state is s else 0}\n"
+                for b, v in part for s, suffix in _STATE_SUFFIXES]),
+            (_H_LAG, lambda part: [
+                f"{_N}lag_epochs{b}}} {_num(v.lag_epochs)}\n"
+                for b, v in part if v.lag_epochs is not None]),
+            (_H_SYNCING, lambda part: [
+                f"{_N}syncing{b}}} {1 if v.syncing else 0}\n" for b, v in part]),
+            (_H_BEATS, lambda part: [
+                f"{_N}beats_total{b}}} {_num(v.beats_received)}\n" for b, v in part]),
+            (_H_HASH, lambda part: [
+                f"{_N}head_hash{b}}} {_num(v.head_hash)}\n" for b, v in part]),
+        )  # fmt: skip
         add, extend = out.append, out.extend
-        extend([f"{_N}height{b}}} {v.height}\n" for b, v in rows])
-        add(_H_HEAD_TS)
-        extend([f"{_N}head_timestamp_seconds{b}}} {_num(v.head_timestamp)}\n"
-                for b, v in rows if v.head_timestamp is not None])  # fmt: skip
-        add(_H_LAST_BEAT)
-        extend([f"{_N}last_beat_timestamp_seconds{b}}} {_num(v.last_beat)}\n" for b, v in rows])
-        add(_H_CHANGED)
-        extend([f"{_N}head_changed_timestamp_seconds{b}}} {_num(v.head_changed_at)}\n"
-                for b, v in rows])  # fmt: skip
-        add(_H_UP)
-        extend([f"{_N}up{b}}} {1 if v.up else 0}\n" for b, v in rows])
-        add(_H_STATE)
-        for b, v in rows:
-            extend([f"{_N}state{b}{suffix}{1 if v.state is s else 0}\n"
-                    for s, suffix in _STATE_SUFFIXES])  # fmt: skip
-        add(_H_LAG)
-        extend([f"{_N}lag_epochs{b}}} {_num(v.lag_epochs)}\n"
-                for b, v in rows if v.lag_epochs is not None])  # fmt: skip
-        add(_H_SYNCING)
-        extend([f"{_N}syncing{b}}} {1 if v.syncing else 0}\n" for b, v in rows])
-        add(_H_BEATS)
-        extend([f"{_N}beats_total{b}}} {_num(v.beats_received)}\n" for b, v in rows])
-        add(_H_HASH)
-        extend([f"{_N}head_hash{b}}} {_num(v.head_hash)}\n" for b, v in rows])
+        for header, lines in families:
+            add(header)
+            for start in range(0, len(rows), batch):
+                extend(lines(rows[start:start + batch]))
+                yield
         add(_H_INFO)
         extend(infos)
         self._networks(snap, out)
         if self.legacy:
             self._legacy(snap, out)
-        return "".join(out)
 
     @staticmethod
     def _networks(snap: FleetSnapshot, out: list[str]) -> None:
@@ -571,7 +595,16 @@ class AggregatorMetrics:
 
     def render_prepared(self, prepared: Prepared) -> bytes:
         """Render the prepared values; safe to run in a worker thread."""
-        fleet = self.fleet.render(prepared.snapshot).encode()
+        return self._with_own(prepared, self.fleet.render(prepared.snapshot).encode())
+
+    async def render_prepared_chunked(
+        self, prepared: Prepared, checkpoint: Callable[[], Awaitable[object]]
+    ) -> bytes:
+        """`render_prepared` on the event loop, awaiting `checkpoint()` between node batches."""
+        fleet = await self.fleet.render_chunked(prepared.snapshot, checkpoint)
+        return self._with_own(prepared, fleet.encode())
+
+    def _with_own(self, prepared: Prepared, fleet: bytes) -> bytes:
         self.own.pin(prepared.frame)
         try:
             return fleet + render(self.registry)
