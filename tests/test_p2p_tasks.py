@@ -173,3 +173,27 @@ async def test_same_parent_as_the_walk_on_a_real_host() -> None:
                     await done.wait()
                 await trio.testing.wait_all_tasks_blocked()
                 _check_equivalence()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "toml", "expected"),
+    [
+        ([], {}, None, True),
+        (["--no-fast-task-lookup"], {}, None, False),
+        ([], {"FIL_HEARTBEAT_AGGREGATOR_FAST_TASK_LOOKUP": "false"}, None, False),
+        ([], {}, "fast_task_lookup = false\n", False),
+        (["--no-fast-task-lookup"], {"FIL_HEARTBEAT_AGGREGATOR_FAST_TASK_LOOKUP": "true"}, None,
+         False),
+    ],
+)
+def test_aggregator_setting(
+    tmp_path: Any, argv: list[str], env: dict[str, str], toml: str | None, expected: bool
+) -> None:
+    from aggregator.__main__ import parse_args
+
+    if toml is not None:
+        path = tmp_path / "aggregator.toml"
+        path.write_text(toml)
+        argv = [*argv, "--config", str(path)]
+    _, config = parse_args(["run", *argv], env=env)
+    assert config.fast_task_lookup is expected
