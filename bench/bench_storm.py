@@ -42,7 +42,9 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     agg = AggregatorProcess.start(workdir, *flags)
     port = agg.port
     ramp_s = args.agents / parse_rate(args.ramp)
-    run_for = ramp_s + args.settle + args.budget + 30
+    # The agents must outlive the whole measurement: the ramp runs slower than nominal when
+    # accepting is the bottleneck (the wait below allows ramp + settle + 60 s, then the budget).
+    run_for = ramp_s * 1.5 + args.settle + 60 + args.budget + 30
     loadgen = LoadgenProcess(
         agg.multiaddr, "--agents", str(args.agents), "--processes", str(args.processes),
         "--ramp", args.ramp, "--beat-period", args.beat_period, "--key-seed", "storm",
@@ -52,7 +54,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         best, best_at = 0, time.monotonic()
-        while time.monotonic() - t0 < ramp_s + args.settle + 60:
+        while time.monotonic() - t0 < ramp_s * 1.5 + args.settle + 60:
             time.sleep(2.0)
             now_est = established(port)
             if now_est > best:
