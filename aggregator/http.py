@@ -138,8 +138,10 @@ class HttpApi:
 
     async def _metrics(self) -> bytes:
         assert self.metrics is not None
-        prepared = self.metrics.prepare()  # read on the loop, render (slow) in a thread
-        return await trio.to_thread.run_sync(self.metrics.render_prepared, prepared)
+        prepared = self.metrics.prepare()
+        # Rendered on the loop in batches, yielding between them: at 10,000 nodes under load
+        # this beat a worker thread fighting the loop for the GIL (docs/CAPACITY.md, 6.).
+        return await self.metrics.render_prepared_chunked(prepared, partial(trio.sleep, 0))
 
 
 _ROUTES = frozenset(

@@ -587,9 +587,10 @@ class AggregatorMetrics:
         return self.render_prepared(self.prepare())
 
     def prepare(self) -> Prepared:
-        """Read every source on the event loop, for `render_prepared` in a worker thread.
+        """Read every source on the event loop, for `render_prepared` (any thread) or
+        `render_prepared_chunked` (on the loop, in batches: what the HTTP shell does).
 
-        Rendering 10,000 nodes takes ~0.2 s: the HTTP shell must not do it on the loop.
+        Rendering 10,000 nodes takes ~0.2 s: never in one piece on the loop.
         """
         return Prepared(self.snapshot_provider(), self.own.frame())
 

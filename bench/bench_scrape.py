@@ -1,11 +1,11 @@
 """Benchmark: /metrics of an aggregator holding N connections while the agents beat.
 
-One aggregator (`bench/probe_aggregator.py`, which also serves `/metrics-loop`) is ramped
+One aggregator (`bench/probe_aggregator.py`, which also serves `/metrics-thread`) is ramped
 to `--agents` connections as in bench_connections; once they are held it scrapes, in
-alternation, `/metrics` (rendered in a worker thread, production) and `/metrics-loop`
-(rendered on the event loop in batches of 500 nodes, yielding between them), `--rounds`
-times each. During every scrape a thread polls `/healthz` every 50 ms: its worst latency is
-how long the event loop (ingest, handshakes) was held up by that scrape. The same poll with
+alternation, `/metrics` (production: rendered on the event loop in batches of 500 nodes,
+yielding between them) and `/metrics-thread` (rendered in a worker thread, as before),
+`--rounds` times each. During every scrape a thread polls `/healthz` every 50 ms: its worst
+latency is how long the event loop (ingest, handshakes) was held up by that scrape. The same poll with
 no scrape running is the baseline.
 
     .venv/bin/python -m bench.bench_scrape --agents 10000 --rounds 5
@@ -82,7 +82,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         held = established(agg.port)
         time.sleep(args.settle)  # let the dial retries drain: measure the steady state
         base = [_timed(agg.http_url, None, 3.0)[1] for _ in range(2)]
-        runs: dict[str, list[tuple[float, float, int]]] = {"/metrics": [], "/metrics-loop": []}
+        runs: dict[str, list[tuple[float, float, int]]] = {"/metrics": [], "/metrics-thread": []}
         for _ in range(args.rounds):
             for path in runs:
                 runs[path].append(_timed(agg.http_url, path, 0.0))

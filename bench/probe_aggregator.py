@@ -6,9 +6,9 @@ with `fil-heartbeat loadgen --stamp` on the same machine) records `now - stamp` 
 the fleet model applied the beat: the beat→fleet-model latency, sender's encode, Noise, Yamux,
 the ingest, the bus and the fleet update included.
 
-It also serves `/metrics-loop`: the same exposition rendered on the event loop in batches of
-500 nodes (`AggregatorMetrics.render_prepared_chunked`, yielding with `trio.sleep(0)`), to
-compare with `/metrics` (rendered in a worker thread) under the same load (bench_scrape.py).
+It also serves `/metrics-thread`: the same exposition rendered in a worker thread (how
+`/metrics` was served before), to compare with `/metrics` (rendered on the event loop in
+batches of 500 nodes) under the same load (bench_scrape.py).
 
 Control without touching the event loop: a daemon thread polls `$BENCH_PROBE_DIR/probe.req`;
 `reset` clears the samples, `dump` writes them (ns) to `$BENCH_PROBE_DIR/latency.json`.
@@ -86,9 +86,7 @@ def request(directory: Path, command: str, timeout: float = 30.0) -> list[int] |
     raise TimeoutError(f"probe did not answer {command!r}")
 
 
-def _serve_metrics_loop() -> None:
-    from functools import partial
-
+def _serve_metrics_thread() -> None:
     import trio
 
     from aggregator import http
@@ -96,9 +94,9 @@ def _serve_metrics_loop() -> None:
     route = http.HttpApi._route
 
     async def probed_route(self: Any, method: str, path: str) -> tuple[int, bytes, bytes]:
-        if path == "/metrics-loop" and self.metrics is not None:
+        if path == "/metrics-thread" and self.metrics is not None:
             prepared = self.metrics.prepare()
-            body = await self.metrics.render_prepared_chunked(prepared, partial(trio.sleep, 0))
+            body = await trio.to_thread.run_sync(self.metrics.render_prepared, prepared)
             return 200, http.CONTENT_TYPE.encode(), body
         return await route(self, method, path)
 
@@ -106,7 +104,7 @@ def _serve_metrics_loop() -> None:
 
 
 def main() -> int:
-    _serve_metrics_loop()
+    _serve_metrics_thread()
     directory = Path(os.environ["BENCH_PROBE_DIR"])
     directory.mkdir(parents=True, exist_ok=True)
     setattr(app, _SUBSCRIBER, _probed)
