@@ -5,8 +5,8 @@ to `--agents` connections as in bench_connections; once they are held it scrapes
 alternation, `/metrics` (production: rendered on the event loop in batches of 500 nodes,
 yielding between them) and `/metrics-thread` (rendered in a worker thread, as before),
 `--rounds` times each. During every scrape a thread polls `/healthz` every 50 ms: its worst
-latency is how long the event loop (ingest, handshakes) was held up by that scrape. The same poll with
-no scrape running is the baseline.
+latency is how long the event loop (ingest, handshakes) was held up by that scrape. The same
+poll with no scrape running is the baseline.
 
     .venv/bin/python -m bench.bench_scrape --agents 10000 --rounds 5
 """
