@@ -198,7 +198,7 @@ async def _signals(agg: Aggregator, shutdown: trio.CancelScope) -> None:
 async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
     """The built-in alerter (aggregator/alerts): on unless `[alerts] enabled = false`."""
     from aggregator.alerts.delivery import AlertDelivery
-    from aggregator.alerts.service import load_settings, run_alerting
+    from aggregator.alerts.service import AlertingService, load_settings
 
     settings = load_settings(agg.config.alerts, agg.config.alerts_file)
     if not settings.enabled:
@@ -209,12 +209,13 @@ async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
         sender=agg.config.name,
         generator_url=f"{agg.http_url}/api/v1/alerts" if agg.http_url else "",
     )
-    service = await nursery.start(partial(
-        run_alerting, agg.snapshot, settings.policy, delivery,
+    service = AlertingService(
+        agg.snapshot, settings.policy, delivery,
         interval=settings.evaluation_interval, static_labels={"aggregator": agg.config.name},
         send_test_alert=settings.send_test_alert, wall_clock=agg.wall_clock,
         changes=agg.alert_changes,
-    ))
+    )
+    await nursery.start(service.run)
     agg.metrics.set_alerts_provider(service.firing)
     if agg.http is not None:
         agg.http.set_alerts_provider(service.current)

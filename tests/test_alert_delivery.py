@@ -37,7 +37,7 @@ from aggregator.alerts.rules import (
     Transition,
     TransitionKind,
 )
-from aggregator.alerts.service import AlertingService, load_settings, run_alerting
+from aggregator.alerts.service import AlertingService, load_settings
 from aggregator.fleet import FleetSnapshot, NodeState, NodeView
 from heartbeat.asgi import lifespan
 from heartbeat.errors import ConfigError
@@ -326,11 +326,10 @@ async def test_service_fires_resends_and_resolves_on_time(
     delivery = AlertDelivery(alertmanager_urls=["http://am:9093"],
                              transport=httpx.MockTransport(handler))
     async with trio.open_nursery() as nursery:
-        service: AlertingService = await nursery.start(
-            lambda task_status: run_alerting(
-                fleet.snapshot, AlertPolicy(), delivery, interval=5.0,
-                static_labels={"aggregator": "agg-a"}, send_test_alert=True,
-                wall_clock=fleet.wall, task_status=task_status))
+        service = AlertingService(
+            fleet.snapshot, AlertPolicy(), delivery, interval=5.0,
+            static_labels={"aggregator": "agg-a"}, send_test_alert=True, wall_clock=fleet.wall)
+        await nursery.start(service.run)
         await trio.sleep_until(base + 12)
         fleet.up = False
         await trio.sleep_until(base + 76)
@@ -367,7 +366,7 @@ async def test_service_evaluates_on_a_drift_free_timer(
 
     delivery = AlertDelivery()
     with trio.move_on_after(12.5):
-        await run_alerting(provider, AlertPolicy(), delivery, interval=2.5)
+        await AlertingService(provider, AlertPolicy(), delivery, interval=2.5).run()
     assert times == [0.0, 2.5, 5.0, 7.5, 10.0, 12.5][: len(times)] and len(times) >= 5
 
 
@@ -389,9 +388,9 @@ async def test_service_evaluates_soon_after_a_change_and_still_on_its_timer(
     changes = ChangeSignal()
     beat = Beat(head="{bafy2bzaceaaa}", height=1, nickname="n", miner_address="")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: run_alerting(
+        nursery.start_soon(AlertingService(
             provider, AlertPolicy(), AlertDelivery(), interval=10.0, changes=changes,
-            min_gap=1.0))
+            min_gap=1.0).run)
         await trio.sleep_until(base + 0.5)
         changes(PeerDisconnected("p", 0.0))  # evaluated at 1.0: min_gap after 0
         await trio.sleep_until(base + 4.0)

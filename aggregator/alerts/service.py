@@ -1,7 +1,7 @@
 """The alerting service: evaluate the fleet every few seconds, deliver the transitions.
 
-`run_alerting(snapshot_provider, policy, delivery, task_status=...)` starts the delivery
-tasks, sends the start-up test alert when asked, then evaluates on a drift-free timer. It
+`AlertingService(snapshot_provider, policy, delivery, ...).run(task_status=...)` starts the
+delivery tasks, sends the start-up test alert when asked, then evaluates on a drift-free timer. It
 reports an `AlertingService` through `task_status.started`: `firing()` feeds the
 `alerts_firing` metric, `current()` the `/api/v1/alerts` endpoint.
 
@@ -47,7 +47,6 @@ __all__ = [
     "add_alert_arguments",
     "load_settings",
     "merge_alert_flags",
-    "run_alerting",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,28 +160,6 @@ class AlertingService:
 def _short(alert: Alert) -> str:
     keep = ("peer_id", "nickname", "network")
     return ",".join(f"{k}={alert.labels[k]}" for k in keep if k in alert.labels)
-
-
-async def run_alerting(
-    snapshot_provider: Callable[[], FleetSnapshot | None],
-    policy: AlertPolicy,
-    delivery: AlertDelivery,
-    *,
-    interval: float = 5.0,
-    static_labels: Mapping[str, str] | None = None,
-    send_test_alert: bool = False,
-    wall_clock: Callable[[], float] = time.time,
-    changes: ChangeSignal | None = None,
-    min_gap: float = 1.0,
-    task_status: trio.TaskStatus[AlertingService] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run the alerting service until cancelled (see the module docstring)."""
-    service = AlertingService(
-        snapshot_provider, policy, delivery, interval=interval, static_labels=static_labels,
-        send_test_alert=send_test_alert, wall_clock=wall_clock, changes=changes,
-        min_gap=min_gap,
-    )
-    await service.run(task_status=task_status)
 
 
 def load_settings(table: Mapping[str, Any], alerts_file: Path | None = None) -> AlertingSettings:
