@@ -25,25 +25,31 @@ def cid(tag: int) -> str:
     return "bafy2bzacea" + text
 
 
-def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+def sample_fleet(count: int, now: float) -> Fleet:
+    """A mainnet fleet of `count` nodes with realistic peer ids, a few lagging."""
     fleet = Fleet(FleetPolicy(max_nodes=count + 1))
-    now = 1_700_000_000.0
     for i in range(count):
-        pid = f"12D3KooW{i:08d}"
+        pid = f"12D3KooW{i:044d}"  # 52 characters, like an Ed25519 peer id
         height = 1000 - (i % 9)
         beat = Beat(
             head="{" + cid(2 * height) + "," + cid(2 * height + 1) + "}",
             height=height,
-            nickname=f"node{i}",
-            miner_address=f"f0{i}",
+            nickname=f"node-{i}",
+            miner_address=f"f0{10000 + i}",
             genesis_cid=MAINNET_GENESIS_CID,
             head_timestamp=1598306400 + height * 30,
             syncing=False,
             version="fil-heartbeat/0.1.0",
         )
         fleet.on_connect(pid, f"/ip4/10.0.{i // 256 % 256}.{i % 256}/tcp/4001", now)
-        fleet.on_beat(pid, beat, now)
+        fleet.on_beat(pid, beat, now + (i % 1000) / 1000)
+    return fleet
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    now = 1_700_000_000.0
+    fleet = sample_fleet(count, now)
     runs = []
     for _ in range(5):
         t0 = time.perf_counter()

@@ -15,46 +15,18 @@ import sys
 import time
 from collections.abc import Callable
 
-from aggregator.fleet import Fleet, FleetPolicy, FleetSnapshot
+from bench_fleet import sample_fleet  # the same sample fleet (scripts/ is on sys.path)
+
+from aggregator.fleet import FleetSnapshot
 from aggregator.metrics import create_metrics
-from aggregator.networks import MAINNET_GENESIS_CID
-from heartbeat.wire import Beat
 
 RUNS = 3
 NOW = 1_700_000_000.0
 
 
-def cid(tag: int) -> str:
-    """A plausible CIDv1 text (base32 alphabet) distinct for each tag."""
-    digits = "abcdefghijklmnopqrstuvwxyz234567"
-    text = ""
-    while True:
-        tag, rem = divmod(tag, 32)
-        text += digits[rem]
-        if tag == 0:
-            break
-    return "bafy2bzacea" + text
-
-
 def snapshot(count: int) -> FleetSnapshot:
     """A mainnet fleet of `count` nodes with realistic peer ids, a few lagging."""
-    fleet = Fleet(FleetPolicy(max_nodes=count + 1))
-    for i in range(count):
-        pid = f"12D3KooW{i:044d}"  # 52 characters, like an Ed25519 peer id
-        height = 1000 - (i % 9)
-        beat = Beat(
-            head="{" + cid(2 * height) + "," + cid(2 * height + 1) + "}",
-            height=height,
-            nickname=f"node-{i}",
-            miner_address=f"f0{10000 + i}",
-            genesis_cid=MAINNET_GENESIS_CID,
-            head_timestamp=1598306400 + height * 30,
-            syncing=False,
-            version="fil-heartbeat/0.1.0",
-        )
-        fleet.on_connect(pid, f"/ip4/10.0.{i // 256 % 256}.{i % 256}/tcp/4001", NOW)
-        fleet.on_beat(pid, beat, NOW + (i % 1000) / 1000)
-    return fleet.snapshot(NOW + 1.0)
+    return sample_fleet(count, NOW).snapshot(NOW + 1.0)
 
 
 def measure(render: Callable[[], bytes]) -> tuple[float, int]:

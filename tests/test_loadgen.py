@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,6 @@ import httpx
 import pytest
 import trio
 
-from aggregator.app import Aggregator, run_aggregator
-from aggregator.config import AggregatorConfig
 from heartbeat import loadgen
 from heartbeat.__main__ import main as agent_main
 from heartbeat.errors import ConfigError
@@ -38,7 +34,7 @@ from heartbeat.loadgen import (
 )
 from heartbeat.wire import BeatDecoder, encode_cbor
 from tests.helpers import assert_counted_by_reason, eventually
-from tests.test_aggregator_e2e import make_config
+from tests.test_aggregator_e2e import make_config, running
 
 PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
 LOOPBACK = f"/ip4/127.0.0.1/tcp/9081/p2p/{PEER}"
@@ -195,17 +191,6 @@ def _received(nodes: dict[str, dict[str, Any]], kind: str) -> int:
     return sum(n["beats_received"] for name, n in nodes.items() if name.startswith(f"lg-{kind}-"))
 
 
-@asynccontextmanager
-async def running(config: AggregatorConfig) -> AsyncIterator[Aggregator]:
-    holder: list[Aggregator] = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: run_aggregator(
-                config, handle_signals=False, on_ready=holder.append, task_status=task_status
-            )
-        )
-        yield holder[0]
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.integration
