@@ -205,10 +205,12 @@ class AggregatorProcess:
         self.stop()
 
 
-def lookup_flags(fast_task_lookup: bool) -> tuple[str, ...]:
+def lookup_flags(fast_task_lookup: bool, identify_peers: bool = False) -> tuple[str, ...]:
     """Aggregator flags: py-libp2p's parent-task search replaced by the O(1) lookup (the
-    aggregator's default, `heartbeat.p2p.install_fast_task_lookup`) or the stock O(n) walk."""
-    return () if fast_task_lookup else ("--no-fast-task-lookup",)
+    aggregator's default, `heartbeat.p2p.install_fast_task_lookup`) or the stock O(n) walk;
+    identify towards every connecting agent (py-libp2p's default) or not (ours)."""
+    flags = () if fast_task_lookup else ("--no-fast-task-lookup",)
+    return (*flags, "--identify-peers") if identify_peers else flags
 
 
 def start_workers(workdir: Path, workers: int, *args: str, **kw: Any) -> list[AggregatorProcess]:

@@ -163,7 +163,8 @@ async def run_agent(
     key_pair = await trio.to_thread.run_sync(load_or_create_identity, config.identity_file)
     head_source = make_head_source(config)
     rng = random.Random()
-    async with running_host(key_pair) as host:
+    # The agent dials a known address and protocol: identifying the aggregator buys nothing.
+    async with running_host(key_pair, identify_peers=False) as host:
         connector = Libp2pConnector(host)
         loops = [
             BeatLoop(

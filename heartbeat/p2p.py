@@ -237,8 +237,14 @@ def peer_info_from_multiaddr(addr: str) -> PeerInfo:
     return info_from_p2p_addr(multiaddr.Multiaddr(text))
 
 
-def build_host(key_pair: KeyPair, limits: HostLimits | None = None) -> IHost:
-    """A host speaking Noise + Yamux only, with every limit set explicitly."""
+def build_host(
+    key_pair: KeyPair, limits: HostLimits | None = None, *, identify_peers: bool = True
+) -> IHost:
+    """A host speaking Noise + Yamux only, with every limit set explicitly.
+
+    `identify_peers=False`: never run identify towards the remote peers (see
+    `_disable_outbound_identify`); the host still answers their identify requests.
+    """
     limits = limits or HostLimits()
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     connection_config = ConnectionConfig(
@@ -284,7 +290,33 @@ def build_host(key_pair: KeyPair, limits: HostLimits | None = None) -> IHost:
         negotiate_timeout=limits.negotiate_timeout,
     )
     _disable_auto_connector(host)
+    if not identify_peers:
+        _disable_outbound_identify(host)
     return host
+
+
+def _disable_outbound_identify(host: IHost) -> None:
+    """Do not identify remote peers on connect (py-libp2p 0.8.1 does on every connection).
+
+    Neither side of a heartbeat needs the other's protocols or listen addresses: the
+    agent dials a known multiaddr and opens a known protocol, the aggregator only reads.
+    On the aggregator each identify is a stream, a multistream negotiation, a protobuf
+    and peerstore records per accepted connection (docs/CAPACITY.md, section 1). The
+    host's identify handler stays: remote peers may still identify us.
+    """
+    if not (hasattr(host, "_schedule_identify") and hasattr(host, "_on_notifee_connected")):
+        logging.getLogger(__name__).warning("identify_not_disabled reason=unknown_host_internals")
+        return
+
+    def _schedule_identify(peer_id: Any, *, reason: str = "") -> None:
+        return None
+
+    async def _on_connected(conn: Any) -> None:
+        return None
+
+    host_any: Any = host
+    host_any._schedule_identify = _schedule_identify
+    host_any._on_notifee_connected = _on_connected
 
 
 def _disable_auto_connector(host: IHost) -> None:
@@ -306,10 +338,14 @@ def _disable_auto_connector(host: IHost) -> None:
 
 @asynccontextmanager
 async def running_host(
-    key_pair: KeyPair, listen: list[str] | None = None, limits: HostLimits | None = None
+    key_pair: KeyPair,
+    listen: list[str] | None = None,
+    limits: HostLimits | None = None,
+    *,
+    identify_peers: bool = True,
 ) -> AsyncIterator[IHost]:
     """Run a host (listening on `listen`, if any) for the duration of the block."""
-    host = build_host(key_pair, limits)
+    host = build_host(key_pair, limits, identify_peers=identify_peers)
     addrs = [multiaddr.Multiaddr(a) for a in (listen or [])]
     async with host.run(listen_addrs=addrs):
         try:
