@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                          argument_default=argparse.SUPPRESS)
     ident = sub.add_parser("id", help="print the aggregator's peer id",
                            argument_default=argparse.SUPPRESS)
+    # Started by worker 0 (`--workers N`), not by hand: the configuration comes over the link.
+    worker = sub.add_parser("worker", argument_default=argparse.SUPPRESS)
+    worker.add_argument("--worker-index", type=int, required=True)
+    worker.add_argument("--worker-link", required=True, metavar="PATH")
     for p in (parser, run, ident):
         p.add_argument("--config", metavar="FILE", help="TOML configuration file")
         p.add_argument("--identity-file", metavar="PATH", help="Ed25519 key file (created)")
@@ -91,9 +95,13 @@ def _parser() -> argparse.ArgumentParser:
 )
         p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_const",
                        const=False, help="keep py-libp2p's O(connections) parent-task search")
+        p.add_argument("--identify-peers", dest="identify_peers", action="store_const",
+                       const=True, help="run identify towards every connecting agent")
+        p.add_argument("--workers", type=str, metavar="N",
+                       help="ingest processes on one port and identity (default 1)")
         p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
         add_alert_arguments(p)
-    for p in (parser, run, ident):
+    for p in (parser, run, ident, worker):
         p.add_argument("--log-format", choices=["text", "json"])
         p.add_argument("--log-level")
     return parser
@@ -106,6 +114,8 @@ def parse_args(
     args = _parser().parse_args(list(argv))
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     command = flags.pop("command", None) or "run"
+    if command == "worker":
+        flags.pop("worker_index"), flags.pop("worker_link")
     env = dict(os.environ) if env is None else env
     file: dict[str, Any] = {}
     config_path = flags.pop("config", None) or env.get("FIL_HEARTBEAT_AGGREGATOR_CONFIG")
@@ -134,6 +144,17 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+def _run_worker(argv: Sequence[str]) -> int:
+    from aggregator.workers import run_worker
+
+    args = _parser().parse_args(list(argv))
+    try:
+        trio.run(partial(run_worker, args.worker_index, args.worker_link))
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from group
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -152,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "id":
             print(p2p.peer_id_of(p2p.load_or_create_identity(config.identity_file)))
             return 0
+        if command == "worker":
+            return _run_worker(argv)
         from aggregator.app import run_aggregator
 
         try:

@@ -19,7 +19,8 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -152,6 +153,7 @@ class Aggregator:
     store_events: trio.MemoryReceiveChannel[Event]
     host: Any = None
     http: Any = None  # aggregator.http.HttpApi
+    hub: Any = None  # aggregator.workers.WorkerHub when workers > 1
     multiaddrs: list[str] = field(default_factory=list)
     http_url: str = ""
     wall_clock: Callable[[], float] = time.time
@@ -183,12 +185,20 @@ def fleet_subscriber(fleet: Fleet) -> Callable[[Event], None]:
     return update
 
 
-async def _signals(agg: Aggregator, shutdown: trio.CancelScope) -> None:
+async def _signals(
+    agg: Aggregator,
+    shutdown: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()  # handled from here on: a SIGTERM right after "ready" is clean
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("sighup_received action=reload_allowlist")
                 agg.reload_allowlist()
+                if agg.hub is not None:
+                    agg.hub.signal_workers(signal.SIGHUP)
                 continue
             log.info("shutdown_requested signal=%s", signal.Signals(signum).name)
             shutdown.cancel()
@@ -299,6 +309,34 @@ def build_aggregator(
                       alert_changes, store_events, wall_clock=wall_clock)  # fmt: skip
 
 
+@asynccontextmanager
+async def serving_heartbeats(
+    ingest: Ingest, key_pair: Any, config: AggregatorConfig
+) -> AsyncIterator[Any]:
+    """A running libp2p host whose heartbeat streams and connections go to `ingest`."""
+    async with p2p.running_host(
+        key_pair, list(config.listen), host_limits(config),
+        identify_peers=config.identify_peers,
+    ) as host:  # fmt: skip
+        ingest.bind(
+            disconnect_peer=partial(p2p.close_peer, host),
+            close_connection=p2p.close_connection,
+        )
+        p2p.watch_connections(host, ingest.on_connected, ingest.on_disconnected)
+        p2p.set_stream_handlers(host, [PROTOCOL_ID, *PROTOCOL_ALIASES], ingest.handle_stream)
+        yield host
+
+
+async def _start_workers(agg: Aggregator, nursery: trio.Nursery) -> None:
+    """Workers 1..N-1 on this process's port (aggregator/workers.py)."""
+    from aggregator.workers import WorkerHub
+
+    agg.hub = WorkerHub(agg)
+    agg.metrics.own.counters = agg.hub.counters
+    agg.metrics.own.workers_provider = agg.hub.summary
+    await nursery.start(agg.hub.run, p2p.listen_multiaddrs(agg.host))
+
+
 async def run_aggregator(
     config: AggregatorConfig,
     *,
@@ -309,7 +347,6 @@ async def run_aggregator(
     """Run the aggregator until cancelled or signalled (see the module docstring)."""
     key_pair = p2p.load_or_create_identity(config.identity_file)
     agg = build_aggregator(config, key_pair)
-    limits = host_limits(config)
     if config.fast_task_lookup:
         # Process-wide and idempotent; refuses (with a warning) on other py-libp2p internals.
         installed = p2p.install_fast_task_lookup()
@@ -321,24 +358,18 @@ async def run_aggregator(
             await nursery.start(
                 partial(run_expiry, agg.fleet, config.expire_interval, clock=agg.wall_clock)
             )
-            async with p2p.running_host(key_pair, list(config.listen), limits) as host:
+            async with serving_heartbeats(agg.ingest, key_pair, config) as host:
                 agg.host = host
-                agg.ingest.bind(
-                    disconnect_peer=partial(p2p.close_peer, host),
-                    close_connection=p2p.close_connection,
-                )
-                p2p.watch_connections(host, agg.ingest.on_connected, agg.ingest.on_disconnected)
-                p2p.set_stream_handlers(
-                    host, [PROTOCOL_ID, *PROTOCOL_ALIASES], agg.ingest.handle_stream
-                )
                 v4, v6 = local_ip_addresses()
                 agg.multiaddrs = dialable_multiaddrs(
                     p2p.listen_multiaddrs(host), agg.peer_id, v4, v6
                 )
                 agg.http_url = await _start_http(agg, nursery)
+                if config.workers > 1:
+                    await _start_workers(agg, nursery)
                 await _start_alerts(agg, nursery)
                 if handle_signals:
-                    nursery.start_soon(_signals, agg, shutdown)
+                    await nursery.start(_signals, agg, shutdown)
                 agg.http.set_ready(True)
                 tune_gc(config.gc_threshold, freeze=config.gc_freeze)
                 for addr in agg.multiaddrs:

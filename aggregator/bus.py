@@ -19,13 +19,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-if TYPE_CHECKING:
-    from heartbeat.wire import Beat
+from aggregator.events import BeatAccepted, Event, PeerConnected, PeerDisconnected
 
 __all__ = [
     "BeatAccepted",
@@ -38,33 +36,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class PeerConnected:
-    """A peer opened its first heartbeat stream."""
-
-    peer_id: str
-    remote_addr: str
-    at: float  # wall-clock unix seconds
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDisconnected:
-    """A peer's last heartbeat stream ended."""
-
-    peer_id: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class BeatAccepted:
-    """A validated beat passed the rate limit."""
-
-    peer_id: str
-    beat: Beat
-    at: float
-
-
-Event = PeerConnected | PeerDisconnected | BeatAccepted
 
 
 class Bus:

@@ -29,6 +29,7 @@ __all__ = [
     "ENV_PREFIX",
     "AggregatorConfig",
     "build_config",
+    "config_mapping",
     "http_url",
     "parse_allowlist",
     "parse_http_listen",
@@ -38,6 +39,7 @@ __all__ = [
 ENV_PREFIX = "FIL_HEARTBEAT_AGGREGATOR_"
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/9081"
 DEFAULT_HTTP_LISTEN = "0.0.0.0:9082"
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,13 @@ class AggregatorConfig:
     #: Replace py-libp2p's O(connections) parent-task search by an O(1) lookup
     #: (`heartbeat.p2p.install_fast_task_lookup`; docs/CAPACITY.md).
     fast_task_lookup: bool = True
+    #: Run identify towards every connecting agent (py-libp2p's default). Off: the
+    #: aggregator needs neither their protocols nor their addresses, and each identify
+    #: costs a stream and peerstore records per accepted connection (docs/CAPACITY.md).
+    identify_peers: bool = False
+    #: Ingest processes sharing the listen port and identity (SO_REUSEPORT); worker 0
+    #: (this process) owns the fleet, the store, HTTP and alerts (aggregator/workers.py).
+    workers: int = 1
     log_format: str = "text"
     log_level: str = "INFO"
     #: The raw `[alerts]` table of the TOML file, for the alerting service.
@@ -205,6 +214,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "gc_freeze": _bool,
     "gc_threshold": _threshold,
     "fast_task_lookup": _bool,
+    "identify_peers": _bool,
+    "workers": _int,
     "log_format": _log_format,
     "log_level": _log_level,
     "alerts": _alerts,
@@ -326,6 +337,8 @@ def build_config(
     if config.max_peers is not None and config.max_peers <= config.max_connections:
         # py-libp2p's peerstore evicts the host's own key first when full.
         raise ConfigError("max_peers", "must exceed max_connections")
+    if not 1 <= config.workers <= MAX_WORKERS:
+        raise ConfigError("workers", f"must be between 1 and {MAX_WORKERS}")
     if not config.name:
         raise ConfigError("name", "must not be empty")
     return config
@@ -334,3 +347,30 @@ def build_config(
 def config_fields() -> list[str]:
     """Every setting name (for documentation and `--help`)."""
     return [f.name for f in fields(AggregatorConfig)]
+
+
+def config_mapping(
+    config: AggregatorConfig, *, exclude: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """`config` as TOML-typed values: `build_config(file=config_mapping(c)) == c`.
+
+    How worker 0 hands its configuration to the other workers (aggregator/workers.py).
+    """
+    out: dict[str, Any] = {}
+    for f in fields(AggregatorConfig):
+        if f.name in exclude or f.name in ("http_host", "http_port"):
+            continue
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[f.name] = value
+    if "http_listen" not in exclude:
+        host = f"[{config.http_host}]" if ":" in config.http_host else config.http_host
+        out["http_listen"] = f"{host}:{config.http_port}"
+    return out

@@ -26,12 +26,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from aggregator.bus import BeatAccepted, Bus, PeerConnected, PeerDisconnected
+from aggregator.counters import IngestCounters
 from aggregator.errors import FleetFull
 from aggregator.ratelimit import LogLimiter, PeerRateLimiter, RateDecision
 from heartbeat import p2p
@@ -80,22 +81,6 @@ class IngestSettings:
             flood_window=config.flood_window,
             reject_log_interval=config.reject_log_interval,
         )
-
-
-@dataclass
-class IngestCounters:
-    """The ingest's self metrics; the Prometheus collector reads them at scrape time."""
-
-    beats_received: int = 0
-    beats_accepted: int = 0
-    beats_rejected: Counter[str] = field(default_factory=Counter)
-    beats_rate_limited: int = 0
-    decode_errors: Counter[str] = field(default_factory=Counter)
-    streams_open: int = 0
-    connections: int = 0
-    peers_refused: Counter[str] = field(default_factory=Counter)
-    peers_disconnected: Counter[str] = field(default_factory=Counter)
-    handler_errors: int = 0
 
 
 class Ingest:
@@ -166,6 +151,11 @@ class Ingest:
     def set_allowlist(self, allowlist: frozenset[str] | None) -> None:
         self.allowlist = allowlist
         log.info("allowlist_set peers=%s", "any" if allowlist is None else len(allowlist))
+
+    def evict(self, peer: str, reason: str) -> None:
+        """Refuse `peer` from outside the stream handler (e.g. worker 0's fleet is full)."""
+        self._refuse(peer, reason)
+        self._spawn(self._disconnect, peer)
 
     # -- connection events (per-IP cap) --------------------------------------
 

@@ -462,6 +462,9 @@ class SelfCollector(Collector):
     bus: BusLike | None = None
     gc: GcLike | None = None
     alerts_provider: AlertsProvider | None = None
+    #: With several workers (aggregator/workers.py): one dict per worker, 0 first, with
+    #: `index`, `up`, `connections`, `restarts`. None: this process is the only worker.
+    workers_provider: Callable[[], list[dict[str, Any]]] | None = None
     _pinned: threading.local = field(default_factory=threading.local, repr=False)
 
     def describe(self) -> list[Metric]:
@@ -500,7 +503,14 @@ class SelfCollector(Collector):
             gc_buckets=g.cumulative_buckets() if g else [("+Inf", 0)],
             gc_sum=g.sum if g else 0.0,
             alerts=self.firing_alerts(),
+            workers=self._workers(c),
         )
+
+    def _workers(self, c: CountersLike | None) -> list[tuple[str, bool, int, int]]:
+        if self.workers_provider is None:
+            return [("0", True, c.connections if c else 0, 0)]
+        return [(str(w["index"]), bool(w["up"]), int(w["connections"]), int(w["restarts"]))
+                for w in self.workers_provider()]  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
         f = getattr(self._pinned, "frame", None) or self.frame()
@@ -541,6 +551,20 @@ class SelfCollector(Collector):
         for key in sorted(counts):
             firing.add_metric(list(key), counts[key])
         yield firing
+        up = GaugeMetricFamily(PREFIX + "worker_up", "Ingest worker linked and listening.",
+                               labels=["worker"])
+        conns = GaugeMetricFamily(PREFIX + "worker_connections",
+                                  "Open libp2p connections, by ingest worker.", labels=["worker"])
+        restarts = CounterMetricFamily(PREFIX + "worker_restarts",
+                                       "Ingest workers restarted after they died.",
+                                       labels=["worker"])
+        for worker, is_up, connections, restarted in f.workers:
+            up.add_metric([worker], 1.0 if is_up else 0.0)
+            conns.add_metric([worker], connections)
+            restarts.add_metric([worker], restarted)
+        yield up
+        yield conns
+        yield restarts
         info = GaugeMetricFamily(PREFIX + "aggregator_info", "This aggregator (always 1).",
                                  labels=["peer_id", "version"])
         info.add_metric([self.peer_id, self.version], 1.0)
@@ -569,6 +593,8 @@ class SelfFrame:
     gc_buckets: list[tuple[str, int]]
     gc_sum: float
     alerts: list[tuple[str, str]]
+    #: (worker, up, connections, restarts) per ingest worker.
+    workers: list[tuple[str, bool, int, int]] = field(default_factory=list)
 
 
 @dataclass

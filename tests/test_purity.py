@@ -35,6 +35,9 @@ PURE_MODULES = [
     "aggregator.ratelimit",
     "aggregator.config",
     "aggregator.alerts.rules",
+    "aggregator.events",
+    "aggregator.counters",
+    "aggregator.worklink",
 ]
 FORBIDDEN = ("trio", "libp2p", "prometheus_client", "httpx", "sqlite3")
 CLOCK_CALL = re.compile(r"\btime\.(?:time|monotonic)(?:_ns)?\(")

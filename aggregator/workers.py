@@ -1,0 +1,412 @@
+"""Several ingest processes on one port: worker 0's hub and supervisor, the workers' loop.
+
+py-libp2p spends ~120 µs of CPU per received frame (Noise, Yamux, trio wake-ups) and
+~30 ms per accepted connection, all on one core; `workers = N` puts N processes on one
+listen port and one identity (py-libp2p's TCP listener sets SO_REUSEPORT, so the kernel
+spreads new connections over them). This process is worker 0: it ingests too and owns
+the fleet model, the node registry, HTTP, /metrics and alerting. `WorkerHub` starts
+workers 1..N-1 (`python -m aggregator worker …`), restarts a dead one with a backoff,
+and publishes what they forward on its own bus (aggregator/worklink.py has the messages),
+so every consumer sees one fleet. A worker exits when its link to worker 0 closes: killing
+worker 0 takes the whole group down, and the restarted worker 0 starts a new one.
+
+Per-connection limits (per-IP cap, per-peer streams, rate limit) are per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from aggregator.bus import Bus, Event
+from aggregator.config import AggregatorConfig, build_config, config_mapping
+from aggregator.errors import AggregatorError, FleetFull
+from aggregator.fleet import Fleet
+from aggregator.gcmon import tune_gc
+from aggregator.ingest import Ingest, IngestSettings
+from aggregator.worklink import (
+    FrameDecoder,
+    LinkError,
+    MergedCounters,
+    PeerLedger,
+    counters_from_wire,
+    counters_to_wire,
+    encode_frame,
+    event_from_wire,
+    event_to_wire,
+)
+from heartbeat import p2p
+from heartbeat.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aggregator.app import Aggregator
+
+__all__ = ["WorkerHub", "WorkerStatus", "run_worker", "worker_argv"]
+
+log = logging.getLogger(__name__)
+
+#: A worker's outbox towards worker 0 (a required bus subscriber: when the link lags,
+#: the worker's ingest waits, as worker 0's does for its store writer).
+LINK_CHANNEL_CAPACITY = 8192
+#: Events per `events` frame at most.
+MAX_BATCH = 1024
+COUNTERS_INTERVAL = 1.0
+HELLO_TIMEOUT = 30.0
+#: How long worker 0 waits for its workers to listen before reporting ready anyway.
+READY_TIMEOUT = 60.0
+RESTART_MIN, RESTART_MAX = 1.0, 30.0
+#: A worker that ran this long before dying restarts after RESTART_MIN again.
+STABLE_AFTER = 60.0
+STOP_TIMEOUT = 10.0
+READ_SIZE = 65536
+
+
+@dataclass
+class WorkerStatus:
+    index: int
+    pid: int | None = None
+    up: bool = False
+    ready: bool = False
+    restarts: int = 0
+
+
+def worker_argv(index: int, link: str, config: AggregatorConfig) -> list[str]:
+    """The command that starts worker `index` (its configuration comes over the link)."""
+    return [sys.executable, "-m", "aggregator", "worker", "--worker-index", str(index),
+            "--worker-link", link, "--log-format", config.log_format,
+            "--log-level", config.log_level]  # fmt: skip
+
+
+class _Link:
+    """Frames over a local stream socket; one writer at a time."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder()
+        self._pending: list[list[Any]] = []
+        self._send_lock = trio.Lock()
+
+    async def send(self, message: list[Any]) -> None:
+        data = encode_frame(message)
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
+    async def receive(self) -> list[Any] | None:
+        """The next message, or None at end of stream."""
+        while not self._pending:
+            data = await self.stream.receive_some(READ_SIZE)
+            if not data:
+                if self._decoder.buffered:
+                    raise LinkError(f"link closed inside a frame ({self._decoder.buffered} bytes)")
+                return None
+            self._pending.extend(self._decoder.feed(data))
+        return self._pending.pop(0)
+
+    async def messages(self) -> AsyncIterator[list[Any]]:
+        while (message := await self.receive()) is not None:
+            yield message
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+            await self.stream.aclose()
+
+
+# -- worker 0 ----------------------------------------------------------------------------
+
+
+class WorkerHub:
+    """Worker 0's side: supervise workers 1..N-1 and publish what they forward."""
+
+    def __init__(
+        self,
+        agg: Aggregator,
+        *,
+        argv: Callable[[int, str], list[str]] | None = None,
+    ) -> None:
+        self.agg = agg
+        self.count = agg.config.workers
+        self.status = {i: WorkerStatus(i) for i in range(1, self.count)}
+        self.ledger = PeerLedger()
+        self.counters = MergedCounters(agg.ingest.counters)
+        self._argv = argv or (lambda i, link: worker_argv(i, link, agg.config))
+        self._worker_config: dict[str, Any] = {}
+        self._all_ready = trio.Event()
+
+    def signal_workers(self, signum: int) -> None:
+        """Pass a signal on (SIGHUP: every worker reloads the allowlist too)."""
+        for st in self.status.values():
+            if st.pid is not None and st.up:
+                try:
+                    os.kill(st.pid, signum)
+                except ProcessLookupError:
+                    continue
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Every worker, 0 included, for /metrics and /api/v1/workers."""
+        local = self.agg.ingest.counters
+        out: list[dict[str, Any]] = [{"index": 0, "pid": os.getpid(), "up": True, "restarts": 0,
+                "connections": local.connections, "beats_accepted": local.beats_accepted}]
+        for i, st in sorted(self.status.items()):
+            c = self.counters.workers.get(i)
+            out.append({"index": i, "pid": st.pid, "up": st.up and st.ready,
+                        "restarts": st.restarts, "connections": c.connections if c else 0,
+                        "beats_accepted": c.beats_accepted if c else 0})
+        return out  # fmt: skip
+
+    async def run(
+        self, listen: list[str], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve the link socket and supervise the workers until cancelled.
+
+        `listen`: worker 0's bound listen multiaddrs (a port 0 is resolved by then).
+        """
+        config = replace(self.agg.config, listen=tuple(listen))
+        self._worker_config = config_mapping(config, exclude=frozenset({"alerts", "alerts_file"}))
+        link_dir = Path(tempfile.mkdtemp(prefix="fil-heartbeat-workers-"))  # mode 0700
+        path = str(link_dir / "link")
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.bind(path)
+            sock.listen(max(8, 2 * self.count))
+            listener = trio.SocketListener(sock)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(trio.serve_listeners, self._serve_link, [listener]))
+                for index in self.status:
+                    nursery.start_soon(self._supervise, index, path)
+                with trio.move_on_after(READY_TIMEOUT):
+                    await self._all_ready.wait()
+                ready = sum(st.ready for st in self.status.values())
+                (log.info if ready == len(self.status) else log.warning)(
+                    "workers_ready ready=%d of=%d", ready, len(self.status)
+                )
+                task_status.started()
+        finally:
+            sock.close()
+            shutil.rmtree(link_dir, ignore_errors=True)
+
+    async def _supervise(self, index: int, link: str) -> None:
+        st = self.status[index]
+        backoff = RESTART_MIN
+        while True:
+            started = trio.current_time()
+            argv = self._argv(index, link)
+            proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL)
+            st.pid = proc.pid
+            log.info("worker_started index=%d pid=%d", index, proc.pid)
+            try:
+                code = await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    await _stop(proc)
+            ran = trio.current_time() - started
+            backoff = RESTART_MIN if ran >= STABLE_AFTER else min(RESTART_MAX, backoff * 2)
+            st.restarts += 1
+            log.error("worker_exited index=%d pid=%d code=%s ran=%.1fs restart_in=%.0fs",
+                      index, proc.pid, code, ran, backoff)  # fmt: skip
+            await trio.sleep(backoff)
+
+    async def _serve_link(self, stream: trio.abc.Stream) -> None:
+        link = _Link(stream)
+        index: int | None = None
+        try:
+            with trio.fail_after(HELLO_TIMEOUT):
+                hello = await link.receive()
+            index = self._check_hello(hello)
+            await link.send(["config", self._worker_config])
+            self.status[index].up = True
+            async for message in link.messages():
+                await self._on_message(index, link, message)
+            log.warning("worker_link_closed index=%d", index)
+        except (LinkError, trio.TooSlowError) as exc:
+            log.error("worker_link_refused index=%s err=%s", index, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.warning("worker_link_lost index=%s err=%r", index, exc)
+        finally:
+            if index is not None:
+                await self._worker_gone(index)
+            await link.aclose()
+
+    def _check_hello(self, hello: list[Any] | None) -> int:
+        if not (hello and hello[0] == "hello" and len(hello) == 3):
+            raise LinkError(f"expected hello, got {hello!r}")
+        _, index, pid = hello
+        st = self.status.get(index) if isinstance(index, int) else None
+        if st is None or st.pid != pid:
+            raise LinkError(f"no worker {index!r} with pid {pid!r} was started here")
+        if st.up:
+            raise LinkError(f"worker {index} is already linked")
+        return int(index)
+
+    async def _on_message(self, index: int, link: _Link, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == "events" and len(message) == 2 and isinstance(message[1], list):
+            for item in message[1]:
+                event = event_from_wire(item)
+                self.ledger.record(index, event)
+                try:
+                    await self.agg.bus.publish(event)
+                except FleetFull:
+                    await link.send(["evict", event.peer_id, "fleet_full"])
+        elif kind == "counters" and len(message) == 2:
+            self.counters.update(index, counters_from_wire(message[1]))
+        elif kind == "ready":
+            self.status[index].ready = True
+            log.info("worker_ready index=%d pid=%s", index, self.status[index].pid)
+            if all(st.ready for st in self.status.values()):
+                self._all_ready.set()
+        else:
+            raise LinkError(f"unexpected message {kind!r}")
+
+    async def _worker_gone(self, index: int) -> None:
+        """Its connections died with it: publish their disconnects in its name."""
+        st = self.status[index]
+        st.up = st.ready = False
+        self.counters.retire(index)
+        with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+            try:
+                for event in self.ledger.forget(index, self.agg.wall_clock()):
+                    await self.agg.bus.publish(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.info("worker_gone_unpublished index=%d reason=shutting_down", index)
+
+
+async def _stop(proc: trio.Process) -> None:
+    """SIGTERM (a clean stop), SIGKILL after STOP_TIMEOUT; shielded: runs on cancellation."""
+    with trio.CancelScope(shield=True):
+        proc.terminate()
+        with trio.move_on_after(STOP_TIMEOUT):
+            await proc.wait()
+            return
+        proc.kill()
+        await proc.wait()
+
+
+# -- workers 1..N-1 ----------------------------------------------------------------------
+
+
+class WorkerError(AggregatorError):
+    """A worker could not start (no link, no configuration, no identity)."""
+
+
+async def run_worker(
+    index: int,
+    link_path: str,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Ingest on worker 0's port and forward to it; returns when the link closes."""
+    from aggregator.app import fleet_policy, fleet_subscriber, load_allowlist, serving_heartbeats
+
+    try:
+        stream = await trio.open_unix_socket(link_path)
+    except OSError as exc:
+        raise WorkerError(f"cannot reach worker 0 at {link_path}: {exc}") from exc
+    link = _Link(stream)
+    try:
+        await link.send(["hello", index, os.getpid()])
+        with trio.fail_after(HELLO_TIMEOUT):
+            reply = await link.receive()
+        if not (reply and reply[0] == "config" and len(reply) == 2):
+            raise WorkerError(f"worker 0 did not send a configuration: {reply!r}")
+        config = _worker_config(reply[1])
+        if not config.identity_file.exists():
+            raise WorkerError(f"identity file {config.identity_file} is missing")
+        key_pair = p2p.load_or_create_identity(config.identity_file)
+        # A local fleet only for each peer's read deadline (its observed beat period).
+        fleet = Fleet(fleet_policy(config))
+        bus = Bus()
+        bus.subscribe_sync("fleet", fleet_subscriber(fleet))
+        outbox = bus.subscribe_required("link", LINK_CHANNEL_CAPACITY)
+        ingest = Ingest(IngestSettings.from_config(config), bus, beat_timeout=fleet.beat_timeout,
+                        allowlist=load_allowlist(config.allowlist_file))  # fmt: skip
+        if config.fast_task_lookup:
+            p2p.install_fast_task_lookup()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ingest.run)
+            async with serving_heartbeats(ingest, key_pair, config):
+                nursery.start_soon(_forward, outbox, link)
+                nursery.start_soon(_report_counters, ingest, link)
+                if handle_signals:
+                    await nursery.start(_worker_signals, ingest, config, nursery.cancel_scope)
+                tune_gc(config.gc_threshold, freeze=config.gc_freeze)
+                await link.send(["ready"])
+                log.info("worker_listening index=%d pid=%d listen=%s", index, os.getpid(),
+                         ",".join(config.listen))  # fmt: skip
+                task_status.started()
+                await _follow_commands(link, ingest)
+                log.info("worker_stopping index=%d reason=link_closed", index)
+                nursery.cancel_scope.cancel()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.info("worker_stopping index=%d reason=link_lost err=%r", index, exc)
+    finally:
+        await link.aclose()
+
+
+def _worker_config(mapping: Any) -> AggregatorConfig:
+    if not isinstance(mapping, Mapping):
+        raise WorkerError(f"bad configuration from worker 0: {type(mapping).__name__}")
+    try:
+        return replace(build_config(file=mapping), workers=1)
+    except ConfigError as exc:
+        raise WorkerError(f"bad configuration from worker 0: {exc}") from exc
+
+
+async def _forward(outbox: trio.MemoryReceiveChannel[Event], link: _Link) -> None:
+    async for event in outbox:
+        batch = [event_to_wire(event)]
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(event_to_wire(outbox.receive_nowait()))
+            except trio.WouldBlock:
+                break
+        await link.send(["events", batch])
+
+
+async def _report_counters(ingest: Ingest, link: _Link) -> None:
+    while True:
+        await link.send(["counters", counters_to_wire(ingest.counters)])
+        await trio.sleep(COUNTERS_INTERVAL)
+
+
+async def _follow_commands(link: _Link, ingest: Ingest) -> None:
+    async for message in link.messages():
+        if message[0] == "evict" and len(message) == 3:
+            ingest.evict(str(message[1]), str(message[2]))
+        else:
+            log.warning("worker_unknown_command message=%r", message[:1])
+
+
+async def _worker_signals(
+    ingest: Ingest,
+    config: AggregatorConfig,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    from aggregator.app import load_allowlist
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                try:
+                    ingest.set_allowlist(load_allowlist(config.allowlist_file))
+                except ConfigError as exc:
+                    log.error("allowlist_reload_failed err=%s (keeping the previous list)", exc)
+                continue
+            scope.cancel()
+            return
