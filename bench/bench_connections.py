@@ -25,7 +25,6 @@ from bench.common import (
     lookup_flags,
     machine_note,
     print_table,
-    start_workers,
 )
 from heartbeat.loadgen import parse_rate
 
@@ -79,10 +78,9 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cap = str(args.agents + 1000)
     flags = ("--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
              *lookup_flags(args.fast_task_lookup, args.identify_peers))
-    if args.workers > 1:  # one port, one identity, SO_REUSEPORT
-        aggs = start_workers(workdir, args.workers, *flags)
-    else:
-        aggs = [AggregatorProcess.start(workdir, *flags)]
+    if args.workers > 1:  # the production mode: one port and identity, one fleet
+        flags = (*flags, "--workers", str(args.workers))
+    aggs = [AggregatorProcess.start(workdir, *flags)]  # RSS and CPU: the whole group
     agg = aggs[0]
 
     def rss() -> int:
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--max-time", type=float, default=600.0, help="hard cap per run (s)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4),
-                   help="aggregator processes sharing the port (SO_REUSEPORT)")
+                   help="the aggregator's --workers: ingest processes on its port")
     p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
                    help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
     p.add_argument("--identify-peers", action="store_true",

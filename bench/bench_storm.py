@@ -38,7 +38,8 @@ MARKS = (0.5, 0.9, 0.99, 1.0)
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cap = str(args.agents + 1000)
     flags = ("--max-connections-per-ip", cap, "--max-connections", cap, "--max-nodes", cap,
-             *lookup_flags(args.fast_task_lookup, args.identify_peers))
+             *lookup_flags(args.fast_task_lookup, args.identify_peers),
+             "--workers", str(args.workers))
     agg = AggregatorProcess.start(workdir, *flags)
     port = agg.port
     ramp_s = args.agents / parse_rate(args.ramp)
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
                    help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
+    p.add_argument("--workers", type=int, default=1,
+                   help="the aggregator's --workers: ingest processes on its port")
     p.add_argument("--identify-peers", action="store_true",
                    help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
     args = p.parse_args(argv)
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return text + (f" ({missing} run(s) not reached)" if missing and vals else "")
 
     print(f"\nbench_storm agents={args.agents} signal={args.signal} "
-          f"fast_task_lookup={args.fast_task_lookup} identify_peers={args.identify_peers} "
+          f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
+          f"identify_peers={args.identify_peers} "
           f"beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
     print_table(
         ["figure", "median (min–max)"],

@@ -34,6 +34,7 @@ __all__ = [
     "http_get",
     "lookup_flags",
     "print_table",
+    "proc_children",
     "proc_cpu_seconds",
     "proc_rss_kb",
     "run_loadgen",
@@ -54,6 +55,17 @@ def proc_rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise LookupError(f"no VmRSS for pid {pid}")
+
+
+def proc_children(pid: int) -> list[int]:
+    """`pid`'s live child processes (per thread in /proc: trio spawns from a thread)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return sorted(out)
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -78,6 +90,13 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def _or_zero(read: Any, pid: int) -> Any:
+    try:
+        return read(pid)
+    except (OSError, LookupError):  # exited meanwhile
+        return 0
 
 
 class AggregatorProcess:
@@ -143,11 +162,17 @@ class AggregatorProcess:
     def port(self) -> int:
         return int(self.multiaddr.split("/")[4])
 
+    def pids(self) -> list[int]:
+        """This process and its ingest workers (`--workers N`)."""
+        return [self.pid, *proc_children(self.pid)]
+
     def rss_kb(self) -> int:
-        return proc_rss_kb(self.pid)
+        """RSS of the whole group (worker 0 and its workers)."""
+        return int(sum(_or_zero(proc_rss_kb, pid) for pid in self.pids()))
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        """CPU of the whole group so far (a worker that died takes its share with it)."""
+        return float(sum(_or_zero(proc_cpu_seconds, pid) for pid in self.pids()))
 
     def metrics(
         self, timeout: float = 60.0
