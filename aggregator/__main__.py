@@ -148,8 +148,13 @@ def _run_worker(argv: Sequence[str]) -> int:
     from aggregator.workers import run_worker
 
     args = _parser().parse_args(list(argv))
+
+    def exit_now() -> None:  # worker 0 is gone: leave the port at once (see run_worker)
+        logging.shutdown()
+        os._exit(0)
+
     try:
-        trio.run(partial(run_worker, args.worker_index, args.worker_link))
+        trio.run(partial(run_worker, args.worker_index, args.worker_link, orphaned=exit_now))
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from group
     return 0

@@ -15,6 +15,7 @@ Per-connection limits (per-IP cap, per-peer streams, rate limit) are per worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -72,6 +73,7 @@ RESTART_MIN, RESTART_MAX = 1.0, 30.0
 STABLE_AFTER = 60.0
 STOP_TIMEOUT = 10.0
 READ_SIZE = 65536
+_LINK_DOWN = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @dataclass
@@ -203,7 +205,13 @@ class WorkerHub:
         while True:
             started = trio.current_time()
             argv = self._argv(index, link)
-            proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL)
+            try:
+                proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                backoff = min(RESTART_MAX, backoff * 2)
+                log.error("worker_start_failed index=%d err=%r retry_in=%.0fs", index, exc, backoff)
+                await trio.sleep(backoff)
+                continue
             st.pid = proc.pid
             log.info("worker_started index=%d pid=%d", index, proc.pid)
             try:
@@ -306,9 +314,16 @@ async def run_worker(
     link_path: str,
     *,
     handle_signals: bool = True,
+    orphaned: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Ingest on worker 0's port and forward to it; returns when the link closes."""
+    """Ingest on worker 0's port and forward to it; returns when the link closes.
+
+    `orphaned()` is called first when the link closes or breaks (worker 0 is gone): the CLI
+    exits the process there and then, so that its listener leaves the port at once (a
+    restarted worker 0's group shares the port: a dying worker would still accept dials
+    meant for it) and no seconds go to closing thousands of connections one by one.
+    """
     from aggregator.app import fleet_policy, fleet_subscriber, load_allowlist, serving_heartbeats
 
     try:
@@ -348,10 +363,12 @@ async def run_worker(
                          ",".join(config.listen))  # fmt: skip
                 task_status.started()
                 await _follow_commands(link, ingest)
-                log.info("worker_stopping index=%d reason=link_closed", index)
+                log.warning("worker_stopping index=%d reason=worker_0_gone", index)
+                if orphaned is not None:
+                    orphaned()
                 nursery.cancel_scope.cancel()
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        log.info("worker_stopping index=%d reason=link_lost err=%r", index, exc)
+    except _LINK_DOWN as exc:  # before the nursery: during hello
+        raise WorkerError(f"link to worker 0 lost: {exc!r}") from exc
     finally:
         await link.aclose()
 
@@ -366,28 +383,36 @@ def _worker_config(mapping: Any) -> AggregatorConfig:
 
 
 async def _forward(outbox: trio.MemoryReceiveChannel[Event], link: _Link) -> None:
-    async for event in outbox:
-        batch = [event_to_wire(event)]
-        while len(batch) < MAX_BATCH:
-            try:
-                batch.append(event_to_wire(outbox.receive_nowait()))
-            except trio.WouldBlock:
-                break
-        await link.send(["events", batch])
+    """Batches to worker 0; a broken link ends it (`_follow_commands` sees the end)."""
+    with contextlib.suppress(*_LINK_DOWN):
+        async for event in outbox:
+            batch = [event_to_wire(event)]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(event_to_wire(outbox.receive_nowait()))
+                except trio.WouldBlock:
+                    break
+            await link.send(["events", batch])
+    await trio.sleep_forever()  # keep the bus's required subscriber from failing ingest
 
 
 async def _report_counters(ingest: Ingest, link: _Link) -> None:
-    while True:
-        await link.send(["counters", counters_to_wire(ingest.counters)])
-        await trio.sleep(COUNTERS_INTERVAL)
+    with contextlib.suppress(*_LINK_DOWN):
+        while True:
+            await link.send(["counters", counters_to_wire(ingest.counters)])
+            await trio.sleep(COUNTERS_INTERVAL)
 
 
 async def _follow_commands(link: _Link, ingest: Ingest) -> None:
-    async for message in link.messages():
-        if message[0] == "evict" and len(message) == 3:
-            ingest.evict(str(message[1]), str(message[2]))
-        else:
-            log.warning("worker_unknown_command message=%r", message[:1])
+    """Worker 0's commands until the link ends (closed, broken or malformed)."""
+    try:
+        async for message in link.messages():
+            if message[0] == "evict" and len(message) == 3:
+                ingest.evict(str(message[1]), str(message[2]))
+            else:
+                log.warning("worker_unknown_command message=%r", message[:1])
+    except (*_LINK_DOWN, LinkError) as exc:
+        log.warning("worker_link_lost err=%r", exc)
 
 
 async def _worker_signals(

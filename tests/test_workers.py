@@ -102,6 +102,35 @@ def test_two_workers_one_fleet_every_beat_and_reject_counted(tmp_path: Path) -> 
     )  # fmt: skip
 
 
+@pytest.mark.timeout(90)
+def test_full_fleet_is_enforced_by_worker_zero_on_every_worker(tmp_path: Path) -> None:
+    agents, cap = 24, 6
+    agg = AggregatorProcess.start(tmp_path / "agg", *WORKER_FLAGS, "--max-nodes", str(cap))
+    lg = LoadgenProcess(
+        agg.multiaddr, "--agents", str(agents), "--ramp", "100/s", "--beat-period", "1s",
+        "--duration", "8s", "--reconnect-period", "1s",
+    )  # fmt: skip
+    try:
+        # Agents beyond the cap are refused wherever they landed: worker 1 evicts a peer
+        # when worker 0's fleet says it is full. Without the eviction the refused agents that
+        # landed on worker 1 (about half) would stay connected there.
+        eventually_blocking(
+            lambda: _metric(agg.metrics(), "fil_heartbeat_peers_refused_total",
+                            reason="fleet_full") >= agents - cap,
+            timeout=20, what="refusals counted",
+        )  # fmt: skip
+        metrics = eventually_blocking(
+            lambda: (m := agg.metrics()) and _metric(m, "fil_heartbeat_connections") <= cap + 2
+            and m, timeout=20, what="only the admitted agents connected",
+        )  # fmt: skip
+        nodes = agg.nodes()
+        lg.result(timeout=60)
+    finally:
+        assert agg.stop() == 0
+    assert len(nodes) == cap
+    assert _metric(metrics, "fil_heartbeat_worker_up", worker="1") == 1
+
+
 @pytest.mark.timeout(120)
 def test_killed_worker_is_restarted_and_its_agents_return(tmp_path: Path) -> None:
     agents = 30
