@@ -6,11 +6,17 @@ i.e. the libp2p listener is up), `/api/v1/nodes`, `/api/v1/nodes/{peer_id}`, `/a
 `/api/v1/alerts` (from a provider the alerting plugs in; `[]` by default) and `/nodes` (the
 original aggregator's JSON list of peer ids: here the peers that are up).
 
+`/api/v1/feed` (WebSocket, when the app hands over its bus; 404 otherwise, and 426 to a plain
+GET): a live feed of the bus's events, one JSON object per message (`{"type": "beat" |
+"connected" | "disconnected", "peer_id", "at", ...}`), optionally for one peer
+(`?peer=<peer_id>`); at most 64 clients (more are closed with code 1013), each an optional bus
+subscriber that drops (and counts) what it cannot keep up with. See aggregator/feed.py.
+
 `/metrics` is gzip-compressed (`Content-Encoding: gzip`) when the request's `Accept-Encoding`
 allows gzip (q-values honoured: `gzip;q=0` refuses it) and the body exceeds `gzip_min_bytes`
 (1 KiB); its answers always carry `Vary: Accept-Encoding`. Prometheus asks for gzip: at 10,000
-nodes the ~35 MB exposition shrinks about tenfold (docs/CAPACITY.md, 6.). The compression
-(zlib level 1) runs in a worker thread: zlib releases the GIL, so the loop keeps serving.
+nodes the exposition shrinks about 19-fold (docs/CAPACITY.md, 6.). The compression (zlib
+level 1) runs in a worker thread: zlib releases the GIL, so the loop keeps serving.
 """
 
 from __future__ import annotations
@@ -26,14 +32,16 @@ from urllib.parse import unquote
 
 import trio
 
+from aggregator.feed import FEED_CAPACITY, MAX_FEED_CLIENTS, Feed
 from aggregator.metrics import CONTENT_TYPE
 from heartbeat.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
 
 if TYPE_CHECKING:
+    from aggregator.bus import Bus
     from aggregator.fleet import FleetSnapshot, NetworkView, NodeView
     from aggregator.metrics import AggregatorMetrics
 
-__all__ = ["GZIP_MIN_BYTES", "HttpApi", "gzip_accepted", "gzip_body", "network_json",
+__all__ = ["FEED_PATH", "GZIP_MIN_BYTES", "HttpApi", "gzip_accepted", "gzip_body", "network_json",
            "node_json", "serve_http"]
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,7 @@ log = logging.getLogger(__name__)
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 _NODE_PREFIX = "/api/v1/nodes/"
+FEED_PATH = "/api/v1/feed"
 
 #: Bodies up to this size go out plain: compressing them saves less than the header costs.
 GZIP_MIN_BYTES = 1024
@@ -108,7 +117,8 @@ def network_json(n: NetworkView) -> dict[str, Any]:
 
 
 class HttpApi:
-    """The ASGI application. The app sets `ready` and may plug in an alerts provider."""
+    """The ASGI application. The app sets `ready` and may plug in an alerts provider; with a
+    `bus`, `/api/v1/feed` serves its events (`max_feed_clients`, `feed_capacity`: feed.py)."""
 
     def __init__(
         self,
@@ -117,11 +127,18 @@ class HttpApi:
         *,
         alerts_provider: Callable[[], list[Any]] | None = None,
         gzip_min_bytes: int = GZIP_MIN_BYTES,
+        bus: Bus | None = None,
+        max_feed_clients: int = MAX_FEED_CLIENTS,
+        feed_capacity: int = FEED_CAPACITY,
     ) -> None:
         self.snapshot_provider = snapshot_provider
         self.metrics = metrics
         self.alerts_provider = alerts_provider
         self.gzip_min_bytes = gzip_min_bytes
+        self.feed = (
+            Feed(bus, max_clients=max_feed_clients, capacity=feed_capacity)
+            if bus is not None else None
+        )
         self.ready = False
 
     def set_ready(self, ready: bool = True) -> None:
@@ -135,17 +152,34 @@ class HttpApi:
             await lifespan(receive, send)
         elif scope["type"] == "http":
             await self._http(scope, send)
-        # websocket and anything else: not served (hypercorn closes the connection)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return  # gone before the handshake
+        path = _path(scope)
+        if path == FEED_PATH and self.feed is not None:
+            await self.feed.serve(scope, receive, send)
+            return
+        status, ctype, body = _json(404, {"error": "not found", "path": path})
+        if "websocket.http.response" in scope.get("extensions", {}):
+            headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+            await send({"type": "websocket.http.response.start", "status": status,
+                        "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close"})  # before the accept: the server's 403
 
     async def _http(self, scope: Scope, send: Send) -> None:
         method = scope.get("method", "GET")
-        path = scope.get("path", "/")
-        if len(path) > 1:
-            path = path.rstrip("/") or "/"
+        path = _path(scope)
         status, ctype, body = await self._route(method, path)
         extra: list[tuple[bytes, bytes]] = []
         if status == 405:
             extra.append((b"allow", b"GET, HEAD"))
+        if status == 426:
+            extra.append((b"upgrade", b"websocket"))
         if path == "/metrics" and status == 200:
             extra.append((b"vary", b"Accept-Encoding"))
             accepted = gzip_accepted(_header(scope, b"accept-encoding"))
@@ -163,12 +197,16 @@ class HttpApi:
         )
         if path == "/metrics" and self.metrics is None:
             known = False
+        if path == FEED_PATH and self.feed is None:
+            known = False
         if not known:
             return _json(404, {"error": "not found", "path": path})
         if method not in ("GET", "HEAD"):
             return _json(405, {"error": "method not allowed", "method": method})
         if path == "/metrics":
             return 200, CONTENT_TYPE.encode(), await self._metrics()
+        if path == FEED_PATH:
+            return _json(426, {"error": "websocket required", "path": path})
         if path == "/healthz":
             return 200, _TEXT, b"ok\n"
         if path == "/readyz":
@@ -202,13 +240,21 @@ class HttpApi:
 
 _ROUTES = frozenset(
     {"/metrics", "/healthz", "/readyz", "/api/v1/nodes", "/api/v1/fleet", "/api/v1/alerts",
-     "/nodes"}
+     "/nodes", FEED_PATH}
 )
 
 
 def gzip_body(body: bytes) -> bytes:
     """`body` as one gzip member at zlib's fastest level (blocking: call in a worker thread)."""
     return zlib.compress(body, _GZIP_LEVEL, _GZIP_WBITS)
+
+
+def _path(scope: Scope) -> str:
+    """The request's path without trailing slashes ("/" stays "/")."""
+    path: str = scope.get("path", "/")
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"
+    return path
 
 
 def _header(scope: Scope, name: bytes) -> str:
