@@ -334,6 +334,7 @@ async def _start_workers(agg: Aggregator, nursery: trio.Nursery) -> None:
     agg.hub = WorkerHub(agg)
     agg.metrics.own.counters = agg.hub.counters
     agg.metrics.own.workers_provider = agg.hub.summary
+    agg.http.set_workers_provider(agg.hub.summary)
     await nursery.start(agg.hub.run, p2p.listen_multiaddrs(agg.host))
 
 

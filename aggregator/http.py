@@ -3,8 +3,10 @@
 Routes (GET and HEAD only; anything else is 405, an unknown path a JSON 404):
 `/metrics` (Prometheus text), `/healthz`, `/readyz` (503 until the app marks itself ready,
 i.e. the libp2p listener is up), `/api/v1/nodes`, `/api/v1/nodes/{peer_id}`, `/api/v1/fleet`,
-`/api/v1/alerts` (from a provider the alerting plugs in; `[]` by default) and `/nodes` (the
-original aggregator's JSON list of peer ids: here the peers that are up).
+`/api/v1/alerts` (from a provider the alerting plugs in; `[]` by default), `/api/v1/workers`
+(the ingest workers: index, pid, up, connections, restarts, beats accepted; worker 0 only
+without `--workers`) and `/nodes` (the original aggregator's JSON list of peer ids: here the
+peers that are up).
 
 `/api/v1/feed` (WebSocket, when the app hands over its bus; 404 otherwise, and 426 to a plain
 GET): a live feed of the bus's events, one JSON object per message (`{"type": "beat" |
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import zlib
 from collections.abc import Awaitable, Callable
@@ -139,6 +142,7 @@ class HttpApi:
             Feed(bus, max_clients=max_feed_clients, capacity=feed_capacity)
             if bus is not None else None
         )
+        self.workers_provider: Callable[[], list[dict[str, Any]]] | None = None
         self.ready = False
 
     def set_ready(self, ready: bool = True) -> None:
@@ -146,6 +150,17 @@ class HttpApi:
 
     def set_alerts_provider(self, provider: Callable[[], list[Any]] | None) -> None:
         self.alerts_provider = provider
+
+    def set_workers_provider(self, provider: Callable[[], list[dict[str, Any]]] | None) -> None:
+        self.workers_provider = provider
+
+    def _workers(self) -> list[dict[str, Any]]:
+        if self.workers_provider is not None:
+            return self.workers_provider()
+        own = self.metrics.own.frame() if self.metrics is not None else None
+        return [{"index": 0, "pid": os.getpid(), "up": True, "restarts": 0,
+                 "connections": own.connections if own else 0,
+                 "beats_accepted": own.beats_accepted if own else 0}]  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -213,6 +228,8 @@ class HttpApi:
             return (200, _TEXT, b"ready\n") if self.ready else (503, _TEXT, b"not ready\n")
         if path == "/api/v1/alerts":
             return _json(200, self.alerts_provider() if self.alerts_provider else [])
+        if path == "/api/v1/workers":
+            return _json(200, self._workers())
         snap = self.snapshot_provider()
         if path == "/api/v1/nodes":
             return _json(200, [node_json(v) for v in snap.nodes])
@@ -240,7 +257,7 @@ class HttpApi:
 
 _ROUTES = frozenset(
     {"/metrics", "/healthz", "/readyz", "/api/v1/nodes", "/api/v1/fleet", "/api/v1/alerts",
-     "/nodes", FEED_PATH}
+     "/api/v1/workers", "/nodes", FEED_PATH}
 )
 
 

@@ -99,6 +99,18 @@ async def test_alerts_provider(served: tuple[HttpApi, httpx.AsyncClient]) -> Non
     ]
 
 
+async def test_workers_single_process_and_provider(
+    served: tuple[HttpApi, httpx.AsyncClient],
+) -> None:
+    import os
+
+    api, client = served
+    [me] = (await client.get("/api/v1/workers")).json()
+    assert me["index"] == 0 and me["pid"] == os.getpid() and me["up"] is True
+    api.set_workers_provider(lambda: [{"index": 0, "pid": 1}, {"index": 1, "pid": 2}])
+    assert [w["pid"] for w in (await client.get("/api/v1/workers")).json()] == [1, 2]
+
+
 async def test_errors(served: tuple[HttpApi, httpx.AsyncClient]) -> None:
     _, client = served
     r = await client.get("/nope")

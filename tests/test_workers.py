@@ -9,6 +9,7 @@ workers down, and its clean stop stops them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import AggregatorProcess, LoadgenProcess
+from bench.common import AggregatorProcess, LoadgenProcess, http_get
 from tests.helpers import assert_counted_by_reason, eventually_blocking
 
 pytestmark = [pytest.mark.integration]
@@ -166,6 +167,10 @@ def test_killed_worker_is_restarted_and_its_agents_return(tmp_path: Path) -> Non
         assert _metric(metrics, "fil_heartbeat_worker_restarts_total", worker="1") == 1
         assert _metric(metrics, "fil_heartbeat_beats_accepted_total") > before  # never reset
         assert len(second) == 1 and not _alive(first)
+        workers = json.loads(http_get(agg.http_url + "/api/v1/workers"))
+        assert [(w["index"], w["pid"], w["restarts"]) for w in workers] == [
+            (0, agg.pid, 0), (1, second[0], 1)
+        ]
         summary = lg.result(timeout=60)
     finally:
         assert agg.stop() == 0
