@@ -15,27 +15,47 @@ receiver delays neither the evaluator, nor the ingest, nor the other receivers.
 A failed POST (connection error, timeout, 5xx, 429) is retried with exponential backoff and
 jitter until `RetryPolicy.give_up_after`; any other 4xx is not retried (the payload would be
 refused again).
+
+`DeliveryCollector(delivery)` exports each receiver's counters (labels `kind` =
+alertmanager|webhook, `receiver` = its URL without user info, query or fragment):
+`fil_heartbeat_alert_notifications_total` (POSTs answered 2xx),
+`..._alert_notification_failures_total{reason}` (failed attempts, retried or not, by
+`FailureReason`), `..._alert_notifications_abandoned_total` (batches given up after the
+retries or refused with a 4xx), `..._alert_batches_dropped_total` (batches that found the
+queue full), `..._alert_queue_depth` (batches waiting) and
+`..._alert_last_success_timestamp_seconds` (0 until the first success). The app registers it
+on the aggregator's own registry.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from aggregator.alerts.rules import Alert, Transition, TransitionKind
+from aggregator.metrics import PREFIX
 
 __all__ = [
     "AlertDelivery",
+    "DeliveryCollector",
+    "Failure",
+    "FailureReason",
     "RetryPolicy",
     "Target",
     "alertmanager_payload",
+    "receiver_label",
     "rfc3339",
     "webhook_payload",
 ]
@@ -102,6 +122,29 @@ class RetryPolicy:
         return float(base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0)))
 
 
+class FailureReason(StrEnum):
+    """Why one POST failed; the values are the `reason` label."""
+
+    HTTP_3XX = "http_3xx"  # a redirect: not followed
+    HTTP_4XX = "http_4xx"
+    HTTP_5XX = "http_5xx"
+    CONNECTION_ERROR = "connection_error"  # no usable answer: refused, reset, unreachable...
+    TIMEOUT = "timeout"  # no answer within `RetryPolicy.attempt_timeout`
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed POST: its reason, the HTTP status if there was one, and a text for logs."""
+
+    reason: FailureReason
+    detail: str
+    status: int | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason is not FailureReason.HTTP_4XX or self.status == 429
+
+
 @dataclass
 class Target:
     """One receiver, its queue and its counters."""
@@ -111,13 +154,21 @@ class Target:
     send: trio.MemorySendChannel[list[Transition]]
     receive: trio.MemoryReceiveChannel[list[Transition]]
     delivered: int = 0
-    failed: int = 0
+    failed: int = 0  # batches abandoned: retries exhausted, or refused (4xx)
     overflow: int = 0
     retries: int = 0
+    attempt_failures: dict[FailureReason, int] = field(
+        default_factory=lambda: dict.fromkeys(FailureReason, 0))
+    last_success: float | None = None  # wall-clock unix seconds
 
     @property
     def post_url(self) -> str:
         return f"{self.url}/api/v2/alerts" if self.kind == "alertmanager" else self.url
+
+    @property
+    def queued(self) -> int:
+        """Batches waiting in the queue (not counting the one being delivered)."""
+        return self.receive.statistics().current_buffer_used
 
 
 class AlertDelivery:
@@ -134,8 +185,10 @@ class AlertDelivery:
         queue_size: int = 64,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.sender = sender
+        self.wall_clock = wall_clock
         self.generator_url = generator_url
         self.retry = retry if retry is not None else RetryPolicy()
         self.transport = transport
@@ -191,36 +244,123 @@ class AlertDelivery:
         attempt = 0
         while True:
             attempt += 1
-            error = await self._post(client, target, body)
-            if error is None:
+            failure = await self._post(client, target, body)
+            if failure is None:
                 target.delivered += 1
+                target.last_success = self.wall_clock()
                 if attempt > 1:
                     log.info("alert_delivered target=%s attempts=%d", target.url, attempt)
                 return
-            if error.startswith("status=4") and error != "status=429":
+            target.attempt_failures[failure.reason] += 1
+            if not failure.retryable:
                 target.failed += 1
-                log.error("alert_refused target=%s %s alerts=%d", target.url, error, len(batch))
+                log.error("alert_refused target=%s %s alerts=%d", target.url, failure.detail,
+                          len(batch))
                 return
             delay = self.retry.delay(attempt, self.rng)
             if trio.current_time() + delay > give_up_at:
                 target.failed += 1
                 log.error("alert_delivery_gave_up target=%s attempts=%d err=%s alerts=%d",
-                          target.url, attempt, error, len(batch))
+                          target.url, attempt, failure.detail, len(batch))
                 return
             target.retries += 1
             log.warning("alert_delivery_failed target=%s attempt=%d err=%s retry_in=%.1fs",
-                        target.url, attempt, error, delay)
+                        target.url, attempt, failure.detail, delay)
             await trio.sleep(delay)
 
-    async def _post(self, client: httpx.AsyncClient, target: Target, body: Any) -> str | None:
-        """None on success, else a short description of the failure."""
+    async def _post(self, client: httpx.AsyncClient, target: Target, body: Any
+                    ) -> Failure | None:
+        """None on success, else what went wrong (classified by type and status, never text)."""
         try:
             with trio.fail_after(self.retry.attempt_timeout):
                 response = await client.post(target.post_url, json=body)
         except trio.TooSlowError:
-            return "timeout"
+            return Failure(FailureReason.TIMEOUT, "timeout")
+        except httpx.TimeoutException as exc:
+            return Failure(FailureReason.TIMEOUT, f"{type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        if response.status_code >= 300:
-            return f"status={response.status_code}"
+            return Failure(FailureReason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
+        status = response.status_code
+        if status >= 300:
+            reason = (FailureReason.HTTP_3XX if status < 400 else
+                      FailureReason.HTTP_4XX if status < 500 else FailureReason.HTTP_5XX)
+            return Failure(reason, f"status={status}", status)
         return None
+
+
+def receiver_label(url: str) -> str:
+    """A receiver's URL for a label: without user info (a password), query or fragment."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+_LABELS = ["kind", "receiver"]
+
+
+class DeliveryCollector(Collector):
+    """Every receiver's delivery counters, read at scrape time (see the module docstring)."""
+
+    def __init__(self, delivery: AlertDelivery) -> None:
+        self.delivery = delivery
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing is read at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            PREFIX + "alert_notifications", "Alert notifications delivered (POSTs answered 2xx).",
+            labels=_LABELS)
+        failures = CounterMetricFamily(
+            PREFIX + "alert_notification_failures",
+            "Failed alert notification attempts (each retry counts), by reason.",
+            labels=[*_LABELS, "reason"])
+        abandoned = CounterMetricFamily(
+            PREFIX + "alert_notifications_abandoned",
+            "Alert notifications given up after their retries or refused with a 4xx.",
+            labels=_LABELS)
+        dropped = CounterMetricFamily(
+            PREFIX + "alert_batches_dropped",
+            "Alert batches dropped because the receiver's queue was full.", labels=_LABELS)
+        depth = GaugeMetricFamily(
+            PREFIX + "alert_queue_depth", "Alert batches waiting for the receiver.",
+            labels=_LABELS)
+        last = GaugeMetricFamily(
+            PREFIX + "alert_last_success_timestamp_seconds",
+            "When a notification last reached the receiver (0: never).", labels=_LABELS)
+        # Two URLs differing only in what the label leaves out are one receiver: summed.
+        rows: dict[tuple[str, str], _Row] = {}
+        for t in self.delivery.targets:
+            rows.setdefault((t.kind, receiver_label(t.url)), _Row()).add(t)
+        for key, row in rows.items():
+            labels = list(key)
+            sent.add_metric(labels, row.sent)
+            for reason, count in row.failures.items():
+                failures.add_metric([*labels, reason.value], count)
+            abandoned.add_metric(labels, row.abandoned)
+            dropped.add_metric(labels, row.dropped)
+            depth.add_metric(labels, row.depth)
+            last.add_metric(labels, row.last_success)
+        yield from (sent, failures, abandoned, dropped, depth, last)
+
+
+@dataclass
+class _Row:
+    """One receiver's values for a scrape."""
+
+    sent: int = 0
+    failures: dict[FailureReason, int] = field(
+        default_factory=lambda: dict.fromkeys(FailureReason, 0))
+    abandoned: int = 0
+    dropped: int = 0
+    depth: int = 0
+    last_success: float = 0.0
+
+    def add(self, t: Target) -> None:
+        self.sent += t.delivered
+        for reason, count in t.attempt_failures.items():
+            self.failures[reason] += count
+        self.abandoned += t.failed
+        self.dropped += t.overflow
+        self.depth += t.queued
+        self.last_success = max(self.last_success, t.last_success or 0.0)
