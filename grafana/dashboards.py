@@ -140,7 +140,7 @@ def _stat(ids: _Ids, title: str, expr: str, *, unit: str = "none", legend: str =
 
 
 def fleet_overview() -> dash.Dashboard:
-    """The fleet at a glance: states, heights, consensus, lag, alerts and ingest."""
+    """The fleet at a glance: states, heights, consensus, lag, alerts, ingest and its workers."""
     ids = _Ids()
     d = _base(
         "fil-heartbeat fleet",
@@ -285,6 +285,52 @@ def fleet_overview() -> dash.Dashboard:
         ts.Panel().id(ids()).title("Aggregator up").datasource(DS)
         .unit("none").min(0).max(1).height(8).span(12),
         [('up{job="fil-heartbeat-aggregator"}', "{{instance}}")],
+    ))  # fmt: skip
+    return _ingest_workers(d, ids)
+
+
+def _ingest_workers(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
+    """The aggregators' ingest workers (`--workers N`; worker 0 only without it)."""
+    worker = "{{instance}} worker {{worker}}"
+    d = d.with_row(dash.Row("Ingest workers").id(ids()).datasource(DS))
+    d = d.with_panel(
+        statetimeline.Panel().id(ids()).title("Workers up").datasource(DS)
+        .description("Linked to worker 0 and listening; down for 2m is "
+                     "FilHeartbeatWorkerDown.")
+        .with_target(_q("fil_heartbeat_worker_up", worker))
+        .mappings([model.ValueMap(options={
+            "0": model.ValueMappingResult(text="down", color="red", index=0),
+            "1": model.ValueMappingResult(text="up", color="green", index=1),
+        })])
+        .height(8).span(12)
+    )  # fmt: skip
+    d = d.with_panel(
+        ts.Panel().id(ids()).title("Connections per worker").datasource(DS)
+        .description("Open libp2p connections; the kernel spreads new ones over the "
+                     "workers that listen.")
+        .with_target(_q("sum by (instance, worker) (fil_heartbeat_worker_connections)",
+                        worker))
+        .stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
+        .fill_opacity(60).line_width(1).min(0).unit("none")
+        .height(8).span(12)
+    )  # fmt: skip
+    d = d.with_panel(
+        ts.Panel().id(ids()).title("Worker restarts in 15m").datasource(DS)
+        .description("4 or more is FilHeartbeatWorkerRestarting (a crash loop).")
+        .with_target(_q("sum by (instance, worker) "
+                        "(increase(fil_heartbeat_worker_restarts_total[15m]))", worker))
+        .unit("none").min(0).decimals(0)
+        .thresholds(_thresholds((None, "green"), (4, "red")))
+        .thresholds_style(common_builders.GraphThresholdsStyleConfig()
+                          .mode(common.GraphThresholdsStyleMode.DASHED))
+        .height(8).span(12)
+    )  # fmt: skip
+    d = d.with_panel(_targets(
+        ts.Panel().id(ids()).title("Connection imbalance").datasource(DS)
+        .description("Busiest worker's connections over the mean of the workers that are "
+                     "up: 1 is even, N all on one of N workers.")
+        .unit("none").min(1).height(8).span(12),
+        [("fil_heartbeat:worker_connections:max_over_avg", "{{instance}}")],
     ))  # fmt: skip
     return d
 
