@@ -207,7 +207,7 @@ async def _signals(
 
 async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
     """The built-in alerter (aggregator/alerts): on unless `[alerts] enabled = false`."""
-    from aggregator.alerts.delivery import AlertDelivery
+    from aggregator.alerts.delivery import AlertDelivery, DeliveryCollector
     from aggregator.alerts.service import AlertingService, load_settings
 
     settings = load_settings(agg.config.alerts, agg.config.alerts_file)
@@ -219,6 +219,7 @@ async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
         sender=agg.config.name,
         generator_url=f"{agg.http_url}/api/v1/alerts" if agg.http_url else "",
     )
+    agg.metrics.registry.register(DeliveryCollector(delivery))
     service = AlertingService(
         agg.snapshot, settings.policy, delivery,
         interval=settings.evaluation_interval, static_labels={"aggregator": agg.config.name},

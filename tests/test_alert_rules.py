@@ -28,7 +28,10 @@ from heartbeat.errors import ConfigError
 from heartbeat.wire import Beat
 
 RULES = Path(__file__).resolve().parent.parent / "grafana" / "prometheus" / "rules.yml"
-PROMETHEUS_ONLY = {"FilHeartbeatAggregatorDown", "FilHeartbeatBeatsRejected"}
+# About the aggregator's own processes: Prometheus sees them from outside, the built-in
+# alerter (inside the process that would be down or crash-looping) cannot.
+PROMETHEUS_ONLY = {"FilHeartbeatAggregatorDown", "FilHeartbeatBeatsRejected",
+                   "FilHeartbeatWorkerDown", "FilHeartbeatWorkerRestarting"}
 STEP = 5.0  # evaluation interval of the scenarios
 
 FIRED, RESEND, RESOLVED = TransitionKind.FIRED, TransitionKind.RESEND, TransitionKind.RESOLVED
