@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--max-peers", type=str, metavar="N",
                        help="peerstore size (default 2 x max connections + 64)")
         p.add_argument("--max-pending-inbound", type=str, metavar="N",
-                       help="handshakes at once (default max(64, max connections / 8))")
+                       help="inbound handshakes at once (default 64)")
+        p.add_argument("--handshake-queue-wait", type=str, metavar="DURATION",
+                       help="close a connection that waited this long for a handshake (5s)")
         p.add_argument("--max-connections-per-peer", type=str, metavar="N",
                        help="connections per peer id (default 2)")
         p.add_argument("--max-streams-per-peer", type=str, metavar="N")

@@ -78,6 +78,7 @@ def host_limits(config: AggregatorConfig) -> p2p.HostLimits:
         max_peers=config.max_peers,
         max_pending_inbound=config.max_pending_inbound,
         max_connections_per_peer=config.max_connections_per_peer,
+        handshake_queue_wait=config.handshake_queue_wait,
     )
 
 
@@ -324,6 +325,10 @@ async def serving_heartbeats(
             close_connection=p2p.close_connection,
         )
         p2p.watch_connections(host, ingest.on_connected, ingest.on_disconnected)
+        limits = host_limits(config)
+        p2p.gate_inbound_upgrades(
+            host, limits.pending_inbound, limits.handshake_queue_wait, on_shed=ingest.on_shed
+        )
         p2p.set_stream_handlers(host, [PROTOCOL_ID, *PROTOCOL_ALIASES], ingest.handle_stream)
         yield host
 

@@ -65,6 +65,9 @@ class AggregatorConfig:
     max_peers: int | None = None  # peerstore; must exceed max_connections
     max_pending_inbound: int | None = None
     max_connections_per_peer: int | None = None
+    #: A connection that waited this long for one of `max_pending_inbound` handshake
+    #: slots is closed unanswered (`heartbeat.p2p.HandshakeGate`).
+    handshake_queue_wait: float = 5.0
     max_streams_per_peer: int = 4
     max_beat_size: int = 4096
     max_buffer: int = 65536
@@ -194,6 +197,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_peers": _int,
     "max_pending_inbound": _int,
     "max_connections_per_peer": _int,
+    "handshake_queue_wait": _duration,
     "max_streams_per_peer": _int,
     "max_beat_size": _int,
     "max_buffer": _int,
@@ -226,6 +230,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 _POSITIVE = {
     "rate_limit", "flood_window", "beat_timeout", "beat_timeout_min", "beat_timeout_max",
     "stall_after", "retention", "store_flush_interval", "expire_interval",
+    "handshake_queue_wait",
 }  # fmt: skip
 _AT_LEAST_ONE = {
     "max_connections", "max_connections_per_ip", "max_streams_per_peer", "max_beat_size",

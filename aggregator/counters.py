@@ -22,3 +22,5 @@ class IngestCounters:
     peers_refused: Counter[str] = field(default_factory=Counter)
     peers_disconnected: Counter[str] = field(default_factory=Counter)
     handler_errors: int = 0
+    #: Inbound connections closed before their handshake (no slot within the queue wait).
+    handshakes_shed: int = 0

@@ -157,6 +157,13 @@ class Ingest:
         self._refuse(peer, reason)
         self._spawn(self._disconnect, peer)
 
+    def on_shed(self) -> None:
+        """The host closed a connection that found no handshake slot in time."""
+        self.counters.handshakes_shed += 1
+        if self._log_limiter.allow("handshakes_shed", self._clock()):
+            log.warning("handshakes_shed total=%d (a reconnect storm: dialers retry later)",
+                        self.counters.handshakes_shed)  # fmt: skip
+
     # -- connection events (per-IP cap) --------------------------------------
 
     async def on_connected(self, conn: Any) -> None:

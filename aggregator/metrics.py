@@ -93,6 +93,8 @@ class CountersLike(Protocol):
     @property
     def connections(self) -> int: ...
     @property
+    def handshakes_shed(self) -> int: ...
+    @property
     def peers_refused(self) -> Mapping[str, int]: ...
     @property
     def peers_disconnected(self) -> Mapping[str, int]: ...
@@ -498,6 +500,7 @@ class SelfCollector(Collector):
             peers_disconnected=dict(c.peers_disconnected) if c else {},
             streams_open=c.streams_open if c else 0,
             connections=c.connections if c else 0,
+            handshakes_shed=c.handshakes_shed if c else 0,
             backpressure_seconds=b.backpressure_seconds if b else 0.0,
             bus_dropped=dict(b.dropped) if b else {},
             gc_buckets=g.cumulative_buckets() if g else [("+Inf", 0)],
@@ -533,6 +536,11 @@ class SelfCollector(Collector):
                                 value=f.streams_open)
         yield GaugeMetricFamily(PREFIX + "connections", "Open libp2p connections.",
                                 value=f.connections)
+        yield CounterMetricFamily(
+            PREFIX + "handshakes_shed",
+            "Inbound connections closed unanswered: no handshake slot within the queue wait.",
+            value=f.handshakes_shed,
+        )
         yield CounterMetricFamily(
             PREFIX + "bus_backpressure_seconds", "Time publishers waited on required subscribers.",
             value=f.backpressure_seconds,
@@ -588,6 +596,7 @@ class SelfFrame:
     peers_disconnected: dict[str, int]
     streams_open: int
     connections: int
+    handshakes_shed: int
     backpressure_seconds: float
     bus_dropped: dict[str, int]
     gc_buckets: list[tuple[str, int]]

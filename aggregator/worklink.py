@@ -269,6 +269,10 @@ class MergedCounters:
     def handler_errors(self) -> int:
         return self.total().handler_errors
 
+    @property
+    def handshakes_shed(self) -> int:
+        return self.total().handshakes_shed
+
 
 # -- presence --------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import inspect
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.identity_utils import load_identity, save_identity
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.network.stream.exceptions import StreamEOF, StreamError, StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -53,6 +54,7 @@ from heartbeat.errors import IdentityError
 
 __all__ = [
     "LIBP2P_ERRORS",
+    "HandshakeGate",
     "HostLimits",
     "IHost",
     "INetStream",
@@ -69,6 +71,8 @@ __all__ = [
     "conn_peer_id",
     "conn_remote_ip",
     "connection_count",
+    "gate_inbound_upgrades",
+    "handshake_gate",
     "install_fast_task_lookup",
     "light_connection",
     "listen_multiaddrs",
@@ -130,6 +134,12 @@ async def _quietly(what: str, close: Any) -> None:
         logging.getLogger(__name__).debug("%s_failed err=%r", what, exc)
 
 
+#: Inbound handshakes at once by default: CPU-bound on a LAN (~30 ms each on one core), so
+#: more only adds latency; on a WAN each also waits ~1 s of round trips, so 64 at once still
+#: allows ~60 new connections/s per process.
+DEFAULT_PENDING_INBOUND = 64
+
+
 @dataclass(frozen=True)
 class HostLimits:
     """All four layers of py-libp2p's limits, in one place (pylibp2p.md).
@@ -150,8 +160,11 @@ class HostLimits:
     max_streams: int = 256
     max_memory_mb: int = 128
     max_peers: int = 256
-    #: Handshakes in progress at once (None: max(64, max_connections // 8)).
+    #: Inbound handshakes (Noise, Yamux, registration) in progress at once (None: 64),
+    #: enforced by `gate_inbound_upgrades` (py-libp2p 0.8.1 does not enforce its own).
     max_pending_inbound: int | None = None
+    #: A connection waiting longer than this for a handshake slot is closed unanswered.
+    handshake_queue_wait: float = 5.0
     #: Outbound dials: one connection per peer avoids py-libp2p's fixed 250 ms
     #: wait on every dial.
     max_connections_per_peer: int = 1
@@ -165,7 +178,7 @@ class HostLimits:
     def pending_inbound(self) -> int:
         if self.max_pending_inbound is not None:
             return self.max_pending_inbound
-        return max(64, self.max_connections // 8)
+        return DEFAULT_PENDING_INBOUND
 
     @classmethod
     def server(
@@ -177,6 +190,7 @@ class HostLimits:
         max_peers: int | None = None,
         max_pending_inbound: int | None = None,
         max_connections_per_peer: int | None = None,
+        handshake_queue_wait: float = 5.0,
     ) -> HostLimits:
         """A server's limits; each one left as None is derived from `max_connections`."""
         # ~70 KB per held connection (measured) plus head-room for stream buffers.
@@ -192,6 +206,7 @@ class HostLimits:
             max_connections_per_peer=max_connections_per_peer
             if max_connections_per_peer is not None else 2,
             connections_per_peer_per_sec=100.0,
+            handshake_queue_wait=handshake_queue_wait,
         )
 
 
@@ -290,9 +305,78 @@ def build_host(
         negotiate_timeout=limits.negotiate_timeout,
     )
     _disable_auto_connector(host)
+    gate_inbound_upgrades(host, limits.pending_inbound, limits.handshake_queue_wait)
     if not identify_peers:
         _disable_outbound_identify(host)
     return host
+
+
+@dataclass
+class HandshakeGate:
+    """Bounded inbound handshakes: `concurrent` at once, FIFO, at most `max_wait` queued.
+
+    py-libp2p 0.8.1 starts every accepted connection's upgrade (Noise, Yamux, then the
+    swarm's registration) at once; in a reconnect storm thousands of handshakes share the
+    CPU, each takes longer than the dialers' deadline, and the work is thrown away: the
+    accept rate collapses. With the gate the handshakes that run finish quickly, and a
+    connection that waited `max_wait` for a slot is closed unanswered (`shed`): its dialer
+    fails fast and retries after its reconnect period, instead of timing out later.
+    """
+
+    concurrent: int
+    max_wait: float
+    on_shed: Callable[[], None] | None = None
+    in_progress: int = 0
+    waiting: int = 0
+    shed: int = 0
+    upgraded: int = 0
+
+
+def gate_inbound_upgrades(
+    host: IHost, concurrent: int, max_wait: float, on_shed: Callable[[], None] | None = None
+) -> HandshakeGate:
+    """Put a `HandshakeGate` in front of the swarm's inbound upgrade (see its docstring)."""
+    existing = handshake_gate(host)
+    if existing is not None:
+        if on_shed is not None:
+            existing.on_shed = on_shed
+        return existing
+    swarm: Any = host.get_network()
+    upgrade = swarm.upgrade_inbound_raw_conn
+    slots = trio.Semaphore(concurrent)
+    gate = HandshakeGate(concurrent, max_wait, on_shed)
+
+    async def gated(raw_conn: Any, maddr: Any) -> Any:
+        gate.waiting += 1
+        try:
+            with trio.move_on_after(max_wait) as waited:
+                await slots.acquire()
+        finally:
+            gate.waiting -= 1
+        if waited.cancelled_caught:
+            gate.shed += 1
+            if gate.on_shed is not None:
+                gate.on_shed()
+            with trio.move_on_after(1):
+                await raw_conn.close()
+            raise SwarmException(f"no handshake slot within {max_wait:g}s")
+        gate.in_progress += 1
+        try:
+            conn = await upgrade(raw_conn, maddr)
+            gate.upgraded += 1
+            return conn
+        finally:
+            gate.in_progress -= 1
+            slots.release()
+
+    swarm.upgrade_inbound_raw_conn = gated
+    swarm._fil_handshake_gate = gate
+    return gate
+
+
+def handshake_gate(host: IHost) -> HandshakeGate | None:
+    gate = getattr(host.get_network(), "_fil_handshake_gate", None)
+    return gate if isinstance(gate, HandshakeGate) else None
 
 
 def _disable_outbound_identify(host: IHost) -> None:

@@ -99,6 +99,7 @@ def test_env_listen_is_comma_separated() -> None:
         ({"max_peers": "100", "max_connections": "100"}, "max_peers"),
         ({"max_pending_inbound": "-1"}, "max_pending_inbound"),
         ({"max_connections_per_peer": "0"}, "max_connections_per_peer"),
+        ({"handshake_queue_wait": "0s"}, "handshake_queue_wait"),
     ],
 )
 def test_bad_values_name_the_setting(flags: dict[str, object], setting: str) -> None:
@@ -137,17 +138,19 @@ def test_host_limits_all_four_layers() -> None:
     assert derived.max_streams == 4000
     assert derived.max_memory_mb == 512
     assert derived.max_peers == 2064
-    assert derived.pending_inbound == 125
+    assert derived.pending_inbound == 64  # not derived: handshakes are CPU-bound
+    assert derived.handshake_queue_wait == 5.0
     assert derived.max_connections_per_peer == 2
     config = build_config(
         {"max_streams_total": "9000", "max_peers": "5000"},
         {"FIL_HEARTBEAT_AGGREGATOR_MAX_MEMORY_MB": "2048",
          "FIL_HEARTBEAT_AGGREGATOR_MAX_PENDING_INBOUND": "300"},
-        {"max_connections_per_peer": 3, "max_connections": 1000},
+        {"max_connections_per_peer": 3, "max_connections": 1000, "handshake_queue_wait": "2s"},
     )  # fmt: skip
     limits = host_limits(config)
     assert (limits.max_streams, limits.max_memory_mb, limits.max_peers) == (9000, 2048, 5000)
     assert (limits.pending_inbound, limits.max_connections_per_peer) == (300, 3)
+    assert limits.handshake_queue_wait == 2.0
 
 
 def test_cli_limit_flags(tmp_path: Path) -> None:

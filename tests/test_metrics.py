@@ -120,6 +120,7 @@ class FakeCounters:
         self.decode_errors: Counter[str] = Counter({"oversize": 1})
         self.streams_open = 3
         self.connections = 4
+        self.handshakes_shed = 6
         self.peers_refused: Counter[str] = Counter({"fleet_full": 2})
         self.peers_disconnected: Counter[str] = Counter({"read_timeout": 1, "custom": 1})
 
@@ -164,6 +165,7 @@ def test_self_metrics_read_sources_at_scrape_time() -> None:
     assert got[("fil_heartbeat_peers_disconnected_total", lbl(reason="custom"))] == 1
     assert got[("fil_heartbeat_streams_open", lbl())] == 3
     assert got[("fil_heartbeat_connections", lbl())] == 4
+    assert got[("fil_heartbeat_handshakes_shed_total", lbl())] == 6
     assert got[("fil_heartbeat_bus_backpressure_seconds_total", lbl())] == 0.25
     assert got[("fil_heartbeat_bus_dropped_total", lbl(subscriber="websocket"))] == 3
     assert got[("fil_heartbeat_gc_pause_seconds_count", lbl())] == 2
