@@ -4,9 +4,12 @@ Each run: start an aggregator (identity and state db kept in its work directory)
 `--agents` simulated agents (fixed keys, beat period `--beat-period`, the agent's default
 reconnect period 10 s ±20 %), wait until they are all connected, then kill the aggregator
 (`--signal kill` = SIGKILL, a crash; `term` = a clean stop) and start it again on the same
-port. Measured from the kill: when the established connections reach 50 / 90 / 99 / 100 % of
-what was connected before, and, from the load generator, each agent's time from losing its
-connection to its first beat written on the new one (p50/p99/max).
+port. Measured from the kill: when the nodes up in the restarted aggregator's fleet (connected
+AND beating since the restart, polled on /api/v1/fleet every second) reach 50 / 90 / 99 / 100 %
+of those up before the kill, how many are back 120 s after the kill, and, from the load
+generator, each agent's time from losing its connection to its first beat written on the new
+one (p50/p99/max). TCP ESTABLISHED sockets on the port are printed too, but they also count
+connections queued for a handshake, so they overstate what is back in a storm.
 
     .venv/bin/python -m bench.bench_storm --agents 2000 --repeat 3
 """
@@ -14,6 +17,7 @@ connection to its first beat written on the new one (p50/p99/max).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +28,7 @@ from bench.common import (
     AggregatorProcess,
     LoadgenProcess,
     fmt_spread,
+    http_get,
     lookup_flags,
     machine_note,
     print_table,
@@ -62,24 +67,32 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 best, best_at = now_est, time.monotonic()
             if now_est >= args.agents or time.monotonic() - best_at > args.settle:
                 break
-        before = established(port)
+        before = beating(agg)
+        tcp_before = established(port)
         if args.signal == "kill":
-            agg.kill()
+            agg.kill()  # worker 0: its workers exit by themselves
         else:
             agg.stop()
         killed = time.monotonic()
         restarted = AggregatorProcess.start(workdir, *flags, port=port)
         startup = time.monotonic() - killed
         reached: dict[float, float | None] = dict.fromkeys(MARKS)
+        at_120: int | None = None
+        n = 0
         while time.monotonic() - killed < args.budget:
-            n = established(port)
+            n = beating(restarted)
+            since = time.monotonic() - killed
+            if at_120 is None and since >= 120:
+                at_120 = n
             for mark in MARKS:
                 if reached[mark] is None and n >= mark * before:
-                    reached[mark] = time.monotonic() - killed
+                    reached[mark] = since
             if reached[1.0] is not None:
                 break
-            time.sleep(0.5)
-        after = established(port)
+            time.sleep(1.0)
+        after = n
+        tcp_after = established(port)
+        shed = restarted.metric("fil_heartbeat_handshakes_shed_total")
         summary = loadgen.result(timeout=run_for + 120)
     finally:
         (restarted or agg).stop()
@@ -87,6 +100,10 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {
         "connected_before": before,
         "connected_after": after,
+        "beating_at_120_s": at_120 if at_120 is not None else after,
+        "tcp_before": tcp_before,
+        "tcp_after": tcp_after,
+        "handshakes_shed": shed,
         "startup_s": startup,
         **{f"t{int(m * 100)}_s": reached[m] for m in MARKS},
         "recovered": rec["count"],
@@ -94,6 +111,15 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "recovery_p99_s": rec["p99"],
         "recovery_max_s": rec["max"],
     }
+
+
+def beating(agg: AggregatorProcess) -> int:
+    """Nodes up in the aggregator's fleet: connected, and beating since the (re)start."""
+    try:
+        fleet = json.loads(http_get(agg.http_url + "/api/v1/fleet", timeout=30.0))
+    except OSError:
+        return 0
+    return sum(int(n["nodes_up"]) for n in fleet["networks"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,12 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         ["figure", "median (min–max)"],
         [
-            ["connected before the kill", col("connected_before", "{:.0f}")],
+            ["beating before the kill (fleet: nodes up)", col("connected_before", "{:.0f}")],
+            ["TCP established before the kill", col("tcp_before", "{:.0f}")],
             ["aggregator restart (s)", col("startup_s")],
-            *[[f"{int(m * 100)} % reconnected (s after kill)", col(f"t{int(m * 100)}_s")]
+            *[[f"{int(m * 100)} % beating again (s after kill)", col(f"t{int(m * 100)}_s")]
               for m in MARKS],
-            ["connected at the end", col("connected_after", "{:.0f}")],
-            ["agents beating again", col("recovered", "{:.0f}")],
+            ["beating again 120 s after the kill", col("beating_at_120_s", "{:.0f}")],
+            ["beating again at the end", col("connected_after", "{:.0f}")],
+            ["TCP established at the end (incl. handshakes queued)",
+             col("tcp_after", "{:.0f}")],
+            ["handshakes shed by the restarted aggregator", col("handshakes_shed", "{:.0f}")],
+            ["agents beating again (load generator)", col("recovered", "{:.0f}")],
             ["agent recovery p50 (s)", col("recovery_p50_s")],
             ["agent recovery p99 (s)", col("recovery_p99_s")],
             ["agent recovery max (s)", col("recovery_max_s")],
