@@ -18,7 +18,8 @@ or stuck client never slows the ingest.
 
 What a client sends is read and ignored. hypercorn shields its socket writes from
 cancellation: a client that stops reading while its connection stays up holds its slot (and
-its task, blocked in a write) until the connection dies, with its events dropped meanwhile.
+its task, blocked in a write), with its events dropped meanwhile, until the kernel cuts the
+connection (`TCP_USER_TIMEOUT`, 30 s, set by `heartbeat.asgi.serve_asgi` on Linux).
 """
 
 from __future__ import annotations
