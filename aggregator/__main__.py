@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
 )
         p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_const",
                        const=False, help="keep py-libp2p's O(connections) parent-task search")
+        p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile",
+                       action="store_const", const=False,
+                       help="keep py-libp2p's O(connections) reconcile on every accept")
         p.add_argument("--identify-peers", dest="identify_peers", action="store_const",
                        const=True, help="run identify towards every connecting agent")
         p.add_argument("--workers", type=str, metavar="N",

@@ -311,6 +311,17 @@ def build_aggregator(
                       alert_changes, store_events, wall_clock=wall_clock)  # fmt: skip
 
 
+def install_accept_path_patches(config: AggregatorConfig) -> None:
+    """py-libp2p's O(connections) costs per accepted connection, replaced as configured.
+
+    Process-wide and idempotent; each refuses (with a warning) on other py-libp2p internals.
+    """
+    if config.fast_task_lookup:
+        log.info("fast_task_lookup installed=%s", p2p.install_fast_task_lookup())
+    if config.throttle_reconcile:
+        log.info("reconcile_throttle installed=%s", p2p.install_throttled_reconcile())
+
+
 @asynccontextmanager
 async def serving_heartbeats(
     ingest: Ingest, key_pair: Any, config: AggregatorConfig
@@ -354,10 +365,7 @@ async def run_aggregator(
     """Run the aggregator until cancelled or signalled (see the module docstring)."""
     key_pair = p2p.load_or_create_identity(config.identity_file)
     agg = build_aggregator(config, key_pair)
-    if config.fast_task_lookup:
-        # Process-wide and idempotent; refuses (with a warning) on other py-libp2p internals.
-        installed = p2p.install_fast_task_lookup()
-        log.info("fast_task_lookup installed=%s", installed)
+    install_accept_path_patches(config)
     with trio.CancelScope() as shutdown, agg.gc:
         async with trio.open_nursery() as nursery:
             await nursery.start(agg.ingest.run)

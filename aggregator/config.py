@@ -94,6 +94,9 @@ class AggregatorConfig:
     #: Replace py-libp2p's O(connections) parent-task search by an O(1) lookup
     #: (`heartbeat.p2p.install_fast_task_lookup`; docs/CAPACITY.md).
     fast_task_lookup: bool = True
+    #: Reconcile py-libp2p's connection tracker at most every 5 s instead of on every
+    #: accepted connection (`heartbeat.p2p.install_throttled_reconcile`; docs/CAPACITY.md).
+    throttle_reconcile: bool = True
     #: Run identify towards every connecting agent (py-libp2p's default). Off: the
     #: aggregator needs neither their protocols nor their addresses, and each identify
     #: costs a stream and peerstore records per accepted connection (docs/CAPACITY.md).
@@ -218,6 +221,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "gc_freeze": _bool,
     "gc_threshold": _threshold,
     "fast_task_lookup": _bool,
+    "throttle_reconcile": _bool,
     "identify_peers": _bool,
     "workers": _int,
     "log_format": _log_format,

@@ -324,7 +324,13 @@ async def run_worker(
     restarted worker 0's group shares the port: a dying worker would still accept dials
     meant for it) and no seconds go to closing thousands of connections one by one.
     """
-    from aggregator.app import fleet_policy, fleet_subscriber, load_allowlist, serving_heartbeats
+    from aggregator.app import (
+        fleet_policy,
+        fleet_subscriber,
+        install_accept_path_patches,
+        load_allowlist,
+        serving_heartbeats,
+    )
 
     try:
         stream = await trio.open_unix_socket(link_path)
@@ -348,8 +354,7 @@ async def run_worker(
         outbox = bus.subscribe_required("link", LINK_CHANNEL_CAPACITY)
         ingest = Ingest(IngestSettings.from_config(config), bus, beat_timeout=fleet.beat_timeout,
                         allowlist=load_allowlist(config.allowlist_file))  # fmt: skip
-        if config.fast_task_lookup:
-            p2p.install_fast_task_lookup()
+        install_accept_path_patches(config)
         async with trio.open_nursery() as nursery:
             await nursery.start(ingest.run)
             async with serving_heartbeats(ingest, key_pair, config):

@@ -77,7 +77,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     # All simulated agents share 127.0.0.1: lift the per-IP cap (256) for the bench.
     cap = str(args.agents + 1000)
     flags = ("--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
-             *lookup_flags(args.fast_task_lookup, args.identify_peers))
+             *lookup_flags(args.fast_task_lookup, args.identify_peers, args.throttle_reconcile))
     if args.workers > 1:  # the production mode: one port and identity, one fleet
         flags = (*flags, "--workers", str(args.workers))
     aggs = [AggregatorProcess.start(workdir, *flags)]  # RSS and CPU: the whole group
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the aggregator's --workers: ingest processes on its port")
     p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
                    help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
+    p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile", action="store_false",
+                   help="py-libp2p's reconcile on every accept (the 'before')")
     p.add_argument("--identify-peers", action="store_true",
                    help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
     args = p.parse_args(argv)
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {i + 1}: {result}", flush=True)
     print(f"\nbench_connections agents={args.agents} processes={args.processes} "
           f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
-          f"identify_peers={args.identify_peers} "
+          f"identify_peers={args.identify_peers} throttle_reconcile={args.throttle_reconcile} "
           f"ramp={args.ramp} beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
     print_table(
         ["figure", "median (min–max)"],

@@ -43,7 +43,7 @@ MARKS = (0.5, 0.9, 0.99, 1.0)
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cap = str(args.agents + 1000)
     flags = ("--max-connections-per-ip", cap, "--max-connections", cap, "--max-nodes", cap,
-             *lookup_flags(args.fast_task_lookup, args.identify_peers),
+             *lookup_flags(args.fast_task_lookup, args.identify_peers, args.throttle_reconcile),
              "--workers", str(args.workers))
     agg = AggregatorProcess.start(workdir, *flags)
     port = agg.port
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
     p.add_argument("--workers", type=int, default=1,
                    help="the aggregator's --workers: ingest processes on its port")
+    p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile", action="store_false",
+                   help="py-libp2p's reconcile on every accept (the 'before')")
     p.add_argument("--identify-peers", action="store_true",
                    help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
     args = p.parse_args(argv)
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nbench_storm agents={args.agents} signal={args.signal} "
           f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
-          f"identify_peers={args.identify_peers} "
+          f"identify_peers={args.identify_peers} throttle_reconcile={args.throttle_reconcile} "
           f"beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
     print_table(
         ["figure", "median (min–max)"],

@@ -230,11 +230,14 @@ class AggregatorProcess:
         self.stop()
 
 
-def lookup_flags(fast_task_lookup: bool, identify_peers: bool = False) -> tuple[str, ...]:
+def lookup_flags(
+    fast_task_lookup: bool, identify_peers: bool = False, throttle_reconcile: bool = True
+) -> tuple[str, ...]:
     """Aggregator flags: py-libp2p's parent-task search replaced by the O(1) lookup (the
     aggregator's default, `heartbeat.p2p.install_fast_task_lookup`) or the stock O(n) walk;
     identify towards every connecting agent (py-libp2p's default) or not (ours)."""
     flags = () if fast_task_lookup else ("--no-fast-task-lookup",)
+    flags = flags if throttle_reconcile else (*flags, "--no-throttle-reconcile")
     return (*flags, "--identify-peers") if identify_peers else flags
 
 

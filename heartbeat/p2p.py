@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -74,6 +75,7 @@ __all__ = [
     "gate_inbound_upgrades",
     "handshake_gate",
     "install_fast_task_lookup",
+    "install_throttled_reconcile",
     "light_connection",
     "listen_multiaddrs",
     "load_or_create_identity",
@@ -559,6 +561,89 @@ def install_fast_task_lookup() -> bool:
     task_cls.trio_task = property(prop.fget, indexing_setter, prop.fdel, prop.__doc__)
     manager_cls._find_parent_task = find_parent_task
     logging.getLogger(__name__).debug("fast_task_lookup_installed")
+    return True
+
+
+#: What `install_throttled_reconcile` changes in `Swarm.add_conn` (py-libp2p 0.8.1's text).
+_RECONCILE_BLOCK = """\
+        if reconcile_lifecycle is not None:
+            try:
+                live_ids = {
+                    str(id(sc.muxed_conn))
+                    for peer_conns in self.connections.values()
+                    for sc in peer_conns
+                }
+"""
+_RECONCILE_GUARD = "        if reconcile_lifecycle is not None and _fil_reconcile_due(self):\n"
+#: `Swarm.add_conn` before the patch (None until installed); tests compare with it.
+original_add_conn: Any = None
+
+
+def reconcile_due(swarm: Any, interval: float, now: float) -> bool:
+    """True at most once per `interval` seconds per swarm (then it records `now`)."""
+    last = getattr(swarm, "_fil_last_reconcile", None)
+    if last is not None and now - last < interval:
+        return False
+    swarm._fil_last_reconcile = now
+    return True
+
+
+def patched_add_conn_source(source: str) -> str | None:
+    """`Swarm.add_conn`'s source with the reconcile throttled; None if it is not 0.8.1's."""
+    import textwrap
+
+    text = textwrap.dedent(source)
+    if text.count(_RECONCILE_BLOCK) != 1 or "super()" in text:
+        return None
+    guarded = _RECONCILE_GUARD + _RECONCILE_BLOCK.split("\n", 1)[1]
+    return text.replace(_RECONCILE_BLOCK, guarded)
+
+
+def install_throttled_reconcile(interval: float = 5.0) -> bool:
+    """Run py-libp2p's connection-tracker reconcile at most every `interval` s per swarm.
+
+    py-libp2p 0.8.1's `Swarm.add_conn` rebuilds the set of every live connection id (as
+    text) and reconciles the resource manager's tracker against it on EVERY accepted or
+    dialled connection: O(connections) per accept, 28 % of an aggregator's CPU while
+    accepting at ~5,000 connections (py-spy, docs/CAPACITY.md). The reconcile only prunes
+    tracker entries older than 30 s whose connection is gone, so running it at most every
+    few seconds prunes the same entries, a few seconds later. The patch recompiles
+    `add_conn` from its own source with one condition added, after checking that the
+    source is exactly 0.8.1's; otherwise it patches nothing, logs a warning and returns
+    False. Process-wide and idempotent.
+    """
+    global original_add_conn
+    import inspect
+
+    from libp2p.network import swarm as swarm_module
+
+    swarm_cls: Any = swarm_module.Swarm
+    if original_add_conn is not None:
+        return True
+    try:
+        source = inspect.getsource(swarm_cls.add_conn)
+    except (OSError, TypeError) as exc:
+        logging.getLogger(__name__).warning("reconcile_throttle_refused reason=%r", exc)
+        return False
+    patched = patched_add_conn_source(source)
+    if patched is None or swarm_cls.add_conn.__code__.co_freevars:
+        logging.getLogger(__name__).warning(
+            "reconcile_throttle_refused reason=unexpected_add_conn_source"
+        )
+        return False
+
+    def due(swarm: Any) -> bool:
+        return reconcile_due(swarm, interval, time.monotonic())
+
+    namespace = swarm_module.__dict__
+    namespace["_fil_reconcile_due"] = due
+    code = compile(patched, inspect.getsourcefile(swarm_cls) or "<swarm>", "exec")
+    local: dict[str, Any] = {}
+    exec(code, namespace, local)
+    new_add_conn = local["add_conn"]
+    new_add_conn.__qualname__ = swarm_cls.add_conn.__qualname__
+    original_add_conn = swarm_cls.add_conn
+    swarm_cls.add_conn = new_add_conn
     return True
 
 
