@@ -10,7 +10,6 @@ propagation restored by the programs' `__main__` (see `restore_libp2p_logging`).
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 import os
 import time
@@ -308,7 +307,6 @@ def build_host(
         negotiate_timeout=limits.negotiate_timeout,
     )
     _disable_auto_connector(host)
-    _flatten_connections_in_c(host)
     gate_inbound_upgrades(host, limits.pending_inbound, limits.handshake_queue_wait)
     if not identify_peers:
         _disable_outbound_identify(host)
@@ -405,28 +403,6 @@ def _disable_outbound_identify(host: IHost) -> None:
     host_any: Any = host
     host_any._schedule_identify = _schedule_identify
     host_any._on_notifee_connected = _on_connected
-
-
-def _flatten_connections_in_c(host: IHost) -> None:
-    """`swarm.get_connections()` (every connection, as a new list) without a Python loop.
-
-    py-libp2p 0.8.1 flattens its per-peer table with a Python `for … extend` loop, twice
-    per accepted connection for its connection-limit checks: 14 % of an aggregator's CPU
-    while accepting at ~6,000 connections (py-spy). Same list, same order, built in C.
-    """
-    swarm: Any = host.get_network()
-    table = getattr(swarm, "connections", None)
-    if not isinstance(table, dict):
-        logging.getLogger(__name__).warning("get_connections_not_replaced reason=no_table")
-        return
-    stock = swarm.get_connections
-
-    def get_connections(peer_id: Any = None) -> list[Any]:
-        if peer_id is not None:
-            return list(stock(peer_id))
-        return list(itertools.chain.from_iterable(swarm.connections.values()))
-
-    swarm.get_connections = get_connections
 
 
 def _disable_auto_connector(host: IHost) -> None:
