@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
                        const=True, help="run identify towards every connecting agent")
         p.add_argument("--workers", type=str, metavar="N",
                        help="ingest processes on one port and identity (default 1)")
+        p.add_argument("--worker-watchdog", type=str, metavar="DURATION",
+                       help="kill and restart a worker silent this long (60s)")
         p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
         add_alert_arguments(p)
     for p in (parser, run, ident, worker):

@@ -104,6 +104,9 @@ class AggregatorConfig:
     #: Ingest processes sharing the listen port and identity (SO_REUSEPORT); worker 0
     #: (this process) owns the fleet, the store, HTTP and alerts (aggregator/workers.py).
     workers: int = 1
+    #: A worker that sent nothing (it reports every second) for this long is killed and
+    #: restarted: hung, or stopped.
+    worker_watchdog: float = 60.0
     log_format: str = "text"
     log_level: str = "INFO"
     #: The raw `[alerts]` table of the TOML file, for the alerting service.
@@ -224,6 +227,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "throttle_reconcile": _bool,
     "identify_peers": _bool,
     "workers": _int,
+    "worker_watchdog": _duration,
     "log_format": _log_format,
     "log_level": _log_level,
     "alerts": _alerts,
@@ -234,7 +238,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 _POSITIVE = {
     "rate_limit", "flood_window", "beat_timeout", "beat_timeout_min", "beat_timeout_max",
     "stall_after", "retention", "store_flush_interval", "expire_interval",
-    "handshake_queue_wait",
+    "handshake_queue_wait", "worker_watchdog",
 }  # fmt: skip
 _AT_LEAST_ONE = {
     "max_connections", "max_connections_per_ip", "max_streams_per_peer", "max_beat_size",

@@ -32,6 +32,8 @@ from bench.common import (
     lookup_flags,
     machine_note,
     print_table,
+    proc_children,
+    proc_cpu_seconds,
 )
 from heartbeat.loadgen import parse_rate
 
@@ -75,6 +77,8 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             agg.stop()
         killed = time.monotonic()
         restarted = AggregatorProcess.start(workdir, *flags, port=port)
+        cpu0, lg_cpu0 = restarted.cpu_seconds(), _tree_cpu(loadgen.proc.pid)
+        t_cpu0 = time.monotonic()
         startup = time.monotonic() - killed
         reached: dict[float, float | None] = dict.fromkeys(MARKS)
         at_120: int | None = None
@@ -91,6 +95,9 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 break
             time.sleep(1.0)
         after = n
+        cpu_s = restarted.cpu_seconds() - cpu0
+        lg_cpu_s = _tree_cpu(loadgen.proc.pid) - lg_cpu0
+        window = time.monotonic() - t_cpu0
         tcp_after = established(port)
         shed = restarted.metric("fil_heartbeat_handshakes_shed_total")
         summary = loadgen.result(timeout=run_for + 120)
@@ -105,12 +112,29 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "tcp_after": tcp_after,
         "handshakes_shed": shed,
         "startup_s": startup,
+        # CPU while the agents came back: the aggregator's group and the load generator's
+        # (its agents' Noise handshakes cost about as much as the aggregator's).
+        "agg_cores": cpu_s / window,
+        "loadgen_cores": lg_cpu_s / window,
+        "agg_cpu_ms_per_agent_back": cpu_s / max(after, 1) * 1000,
         **{f"t{int(m * 100)}_s": reached[m] for m in MARKS},
         "recovered": rec["count"],
         "recovery_p50_s": rec["p50"],
         "recovery_p99_s": rec["p99"],
         "recovery_max_s": rec["max"],
     }
+
+
+def _tree_cpu(pid: int) -> float:
+    return sum(proc_cpu_seconds(p) for p in (pid, *proc_children(pid)) if _exists(p))
+
+
+def _exists(pid: int) -> bool:
+    try:
+        proc_cpu_seconds(pid)
+    except OSError:
+        return False
+    return True
 
 
 def beating(agg: AggregatorProcess) -> int:
@@ -170,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             ["TCP established at the end (incl. handshakes queued)",
              col("tcp_after", "{:.0f}")],
             ["handshakes shed by the restarted aggregator", col("handshakes_shed", "{:.0f}")],
+            ["aggregator CPU while they came back (cores)", col("agg_cores", "{:.2f}")],
+            ["load generator CPU meanwhile (cores)", col("loadgen_cores", "{:.2f}")],
+            ["aggregator CPU per agent back (ms)", col("agg_cpu_ms_per_agent_back", "{:.1f}")],
             ["agents beating again (load generator)", col("recovered", "{:.0f}")],
             ["agent recovery p50 (s)", col("recovery_p50_s")],
             ["agent recovery p99 (s)", col("recovery_p99_s")],

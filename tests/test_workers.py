@@ -177,6 +177,23 @@ def test_killed_worker_is_restarted_and_its_agents_return(tmp_path: Path) -> Non
     assert summary["kinds"]["healthy"]["connected"] == agents
 
 
+@pytest.mark.timeout(60)
+def test_hung_worker_is_killed_and_restarted(tmp_path: Path) -> None:
+    agg = AggregatorProcess.start(tmp_path / "agg", *WORKER_FLAGS, "--worker-watchdog", "2s")
+    try:
+        hung = _worker_pid(agg)
+        os.kill(hung, signal.SIGSTOP)  # alive, linked, silent
+        eventually_blocking(lambda: not _alive(hung), timeout=15, what="the hung worker killed")
+        metrics = eventually_blocking(
+            lambda: (m := agg.metrics()) and _metric(m, "fil_heartbeat_worker_up", worker="1")
+            == 1 and m, timeout=15, what="worker 1 up again",
+        )  # fmt: skip
+        assert _metric(metrics, "fil_heartbeat_worker_restarts_total", worker="1") == 1
+        assert _children(agg.pid) != [hung]
+    finally:
+        assert agg.stop() == 0
+
+
 @pytest.mark.timeout(90)
 def test_worker_zero_takes_its_workers_along(tmp_path: Path) -> None:
     workdir = tmp_path / "agg"
