@@ -20,6 +20,7 @@ from typing import Any
 from bench.common import (
     AggregatorProcess,
     LoadgenProcess,
+    add_aggregator_variants,
     fmt_spread,
     http_get,
     lookup_flags,
@@ -158,14 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=20.0, help="s without new connections")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--max-time", type=float, default=600.0, help="hard cap per run (s)")
-    p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4),
-                   help="the aggregator's --workers: ingest processes on its port")
-    p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
-                   help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
-    p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile", action="store_false",
-                   help="py-libp2p's reconcile on every accept (the 'before')")
-    p.add_argument("--identify-peers", action="store_true",
-                   help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
+    add_aggregator_variants(p)
     args = p.parse_args(argv)
     runs = []
     for i in range(args.repeat):

@@ -27,6 +27,7 @@ from bench.bench_connections import established
 from bench.common import (
     AggregatorProcess,
     LoadgenProcess,
+    add_aggregator_variants,
     fmt_spread,
     http_get,
     lookup_flags,
@@ -156,14 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=180.0, help="give up after (s)")
     p.add_argument("--signal", choices=("kill", "term"), default="kill")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
-                   help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
-    p.add_argument("--workers", type=int, default=1,
-                   help="the aggregator's --workers: ingest processes on its port")
-    p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile", action="store_false",
-                   help="py-libp2p's reconcile on every accept (the 'before')")
-    p.add_argument("--identify-peers", action="store_true",
-                   help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
+    add_aggregator_variants(p)
     args = p.parse_args(argv)
     runs = []
     for i in range(args.repeat):

@@ -11,6 +11,7 @@ Blocking code (subprocess and urllib): benchmark scripts are plain Python, not t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ __all__ = [
     "REPO",
     "AggregatorProcess",
     "LoadgenProcess",
+    "add_aggregator_variants",
     "http_get",
     "lookup_flags",
     "print_table",
@@ -228,6 +230,18 @@ class AggregatorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def add_aggregator_variants(p: argparse.ArgumentParser) -> None:
+    """The aggregator's layout and its "before" switches (`lookup_flags`), for the benches."""
+    p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4),
+                   help="the aggregator's --workers: ingest processes on its port")
+    p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
+                   help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
+    p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile", action="store_false",
+                   help="py-libp2p's reconcile on every accept (the 'before')")
+    p.add_argument("--identify-peers", action="store_true",
+                   help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
 
 
 def lookup_flags(
