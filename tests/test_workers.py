@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import AggregatorProcess, LoadgenProcess, http_get
+from bench.common import AggregatorProcess, LoadgenProcess, http_get, proc_children
 from tests.helpers import assert_counted_by_reason, eventually_blocking
 
 pytestmark = [pytest.mark.integration]
@@ -26,14 +26,8 @@ WORKER_FLAGS = ("--workers", "2", "--max-connections-per-ip", "2000")
 
 
 def _children(pid: int) -> list[int]:
-    """`pid`'s child processes (each thread has its own list: trio spawns from a thread)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out.extend(int(p) for p in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return sorted(p for p in out if _alive(p))
+    """`pid`'s live child processes (its ingest workers)."""
+    return [p for p in proc_children(pid) if _alive(p)]
 
 
 def _alive(pid: int) -> bool:
