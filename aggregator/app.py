@@ -336,10 +336,9 @@ async def serving_heartbeats(
             close_connection=p2p.close_connection,
         )
         p2p.watch_connections(host, ingest.on_connected, ingest.on_disconnected)
-        limits = host_limits(config)
-        p2p.gate_inbound_upgrades(
-            host, limits.pending_inbound, limits.handshake_queue_wait, on_shed=ingest.on_shed
-        )
+        gate = p2p.handshake_gate(host)  # installed by build_host with the same limits
+        if gate is not None:
+            gate.on_shed = ingest.on_shed
         p2p.set_stream_handlers(host, [PROTOCOL_ID, *PROTOCOL_ALIASES], ingest.handle_stream)
         yield host
 

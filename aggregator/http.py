@@ -35,8 +35,10 @@ from urllib.parse import unquote
 
 import trio
 
+from aggregator.counters import IngestCounters
 from aggregator.feed import FEED_CAPACITY, MAX_FEED_CLIENTS, Feed
 from aggregator.metrics import CONTENT_TYPE
+from aggregator.worklink import MergedCounters, worker_zero
 from heartbeat.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
 
 if TYPE_CHECKING:
@@ -157,10 +159,10 @@ class HttpApi:
     def _workers(self) -> list[dict[str, Any]]:
         if self.workers_provider is not None:
             return self.workers_provider()
-        own = self.metrics.own.frame() if self.metrics is not None else None
-        return [{"index": 0, "pid": os.getpid(), "up": True, "restarts": 0,
-                 "connections": own.connections if own else 0,
-                 "beats_accepted": own.beats_accepted if own else 0}]  # fmt: skip
+        counters = self.metrics.own.counters if self.metrics is not None else None
+        if not isinstance(counters, IngestCounters | MergedCounters):
+            counters = IngestCounters()
+        return [worker_zero(os.getpid(), counters)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

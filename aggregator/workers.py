@@ -48,6 +48,7 @@ from aggregator.worklink import (
     encode_frame,
     event_from_wire,
     event_to_wire,
+    worker_zero,
 )
 from heartbeat import p2p
 from heartbeat.errors import ConfigError
@@ -161,9 +162,7 @@ class WorkerHub:
 
     def summary(self) -> list[dict[str, Any]]:
         """Every worker, 0 included, for /metrics and /api/v1/workers."""
-        local = self.agg.ingest.counters
-        out: list[dict[str, Any]] = [{"index": 0, "pid": os.getpid(), "up": True, "restarts": 0,
-                "connections": local.connections, "beats_accepted": local.beats_accepted}]
+        out = [worker_zero(os.getpid(), self.agg.ingest.counters)]
         for i, st in sorted(self.status.items()):
             c = self.counters.workers.get(i)
             out.append({"index": i, "pid": st.pid, "up": st.up and st.ready,

@@ -48,6 +48,7 @@ __all__ = [
     "encode_frame",
     "event_from_wire",
     "event_to_wire",
+    "worker_zero",
 ]
 
 #: Largest frame accepted: a batch of ~1,000 beats is ~200 KB.
@@ -227,51 +228,19 @@ class MergedCounters:
             _add(out, counters, gauges=True)
         return out
 
-    # The `CountersLike` view read by aggregator/metrics.py (one `total()` per attribute
-    # is fine: a scrape reads each once).
-    @property
-    def beats_received(self) -> int:
-        return self.total().beats_received
+    def __getattr__(self, name: str) -> Any:
+        """Every `IngestCounters` field, summed: the `CountersLike` view that
+        aggregator/metrics.py reads (one `total()` per field read; a scrape reads each once)."""
+        if name in _FIELDS:
+            return getattr(self.total(), name)
+        raise AttributeError(name)
 
-    @property
-    def beats_accepted(self) -> int:
-        return self.total().beats_accepted
 
-    @property
-    def beats_rejected(self) -> Counter[str]:
-        return self.total().beats_rejected
-
-    @property
-    def beats_rate_limited(self) -> int:
-        return self.total().beats_rate_limited
-
-    @property
-    def decode_errors(self) -> Counter[str]:
-        return self.total().decode_errors
-
-    @property
-    def streams_open(self) -> int:
-        return self.total().streams_open
-
-    @property
-    def connections(self) -> int:
-        return self.total().connections
-
-    @property
-    def peers_refused(self) -> Counter[str]:
-        return self.total().peers_refused
-
-    @property
-    def peers_disconnected(self) -> Counter[str]:
-        return self.total().peers_disconnected
-
-    @property
-    def handler_errors(self) -> int:
-        return self.total().handler_errors
-
-    @property
-    def handshakes_shed(self) -> int:
-        return self.total().handshakes_shed
+def worker_zero(pid: int, counters: IngestCounters | MergedCounters) -> dict[str, Any]:
+    """This process's entry in /api/v1/workers (worker 0, with or without workers)."""
+    local = counters.local if isinstance(counters, MergedCounters) else counters
+    return {"index": 0, "pid": pid, "up": True, "restarts": 0,
+            "connections": local.connections, "beats_accepted": local.beats_accepted}
 
 
 # -- presence --------------------------------------------------------------------------
