@@ -23,9 +23,9 @@ from bench.common import (
     add_aggregator_variants,
     fmt_spread,
     http_get,
-    lookup_flags,
     machine_note,
     print_table,
+    variant_flags,
 )
 from heartbeat.loadgen import parse_rate
 
@@ -78,7 +78,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     # All simulated agents share 127.0.0.1: lift the per-IP cap (256) for the bench.
     cap = str(args.agents + 1000)
     flags = ("--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
-             *lookup_flags(args.fast_task_lookup, args.identify_peers, args.throttle_reconcile))
+             *variant_flags(args))
     if args.workers > 1:  # the production mode: one port and identity, one fleet
         flags = (*flags, "--workers", str(args.workers))
     aggs = [AggregatorProcess.start(workdir, *flags)]  # RSS and CPU: the whole group
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbench_connections agents={args.agents} processes={args.processes} "
           f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
           f"identify_peers={args.identify_peers} throttle_reconcile={args.throttle_reconcile} "
+          f"aggregator_args={' '.join(args.aggregator_arg) or '-'} "
           f"ramp={args.ramp} beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
     print_table(
         ["figure", "median (min–max)"],

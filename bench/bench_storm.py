@@ -30,11 +30,11 @@ from bench.common import (
     add_aggregator_variants,
     fmt_spread,
     http_get,
-    lookup_flags,
     machine_note,
     print_table,
     proc_children,
     proc_cpu_seconds,
+    variant_flags,
 )
 from heartbeat.loadgen import parse_rate
 
@@ -46,7 +46,7 @@ MARKS = (0.5, 0.9, 0.99, 1.0)
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cap = str(args.agents + 1000)
     flags = ("--max-connections-per-ip", cap, "--max-connections", cap, "--max-nodes", cap,
-             *lookup_flags(args.fast_task_lookup, args.identify_peers, args.throttle_reconcile),
+             *variant_flags(args),
              "--workers", str(args.workers))
     agg = AggregatorProcess.start(workdir, *flags)
     port = agg.port
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbench_storm agents={args.agents} signal={args.signal} "
           f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
           f"identify_peers={args.identify_peers} throttle_reconcile={args.throttle_reconcile} "
+          f"aggregator_args={' '.join(args.aggregator_arg) or '-'} "
           f"beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
     print_table(
         ["figure", "median (min–max)"],

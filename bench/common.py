@@ -42,6 +42,7 @@ __all__ = [
     "run_loadgen",
     "spread",
     "start_workers",
+    "variant_flags",
     "wait_for",
 ]
 
@@ -242,6 +243,10 @@ def add_aggregator_variants(p: argparse.ArgumentParser) -> None:
                    help="py-libp2p's reconcile on every accept (the 'before')")
     p.add_argument("--identify-peers", action="store_true",
                    help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
+    p.add_argument("--aggregator-arg", action="append", default=[],
+                   help="extra aggregator flag (repeatable), e.g. "
+                        "--aggregator-arg=--no-throttle-accepts (the 'before' of the accept "
+                        "throttle)")
 
 
 def lookup_flags(
@@ -253,6 +258,12 @@ def lookup_flags(
     flags = () if fast_task_lookup else ("--no-fast-task-lookup",)
     flags = flags if throttle_reconcile else (*flags, "--no-throttle-reconcile")
     return (*flags, "--identify-peers") if identify_peers else flags
+
+
+def variant_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The aggregator flags of `add_aggregator_variants`' options (not `--workers`)."""
+    return (*lookup_flags(args.fast_task_lookup, args.identify_peers, args.throttle_reconcile),
+            *args.aggregator_arg)
 
 
 def start_workers(workdir: Path, workers: int, *args: str, **kw: Any) -> list[AggregatorProcess]:

@@ -500,8 +500,13 @@ class _Watched:
 class _Worker:
     """All simulated agents of one process."""
 
-    def __init__(self, config: LoadgenConfig, indices: Sequence[int], start_at: float) -> None:
+    def __init__(
+        self, config: LoadgenConfig, indices: Sequence[int], start_at: float,
+        parent: int | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
+        #: The pid of the process that spawned this one (None: not a spawned worker).
+        self.parent = parent
         kinds = assign_kinds(config.agents, config.mix)
         self.agents = [_Sim(self, i, kinds[i]) for i in indices]
         self.start_at = start_at  # trio time of the run's start (agent 0)
@@ -529,6 +534,8 @@ class _Worker:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            if self.parent is not None:
+                nursery.start_soon(_exit_when_orphaned, self.parent)
             for sim in self.agents:
                 nursery.start_soon(sim.run)
             if self.config.storm_at is not None:
@@ -864,10 +871,15 @@ def _rss_kb() -> int | None:
 
 
 async def run_worker(
-    config: LoadgenConfig, indices: Sequence[int], *, start_delay: float = 0.0
-) -> tuple[dict[str, Any], list[AgentStats]]:
-    """Run agents `indices` in the current trio loop; their report and raw stats."""
-    worker = _Worker(config, indices, trio.current_time() + start_delay)
+    config: LoadgenConfig, indices: Sequence[int], *, start_delay: float = 0.0,
+    parent: int | None = None,
+) -> tuple[dict[str, Any], list[AgentStats]]:  # fmt: skip
+    """Run agents `indices` in the current trio loop; their report and raw stats.
+
+    `parent`: the pid of the process that spawned this one; the run ends the process at
+    once if that parent is gone.
+    """
+    worker = _Worker(config, indices, trio.current_time() + start_delay, parent)
     peak = 0
 
     async def sample_rss() -> None:
@@ -894,6 +906,16 @@ async def run_worker(
     return report, stats
 
 
+async def _exit_when_orphaned(parent: int, interval: float = 1.0) -> None:
+    """Exit this process at once when its parent is gone (killed: its clean-up never ran),
+    so that no simulated agent outlives the run that started it."""
+    while True:
+        if os.getppid() != parent:
+            log.warning("parent_gone parent=%d: exiting", parent)
+            os._exit(3)
+        await trio.sleep(interval)
+
+
 def _worker_main(
     config: LoadgenConfig, worker: int, indices: list[int], start_wall: float, out: Any,
     log_level: str,
@@ -906,9 +928,11 @@ def _worker_main(
     gc.set_threshold(50_000, 50, 100)  # full collections would distort every timing
     report: dict[str, Any]
     try:
+        spawner = multiprocessing.parent_process()
         report, _ = trio.run(
-            lambda: run_worker(config, indices, start_delay=max(0.0, start_wall - time.time()))
-        )
+            lambda: run_worker(config, indices, start_delay=max(0.0, start_wall - time.time()),
+                               parent=spawner.pid if spawner is not None else None)
+        )  # fmt: skip
     except Exception as exc:  # reported to the parent, which prints it
         report = {"kinds": {}, "agents": len(indices), "rss_kb": _rss_kb(), "error": repr(exc)}
     report["worker"] = worker

@@ -251,3 +251,52 @@ async def test_short_run_against_a_real_aggregator(tmp_path: Path) -> None:
     assert 'fil_heartbeat_decode_errors_total{reason="malformed_cbor"}' in metrics
     assert all(k in KINDS for k in report["kinds"])
     assert not any(n.startswith(("lg-garbage-", "lg-oversize-", "lg-silent-")) for n in seen)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_workers_exit_when_the_load_generator_is_killed() -> None:
+    """SIGKILL skips the parent's clean-up: its worker processes notice and exit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bench.common import proc_children
+    from tests.helpers import eventually_blocking
+
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "heartbeat.loadgen", "--target", LOOPBACK, "--agents", "2",
+         "--processes", "2", "--duration", "10m", "--reconnect-period", "1s"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def spawned() -> list[int] | None:  # the workers, not multiprocessing's resource tracker
+        found = []
+        for pid in proc_children(parent.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    if b"spawn_main" in cmdline.read():
+                        found.append(pid)
+            except OSError:
+                continue
+        return found if len(found) == 2 else None
+
+    try:
+        workers = eventually_blocking(spawned, timeout=30, what="two worker processes")
+    finally:
+        parent.kill()
+        parent.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                return stat.read().split(") ", 1)[1].startswith("Z")  # a zombie has exited
+        except OSError:
+            return True
+
+    eventually_blocking(lambda: all(gone(w) for w in workers) or None, timeout=15,
+                        what="the orphaned workers to exit")
+    for w in workers:  # never leave one behind, even when the assertion above failed
+        if not gone(w):
+            os.kill(w, signal.SIGKILL)
