@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
 )
         p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_const",
                        const=False, help="keep py-libp2p's O(connections) parent-task search")
+        p.add_argument("--yamux-release-on-read", action="store_const", const=True,
+                       help="send the agent a Yamux WINDOW_UPDATE after every read "
+                            "(py-libp2p's default; one more frame written per beat)")
         p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile",
                        action="store_const", const=False,
                        help="keep py-libp2p's O(connections) reconcile on every accept")

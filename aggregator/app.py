@@ -322,6 +322,9 @@ def install_accept_path_patches(config: AggregatorConfig) -> None:
         log.info("fast_task_lookup installed=%s", p2p.install_fast_task_lookup())
     if config.throttle_reconcile:
         log.info("reconcile_throttle installed=%s", p2p.install_throttled_reconcile())
+    log.info("yamux_tuning installed=%s release_on_read=%s",
+             p2p.install_yamux_tuning(release_on_read=config.yamux_release_on_read),
+             config.yamux_release_on_read)  # fmt: skip
 
 
 @asynccontextmanager

@@ -104,6 +104,9 @@ class AggregatorConfig:
     #: Reconcile py-libp2p's connection tracker at most every 5 s instead of on every
     #: accepted connection (`heartbeat.p2p.install_throttled_reconcile`; docs/CAPACITY.md).
     throttle_reconcile: bool = True
+    #: Credit each Yamux read back to the agent at once, one WINDOW_UPDATE frame per beat
+    #: read (py-libp2p 0.8.1's default). Off: at half the window, as go-yamux does.
+    yamux_release_on_read: bool = False
     #: Run identify towards every connecting agent (py-libp2p's default). Off: the
     #: aggregator needs neither their protocols nor their addresses, and each identify
     #: costs a stream and peerstore records per accepted connection (docs/CAPACITY.md).
@@ -234,6 +237,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "gc_threshold": _threshold,
     "fast_task_lookup": _bool,
     "throttle_reconcile": _bool,
+    "yamux_release_on_read": _bool,
     "identify_peers": _bool,
     "workers": _int,
     "worker_watchdog": _duration,

@@ -77,6 +77,7 @@ __all__ = [
     "handshake_gate",
     "install_fast_task_lookup",
     "install_throttled_reconcile",
+    "install_yamux_tuning",
     "light_connection",
     "listen_multiaddrs",
     "listen_sockets",
@@ -730,6 +731,92 @@ def patched_add_conn_source(source: str) -> str | None:
     return text.replace(_RECONCILE_BLOCK, guarded)
 
 
+#: `YamuxStream._auto_tune_and_send_window_update`'s branches that credit a read back at
+#: once (py-libp2p 0.8.1's text): one WINDOW_UPDATE frame written per read.
+_CREDIT_ON_READ_BRANCHES = """\
+        elif 0 < delta < threshold and bytes_read > 0:
+            self._window_update_partial_slack += 1
+            self.recv_window += delta + bytes_read
+            total_delta = delta + bytes_read
+            self._pending_recv_release -= bytes_read
+            total_delta += self._apply_autotune_epoch(buffered)
+        elif _yamux_release_on_read() and bytes_read > 0:
+            self.recv_window += bytes_read
+            total_delta = bytes_read
+            self._pending_recv_release -= bytes_read
+            self._window_update_bytes_read_only += 1
+            total_delta += self._apply_autotune_epoch(buffered)
+"""
+#: `_auto_tune_and_send_window_update` before the patch (None until installed).
+original_window_update: Any = None
+
+
+def patched_window_update_source(source: str) -> str | None:
+    """The window-update method without its credit-on-read branches; None if not 0.8.1's."""
+    import textwrap
+
+    text = textwrap.dedent(source)
+    if text.count(_CREDIT_ON_READ_BRANCHES) != 1 or "super()" in text:
+        return None
+    return text.replace(_CREDIT_ON_READ_BRANCHES, "")
+
+
+def _recompiled(cls: Any, name: str, patch: Callable[[str], str | None]) -> Any:
+    """`cls.name` recompiled from its own source after `patch`, in its module's globals;
+    None (nothing changed) when the source cannot be read or `patch` refuses it."""
+    import inspect
+    import sys
+
+    method = cls.__dict__[name]
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError):
+        return None
+    patched = patch(source)
+    if patched is None or method.__code__.co_freevars:
+        return None
+    namespace = sys.modules[cls.__module__].__dict__
+    code = compile(patched, inspect.getsourcefile(method) or f"<{name}>", "exec")
+    local: dict[str, Any] = {}
+    exec(code, namespace, local)
+    new = local[name]
+    new.__qualname__ = method.__qualname__
+    return new
+
+
+def install_yamux_tuning(*, release_on_read: bool = False) -> bool:
+    """Yamux receive windows credited back go-yamux's way, not on every read.
+
+    py-libp2p 0.8.1 returns the credit for the bytes of every read at once: after each
+    read of a stream it writes the peer a WINDOW_UPDATE frame (through Noise, one `send`
+    syscall), so a receiver of small frames (beats) writes one frame per frame it reads.
+    go-yamux returns credit only once half the window is consumed (its hysteresis, which
+    py-libp2p also has). With `release_on_read=False` the two branches that credit every
+    read are recompiled away, after checking that the source is exactly 0.8.1's (otherwise
+    nothing changes, a warning is logged and the result is False); the window's growth
+    (auto-tuning) and the half-window credit are unchanged, so a sender is never stalled.
+    `release_on_read=True` restores py-libp2p's method. Process-wide and idempotent.
+    """
+    global original_window_update
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    name = "_auto_tune_and_send_window_update"
+    if release_on_read:
+        if original_window_update is not None:
+            setattr(YamuxStream, name, original_window_update)
+            original_window_update = None
+        return True
+    if original_window_update is not None:
+        return True
+    tuned = _recompiled(YamuxStream, name, patched_window_update_source)
+    if tuned is None:
+        logging.getLogger(__name__).warning("yamux_tuning_refused reason=unexpected_source")
+        return False
+    original_window_update = YamuxStream.__dict__[name]
+    setattr(YamuxStream, name, tuned)
+    return True
+
+
 def install_throttled_reconcile(interval: float = 5.0) -> bool:
     """Run py-libp2p's connection-tracker reconcile at most every `interval` s per swarm.
 
@@ -744,35 +831,22 @@ def install_throttled_reconcile(interval: float = 5.0) -> bool:
     False. Process-wide and idempotent.
     """
     global original_add_conn
-    import inspect
-
     from libp2p.network import swarm as swarm_module
 
     swarm_cls: Any = swarm_module.Swarm
     if original_add_conn is not None:
         return True
-    try:
-        source = inspect.getsource(swarm_cls.add_conn)
-    except (OSError, TypeError) as exc:
-        logging.getLogger(__name__).warning("reconcile_throttle_refused reason=%r", exc)
-        return False
-    patched = patched_add_conn_source(source)
-    if patched is None or swarm_cls.add_conn.__code__.co_freevars:
-        logging.getLogger(__name__).warning(
-            "reconcile_throttle_refused reason=unexpected_add_conn_source"
-        )
-        return False
 
     def due(swarm: Any) -> bool:
         return reconcile_due(swarm, interval, time.monotonic())
 
-    namespace = swarm_module.__dict__
-    namespace["_fil_reconcile_due"] = due
-    code = compile(patched, inspect.getsourcefile(swarm_cls) or "<swarm>", "exec")
-    local: dict[str, Any] = {}
-    exec(code, namespace, local)
-    new_add_conn = local["add_conn"]
-    new_add_conn.__qualname__ = swarm_cls.add_conn.__qualname__
+    swarm_module.__dict__["_fil_reconcile_due"] = due
+    new_add_conn = _recompiled(swarm_cls, "add_conn", patched_add_conn_source)
+    if new_add_conn is None:
+        logging.getLogger(__name__).warning(
+            "reconcile_throttle_refused reason=unexpected_add_conn_source"
+        )
+        return False
     original_add_conn = swarm_cls.add_conn
     swarm_cls.add_conn = new_add_conn
     return True

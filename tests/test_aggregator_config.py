@@ -161,13 +161,15 @@ def test_cli_limit_flags(tmp_path: Path) -> None:
     _, config = parse_args(
         ["run", "--max-streams-total", "100", "--max-memory-mb", "600", "--max-peers", "20000",
          "--max-pending-inbound", "32", "--max-connections-per-peer", "1",
-         "--max-handshake-queue", "16", "--no-throttle-accepts",
+         "--max-handshake-queue", "16", "--no-throttle-accepts", "--yamux-release-on-read",
          "--identity-file", str(tmp_path / "k")],
         env={},
     )  # fmt: skip
     assert (config.max_streams_total, config.max_memory_mb, config.max_peers) == (100, 600, 20000)
     assert (config.max_pending_inbound, config.max_connections_per_peer) == (32, 1)
     assert (config.max_handshake_queue, config.throttle_accepts) == (16, False)
+    assert config.yamux_release_on_read is True
+    assert build_config({}).yamux_release_on_read is False
 
 
 def test_parse_http_listen() -> None:
