@@ -20,9 +20,11 @@ from typing import Any
 from bench.common import (
     AggregatorProcess,
     LoadgenProcess,
+    add_aggregator_variants,
     fmt_spread,
     machine_note,
     print_table,
+    variant_flags,
 )
 from bench.probe_aggregator import request
 from heartbeat.loadgen import parse_rate
@@ -45,7 +47,8 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cap = str(args.agents + 1000)
     agg = AggregatorProcess.start(
         workdir, "--max-connections-per-ip", cap, "--max-connections", cap,
-        *GC_FLAGS[args.gc], module="bench.probe_aggregator",
+        *GC_FLAGS[args.gc], "--workers", str(args.workers), *variant_flags(args),
+        module="bench.probe_aggregator",
         env={"BENCH_PROBE_DIR": str(probe_dir)},
     )  # fmt: skip
     ramp_s = args.agents / parse_rate(args.ramp)
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=30.0)
     p.add_argument("--gc", choices=tuple(GC_FLAGS), default="tuned")
     p.add_argument("--repeat", type=int, default=3)
+    add_aggregator_variants(p)
     args = p.parse_args(argv)
     args.window = min(args.window, 300.0)
     runs = []
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_once(args, Path(tmp)))
         print(f"run {i + 1}: {runs[-1]}", flush=True)
     print(f"\nbench_latency agents={args.agents} beat_period={args.beat_period} gc={args.gc} "
+          f"workers={args.workers} aggregator_args={' '.join(args.aggregator_arg) or '-'} "
           f"window={args.window}s runs={len(runs)} {machine_note()}")
     print_table(
         ["figure", "median (min–max)"],
