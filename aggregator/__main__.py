@@ -76,13 +76,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="inbound handshakes at once (default 64)")
         p.add_argument("--handshake-queue-wait", type=str, metavar="DURATION",
                        help="close a connection that waited this long for a handshake (5s)")
-        p.add_argument("--max-handshake-queue", type=str, metavar="N",
-                       help="accepted connections waiting for a handshake, at most; beyond it "
-                            "they wait in the kernel's listen backlog (default: "
-                            "--max-pending-inbound)")
-        p.add_argument("--no-throttle-accepts", dest="throttle_accepts",
-                       action="store_const", const=False,
-                       help="accept every connection at once (py-libp2p's behaviour)")
         p.add_argument("--max-connections-per-peer", type=str, metavar="N",
                        help="connections per peer id (default 2)")
         p.add_argument("--max-streams-per-peer", type=str, metavar="N")

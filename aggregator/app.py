@@ -79,8 +79,6 @@ def host_limits(config: AggregatorConfig) -> p2p.HostLimits:
         max_pending_inbound=config.max_pending_inbound,
         max_connections_per_peer=config.max_connections_per_peer,
         handshake_queue_wait=config.handshake_queue_wait,
-        max_handshake_queue=config.max_handshake_queue,
-        throttle_accepts=config.throttle_accepts,
     )
 
 

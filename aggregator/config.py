@@ -68,13 +68,6 @@ class AggregatorConfig:
     #: A connection that waited this long for one of `max_pending_inbound` handshake
     #: slots is closed unanswered (`heartbeat.p2p.HandshakeGate`).
     handshake_queue_wait: float = 5.0
-    #: Accepted connections waiting for a handshake slot, at most (None: as many as
-    #: `max_pending_inbound`); beyond it new connections wait in the kernel's listen
-    #: backlog and the dialers' kernels retransmit their SYNs.
-    max_handshake_queue: int | None = None
-    #: Stop accepting while the handshake queue is full (off: accept everything at once,
-    #: py-libp2p's behaviour, and shed the excess after `handshake_queue_wait`).
-    throttle_accepts: bool = True
     max_streams_per_peer: int = 4
     max_beat_size: int = 4096
     max_buffer: int = 65536
@@ -214,8 +207,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_pending_inbound": _int,
     "max_connections_per_peer": _int,
     "handshake_queue_wait": _duration,
-    "max_handshake_queue": _int,
-    "throttle_accepts": _bool,
     "max_streams_per_peer": _int,
     "max_beat_size": _int,
     "max_buffer": _int,
@@ -256,7 +247,7 @@ _POSITIVE = {
 _AT_LEAST_ONE = {
     "max_connections", "max_connections_per_ip", "max_streams_per_peer", "max_beat_size",
     "max_streams_total", "max_memory_mb", "max_peers", "max_pending_inbound",
-    "max_connections_per_peer", "max_handshake_queue",
+    "max_connections_per_peer",
     "max_buffer", "rate_burst", "flood_drops", "lag_threshold", "max_nodes",
 }  # fmt: skip
 

@@ -14,12 +14,11 @@ import logging
 import os
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import multiaddr
 import trio
@@ -80,7 +79,6 @@ __all__ = [
     "install_yamux_tuning",
     "light_connection",
     "listen_multiaddrs",
-    "listen_sockets",
     "load_or_create_identity",
     "new_identity",
     "peer_id_of",
@@ -90,7 +88,6 @@ __all__ = [
     "set_stream_handlers",
     "stream_peer_id",
     "stream_remote_ip",
-    "throttle_accepts",
     "watch_connections",
 ]
 
@@ -171,13 +168,6 @@ class HostLimits:
     max_pending_inbound: int | None = None
     #: A connection waiting longer than this for a handshake slot is closed unanswered.
     handshake_queue_wait: float = 5.0
-    #: Connections accepted and waiting for a handshake slot, at most (None: as many as
-    #: `pending_inbound`). Beyond it the listener stops accepting: new connections wait in
-    #: the kernel's listen backlog, and when that is full their SYNs are dropped and
-    #: retransmitted by the dialers' kernels, at no cost to this process.
-    max_handshake_queue: int | None = None
-    #: Off: accept every connection at once (py-libp2p's behaviour); the gate still sheds.
-    throttle_accepts: bool = True
     #: Outbound dials: one connection per peer avoids py-libp2p's fixed 250 ms
     #: wait on every dial.
     max_connections_per_peer: int = 1
@@ -193,14 +183,6 @@ class HostLimits:
             return self.max_pending_inbound
         return DEFAULT_PENDING_INBOUND
 
-    @property
-    def handshake_queue(self) -> int | None:
-        if not self.throttle_accepts:
-            return None
-        if self.max_handshake_queue is not None:
-            return self.max_handshake_queue
-        return self.pending_inbound
-
     @classmethod
     def server(
         cls,
@@ -212,8 +194,6 @@ class HostLimits:
         max_pending_inbound: int | None = None,
         max_connections_per_peer: int | None = None,
         handshake_queue_wait: float = 5.0,
-        max_handshake_queue: int | None = None,
-        throttle_accepts: bool = True,
     ) -> HostLimits:
         """A server's limits; each one left as None is derived from `max_connections`."""
         # ~70 KB per held connection (measured) plus head-room for stream buffers.
@@ -230,8 +210,6 @@ class HostLimits:
             if max_connections_per_peer is not None else 2,
             connections_per_peer_per_sec=100.0,
             handshake_queue_wait=handshake_queue_wait,
-            max_handshake_queue=max_handshake_queue,
-            throttle_accepts=throttle_accepts,
         )
 
 
@@ -330,9 +308,7 @@ def build_host(
         negotiate_timeout=limits.negotiate_timeout,
     )
     _disable_auto_connector(host)
-    gate_inbound_upgrades(
-        host, limits.pending_inbound, limits.handshake_queue_wait, queue=limits.handshake_queue
-    )
+    gate_inbound_upgrades(host, limits.pending_inbound, limits.handshake_queue_wait)
     if not identify_peers:
         _disable_outbound_identify(host)
     return host
@@ -340,90 +316,33 @@ def build_host(
 
 @dataclass
 class HandshakeGate:
-    """Bounded inbound handshakes: `concurrent` at once, FIFO, `queue` waiting, `max_wait`.
+    """Bounded inbound handshakes: `concurrent` at once, FIFO, at most `max_wait` queued.
 
     py-libp2p 0.8.1 starts every accepted connection's upgrade (Noise, Yamux, then the
     swarm's registration) at once; in a reconnect storm thousands of handshakes share the
     CPU, each takes longer than the dialers' deadline, and the work is thrown away: the
-    accept rate collapses. With the gate the handshakes that run finish quickly.
+    accept rate collapses. With the gate the handshakes that run finish quickly, and a
+    connection that waited `max_wait` for a slot is closed unanswered (`shed`): its dialer
+    fails fast and retries after its reconnect period, instead of timing out later.
 
-    Two lines of defence behind them:
-    - the listener accepts only while fewer than `concurrent + queue` connections are in
-      a handshake or waiting for one (`admits`, applied by `throttle_accepts`); the rest
-      wait in the kernel's listen backlog, and when that is full the kernel drops their
-      SYNs and the dialers' kernels retransmit them (after 1, 3, 7 s): a storm costs this
-      process nothing for the connections it cannot serve yet;
-    - a connection that still waited `max_wait` for a slot is closed unanswered (`shed`):
-      its dialer fails fast and retries after its reconnect period, instead of timing out
-      later.
+    Every connection is accepted at once and waits here, not in the kernel's listen
+    backlog: leaving the excess to the backlog (SYNs dropped, the dialers' kernels
+    retransmitting them) was measured slower, see docs/CAPACITY.md section 0.
     """
 
     concurrent: int
     max_wait: float
     on_shed: Callable[[], None] | None = None
-    #: Accepted connections waiting for a slot, at most (None: no limit, accept all).
-    queue: int | None = None
     in_progress: int = 0
     waiting: int = 0
     shed: int = 0
     upgraded: int = 0
-    #: Times the listener waited for room before accepting.
-    accept_pauses: int = 0
-    #: When each connection accepted but not yet at the gate was accepted: its handler
-    #: takes a few scheduling rounds to get there. Forgotten after `ARRIVAL_GRACE`, so a
-    #: connection py-libp2p drops before the gate cannot hold a place for ever.
-    _arriving: deque[float] = field(default_factory=deque)
-    _room: trio.Event = field(default_factory=trio.Event)
-
-    ARRIVAL_GRACE: ClassVar[float] = 1.0
-
-    def admits(self) -> bool:
-        """Room for one more accepted connection (always, without a queue limit)."""
-        if self.queue is None:
-            return True
-        arriving = self._arriving
-        if arriving:
-            horizon = trio.current_time() - self.ARRIVAL_GRACE
-            while arriving and arriving[0] < horizon:
-                arriving.popleft()
-        busy = self.in_progress + self.waiting + len(arriving)
-        return busy < self.concurrent + self.queue
-
-    async def wait_for_room(self) -> None:
-        """Return once `admits()`; counted in `accept_pauses` when it had to wait."""
-        if self.admits():
-            return
-        self.accept_pauses += 1
-        while not self.admits():
-            if self._room.is_set():
-                self._room = trio.Event()
-            with trio.move_on_after(self.ARRIVAL_GRACE):  # arrivals expire by time
-                await self._room.wait()
-
-    def accepted(self) -> None:
-        self._arriving.append(trio.current_time())
-
-    def _arrived(self) -> None:
-        if self._arriving:
-            self._arriving.popleft()
-
-    def _freed(self) -> None:
-        self._room.set()
 
 
 def gate_inbound_upgrades(
-    host: IHost,
-    concurrent: int,
-    max_wait: float,
-    on_shed: Callable[[], None] | None = None,
-    *,
-    queue: int | None = None,
+    host: IHost, concurrent: int, max_wait: float, on_shed: Callable[[], None] | None = None
 ) -> HandshakeGate:
-    """Put a `HandshakeGate` in front of the swarm's inbound upgrade (see its docstring).
-
-    The queue limit takes effect once `throttle_accepts` has bound the gate to the
-    host's listeners (`running_host` does it).
-    """
+    """Put a `HandshakeGate` in front of the swarm's inbound upgrade (see its docstring)."""
     existing = handshake_gate(host)
     if existing is not None:
         if on_shed is not None:
@@ -432,17 +351,15 @@ def gate_inbound_upgrades(
     swarm: Any = host.get_network()
     upgrade = swarm.upgrade_inbound_raw_conn
     slots = trio.Semaphore(concurrent)
-    gate = HandshakeGate(concurrent, max_wait, on_shed, queue)
+    gate = HandshakeGate(concurrent, max_wait, on_shed)
 
     async def gated(raw_conn: Any, maddr: Any) -> Any:
-        gate._arrived()
         gate.waiting += 1
         try:
             with trio.move_on_after(max_wait) as waited:
                 await slots.acquire()
         finally:
             gate.waiting -= 1
-            gate._freed()
         if waited.cancelled_caught:
             gate.shed += 1
             if gate.on_shed is not None:
@@ -458,53 +375,10 @@ def gate_inbound_upgrades(
         finally:
             gate.in_progress -= 1
             slots.release()
-            gate._freed()
 
     swarm.upgrade_inbound_raw_conn = gated
     swarm._fil_handshake_gate = gate
     return gate
-
-
-def listen_sockets(host: IHost) -> list[Any]:
-    """The trio sockets the host's TCP listeners accept on."""
-    swarm: Any = host.get_network()
-    return [
-        socket_listener.socket
-        for listener in getattr(swarm, "listeners", {}).values()
-        for socket_listener in getattr(listener, "listeners", ())
-    ]
-
-
-def throttle_accepts(host: IHost) -> int:
-    """Make the host's TCP listeners accept only while its gate `admits()`; how many.
-
-    py-libp2p's listener (trio.serve_listeners) calls `accept()` on each trio
-    SocketListener in a loop and starts the upgrade of every connection at once; the
-    wrapped `accept` first waits for room in the gate. Call it once the host listens;
-    the accept already in flight completes unwrapped. Each listener can overshoot by one:
-    the connection that arrives while its `accept` is already waiting.
-    """
-    gate = handshake_gate(host)
-    if gate is None or gate.queue is None:
-        return 0
-    bound = 0
-    swarm: Any = host.get_network()
-    for listener in getattr(swarm, "listeners", {}).values():
-        for socket_listener in getattr(listener, "listeners", ()):
-            if getattr(socket_listener, "_fil_throttled", False):
-                continue
-            accept = socket_listener.accept
-
-            async def throttled(accept: Any = accept) -> Any:
-                await gate.wait_for_room()
-                stream = await accept()
-                gate.accepted()
-                return stream
-
-            socket_listener.accept = throttled
-            socket_listener._fil_throttled = True
-            bound += 1
-    return bound
 
 
 def handshake_gate(host: IHost) -> HandshakeGate | None:
@@ -565,7 +439,6 @@ async def running_host(
     host = build_host(key_pair, limits, identify_peers=identify_peers)
     addrs = [multiaddr.Multiaddr(a) for a in (listen or [])]
     async with host.run(listen_addrs=addrs):
-        throttle_accepts(host)
         try:
             yield host
         finally:

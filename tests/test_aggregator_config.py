@@ -100,8 +100,6 @@ def test_env_listen_is_comma_separated() -> None:
         ({"max_pending_inbound": "-1"}, "max_pending_inbound"),
         ({"max_connections_per_peer": "0"}, "max_connections_per_peer"),
         ({"handshake_queue_wait": "0s"}, "handshake_queue_wait"),
-        ({"max_handshake_queue": "0"}, "max_handshake_queue"),
-        ({"throttle_accepts": "sometimes"}, "throttle_accepts"),
     ],
 )
 def test_bad_values_name_the_setting(flags: dict[str, object], setting: str) -> None:
@@ -161,13 +159,12 @@ def test_cli_limit_flags(tmp_path: Path) -> None:
     _, config = parse_args(
         ["run", "--max-streams-total", "100", "--max-memory-mb", "600", "--max-peers", "20000",
          "--max-pending-inbound", "32", "--max-connections-per-peer", "1",
-         "--max-handshake-queue", "16", "--no-throttle-accepts", "--yamux-release-on-read",
+         "--yamux-release-on-read",
          "--identity-file", str(tmp_path / "k")],
         env={},
     )  # fmt: skip
     assert (config.max_streams_total, config.max_memory_mb, config.max_peers) == (100, 600, 20000)
     assert (config.max_pending_inbound, config.max_connections_per_peer) == (32, 1)
-    assert (config.max_handshake_queue, config.throttle_accepts) == (16, False)
     assert config.yamux_release_on_read is True
     assert build_config({}).yamux_release_on_read is False
 
