@@ -245,8 +245,8 @@ def add_aggregator_variants(p: argparse.ArgumentParser) -> None:
                    help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
     p.add_argument("--aggregator-arg", action="append", default=[],
                    help="extra aggregator flag (repeatable), e.g. "
-                        "--aggregator-arg=--no-throttle-accepts (the 'before' of the accept "
-                        "throttle)")
+                        "--aggregator-arg=--yamux-release-on-read (py-libp2p's Yamux credit, the "
+                        "'before')")
 
 
 def lookup_flags(
