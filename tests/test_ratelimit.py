@@ -42,6 +42,18 @@ def test_peers_are_limited_independently() -> None:
     assert len(limiter) == 2
 
 
+def test_drop_history_exists_only_for_peers_that_dropped() -> None:
+    """One state per connected peer: the drop history (a deque, ~0.7 KB) comes with the
+    first drop, not with the peer."""
+    limiter = PeerRateLimiter(rate=1.0, burst=1, flood_drops=3, flood_window=10.0)
+    assert limiter.check("calm", 0.0) is RateDecision.ACCEPT
+    assert limiter.check("calm", 1.0) is RateDecision.ACCEPT
+    assert limiter._peers["calm"].drops is None
+    assert limiter.check("busy", 0.0) is RateDecision.ACCEPT
+    assert limiter.check("busy", 0.1) is RateDecision.DROP
+    assert list(limiter._peers["busy"].drops or ()) == [0.1]
+
+
 def test_flooding_peer_is_disconnected_after_n_drops_in_window() -> None:
     limiter = PeerRateLimiter(rate=1.0, burst=1, flood_drops=3, flood_window=10.0)
     assert limiter.check("p", 0.0) is RateDecision.ACCEPT
