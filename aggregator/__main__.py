@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="inbound handshakes at once (default 64)")
         p.add_argument("--handshake-queue-wait", type=str, metavar="DURATION",
                        help="close a connection that waited this long for a handshake (5s)")
+        p.add_argument("--memory-cuts", metavar="LIST",
+                       help="py-libp2p per-connection memory cuts: yamux,accept,noise,inbound (the "
+                            "default: all), or none (py-libp2p's behaviour)")
         p.add_argument("--max-connections-per-peer", type=str, metavar="N",
                        help="connections per peer id (default 2)")
         p.add_argument("--max-streams-per-peer", type=str, metavar="N")

@@ -35,7 +35,7 @@ from aggregator.fleet import Fleet, FleetPolicy, FleetSnapshot
 from aggregator.gcmon import GcMonitor, tune_gc
 from aggregator.ingest import Ingest, IngestSettings
 from aggregator.metrics import AggregatorMetrics, create_metrics
-from heartbeat import p2p
+from heartbeat import p2p, p2p_memory
 from heartbeat.errors import ConfigError
 from heartbeat.wire import PROTOCOL_ALIASES, PROTOCOL_ID
 
@@ -320,6 +320,7 @@ def install_accept_path_patches(config: AggregatorConfig) -> None:
         log.info("fast_task_lookup installed=%s", p2p.install_fast_task_lookup())
     if config.throttle_reconcile:
         log.info("reconcile_throttle installed=%s", p2p.install_throttled_reconcile())
+    log.info("memory_cuts installed=%s", p2p_memory.install_memory_cuts(config.memory_cuts))
     log.info("yamux_tuning installed=%s release_on_read=%s",
              p2p.install_yamux_tuning(release_on_read=config.yamux_release_on_read),
              config.yamux_release_on_read)  # fmt: skip
@@ -333,7 +334,7 @@ async def serving_heartbeats(
     async with p2p.running_host(
         key_pair, list(config.listen), host_limits(config),
         identify_peers=config.identify_peers,
-    ) as host:  # fmt: skip
+    ) as host, p2p_memory.yamux_sweeper():  # fmt: skip
         ingest.bind(
             disconnect_peer=partial(p2p.close_peer, host),
             close_connection=p2p.close_connection,

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_HTTP_LISTEN",
     "DEFAULT_LISTEN",
     "ENV_PREFIX",
+    "MEMORY_CUTS",
     "AggregatorConfig",
     "build_config",
     "config_mapping",
@@ -100,6 +101,9 @@ class AggregatorConfig:
     #: Credit each Yamux read back to the agent at once, one WINDOW_UPDATE frame per beat
     #: read (py-libp2p 0.8.1's default). Off: at half the window, as go-yamux does.
     yamux_release_on_read: bool = False
+    #: py-libp2p's per-connection memory cut from outside (`heartbeat.p2p_memory`,
+    #: docs/CAPACITY.md 1b): any of `MEMORY_CUTS`; () is py-libp2p's behaviour.
+    memory_cuts: tuple[str, ...] = ("yamux", "accept", "noise", "inbound")
     #: Run identify towards every connecting agent (py-libp2p's default). Off: the
     #: aggregator needs neither their protocols nor their addresses, and each identify
     #: costs a stream and peerstore records per accepted connection (docs/CAPACITY.md).
@@ -178,6 +182,24 @@ def _threshold(value: Any) -> tuple[int, int, int]:
     return (numbers[0], numbers[1], numbers[2])
 
 
+#: The cuts `heartbeat.p2p_memory.install_memory_cuts` knows (its `CUTS`).
+MEMORY_CUTS = ("yamux", "accept", "noise", "inbound")
+
+
+def _memory_cuts(value: Any) -> tuple[str, ...]:
+    """`yamux,noise`, a TOML list, `all` or `none`; in `MEMORY_CUTS` order."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = {str(v).strip().lower() for v in items} - {""}
+    if names == {"all"}:
+        return MEMORY_CUTS
+    if names == {"none"}:
+        return ()
+    unknown = names - set(MEMORY_CUTS)
+    if unknown:
+        raise ValueError(f"unknown cut(s) {sorted(unknown)}; known: {', '.join(MEMORY_CUTS)}")
+    return tuple(cut for cut in MEMORY_CUTS if cut in names)
+
+
 def _log_format(value: Any) -> str:
     return parse_choice(_str(value), ("text", "json"))
 
@@ -229,6 +251,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "fast_task_lookup": _bool,
     "throttle_reconcile": _bool,
     "yamux_release_on_read": _bool,
+    "memory_cuts": _memory_cuts,
     "identify_peers": _bool,
     "workers": _int,
     "worker_watchdog": _duration,
