@@ -1,4 +1,4 @@
-"""Benchmark 7: where a held connection's memory goes.
+"""Where a held connection's memory goes (docs/CAPACITY.md, section 1b).
 
 Each run starts a fresh aggregator (`python -m aggregator run`, the limits lifted as in
 bench_connections), connects `--low` agents with the load generator (light dialer, one beat
