@@ -20,8 +20,9 @@ changes nothing) and each switchable back to py-libp2p's code for a "before" run
   in a loop for the session's new streams and starts each stream's handler in its own
   nursery; here the session hands each new stream straight to a handler task started in
   the swarm's task nursery (the one py-libp2p runs `SwarmConn.start` in), and the
-  session's new-stream channel is dropped. An exception escaping a handler stops the
-  swarm as before.
+  session's new-stream channel is dropped. An exception escaping a handler meets the
+  task manager's rule as before (a connection shutting down is ignored, anything else
+  stops the swarm).
 - `inbound`: the listener's handler task of an inbound connection ends when that
   connection closes. py-libp2p 0.8.1 keeps it until the host stops ("intentional
   barrier"), so every connection ever accepted leaves a task behind (~3 KB): a leak under
@@ -334,11 +335,18 @@ class _StreamSpawner:
 
 
 async def _handle_stream(manager: Any, handler: Any, stream: Any) -> None:
-    """A stream's handler task; an exception stops the swarm, as when it escaped the
-    accept loop's nursery into py-libp2p's task manager."""
+    """A stream's handler task. An exception that escapes it meets py-libp2p's task
+    manager's rule, as when it escaped the accept loop into the manager: a connection
+    shutting down (py-libp2p's own `is_expected_connection_shutdown`) is logged at debug,
+    anything else is recorded and stops the swarm."""
+    from libp2p.utils.connection_shutdown import is_expected_connection_shutdown
+
     try:
         await handler(stream)
-    except Exception:
+    except Exception as err:
+        if is_expected_connection_shutdown(err):
+            log.debug("stream_handler_ended err=%r", err)
+            return
         log.exception("stream_handler_escaped")
         manager._errors.append(sys.exc_info())
         manager.cancel()

@@ -304,6 +304,38 @@ async def test_aggregator_serves_beats_through_the_cut_connections(tmp_path: Pat
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("restore_cuts")
+async def test_a_handler_ended_by_the_peer_closing_does_not_stop_the_host() -> None:
+    """py-libp2p's task manager ignores a connection shutdown escaping a task: so do the
+    handler tasks of the `accept` cut (a StreamEOF out of a handler is not fatal)."""
+    assert p2p_memory.install_memory_cuts(p2p_memory.CUTS)["accept"]
+    key = p2p.new_identity()
+    handled = 0
+
+    async def handler(stream: Any) -> None:
+        nonlocal handled
+        handled += 1
+        while True:
+            await stream.read(1024)  # raises StreamEOF once the client closes
+
+    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(8),
+                                identify_peers=False) as srv:  # fmt: skip
+        p2p.set_stream_handlers(srv, [PROTOCOL], handler)
+        addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
+        swarm: Any = srv.get_network()
+        for expected in (1, 2):
+            async with p2p.light_connection(p2p.new_identity(), addr) as conn:
+                stream = await conn.open_stream(PROTOCOL)
+                await stream.write(b"x")
+                with trio.fail_after(10):
+                    while handled < expected:
+                        await trio.sleep(0.02)
+                await stream.close()
+            await eventually(lambda: p2p.connection_count(srv) == 0)
+        assert not swarm.manager.is_cancelled
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("restore_cuts")
 async def test_shared_sweeper_reclaims_stale_streams() -> None:
     """py-libp2p's own stale-stream sweep, run for every session by one task."""
     assert p2p_memory.install_memory_cuts(p2p_memory.CUTS)["yamux"]
