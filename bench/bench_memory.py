@@ -1,19 +1,22 @@
 """Where a held connection's memory goes (docs/CAPACITY.md, section 1b).
 
-Each run starts a fresh aggregator (`python -m aggregator run`, the limits lifted as in
-bench_connections), connects `--low` agents with the load generator (light dialer, one beat
-every `--beat-period`), waits until they are held and `--settle` seconds more, takes
-snapshot A, connects more agents up to `--agents`, and takes snapshot B. Per-connection
-figures are B − A divided by the connections added: start-up, imports and first-connection
-caches cancel out.
+Each run starts a fresh aggregator (`python -m aggregator run` inside
+`bench/memory_probe.py`, the limits lifted as in bench_connections), connects `--low` agents
+with the load generator (light dialer, one beat every `--beat-period`), waits until they are
+held and `--settle` seconds more, takes snapshot A, connects more agents up to `--agents`, and
+takes snapshot B. Per-connection figures are B − A divided by the connections added:
+start-up, imports and first-connection caches cancel out.
 
-- `--repeat` plain runs (no tracing, nothing in the process): RSS per connection, read from
-  /proc, the figure to compare with bench_connections.
-- `--traced` runs through `bench/memory_probe.py` (tracemalloc with `--frames` frames): the
-  bytes per connection by allocation site (file:line, module, and "owner": the innermost frame
-  outside the standard library and trio), gc-tracked objects per connection by type, glibc
-  malloc's and pymalloc's heaps, and what tracemalloc does not see (RSS − traced: C
-  allocations of OpenSSL/cryptography/Noise, malloc fragmentation, pymalloc's free blocks).
+- `--repeat` plain runs (no tracing; the probe only reads the heaps' sizes): RSS per
+  connection from /proc, the figure to compare with bench_connections, and how it splits
+  between pymalloc's arenas and glibc's heap (in use, free), and what one full
+  `gc.collect()` after B frees.
+- `--traced` runs under tracemalloc (`--frames` frames, from the start; `--traced-agents` at
+  B and `--traced-ramp`, because a traced aggregator accepts ~5x slower): the bytes per
+  connection by allocation site (file:line, module, and "owner": the innermost frame outside
+  the standard library and trio), gc-tracked objects per connection by type, and what
+  tracemalloc does not see (plain RSS − traced: C allocations of OpenSSL/cryptography,
+  allocator rounding and free blocks).
 
 Loopback only, bounded: at most 3,000 agents, a ramp of at most 200/s, a hard time cap per
 run; the load generators and the aggregator are stopped by their own pids.
