@@ -83,6 +83,7 @@ __all__ = [
     "new_identity",
     "peer_id_of",
     "peer_info_from_multiaddr",
+    "recompiled_method",
     "restore_libp2p_logging",
     "running_host",
     "set_stream_handlers",
@@ -634,13 +635,13 @@ def patched_window_update_source(source: str) -> str | None:
     return text.replace(_CREDIT_ON_READ_BRANCHES, "")
 
 
-def _recompiled(cls: Any, name: str, patch: Callable[[str], str | None]) -> Any:
+def recompiled_method(cls: Any, name: str, patch: Callable[[str], str | None]) -> Any:
     """`cls.name` recompiled from its own source after `patch`, in its module's globals;
     None (nothing changed) when the source cannot be read or `patch` refuses it."""
     import inspect
     import sys
 
-    method = cls.__dict__[name]
+    method = cls.__dict__.get(name)
     try:
         source = inspect.getsource(method)
     except (OSError, TypeError):
@@ -681,7 +682,7 @@ def install_yamux_tuning(*, release_on_read: bool = False) -> bool:
         return True
     if original_window_update is not None:
         return True
-    tuned = _recompiled(YamuxStream, name, patched_window_update_source)
+    tuned = recompiled_method(YamuxStream, name, patched_window_update_source)
     if tuned is None:
         logging.getLogger(__name__).warning("yamux_tuning_refused reason=unexpected_source")
         return False
@@ -714,7 +715,7 @@ def install_throttled_reconcile(interval: float = 5.0) -> bool:
         return reconcile_due(swarm, interval, time.monotonic())
 
     swarm_module.__dict__["_fil_reconcile_due"] = due
-    new_add_conn = _recompiled(swarm_cls, "add_conn", patched_add_conn_source)
+    new_add_conn = recompiled_method(swarm_cls, "add_conn", patched_add_conn_source)
     if new_add_conn is None:
         logging.getLogger(__name__).warning(
             "reconcile_throttle_refused reason=unexpected_add_conn_source"

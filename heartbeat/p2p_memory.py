@@ -44,6 +44,8 @@ from typing import Any
 
 import trio
 
+from heartbeat.p2p import recompiled_method
+
 __all__ = [
     "CUTS",
     "install_memory_cuts",
@@ -461,32 +463,13 @@ def _install_inbound() -> str | None:
 
     swarm_cls: Any = swarm_module.Swarm
     name = "_do_handle_inbound_connection"
-    new = _recompiled(swarm_cls, name, patched_inbound_source)
+    new = recompiled_method(swarm_cls, name, patched_inbound_source)
     if new is None:
         return f"Swarm.{name} is not py-libp2p 0.8.1's"
     swarm_module.__dict__["_fil_hold_inbound"] = _hold_inbound
     _ORIGINALS["inbound"] = [(swarm_cls, name, swarm_cls.__dict__[name])]
     setattr(swarm_cls, name, new)
     return None
-
-
-def _recompiled(cls: Any, name: str, patch: Callable[[str], str | None]) -> Any:
-    """`cls.name` recompiled from its own source after `patch`, in its module's globals;
-    None when the source cannot be read or `patch` refuses it."""
-    method = cls.__dict__.get(name)
-    try:
-        source = inspect.getsource(method)
-    except (OSError, TypeError):
-        return None
-    patched = patch(source)
-    if patched is None or method.__code__.co_freevars:
-        return None
-    code = compile(patched, inspect.getsourcefile(method) or f"<{name}>", "exec")
-    local: dict[str, Any] = {}
-    exec(code, sys.modules[cls.__module__].__dict__, local)
-    new = local[name]
-    new.__qualname__ = method.__qualname__
-    return new
 
 
 _INSTALLERS: dict[str, Callable[[], str | None]] = {
