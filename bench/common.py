@@ -34,7 +34,6 @@ __all__ = [
     "LoadgenProcess",
     "add_aggregator_variants",
     "http_get",
-    "lookup_flags",
     "print_table",
     "proc_children",
     "proc_cpu_seconds",
@@ -234,7 +233,7 @@ class AggregatorProcess:
 
 
 def add_aggregator_variants(p: argparse.ArgumentParser) -> None:
-    """The aggregator's layout and its "before" switches (`lookup_flags`), for the benches."""
+    """The aggregator's layout and its "before" switches (`variant_flags`), for the benches."""
     p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4),
                    help="the aggregator's --workers: ingest processes on its port")
     p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
@@ -249,21 +248,14 @@ def add_aggregator_variants(p: argparse.ArgumentParser) -> None:
                         "'before')")
 
 
-def lookup_flags(
-    fast_task_lookup: bool, identify_peers: bool = False, throttle_reconcile: bool = True
-) -> tuple[str, ...]:
-    """Aggregator flags: py-libp2p's parent-task search replaced by the O(1) lookup (the
-    aggregator's default, `heartbeat.p2p.install_fast_task_lookup`) or the stock O(n) walk;
-    identify towards every connecting agent (py-libp2p's default) or not (ours)."""
-    flags = () if fast_task_lookup else ("--no-fast-task-lookup",)
-    flags = flags if throttle_reconcile else (*flags, "--no-throttle-reconcile")
-    return (*flags, "--identify-peers") if identify_peers else flags
-
-
 def variant_flags(args: argparse.Namespace) -> tuple[str, ...]:
-    """The aggregator flags of `add_aggregator_variants`' options (not `--workers`)."""
-    return (*lookup_flags(args.fast_task_lookup, args.identify_peers, args.throttle_reconcile),
-            *args.aggregator_arg)
+    """The aggregator flags of `add_aggregator_variants`' options (not `--workers`): the
+    "before" switches (py-libp2p's O(n) parent-task search, its reconcile on every accept,
+    identify towards every agent) and the extra `--aggregator-arg`s."""
+    flags = () if args.fast_task_lookup else ("--no-fast-task-lookup",)
+    flags = flags if args.throttle_reconcile else (*flags, "--no-throttle-reconcile")
+    flags = (*flags, "--identify-peers") if args.identify_peers else flags
+    return (*flags, *args.aggregator_arg)
 
 
 def start_workers(workdir: Path, workers: int, *args: str, **kw: Any) -> list[AggregatorProcess]:
