@@ -43,10 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     # SUPPRESS everywhere: an option given before the subcommand is not reset by
     # the subcommand's own default.
-    run = sub.add_parser("run", help="run the aggregator (the default)",
-                         argument_default=argparse.SUPPRESS)
-    ident = sub.add_parser("id", help="print the aggregator's peer id",
-                           argument_default=argparse.SUPPRESS)
+    run = sub.add_parser(
+        "run", help="run the aggregator (the default)", argument_default=argparse.SUPPRESS
+    )
+    ident = sub.add_parser(
+        "id", help="print the aggregator's peer id", argument_default=argparse.SUPPRESS
+    )
     # Started by worker 0 (`--workers N`), not by hand: the configuration comes over the link.
     worker = sub.add_parser("worker", argument_default=argparse.SUPPRESS)
     worker.add_argument("--worker-index", type=int, required=True)
@@ -55,40 +57,83 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", help="TOML configuration file")
         p.add_argument("--identity-file", metavar="PATH", help="Ed25519 key file (created)")
     for p in (parser, run):
-        p.add_argument("--listen", action="append", metavar="MULTIADDR",
-                       help="libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/9081)")
+        p.add_argument(
+            "--listen",
+            action="append",
+            metavar="MULTIADDR",
+            help="libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/9081)",
+        )
         p.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP address (0.0.0.0:9082)")
         p.add_argument("--state-db", metavar="PATH", help="SQLite node registry")
-        p.add_argument("--allowlist", dest="allowlist_file", metavar="FILE",
-                       help="allowed peer ids, one per line (reloaded on SIGHUP)")
-        p.add_argument("--legacy-metrics", action="store_const", const=True,
-                       help="also export go-filecoin's unprefixed gauges")
+        p.add_argument(
+            "--allowlist",
+            dest="allowlist_file",
+            metavar="FILE",
+            help="allowed peer ids, one per line (reloaded on SIGHUP)",
+        )
+        p.add_argument(
+            "--legacy-metrics",
+            action="store_const",
+            const=True,
+            help="also export go-filecoin's unprefixed gauges",
+        )
         p.add_argument("--name", help="this aggregator's name (legacy metrics label)")
         p.add_argument("--max-connections", type=str, metavar="N")
         p.add_argument("--max-connections-per-ip", type=str, metavar="N")
-        p.add_argument("--max-streams-total", type=str, metavar="N",
-                       help="streams on the host (default 4 x max connections)")
-        p.add_argument("--max-memory-mb", type=str, metavar="MB",
-                       help="resource manager memory (default max(512, max connections / 4))")
-        p.add_argument("--max-peers", type=str, metavar="N",
-                       help="peerstore size (default 2 x max connections + 64)")
-        p.add_argument("--max-pending-inbound", type=str, metavar="N",
-                       help="inbound handshakes at once (default 64)")
-        p.add_argument("--handshake-queue-wait", type=str, metavar="DURATION",
-                       help="close a connection that waited this long for a handshake (5s)")
-        p.add_argument("--memory-cuts", metavar="LIST",
-                       help="py-libp2p per-connection memory cuts: yamux,accept,noise,inbound (the "
-                            "default: all), or none (py-libp2p's behaviour)")
-        p.add_argument("--max-connections-per-peer", type=str, metavar="N",
-                       help="connections per peer id (default 2)")
+        p.add_argument(
+            "--max-streams-total",
+            type=str,
+            metavar="N",
+            help="streams on the host (default 4 x max connections)",
+        )
+        p.add_argument(
+            "--max-memory-mb",
+            type=str,
+            metavar="MB",
+            help="resource manager memory (default max(512, max connections / 4))",
+        )
+        p.add_argument(
+            "--max-peers",
+            type=str,
+            metavar="N",
+            help="peerstore size (default 2 x max connections + 64)",
+        )
+        p.add_argument(
+            "--max-pending-inbound",
+            type=str,
+            metavar="N",
+            help="inbound handshakes at once (default 64)",
+        )
+        p.add_argument(
+            "--handshake-queue-wait",
+            type=str,
+            metavar="DURATION",
+            help="close a connection that waited this long for a handshake (5s)",
+        )
+        p.add_argument(
+            "--memory-cuts",
+            metavar="LIST",
+            help="py-libp2p per-connection memory cuts: yamux,accept,noise,inbound (the "
+            "default: all), or none (py-libp2p's behaviour)",
+        )
+        p.add_argument(
+            "--max-connections-per-peer",
+            type=str,
+            metavar="N",
+            help="connections per peer id (default 2)",
+        )
         p.add_argument("--max-streams-per-peer", type=str, metavar="N")
         p.add_argument("--max-beat-size", type=str, metavar="BYTES")
         p.add_argument("--rate-limit", type=str, metavar="BEATS_PER_S")
         p.add_argument("--rate-burst", type=str, metavar="N")
         p.add_argument("--flood-drops", type=str, metavar="N")
         p.add_argument("--flood-window", type=str, metavar="DURATION")
-        p.add_argument("--beat-timeout", type=str, metavar="DURATION",
-                       help="silence before a node is down, until its period is known (30s)")
+        p.add_argument(
+            "--beat-timeout",
+            type=str,
+            metavar="DURATION",
+            help="silence before a node is down, until its period is known (30s)",
+        )
         p.add_argument("--beat-timeout-min", type=str, metavar="DURATION")
         p.add_argument("--beat-timeout-max", type=str, metavar="DURATION")
         p.add_argument("--lag-threshold", type=str, metavar="EPOCHS")
@@ -96,22 +141,52 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--retention", type=str, metavar="DURATION")
         p.add_argument("--max-nodes", type=str, metavar="N")
         p.add_argument("--gc-threshold", type=str, metavar="G0,G1,G2")
-        p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
-)
-        p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_const",
-                       const=False, help="keep py-libp2p's O(connections) parent-task search")
-        p.add_argument("--yamux-release-on-read", action="store_const", const=True,
-                       help="send the agent a Yamux WINDOW_UPDATE after every read "
-                            "(py-libp2p's default; one more frame written per beat)")
-        p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile",
-                       action="store_const", const=False,
-                       help="keep py-libp2p's O(connections) reconcile on every accept")
-        p.add_argument("--identify-peers", dest="identify_peers", action="store_const",
-                       const=True, help="run identify towards every connecting agent")
-        p.add_argument("--workers", type=str, metavar="N",
-                       help="ingest processes on one port and identity (default 1)")
-        p.add_argument("--worker-watchdog", type=str, metavar="DURATION",
-                       help="kill and restart a worker silent this long (60s)")
+        p.add_argument(
+            "--no-gc-freeze",
+            dest="gc_freeze",
+            action="store_const",
+            const=False,
+        )
+        p.add_argument(
+            "--no-fast-task-lookup",
+            dest="fast_task_lookup",
+            action="store_const",
+            const=False,
+            help="keep py-libp2p's O(connections) parent-task search",
+        )
+        p.add_argument(
+            "--yamux-release-on-read",
+            action="store_const",
+            const=True,
+            help="send the agent a Yamux WINDOW_UPDATE after every read "
+            "(py-libp2p's default; one more frame written per beat)",
+        )
+        p.add_argument(
+            "--no-throttle-reconcile",
+            dest="throttle_reconcile",
+            action="store_const",
+            const=False,
+            help="keep py-libp2p's O(connections) reconcile on every accept",
+        )
+        p.add_argument(
+            "--identify-peers",
+            dest="identify_peers",
+            action="store_const",
+            const=True,
+            help="run identify towards every connecting agent",
+        )
+        p.add_argument(
+            "--workers",
+            type=str,
+            metavar="N",
+            help="ingest processes on one port and identity (default 1)",
+        )
+        p.add_argument(
+            "--worker-watchdog",
+            type=str,
+            metavar="DURATION",
+            help="kill and restart a worker silent this long (60s)",
+        )
         p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
         add_alert_arguments(p)
     for p in (parser, run, ident, worker):

@@ -222,9 +222,13 @@ async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
     )
     agg.metrics.registry.register(DeliveryCollector(delivery))
     service = AlertingService(
-        agg.snapshot, settings.policy, delivery,
-        interval=settings.evaluation_interval, static_labels={"aggregator": agg.config.name},
-        send_test_alert=settings.send_test_alert, wall_clock=agg.wall_clock,
+        agg.snapshot,
+        settings.policy,
+        delivery,
+        interval=settings.evaluation_interval,
+        static_labels={"aggregator": agg.config.name},
+        send_test_alert=settings.send_test_alert,
+        wall_clock=agg.wall_clock,
         changes=agg.alert_changes,
     )
     await nursery.start(service.run)
@@ -257,6 +261,7 @@ async def run_expiry(
 async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
     """Restore the node registry into the fleet, then run the batched writer."""
     from aggregator import store
+
     # The writer restores the fleet before it starts and flushes once more
     # (shielded) at shutdown; expiry is `run_expiry`'s.
     restored = await nursery.start(
@@ -307,8 +312,18 @@ def build_aggregator(
     metrics.own.counters = ingest.counters
     metrics.own.bus = bus
     metrics.own.gc = gc_monitor
-    return Aggregator(config, peer_id, fleet, bus, ingest, metrics, gc_monitor,
-                      alert_changes, store_events, wall_clock=wall_clock)  # fmt: skip
+    return Aggregator(
+        config,
+        peer_id,
+        fleet,
+        bus,
+        ingest,
+        metrics,
+        gc_monitor,
+        alert_changes,
+        store_events,
+        wall_clock=wall_clock,
+    )
 
 
 def install_accept_path_patches(config: AggregatorConfig) -> None:
@@ -321,9 +336,11 @@ def install_accept_path_patches(config: AggregatorConfig) -> None:
     if config.throttle_reconcile:
         log.info("reconcile_throttle installed=%s", p2p.install_throttled_reconcile())
     log.info("memory_cuts installed=%s", p2p_memory.install_memory_cuts(config.memory_cuts))
-    log.info("yamux_tuning installed=%s release_on_read=%s",
-             p2p.install_yamux_tuning(release_on_read=config.yamux_release_on_read),
-             config.yamux_release_on_read)  # fmt: skip
+    log.info(
+        "yamux_tuning installed=%s release_on_read=%s",
+        p2p.install_yamux_tuning(release_on_read=config.yamux_release_on_read),
+        config.yamux_release_on_read,
+    )
 
 
 @asynccontextmanager
@@ -331,10 +348,15 @@ async def serving_heartbeats(
     ingest: Ingest, key_pair: Any, config: AggregatorConfig
 ) -> AsyncIterator[Any]:
     """A running libp2p host whose heartbeat streams and connections go to `ingest`."""
-    async with p2p.running_host(
-        key_pair, list(config.listen), host_limits(config),
-        identify_peers=config.identify_peers,
-    ) as host, p2p_memory.yamux_sweeper():  # fmt: skip
+    async with (
+        p2p.running_host(
+            key_pair,
+            list(config.listen),
+            host_limits(config),
+            identify_peers=config.identify_peers,
+        ) as host,
+        p2p_memory.yamux_sweeper(),
+    ):
         ingest.bind(
             disconnect_peer=partial(p2p.close_peer, host),
             close_connection=p2p.close_connection,

@@ -36,8 +36,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-
-
 class Bus:
     """One publisher (ingest), many subscribers; see the module docstring."""
 
@@ -56,17 +54,13 @@ class Bus:
         """A required subscriber called inline for every event (must be fast)."""
         self._sync.append((name, callback))
 
-    def subscribe_required(
-        self, name: str, capacity: int = 1024
-    ) -> trio.MemoryReceiveChannel[Any]:
+    def subscribe_required(self, name: str, capacity: int = 1024) -> trio.MemoryReceiveChannel[Any]:
         """A required asynchronous subscriber: a bounded channel the publisher awaits."""
         send, receive = trio.open_memory_channel[Any](capacity)
         self._required.append((name, send))
         return receive
 
-    def subscribe_optional(
-        self, name: str, capacity: int = 256
-    ) -> trio.MemoryReceiveChannel[Any]:
+    def subscribe_optional(self, name: str, capacity: int = 256) -> trio.MemoryReceiveChannel[Any]:
         """An optional subscriber: events are dropped (and counted) when it lags."""
         if name in self._optional:
             raise ValueError(f"optional subscriber {name!r} already exists")

@@ -263,16 +263,34 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 #: Settings that must be strictly positive / at least 1.
 _POSITIVE = {
-    "rate_limit", "flood_window", "beat_timeout", "beat_timeout_min", "beat_timeout_max",
-    "stall_after", "retention", "store_flush_interval", "expire_interval",
-    "handshake_queue_wait", "worker_watchdog",
-}  # fmt: skip
+    "rate_limit",
+    "flood_window",
+    "beat_timeout",
+    "beat_timeout_min",
+    "beat_timeout_max",
+    "stall_after",
+    "retention",
+    "store_flush_interval",
+    "expire_interval",
+    "handshake_queue_wait",
+    "worker_watchdog",
+}
 _AT_LEAST_ONE = {
-    "max_connections", "max_connections_per_ip", "max_streams_per_peer", "max_beat_size",
-    "max_streams_total", "max_memory_mb", "max_peers", "max_pending_inbound",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_streams_per_peer",
+    "max_beat_size",
+    "max_streams_total",
+    "max_memory_mb",
+    "max_peers",
+    "max_pending_inbound",
     "max_connections_per_peer",
-    "max_buffer", "rate_burst", "flood_drops", "lag_threshold", "max_nodes",
-}  # fmt: skip
+    "max_buffer",
+    "rate_burst",
+    "flood_drops",
+    "lag_threshold",
+    "max_nodes",
+}
 
 _MULTIADDR = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/([^/]+)/tcp/(\d+)$")
 _IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
@@ -337,12 +355,16 @@ def build_config(
     values: dict[str, Any] = {}
     sources: list[tuple[str, Mapping[str, Any]]] = [
         ("file", file),
-        ("env", {
-            _normalise_key(k[len(ENV_PREFIX):]): v
-            for k, v in env.items() if k.startswith(ENV_PREFIX)
-        }),
+        (
+            "env",
+            {
+                _normalise_key(k[len(ENV_PREFIX) :]): v
+                for k, v in env.items()
+                if k.startswith(ENV_PREFIX)
+            },
+        ),
         ("flag", {_normalise_key(k): v for k, v in flags.items() if v is not None}),
-    ]  # fmt: skip
+    ]
     known = set(_PARSERS) | {"http_listen"}
     for origin, source in sources:
         for key, raw in source.items():

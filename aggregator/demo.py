@@ -102,9 +102,7 @@ class LogGate(logging.Handler):
         self.held.clear()
 
 
-def _agent(
-    host: Any, addr: str, nickname: str, chain: SimulatedChain, period: float
-) -> Agent:
+def _agent(host: Any, addr: str, nickname: str, chain: SimulatedChain, period: float) -> Agent:
     target = replace(parse_target(addr), beat_period=period, reconnect_period=3.0)
     loop = BeatLoop(
         target, Libp2pConnector(host), lambda: chain.latest, nickname=nickname, jitter=0.0
@@ -145,15 +143,14 @@ async def run_demo(
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="fil-heartbeat-demo-") as tmp, trio.move_on_after(
-        duration if duration is not None else float("inf")
+    with (
+        tempfile.TemporaryDirectory(prefix="fil-heartbeat-demo-") as tmp,
+        trio.move_on_after(duration if duration is not None else float("inf")),
     ):
         holder: list[Aggregator] = []
         async with trio.open_nursery() as nursery:
             config = demo_config(Path(tmp))
-            start = partial(
-                run_aggregator, config, handle_signals=False, on_ready=holder.append
-            )
+            start = partial(run_aggregator, config, handle_signals=False, on_ready=holder.append)
             await nursery.start(start)
             agg = holder[0]
             addr = agg.multiaddrs[0]
@@ -165,9 +162,12 @@ async def run_demo(
             chain = SimulatedChain(block_delay=block_delay, null_round_probability=0.0)
             await nursery.start(chain.run)
             lagging = SimulatedChain(
-                block_delay=block_delay, null_round_probability=0.0, lag_epochs=8,
-                seed=chain.seed, genesis_timestamp=chain.genesis_timestamp,
-            )  # fmt: skip
+                block_delay=block_delay,
+                null_round_probability=0.0,
+                lag_epochs=8,
+                seed=chain.seed,
+                genesis_timestamp=chain.genesis_timestamp,
+            )
             await nursery.start(lagging.run)
             nursery.start_soon(_steady_agent, addr, "alpha", chain, BEAT_PERIOD)
             nursery.start_soon(_steady_agent, addr, "bravo", lagging, BEAT_PERIOD)
@@ -199,8 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("libp2p").setLevel(logging.ERROR)
     gate = LogGate()
     try:
-        trio.run(partial(run_demo, args.duration, block_delay=args.block_delay,
-                         refresh=args.refresh, on_header=gate.release_held))  # fmt: skip
+        trio.run(
+            partial(
+                run_demo,
+                args.duration,
+                block_delay=args.block_delay,
+                refresh=args.refresh,
+                on_header=gate.release_held,
+            )
+        )
     except KeyboardInterrupt:
         print("demo stopped", flush=True)
     finally:

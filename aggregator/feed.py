@@ -56,13 +56,21 @@ def feed_json(event: object) -> dict[str, Any] | None:
     if isinstance(event, BeatAccepted):
         beat = event.beat
         return {
-            "type": "beat", "peer_id": event.peer_id, "at": event.at, "head": beat.head,
-            "height": beat.height, "nickname": beat.nickname,
+            "type": "beat",
+            "peer_id": event.peer_id,
+            "at": event.at,
+            "head": beat.head,
+            "height": beat.height,
+            "nickname": beat.nickname,
             "miner_address": beat.miner_address,
         }
     if isinstance(event, PeerConnected):
-        return {"type": "connected", "peer_id": event.peer_id, "at": event.at,
-                "remote_addr": event.remote_addr}
+        return {
+            "type": "connected",
+            "peer_id": event.peer_id,
+            "at": event.at,
+            "remote_addr": event.remote_addr,
+        }
     if isinstance(event, PeerDisconnected):
         return {"type": "disconnected", "peer_id": event.peer_id, "at": event.at}
     return None
@@ -71,8 +79,9 @@ def feed_json(event: object) -> dict[str, Any] | None:
 class Feed:
     """The feed's clients on one bus; `serve` runs one accepted-or-refused WebSocket."""
 
-    def __init__(self, bus: Bus, *, max_clients: int = MAX_FEED_CLIENTS,
-                 capacity: int = FEED_CAPACITY) -> None:
+    def __init__(
+        self, bus: Bus, *, max_clients: int = MAX_FEED_CLIENTS, capacity: int = FEED_CAPACITY
+    ) -> None:
         self.bus = bus
         self.max_clients = max_clients
         self.capacity = capacity
@@ -95,11 +104,17 @@ class Feed:
         client = _client(scope)
         slot = self._take_slot()
         if slot is None:
-            log.warning("feed_refused reason=too_many_clients max=%d client=%s",
-                        self.max_clients, client)
+            log.warning(
+                "feed_refused reason=too_many_clients max=%d client=%s", self.max_clients, client
+            )
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": TRY_AGAIN_LATER,
-                        "reason": "too many feed clients"})
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": TRY_AGAIN_LATER,
+                    "reason": "too many feed clients",
+                }
+            )
             return
         name = f"feed-{slot}"
         peer = _query_param(scope, "peer")
@@ -115,12 +130,17 @@ class Feed:
                     nursery.cancel_scope.cancel()
         finally:
             self._slots.discard(slot)
-        log.info("feed_closed subscriber=%s client=%s dropped_total=%d",
-                 name, client, self.bus.dropped.get(name, 0))
+        log.info(
+            "feed_closed subscriber=%s client=%s dropped_total=%d",
+            name,
+            client,
+            self.bus.dropped.get(name, 0),
+        )
 
     @staticmethod
-    async def _pump(events: trio.MemoryReceiveChannel[Any], peer: str | None, send: Send,
-                    done: trio.CancelScope) -> None:
+    async def _pump(
+        events: trio.MemoryReceiveChannel[Any], peer: str | None, send: Send, done: trio.CancelScope
+    ) -> None:
         async for first in events:
             # Whatever else is queued, without a trip through the scheduler per event: a
             # filtered feed then costs little per event it skips.

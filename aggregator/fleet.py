@@ -540,8 +540,10 @@ class Fleet:
                 state = NodeState.STALLED
             elif lag is not None and lag >= lag_epochs:
                 state = NodeState.LAGGING
-            elif lag is not None and lag <= window and _forked(
-                n.head_cids, reference.get((key, n.height))
+            elif (
+                lag is not None
+                and lag <= window
+                and _forked(n.head_cids, reference.get((key, n.height)))
             ):
                 state = NodeState.FORKED
             else:

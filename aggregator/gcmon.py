@@ -30,7 +30,8 @@ def tune_gc(threshold: tuple[int, int, int] | None, *, freeze: bool) -> None:
         gc.collect()
         gc.freeze()
     log.info(
-        "gc_tuned threshold=%s frozen=%d", ",".join(map(str, gc.get_threshold())),
+        "gc_tuned threshold=%s frozen=%d",
+        ",".join(map(str, gc.get_threshold())),
         gc.get_freeze_count(),
     )
 

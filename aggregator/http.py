@@ -46,8 +46,16 @@ if TYPE_CHECKING:
     from aggregator.fleet import FleetSnapshot, NetworkView, NodeView
     from aggregator.metrics import AggregatorMetrics
 
-__all__ = ["FEED_PATH", "GZIP_MIN_BYTES", "HttpApi", "gzip_accepted", "gzip_body", "network_json",
-           "node_json", "serve_http"]
+__all__ = [
+    "FEED_PATH",
+    "GZIP_MIN_BYTES",
+    "HttpApi",
+    "gzip_accepted",
+    "gzip_body",
+    "network_json",
+    "node_json",
+    "serve_http",
+]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +150,8 @@ class HttpApi:
         self.gzip_min_bytes = gzip_min_bytes
         self.feed = (
             Feed(bus, max_clients=max_feed_clients, capacity=feed_capacity)
-            if bus is not None else None
+            if bus is not None
+            else None
         )
         self.workers_provider: Callable[[], list[dict[str, Any]]] | None = None
         self.ready = False
@@ -182,8 +191,9 @@ class HttpApi:
         status, ctype, body = _json(404, {"error": "not found", "path": path})
         if "websocket.http.response" in scope.get("extensions", {}):
             headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
-            await send({"type": "websocket.http.response.start", "status": status,
-                        "headers": headers})
+            await send(
+                {"type": "websocket.http.response.start", "status": status, "headers": headers}
+            )
             await send({"type": "websocket.http.response.body", "body": body})
         else:
             await send({"type": "websocket.close"})  # before the accept: the server's 403
@@ -209,9 +219,7 @@ class HttpApi:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
     async def _route(self, method: str, path: str) -> tuple[int, bytes, bytes]:
-        known = path in _ROUTES or (
-            path.startswith(_NODE_PREFIX) and len(path) > len(_NODE_PREFIX)
-        )
+        known = path in _ROUTES or (path.startswith(_NODE_PREFIX) and len(path) > len(_NODE_PREFIX))
         if path == "/metrics" and self.metrics is None:
             known = False
         if path == FEED_PATH and self.feed is None:
@@ -238,12 +246,15 @@ class HttpApi:
         if path == "/nodes":
             return _json(200, [v.peer_id for v in snap.nodes if v.up])
         if path == "/api/v1/fleet":
-            return _json(200, {
-                "taken_at": snap.taken_at,
-                "pending_peers": snap.pending_peers,
-                "networks": [network_json(n) for n in snap.networks.values()],
-            })
-        peer_id = unquote(path[len(_NODE_PREFIX):])
+            return _json(
+                200,
+                {
+                    "taken_at": snap.taken_at,
+                    "pending_peers": snap.pending_peers,
+                    "networks": [network_json(n) for n in snap.networks.values()],
+                },
+            )
+        peer_id = unquote(path[len(_NODE_PREFIX) :])
         view = snap.node(peer_id)
         if view is None:
             return _json(404, {"error": "unknown peer", "peer_id": peer_id})
@@ -258,8 +269,17 @@ class HttpApi:
 
 
 _ROUTES = frozenset(
-    {"/metrics", "/healthz", "/readyz", "/api/v1/nodes", "/api/v1/fleet", "/api/v1/alerts",
-     "/api/v1/workers", "/nodes", FEED_PATH}
+    {
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/api/v1/nodes",
+        "/api/v1/fleet",
+        "/api/v1/alerts",
+        "/api/v1/workers",
+        "/nodes",
+        FEED_PATH,
+    }
 )
 
 

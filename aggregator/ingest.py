@@ -161,8 +161,10 @@ class Ingest:
         """The host closed a connection that found no handshake slot in time."""
         self.counters.handshakes_shed += 1
         if self._log_limiter.allow("handshakes_shed", self._clock()):
-            log.warning("handshakes_shed total=%d (a reconnect storm: dialers retry later)",
-                        self.counters.handshakes_shed)  # fmt: skip
+            log.warning(
+                "handshakes_shed total=%d (a reconnect storm: dialers retry later)",
+                self.counters.handshakes_shed,
+            )
 
     # -- connection events (per-IP cap) --------------------------------------
 
@@ -178,8 +180,9 @@ class Ingest:
             if self._log_limiter.allow(f"ip:{ip}", self._clock()):
                 log.warning(
                     "connection_refused ip=%s reason=too_many_connections_per_ip limit=%d",
-                    ip, self.settings.max_connections_per_ip,
-                )  # fmt: skip
+                    ip,
+                    self.settings.max_connections_per_ip,
+                )
             self._spawn(self._close_conn, conn)
 
     async def on_disconnected(self, conn: Any) -> None:
@@ -298,9 +301,11 @@ class Ingest:
                 if self._log_limiter.allow(peer, now):
                     log.warning(
                         "beat_rejected peer=%s reason=%s detail=%s suppressed=%d",
-                        peer, item.reason.value, item.detail,
+                        peer,
+                        item.reason.value,
+                        item.detail,
                         self._log_limiter.take_suppressed(peer),
-                    )  # fmt: skip
+                    )
                 continue
             counters.beats_accepted += 1
             await self.bus.publish(BeatAccepted(peer, item, self._wall()))

@@ -151,12 +151,14 @@ class FleetCollector(Collector):
             "node_last_beat_timestamp_seconds", "When the node's last beat arrived.", _NODE_LABELS
         )
         changed = _g(
-            "node_head_changed_timestamp_seconds", "When the node's head last changed.",
+            "node_head_changed_timestamp_seconds",
+            "When the node's head last changed.",
             _NODE_LABELS,
         )
         up = _g("node_up", "1 when the node is connected and beating in time.", _NODE_LABELS)
         state = _g(
-            "node_state", "1 for the node's current state, 0 for the others.",
+            "node_state",
+            "1 for the node's current state, 0 for the others.",
             (*_NODE_LABELS, "state"),
         )
         lag = _g("node_lag_epochs", "Network height minus node height (epochs).", _NODE_LABELS)
@@ -165,7 +167,8 @@ class FleetCollector(Collector):
             PREFIX + "node_beats", "Beats received from the node.", labels=list(_NODE_LABELS)
         )
         hhash = _g(
-            "node_head_hash", "Head CID set hashed to an integer below 2^52 (0: no head).",
+            "node_head_hash",
+            "Head CID set hashed to an integer below 2^52 (0: no head).",
             _NODE_LABELS,
         )
         info = _g(
@@ -193,14 +196,16 @@ class FleetCollector(Collector):
     def _networks(self, snap: FleetSnapshot) -> Iterator[Metric]:
         height = _g("network_height", "Highest height among up nodes.", ["network"])
         expected = _g(
-            "network_expected_height", "Height expected from genesis time and block delay.",
+            "network_expected_height",
+            "Height expected from genesis time and block delay.",
             ["network"],
         )
         nodes = _g("nodes", "Nodes per state.", ["network", "state"])
         in_cons = _g("nodes_in_consensus", "Up nodes in consensus.", ["network"])
         dispute = _g("nodes_in_dispute", "Up nodes not in consensus.", ["network"])
         chash = _g(
-            "consensus_head_hash", "Consensus head hashed like node_head_hash (0: none).",
+            "consensus_head_hash",
+            "Consensus head hashed like node_head_hash (0: none).",
             ["network"],
         )
         for net in snap.networks.values():
@@ -221,8 +226,11 @@ class FleetCollector(Collector):
         label = ["aggregator"]
         for name, doc, value in (
             ("connected_nodes", "Nodes up (legacy).", sum(n.nodes_up for n in nets)),
-            ("nodes_in_consensus", "Nodes in consensus (legacy).",
-             sum(n.in_consensus for n in nets)),
+            (
+                "nodes_in_consensus",
+                "Nodes in consensus (legacy).",
+                sum(n.in_consensus for n in nets),
+            ),
             ("nodes_in_dispute", "Nodes in dispute (legacy).", sum(n.in_dispute for n in nets)),
         ):
             fam = GaugeMetricFamily(name, doc, labels=["aggregator"])
@@ -369,33 +377,59 @@ class FleetRenderer:
 
         families: tuple[tuple[str, Callable[[list[tuple[str, NodeView]]], list[str]]], ...] = (
             (_H_HEIGHT, lambda part: [f"{_N}height{b}}} {v.height}\n" for b, v in part]),
-            (_H_HEAD_TS, lambda part: [
-                f"{_N}head_timestamp_seconds{b}}} {_num(v.head_timestamp)}\n"
-                for b, v in part if v.head_timestamp is not None]),
-            (_H_LAST_BEAT, lambda part: [
-                f"{_N}last_beat_timestamp_seconds{b}}} {_num(v.last_beat)}\n" for b, v in part]),
-            (_H_CHANGED, lambda part: [
-                f"{_N}head_changed_timestamp_seconds{b}}} {_num(v.head_changed_at)}\n"
-                for b, v in part]),
+            (
+                _H_HEAD_TS,
+                lambda part: [
+                    f"{_N}head_timestamp_seconds{b}}} {_num(v.head_timestamp)}\n"
+                    for b, v in part
+                    if v.head_timestamp is not None
+                ],
+            ),
+            (
+                _H_LAST_BEAT,
+                lambda part: [
+                    f"{_N}last_beat_timestamp_seconds{b}}} {_num(v.last_beat)}\n" for b, v in part
+                ],
+            ),
+            (
+                _H_CHANGED,
+                lambda part: [
+                    f"{_N}head_changed_timestamp_seconds{b}}} {_num(v.head_changed_at)}\n"
+                    for b, v in part
+                ],
+            ),
             (_H_UP, lambda part: [f"{_N}up{b}}} {1 if v.up else 0}\n" for b, v in part]),
-            (_H_STATE, lambda part: [
-                f"{_N}state{b}{suffix}{1 if v.state is s else 0}\n"
-                for b, v in part for s, suffix in _STATE_SUFFIXES]),
-            (_H_LAG, lambda part: [
-                f"{_N}lag_epochs{b}}} {_num(v.lag_epochs)}\n"
-                for b, v in part if v.lag_epochs is not None]),
-            (_H_SYNCING, lambda part: [
-                f"{_N}syncing{b}}} {1 if v.syncing else 0}\n" for b, v in part]),
-            (_H_BEATS, lambda part: [
-                f"{_N}beats_total{b}}} {_num(v.beats_received)}\n" for b, v in part]),
-            (_H_HASH, lambda part: [
-                f"{_N}head_hash{b}}} {_num(v.head_hash)}\n" for b, v in part]),
-        )  # fmt: skip
+            (
+                _H_STATE,
+                lambda part: [
+                    f"{_N}state{b}{suffix}{1 if v.state is s else 0}\n"
+                    for b, v in part
+                    for s, suffix in _STATE_SUFFIXES
+                ],
+            ),
+            (
+                _H_LAG,
+                lambda part: [
+                    f"{_N}lag_epochs{b}}} {_num(v.lag_epochs)}\n"
+                    for b, v in part
+                    if v.lag_epochs is not None
+                ],
+            ),
+            (
+                _H_SYNCING,
+                lambda part: [f"{_N}syncing{b}}} {1 if v.syncing else 0}\n" for b, v in part],
+            ),
+            (
+                _H_BEATS,
+                lambda part: [f"{_N}beats_total{b}}} {_num(v.beats_received)}\n" for b, v in part],
+            ),
+            (_H_HASH, lambda part: [f"{_N}head_hash{b}}} {_num(v.head_hash)}\n" for b, v in part]),
+        )
         add, extend = out.append, out.extend
         for header, lines in families:
             add(header)
             for start in range(0, len(rows), batch):
-                extend(lines(rows[start:start + batch]))
+                extend(lines(rows[start : start + batch]))
                 yield
         add(_H_INFO)
         extend(infos)
@@ -419,9 +453,11 @@ class FleetRenderer:
         for b, n in nets:
             for s, suffix in _STATE_SUFFIXES:
                 add(f"{PREFIX}nodes{b}{suffix}{_num(n.counts.get(s, 0))}\n")
-        for name, attr in (("nodes_in_consensus", "in_consensus"),
-                           ("nodes_in_dispute", "in_dispute"),
-                           ("consensus_head_hash", "consensus_head_hash")):  # fmt: skip
+        for name, attr in (
+            ("nodes_in_consensus", "in_consensus"),
+            ("nodes_in_dispute", "in_dispute"),
+            ("consensus_head_hash", "consensus_head_hash"),
+        ):
             add(_H_NET[name])
             for b, n in nets:
                 add(f"{PREFIX}{name}{b}}} {_num(getattr(n, attr))}\n")
@@ -438,8 +474,9 @@ class FleetRenderer:
             out.append(f'{name}{{aggregator="aggregator"}} {_num(value)}\n')
 
 
-def _counter_by(name: str, doc: str, label: str, values: Mapping[str, int],
-                preset: Iterable[str]) -> CounterMetricFamily:
+def _counter_by(
+    name: str, doc: str, label: str, values: Mapping[str, int], preset: Iterable[str]
+) -> CounterMetricFamily:
     fam = CounterMetricFamily(PREFIX + name, doc, labels=[label])
     merged = dict.fromkeys(preset, 0)
     merged.update(values)
@@ -512,60 +549,96 @@ class SelfCollector(Collector):
     def _workers(self, c: CountersLike | None) -> list[tuple[str, bool, int, int]]:
         if self.workers_provider is None:
             return [("0", True, c.connections if c else 0, 0)]
-        return [(str(w["index"]), bool(w["up"]), int(w["connections"]), int(w["restarts"]))
-                for w in self.workers_provider()]  # fmt: skip
+        return [
+            (str(w["index"]), bool(w["up"]), int(w["connections"]), int(w["restarts"]))
+            for w in self.workers_provider()
+        ]
 
     def collect(self) -> Iterator[Metric]:
         f = getattr(self._pinned, "frame", None) or self.frame()
         for name, doc, value in (
             ("beats_received", "Beats decoded from streams.", f.beats_received),
             ("beats_accepted", "Beats accepted into the fleet.", f.beats_accepted),
-            ("beats_rate_limited", "Beats dropped by the per-peer rate limit.",
-             f.beats_rate_limited),
+            (
+                "beats_rate_limited",
+                "Beats dropped by the per-peer rate limit.",
+                f.beats_rate_limited,
+            ),
         ):
             yield CounterMetricFamily(PREFIX + name, doc, value=value)
-        yield _counter_by("beats_rejected", "Beats rejected, by reason.", "reason",
-                          f.beats_rejected, _REJECT_REASONS)
-        yield _counter_by("decode_errors", "Streams reset for a framing error, by reason.",
-                          "reason", f.decode_errors, _REJECT_REASONS)
-        yield _counter_by("peers_refused", "Peers refused, by reason.", "reason",
-                          f.peers_refused, REFUSE_REASONS)
-        yield _counter_by("peers_disconnected", "Peers disconnected by us, by reason.", "reason",
-                          f.peers_disconnected, DISCONNECT_REASONS)
-        yield GaugeMetricFamily(PREFIX + "streams_open", "Open beat streams.",
-                                value=f.streams_open)
-        yield GaugeMetricFamily(PREFIX + "connections", "Open libp2p connections.",
-                                value=f.connections)
+        yield _counter_by(
+            "beats_rejected",
+            "Beats rejected, by reason.",
+            "reason",
+            f.beats_rejected,
+            _REJECT_REASONS,
+        )
+        yield _counter_by(
+            "decode_errors",
+            "Streams reset for a framing error, by reason.",
+            "reason",
+            f.decode_errors,
+            _REJECT_REASONS,
+        )
+        yield _counter_by(
+            "peers_refused", "Peers refused, by reason.", "reason", f.peers_refused, REFUSE_REASONS
+        )
+        yield _counter_by(
+            "peers_disconnected",
+            "Peers disconnected by us, by reason.",
+            "reason",
+            f.peers_disconnected,
+            DISCONNECT_REASONS,
+        )
+        yield GaugeMetricFamily(PREFIX + "streams_open", "Open beat streams.", value=f.streams_open)
+        yield GaugeMetricFamily(
+            PREFIX + "connections", "Open libp2p connections.", value=f.connections
+        )
         yield CounterMetricFamily(
             PREFIX + "handshakes_shed",
             "Inbound connections closed unanswered: no handshake slot within the queue wait.",
             value=f.handshakes_shed,
         )
         yield CounterMetricFamily(
-            PREFIX + "bus_backpressure_seconds", "Time publishers waited on required subscribers.",
+            PREFIX + "bus_backpressure_seconds",
+            "Time publishers waited on required subscribers.",
             value=f.backpressure_seconds,
         )
-        yield _counter_by("bus_dropped", "Events dropped for a lagging optional subscriber.",
-                          "subscriber", f.bus_dropped, ())
-        yield HistogramMetricFamily(
-            PREFIX + "gc_pause_seconds", "Garbage collector pauses.",
-            buckets=f.gc_buckets, sum_value=f.gc_sum,
+        yield _counter_by(
+            "bus_dropped",
+            "Events dropped for a lagging optional subscriber.",
+            "subscriber",
+            f.bus_dropped,
+            (),
         )
-        firing = GaugeMetricFamily(PREFIX + "alerts_firing", "Firing alerts.",
-                                   labels=["alertname", "severity"])
+        yield HistogramMetricFamily(
+            PREFIX + "gc_pause_seconds",
+            "Garbage collector pauses.",
+            buckets=f.gc_buckets,
+            sum_value=f.gc_sum,
+        )
+        firing = GaugeMetricFamily(
+            PREFIX + "alerts_firing", "Firing alerts.", labels=["alertname", "severity"]
+        )
         counts: dict[tuple[str, str], int] = {}
         for key in f.alerts:
             counts[key] = counts.get(key, 0) + 1
         for key in sorted(counts):
             firing.add_metric(list(key), counts[key])
         yield firing
-        up = GaugeMetricFamily(PREFIX + "worker_up", "Ingest worker linked and listening.",
-                               labels=["worker"])
-        conns = GaugeMetricFamily(PREFIX + "worker_connections",
-                                  "Open libp2p connections, by ingest worker.", labels=["worker"])
-        restarts = CounterMetricFamily(PREFIX + "worker_restarts",
-                                       "Ingest workers restarted after they died.",
-                                       labels=["worker"])
+        up = GaugeMetricFamily(
+            PREFIX + "worker_up", "Ingest worker linked and listening.", labels=["worker"]
+        )
+        conns = GaugeMetricFamily(
+            PREFIX + "worker_connections",
+            "Open libp2p connections, by ingest worker.",
+            labels=["worker"],
+        )
+        restarts = CounterMetricFamily(
+            PREFIX + "worker_restarts",
+            "Ingest workers restarted after they died.",
+            labels=["worker"],
+        )
         for worker, is_up, connections, restarted in f.workers:
             up.add_metric([worker], 1.0 if is_up else 0.0)
             conns.add_metric([worker], connections)
@@ -573,12 +646,14 @@ class SelfCollector(Collector):
         yield up
         yield conns
         yield restarts
-        info = GaugeMetricFamily(PREFIX + "aggregator_info", "This aggregator (always 1).",
-                                 labels=["peer_id", "version"])
+        info = GaugeMetricFamily(
+            PREFIX + "aggregator_info", "This aggregator (always 1).", labels=["peer_id", "version"]
+        )
         info.add_metric([self.peer_id, self.version], 1.0)
         yield info
-        build = GaugeMetricFamily(PREFIX + "build_info", "Build (always 1).",
-                                  labels=["version", "python"])
+        build = GaugeMetricFamily(
+            PREFIX + "build_info", "Build (always 1).", labels=["version", "python"]
+        )
         build.add_metric([__version__, platform.python_version()], 1.0)
         yield build
 

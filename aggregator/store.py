@@ -37,9 +37,22 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 
 _COLUMNS = (
-    "peer_id", "nickname", "miner_address", "head", "height", "head_timestamp", "genesis_cid",
-    "syncing", "version", "first_seen", "last_beat", "beats_received", "remote_address",
-    "beat_period", "head_changed_at", "height_changed_at",
+    "peer_id",
+    "nickname",
+    "miner_address",
+    "head",
+    "height",
+    "head_timestamp",
+    "genesis_cid",
+    "syncing",
+    "version",
+    "first_seen",
+    "last_beat",
+    "beats_received",
+    "remote_address",
+    "beat_period",
+    "head_changed_at",
+    "height_changed_at",
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -63,23 +76,50 @@ CREATE TABLE IF NOT EXISTS nodes (
 """
 _UPSERT = (
     f"INSERT INTO nodes ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    "ON CONFLICT(peer_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
+    "ON CONFLICT(peer_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
 )
 
 
 def _row(r: NodeRecord) -> tuple[object, ...]:
     return (
-        r.peer_id, r.nickname, r.miner_address, r.head, r.height, r.head_timestamp,
-        r.genesis_cid, None if r.syncing is None else int(r.syncing), r.version, r.first_seen,
-        r.last_beat, r.beats_received, r.remote_address, r.beat_period, r.head_changed_at,
+        r.peer_id,
+        r.nickname,
+        r.miner_address,
+        r.head,
+        r.height,
+        r.head_timestamp,
+        r.genesis_cid,
+        None if r.syncing is None else int(r.syncing),
+        r.version,
+        r.first_seen,
+        r.last_beat,
+        r.beats_received,
+        r.remote_address,
+        r.beat_period,
+        r.head_changed_at,
         r.height_changed_at,
     )
 
 
 def _record(row: tuple[object, ...]) -> NodeRecord:
-    (peer_id, nickname, miner, head, height, head_ts, genesis, syncing, version, first_seen,
-     last_beat, beats, remote, period, head_changed, height_changed) = row
+    (
+        peer_id,
+        nickname,
+        miner,
+        head,
+        height,
+        head_ts,
+        genesis,
+        syncing,
+        version,
+        first_seen,
+        last_beat,
+        beats,
+        remote,
+        period,
+        head_changed,
+        height_changed,
+    ) = row
     if not isinstance(peer_id, str) or not isinstance(height, int):
         raise TypeError("bad peer_id or height")
     return NodeRecord(

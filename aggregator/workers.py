@@ -91,9 +91,20 @@ class WorkerStatus:
 
 def worker_argv(index: int, link: str, config: AggregatorConfig) -> list[str]:
     """The command that starts worker `index` (its configuration comes over the link)."""
-    return [sys.executable, "-m", "aggregator", "worker", "--worker-index", str(index),
-            "--worker-link", link, "--log-format", config.log_format,
-            "--log-level", config.log_level]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "aggregator",
+        "worker",
+        "--worker-index",
+        str(index),
+        "--worker-link",
+        link,
+        "--log-format",
+        config.log_format,
+        "--log-level",
+        config.log_level,
+    ]
 
 
 class _Link:
@@ -165,10 +176,17 @@ class WorkerHub:
         out = [worker_zero(os.getpid(), self.agg.ingest.counters)]
         for i, st in sorted(self.status.items()):
             c = self.counters.workers.get(i)
-            out.append({"index": i, "pid": st.pid, "up": st.up and st.ready,
-                        "restarts": st.restarts, "connections": c.connections if c else 0,
-                        "beats_accepted": c.beats_accepted if c else 0})
-        return out  # fmt: skip
+            out.append(
+                {
+                    "index": i,
+                    "pid": st.pid,
+                    "up": st.up and st.ready,
+                    "restarts": st.restarts,
+                    "connections": c.connections if c else 0,
+                    "beats_accepted": c.beats_accepted if c else 0,
+                }
+            )
+        return out
 
     async def run(
         self, listen: list[str], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -224,8 +242,14 @@ class WorkerHub:
             ran = trio.current_time() - started
             backoff = RESTART_MIN if ran >= STABLE_AFTER else min(RESTART_MAX, backoff * 2)
             st.restarts += 1
-            log.error("worker_exited index=%d pid=%d code=%s ran=%.1fs restart_in=%.0fs",
-                      index, proc.pid, code, ran, backoff)  # fmt: skip
+            log.error(
+                "worker_exited index=%d pid=%d code=%s ran=%.1fs restart_in=%.0fs",
+                index,
+                proc.pid,
+                code,
+                ran,
+                backoff,
+            )
             await trio.sleep(backoff)
 
     async def _serve_link(self, stream: trio.abc.Stream) -> None:
@@ -258,8 +282,12 @@ class WorkerHub:
 
     def _kill_silent(self, index: int) -> None:
         st = self.status[index]
-        log.error("worker_silent index=%d pid=%s seconds=%.0f action=kill", index, st.pid,
-                  self.agg.config.worker_watchdog)  # fmt: skip
+        log.error(
+            "worker_silent index=%d pid=%s seconds=%.0f action=kill",
+            index,
+            st.pid,
+            self.agg.config.worker_watchdog,
+        )
         if st.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(st.pid, signal.SIGKILL)  # the supervisor restarts it
@@ -369,8 +397,12 @@ async def run_worker(
         bus = Bus()
         bus.subscribe_sync("fleet", fleet_subscriber(fleet))
         outbox = bus.subscribe_required("link", LINK_CHANNEL_CAPACITY)
-        ingest = Ingest(IngestSettings.from_config(config), bus, beat_timeout=fleet.beat_timeout,
-                        allowlist=load_allowlist(config.allowlist_file))  # fmt: skip
+        ingest = Ingest(
+            IngestSettings.from_config(config),
+            bus,
+            beat_timeout=fleet.beat_timeout,
+            allowlist=load_allowlist(config.allowlist_file),
+        )
         install_accept_path_patches(config)
         async with trio.open_nursery() as nursery:
             await nursery.start(ingest.run)
@@ -381,8 +413,12 @@ async def run_worker(
                     await nursery.start(_worker_signals, ingest, config, nursery.cancel_scope)
                 tune_gc(config.gc_threshold, freeze=config.gc_freeze)
                 await link.send(["ready"])
-                log.info("worker_listening index=%d pid=%d listen=%s", index, os.getpid(),
-                         ",".join(config.listen))  # fmt: skip
+                log.info(
+                    "worker_listening index=%d pid=%d listen=%s",
+                    index,
+                    os.getpid(),
+                    ",".join(config.listen),
+                )
                 task_status.started()
                 await _follow_commands(link, ingest)
                 log.warning("worker_stopping index=%d reason=worker_0_gone", index)

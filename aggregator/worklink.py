@@ -85,7 +85,7 @@ class FrameDecoder:
             end = _LEN.size + size
             if len(self._buf) < end:
                 break
-            body = bytes(self._buf[_LEN.size:end])
+            body = bytes(self._buf[_LEN.size : end])
             del self._buf[:end]
             try:
                 message = cbor2.loads(body)
@@ -107,8 +107,19 @@ class FrameDecoder:
 def event_to_wire(event: Event) -> list[Any]:
     if isinstance(event, BeatAccepted):
         b = event.beat
-        return [_BEAT, event.peer_id, event.at, b.head, b.height, b.nickname, b.miner_address,
-                b.genesis_cid, b.head_timestamp, b.syncing, b.version]  # fmt: skip
+        return [
+            _BEAT,
+            event.peer_id,
+            event.at,
+            b.head,
+            b.height,
+            b.nickname,
+            b.miner_address,
+            b.genesis_cid,
+            b.head_timestamp,
+            b.syncing,
+            b.version,
+        ]
     if isinstance(event, PeerConnected):
         return [_CONNECTED, event.peer_id, event.remote_addr, event.at]
     return [_DISCONNECTED, event.peer_id, event.at]
@@ -137,16 +148,23 @@ def event_from_wire(item: Any) -> Event:
     if kind == _BEAT and len(rest) == 10:
         peer, at, head, height, nick, miner, genesis, ts, syncing, version = rest
         beat = Beat(
-            _check(head, str, "head"), _check(height, int, "height"),
-            _check(nick, str, "nickname"), _check(miner, str, "miner_address"),
-            _check(genesis, _OPT_STR, "genesis_cid"), _check(ts, _OPT_INT, "head_timestamp"),
-            _check(syncing, _OPT_BOOL, "syncing"), _check(version, _OPT_STR, "version"),
-        )  # fmt: skip
+            _check(head, str, "head"),
+            _check(height, int, "height"),
+            _check(nick, str, "nickname"),
+            _check(miner, str, "miner_address"),
+            _check(genesis, _OPT_STR, "genesis_cid"),
+            _check(ts, _OPT_INT, "head_timestamp"),
+            _check(syncing, _OPT_BOOL, "syncing"),
+            _check(version, _OPT_STR, "version"),
+        )
         return BeatAccepted(_check(peer, str, "peer"), beat, float(_check(at, (int, float), "at")))
     if kind == _CONNECTED and len(rest) == 3:
         peer, remote, at = rest
-        return PeerConnected(_check(peer, str, "peer"), _check(remote, str, "remote_addr"),
-                             float(_check(at, (int, float), "at")))  # fmt: skip
+        return PeerConnected(
+            _check(peer, str, "peer"),
+            _check(remote, str, "remote_addr"),
+            float(_check(at, (int, float), "at")),
+        )
     if kind == _DISCONNECTED and len(rest) == 2:
         peer, at = rest
         return PeerDisconnected(_check(peer, str, "peer"), float(_check(at, (int, float), "at")))
@@ -239,8 +257,14 @@ class MergedCounters:
 def worker_zero(pid: int, counters: IngestCounters | MergedCounters) -> dict[str, Any]:
     """This process's entry in /api/v1/workers (worker 0, with or without workers)."""
     local = counters.local if isinstance(counters, MergedCounters) else counters
-    return {"index": 0, "pid": pid, "up": True, "restarts": 0,
-            "connections": local.connections, "beats_accepted": local.beats_accepted}
+    return {
+        "index": 0,
+        "pid": pid,
+        "up": True,
+        "restarts": 0,
+        "connections": local.connections,
+        "beats_accepted": local.beats_accepted,
+    }
 
 
 # -- presence --------------------------------------------------------------------------

@@ -77,8 +77,15 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     max_time = args.max_time
     # All simulated agents share 127.0.0.1: lift the per-IP cap (256) for the bench.
     cap = str(args.agents + 1000)
-    flags = ("--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
-             *variant_flags(args))
+    flags = (
+        "--max-connections",
+        cap,
+        "--max-nodes",
+        cap,
+        "--max-connections-per-ip",
+        cap,
+        *variant_flags(args),
+    )
     if args.workers > 1:  # the production mode: one port and identity, one fleet
         flags = (*flags, "--workers", str(args.workers))
     aggs = [AggregatorProcess.start(workdir, *flags)]  # RSS and CPU: the whole group
@@ -96,10 +103,19 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         t0 = time.monotonic()
         loadgen = LoadgenProcess(
             agg.multiaddr,
-            "--agents", str(args.agents), "--processes", str(args.processes),
-            "--ramp", args.ramp, "--beat-period", args.beat_period,
-            "--duration", f"{duration:.0f}s", "--reconnect-period", "10s",
-        )  # fmt: skip
+            "--agents",
+            str(args.agents),
+            "--processes",
+            str(args.processes),
+            "--ramp",
+            args.ramp,
+            "--beat-period",
+            args.beat_period,
+            "--duration",
+            f"{duration:.0f}s",
+            "--reconnect-period",
+            "10s",
+        )
         best, best_at, peak_rss = 0, time.monotonic(), rss0
         # Held: no new connection for `settle` seconds (or all of them are there).
         while time.monotonic() - t0 < duration - 15:
@@ -167,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             result = run_once(args, Path(tmp))
         runs.append(result)
         print(f"run {i + 1}: {result}", flush=True)
-    print(f"\nbench_connections agents={args.agents} processes={args.processes} "
-          f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
-          f"identify_peers={args.identify_peers} throttle_reconcile={args.throttle_reconcile} "
-          f"aggregator_args={' '.join(args.aggregator_arg) or '-'} "
-          f"ramp={args.ramp} beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
+    print(
+        f"\nbench_connections agents={args.agents} processes={args.processes} "
+        f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
+        f"identify_peers={args.identify_peers} throttle_reconcile={args.throttle_reconcile} "
+        f"aggregator_args={' '.join(args.aggregator_arg) or '-'} "
+        f"ramp={args.ramp} beat_period={args.beat_period} runs={len(runs)} {machine_note()}"
+    )
     print_table(
         ["figure", "median (min–max)"],
         [
@@ -181,17 +199,25 @@ def main(argv: list[str] | None = None) -> int:
             ["RSS at rest (MB)", fmt_spread((r["rss0_mb"] for r in runs), "{:.0f}")],
             ["RSS held (MB)", fmt_spread((r["rss_mb"] for r in runs), "{:.0f}")],
             ["RSS per connection (KB)", fmt_spread((r["kb_per_conn"] for r in runs), "{:.1f}")],
-            ["/metrics raw GET under load (s), median of 3",
-             fmt_spread((_mid(r.get("metrics_raw_s")) for r in runs), "{:.2f}")],
-            ["/healthz GET under load (s), median of 3",
-             fmt_spread((_mid(r.get("healthz_s")) for r in runs), "{:.3f}")],
-            ["/metrics GET + parse in the bench (s)", fmt_spread((r["scrape_s"] for r in runs),
-                                                          "{:.1f}")],
+            [
+                "/metrics raw GET under load (s), median of 3",
+                fmt_spread((_mid(r.get("metrics_raw_s")) for r in runs), "{:.2f}"),
+            ],
+            [
+                "/healthz GET under load (s), median of 3",
+                fmt_spread((_mid(r.get("healthz_s")) for r in runs), "{:.3f}"),
+            ],
+            [
+                "/metrics GET + parse in the bench (s)",
+                fmt_spread((r["scrape_s"] for r in runs), "{:.1f}"),
+            ],
             ["aggregator CPU during run (s)", fmt_spread((r["cpu_s"] for r in runs), "{:.0f}")],
-            ["loadgen RSS per agent (KB)",
-             fmt_spread((r["loadgen_kb_per_agent"] for r in runs), "{:.1f}")],
+            [
+                "loadgen RSS per agent (KB)",
+                fmt_spread((r["loadgen_kb_per_agent"] for r in runs), "{:.1f}"),
+            ],
         ],
-    )  # fmt: skip
+    )
     return 0
 
 

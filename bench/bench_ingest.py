@@ -34,20 +34,24 @@ __all__ = ["UNLIMITED", "main", "run_once"]
 
 #: Aggregator flags lifting the per-peer rate limit (a saturation test, not a policy).
 UNLIMITED = (
-    "--rate-limit", "1000000", "--rate-burst", "1000000", "--flood-drops", "1000000",
-    "--max-connections-per-ip", "20000",
-)  # fmt: skip
+    "--rate-limit",
+    "1000000",
+    "--rate-burst",
+    "1000000",
+    "--flood-drops",
+    "1000000",
+    "--max-connections-per-ip",
+    "20000",
+)
 
 
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     env = dict(kv.split("=", 1) for kv in args.aggregator_env)
     if args.reuseport:  # N workers behind one port and one identity
-        aggs = start_workers(workdir, args.aggregators, *UNLIMITED, *args.aggregator_arg,
-                             env=env)  # fmt: skip
+        aggs = start_workers(workdir, args.aggregators, *UNLIMITED, *args.aggregator_arg, env=env)
     else:  # N independent aggregators, each on its own port with its share of the agents
         aggs = [
-            AggregatorProcess.start(workdir / f"agg{i}", *UNLIMITED, *args.aggregator_arg,
-                                    env=env)
+            AggregatorProcess.start(workdir / f"agg{i}", *UNLIMITED, *args.aggregator_arg, env=env)
             for i in range(args.aggregators)
         ]
     loadgens: list[LoadgenProcess] = []
@@ -60,10 +64,18 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             loadgens.append(
                 LoadgenProcess(
                     agg.multiaddr,
-                    "--agents", str(per), "--processes", str(args.loadgen_processes),
-                    "--ramp", "200/s", "--beat-period", args.beat_period,
-                    "--beats-per-frame", str(args.beats_per_frame),
-                    "--duration", f"{run_for:.0f}s",
+                    "--agents",
+                    str(per),
+                    "--processes",
+                    str(args.loadgen_processes),
+                    "--ramp",
+                    "200/s",
+                    "--beat-period",
+                    args.beat_period,
+                    "--beats-per-frame",
+                    str(args.beats_per_frame),
+                    "--duration",
+                    f"{run_for:.0f}s",
                 )
             )
         time.sleep(args.warmup + 1.0)  # loadgen start-up + ramp + warm-up
@@ -95,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--agents", type=int, default=32)
     p.add_argument("--aggregators", type=int, default=1, choices=(1, 2, 3, 4))
-    p.add_argument("--reuseport", action="store_true",
-                   help="the aggregators share one port and identity (SO_REUSEPORT)")
+    p.add_argument(
+        "--reuseport",
+        action="store_true",
+        help="the aggregators share one port and identity (SO_REUSEPORT)",
+    )
     p.add_argument("--loadgen-processes", type=int, default=1)
     p.add_argument("--beat-period", default="1ms", help="per agent; 1ms = as fast as possible")
     p.add_argument("--beats-per-frame", type=int, default=1)
@@ -104,10 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-tcp", action="store_true", help="skip the plain-TCP ceiling")
-    p.add_argument("--aggregator-arg", action="append", default=[],
-                   help="extra aggregator flag (repeatable), e.g. --aggregator-arg=--no-gc-freeze")
-    p.add_argument("--aggregator-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="aggregator environment, e.g. PY_YAMUX_RELEASE_ON_READ=0")
+    p.add_argument(
+        "--aggregator-arg",
+        action="append",
+        default=[],
+        help="extra aggregator flag (repeatable), e.g. --aggregator-arg=--no-gc-freeze",
+    )
+    p.add_argument(
+        "--aggregator-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="aggregator environment, e.g. PY_YAMUX_RELEASE_ON_READ=0",
+    )
     args = p.parse_args(argv)
     args.duration = min(args.duration, 300.0)
     runs, tcp_runs = [], []
@@ -118,31 +142,50 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_tcp:
             tcp_runs.append(tcp_baseline.measure(args.duration, connections=16))
             print(f"run {i + 1} tcp: {tcp_runs[-1]}", flush=True)
-    print(f"\nbench_ingest agents={args.agents} aggregators={args.aggregators} "
-          f"reuseport={args.reuseport} "
-          f"env={','.join(args.aggregator_env) or '-'} "
-          f"beats_per_frame={args.beats_per_frame} window={args.duration}s runs={len(runs)} "
-          f"{machine_note()}")
+    print(
+        f"\nbench_ingest agents={args.agents} aggregators={args.aggregators} "
+        f"reuseport={args.reuseport} "
+        f"env={','.join(args.aggregator_env) or '-'} "
+        f"beats_per_frame={args.beats_per_frame} window={args.duration}s runs={len(runs)} "
+        f"{machine_note()}"
+    )
     rows = [
         ["libp2p ingest beats/s", fmt_spread(r["beats_per_s"] for r in runs)],
-        ["libp2p aggregator CPU µs/beat", fmt_spread((r["cpu_us_per_beat"] for r in runs),
-                                                     "{:.1f}")],
+        [
+            "libp2p aggregator CPU µs/beat",
+            fmt_spread((r["cpu_us_per_beat"] for r in runs), "{:.1f}"),
+        ],
         ["libp2p aggregator CPU (cores)", fmt_spread((r["cpu_cores"] for r in runs), "{:.2f}")],
         ["libp2p beats/s per full core", fmt_spread(1e6 / r["cpu_us_per_beat"] for r in runs)],
-    ]  # fmt: skip
+    ]
     if tcp_runs:
         rows += [
             ["plain TCP beats/s", fmt_spread(r["beats_per_s"] for r in tcp_runs)],
-            ["plain TCP CPU µs/beat", fmt_spread((r["cpu_us_per_beat"] for r in tcp_runs),
-                                                 "{:.1f}")],
-            ["ratio TCP/libp2p (beats/s)", fmt_spread(
-                (t["beats_per_s"] / r["beats_per_s"] for r, t in zip(runs, tcp_runs,
-                                                                     strict=True)), "{:.1f}")],
-            ["ratio libp2p/TCP (CPU per beat)", fmt_spread(
-                (r["cpu_us_per_beat"] / t["cpu_us_per_beat"] for r, t in zip(runs, tcp_runs,
-                                                                             strict=True)),
-                "{:.1f}")],
-        ]  # fmt: skip
+            [
+                "plain TCP CPU µs/beat",
+                fmt_spread((r["cpu_us_per_beat"] for r in tcp_runs), "{:.1f}"),
+            ],
+            [
+                "ratio TCP/libp2p (beats/s)",
+                fmt_spread(
+                    (
+                        t["beats_per_s"] / r["beats_per_s"]
+                        for r, t in zip(runs, tcp_runs, strict=True)
+                    ),
+                    "{:.1f}",
+                ),
+            ],
+            [
+                "ratio libp2p/TCP (CPU per beat)",
+                fmt_spread(
+                    (
+                        r["cpu_us_per_beat"] / t["cpu_us_per_beat"]
+                        for r, t in zip(runs, tcp_runs, strict=True)
+                    ),
+                    "{:.1f}",
+                ),
+            ],
+        ]
     print_table(["figure", "median (min–max)"], rows)
     return 0
 

@@ -46,19 +46,35 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     probe_dir = workdir / "probe"
     cap = str(args.agents + 1000)
     agg = AggregatorProcess.start(
-        workdir, "--max-connections-per-ip", cap, "--max-connections", cap,
-        *GC_FLAGS[args.gc], "--workers", str(args.workers), *variant_flags(args),
+        workdir,
+        "--max-connections-per-ip",
+        cap,
+        "--max-connections",
+        cap,
+        *GC_FLAGS[args.gc],
+        "--workers",
+        str(args.workers),
+        *variant_flags(args),
         module="bench.probe_aggregator",
         env={"BENCH_PROBE_DIR": str(probe_dir)},
-    )  # fmt: skip
+    )
     ramp_s = args.agents / parse_rate(args.ramp)
     run_for = ramp_s + args.settle + args.window + 10
     try:
         loadgen = LoadgenProcess(
-            agg.multiaddr, "--agents", str(args.agents), "--processes", str(args.processes),
-            "--ramp", args.ramp, "--beat-period", args.beat_period, "--stamp",
-            "--duration", f"{run_for:.0f}s",
-        )  # fmt: skip
+            agg.multiaddr,
+            "--agents",
+            str(args.agents),
+            "--processes",
+            str(args.processes),
+            "--ramp",
+            args.ramp,
+            "--beat-period",
+            args.beat_period,
+            "--stamp",
+            "--duration",
+            f"{run_for:.0f}s",
+        )
         time.sleep(2.0 + ramp_s + args.settle)
         pauses0 = agg.metric("fil_heartbeat_gc_pause_seconds_count")
         request(probe_dir, "reset")
@@ -103,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-lat-") as tmp:
             runs.append(run_once(args, Path(tmp)))
         print(f"run {i + 1}: {runs[-1]}", flush=True)
-    print(f"\nbench_latency agents={args.agents} beat_period={args.beat_period} gc={args.gc} "
-          f"workers={args.workers} aggregator_args={' '.join(args.aggregator_arg) or '-'} "
-          f"window={args.window}s runs={len(runs)} {machine_note()}")
+    print(
+        f"\nbench_latency agents={args.agents} beat_period={args.beat_period} gc={args.gc} "
+        f"workers={args.workers} aggregator_args={' '.join(args.aggregator_arg) or '-'} "
+        f"window={args.window}s runs={len(runs)} {machine_note()}"
+    )
     print_table(
         ["figure", "median (min–max)"],
         [

@@ -93,11 +93,20 @@ def _wait_held(port: int, want: int, stall: float, deadline: float) -> int:
 def run_once(args: argparse.Namespace, workdir: Path, *, traced: bool) -> dict[str, Any]:
     """One run: snapshots at `--low` and `--agents` connections (see the module docstring)."""
     cap = str(args.agents + 1000)
-    flags = ("--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
-             *args.aggregator_arg)  # fmt: skip
+    flags = (
+        "--max-connections",
+        cap,
+        "--max-nodes",
+        cap,
+        "--max-connections-per-ip",
+        cap,
+        *args.aggregator_arg,
+    )
     probe_dir = workdir / "probe"
-    env = {"BENCH_PROBE_DIR": str(probe_dir),
-           "BENCH_TRACEMALLOC_FRAMES": str(args.frames if traced else 0)}  # fmt: skip
+    env = {
+        "BENCH_PROBE_DIR": str(probe_dir),
+        "BENCH_TRACEMALLOC_FRAMES": str(args.frames if traced else 0),
+    }
     started = time.monotonic()
     hard_stop = started + args.max_time
     agg = AggregatorProcess.start(
@@ -128,18 +137,29 @@ def run_once(args: argparse.Namespace, workdir: Path, *, traced: bool) -> dict[s
 
     def connect(count: int, ramp_text: str) -> None:
         duration = args.max_time + 60  # stopped by us long before
-        loadgens.append(LoadgenProcess(
-            agg.multiaddr, "--agents", str(count), "--processes", str(args.processes),
-            "--ramp", ramp_text, "--beat-period", args.beat_period,
-            "--duration", f"{duration:.0f}s", "--reconnect-period", "10s",
-        ))  # fmt: skip
+        loadgens.append(
+            LoadgenProcess(
+                agg.multiaddr,
+                "--agents",
+                str(count),
+                "--processes",
+                str(args.processes),
+                "--ramp",
+                ramp_text,
+                "--beat-period",
+                args.beat_period,
+                "--duration",
+                f"{duration:.0f}s",
+                "--reconnect-period",
+                "10s",
+            )
+        )
 
     try:
         time.sleep(1.0)
         snapshot("rest", "light")
         high = args.traced_agents if traced else args.agents
-        for name, total, added in (("low", args.low, args.low),
-                                   ("high", high, high - args.low)):  # fmt: skip
+        for name, total, added in (("low", args.low, args.low), ("high", high, high - args.low)):
             ramp = args.traced_ramp if traced else args.ramp
             connect(added, ramp)
             budget = min(hard_stop, time.monotonic() + added / parse_rate(ramp) * 3 + 60)
@@ -155,8 +175,9 @@ def run_once(args: argparse.Namespace, workdir: Path, *, traced: bool) -> dict[s
     return {"traced": traced, "snaps": snaps, "seconds": time.monotonic() - started}
 
 
-def per_connection(a: dict[str, Any], b: dict[str, Any], key: Callable[[dict[str, Any]], float]
-                   ) -> float:  # fmt: skip
+def per_connection(
+    a: dict[str, Any], b: dict[str, Any], key: Callable[[dict[str, Any]], float]
+) -> float:
     """(key(b) − key(a)) per connection added between the two snapshots."""
     added = b["connections"] - a["connections"]
     return (key(b) - key(a)) / added if added > 0 else float("nan")
@@ -204,8 +225,7 @@ def _spread_kb(runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], float
     return _kb(per_connection(r["snaps"]["low"], r["snaps"]["high"], key) for r in runs)
 
 
-def _median_per_conn(runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]
-                     ) -> float:  # fmt: skip
+def _median_per_conn(runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> float:
     return statistics.median(
         per_connection(r["snaps"]["low"], r["snaps"]["high"], key) for r in runs
     )
@@ -228,26 +248,37 @@ def _report_plain(runs: list[dict[str, Any]]) -> None:
         return float(statistics.median(r["snaps"][key][field] for r in runs))
 
     col = partial(_spread_kb, runs)
-    print_table(["plain runs (no tracing), per held connection A→B", "median (min–max)"], [
-        ["connections at A / B",
-         f"{med('low', 'connections'):.0f} / {med('high', 'connections'):.0f}"],
-        ["RSS at rest / A / B (MB)",
-         " / ".join(f"{med(k, 'rss_kb') / 1024:.0f}" for k in ("rest", "low", "high"))],
-        ["**RSS per connection (KB)**", col(_rss)],
-        ["RSS per connection rest→B (KB, bench_connections' definition)",
-         _kb(per_connection(r["snaps"]["rest"], r["snaps"]["high"], _rss) for r in runs)],
-        ["pymalloc arenas (objects ≤ 512 B) (KB)", col(_pm("arena_bytes"))],
-        ["… in allocated blocks (KB)", col(_pm("allocated_bytes"))],
-        ["… free blocks inside the arenas (KB)", col(_pm("available_bytes"))],
-        ["glibc malloc heap + mmaps (larger objects, C libraries) (KB)", col(_glibc)],
-        ["… in use (KB)", col(_glibc_used)],
-        ["… free inside the heap (KB)", col(_mi("fordblks"))],
-        ["rest of RSS (KB)", col(lambda s: _rss(s) - _pm("arena_bytes")(s) - _glibc(s))],
-        ["freed by one gc.collect() at B, per connection held (KB): pymalloc blocks",
-         _kb(_freed(r, _pm("allocated_bytes")) for r in runs)],
-        ["… glibc in use", _kb(_freed(r, _glibc_used) for r in runs)],
-        ["… RSS", _kb(_freed(r, _rss) for r in runs)],
-    ])  # fmt: skip
+    print_table(
+        ["plain runs (no tracing), per held connection A→B", "median (min–max)"],
+        [
+            [
+                "connections at A / B",
+                f"{med('low', 'connections'):.0f} / {med('high', 'connections'):.0f}",
+            ],
+            [
+                "RSS at rest / A / B (MB)",
+                " / ".join(f"{med(k, 'rss_kb') / 1024:.0f}" for k in ("rest", "low", "high")),
+            ],
+            ["**RSS per connection (KB)**", col(_rss)],
+            [
+                "RSS per connection rest→B (KB, bench_connections' definition)",
+                _kb(per_connection(r["snaps"]["rest"], r["snaps"]["high"], _rss) for r in runs),
+            ],
+            ["pymalloc arenas (objects ≤ 512 B) (KB)", col(_pm("arena_bytes"))],
+            ["… in allocated blocks (KB)", col(_pm("allocated_bytes"))],
+            ["… free blocks inside the arenas (KB)", col(_pm("available_bytes"))],
+            ["glibc malloc heap + mmaps (larger objects, C libraries) (KB)", col(_glibc)],
+            ["… in use (KB)", col(_glibc_used)],
+            ["… free inside the heap (KB)", col(_mi("fordblks"))],
+            ["rest of RSS (KB)", col(lambda s: _rss(s) - _pm("arena_bytes")(s) - _glibc(s))],
+            [
+                "freed by one gc.collect() at B, per connection held (KB): pymalloc blocks",
+                _kb(_freed(r, _pm("allocated_bytes")) for r in runs),
+            ],
+            ["… glibc in use", _kb(_freed(r, _glibc_used) for r in runs)],
+            ["… RSS", _kb(_freed(r, _rss) for r in runs)],
+        ],
+    )
 
 
 def _freed(run: dict[str, Any], key: Callable[[dict[str, Any]], float]) -> float:
@@ -260,9 +291,11 @@ def _report_traced(runs: list[dict[str, Any]], plain: list[dict[str, Any]], top:
     traced = _median_per_conn(runs, _traced)
     rows = [
         ["traced by tracemalloc: Python's allocations (KB)", _spread_kb(runs, _traced)],
-        ["… freed by one gc.collect() at B, per connection held (KB)",
-         _kb(_freed(r, _traced) for r in runs)],
-    ]  # fmt: skip
+        [
+            "… freed by one gc.collect() at B, per connection held (KB)",
+            _kb(_freed(r, _traced) for r in runs),
+        ],
+    ]
     if plain:
         rss = _median_per_conn(plain, _rss)
         py_small = _median_per_conn(plain, _pm("allocated_bytes"))
@@ -270,9 +303,11 @@ def _report_traced(runs: list[dict[str, Any]], plain: list[dict[str, Any]], top:
         rows += [
             ["RSS per connection, plain runs (KB)", f"{rss / 1024:.1f}"],
             ["**not seen by tracemalloc** = RSS − traced (KB)", f"{(rss - traced) / 1024:.1f}"],
-            ["… C allocations ≈ glibc in use − (traced − pymalloc blocks in use) (KB)",
-             f"{(used - (traced - py_small)) / 1024:.1f}"],
-        ]  # fmt: skip
+            [
+                "… C allocations ≈ glibc in use − (traced − pymalloc blocks in use) (KB)",
+                f"{(used - (traced - py_small)) / 1024:.1f}",
+            ],
+        ]
     print_table(["traced runs, per held connection A→B", "value"], rows)
     a, b = runs[0]["snaps"]["low"], runs[0]["snaps"]["high"]
     for group, title in (
@@ -284,9 +319,11 @@ def _report_traced(runs: list[dict[str, Any]], plain: list[dict[str, Any]], top:
         print(f"\ntop {top} by {title}, bytes per connection (traced run 1)", flush=True)
         print_table(
             ["site", "bytes/conn", "blocks/conn"],
-            [[k, f"{size:,.0f}", f"{count:.1f}"]
-             for k, size, count in _group_delta(a, b, group, top)],
-        )  # fmt: skip
+            [
+                [k, f"{size:,.0f}", f"{count:.1f}"]
+                for k, size, count in _group_delta(a, b, group, top)
+            ],
+        )
     print(f"\ntop {top} gc-tracked objects per connection by type (traced run 1)", flush=True)
     print_table(["type", "objects/conn"], [[k, f"{n:.1f}"] for k, n in _type_delta(a, b, top)])
 
@@ -297,10 +334,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agents", type=int, default=2000, help="connections at snapshot B")
     p.add_argument("--processes", type=int, default=2, help="load generator processes")
     p.add_argument("--ramp", default="100/s")
-    p.add_argument("--traced-agents", type=int, default=1000,
-                   help="connections at snapshot B of the traced runs")
-    p.add_argument("--traced-ramp", default="10/s",
-                   help="ramp of the traced runs (tracing slows the accept path ~5x)")
+    p.add_argument(
+        "--traced-agents",
+        type=int,
+        default=1000,
+        help="connections at snapshot B of the traced runs",
+    )
+    p.add_argument(
+        "--traced-ramp",
+        default="10/s",
+        help="ramp of the traced runs (tracing slows the accept path ~5x)",
+    )
     p.add_argument("--beat-period", default="10s")
     p.add_argument("--settle", type=float, default=10.0, help="s after held, before a snapshot")
     p.add_argument("--stall", type=float, default=20.0, help="held: s without a new connection")
@@ -316,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         help="extra aggregator flag (repeatable), e.g. --aggregator-arg=--identify-peers",
     )
     args = p.parse_args(argv)
-    if not (0 < args.low < min(args.agents, args.traced_agents)
-            and max(args.agents, args.traced_agents) <= MAX_AGENTS):
+    if not (
+        0 < args.low < min(args.agents, args.traced_agents)
+        and max(args.agents, args.traced_agents) <= MAX_AGENTS
+    ):
         p.error(f"need 0 < --low < --agents, --traced-agents <= {MAX_AGENTS}")
     if max(parse_rate(args.ramp), parse_rate(args.traced_ramp)) > MAX_RAMP:
         p.error(f"--ramp above {MAX_RAMP:g}/s")

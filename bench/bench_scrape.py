@@ -60,16 +60,33 @@ def _timed(url: str, path: str | None, idle: float) -> tuple[float, float, int]:
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cap = str(args.agents + 1000)
     agg = AggregatorProcess.start(
-        workdir, "--max-connections", cap, "--max-nodes", cap, "--max-connections-per-ip", cap,
-        module="bench.probe_aggregator", env={"BENCH_PROBE_DIR": str(workdir / "probe")},
-    )  # fmt: skip
+        workdir,
+        "--max-connections",
+        cap,
+        "--max-nodes",
+        cap,
+        "--max-connections-per-ip",
+        cap,
+        module="bench.probe_aggregator",
+        env={"BENCH_PROBE_DIR": str(workdir / "probe")},
+    )
     ramp_s = args.agents / parse_rate(args.ramp)
     duration = ramp_s * 1.5 + args.settle + 60 + args.rounds * 2 * 30
     loadgen = LoadgenProcess(
-        agg.multiaddr, "--agents", str(args.agents), "--processes", str(args.processes),
-        "--ramp", args.ramp, "--beat-period", args.beat_period,
-        "--duration", f"{duration:.0f}s", "--reconnect-period", "10s",
-    )  # fmt: skip
+        agg.multiaddr,
+        "--agents",
+        str(args.agents),
+        "--processes",
+        str(args.processes),
+        "--ramp",
+        args.ramp,
+        "--beat-period",
+        args.beat_period,
+        "--duration",
+        f"{duration:.0f}s",
+        "--reconnect-period",
+        "10s",
+    )
     try:
         t0, best, best_at = time.monotonic(), 0, time.monotonic()
         while time.monotonic() - t0 < ramp_s * 1.5 + 60:
@@ -106,17 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-scrape-") as tmp:
         r = run_once(args, Path(tmp))
     print(f"run: {r}", flush=True)
-    print(f"\nbench_scrape agents={args.agents} held={r['held']} connections={r['connections']:.0f}"
-          f" rounds={args.rounds} beat_period={args.beat_period} {machine_note()}")
+    print(
+        f"\nbench_scrape agents={args.agents} held={r['held']} connections={r['connections']:.0f}"
+        f" rounds={args.rounds} beat_period={args.beat_period} {machine_note()}"
+    )
     rows = [["/healthz alone, worst (s)", f"{r['healthz_idle_max_s']:.3f}", "", ""]]
     for path, samples in r["runs"].items():
         took = [s[0] for s in samples]
         worst = [s[1] for s in samples]
-        rows.append([path, f"{statistics.median(took):.2f} ({min(took):.2f}–{max(took):.2f})",
-                     f"{statistics.median(worst):.2f} ({min(worst):.2f}–{max(worst):.2f})",
-                     f"{samples[-1][2] / 1e6:.1f}"])
-    print_table(["scrape", "GET (s) median (min–max)", "worst /healthz meanwhile (s)", "MB"],
-                rows)
+        rows.append(
+            [
+                path,
+                f"{statistics.median(took):.2f} ({min(took):.2f}–{max(took):.2f})",
+                f"{statistics.median(worst):.2f} ({min(worst):.2f}–{max(worst):.2f})",
+                f"{samples[-1][2] / 1e6:.1f}",
+            ]
+        )
+    print_table(["scrape", "GET (s) median (min–max)", "worst /healthz meanwhile (s)", "MB"], rows)
     return 0
 
 

@@ -45,9 +45,17 @@ MARKS = (0.5, 0.9, 0.99, 1.0)
 
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cap = str(args.agents + 1000)
-    flags = ("--max-connections-per-ip", cap, "--max-connections", cap, "--max-nodes", cap,
-             *variant_flags(args),
-             "--workers", str(args.workers))
+    flags = (
+        "--max-connections-per-ip",
+        cap,
+        "--max-connections",
+        cap,
+        "--max-nodes",
+        cap,
+        *variant_flags(args),
+        "--workers",
+        str(args.workers),
+    )
     agg = AggregatorProcess.start(workdir, *flags)
     port = agg.port
     ramp_s = args.agents / parse_rate(args.ramp)
@@ -55,10 +63,24 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     # accepting is the bottleneck (the wait below allows ramp + settle + 60 s, then the budget).
     run_for = ramp_s * 1.5 + args.settle + 60 + args.budget + 30
     loadgen = LoadgenProcess(
-        agg.multiaddr, "--agents", str(args.agents), "--processes", str(args.processes),
-        "--ramp", args.ramp, "--beat-period", args.beat_period, "--key-seed", "storm",
-        "--reconnect-period", "10s", "--jitter", "0.2", "--duration", f"{run_for:.0f}s",
-    )  # fmt: skip
+        agg.multiaddr,
+        "--agents",
+        str(args.agents),
+        "--processes",
+        str(args.processes),
+        "--ramp",
+        args.ramp,
+        "--beat-period",
+        args.beat_period,
+        "--key-seed",
+        "storm",
+        "--reconnect-period",
+        "10s",
+        "--jitter",
+        "0.2",
+        "--duration",
+        f"{run_for:.0f}s",
+    )
     restarted: AggregatorProcess | None = None
     try:
         t0 = time.monotonic()
@@ -171,23 +193,26 @@ def main(argv: list[str] | None = None) -> int:
         text = fmt_spread(vals, fmt) if vals else "not reached"
         return text + (f" ({missing} run(s) not reached)" if missing and vals else "")
 
-    print(f"\nbench_storm agents={args.agents} signal={args.signal} "
-          f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
-          f"identify_peers={args.identify_peers} throttle_reconcile={args.throttle_reconcile} "
-          f"aggregator_args={' '.join(args.aggregator_arg) or '-'} "
-          f"beat_period={args.beat_period} runs={len(runs)} {machine_note()}")
+    print(
+        f"\nbench_storm agents={args.agents} signal={args.signal} "
+        f"workers={args.workers} fast_task_lookup={args.fast_task_lookup} "
+        f"identify_peers={args.identify_peers} throttle_reconcile={args.throttle_reconcile} "
+        f"aggregator_args={' '.join(args.aggregator_arg) or '-'} "
+        f"beat_period={args.beat_period} runs={len(runs)} {machine_note()}"
+    )
     print_table(
         ["figure", "median (min–max)"],
         [
             ["beating before the kill (fleet: nodes up)", col("connected_before", "{:.0f}")],
             ["TCP established before the kill", col("tcp_before", "{:.0f}")],
             ["aggregator restart (s)", col("startup_s")],
-            *[[f"{int(m * 100)} % beating again (s after kill)", col(f"t{int(m * 100)}_s")]
-              for m in MARKS],
+            *[
+                [f"{int(m * 100)} % beating again (s after kill)", col(f"t{int(m * 100)}_s")]
+                for m in MARKS
+            ],
             ["beating again 120 s after the kill", col("beating_at_120_s", "{:.0f}")],
             ["beating again at the end", col("connected_after", "{:.0f}")],
-            ["TCP established at the end (incl. handshakes queued)",
-             col("tcp_after", "{:.0f}")],
+            ["TCP established at the end (incl. handshakes queued)", col("tcp_after", "{:.0f}")],
             ["handshakes shed by the restarted aggregator", col("handshakes_shed", "{:.0f}")],
             ["aggregator CPU while they came back (cores)", col("agg_cores", "{:.2f}")],
             ["load generator CPU meanwhile (cores)", col("loadgen_cores", "{:.2f}")],
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             ["agent recovery p99 (s)", col("recovery_p99_s")],
             ["agent recovery max (s)", col("recovery_max_s")],
         ],
-    )  # fmt: skip
+    )
     return 0
 
 

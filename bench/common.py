@@ -123,14 +123,22 @@ class AggregatorProcess:
         """Start with its identity and state db in `workdir` (reused across restarts)."""
         workdir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            PYTHON, "-m", module, "run",
-            "--listen", f"/ip4/127.0.0.1/tcp/{port}",
-            "--http-listen", "127.0.0.1:0",
-            "--identity-file", str(workdir / "aggregator.key"),
-            "--state-db", str(workdir / "aggregator.db"),
-            "--log-level", "WARNING",
+            PYTHON,
+            "-m",
+            module,
+            "run",
+            "--listen",
+            f"/ip4/127.0.0.1/tcp/{port}",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--identity-file",
+            str(workdir / "aggregator.key"),
+            "--state-db",
+            str(workdir / "aggregator.db"),
+            "--log-level",
+            "WARNING",
             *args,
-        ]  # fmt: skip
+        ]
         log_file = open(log_path or workdir / "aggregator.log", "ab")
         proc = subprocess.Popen(
             cmd,
@@ -194,9 +202,7 @@ class AggregatorProcess:
         """The sum of the samples named `name` whose labels include `labels`."""
         want = set(labels.items())
         return sum(
-            value
-            for (n, lab), value in self.metrics().items()
-            if n == name and want <= set(lab)
+            value for (n, lab), value in self.metrics().items() if n == name and want <= set(lab)
         )
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -234,18 +240,38 @@ class AggregatorProcess:
 
 def add_aggregator_variants(p: argparse.ArgumentParser) -> None:
     """The aggregator's layout and its "before" switches (`variant_flags`), for the benches."""
-    p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4),
-                   help="the aggregator's --workers: ingest processes on its port")
-    p.add_argument("--no-fast-task-lookup", dest="fast_task_lookup", action="store_false",
-                   help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')")
-    p.add_argument("--no-throttle-reconcile", dest="throttle_reconcile", action="store_false",
-                   help="py-libp2p's reconcile on every accept (the 'before')")
-    p.add_argument("--identify-peers", action="store_true",
-                   help="the aggregator identifies every agent (py-libp2p's default; the 'before')")
-    p.add_argument("--aggregator-arg", action="append", default=[],
-                   help="extra aggregator flag (repeatable), e.g. "
-                        "--aggregator-arg=--yamux-release-on-read (py-libp2p's Yamux credit, the "
-                        "'before')")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        choices=(1, 2, 3, 4),
+        help="the aggregator's --workers: ingest processes on its port",
+    )
+    p.add_argument(
+        "--no-fast-task-lookup",
+        dest="fast_task_lookup",
+        action="store_false",
+        help="the aggregator keeps py-libp2p's O(n) parent-task search (the 'before')",
+    )
+    p.add_argument(
+        "--no-throttle-reconcile",
+        dest="throttle_reconcile",
+        action="store_false",
+        help="py-libp2p's reconcile on every accept (the 'before')",
+    )
+    p.add_argument(
+        "--identify-peers",
+        action="store_true",
+        help="the aggregator identifies every agent (py-libp2p's default; the 'before')",
+    )
+    p.add_argument(
+        "--aggregator-arg",
+        action="append",
+        default=[],
+        help="extra aggregator flag (repeatable), e.g. "
+        "--aggregator-arg=--yamux-release-on-read (py-libp2p's Yamux credit, the "
+        "'before')",
+    )
 
 
 def variant_flags(args: argparse.Namespace) -> tuple[str, ...]:
@@ -335,8 +361,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Print (and return) a Markdown table."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in cells]  # fmt: skip
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     text = "\n".join(lines)
     print(text, flush=True)

@@ -70,10 +70,21 @@ def _is_plumbing(filename: str) -> bool:
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost",
-    )]  # fmt: skip
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def _mallinfo() -> dict[str, int]:
@@ -132,8 +143,11 @@ def group_traces(path: Path) -> dict[str, dict[str, list[int]]]:
     every block allocated from the same traceback.
     """
     groups: dict[str, dict[str, list[int]]] = {
-        "by_line": {}, "by_module": {}, "by_owner": {}, "by_owner_module": {}
-    }  # fmt: skip
+        "by_line": {},
+        "by_module": {},
+        "by_owner": {},
+        "by_owner_module": {},
+    }
     modules: dict[str, str] = {}
     keys_of: dict[int, tuple[tuple[str, str], ...]] = {}
     with path.open("rb") as dump:
@@ -161,8 +175,9 @@ def group_traces(path: Path) -> dict[str, dict[str, list[int]]]:
     return groups
 
 
-def take(directory: Path, name: str, *, collect: bool = False, light: bool = False
-         ) -> dict[str, Any]:  # fmt: skip
+def take(
+    directory: Path, name: str, *, collect: bool = False, light: bool = False
+) -> dict[str, Any]:
     """One snapshot, written to `directory/NAME.json` (see the module docstring).
 
     `light`: only the sizes (RSS, malloc, pymalloc), nothing that allocates much.
@@ -207,8 +222,9 @@ def _control(directory: Path) -> None:
             continue
         command, _, name = req.read_text().strip().partition(" ")
         if command in ("snapshot", "collect", "light") and name:
-            take(directory, name, collect=command == "collect",
-                 light=command in ("light", "collect"))  # fmt: skip
+            take(
+                directory, name, collect=command == "collect", light=command in ("light", "collect")
+            )
         req.unlink()
 
 

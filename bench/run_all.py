@@ -18,29 +18,61 @@ __all__ = ["PLAN", "main"]
 
 #: (title, module, full arguments, quick arguments)
 PLAN = [
-    ("1. connections held, RSS per connection", bench_connections,
-     ["--agents", "10000", "--processes", "2", "--ramp", "50/s", "--repeat", "3"],
-     ["--agents", "300", "--ramp", "100/s", "--settle", "5", "--repeat", "1"]),
-    ("2+5. saturated ingest vs plain TCP", bench_ingest,
-     ["--agents", "32", "--duration", "15", "--repeat", "3"],
-     ["--agents", "8", "--duration", "4", "--warmup", "3", "--repeat", "1"]),
-    ("2b. ingest, two aggregator processes (upper bound of two workers)", bench_ingest,
-     ["--agents", "32", "--aggregators", "2", "--duration", "15", "--repeat", "3", "--no-tcp"],
-     ["--agents", "8", "--aggregators", "2", "--duration", "4", "--warmup", "3", "--repeat",
-      "1", "--no-tcp"]),
-    ("3. latency, 1,000 agents at 1 beat/s, GC tuned", bench_latency,
-     ["--agents", "1000", "--gc", "tuned", "--repeat", "3"],
-     ["--agents", "100", "--window", "5", "--settle", "3", "--repeat", "1"]),
-    ("3b. latency, 1,000 agents at 1 beat/s, default GC", bench_latency,
-     ["--agents", "1000", "--gc", "default", "--repeat", "3"],
-     ["--agents", "100", "--gc", "default", "--window", "5", "--settle", "3", "--repeat", "1"]),
-    ("4. reconnect storm after SIGKILL", bench_storm,
-     ["--agents", "2000", "--repeat", "3"],
-     ["--agents", "100", "--ramp", "100/s", "--settle", "5", "--budget", "60", "--repeat", "1"]),
-    ("5. plain TCP ceiling alone", tcp_baseline,
-     ["--duration", "10", "--repeat", "3"],
-     ["--duration", "3", "--repeat", "1"]),
-]  # fmt: skip
+    (
+        "1. connections held, RSS per connection",
+        bench_connections,
+        ["--agents", "10000", "--processes", "2", "--ramp", "50/s", "--repeat", "3"],
+        ["--agents", "300", "--ramp", "100/s", "--settle", "5", "--repeat", "1"],
+    ),
+    (
+        "2+5. saturated ingest vs plain TCP",
+        bench_ingest,
+        ["--agents", "32", "--duration", "15", "--repeat", "3"],
+        ["--agents", "8", "--duration", "4", "--warmup", "3", "--repeat", "1"],
+    ),
+    (
+        "2b. ingest, two aggregator processes (upper bound of two workers)",
+        bench_ingest,
+        ["--agents", "32", "--aggregators", "2", "--duration", "15", "--repeat", "3", "--no-tcp"],
+        [
+            "--agents",
+            "8",
+            "--aggregators",
+            "2",
+            "--duration",
+            "4",
+            "--warmup",
+            "3",
+            "--repeat",
+            "1",
+            "--no-tcp",
+        ],
+    ),
+    (
+        "3. latency, 1,000 agents at 1 beat/s, GC tuned",
+        bench_latency,
+        ["--agents", "1000", "--gc", "tuned", "--repeat", "3"],
+        ["--agents", "100", "--window", "5", "--settle", "3", "--repeat", "1"],
+    ),
+    (
+        "3b. latency, 1,000 agents at 1 beat/s, default GC",
+        bench_latency,
+        ["--agents", "1000", "--gc", "default", "--repeat", "3"],
+        ["--agents", "100", "--gc", "default", "--window", "5", "--settle", "3", "--repeat", "1"],
+    ),
+    (
+        "4. reconnect storm after SIGKILL",
+        bench_storm,
+        ["--agents", "2000", "--repeat", "3"],
+        ["--agents", "100", "--ramp", "100/s", "--settle", "5", "--budget", "60", "--repeat", "1"],
+    ),
+    (
+        "5. plain TCP ceiling alone",
+        tcp_baseline,
+        ["--duration", "10", "--repeat", "3"],
+        ["--duration", "3", "--repeat", "1"],
+    ),
+]
 
 
 def main(argv: list[str] | None = None) -> int:

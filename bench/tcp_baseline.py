@@ -61,9 +61,13 @@ async def _send(port: int, connections: int, duration: float, beats_per_frame: i
 
 
 def measure(
-    duration: float = 10.0, *, connections: int = 16, senders: int = 1, warmup: float = 2.0,
+    duration: float = 10.0,
+    *,
+    connections: int = 16,
+    senders: int = 1,
+    warmup: float = 2.0,
     beats_per_frame: int = 1,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """One run: receiver beats/s and CPU µs per beat over `duration` seconds after warm-up."""
     recv = subprocess.Popen(
         [PYTHON, "-m", "bench.tcp_baseline", "serve"], stdout=subprocess.PIPE, cwd=REPO
@@ -73,9 +77,20 @@ def measure(
         port = int(recv.stdout.readline())
         procs = [
             subprocess.Popen(
-                [PYTHON, "-m", "bench.tcp_baseline", "send", "--port", str(port),
-                 "--connections", str(connections), "--for", str(duration + warmup + 2),
-                 "--beats-per-frame", str(beats_per_frame)],
+                [
+                    PYTHON,
+                    "-m",
+                    "bench.tcp_baseline",
+                    "send",
+                    "--port",
+                    str(port),
+                    "--connections",
+                    str(connections),
+                    "--for",
+                    str(duration + warmup + 2),
+                    "--beats-per-frame",
+                    str(beats_per_frame),
+                ],
                 cwd=REPO,
             )
             for _ in range(senders)
@@ -117,12 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(_send, args.port, args.connections, min(args.for_, 600.0), args.beats_per_frame)
         return 0
     runs = [
-        measure(min(args.duration, 120.0), connections=args.connections, senders=args.senders,
-                beats_per_frame=args.beats_per_frame)
+        measure(
+            min(args.duration, 120.0),
+            connections=args.connections,
+            senders=args.senders,
+            beats_per_frame=args.beats_per_frame,
+        )
         for _ in range(args.repeat)
-    ]  # fmt: skip
-    print(f"tcp_baseline duration={args.duration}s connections={args.connections} "
-          f"senders={args.senders} runs={len(runs)} {machine_note()}")
+    ]
+    print(
+        f"tcp_baseline duration={args.duration}s connections={args.connections} "
+        f"senders={args.senders} runs={len(runs)} {machine_note()}"
+    )
     print_table(
         ["figure", "median (min–max)"],
         [

@@ -64,8 +64,9 @@ class _Ids:
         return self.next
 
 
-def _q(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False
-       ) -> prometheus.Dataquery:
+def _q(
+    expr: str, legend: str = "", ref: str = "A", *, instant: bool = False
+) -> prometheus.Dataquery:
     q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DS)
     if legend:
         q = q.legend_format(legend)
@@ -81,8 +82,10 @@ def _targets(panel: Any, queries: list[tuple[str, str]]) -> Any:
 
 
 def _thresholds(*steps: tuple[float | None, str]) -> dash.ThresholdsConfig:
-    return dash.ThresholdsConfig().mode(model.ThresholdsMode.ABSOLUTE).steps(
-        [model.Threshold(value=v, color=c) for v, c in steps]
+    return (
+        dash.ThresholdsConfig()
+        .mode(model.ThresholdsMode.ABSOLUTE)
+        .steps([model.Threshold(value=v, color=c) for v, c in steps])
     )
 
 
@@ -124,19 +127,28 @@ def _base(title: str, uid: str, description: str) -> dash.Dashboard:
     )
 
 
-def _stat(ids: _Ids, title: str, expr: str, *, unit: str = "none", legend: str = "",
-          steps: tuple[tuple[float | None, str], ...] = ((None, "green"),),
-          description: str = "") -> stat.Panel:
+def _stat(
+    ids: _Ids,
+    title: str,
+    expr: str,
+    *,
+    unit: str = "none",
+    legend: str = "",
+    steps: tuple[tuple[float | None, str], ...] = ((None, "green"),),
+    description: str = "",
+) -> stat.Panel:
     panel = stat.Panel().id(ids()).title(title).datasource(DS)
     if description:
         panel = panel.description(description)
     return (
         panel.with_target(_q(expr, legend))
-        .unit(unit).thresholds(_thresholds(*steps))
+        .unit(unit)
+        .thresholds(_thresholds(*steps))
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .graph_mode(common.BigValueGraphMode.AREA)
-        .height(4).span(4)
-    )  # fmt: skip
+        .height(4)
+        .span(4)
+    )
 
 
 def fleet_overview() -> dash.Dashboard:
@@ -149,143 +161,272 @@ def fleet_overview() -> dash.Dashboard:
         "aggregators by the recording rules of grafana/prometheus/rules.yml.",
     )
     d = d.link(
-        dash.DashboardLink("Node detail").type(model.DashboardLinkType.DASHBOARDS)
-        .tags(["fil-heartbeat"]).include_vars(True).keep_time(True).as_dropdown(True)
-    )  # fmt: skip
+        dash.DashboardLink("Node detail")
+        .type(model.DashboardLinkType.DASHBOARDS)
+        .tags(["fil-heartbeat"])
+        .include_vars(True)
+        .keep_time(True)
+        .as_dropdown(True)
+    )
     d = d.with_row(dash.Row("Fleet").id(ids()).datasource(DS))
-    d = d.with_panel(_stat(
-        ids, "Nodes up", f"sum(fil_heartbeat:nodes_up:count{{{NET}}})",
-        steps=((None, "red"), (1, "green")),
-        description="Nodes seen up by at least one aggregator.",
-    ))
-    d = d.with_panel(_stat(
-        ids, "Nodes known", f"sum(fil_heartbeat:nodes_known:count{{{NET}}})",
-        steps=((None, "blue"),),
-    ))
-    d = d.with_panel(_stat(
-        ids, "Consensus share",
-        f"sum(fil_heartbeat:nodes_in_consensus:count{{{NET}}})"
-        f" / sum(fil_heartbeat:nodes_up:count{{{NET}}})",
-        unit="percentunit", steps=((None, "red"), (0.66, "yellow"), (0.9, "green")),
-        description="Up nodes holding the plurality head.",
-    ))
-    d = d.with_panel(_stat(
-        ids, "Epochs behind expected",
-        f"max(fil_heartbeat:network_expected_height:max{{{NET}}}"
-        f" - on (network) fil_heartbeat:network_height:max{{{NET}}})",
-        steps=((None, "green"), (3, "yellow"), (10, "red")),
-        description="Expected height (genesis time, block delay) minus the best height. "
-        "A null round adds 1 for one epoch.",
-    ))
-    d = d.with_panel(_stat(
-        ids, "Alerts firing (Prometheus)",
-        'count(ALERTS{alertname=~"Fil.*", alertstate="firing"}) or vector(0)',
-        steps=((None, "green"), (1, "red")),
-    ))
-    d = d.with_panel(_stat(
-        ids, "Alerts firing (built-in)", "sum(fil_heartbeat_alerts_firing) or vector(0)",
-        steps=((None, "green"), (1, "red")),
-        description="Alerts of the aggregators' built-in alerter.",
-    ))
     d = d.with_panel(
-        ts.Panel().id(ids()).title("Nodes by state").datasource(DS)
-        .with_target(_q(
-            f"sum by (state) (max by (network, state) (fil_heartbeat_nodes{{{NET}}}))",
-            "{{state}}",
-        ))
+        _stat(
+            ids,
+            "Nodes up",
+            f"sum(fil_heartbeat:nodes_up:count{{{NET}}})",
+            steps=((None, "red"), (1, "green")),
+            description="Nodes seen up by at least one aggregator.",
+        )
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Nodes known",
+            f"sum(fil_heartbeat:nodes_known:count{{{NET}}})",
+            steps=((None, "blue"),),
+        )
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Consensus share",
+            f"sum(fil_heartbeat:nodes_in_consensus:count{{{NET}}})"
+            f" / sum(fil_heartbeat:nodes_up:count{{{NET}}})",
+            unit="percentunit",
+            steps=((None, "red"), (0.66, "yellow"), (0.9, "green")),
+            description="Up nodes holding the plurality head.",
+        )
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Epochs behind expected",
+            f"max(fil_heartbeat:network_expected_height:max{{{NET}}}"
+            f" - on (network) fil_heartbeat:network_height:max{{{NET}}})",
+            steps=((None, "green"), (3, "yellow"), (10, "red")),
+            description="Expected height (genesis time, block delay) minus the best height. "
+            "A null round adds 1 for one epoch.",
+        )
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Alerts firing (Prometheus)",
+            'count(ALERTS{alertname=~"Fil.*", alertstate="firing"}) or vector(0)',
+            steps=((None, "green"), (1, "red")),
+        )
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Alerts firing (built-in)",
+            "sum(fil_heartbeat_alerts_firing) or vector(0)",
+            steps=((None, "green"), (1, "red")),
+            description="Alerts of the aggregators' built-in alerter.",
+        )
+    )
+    d = d.with_panel(
+        ts.Panel()
+        .id(ids())
+        .title("Nodes by state")
+        .datasource(DS)
+        .with_target(
+            _q(
+                f"sum by (state) (max by (network, state) (fil_heartbeat_nodes{{{NET}}}))",
+                "{{state}}",
+            )
+        )
         .stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
-        .fill_opacity(60).line_width(1).min(0).unit("none")
-        .overrides([
-            dash.DashboardFieldConfigSourceOverrides()
-            .matcher(model.MatcherConfig(id_val="byName", options=state))
-            .properties([model.DynamicConfigValue(
-                id_val="color", value={"mode": "fixed", "fixedColor": color}
-            )])
-            for state, color in _STATE_COLORS.items()
-        ])
-        .height(8).span(12)
-    )  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Network height vs expected height").datasource(DS)
-        .unit("none").decimals(0).height(8).span(12),
-        [
-            (f"fil_heartbeat:network_height:max{{{NET}}}", "{{network}} height"),
-            (f"fil_heartbeat:network_expected_height:max{{{NET}}}", "{{network}} expected"),
-        ],
-    ))  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Consensus share").datasource(DS)
-        .unit("percentunit").min(0).max(1).height(8).span(12),
-        [
-            (f"fil_heartbeat:consensus_share:ratio{{{NET}}}", "{{network}}"),
-        ],
-    ))  # fmt: skip
+        .fill_opacity(60)
+        .line_width(1)
+        .min(0)
+        .unit("none")
+        .overrides(
+            [
+                dash.DashboardFieldConfigSourceOverrides()
+                .matcher(model.MatcherConfig(id_val="byName", options=state))
+                .properties(
+                    [
+                        model.DynamicConfigValue(
+                            id_val="color", value={"mode": "fixed", "fixedColor": color}
+                        )
+                    ]
+                )
+                for state, color in _STATE_COLORS.items()
+            ]
+        )
+        .height(8)
+        .span(12)
+    )
     d = d.with_panel(
-        heatmap.Panel().id(ids()).title("Lag behind the fleet (epochs)").datasource(DS)
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Network height vs expected height")
+            .datasource(DS)
+            .unit("none")
+            .decimals(0)
+            .height(8)
+            .span(12),
+            [
+                (f"fil_heartbeat:network_height:max{{{NET}}}", "{{network}} height"),
+                (f"fil_heartbeat:network_expected_height:max{{{NET}}}", "{{network}} expected"),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Consensus share")
+            .datasource(DS)
+            .unit("percentunit")
+            .min(0)
+            .max(1)
+            .height(8)
+            .span(12),
+            [
+                (f"fil_heartbeat:consensus_share:ratio{{{NET}}}", "{{network}}"),
+            ],
+        )
+    )
+    d = d.with_panel(
+        heatmap.Panel()
+        .id(ids())
+        .title("Lag behind the fleet (epochs)")
+        .datasource(DS)
         .description("Distribution of the nodes' lag; 5 epochs or more is FilNodeLagging.")
         .with_target(_q(f"fil_heartbeat:node_lag_epochs:fleet{{{NET}}}", "{{nickname}}"))
         .calculate(True)
-        .height(8).span(12)
-    )  # fmt: skip
+        .height(8)
+        .span(12)
+    )
     d = d.with_row(dash.Row("Alerts").id(ids()).datasource(DS))
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Alerts firing").datasource(DS)
-        .unit("none").min(0).height(8).span(24),
-        [
-            ('sum by (alertname, severity) (ALERTS{alertname=~"Fil.*", alertstate="firing"})',
-             "{{alertname}} ({{severity}})"),
-            ("sum by (alertname, severity) (fil_heartbeat_alerts_firing)",
-             "built-in {{alertname}} ({{severity}})"),
-        ],
-    ))  # fmt: skip
     d = d.with_panel(
-        table.Panel().id(ids()).title("Nodes").datasource(DS)
-        .with_target(
-            _q(f"max by (peer_id, nickname, miner, network, state) "
-               f"(fil_heartbeat_node_state{{{NET}}} == 1)", instant=True)
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Alerts firing")
+            .datasource(DS)
+            .unit("none")
+            .min(0)
+            .height(8)
+            .span(24),
+            [
+                (
+                    "sum by (alertname, severity) "
+                    '(ALERTS{alertname=~"Fil.*", alertstate="firing"})',
+                    "{{alertname}} ({{severity}})",
+                ),
+                (
+                    "sum by (alertname, severity) (fil_heartbeat_alerts_firing)",
+                    "built-in {{alertname}} ({{severity}})",
+                ),
+            ],
         )
-        .with_transformation(model.DataTransformerConfig(
-            id_val="organize",
-            options={"excludeByName": {"Time": True, "Value": True}},
-        ))
-        .height(10).span(24)
-    )  # fmt: skip
+    )
+    d = d.with_panel(
+        table.Panel()
+        .id(ids())
+        .title("Nodes")
+        .datasource(DS)
+        .with_target(
+            _q(
+                f"max by (peer_id, nickname, miner, network, state) "
+                f"(fil_heartbeat_node_state{{{NET}}} == 1)",
+                instant=True,
+            )
+        )
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={"excludeByName": {"Time": True, "Value": True}},
+            )
+        )
+        .height(10)
+        .span(24)
+    )
     d = d.with_row(dash.Row("Aggregators").id(ids()).datasource(DS))
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Beats per second").datasource(DS)
-        .unit("reqps").min(0).height(8).span(12),
-        [
-            ("sum by (instance) (rate(fil_heartbeat_beats_received_total[$__rate_interval]))",
-             "{{instance}} received"),
-            ("sum by (instance) (rate(fil_heartbeat_beats_accepted_total[$__rate_interval]))",
-             "{{instance}} accepted"),
-        ],
-    ))  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Rejected beats by reason").datasource(DS)
-        .unit("reqps").min(0).height(8).span(12),
-        [
-            ("sum by (reason) (rate(fil_heartbeat_beats_rejected_total[$__rate_interval]))",
-             "{{reason}}"),
-            ("sum by (reason) (rate(fil_heartbeat_decode_errors_total[$__rate_interval]))",
-             "stream reset: {{reason}}"),
-            ("sum(rate(fil_heartbeat_beats_rate_limited_total[$__rate_interval]))",
-             "rate limited"),
-        ],
-    ))  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Connections and streams").datasource(DS)
-        .unit("none").min(0).height(8).span(12),
-        [
-            ("sum by (instance) (fil_heartbeat_connections)", "{{instance}} connections"),
-            ("sum by (instance) (fil_heartbeat_streams_open)", "{{instance}} streams"),
-        ],
-    ))  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Aggregator up").datasource(DS)
-        .unit("none").min(0).max(1).height(8).span(12),
-        [('up{job="fil-heartbeat-aggregator"}', "{{instance}}")],
-    ))  # fmt: skip
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Beats per second")
+            .datasource(DS)
+            .unit("reqps")
+            .min(0)
+            .height(8)
+            .span(12),
+            [
+                (
+                    "sum by (instance) "
+                    "(rate(fil_heartbeat_beats_received_total[$__rate_interval]))",
+                    "{{instance}} received",
+                ),
+                (
+                    "sum by (instance) "
+                    "(rate(fil_heartbeat_beats_accepted_total[$__rate_interval]))",
+                    "{{instance}} accepted",
+                ),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Rejected beats by reason")
+            .datasource(DS)
+            .unit("reqps")
+            .min(0)
+            .height(8)
+            .span(12),
+            [
+                (
+                    "sum by (reason) (rate(fil_heartbeat_beats_rejected_total[$__rate_interval]))",
+                    "{{reason}}",
+                ),
+                (
+                    "sum by (reason) (rate(fil_heartbeat_decode_errors_total[$__rate_interval]))",
+                    "stream reset: {{reason}}",
+                ),
+                (
+                    "sum(rate(fil_heartbeat_beats_rate_limited_total[$__rate_interval]))",
+                    "rate limited",
+                ),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Connections and streams")
+            .datasource(DS)
+            .unit("none")
+            .min(0)
+            .height(8)
+            .span(12),
+            [
+                ("sum by (instance) (fil_heartbeat_connections)", "{{instance}} connections"),
+                ("sum by (instance) (fil_heartbeat_streams_open)", "{{instance}} streams"),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Aggregator up")
+            .datasource(DS)
+            .unit("none")
+            .min(0)
+            .max(1)
+            .height(8)
+            .span(12),
+            [('up{job="fil-heartbeat-aggregator"}', "{{instance}}")],
+        )
+    )
     return _ingest_workers(d, ids)
 
 
@@ -294,44 +435,83 @@ def _ingest_workers(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
     worker = "{{instance}} worker {{worker}}"
     d = d.with_row(dash.Row("Ingest workers").id(ids()).datasource(DS))
     d = d.with_panel(
-        statetimeline.Panel().id(ids()).title("Workers up").datasource(DS)
-        .description("Linked to worker 0 and listening; down for 2m is "
-                     "FilHeartbeatWorkerDown.")
+        statetimeline.Panel()
+        .id(ids())
+        .title("Workers up")
+        .datasource(DS)
+        .description("Linked to worker 0 and listening; down for 2m is FilHeartbeatWorkerDown.")
         .with_target(_q("fil_heartbeat_worker_up", worker))
-        .mappings([model.ValueMap(options={
-            "0": model.ValueMappingResult(text="down", color="red", index=0),
-            "1": model.ValueMappingResult(text="up", color="green", index=1),
-        })])
-        .height(8).span(12)
-    )  # fmt: skip
+        .mappings(
+            [
+                model.ValueMap(
+                    options={
+                        "0": model.ValueMappingResult(text="down", color="red", index=0),
+                        "1": model.ValueMappingResult(text="up", color="green", index=1),
+                    }
+                )
+            ]
+        )
+        .height(8)
+        .span(12)
+    )
     d = d.with_panel(
-        ts.Panel().id(ids()).title("Connections per worker").datasource(DS)
-        .description("Open libp2p connections; the kernel spreads new ones over the "
-                     "workers that listen.")
-        .with_target(_q("sum by (instance, worker) (fil_heartbeat_worker_connections)",
-                        worker))
+        ts.Panel()
+        .id(ids())
+        .title("Connections per worker")
+        .datasource(DS)
+        .description(
+            "Open libp2p connections; the kernel spreads new ones over the workers that listen."
+        )
+        .with_target(_q("sum by (instance, worker) (fil_heartbeat_worker_connections)", worker))
         .stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
-        .fill_opacity(60).line_width(1).min(0).unit("none")
-        .height(8).span(12)
-    )  # fmt: skip
+        .fill_opacity(60)
+        .line_width(1)
+        .min(0)
+        .unit("none")
+        .height(8)
+        .span(12)
+    )
     d = d.with_panel(
-        ts.Panel().id(ids()).title("Worker restarts in 15m").datasource(DS)
+        ts.Panel()
+        .id(ids())
+        .title("Worker restarts in 15m")
+        .datasource(DS)
         .description("4 or more is FilHeartbeatWorkerRestarting (a crash loop).")
-        .with_target(_q("sum by (instance, worker) "
-                        "(increase(fil_heartbeat_worker_restarts_total[15m]))", worker))
-        .unit("none").min(0).decimals(0)
+        .with_target(
+            _q(
+                "sum by (instance, worker) (increase(fil_heartbeat_worker_restarts_total[15m]))",
+                worker,
+            )
+        )
+        .unit("none")
+        .min(0)
+        .decimals(0)
         .thresholds(_thresholds((None, "green"), (4, "red")))
-        .thresholds_style(common_builders.GraphThresholdsStyleConfig()
-                          .mode(common.GraphThresholdsStyleMode.DASHED))
-        .height(8).span(12)
-    )  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Connection imbalance").datasource(DS)
-        .description("Busiest worker's connections over the mean of the workers that are "
-                     "up: 1 is even, N all on one of N workers.")
-        .unit("none").min(1).height(8).span(12),
-        [("fil_heartbeat:worker_connections:max_over_avg", "{{instance}}")],
-    ))  # fmt: skip
+        .thresholds_style(
+            common_builders.GraphThresholdsStyleConfig().mode(
+                common.GraphThresholdsStyleMode.DASHED
+            )
+        )
+        .height(8)
+        .span(12)
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Connection imbalance")
+            .datasource(DS)
+            .description(
+                "Busiest worker's connections over the mean of the workers that are "
+                "up: 1 is even, N all on one of N workers."
+            )
+            .unit("none")
+            .min(1)
+            .height(8)
+            .span(12),
+            [("fil_heartbeat:worker_connections:max_over_avg", "{{instance}}")],
+        )
+    )
     return d
 
 
@@ -355,91 +535,177 @@ def node_detail() -> dash.Dashboard:
         "One Filecoin node as the fil-heartbeat aggregators see it.",
     ).with_variable(_node_variable())
     d = d.with_panel(
-        stat.Panel().id(ids()).title("State").datasource(DS)
+        stat.Panel()
+        .id(ids())
+        .title("State")
+        .datasource(DS)
         .with_target(_q(f"max by (state) (fil_heartbeat_node_state{{{NODE}}}) == 1", "{{state}}"))
         .text_mode(common.BigValueTextMode.NAME)
         .color_mode(common.BigValueColorMode.BACKGROUND)
-        .height(4).span(6)
-    )  # fmt: skip
-    d = d.with_panel(_stat(
-        ids, "Lag (epochs)", f"max(fil_heartbeat:node_lag_epochs:fleet{{{NODE}}})",
-        steps=((None, "green"), (2, "yellow"), (5, "red")),
-    ).span(6))
-    d = d.with_panel(_stat(
-        ids, "Head unchanged for",
-        f"time() - max(fil_heartbeat_node_head_changed_timestamp_seconds{{{NODE}}})",
-        unit="s", steps=((None, "green"), (150, "yellow"), (300, "red")),
-    ).span(6))
-    d = d.with_panel(_stat(
-        ids, "Last beat", f"time() - max(fil_heartbeat_node_last_beat_timestamp_seconds{{{NODE}}})",
-        unit="s", steps=((None, "green"), (30, "yellow"), (180, "red")),
-    ).span(6))
+        .height(4)
+        .span(6)
+    )
     d = d.with_panel(
-        statetimeline.Panel().id(ids()).title("Up / down").datasource(DS)
+        _stat(
+            ids,
+            "Lag (epochs)",
+            f"max(fil_heartbeat:node_lag_epochs:fleet{{{NODE}}})",
+            steps=((None, "green"), (2, "yellow"), (5, "red")),
+        ).span(6)
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Head unchanged for",
+            f"time() - max(fil_heartbeat_node_head_changed_timestamp_seconds{{{NODE}}})",
+            unit="s",
+            steps=((None, "green"), (150, "yellow"), (300, "red")),
+        ).span(6)
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Last beat",
+            f"time() - max(fil_heartbeat_node_last_beat_timestamp_seconds{{{NODE}}})",
+            unit="s",
+            steps=((None, "green"), (30, "yellow"), (180, "red")),
+        ).span(6)
+    )
+    d = d.with_panel(
+        statetimeline.Panel()
+        .id(ids())
+        .title("Up / down")
+        .datasource(DS)
         .with_target(_q(f"fil_heartbeat:node_up:max{{{NODE}}}", "{{nickname}}"))
-        .mappings([model.ValueMap(options={
-            "0": model.ValueMappingResult(text="down", color="red", index=0),
-            "1": model.ValueMappingResult(text="up", color="green", index=1),
-        })])
-        .height(5).span(24)
-    )  # fmt: skip
-    d = d.with_panel(
-        statetimeline.Panel().id(ids()).title("State").datasource(DS)
-        .with_target(_q(f"max by (state) (fil_heartbeat_node_state{{{NODE}}})", "{{state}}"))
-        .mappings([model.ValueMap(options={
-            "0": model.ValueMappingResult(text="-", color="transparent", index=0),
-            "1": model.ValueMappingResult(text="current", color="green", index=1),
-        })])
-        .height(7).span(24)
-    )  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Height vs network").datasource(DS)
-        .unit("none").decimals(0).height(8).span(12),
-        [
-            (f"max by (nickname) (fil_heartbeat_node_height{{{NODE}}})", "{{nickname}}"),
-            (f"fil_heartbeat:network_height:max and on (network) "
-             f"fil_heartbeat:node_up:max{{{NODE}}}", "{{network}} best"),
-            (f"fil_heartbeat:network_expected_height:max and on (network) "
-             f"fil_heartbeat:node_up:max{{{NODE}}}", "{{network}} expected"),
-        ],
-    ))  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Lag (epochs)").datasource(DS)
-        .unit("none").min(0).height(8).span(12),
-        [
-            (f"fil_heartbeat:node_lag_epochs:fleet{{{NODE}}}", "fleet"),
-            (f"fil_heartbeat_node_lag_epochs{{{NODE}}}", "{{instance}}"),
-        ],
-    ))  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Head age").datasource(DS)
-        .unit("s").min(0).height(8).span(12),
-        [
-            (f"time() - max(fil_heartbeat_node_head_changed_timestamp_seconds{{{NODE}}})",
-             "since the head changed"),
-            (f"time() - max(fil_heartbeat_node_head_timestamp_seconds{{{NODE}}})",
-             "tipset age"),
-        ],
-    ))  # fmt: skip
-    d = d.with_panel(_targets(
-        ts.Panel().id(ids()).title("Beats per second").datasource(DS)
-        .unit("reqps").min(0).height(8).span(12),
-        [
-            (f"sum by (instance) (rate(fil_heartbeat_node_beats_total{{{NODE}}}"
-             f"[$__rate_interval]))", "{{instance}}"),
-        ],
-    ))  # fmt: skip
-    d = d.with_panel(
-        table.Panel().id(ids()).title("Node info").datasource(DS)
-        .with_target(
-            _q(f"fil_heartbeat_node_info{{{NODE}}}", instant=True)
+        .mappings(
+            [
+                model.ValueMap(
+                    options={
+                        "0": model.ValueMappingResult(text="down", color="red", index=0),
+                        "1": model.ValueMappingResult(text="up", color="green", index=1),
+                    }
+                )
+            ]
         )
-        .with_transformation(model.DataTransformerConfig(
-            id_val="organize",
-            options={"excludeByName": {"Time": True, "Value": True, "__name__": True}},
-        ))
-        .height(6).span(24)
-    )  # fmt: skip
+        .height(5)
+        .span(24)
+    )
+    d = d.with_panel(
+        statetimeline.Panel()
+        .id(ids())
+        .title("State")
+        .datasource(DS)
+        .with_target(_q(f"max by (state) (fil_heartbeat_node_state{{{NODE}}})", "{{state}}"))
+        .mappings(
+            [
+                model.ValueMap(
+                    options={
+                        "0": model.ValueMappingResult(text="-", color="transparent", index=0),
+                        "1": model.ValueMappingResult(text="current", color="green", index=1),
+                    }
+                )
+            ]
+        )
+        .height(7)
+        .span(24)
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Height vs network")
+            .datasource(DS)
+            .unit("none")
+            .decimals(0)
+            .height(8)
+            .span(12),
+            [
+                (f"max by (nickname) (fil_heartbeat_node_height{{{NODE}}})", "{{nickname}}"),
+                (
+                    f"fil_heartbeat:network_height:max and on (network) "
+                    f"fil_heartbeat:node_up:max{{{NODE}}}",
+                    "{{network}} best",
+                ),
+                (
+                    f"fil_heartbeat:network_expected_height:max and on (network) "
+                    f"fil_heartbeat:node_up:max{{{NODE}}}",
+                    "{{network}} expected",
+                ),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Lag (epochs)")
+            .datasource(DS)
+            .unit("none")
+            .min(0)
+            .height(8)
+            .span(12),
+            [
+                (f"fil_heartbeat:node_lag_epochs:fleet{{{NODE}}}", "fleet"),
+                (f"fil_heartbeat_node_lag_epochs{{{NODE}}}", "{{instance}}"),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Head age")
+            .datasource(DS)
+            .unit("s")
+            .min(0)
+            .height(8)
+            .span(12),
+            [
+                (
+                    f"time() - max(fil_heartbeat_node_head_changed_timestamp_seconds{{{NODE}}})",
+                    "since the head changed",
+                ),
+                (
+                    f"time() - max(fil_heartbeat_node_head_timestamp_seconds{{{NODE}}})",
+                    "tipset age",
+                ),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Beats per second")
+            .datasource(DS)
+            .unit("reqps")
+            .min(0)
+            .height(8)
+            .span(12),
+            [
+                (
+                    f"sum by (instance) (rate(fil_heartbeat_node_beats_total{{{NODE}}}"
+                    f"[$__rate_interval]))",
+                    "{{instance}}",
+                ),
+            ],
+        )
+    )
+    d = d.with_panel(
+        table.Panel()
+        .id(ids())
+        .title("Node info")
+        .datasource(DS)
+        .with_target(_q(f"fil_heartbeat_node_info{{{NODE}}}", instant=True))
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={"excludeByName": {"Time": True, "Value": True, "__name__": True}},
+            )
+        )
+        .height(6)
+        .span(24)
+    )
     return d
 
 
@@ -481,8 +747,9 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     if args.check and stale:
-        print(f"out of date: {', '.join(stale)} (run python grafana/dashboards.py)",
-              file=sys.stderr)
+        print(
+            f"out of date: {', '.join(stale)} (run python grafana/dashboards.py)", file=sys.stderr
+        )
         return 1
     return 0
 

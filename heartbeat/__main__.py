@@ -68,8 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="beat to one or more aggregators (default)")
     _common(run)
     add = run.add_argument
-    add("--target", dest="targets", action="append", metavar="MULTIADDR",
-        help="aggregator multiaddr ending in /p2p/<peer-id> (repeatable)")
+    add(
+        "--target",
+        dest="targets",
+        action="append",
+        metavar="MULTIADDR",
+        help="aggregator multiaddr ending in /p2p/<peer-id> (repeatable)",
+    )
     add("--alerts", dest="alerts", metavar="MULTIADDR", help="alert service (FIL_HEARTBEAT_ALERTS)")
     add("--nickname", dest="nickname")
     add("--beat-period", dest="beat_period", metavar="DURATION", help="default 3s")

@@ -18,8 +18,16 @@ import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve
 
-__all__ = ["TCP_USER_TIMEOUT", "Receive", "Scope", "Send", "bind_address", "bound_port",
-           "lifespan", "serve_asgi"]
+__all__ = [
+    "TCP_USER_TIMEOUT",
+    "Receive",
+    "Scope",
+    "Send",
+    "bind_address",
+    "bound_port",
+    "lifespan",
+    "serve_asgi",
+]
 
 log = logging.getLogger(__name__)
 

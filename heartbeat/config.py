@@ -305,9 +305,7 @@ def build_config(
     if alerts:
         alert = parse_target(alerts, setting=_S["alerts"].label)
         targets.append(
-            replace(
-                alert, beat_period=ALERTS_PERIOD, reconnect_period=ALERTS_PERIOD, role="alerts"
-            )
+            replace(alert, beat_period=ALERTS_PERIOD, reconnect_period=ALERTS_PERIOD, role="alerts")
         )
     if not targets:
         raise _err(

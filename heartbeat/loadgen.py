@@ -81,9 +81,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KINDS = (
-    "healthy", "lagging", "forked", "flapping",
-    "garbage", "oversize", "slowdrip", "silent", "flood", "hog",
-)  # fmt: skip
+    "healthy",
+    "lagging",
+    "forked",
+    "flapping",
+    "garbage",
+    "oversize",
+    "slowdrip",
+    "silent",
+    "flood",
+    "hog",
+)
 HOSTILE_KINDS = frozenset({"garbage", "oversize", "slowdrip", "silent", "flood", "hog"})
 #: Behaviours whose every beat must be counted by the aggregator.
 BEATING_KINDS = frozenset({"healthy", "lagging", "forked", "flapping"})
@@ -178,8 +186,15 @@ class LoadgenConfig:
             raise bad("--storm-at", "must fall inside the run")
         if not 0 <= self.jitter < 1:
             raise bad("--jitter", "must be within [0, 1)")
-        for name in ("reconnect_period", "flap_period", "flap_down", "drip_interval",
-                     "dial_timeout", "write_timeout", "epoch"):  # fmt: skip
+        for name in (
+            "reconnect_period",
+            "flap_period",
+            "flap_down",
+            "drip_interval",
+            "dial_timeout",
+            "write_timeout",
+            "epoch",
+        ):
             if getattr(self, name) <= 0:
                 raise bad("--" + name.replace("_", "-"), "must be positive")
         if self.lag < 0:
@@ -299,7 +314,7 @@ def parse_stamp(version: str | None) -> int | None:
     """The sender's CLOCK_MONOTONIC ns from a `--stamp`ed beat's Version, else None."""
     if not version or not version.startswith(STAMP_PREFIX):
         return None
-    digits = version[len(STAMP_PREFIX):]
+    digits = version[len(STAMP_PREFIX) :]
     return int(digits) if digits.isdigit() else None
 
 
@@ -347,18 +362,38 @@ def summarize(stats: Sequence[AgentStats]) -> dict[str, Any]:
     """A worker's report: per-kind sums and the raw timing lists (JSON-friendly)."""
     kinds: dict[str, dict[str, Any]] = {}
     for s in stats:
-        k = kinds.setdefault(s.kind, {
-            "agents": 0, "started": 0, "connected": 0, "ever_connected": 0, "dials": 0,
-            "sessions": 0, "beats_sent": 0, "session_beats": 0, "streams_opened": 0, "cut_off": 0,
-            "failures": {}, "recoveries": [], "storm_recoveries": [], "storm_missing": 0,
-            "cut_after": [],
-        })  # fmt: skip
+        k = kinds.setdefault(
+            s.kind,
+            {
+                "agents": 0,
+                "started": 0,
+                "connected": 0,
+                "ever_connected": 0,
+                "dials": 0,
+                "sessions": 0,
+                "beats_sent": 0,
+                "session_beats": 0,
+                "streams_opened": 0,
+                "cut_off": 0,
+                "failures": {},
+                "recoveries": [],
+                "storm_recoveries": [],
+                "storm_missing": 0,
+                "cut_after": [],
+            },
+        )
         k["agents"] += 1
         k["started"] += s.started
         k["connected"] += s.connected
         k["ever_connected"] += s.ever_connected
-        for name in ("dials", "sessions", "beats_sent", "session_beats", "streams_opened",
-                     "cut_off"):  # fmt: skip
+        for name in (
+            "dials",
+            "sessions",
+            "beats_sent",
+            "session_beats",
+            "streams_opened",
+            "cut_off",
+        ):
             k[name] += getattr(s, name)
         for reason, n in s.failures.items():
             k["failures"][reason] = k["failures"].get(reason, 0) + n
@@ -402,20 +437,22 @@ def merge_reports(reports: Sequence[dict[str, Any]], *, elapsed: float) -> dict[
 
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as a fixed-width table."""
-    cols = ("agents", "started", "connected", "ever_connected", "dials", "beats_sent",
-            "cut_off")  # fmt: skip
-    heads = ("kind", "agents", "started", "conn", "ever", "dials", "beats", "cut_off",
-             "failures")  # fmt: skip
+    cols = ("agents", "started", "connected", "ever_connected", "dials", "beats_sent", "cut_off")
+    heads = ("kind", "agents", "started", "conn", "ever", "dials", "beats", "cut_off", "failures")
     rows = [heads]
     for kind, k in [*summary["kinds"].items(), ("total", summary["totals"])]:
         failures = ",".join(f"{r}={n}" for r, n in sorted(k.get("failures", {}).items()))
         rows.append((kind, *(str(k.get(c, 0)) for c in cols), failures or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(heads) - 1)]
     lines = [
-        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
-                  enumerate(zip(r[:-1], widths, strict=True))) + "  " + r[-1]
+        "  ".join(
+            cell.rjust(w) if i else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(r[:-1], widths, strict=True))
+        )
+        + "  "
+        + r[-1]
         for r in rows
-    ]  # fmt: skip
+    ]
     lines.append(f"elapsed {summary['elapsed']:.1f}s")
     for kind, k in summary["kinds"].items():
         for key in ("recoveries", "storm_recoveries"):
@@ -501,9 +538,12 @@ class _Worker:
     """All simulated agents of one process."""
 
     def __init__(
-        self, config: LoadgenConfig, indices: Sequence[int], start_at: float,
+        self,
+        config: LoadgenConfig,
+        indices: Sequence[int],
+        start_at: float,
         parent: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config = config
         #: The pid of the process that spawned this one (None: not a spawned worker).
         self.parent = parent
@@ -871,9 +911,12 @@ def _rss_kb() -> int | None:
 
 
 async def run_worker(
-    config: LoadgenConfig, indices: Sequence[int], *, start_delay: float = 0.0,
+    config: LoadgenConfig,
+    indices: Sequence[int],
+    *,
+    start_delay: float = 0.0,
     parent: int | None = None,
-) -> tuple[dict[str, Any], list[AgentStats]]:  # fmt: skip
+) -> tuple[dict[str, Any], list[AgentStats]]:
     """Run agents `indices` in the current trio loop; their report and raw stats.
 
     `parent`: the pid of the process that spawned this one; the run ends the process at
@@ -917,9 +960,13 @@ async def _exit_when_orphaned(parent: int, interval: float = 1.0) -> None:
 
 
 def _worker_main(
-    config: LoadgenConfig, worker: int, indices: list[int], start_wall: float, out: Any,
+    config: LoadgenConfig,
+    worker: int,
+    indices: list[int],
+    start_wall: float,
+    out: Any,
     log_level: str,
-) -> None:  # fmt: skip
+) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if log_level == "DEBUG":
         p2p.restore_libp2p_logging()
@@ -930,9 +977,13 @@ def _worker_main(
     try:
         spawner = multiprocessing.parent_process()
         report, _ = trio.run(
-            lambda: run_worker(config, indices, start_delay=max(0.0, start_wall - time.time()),
-                               parent=spawner.pid if spawner is not None else None)
-        )  # fmt: skip
+            lambda: run_worker(
+                config,
+                indices,
+                start_delay=max(0.0, start_wall - time.time()),
+                parent=spawner.pid if spawner is not None else None,
+            )
+        )
     except Exception as exc:  # reported to the parent, which prints it
         report = {"kinds": {}, "agents": len(indices), "rss_kb": _rss_kb(), "error": repr(exc)}
     report["worker"] = worker

@@ -41,9 +41,7 @@ class AgentCollector(Collector):
         connected = GaugeMetricFamily(
             _P + "target_connected", "1 while a stream to the target is open", labels=labels
         )
-        beats = CounterMetricFamily(
-            _P + "beats_sent", "Beats written to the target", labels=labels
-        )
+        beats = CounterMetricFamily(_P + "beats_sent", "Beats written to the target", labels=labels)
         attempts = CounterMetricFamily(
             _P + "reconnect_attempts", "Dial attempts to the target", labels=labels
         )

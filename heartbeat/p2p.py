@@ -201,14 +201,14 @@ class HostLimits:
         memory = max_memory_mb if max_memory_mb is not None else max(512, max_connections // 4)
         return cls(
             max_connections=max_connections,
-            max_streams=max_streams_total if max_streams_total is not None
-            else max_connections * 4,
+            max_streams=max_streams_total if max_streams_total is not None else max_connections * 4,
             max_memory_mb=memory,
             # The host's own key must never be evicted from the peerstore.
             max_peers=max_peers if max_peers is not None else max_connections * 2 + 64,
             max_pending_inbound=max_pending_inbound,
             max_connections_per_peer=max_connections_per_peer
-            if max_connections_per_peer is not None else 2,
+            if max_connections_per_peer is not None
+            else 2,
             connections_per_peer_per_sec=100.0,
             handshake_queue_wait=handshake_queue_wait,
         )

@@ -370,9 +370,11 @@ def _install_noise() -> str | None:
     from noise.state import CipherState
 
     owners: dict[str, Any] = {
-        "CryptographyCipher": ciphers.CryptographyCipher, "Cipher": Cipher,
-        "CipherState": CipherState, "NoiseProtocol": NoiseProtocol,
-    }  # fmt: skip
+        "CryptographyCipher": ciphers.CryptographyCipher,
+        "Cipher": Cipher,
+        "CipherState": CipherState,
+        "NoiseProtocol": NoiseProtocol,
+    }
     for qualname, expected in _NOISE_SOURCES.items():
         owner, name = qualname.split(".")
         if _digest(owners[owner].__dict__.get(name)) != expected:

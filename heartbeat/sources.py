@@ -148,9 +148,7 @@ class SimulatedChain:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._t0 = trio.current_time()
         if self.genesis_timestamp is None:
-            self.genesis_timestamp = int(
-                self._wall_clock() - self.start_height * self.block_delay
-            )
+            self.genesis_timestamp = int(self._wall_clock() - self.start_height * self.block_delay)
         self._update(self._t0)
         task_status.started()
         deadline = self._t0

@@ -34,8 +34,12 @@ trio.run(main, sys.argv[1], int(sys.argv[2]))
 
 
 def event(i: int) -> BeatAccepted:
-    beat = Beat(head="{bafy2bzaceaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}",
-                height=1000 + i, nickname=f"node-{i % 10_000}", miner_address="f010000")
+    beat = Beat(
+        head="{bafy2bzaceaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}",
+        height=1000 + i,
+        nickname=f"node-{i % 10_000}",
+        miner_address="f010000",
+    )
     return BeatAccepted(f"12D3KooW{i % 10_000:044d}", beat, 1_700_000_000.0 + i / 1000)
 
 
@@ -48,8 +52,10 @@ async def run(events: int, clients: int, query: str) -> float:
         url = f"ws://127.0.0.1:{port}/api/v1/feed{query}"
         # A filtering client waits for an event that never comes (and is killed at the end).
         expect = 1 if query else events
-        procs = [await trio.lowlevel.open_process(
-                    [sys.executable, "-c", CLIENT, url, str(expect)]) for _ in range(clients)]
+        procs = [
+            await trio.lowlevel.open_process([sys.executable, "-c", CLIENT, url, str(expect)])
+            for _ in range(clients)
+        ]
         while len(bus.optional_subscribers) < clients:
             await trio.sleep(0.01)
         started = time.process_time()
@@ -79,8 +85,10 @@ def main() -> None:
     for label, query in (("all_events", ""), ("filtered_out", "?peer=nobody")):
         cpu = trio.run(run, events, clients, query)
         per = (cpu - base) * 1e6 / events / clients
-        print(f"events={events} clients={clients} {label:<12} cpu_s={cpu:.2f} "
-              f"us_per_event_per_client={per:.1f}")
+        print(
+            f"events={events} clients={clients} {label:<12} cpu_s={cpu:.2f} "
+            f"us_per_event_per_client={per:.1f}"
+        )
 
 
 if __name__ == "__main__":

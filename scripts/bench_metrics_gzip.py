@@ -80,12 +80,17 @@ def main() -> None:
         wall = statistics.median(r[0] for r in runs)
         gap = statistics.median(r[1] for r in runs)
         print(f"nodes={count:>6} plain_mb={len(body) / 1e6:6.2f} render_ms={render_ms:7.1f}")
-        print(f"nodes={count:>6} level=1 gzip_mb={len(gz1) / 1e6:6.2f} "
-              f"ratio={len(body) / len(gz1):5.1f} median_ms={ms1:7.1f}")
-        print(f"nodes={count:>6} level=6 gzip_mb={len(gz6) / 1e6:6.2f} "
-              f"ratio={len(body) / len(gz6):5.1f} median_ms={ms6:7.1f}")
-        print(f"nodes={count:>6} level=1 in_thread wall_ms={wall:7.1f} "
-              f"worst_loop_gap_ms={gap:6.2f}")
+        print(
+            f"nodes={count:>6} level=1 gzip_mb={len(gz1) / 1e6:6.2f} "
+            f"ratio={len(body) / len(gz1):5.1f} median_ms={ms1:7.1f}"
+        )
+        print(
+            f"nodes={count:>6} level=6 gzip_mb={len(gz6) / 1e6:6.2f} "
+            f"ratio={len(body) / len(gz6):5.1f} median_ms={ms6:7.1f}"
+        )
+        print(
+            f"nodes={count:>6} level=1 in_thread wall_ms={wall:7.1f} worst_loop_gap_ms={gap:6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -137,8 +137,9 @@ class FakeLotus:
     def close_subscriptions(self) -> None:
         """Send `xrpc.ch.close` to every subscriber, as Lotus does to a slow one."""
         for sub in self._subscribers:
-            sub.send.send_nowait({"jsonrpc": "2.0", "method": "xrpc.ch.close",
-                                  "params": [sub.channel]})
+            sub.send.send_nowait(
+                {"jsonrpc": "2.0", "method": "xrpc.ch.close", "params": [sub.channel]}
+            )
         self._subscribers.clear()
 
     def drop_subscriptions(self) -> None:
@@ -149,8 +150,9 @@ class FakeLotus:
 
     def _broadcast(self, changes: list[dict[str, Any]]) -> None:
         for sub in self._subscribers:
-            sub.send.send_nowait({"jsonrpc": "2.0", "method": "xrpc.ch.val",
-                                  "params": [sub.channel, changes]})
+            sub.send.send_nowait(
+                {"jsonrpc": "2.0", "method": "xrpc.ch.val", "params": [sub.channel, changes]}
+            )
 
     # -- endpoints ----------------------------------------------------------
     def api_info(self, *, miner: bool = False, token: str | None = None) -> ApiInfo:
@@ -226,7 +228,8 @@ class FakeLotus:
         results: dict[str, Callable[[], Any]] = {
             "Filecoin.ChainHead": self.tipset,
             "Filecoin.ChainGetGenesis": lambda: tipset_json(
-                0, (self.genesis_cid,), (self.genesis_timestamp,)),
+                0, (self.genesis_cid,), (self.genesis_timestamp,)
+            ),
             "Filecoin.SyncState": lambda: self.sync_state,
             "Filecoin.StateGetNetworkParams": lambda: {
                 "NetworkName": self.network_name,
@@ -239,8 +242,11 @@ class FakeLotus:
             "Filecoin.ActorAddress": lambda: self.miner_address,
         }
         if method not in results:
-            return 500, {"jsonrpc": "2.0", "id": rid, "error": {
-                "code": -32601, "message": f"method '{method}' not found"}}
+            return 500, {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": {"code": -32601, "message": f"method '{method}' not found"},
+            }
         return 200, {"jsonrpc": "2.0", "id": rid, "result": results[method]()}
 
     async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -258,11 +264,22 @@ class FakeLotus:
             try:
                 status, answer = await self._answer(json.loads(body))
             except ValueError:
-                status, answer = 500, {"jsonrpc": "2.0", "id": None,
-                                       "error": {"code": -32700, "message": "parse error"}}
+                status, answer = (
+                    500,
+                    {
+                        "jsonrpc": "2.0",
+                        "id": None,
+                        "error": {"code": -32700, "message": "parse error"},
+                    },
+                )
             payload = json.dumps(answer).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
     async def _websocket(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -293,16 +310,26 @@ class FakeLotus:
                     self.calls.append("Filecoin.ChainNotify")
                     if "Filecoin.ChainNotify" in self._failures:
                         code, message = self._failures["Filecoin.ChainNotify"]
-                        outbox_send.send_nowait({"jsonrpc": "2.0", "id": request.get("id"),
-                                                 "error": {"code": code, "message": message}})
+                        outbox_send.send_nowait(
+                            {
+                                "jsonrpc": "2.0",
+                                "id": request.get("id"),
+                                "error": {"code": code, "message": message},
+                            }
+                        )
                         continue
                     channel = next(self._channels)
                     self.subscriptions_total += 1
-                    outbox_send.send_nowait({"jsonrpc": "2.0", "id": request.get("id"),
-                                             "result": channel})
-                    outbox_send.send_nowait({"jsonrpc": "2.0", "method": "xrpc.ch.val",
-                                             "params": [channel, [{"Type": "current",
-                                                                   "Val": self.tipset()}]]})
+                    outbox_send.send_nowait(
+                        {"jsonrpc": "2.0", "id": request.get("id"), "result": channel}
+                    )
+                    outbox_send.send_nowait(
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "xrpc.ch.val",
+                            "params": [channel, [{"Type": "current", "Val": self.tipset()}]],
+                        }
+                    )
                     self._subscribers.append(_Subscriber(channel, outbox_send))
                 elif request.get("method") == "xrpc.cancel":
                     self._subscribers = [s for s in self._subscribers if s.send is not outbox_send]

@@ -64,8 +64,11 @@ def tool_path(tool: str) -> str | None:
 
 def require_tools(*tools: str, environ: Mapping[str, str] = os.environ) -> None:
     """Skip the calling test when a tool is missing, or fail it under CI (`CI=true`)."""
-    missing = [f"{tool} (Debian package {TOOLS.get(tool, ((), '?'))[1]})"
-               for tool in tools if tool_path(tool) is None]  # fmt: skip
+    missing = [
+        f"{tool} (Debian package {TOOLS.get(tool, ((), '?'))[1]})"
+        for tool in tools
+        if tool_path(tool) is None
+    ]
     if not missing:
         return
     reason = f"not installed: {', '.join(missing)}; `scripts/setup --system` installs them"
@@ -111,10 +114,12 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 @contextlib.contextmanager
 def _serve(args: Sequence[str], url: str, data_dir: Path, log_path: Path) -> Iterator[Server]:
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            list(args), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     server = Server(proc, url, data_dir, log_path)
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"{args[0]} exited with {proc.returncode}:\n{server.log()}")
@@ -134,22 +139,38 @@ def alertmanager(tmp: Path, config: dict[str, Any] | None = None) -> Iterator[Se
     base = tmp / "alertmanager"
     (base / "data").mkdir(parents=True)
     config = config or {
-        "route": {"receiver": "null", "group_by": ["alertname", "peer_id"],
-                  "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+        "route": {
+            "receiver": "null",
+            "group_by": ["alertname", "peer_id"],
+            "group_wait": "1s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
         "receivers": [{"name": "null"}],
     }
     (base / "alertmanager.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    args = [ALERTMANAGER_BIN, f"--config.file={base / 'alertmanager.yml'}",
-            f"--storage.path={base / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=", "--log.level=info"]
+    args = [
+        ALERTMANAGER_BIN,
+        f"--config.file={base / 'alertmanager.yml'}",
+        f"--storage.path={base / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=info",
+    ]
     with _serve(args, f"http://127.0.0.1:{port}", base / "data", base / "log") as server:
         yield server
 
 
 @contextlib.contextmanager
-def prometheus(tmp: Path, *, targets: Sequence[str], rule_files: Sequence[Path] = (),
-               alertmanager_url: str | None = None, interval: str = "1s") -> Iterator[Server]:
+def prometheus(
+    tmp: Path,
+    *,
+    targets: Sequence[str],
+    rule_files: Sequence[Path] = (),
+    alertmanager_url: str | None = None,
+    interval: str = "1s",
+) -> Iterator[Server]:
     """Prometheus scraping `targets` (host:port) as job fil-heartbeat-aggregator."""
     if PROMETHEUS_BIN is None:
         raise RuntimeError("prometheus is not installed")
@@ -158,17 +179,22 @@ def prometheus(tmp: Path, *, targets: Sequence[str], rule_files: Sequence[Path] 
     config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{"job_name": "fil-heartbeat-aggregator",
-                            "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [
+            {"job_name": "fil-heartbeat-aggregator", "static_configs": [{"targets": list(targets)}]}
+        ],
     }
     if alertmanager_url is not None:
         host = alertmanager_url.removeprefix("http://")
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [host]}]}]}
     (base / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    args = [PROMETHEUS_BIN, f"--config.file={base / 'prometheus.yml'}",
-            f"--storage.tsdb.path={base / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=info"]
+    args = [
+        PROMETHEUS_BIN,
+        f"--config.file={base / 'prometheus.yml'}",
+        f"--storage.tsdb.path={base / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=info",
+    ]
     with _serve(args, f"http://127.0.0.1:{port}", base / "data", base / "log") as server:
         yield server
 

@@ -27,11 +27,18 @@ TARGET = f"/ip4/127.0.0.1/tcp/9081/p2p/{PEER}"
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("FIL_HEARTBEAT_") and not k.endswith("_API_INFO")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FIL_HEARTBEAT_") and not k.endswith("_API_INFO")
+    }
     return subprocess.run(
         [sys.executable, "-m", "heartbeat", *args],
-        env={**clean, **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=20,
+        env={**clean, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
 
 
@@ -66,8 +73,7 @@ def test_version() -> None:
 
 
 async def test_metrics_endpoint() -> None:
-    head = Head(cids=("bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2",),
-                height=77)
+    head = Head(cids=("bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2",), height=77)
     source = StaticHeadSource(head)
 
     class NeverConnects:

@@ -19,10 +19,17 @@ DEFAULT_ID = Path("/nonexistent/state/agent.key")
 BASE_ENV = {"FIL_HEARTBEAT_TARGETS": T1, "FIL_HEARTBEAT_HEAD_SOURCE": "static"}
 
 
-def build(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-          toml: dict[str, Any] | None = None):
-    return build_config(flags or {}, env if env is not None else dict(BASE_ENV), toml,
-                        default_identity_file=DEFAULT_ID)
+def build(
+    flags: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    toml: dict[str, Any] | None = None,
+):
+    return build_config(
+        flags or {},
+        env if env is not None else dict(BASE_ENV),
+        toml,
+        default_identity_file=DEFAULT_ID,
+    )
 
 
 # -- targets ------------------------------------------------------------------
@@ -64,8 +71,10 @@ def test_ipfs_is_normalised_to_p2p() -> None:
         (f"/ip4/127.0.0.1/tcp/0/p2p/{PEER}", "invalid tcp port"),
         (f"/ip4/127.0.0.1/tcp/70000/p2p/{PEER}", "invalid tcp port"),
         ("/ip4/127.0.0.1/tcp/9081/p2p/notapeerid0OIl", "invalid peer id"),
-        ("/ip4/127.0.0.1/tcp/9081/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9Hy",
-         "invalid peer id"),
+        (
+            "/ip4/127.0.0.1/tcp/9081/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9Hy",
+            "invalid peer id",
+        ),
         (f"/ip4/127.0.0.1/tcp/9081/p2p/{PEER}/extra", "expected"),
         ("", "must start with"),
     ],
@@ -110,22 +119,28 @@ def test_several_targets_from_flags_and_env_list() -> None:
 
 def test_alerts_target_has_its_own_periods() -> None:
     alerts = f"/ip4/127.0.0.2/tcp/9999/p2p/{PEER}"
-    config = build(
-        flags={"beat_period": "1s"}, env={**BASE_ENV, "FIL_HEARTBEAT_ALERTS": alerts}
-    )
+    config = build(flags={"beat_period": "1s"}, env={**BASE_ENV, "FIL_HEARTBEAT_ALERTS": alerts})
     primary, alert = config.targets
     assert primary.beat_period == 1.0
     assert alert.role == "alerts"
     assert alert.addr == alerts
-    assert (alert.beat_period, alert.reconnect_period) == (ALERTS_PERIOD, ALERTS_PERIOD) == (
-        10.0,
-        10.0,
+    assert (
+        (alert.beat_period, alert.reconnect_period)
+        == (ALERTS_PERIOD, ALERTS_PERIOD)
+        == (
+            10.0,
+            10.0,
+        )
     )
 
 
 def test_precedence_flags_over_env_over_toml_over_defaults() -> None:
-    toml = {"beat_period": "7s", "reconnect_period": "20s", "nickname": "fromtoml",
-            "encoding": "json"}
+    toml = {
+        "beat_period": "7s",
+        "reconnect_period": "20s",
+        "nickname": "fromtoml",
+        "encoding": "json",
+    }
     env = {**BASE_ENV, "FIL_HEARTBEAT_BEAT_PERIOD": "5s", "FIL_HEARTBEAT_NICKNAME": "fromenv"}
     config = build(flags={"nickname": "fromflag"}, env=env, toml=toml)
     assert config.nickname == "fromflag"
@@ -171,8 +186,11 @@ def test_bad_toml(text: str, message: str) -> None:
 
 
 def test_head_source_defaults_to_lotus_with_fullnode_api_info() -> None:
-    env = {"FIL_HEARTBEAT_TARGETS": T1, "FULLNODE_API_INFO": "tok:/ip4/127.0.0.1/tcp/1234/http",
-           "STORAGE_API_INFO": "tok:/ip4/127.0.0.1/tcp/2345/http"}
+    env = {
+        "FIL_HEARTBEAT_TARGETS": T1,
+        "FULLNODE_API_INFO": "tok:/ip4/127.0.0.1/tcp/1234/http",
+        "STORAGE_API_INFO": "tok:/ip4/127.0.0.1/tcp/2345/http",
+    }
     config = build(env=env)
     assert config.head_source == "lotus"
     assert config.fullnode_api_info == "tok:/ip4/127.0.0.1/tcp/1234/http"
@@ -197,8 +215,11 @@ BAD = [
     ({"beat_period": "3"}, {}, "--beat-period / FIL_HEARTBEAT_BEAT_PERIOD"),
     ({}, {"FIL_HEARTBEAT_BEAT_PERIOD": "fast"}, "--beat-period / FIL_HEARTBEAT_BEAT_PERIOD"),
     ({"beat_period": "0s"}, {}, "--beat-period / FIL_HEARTBEAT_BEAT_PERIOD"),
-    ({}, {"FIL_HEARTBEAT_RECONNECT_PERIOD": "-1s"},
-     "--reconnect-period / FIL_HEARTBEAT_RECONNECT_PERIOD"),
+    (
+        {},
+        {"FIL_HEARTBEAT_RECONNECT_PERIOD": "-1s"},
+        "--reconnect-period / FIL_HEARTBEAT_RECONNECT_PERIOD",
+    ),
     ({"jitter": "1.5"}, {}, "--jitter / FIL_HEARTBEAT_JITTER"),
     ({"jitter": "x"}, {}, "--jitter / FIL_HEARTBEAT_JITTER"),
     ({"error_log_period": "10"}, {}, "--error-log-period / FIL_HEARTBEAT_ERROR_LOG_PERIOD"),
@@ -211,13 +232,22 @@ BAD = [
     ({}, {"FIL_HEARTBEAT_NICKNAME": "x" * 65}, "--nickname / FIL_HEARTBEAT_NICKNAME"),
     ({"head_source": "magic"}, {}, "--head-source / FIL_HEARTBEAT_HEAD_SOURCE"),
     ({"head_source": "lotus"}, {}, "--fullnode-api-info / FULLNODE_API_INFO"),
-    ({}, {"FIL_HEARTBEAT_HEAD_SOURCE": "lotus", "FULLNODE_API_INFO": "tok:/ip4/x/udp/1"},
-     "--fullnode-api-info / FULLNODE_API_INFO"),
+    (
+        {},
+        {"FIL_HEARTBEAT_HEAD_SOURCE": "lotus", "FULLNODE_API_INFO": "tok:/ip4/x/udp/1"},
+        "--fullnode-api-info / FULLNODE_API_INFO",
+    ),
     ({"miner_address": "f1nope"}, {}, "--miner-address / FIL_HEARTBEAT_MINER_ADDRESS"),
-    ({}, {"FIL_HEARTBEAT_METRICS_LISTEN": "9083"},
-     "--metrics-listen / FIL_HEARTBEAT_METRICS_LISTEN"),
-    ({}, {"FIL_HEARTBEAT_METRICS_LISTEN": "127.0.0.1:99999"},
-     "--metrics-listen / FIL_HEARTBEAT_METRICS_LISTEN"),
+    (
+        {},
+        {"FIL_HEARTBEAT_METRICS_LISTEN": "9083"},
+        "--metrics-listen / FIL_HEARTBEAT_METRICS_LISTEN",
+    ),
+    (
+        {},
+        {"FIL_HEARTBEAT_METRICS_LISTEN": "127.0.0.1:99999"},
+        "--metrics-listen / FIL_HEARTBEAT_METRICS_LISTEN",
+    ),
     ({}, {"FIL_HEARTBEAT_LOG_FORMAT": "xml"}, "--log-format / FIL_HEARTBEAT_LOG_FORMAT"),
     ({}, {"FIL_HEARTBEAT_ENCODING": "protobuf"}, "--encoding / FIL_HEARTBEAT_ENCODING"),
     ({"static_height": "-1"}, {}, "--static-height / FIL_HEARTBEAT_STATIC_HEIGHT"),
@@ -226,8 +256,11 @@ BAD = [
     ({"block_delay": "30"}, {}, "--block-delay / FIL_HEARTBEAT_BLOCK_DELAY"),
     ({"seed": "abc"}, {}, "--seed / FIL_HEARTBEAT_SEED"),
     ({"lag_epochs": "-3"}, {}, "--lag-epochs / FIL_HEARTBEAT_LAG_EPOCHS"),
-    ({"identity_file": ""}, {"FIL_HEARTBEAT_IDENTITY_FILE": " "},
-     "--identity-file / FIL_HEARTBEAT_IDENTITY_FILE"),
+    (
+        {"identity_file": ""},
+        {"FIL_HEARTBEAT_IDENTITY_FILE": " "},
+        "--identity-file / FIL_HEARTBEAT_IDENTITY_FILE",
+    ),
 ]
 
 

@@ -61,7 +61,10 @@ class FakeConnector:
     """Refuses dials while `down(now)` says so; `hang` makes refused dials block instead."""
 
     def __init__(
-        self, down: Callable[[float], bool] = lambda now: False, *, hang: bool = False,
+        self,
+        down: Callable[[float], bool] = lambda now: False,
+        *,
+        hang: bool = False,
         write_delay: float = 0.0,
     ) -> None:
         self.down = down
@@ -87,8 +90,9 @@ def rel(times: list[float], t0: float) -> list[float]:
     return [round(t - t0, 6) for t in times]
 
 
-def loop_for(connector: FakeConnector, latest: Callable[[], Head | None] = lambda: HEAD,
-             **kw: object) -> BeatLoop:
+def loop_for(
+    connector: FakeConnector, latest: Callable[[], Head | None] = lambda: HEAD, **kw: object
+) -> BeatLoop:
     options: dict[str, object] = {"jitter": 0.0, "nickname": "alpha", "miner_address": "f01234"}
     options.update(kw)
     tgt = options.pop("target", None) or target()
@@ -142,8 +146,11 @@ async def test_error_log_period_is_configurable(
     caplog.set_level(logging.DEBUG, logger=AGENT_LOGGER)
     connector = FakeConnector(lambda now: True)
     await run_for(loop_for(connector, error_log_period=60.0), 185)
-    errors = [msg for name, lvl, msg in caplog.record_tuples
-              if name == AGENT_LOGGER and lvl == logging.ERROR]
+    errors = [
+        msg
+        for name, lvl, msg in caplog.record_tuples
+        if name == AGENT_LOGGER and lvl == logging.ERROR
+    ]
     assert len(errors) == 3
     assert "down_for=1m0s" in errors[0] and "down_for=3m0s" in errors[2]
 
@@ -220,8 +227,9 @@ async def test_stalled_write_resets_the_stream_and_redials(
     assert first.was_reset
     assert connector.attempts == [0.0, 11.0]  # stalled 6 → 11, then redialled at once
     assert rel([t for t, _ in second.writes], connector.t0) == [11.0]
-    warnings = [m for n, lvl, m in caplog.record_tuples
-                if n == AGENT_LOGGER and lvl == logging.WARNING]
+    warnings = [
+        m for n, lvl, m in caplog.record_tuples if n == AGENT_LOGGER and lvl == logging.WARNING
+    ]
     assert warnings == [f"disconnected target={loop.target.addr} beats=2 err=write_stalled_5s"]
 
 
@@ -251,9 +259,14 @@ async def test_beat_content_cbor_and_json(autojump_clock: trio.testing.MockClock
         data = b"".join(d for _, d in connector.streams[0].writes)
         assert data.startswith(b"{") == (encoding == "json")
         beats = BeatDecoder().feed(data)
-        expected = Beat(head="{" + CID + "}", height=1234, nickname="alpha",
-                        miner_address="f01234", head_timestamp=1_700_000_000,
-                        version=AGENT_VERSION)
+        expected = Beat(
+            head="{" + CID + "}",
+            height=1234,
+            nickname="alpha",
+            miner_address="f01234",
+            head_timestamp=1_700_000_000,
+            version=AGENT_VERSION,
+        )
         assert beats == [expected, expected]
 
 
@@ -271,7 +284,8 @@ async def test_stop_half_closes_and_returns(
     assert stream.closed and not stream.was_reset
     assert trio.current_time() - connector.t0 == 4.0
     assert caplog.record_tuples[-1] == (
-        AGENT_LOGGER, logging.INFO,
+        AGENT_LOGGER,
+        logging.INFO,
         f"stream_closed target={loop.target.addr} beats=2 remote_closed=True",
     )
 

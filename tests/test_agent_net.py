@@ -83,8 +83,9 @@ async def test_beats_decode_to_the_static_head(tmp_path: Path) -> None:
         await receiver.start(nursery)
         config = config_for(tmp_path, [receiver.addr])
         started = trio.current_time()
-        await nursery.start(lambda task_status: run_agent(
-            config, shutdown=stop.wait, task_status=task_status))
+        await nursery.start(
+            lambda task_status: run_agent(config, shutdown=stop.wait, task_status=task_status)
+        )
         beats = await receiver.wait_for(3)
         stop.set()
         await receiver.wait_streams_ended(1)
@@ -147,8 +148,9 @@ async def test_a_dead_target_does_not_delay_the_live_one(tmp_path: Path) -> None
         receiver = Receiver()
         await receiver.start(nursery)
         config = config_for(tmp_path, [dead, receiver.addr], dial_timeout="5s")
-        agent = await nursery.start(lambda task_status: run_agent(
-            config, shutdown=stop.wait, task_status=task_status))
+        agent = await nursery.start(
+            lambda task_status: run_agent(config, shutdown=stop.wait, task_status=task_status)
+        )
         await receiver.wait_for(15, timeout=10)
         now = trio.current_time()
         dead_loop = agent.loops[0]
@@ -174,12 +176,14 @@ async def test_alerts_target_from_the_environment(tmp_path: Path) -> None:
         await primary.start(nursery)
         await alerts.start(nursery)
         config = config_for(tmp_path, [primary.addr], FIL_HEARTBEAT_ALERTS=alerts.addr)
-        agent = await nursery.start(lambda task_status: run_agent(
-            config, shutdown=stop.wait, task_status=task_status))
+        agent = await nursery.start(
+            lambda task_status: run_agent(config, shutdown=stop.wait, task_status=task_status)
+        )
         [beat] = await alerts.wait_for(1)
         await primary.wait_for(5)
         assert [(lp.target.role, lp.target.beat_period) for lp in agent.loops] == [
-            ("primary", 0.2), ("alerts", 10.0)
+            ("primary", 0.2),
+            ("alerts", 10.0),
         ]
         assert len(alerts.beats) == 1  # the next alerts beat is 10 s away
         stop.set()
@@ -208,8 +212,9 @@ async def test_receiver_restart_on_the_same_port(tmp_path: Path, down_for: float
         # A generous dial deadline: a busy machine must not turn the one dial that
         # counts into a timeout.
         config = config_for(tmp_path, [receiver.addr], dial_timeout="5s")
-        agent = await nursery.start(lambda task_status: run_agent(
-            config, shutdown=stop.wait, task_status=task_status))
+        agent = await nursery.start(
+            lambda task_status: run_agent(config, shutdown=stop.wait, task_status=task_status)
+        )
         stats = agent.loops[0].stats
         await receiver.wait_for(3)
         port, peer = receiver.port, receiver.peer_id
@@ -239,10 +244,23 @@ async def test_sigterm_exits_zero_and_delivers_the_last_beat(tmp_path: Path) -> 
         await receiver.start(nursery)
         env = {**os.environ, "FIL_HEARTBEAT_TARGETS": receiver.addr}
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "heartbeat", "run", "--head-source", "static",
-             "--beat-period", "100ms", "--identity-file", str(tmp_path / "agent.key"),
-             "--nickname", "sig"],
-            env=env, cwd=ROOT, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "heartbeat",
+                "run",
+                "--head-source",
+                "static",
+                "--beat-period",
+                "100ms",
+                "--identity-file",
+                str(tmp_path / "agent.key"),
+                "--nickname",
+                "sig",
+            ],
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
         )
         try:
             await receiver.wait_for(5, timeout=15)
@@ -274,8 +292,9 @@ async def test_a_dns4_target_is_resolved_and_dialed(tmp_path: Path) -> None:
         await receiver.start(nursery)
         target = f"/dns4/localhost/tcp/{receiver.port}/p2p/{receiver.peer_id}"
         config = config_for(tmp_path, [target])
-        await nursery.start(lambda task_status: run_agent(
-            config, shutdown=stop.wait, task_status=task_status))
+        await nursery.start(
+            lambda task_status: run_agent(config, shutdown=stop.wait, task_status=task_status)
+        )
         beats = await receiver.wait_for(2)
         stop.set()
         await receiver.wait_streams_ended(1)

@@ -143,10 +143,12 @@ def test_host_limits_all_four_layers() -> None:
     assert derived.max_connections_per_peer == 2
     config = build_config(
         {"max_streams_total": "9000", "max_peers": "5000"},
-        {"FIL_HEARTBEAT_AGGREGATOR_MAX_MEMORY_MB": "2048",
-         "FIL_HEARTBEAT_AGGREGATOR_MAX_PENDING_INBOUND": "300"},
+        {
+            "FIL_HEARTBEAT_AGGREGATOR_MAX_MEMORY_MB": "2048",
+            "FIL_HEARTBEAT_AGGREGATOR_MAX_PENDING_INBOUND": "300",
+        },
         {"max_connections_per_peer": 3, "max_connections": 1000, "handshake_queue_wait": "2s"},
-    )  # fmt: skip
+    )
     limits = host_limits(config)
     assert (limits.max_streams, limits.max_memory_mb, limits.max_peers) == (9000, 2048, 5000)
     assert (limits.pending_inbound, limits.max_connections_per_peer) == (300, 3)
@@ -157,12 +159,24 @@ def test_cli_limit_flags(tmp_path: Path) -> None:
     from aggregator.__main__ import parse_args
 
     _, config = parse_args(
-        ["run", "--max-streams-total", "100", "--max-memory-mb", "600", "--max-peers", "20000",
-         "--max-pending-inbound", "32", "--max-connections-per-peer", "1",
-         "--yamux-release-on-read",
-         "--identity-file", str(tmp_path / "k")],
+        [
+            "run",
+            "--max-streams-total",
+            "100",
+            "--max-memory-mb",
+            "600",
+            "--max-peers",
+            "20000",
+            "--max-pending-inbound",
+            "32",
+            "--max-connections-per-peer",
+            "1",
+            "--yamux-release-on-read",
+            "--identity-file",
+            str(tmp_path / "k"),
+        ],
         env={},
-    )  # fmt: skip
+    )
     assert (config.max_streams_total, config.max_memory_mb, config.max_peers) == (100, 600, 20000)
     assert (config.max_pending_inbound, config.max_connections_per_peer) == (32, 1)
     assert config.yamux_release_on_read is True
@@ -190,11 +204,24 @@ def test_cli_flags_become_config(tmp_path: Path) -> None:
     toml = tmp_path / "agg.toml"
     toml.write_text('rate_burst = 4\n[alerts]\nalertmanager_url = "http://127.0.0.1:9093"\n')
     command, config = parse_args(
-        ["run", "--listen", "/ip4/127.0.0.1/tcp/1", "--listen", "/ip6/::1/tcp/2",
-         "--http-listen", "127.0.0.1:0", "--legacy-metrics", "--stall-after", "2m",
-         "--config", str(toml), "--identity-file", str(tmp_path / "k")],
+        [
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/1",
+            "--listen",
+            "/ip6/::1/tcp/2",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--legacy-metrics",
+            "--stall-after",
+            "2m",
+            "--config",
+            str(toml),
+            "--identity-file",
+            str(tmp_path / "k"),
+        ],
         env={"FIL_HEARTBEAT_AGGREGATOR_NAME": "east"},
-    )  # fmt: skip
+    )
     assert command == "run"
     assert config.listen == ("/ip4/127.0.0.1/tcp/1", "/ip6/::1/tcp/2")
     assert config.legacy_metrics and config.stall_after == 120.0 and config.name == "east"

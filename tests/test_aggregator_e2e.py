@@ -28,8 +28,9 @@ HEAD_B = "{bafy2bzaceheadbbbbbbbbbbbbbbb}"
 
 
 def beat(height: int, nickname: str, head: str = HEAD_A, genesis: str | None = GENESIS) -> bytes:
-    b = Beat(head=head, height=height, nickname=nickname, miner_address="f01234",
-             genesis_cid=genesis)  # fmt: skip
+    b = Beat(
+        head=head, height=height, nickname=nickname, miner_address="f01234", genesis_cid=genesis
+    )
     return encode_cbor(b)
 
 
@@ -86,12 +87,17 @@ async def test_scripted_beats_drive_consensus_lag_and_fork(tmp_path: Path) -> No
             await forker.write(beat(100, "forker", head=HEAD_B))
             await other_net.write(beat(5, "calib", genesis=OTHER_GENESIS))
             peers = [a, b, c, lagger, forker, other_net]
-            await eventually(lambda: all(agg.fleet.snapshot(agg.wall_clock()).node(s.peer_id)
-                                       for s in peers))  # fmt: skip
+            await eventually(
+                lambda: all(agg.fleet.snapshot(agg.wall_clock()).node(s.peer_id) for s in peers)
+            )
             assert [state_of(agg, s.peer_id) for s in peers] == [
-                NodeState.IN_CONSENSUS, NodeState.IN_CONSENSUS, NodeState.IN_CONSENSUS,
-                NodeState.LAGGING, NodeState.FORKED, NodeState.IN_CONSENSUS,
-            ]  # fmt: skip
+                NodeState.IN_CONSENSUS,
+                NodeState.IN_CONSENSUS,
+                NodeState.IN_CONSENSUS,
+                NodeState.LAGGING,
+                NodeState.FORKED,
+                NodeState.IN_CONSENSUS,
+            ]
             snap = agg.snapshot()
             main = next(n for n in snap.networks.values() if n.key == GENESIS)
             assert (main.height, main.in_consensus, main.in_dispute) == (100, 3, 2)
@@ -149,8 +155,10 @@ async def test_misbehaving_peers_are_cut_while_others_flow(tmp_path: Path) -> No
                     assert await big.read_until_closed() == "closed"
                 # Wrong type: rejected, stream stays open, then a good beat passes.
                 async with scripted_sender(addr) as wrong:
-                    await wrong.write(b'{"Head":"{ bafy2bzaceaaa }","Height":"1",'
-                                      b'"Nickname":"w","MinerAddress":""}\n')  # fmt: skip
+                    await wrong.write(
+                        b'{"Head":"{ bafy2bzaceaaa }","Height":"1",'
+                        b'"Nickname":"w","MinerAddress":""}\n'
+                    )
                     await eventually(lambda: counters.beats_rejected["wrong_type"] == 1)
                     await wrong.finish()
                 # Silent and slow-drip peers: cut at the beat timeout (2 s).
@@ -223,8 +231,7 @@ async def real_agent(
     head = Head(cids=("bafy2bzaceheadaaaaaaaaaaaaaaa",), height=height, genesis_cid=GENESIS)
     target = replace(parse_target(addr), beat_period=period, reconnect_period=0.5)
     async with p2p.running_host(key or p2p.new_identity(), []) as host:
-        loop = BeatLoop(target, Libp2pConnector(host), lambda: head, nickname=nickname,
-                        jitter=0.0)  # fmt: skip
+        loop = BeatLoop(target, Libp2pConnector(host), lambda: head, nickname=nickname, jitter=0.0)
         agent = Agent([loop])
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
@@ -248,30 +255,39 @@ async def test_real_agents_appear_in_metrics_and_api_then_stall_and_go_down(
         assert (await client.get(url + "/readyz")).status_code == 200
         addr = agg.multiaddrs[0]
         async with real_agent(addr, "alpha", 300), real_agent(addr, "bravo", 300):
+
             async def both_in_consensus() -> bool:
                 nodes = await nodes_by_nick(client, url)
-                return all(nodes.get(n, {}).get("state") == "in_consensus"
-                           for n in ("alpha", "bravo"))  # fmt: skip
+                return all(
+                    nodes.get(n, {}).get("state") == "in_consensus" for n in ("alpha", "bravo")
+                )
 
             await eventually(both_in_consensus, interval=0.05)
             metrics = (await client.get(url + "/metrics")).text
             assert metric_value(metrics, "fil_heartbeat_node_height", nickname="alpha") == 300
             assert metric_value(metrics, "fil_heartbeat_node_up", nickname="bravo") == 1
-            assert metric_value(metrics, "fil_heartbeat_node_state", nickname="alpha",
-                                state="in_consensus") == 1  # fmt: skip
+            assert (
+                metric_value(
+                    metrics, "fil_heartbeat_node_state", nickname="alpha", state="in_consensus"
+                )
+                == 1
+            )
             assert (metric_value(metrics, "fil_heartbeat_beats_accepted_total") or 0) >= 2
             assert metric_value(metrics, "fil_heartbeat_streams_open") == 2
+
             # The static head never moves: both stall after 2 s.
             async def both_stalled() -> bool:
                 nodes = await nodes_by_nick(client, url)
                 return all(nodes[n]["state"] == "stalled" for n in ("alpha", "bravo"))
 
             await eventually(both_stalled, interval=0.05)
+
         # Both agents stopped: down at once (their streams closed), still listed.
         async def both_down() -> bool:
             nodes = await nodes_by_nick(client, url)
-            return all(nodes[n]["state"] == "down" and not nodes[n]["up"]
-                       for n in ("alpha", "bravo"))  # fmt: skip
+            return all(
+                nodes[n]["state"] == "down" and not nodes[n]["up"] for n in ("alpha", "bravo")
+            )
 
         await eventually(both_down, interval=0.05)
         metrics = (await client.get(url + "/metrics")).text
@@ -290,8 +306,7 @@ async def test_restart_remembers_down_nodes_and_agents_reconnect(tmp_path: Path)
     from heartbeat import p2p
 
     port = free_port()
-    config = make_config(tmp_path, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
-                         store_flush_interval=0.2)  # fmt: skip
+    config = make_config(tmp_path, listen=(f"/ip4/127.0.0.1/tcp/{port}",), store_flush_interval=0.2)
     key_back = p2p.new_identity(b"b" * 32)
     async with trio.open_nursery() as outer:
         back_running = trio.Event()
@@ -312,12 +327,14 @@ async def test_restart_remembers_down_nodes_and_agents_reconnect(tmp_path: Path)
         # The aggregator is stopped (store flushed); "gone" never comes back.
         async with running(config) as agg2:
             assert agg2.peer_id == peer_id and agg2.multiaddrs[0] == addr
+
             def states() -> dict[str, str]:
                 return {n.nickname: n.state.value for n in agg2.snapshot().nodes}
 
             assert states().get("gone") == "down"
-            await eventually(lambda: states() == {"gone": "down", "back": "in_consensus"},
-                             timeout=15)
+            await eventually(
+                lambda: states() == {"gone": "down", "back": "in_consensus"}, timeout=15
+            )
             stop_back.set()
 
 
@@ -339,11 +356,22 @@ async def test_thousand_concurrent_agent_connections(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     async with running(config) as agg, httpx.AsyncClient(timeout=30) as client:
         addr = agg.multiaddrs[0]
-        command = [sys.executable, "-m", "tests.legacy_sender", "crowd", addr,
-                   str(CROWD // CROWD_PROCESSES)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "tests.legacy_sender",
+            "crowd",
+            addr,
+            str(CROWD // CROWD_PROCESSES),
+        ]
         procs = [
-            subprocess.Popen(command, cwd=root, stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.Popen(
+                command,
+                cwd=root,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             for _ in range(CROWD_PROCESSES)
         ]
         try:
@@ -380,16 +408,28 @@ def test_cli_run_prints_addresses_and_stops_cleanly_on_sigterm(tmp_path: Path) -
 
     root = Path(__file__).resolve().parent.parent
     base = [sys.executable, "-m", "aggregator", "--identity-file", str(tmp_path / "agg.key")]
-    ident = subprocess.run([*base[:3], "id", *base[3:]], cwd=root,
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    ident = subprocess.run(
+        [*base[:3], "id", *base[3:]], cwd=root, capture_output=True, text=True, timeout=30
+    )
     assert ident.returncode == 0, ident.stderr
     peer_id = ident.stdout.strip()
     assert peer_id.startswith("12D3KooW")
     proc = subprocess.Popen(
-        [*base, "run", "--listen", "/ip4/127.0.0.1/tcp/0", "--http-listen", "127.0.0.1:0",
-         "--state-db", str(tmp_path / "agg.db")],
-        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            *base,
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--state-db",
+            str(tmp_path / "agg.db"),
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline().strip()

@@ -47,11 +47,25 @@ FIRED, RESEND, RESOLVED = TransitionKind.FIRED, TransitionKind.RESEND, Transitio
 
 
 def _alert(ends_at: float | None = None, **labels: str) -> Alert:
-    base = {"alertname": "FilNodeDown", "severity": "critical", "peer_id": "12D3KooWAlpha",
-            "nickname": "alpha", "network": "mainnet", "aggregator": "agg-a", **labels}
-    return Alert(base, {"summary": "Filecoin node alpha is down", "description": "d",
-                        "runbook": "grafana/RUNBOOK.md#filnodedown"},
-                 starts_at=1_700_000_000.25, ends_at=ends_at)
+    base = {
+        "alertname": "FilNodeDown",
+        "severity": "critical",
+        "peer_id": "12D3KooWAlpha",
+        "nickname": "alpha",
+        "network": "mainnet",
+        "aggregator": "agg-a",
+        **labels,
+    }
+    return Alert(
+        base,
+        {
+            "summary": "Filecoin node alpha is down",
+            "description": "d",
+            "runbook": "grafana/RUNBOOK.md#filnodedown",
+        },
+        starts_at=1_700_000_000.25,
+        ends_at=ends_at,
+    )
 
 
 # --- pure payloads --------------------------------------------------------------------------
@@ -65,13 +79,22 @@ def test_rfc3339() -> None:
 
 def test_alertmanager_payload_shape() -> None:
     firing, resolved = alertmanager_payload(
-        [_alert(), _alert(ends_at=1_700_000_100.0, miner="")], "http://agg:9082/api/v1/alerts")
+        [_alert(), _alert(ends_at=1_700_000_100.0, miner="")], "http://agg:9082/api/v1/alerts"
+    )
     assert firing == {
-        "labels": {"alertname": "FilNodeDown", "severity": "critical",
-                   "peer_id": "12D3KooWAlpha", "nickname": "alpha", "network": "mainnet",
-                   "aggregator": "agg-a"},
-        "annotations": {"summary": "Filecoin node alpha is down", "description": "d",
-                        "runbook": "grafana/RUNBOOK.md#filnodedown"},
+        "labels": {
+            "alertname": "FilNodeDown",
+            "severity": "critical",
+            "peer_id": "12D3KooWAlpha",
+            "nickname": "alpha",
+            "network": "mainnet",
+            "aggregator": "agg-a",
+        },
+        "annotations": {
+            "summary": "Filecoin node alpha is down",
+            "description": "d",
+            "runbook": "grafana/RUNBOOK.md#filnodedown",
+        },
         "startsAt": "2023-11-14T22:13:20.250Z",
         "generatorURL": "http://agg:9082/api/v1/alerts",
     }
@@ -80,8 +103,10 @@ def test_alertmanager_payload_shape() -> None:
 
 
 def test_webhook_payload_shape() -> None:
-    body = webhook_payload([Transition(FIRED, _alert()),
-                            Transition(RESOLVED, _alert(ends_at=1_700_000_100.0))], "agg-a")
+    body = webhook_payload(
+        [Transition(FIRED, _alert()), Transition(RESOLVED, _alert(ends_at=1_700_000_100.0))],
+        "agg-a",
+    )
     assert body["version"] == "1" and body["sender"] == "agg-a"
     assert [a["status"] for a in body["alerts"]] == ["firing", "resolved"]
     assert body["alerts"][0]["endsAt"] is None
@@ -110,8 +135,9 @@ class Receiver:
     requests: list[tuple[str, Any]] = field(default_factory=list)
     arrived: trio.Event = field(default_factory=trio.Event)
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
-                       send: Callable[..., Any]) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
@@ -144,8 +170,11 @@ async def serving(*receivers: Receiver) -> AsyncIterator[list[str]]:
             config = Config()
             config.bind = ["127.0.0.1:0"]
             config.accesslog = None
-            binds = await nursery.start(lambda task_status, app=app, config=config: serve(
-                app, config, task_status=task_status))  # type: ignore[arg-type]
+            binds = await nursery.start(
+                lambda task_status, app=app, config=config: serve(
+                    app, config, task_status=task_status
+                )
+            )  # type: ignore[arg-type]
             urls.append(binds[0].replace("0.0.0.0", "127.0.0.1"))
         yield urls
         nursery.cancel_scope.cancel()
@@ -159,16 +188,20 @@ async def running(delivery: AlertDelivery) -> AsyncIterator[AlertDelivery]:
         nursery.cancel_scope.cancel()
 
 
-FAST = RetryPolicy(initial=0.05, factor=2.0, max_delay=0.2, jitter=0.0, attempt_timeout=2.0,
-                   give_up_after=5.0)
+FAST = RetryPolicy(
+    initial=0.05, factor=2.0, max_delay=0.2, jitter=0.0, attempt_timeout=2.0, give_up_after=5.0
+)
 
 
 @pytest.mark.integration
 async def test_alertmanager_cluster_gets_every_batch() -> None:
     am1, am2 = Receiver(), Receiver()
     async with serving(am1, am2) as (url1, url2):
-        delivery = AlertDelivery(alertmanager_urls=[url1, url2 + "/"], retry=FAST,
-                                 generator_url="http://agg/api/v1/alerts")
+        delivery = AlertDelivery(
+            alertmanager_urls=[url1, url2 + "/"],
+            retry=FAST,
+            generator_url="http://agg/api/v1/alerts",
+        )
         async with running(delivery):
             delivery.submit([Transition(FIRED, _alert())])
             delivery.submit([Transition(RESEND, _alert())])
@@ -250,16 +283,17 @@ def _recording_transport(times: list[float], statuses: list[int]) -> httpx.MockT
     async def handler(request: httpx.Request) -> httpx.Response:
         times.append(trio.current_time())
         return httpx.Response(statuses.pop(0) if statuses else 200)
+
     return httpx.MockTransport(handler)
 
 
-async def test_backoff_times_and_giving_up(autojump_clock: trio.testing.MockClock,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_backoff_times_and_giving_up(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
     times: list[float] = []
     transport = _recording_transport(times, [503] * 10)
     retry = RetryPolicy(initial=1.0, factor=2.0, max_delay=60.0, jitter=0.0, give_up_after=10.0)
-    delivery = AlertDelivery(alertmanager_urls=["http://am:9093"], retry=retry,
-                             transport=transport)
+    delivery = AlertDelivery(alertmanager_urls=["http://am:9093"], retry=retry, transport=transport)
     async with running(delivery):
         start = trio.current_time()
         delivery.submit([Transition(FIRED, _alert())])
@@ -280,8 +314,9 @@ async def test_connection_errors_are_retried(autojump_clock: trio.testing.MockCl
         return httpx.Response(200)
 
     retry = RetryPolicy(initial=2.0, jitter=0.0)
-    delivery = AlertDelivery(alertmanager_urls=["http://am:9093"], retry=retry,
-                             transport=httpx.MockTransport(handler))
+    delivery = AlertDelivery(
+        alertmanager_urls=["http://am:9093"], retry=retry, transport=httpx.MockTransport(handler)
+    )
     async with running(delivery):
         start = trio.current_time()
         delivery.submit([Transition(FIRED, _alert())])
@@ -295,9 +330,31 @@ async def test_connection_errors_are_retried(autojump_clock: trio.testing.MockCl
 
 def _node(now: float, up: bool) -> NodeView:
     return NodeView(
-        "12D3KooWAlpha", "alpha", "f01234", "k", "mainnet",
-        NodeState.IN_CONSENSUS if up else NodeState.DOWN, up, up, "", "{bafy}", ("bafy",), 1,
-        1000, None, None, 0, False, "1", 0.0, now, 1, 3.0, 10.0, now, now,
+        "12D3KooWAlpha",
+        "alpha",
+        "f01234",
+        "k",
+        "mainnet",
+        NodeState.IN_CONSENSUS if up else NodeState.DOWN,
+        up,
+        up,
+        "",
+        "{bafy}",
+        ("bafy",),
+        1,
+        1000,
+        None,
+        None,
+        0,
+        False,
+        "1",
+        0.0,
+        now,
+        1,
+        3.0,
+        10.0,
+        now,
+        now,
     )
 
 
@@ -312,7 +369,8 @@ class FakeFleet:
 
 
 async def test_service_fires_resends_and_resolves_on_time(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Node down at t=12 (seen at 15): FIRED at 75 (1m), RESEND at 135 and 195 (held down),
     up at 152 (seen at 155): RESOLVED at 215 (keep_firing_for 1m)."""
     posts: list[tuple[float, list[dict[str, Any]]]] = []
@@ -323,26 +381,35 @@ async def test_service_fires_resends_and_resolves_on_time(
 
     base = trio.current_time()
     fleet = FakeFleet(lambda: 1_700_000_000.0 + trio.current_time() - base)
-    delivery = AlertDelivery(alertmanager_urls=["http://am:9093"],
-                             transport=httpx.MockTransport(handler))
+    delivery = AlertDelivery(
+        alertmanager_urls=["http://am:9093"], transport=httpx.MockTransport(handler)
+    )
     async with trio.open_nursery() as nursery:
         service = AlertingService(
-            fleet.snapshot, AlertPolicy(), delivery, interval=5.0,
-            static_labels={"aggregator": "agg-a"}, send_test_alert=True, wall_clock=fleet.wall)
+            fleet.snapshot,
+            AlertPolicy(),
+            delivery,
+            interval=5.0,
+            static_labels={"aggregator": "agg-a"},
+            send_test_alert=True,
+            wall_clock=fleet.wall,
+        )
         await nursery.start(service.run)
         await trio.sleep_until(base + 12)
         fleet.up = False
         await trio.sleep_until(base + 76)
         assert [(a.alertname, a.severity) for a in service.firing()] == [
-            ("FilNodeDown", "critical")]
+            ("FilNodeDown", "critical")
+        ]
         assert service.current()[0]["labels"]["aggregator"] == "agg-a"
         await trio.sleep_until(base + 152)
         fleet.up = True
         await trio.sleep_until(base + 300)
         assert service.firing() == []
         nursery.cancel_scope.cancel()
-    summary = [(t - base, a["labels"]["alertname"], "endsAt" in a)
-               for t, body in posts for a in body]
+    summary = [
+        (t - base, a["labels"]["alertname"], "endsAt" in a) for t, body in posts for a in body
+    ]
     assert summary == [
         (0.0, TEST_ALERT_NAME, True),
         (75.0, "FilNodeDown", False),
@@ -356,7 +423,8 @@ async def test_service_fires_resends_and_resolves_on_time(
 
 
 async def test_service_evaluates_on_a_drift_free_timer(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     times: list[float] = []
     base = trio.current_time()
 
@@ -371,7 +439,8 @@ async def test_service_evaluates_on_a_drift_free_timer(
 
 
 async def test_service_evaluates_soon_after_a_change_and_still_on_its_timer(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A bus event wakes the evaluator (no sooner than min_gap after the last evaluation);
     a burst makes one evaluation; the timer ticks at 0, 10, 20 regardless."""
     from aggregator.alerts.service import ChangeSignal
@@ -388,9 +457,16 @@ async def test_service_evaluates_soon_after_a_change_and_still_on_its_timer(
     changes = ChangeSignal()
     beat = Beat(head="{bafy2bzaceaaa}", height=1, nickname="n", miner_address="")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(AlertingService(
-            provider, AlertPolicy(), AlertDelivery(), interval=10.0, changes=changes,
-            min_gap=1.0).run)
+        nursery.start_soon(
+            AlertingService(
+                provider,
+                AlertPolicy(),
+                AlertDelivery(),
+                interval=10.0,
+                changes=changes,
+                min_gap=1.0,
+            ).run
+        )
         await trio.sleep_until(base + 0.5)
         changes(PeerDisconnected("p", 0.0))  # evaluated at 1.0: min_gap after 0
         await trio.sleep_until(base + 4.0)
@@ -404,8 +480,10 @@ async def test_service_evaluates_soon_after_a_change_and_still_on_its_timer(
 
 def test_load_settings_merges_file_and_table(tmp_path: Any) -> None:
     path = tmp_path / "alerts.toml"
-    path.write_text('[alerts]\nalertmanager_urls = ["http://127.0.0.1:9093"]\n'
-                    'lag_epochs = 8\nkeep_firing_for = "2m"\n')
+    path.write_text(
+        '[alerts]\nalertmanager_urls = ["http://127.0.0.1:9093"]\n'
+        'lag_epochs = 8\nkeep_firing_for = "2m"\n'
+    )
     s = load_settings({"lag_epochs": 6}, path)
     assert s.alertmanager_urls == ("http://127.0.0.1:9093",)
     assert s.policy.lag_epochs == 6 and s.policy.keep_firing_for == 120.0

@@ -58,23 +58,34 @@ def receiver_values(samples: Samples, kind: str, receiver: str) -> dict[str, flo
     return out
 
 
-def expected(sent: float = 0, abandoned: float = 0, dropped: float = 0, depth: float = 0,
-             last: float = 0.0, **failures: float) -> dict[str, float]:
+def expected(
+    sent: float = 0,
+    abandoned: float = 0,
+    dropped: float = 0,
+    depth: float = 0,
+    last: float = 0.0,
+    **failures: float,
+) -> dict[str, float]:
     values = {
-        "notifications_total": sent, "notifications_abandoned_total": abandoned,
-        "batches_dropped_total": dropped, "queue_depth": depth,
+        "notifications_total": sent,
+        "notifications_abandoned_total": abandoned,
+        "batches_dropped_total": dropped,
+        "queue_depth": depth,
         "last_success_timestamp_seconds": last,
     }
     values.update({f"failures_{r}": failures.get(r, 0) for r in REASONS})
     return values
 
 
-@pytest.mark.parametrize(("url", "label"), [
-    ("http://127.0.0.1:9093", "http://127.0.0.1:9093"),
-    ("https://user:secret@am.example:9093/base", "https://am.example:9093/base"),
-    ("https://hooks.example/fil?token=secret#frag", "https://hooks.example/fil"),
-    ("http://[::1]:9093", "http://[::1]:9093"),
-])
+@pytest.mark.parametrize(
+    ("url", "label"),
+    [
+        ("http://127.0.0.1:9093", "http://127.0.0.1:9093"),
+        ("https://user:secret@am.example:9093/base", "https://am.example:9093/base"),
+        ("https://hooks.example/fil?token=secret#frag", "https://hooks.example/fil"),
+        ("http://[::1]:9093", "http://[::1]:9093"),
+    ],
+)
 def test_receiver_label_leaves_out_credentials(url: str, label: str) -> None:
     assert receiver_label(url) == label
 
@@ -85,8 +96,12 @@ async def test_a_500_then_a_success_moves_the_counters() -> None:
     async with serving(flaky, hook) as (am_url, hook_url):
         # a password in the URL: sent to the receiver, never exported
         am_url = am_url.replace("http://", "http://agg:secret@")
-        delivery = AlertDelivery(alertmanager_urls=[am_url], webhook_urls=[hook_url + "/hook"],
-                                 retry=FAST, wall_clock=lambda: WALL)
+        delivery = AlertDelivery(
+            alertmanager_urls=[am_url],
+            webhook_urls=[hook_url + "/hook"],
+            retry=FAST,
+            wall_clock=lambda: WALL,
+        )
         am_label = am_url.replace("agg:secret@", "")
         _, before = scrape(delivery)
         assert receiver_values(before, "alertmanager", am_label) == expected()
@@ -97,7 +112,8 @@ async def test_a_500_then_a_success_moves_the_counters() -> None:
         text, after = scrape(delivery)
     assert len(flaky.requests) == 2 and len(hook.requests) == 1
     assert receiver_values(after, "alertmanager", am_label) == expected(
-        sent=1, last=WALL, http_5xx=1)
+        sent=1, last=WALL, http_5xx=1
+    )
     assert receiver_values(after, "webhook", hook_url + "/hook") == expected(sent=1, last=WALL)
     assert "secret" not in text
 
@@ -105,8 +121,9 @@ async def test_a_500_then_a_success_moves_the_counters() -> None:
 @pytest.mark.integration
 async def test_a_dead_url_counts_connection_errors_then_gives_up() -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # bound once, then closed: nothing listens
-    retry = RetryPolicy(initial=0.02, factor=1.0, max_delay=0.02, jitter=0.0,
-                        attempt_timeout=2.0, give_up_after=0.1)
+    retry = RetryPolicy(
+        initial=0.02, factor=1.0, max_delay=0.02, jitter=0.0, attempt_timeout=2.0, give_up_after=0.1
+    )
     delivery = AlertDelivery(webhook_urls=[dead], retry=retry, wall_clock=lambda: WALL)
     (target,) = delivery.targets
     async with running(delivery):
@@ -116,7 +133,8 @@ async def test_a_dead_url_counts_connection_errors_then_gives_up() -> None:
     assert attempts >= 2
     _, samples = scrape(delivery)
     assert receiver_values(samples, "webhook", dead) == expected(
-        abandoned=1, connection_error=attempts)
+        abandoned=1, connection_error=attempts
+    )
 
 
 @pytest.mark.integration
@@ -130,8 +148,7 @@ async def test_queue_depth_and_dropped_batches() -> None:
                 delivery.submit([Transition(FIRED, _alert())])
             await stuck.wait_for(1)
             _, samples = scrape(delivery)
-            assert receiver_values(samples, "alertmanager", url) == expected(
-                dropped=2, depth=2)
+            assert receiver_values(samples, "alertmanager", url) == expected(dropped=2, depth=2)
 
 
 def _transport(script: list[int | type[Exception] | None]) -> httpx.MockTransport:
@@ -150,22 +167,32 @@ def _transport(script: list[int | type[Exception] | None]) -> httpx.MockTranspor
     return httpx.MockTransport(handler)
 
 
-@pytest.mark.parametrize(("step", "reason", "retried"), [
-    (302, "http_3xx", True),
-    (404, "http_4xx", False),
-    (429, "http_4xx", True),
-    (500, "http_5xx", True),
-    (httpx.ConnectError, "connection_error", True),
-    (httpx.RemoteProtocolError, "connection_error", True),
-    (httpx.ReadTimeout, "timeout", True),
-    (None, "timeout", True),  # no answer within attempt_timeout
-])
-async def test_failure_reasons(autojump_clock: trio.testing.MockClock,
-                               step: int | type[Exception] | None, reason: str,
-                               retried: bool) -> None:
+@pytest.mark.parametrize(
+    ("step", "reason", "retried"),
+    [
+        (302, "http_3xx", True),
+        (404, "http_4xx", False),
+        (429, "http_4xx", True),
+        (500, "http_5xx", True),
+        (httpx.ConnectError, "connection_error", True),
+        (httpx.RemoteProtocolError, "connection_error", True),
+        (httpx.ReadTimeout, "timeout", True),
+        (None, "timeout", True),  # no answer within attempt_timeout
+    ],
+)
+async def test_failure_reasons(
+    autojump_clock: trio.testing.MockClock,
+    step: int | type[Exception] | None,
+    reason: str,
+    retried: bool,
+) -> None:
     retry = RetryPolicy(initial=1.0, jitter=0.0, attempt_timeout=10.0)
-    delivery = AlertDelivery(alertmanager_urls=["http://am:9093"], retry=retry,
-                             transport=_transport([step]), wall_clock=lambda: WALL)
+    delivery = AlertDelivery(
+        alertmanager_urls=["http://am:9093"],
+        retry=retry,
+        transport=_transport([step]),
+        wall_clock=lambda: WALL,
+    )
     async with running(delivery):
         delivery.submit([Transition(FIRED, _alert())])
         await trio.sleep(60)

@@ -30,8 +30,12 @@ from heartbeat.wire import Beat
 RULES = Path(__file__).resolve().parent.parent / "grafana" / "prometheus" / "rules.yml"
 # About the aggregator's own processes: Prometheus sees them from outside, the built-in
 # alerter (inside the process that would be down or crash-looping) cannot.
-PROMETHEUS_ONLY = {"FilHeartbeatAggregatorDown", "FilHeartbeatBeatsRejected",
-                   "FilHeartbeatWorkerDown", "FilHeartbeatWorkerRestarting"}
+PROMETHEUS_ONLY = {
+    "FilHeartbeatAggregatorDown",
+    "FilHeartbeatBeatsRejected",
+    "FilHeartbeatWorkerDown",
+    "FilHeartbeatWorkerRestarting",
+}
 STEP = 5.0  # evaluation interval of the scenarios
 
 FIRED, RESEND, RESOLVED = TransitionKind.FIRED, TransitionKind.RESEND, TransitionKind.RESOLVED
@@ -39,13 +43,31 @@ FIRED, RESEND, RESOLVED = TransitionKind.FIRED, TransitionKind.RESEND, Transitio
 
 def node(now: float, **kw: Any) -> NodeView:
     base: dict[str, Any] = dict(
-        peer_id="12D3KooWAlpha", nickname="alpha", miner_address="f01234",
-        network_key="bafygenesis", network="mainnet", state=NodeState.IN_CONSENSUS, up=True,
-        connected=True, remote_address="/ip4/10.0.0.1/tcp/1", head="{bafyhead}",
-        head_cids=("bafyhead",), head_hash=1, height=1000, head_timestamp=None,
-        head_age_seconds=None, lag_epochs=0, syncing=False, version="1", first_seen=0.0,
-        last_beat=now, beats_received=1, beat_period=3.0, beat_timeout=10.0,
-        head_changed_at=now, height_changed_at=now,
+        peer_id="12D3KooWAlpha",
+        nickname="alpha",
+        miner_address="f01234",
+        network_key="bafygenesis",
+        network="mainnet",
+        state=NodeState.IN_CONSENSUS,
+        up=True,
+        connected=True,
+        remote_address="/ip4/10.0.0.1/tcp/1",
+        head="{bafyhead}",
+        head_cids=("bafyhead",),
+        head_hash=1,
+        height=1000,
+        head_timestamp=None,
+        head_age_seconds=None,
+        lag_epochs=0,
+        syncing=False,
+        version="1",
+        first_seen=0.0,
+        last_beat=now,
+        beats_received=1,
+        beat_period=3.0,
+        beat_timeout=10.0,
+        head_changed_at=now,
+        height_changed_at=now,
     )
     base.update(kw)
     return NodeView(**base)
@@ -54,10 +76,20 @@ def node(now: float, **kw: Any) -> NodeView:
 def network(nodes: tuple[NodeView, ...], **kw: Any) -> NetworkView:
     up = sum(1 for n in nodes if n.up)
     base: dict[str, Any] = dict(
-        key="bafygenesis", name="mainnet", height=1000, expected_height=1000,
-        genesis_timestamp=0, block_delay=30.0, consensus_head=frozenset({"bafyhead"}),
-        consensus_head_hash=1, consensus_votes=up, nodes_total=len(nodes), nodes_up=up,
-        counts=MappingProxyType({}), in_consensus=up, in_dispute=0,
+        key="bafygenesis",
+        name="mainnet",
+        height=1000,
+        expected_height=1000,
+        genesis_timestamp=0,
+        block_delay=30.0,
+        consensus_head=frozenset({"bafyhead"}),
+        consensus_head_hash=1,
+        consensus_votes=up,
+        nodes_total=len(nodes),
+        nodes_up=up,
+        counts=MappingProxyType({}),
+        in_consensus=up,
+        in_dispute=0,
     )
     base.update(kw)
     return NetworkView(**base)
@@ -71,8 +103,12 @@ def snapshot(now: float, nodes: tuple[NodeView, ...], **net: Any) -> FleetSnapsh
 Scenario = Callable[[float], FleetSnapshot]
 
 
-def run(scenario: Scenario, until: float, policy: AlertPolicy | None = None,
-        alertname: str | None = None) -> list[tuple[float, TransitionKind, str]]:
+def run(
+    scenario: Scenario,
+    until: float,
+    policy: AlertPolicy | None = None,
+    alertname: str | None = None,
+) -> list[tuple[float, TransitionKind, str]]:
     evaluator = AlertEvaluator(policy)
     out = []
     t = 0.0
@@ -105,10 +141,12 @@ def _bad_node(kind: str) -> Scenario:
             "FilNodeLagging": lambda: node(t, state=NodeState.LAGGING, lag_epochs=6),
             "FilNodeHeadStalled": lambda: node(t, head_changed_at=-301.0),
             "FilNodeForked": lambda: node(t, state=NodeState.FORKED),
-            "FilNodeSyncingTooLong": lambda: node(t, state=NodeState.SYNCING, syncing=True,
-                                                  lag_epochs=400),
+            "FilNodeSyncingTooLong": lambda: node(
+                t, state=NodeState.SYNCING, syncing=True, lag_epochs=400
+            ),
         }[kind]()
         return snapshot(t, (n,), nodes_up=int(n.up))
+
     return scenario
 
 
@@ -121,19 +159,39 @@ def _bad_fleet(kind: str) -> Scenario:
             h = 1000 if bad else 1000 + int(t // 30)
             return snapshot(t, (node(t, height=h),), height=h, expected_height=height)
         if kind == "FilFleetBehindExpectedHeight":
-            return snapshot(t, (node(t, height=height),), height=height,
-                            expected_height=height + (12 if bad else 1))
+            return snapshot(
+                t,
+                (node(t, height=height),),
+                height=height,
+                expected_height=height + (12 if bad else 1),
+            )
         if kind == "FilFleetShrunk":
-            n = node(t, up=not bad, state=NodeState.DOWN if bad else NodeState.IN_CONSENSUS,
-                     height=height)
-            return snapshot(t, (n,), height=None if bad else height,
-                            expected_height=height, nodes_up=int(not bad))
+            n = node(
+                t,
+                up=not bad,
+                state=NodeState.DOWN if bad else NodeState.IN_CONSENSUS,
+                height=height,
+            )
+            return snapshot(
+                t,
+                (n,),
+                height=None if bad else height,
+                expected_height=height,
+                nodes_up=int(not bad),
+            )
         raise AssertionError(kind)
+
     return scenario
 
 
-NODE_ALERTS = ["FilNodeDown", "FilHeartbeatMissing", "FilNodeLagging", "FilNodeHeadStalled",
-               "FilNodeForked", "FilNodeSyncingTooLong"]
+NODE_ALERTS = [
+    "FilNodeDown",
+    "FilHeartbeatMissing",
+    "FilNodeLagging",
+    "FilNodeHeadStalled",
+    "FilNodeForked",
+    "FilNodeSyncingTooLong",
+]
 FLEET_ALERTS = ["FilFleetHeightStalled", "FilFleetBehindExpectedHeight", "FilFleetShrunk"]
 
 #: alertname -> (scenario, when the condition first holds, the `for` duration)
@@ -161,8 +219,11 @@ def test_fires_after_for_resends_and_resolves_after_the_hold_down(alertname: str
     resends = [t for t, kind, _ in events if kind is RESEND]
     assert events[0] == (fired_at, FIRED, alertname)
     # every minute while firing, and once more within the hold-down (it is still firing)
-    assert resends == [fired_at + 60 * i for i in range(1, 100) if fired_at + 60 * i < CLEAR_AT
-                       + policy.keep_firing_for]
+    assert resends == [
+        fired_at + 60 * i
+        for i in range(1, 100)
+        if fired_at + 60 * i < CLEAR_AT + policy.keep_firing_for
+    ]
     assert events[-1] == (CLEAR_AT + policy.keep_firing_for, RESOLVED, alertname)
     assert len(events) == 2 + len(resends)
 
@@ -222,8 +283,12 @@ def test_alert_content_names_the_node_and_the_figure() -> None:
     (first, *_) = fired
     alert = first.alert
     assert dict(alert.labels) == {
-        "alertname": "FilNodeLagging", "severity": "warning", "aggregator": "agg-a",
-        "peer_id": "12D3KooWAlpha", "nickname": "alpha", "miner": "f01234",
+        "alertname": "FilNodeLagging",
+        "severity": "warning",
+        "aggregator": "agg-a",
+        "peer_id": "12D3KooWAlpha",
+        "nickname": "alpha",
+        "miner": "f01234",
         "network": "mainnet",
     }
     assert alert.annotations["summary"] == "Node alpha is 6 epochs behind"
@@ -232,7 +297,8 @@ def test_alert_content_names_the_node_and_the_figure() -> None:
     assert alert.annotations["runbook"] == "grafana/RUNBOOK.md#filnodelagging"
     assert alert.starts_at == 0.0 and alert.ends_at is None and alert.value == 6
     assert [(a.alertname, a.severity) for a in evaluator.firing()] == [
-        ("FilNodeLagging", "warning")]
+        ("FilNodeLagging", "warning")
+    ]
     (current,) = evaluator.current()
     assert current["state"] == "firing" and current["activeAt"] == 0.0
 
@@ -271,9 +337,16 @@ def test_lagging_is_not_raised_for_a_syncing_node() -> None:
 
 def _beat(height: int, i: int) -> Beat:
     cid = "bafy2bzacea" + "".join("abcdefghijklmnopqrstuvwxyz"[(i // 26**k) % 26] for k in range(4))
-    return Beat(head="{" + cid + "x" * 12 + "}", height=height, nickname=f"n{i}",
-                miner_address="f01234", genesis_cid=None, head_timestamp=None,
-                syncing=False, version="1")
+    return Beat(
+        head="{" + cid + "x" * 12 + "}",
+        height=height,
+        nickname=f"n{i}",
+        miner_address="f01234",
+        genesis_cid=None,
+        head_timestamp=None,
+        syncing=False,
+        version="1",
+    )
 
 
 def test_null_rounds_raise_no_alert_on_a_real_fleet() -> None:
@@ -291,8 +364,11 @@ def test_null_rounds_raise_no_alert_on_a_real_fleet() -> None:
         epoch = int(t // 30)
         height = max(e for e in range(epoch + 1) if e not in null_epochs) + 1000
         for i, p in enumerate(peers):
-            seen = height if i < 2 or t % 30 >= 6 else max(
-                e for e in range(max(epoch, 1)) if e not in null_epochs) + 1000
+            seen = (
+                height
+                if i < 2 or t % 30 >= 6
+                else max(e for e in range(max(epoch, 1)) if e not in null_epochs) + 1000
+            )
             fleet.on_beat(p, _beat(seen, seen), t)
         if t % 5 == 0:
             transitions += evaluator.evaluate(fleet.snapshot(t))
@@ -343,13 +419,18 @@ def test_same_thresholds_as_rules_yml() -> None:
     assert _number_after(rules["FilHeartbeatMissing"]["expr"], ">") == p.heartbeat_missing_after
     assert _number_after(rules["FilNodeLagging"]["expr"], ">=") == p.lag_epochs
     assert _number_after(rules["FilNodeHeadStalled"]["expr"], ">") == p.head_stalled_after
-    assert _number_after(rules["FilFleetBehindExpectedHeight"]["expr"], ">=") \
-        == p.fleet_behind_epochs
+    assert (
+        _number_after(rules["FilFleetBehindExpectedHeight"]["expr"], ">=") == p.fleet_behind_epochs
+    )
     window = re.search(r"\[(\w+)\]", rules["FilFleetHeightStalled"]["expr"])
     assert window and parse_duration(window.group(1)) == p.fleet_stalled_after
     doc = yaml.safe_load(RULES.read_text())
-    default = next(r for g in doc["groups"] for r in g["rules"]
-                   if r.get("record") == "fil_heartbeat:fleet_min_up_nodes:default")
+    default = next(
+        r
+        for g in doc["groups"]
+        for r in g["rules"]
+        if r.get("record") == "fil_heartbeat:fleet_min_up_nodes:default"
+    )
     assert default["expr"] == f"vector({p.fleet_min_up_nodes})"
 
 
@@ -357,16 +438,18 @@ def test_same_thresholds_as_rules_yml() -> None:
 
 
 def test_settings_from_the_alerts_table() -> None:
-    s = alerting_settings({
-        "alertmanager_urls": ["http://127.0.0.1:9093/", "http://127.0.0.1:9094"],
-        "webhook_url": "https://hooks.example/x",
-        "send_test_alert": True,
-        "evaluation_interval": "2s",
-        "lag_epochs": 7,
-        "lagging_for": "3m",
-        "keep_firing_for": 30,
-        "disabled": ["FilNodeForked"],
-    })
+    s = alerting_settings(
+        {
+            "alertmanager_urls": ["http://127.0.0.1:9093/", "http://127.0.0.1:9094"],
+            "webhook_url": "https://hooks.example/x",
+            "send_test_alert": True,
+            "evaluation_interval": "2s",
+            "lag_epochs": 7,
+            "lagging_for": "3m",
+            "keep_firing_for": 30,
+            "disabled": ["FilNodeForked"],
+        }
+    )
     assert s.alertmanager_urls == ("http://127.0.0.1:9093", "http://127.0.0.1:9094")
     assert s.webhook_urls == ("https://hooks.example/x",)
     assert s.send_test_alert and s.has_receivers and s.evaluation_interval == 2.0
@@ -378,16 +461,19 @@ def test_settings_from_the_alerts_table() -> None:
     assert not alerting_settings({"enabled": False}).enabled
 
 
-@pytest.mark.parametrize(("table", "setting"), [
-    ({"alertmanager_urls": ["ftp://x"]}, "alerts.alertmanager_urls"),
-    ({"lag_epochs": -1}, "alerts.lag_epochs"),
-    ({"lag_epochs": True}, "alerts.lag_epochs"),
-    ({"lagging_for": "soon"}, "alerts.lagging_for"),
-    ({"evaluation_interval": 0}, "alerts.evaluation_interval"),
-    ({"disabled": ["NoSuchAlert"]}, "alerts.disabled"),
-    ({"send_test_alert": "yes"}, "alerts.send_test_alert"),
-    ({"colour": "red"}, "alerts.colour"),
-])
+@pytest.mark.parametrize(
+    ("table", "setting"),
+    [
+        ({"alertmanager_urls": ["ftp://x"]}, "alerts.alertmanager_urls"),
+        ({"lag_epochs": -1}, "alerts.lag_epochs"),
+        ({"lag_epochs": True}, "alerts.lag_epochs"),
+        ({"lagging_for": "soon"}, "alerts.lagging_for"),
+        ({"evaluation_interval": 0}, "alerts.evaluation_interval"),
+        ({"disabled": ["NoSuchAlert"]}, "alerts.disabled"),
+        ({"send_test_alert": "yes"}, "alerts.send_test_alert"),
+        ({"colour": "red"}, "alerts.colour"),
+    ],
+)
 def test_bad_settings_name_the_setting(table: dict[str, Any], setting: str) -> None:
     with pytest.raises(ConfigError) as info:
         alerting_settings(table)

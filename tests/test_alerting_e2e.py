@@ -46,8 +46,9 @@ poll = functools.partial(eventually_blocking, timeout=30, transient=HTTP_NOT_YET
 @contextlib.contextmanager
 def process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=REPO)
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO
+        )
     try:
         yield proc
     finally:
@@ -60,20 +61,40 @@ def aggregator(tmp: Path, alertmanager_url: str) -> Iterator[tuple[str, str]]:
     log = tmp / "aggregator.log"
     out = tmp / "aggregator.out"
     args = [
-        sys.executable, "-m", "aggregator", "run",
-        "--listen", "/ip4/127.0.0.1/tcp/0", "--http-listen", "127.0.0.1:0",
-        "--identity-file", str(tmp / "aggregator.key"), "--state-db", str(tmp / "agg.db"),
-        "--name", AGGREGATOR_NAME, "--beat-timeout", "10s",
-        "--alertmanager-url", alertmanager_url, "--alert-test",
-        "--alert-set", "evaluation_interval=0.5",
-        "--alert-set", "node_down_for=1s",
-        "--alert-set", "keep_firing_for=1s",
-        "--alert-set", "resend_interval=5s",
+        sys.executable,
+        "-m",
+        "aggregator",
+        "run",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--identity-file",
+        str(tmp / "aggregator.key"),
+        "--state-db",
+        str(tmp / "agg.db"),
+        "--name",
+        AGGREGATOR_NAME,
+        "--beat-timeout",
+        "10s",
+        "--alertmanager-url",
+        alertmanager_url,
+        "--alert-test",
+        "--alert-set",
+        "evaluation_interval=0.5",
+        "--alert-set",
+        "node_down_for=1s",
+        "--alert-set",
+        "keep_firing_for=1s",
+        "--alert-set",
+        "resend_interval=5s",
     ]
     with out.open("wb") as stdout, log.open("wb") as stderr:
-        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                cwd=REPO)
+        proc = subprocess.Popen(
+            args, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO
+        )
     try:
+
         def ready() -> tuple[str, str] | None:
             if proc.poll() is not None:
                 raise RuntimeError(f"aggregator exited {proc.returncode}:\n{log.read_text()}")
@@ -89,10 +110,30 @@ def aggregator(tmp: Path, alertmanager_url: str) -> Iterator[tuple[str, str]]:
 
 def agent_args(tmp: Path, name: str, target: str) -> list[str]:
     return [
-        sys.executable, "-m", "heartbeat", "run", "--target", target, "--nickname", name,
-        "--identity-file", str(tmp / f"{name}.key"), "--head-source", "simulated",
-        "--seed", "7", "--block-delay", "4s", "--beat-period", "1s",
-        "--reconnect-period", "1s", "--jitter", "0", "--miner-address", "f01234",
+        sys.executable,
+        "-m",
+        "heartbeat",
+        "run",
+        "--target",
+        target,
+        "--nickname",
+        name,
+        "--identity-file",
+        str(tmp / f"{name}.key"),
+        "--head-source",
+        "simulated",
+        "--seed",
+        "7",
+        "--block-delay",
+        "4s",
+        "--beat-period",
+        "1s",
+        "--reconnect-period",
+        "1s",
+        "--jitter",
+        "0",
+        "--miner-address",
+        "f01234",
     ]
 
 
@@ -108,8 +149,11 @@ def node_down(am_url: str, peer_id: str) -> dict[str, str]:
     found = {}
     for a in am_alerts(am_url):
         labels = a["labels"]
-        if labels.get("alertname") == "FilNodeDown" and labels.get("peer_id") == peer_id \
-                and a["status"]["state"] == "active":
+        if (
+            labels.get("alertname") == "FilNodeDown"
+            and labels.get("peer_id") == peer_id
+            and a["status"]["state"] == "active"
+        ):
             found["builtin" if "aggregator" in labels else "prometheus"] = labels["nickname"]
     return found
 
@@ -123,14 +167,19 @@ def peer_of(http_url: str, nickname: str) -> str | None:
     return None
 
 
-def test_node_down_alert_fires_and_resolves_through_prometheus_and_built_in(
-        tmp_path: Path) -> None:
+def test_node_down_alert_fires_and_resolves_through_prometheus_and_built_in(tmp_path: Path) -> None:
     rules = fast_rules(tmp_path / "rules-fast.yml", for_="2s")
-    with alertmanager(tmp_path) as am, \
-            aggregator(tmp_path, am.url) as (multiaddr, http_url), \
-            prometheus(tmp_path, targets=[http_url.removeprefix("http://")],
-                       rule_files=[rules], alertmanager_url=am.url), \
-            process(agent_args(tmp_path, "bravo", multiaddr), tmp_path / "bravo.log"):
+    with (
+        alertmanager(tmp_path) as am,
+        aggregator(tmp_path, am.url) as (multiaddr, http_url),
+        prometheus(
+            tmp_path,
+            targets=[http_url.removeprefix("http://")],
+            rule_files=[rules],
+            alertmanager_url=am.url,
+        ),
+        process(agent_args(tmp_path, "bravo", multiaddr), tmp_path / "bravo.log"),
+    ):
         alpha_args = agent_args(tmp_path, "alpha", multiaddr)
         with process(alpha_args, tmp_path / "alpha.log"):
             alpha = poll(lambda: peer_of(http_url, "alpha"), what="alpha to beat")
@@ -144,17 +193,24 @@ def test_node_down_alert_fires_and_resolves_through_prometheus_and_built_in(
         poll(lambda: node_down(am.url, alpha) == both, what="FilNodeDown for alpha")
         bravo = peer_of(http_url, "bravo")
         assert bravo is not None and node_down(am.url, bravo) == {}
-        built_in = next(a for a in am_alerts(am.url) if a["labels"].get("peer_id") == alpha
-                        and a["labels"].get("aggregator") == AGGREGATOR_NAME)
+        built_in = next(
+            a
+            for a in am_alerts(am.url)
+            if a["labels"].get("peer_id") == alpha
+            and a["labels"].get("aggregator") == AGGREGATOR_NAME
+        )
         assert built_in["labels"]["severity"] == "critical"
         assert built_in["labels"]["miner"] == "f01234"
         assert "alpha" in built_in["annotations"]["summary"]
         firing = httpx.get(f"{http_url}/api/v1/alerts", timeout=2.0).json()
-        assert any(a["labels"]["alertname"] == "FilNodeDown" and a["state"] == "firing"
-                   for a in firing)
+        assert any(
+            a["labels"]["alertname"] == "FilNodeDown" and a["state"] == "firing" for a in firing
+        )
         metrics = httpx.get(f"{http_url}/metrics", timeout=2.0).text
-        assert 'fil_heartbeat_alerts_firing{alertname="FilNodeDown",severity="critical"} 1.0' \
+        assert (
+            'fil_heartbeat_alerts_firing{alertname="FilNodeDown",severity="critical"} 1.0'
             in metrics
+        )
         # alpha back with the same identity: both resolve
         with process(alpha_args, tmp_path / "alpha2.log"):
             poll(lambda: peer_of(http_url, "alpha") == alpha, what="alpha to return")

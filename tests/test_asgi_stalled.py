@@ -19,8 +19,9 @@ import trio.lowlevel
 from heartbeat.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-linux_only = pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"),
-                                reason="TCP_USER_TIMEOUT is Linux's")
+linux_only = pytest.mark.skipif(
+    not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's"
+)
 
 USER_TIMEOUT = 2.0
 #: Well past what the kernel buffers on both sides (tcp_wmem's maximum is 4 MiB by default):
@@ -48,8 +49,13 @@ class StreamingApp:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
         elif scope["type"] == "http":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", str(len(BODY)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", str(len(BODY)).encode())],
+                }
+            )
             self.sending.set()
             await send({"type": "http.response.body", "body": BODY})
         elif scope["type"] == "websocket":
@@ -74,8 +80,9 @@ async def stalled_client(port: int, request: bytes) -> trio.socket.SocketType:
 
 
 @linux_only
-@pytest.mark.parametrize("request_bytes", [HTTP_REQUEST, WEBSOCKET_REQUEST],
-                         ids=["http-body", "websocket"])
+@pytest.mark.parametrize(
+    "request_bytes", [HTTP_REQUEST, WEBSOCKET_REQUEST], ids=["http-body", "websocket"]
+)
 async def test_shutdown_is_not_held_up_by_a_client_that_never_reads(
     request_bytes: bytes,
 ) -> None:
@@ -84,8 +91,15 @@ async def test_shutdown_is_not_held_up_by_a_client_that_never_reads(
     stopped = trio.Event()
 
     async def server(task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve_asgi(app, "127.0.0.1", 0, graceful_timeout=0.5, shutdown_trigger=stop.wait,
-                         tcp_user_timeout=USER_TIMEOUT, task_status=task_status)
+        await serve_asgi(
+            app,
+            "127.0.0.1",
+            0,
+            graceful_timeout=0.5,
+            shutdown_trigger=stop.wait,
+            tcp_user_timeout=USER_TIMEOUT,
+            task_status=task_status,
+        )
         stopped.set()
 
     async with trio.open_nursery() as nursery:

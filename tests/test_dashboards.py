@@ -37,8 +37,9 @@ _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
 
 def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fil_heartbeat_dashboards",
-                                                  GRAFANA / "dashboards.py")
+    spec = importlib.util.spec_from_file_location(
+        "fil_heartbeat_dashboards", GRAFANA / "dashboards.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -81,7 +82,7 @@ def metric_names(expr: str) -> set[str]:
     s = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
     names = set()
     for m in re.finditer(r"(?<![A-Za-z0-9_.:])[A-Za-z_:][A-Za-z0-9_:]*", s):
-        if s[m.end():].lstrip().startswith("("):
+        if s[m.end() :].lstrip().startswith("("):
             continue  # a function or an aggregation
         if m.group().lower() in _KEYWORDS:
             continue
@@ -97,8 +98,11 @@ def _recording_rule_names() -> set[str]:
 def _names_in(text: str) -> set[str]:
     """Series names in an exposition text, from samples and from family types (a family
     without samples, e.g. no alert firing, still names its series)."""
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
-                "summary": ("_sum", "_count")}
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("_sum", "_count"),
+    }
     names = set()
     for fam in text_string_to_metric_families(text):
         names |= {s.name for s in fam.samples}
@@ -113,9 +117,16 @@ def _sample_fleet_beats(fleet: Any, now: float) -> None:
     for i in range(3):
         fleet.on_beat(
             "12D3KooWExample",
-            Beat(head="{bafy2bzacea" + "abc"[i] * 20 + "}", height=100 + i, nickname="alpha",
-                 miner_address="f01234", genesis_cid=None, head_timestamp=int(now) - 10 + i,
-                 syncing=False, version="test"),
+            Beat(
+                head="{bafy2bzacea" + "abc"[i] * 20 + "}",
+                height=100 + i,
+                nickname="alpha",
+                miner_address="f01234",
+                genesis_cid=None,
+                head_timestamp=int(now) - 10 + i,
+                syncing=False,
+                version="test",
+            ),
             now + i,
         )
 
@@ -161,7 +172,9 @@ def test_every_panel_and_query_has_the_datasource_variable() -> None:
         assert model["panels"], name
         for panel in model["panels"]:
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, (
-                name, panel["title"])
+                name,
+                panel["title"],
+            )
             for target in panel.get("targets", []):
                 assert target["datasource"]["uid"] == "${datasource}", (name, panel["title"])
                 assert target["refId"], (name, panel["title"])
@@ -188,10 +201,16 @@ def test_node_dashboard_is_templated_by_node() -> None:
 
 def test_fleet_dashboard_covers_the_required_views() -> None:
     queries = " ".join(expr for _, expr in gen.panel_queries(_dashboards()["fleet-overview.json"]))
-    for needle in ("fil_heartbeat_nodes", "fil_heartbeat:network_expected_height:max",
-                   "fil_heartbeat:consensus_share:ratio", "fil_heartbeat:node_lag_epochs:fleet",
-                   "ALERTS", "fil_heartbeat_alerts_firing", "fil_heartbeat_beats_received_total",
-                   "fil_heartbeat_beats_rejected_total"):
+    for needle in (
+        "fil_heartbeat_nodes",
+        "fil_heartbeat:network_expected_height:max",
+        "fil_heartbeat:consensus_share:ratio",
+        "fil_heartbeat:node_lag_epochs:fleet",
+        "ALERTS",
+        "fil_heartbeat_alerts_firing",
+        "fil_heartbeat_beats_received_total",
+        "fil_heartbeat_beats_rejected_total",
+    ):
         assert needle in queries, needle
 
 
@@ -232,15 +251,22 @@ async def test_every_query_uses_only_names_a_running_aggregator_exports(tmp_path
     from aggregator.app import Aggregator, run_aggregator
     from aggregator.config import build_config
 
-    config = build_config({
-        "listen": ["/ip4/127.0.0.1/tcp/0"], "http_listen": "127.0.0.1:0",
-        "identity_file": str(tmp_path / "agg.key"), "state_db": str(tmp_path / "agg.db"),
-        "gc_freeze": False,
-    })
+    config = build_config(
+        {
+            "listen": ["/ip4/127.0.0.1/tcp/0"],
+            "http_listen": "127.0.0.1:0",
+            "identity_file": str(tmp_path / "agg.key"),
+            "state_db": str(tmp_path / "agg.db"),
+            "gc_freeze": False,
+        }
+    )
     ready: list[Aggregator] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: run_aggregator(
-            config, handle_signals=False, on_ready=ready.append, task_status=task_status))
+        await nursery.start(
+            lambda task_status: run_aggregator(
+                config, handle_signals=False, on_ready=ready.append, task_status=task_status
+            )
+        )
         agg = ready[0]
         _sample_fleet_beats(agg.fleet, agg.wall_clock())
         async with httpx.AsyncClient() as client:
@@ -262,8 +288,13 @@ def test_every_query_parses_as_promql(tmp_path: Path) -> None:
         rules.append({"record": f"dashboard_query_{i}", "expr": expr})
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    result = subprocess.run([str(PROMTOOL), "check", "rules", str(path)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [str(PROMTOOL), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(rules)} rules found" in result.stdout
 
@@ -272,8 +303,20 @@ def test_every_query_parses_as_promql(tmp_path: Path) -> None:
 def test_promql_check_rejects_a_broken_query(tmp_path: Path) -> None:
     """The parser check is real: a syntax error fails it."""
     path = tmp_path / "bad.yml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
-        {"record": "bad", "expr": "sum by (a (rate(x[1m]))"}]}]}))
-    result = subprocess.run([str(PROMTOOL), "check", "rules", str(path)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {"name": "x", "rules": [{"record": "bad", "expr": "sum by (a (rate(x[1m]))"}]}
+                ]
+            }
+        )
+    )
+    result = subprocess.run(
+        [str(PROMTOOL), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0

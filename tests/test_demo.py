@@ -33,10 +33,22 @@ async def test_demo_prints_multiaddr_and_node_lines() -> None:
 
 def test_demo_module_runs_with_duration() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "aggregator.demo", "--duration", "5", "--block-delay", "1",
-         "--verbose"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "aggregator.demo",
+            "--duration",
+            "5",
+            "--block-delay",
+            "1",
+            "--verbose",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout
     # the addresses come first, before any log line (stdout and stderr on one pipe here)
     first = proc.stdout.splitlines()[:3]

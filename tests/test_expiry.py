@@ -17,8 +17,9 @@ T0 = 1_700_000_000.0
 def beating_fleet(retention: float) -> Fleet:
     fleet = Fleet(FleetPolicy(retention=retention))
     for pid in ("a", "b"):
-        fleet.on_beat(pid, Beat(head="{bafy2bzaceaaa}", height=1, nickname=pid,
-                                miner_address="f01"), T0)  # fmt: skip
+        fleet.on_beat(
+            pid, Beat(head="{bafy2bzaceaaa}", height=1, nickname=pid, miner_address="f01"), T0
+        )
     return fleet
 
 
@@ -39,12 +40,15 @@ async def test_expiry_runs_every_interval_without_a_store(
     start = trio.current_time()
     with trio.fail_after(1000):
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(
-                run_expiry, fleet, 60.0, clock=lambda: T0 + trio.current_time() - start
-            ))  # fmt: skip
+            await nursery.start(
+                partial(run_expiry, fleet, 60.0, clock=lambda: T0 + trio.current_time() - start)
+            )
             await trio.sleep(50)
-            fleet.on_beat("b", Beat(head="{bafy2bzaceaaa}", height=2, nickname="b",
-                                    miner_address="f01"), T0 + 50)  # fmt: skip
+            fleet.on_beat(
+                "b",
+                Beat(head="{bafy2bzaceaaa}", height=2, nickname="b", miner_address="f01"),
+                T0 + 50,
+            )
             while len(expired_at) < 2:
                 await trio.sleep(1)
             nursery.cancel_scope.cancel()
@@ -55,8 +59,11 @@ async def test_expiry_runs_every_interval_without_a_store(
 
 async def test_expiry_forgets_restored_nodes_at_start() -> None:
     fleet = Fleet(FleetPolicy(retention=100.0))
-    fleet.on_beat("old", Beat(head="{bafy2bzaceaaa}", height=1, nickname="old",
-                              miner_address="f01"), T0 - 1000)  # fmt: skip
+    fleet.on_beat(
+        "old",
+        Beat(head="{bafy2bzaceaaa}", height=1, nickname="old", miner_address="f01"),
+        T0 - 1000,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(run_expiry, fleet, 60.0, clock=lambda: T0))
         assert "old" not in fleet

@@ -222,8 +222,13 @@ def test_unknown_network_learns_timing_from_beats() -> None:
 
 def test_head_age_and_view_fields() -> None:
     fleet = Fleet()
-    joined(fleet, "a", beat(100, "aa", head_timestamp=int(T0) - 20, nickname="alpha",
-                             miner="f01234", version="v1"))
+    joined(
+        fleet,
+        "a",
+        beat(
+            100, "aa", head_timestamp=int(T0) - 20, nickname="alpha", miner="f01234", version="v1"
+        ),
+    )
     v = fleet.snapshot(T0 + 5).node("a")
     assert v.head_age_seconds == 25.0
     got = (v.nickname, v.miner_address, v.version, v.beats_received)
@@ -325,37 +330,87 @@ def test_fork_window_compares_lower_heights() -> None:
 # Each row: up nodes as (peer, height, head tags); the peers expected FORKED. Top is the
 # highest height in the row. "p*" heads are parents (epoch 99), "g*" grandparents (epoch 98).
 FORK_TABLE = [
-    ("alone one behind, on the parent: not forked",
-     [("a", 100, ("t",)), ("b", 100, ("t",)), ("c", 99, ("pa",))], set()),
-    ("several one behind on the same parent", [("a", 100, ("t",)), ("b", 99, ("pa", "pb")),
-     ("c", 99, ("pa", "pb")), ("d", 99, ("pa",))], set()),
-    ("one behind, majority there disagrees: forked", [("a", 100, ("t",)), ("b", 99, ("pa",)),
-     ("c", 99, ("pa",)), ("d", 99, ("px",))], {"d"}),
-    ("one behind, 1-1 split: no reference, nobody forked",
-     [("a", 100, ("t",)), ("b", 99, ("pa",)), ("c", 99, ("px",))], set()),
-    ("one behind, 2-2 split: no majority", [("a", 100, ("t",)), ("b", 99, ("pa",)),
-     ("c", 99, ("pa",)), ("d", 99, ("px",)), ("e", 99, ("px",))], set()),
-    ("one behind, 2-1-1: a plurality but no majority", [("a", 100, ("t",)), ("b", 99, ("pa",)),
-     ("c", 99, ("pa",)), ("d", 99, ("px",)), ("e", 99, ("py",))], set()),
-    ("one behind, saw fewer blocks of the majority tipset", [("a", 100, ("t",)),
-     ("b", 99, ("pa", "pb")), ("c", 99, ("pa", "pb")), ("d", 99, ("pb",))], set()),
-    ("two behind, majority disagrees: forked", [("a", 100, ("t",)), ("b", 98, ("ga",)),
-     ("c", 98, ("ga",)), ("d", 98, ("gx",))], {"d"}),
-    ("three behind: outside the window, not compared", [("a", 100, ("t",)), ("b", 97, ("ka",)),
-     ("c", 97, ("ka",)), ("d", 97, ("kx",))], set()),
-    ("null round at 101: nodes at 100 compared among themselves", [("a", 102, ("t",)),
-     ("b", 100, ("ha",)), ("c", 100, ("ha",)), ("d", 100, ("hx",))], {"d"}),
-    ("null round at 101, one node trailing alone", [("a", 102, ("t",)), ("b", 102, ("t",)),
-     ("c", 100, ("ha",))], set()),
-    ("top keeps the plurality rule", [("a", 100, ("t",)), ("b", 100, ("t",)),
-     ("c", 100, ("tx",)), ("d", 99, ("pa",))], {"c"}),
+    (
+        "alone one behind, on the parent: not forked",
+        [("a", 100, ("t",)), ("b", 100, ("t",)), ("c", 99, ("pa",))],
+        set(),
+    ),
+    (
+        "several one behind on the same parent",
+        [("a", 100, ("t",)), ("b", 99, ("pa", "pb")), ("c", 99, ("pa", "pb")), ("d", 99, ("pa",))],
+        set(),
+    ),
+    (
+        "one behind, majority there disagrees: forked",
+        [("a", 100, ("t",)), ("b", 99, ("pa",)), ("c", 99, ("pa",)), ("d", 99, ("px",))],
+        {"d"},
+    ),
+    (
+        "one behind, 1-1 split: no reference, nobody forked",
+        [("a", 100, ("t",)), ("b", 99, ("pa",)), ("c", 99, ("px",))],
+        set(),
+    ),
+    (
+        "one behind, 2-2 split: no majority",
+        [
+            ("a", 100, ("t",)),
+            ("b", 99, ("pa",)),
+            ("c", 99, ("pa",)),
+            ("d", 99, ("px",)),
+            ("e", 99, ("px",)),
+        ],
+        set(),
+    ),
+    (
+        "one behind, 2-1-1: a plurality but no majority",
+        [
+            ("a", 100, ("t",)),
+            ("b", 99, ("pa",)),
+            ("c", 99, ("pa",)),
+            ("d", 99, ("px",)),
+            ("e", 99, ("py",)),
+        ],
+        set(),
+    ),
+    (
+        "one behind, saw fewer blocks of the majority tipset",
+        [("a", 100, ("t",)), ("b", 99, ("pa", "pb")), ("c", 99, ("pa", "pb")), ("d", 99, ("pb",))],
+        set(),
+    ),
+    (
+        "two behind, majority disagrees: forked",
+        [("a", 100, ("t",)), ("b", 98, ("ga",)), ("c", 98, ("ga",)), ("d", 98, ("gx",))],
+        {"d"},
+    ),
+    (
+        "three behind: outside the window, not compared",
+        [("a", 100, ("t",)), ("b", 97, ("ka",)), ("c", 97, ("ka",)), ("d", 97, ("kx",))],
+        set(),
+    ),
+    (
+        "null round at 101: nodes at 100 compared among themselves",
+        [("a", 102, ("t",)), ("b", 100, ("ha",)), ("c", 100, ("ha",)), ("d", 100, ("hx",))],
+        {"d"},
+    ),
+    (
+        "null round at 101, one node trailing alone",
+        [("a", 102, ("t",)), ("b", 102, ("t",)), ("c", 100, ("ha",))],
+        set(),
+    ),
+    (
+        "top keeps the plurality rule",
+        [("a", 100, ("t",)), ("b", 100, ("t",)), ("c", 100, ("tx",)), ("d", 99, ("pa",))],
+        {"c"},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("rows", "forked"), [r[1:] for r in FORK_TABLE],
-                         ids=[r[0] for r in FORK_TABLE])
-def test_fork_rule_near_the_top(rows: list[tuple[str, int, tuple[str, ...]]],
-                                forked: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("rows", "forked"), [r[1:] for r in FORK_TABLE], ids=[r[0] for r in FORK_TABLE]
+)
+def test_fork_rule_near_the_top(
+    rows: list[tuple[str, int, tuple[str, ...]]], forked: set[str]
+) -> None:
     fleet = Fleet()
     for peer, height, tags in rows:
         joined(fleet, peer, beat(height, *tags))

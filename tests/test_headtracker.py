@@ -37,9 +37,14 @@ def test_poll_and_subscription_feeding_the_same_tips() -> None:
     t = HeadTracker()
     reported = []
     feed = [
-        ("sub", h(10)), ("poll", h(10)), ("poll", h(11)), ("sub", h(11)),
-        ("sub", h(12)), ("poll", h(11)),  # late poll answer: must not go back
-        ("poll", h(12)), ("sub", h(13)),
+        ("sub", h(10)),
+        ("poll", h(10)),
+        ("poll", h(11)),
+        ("sub", h(11)),
+        ("sub", h(12)),
+        ("poll", h(11)),  # late poll answer: must not go back
+        ("poll", h(12)),
+        ("sub", h(13)),
     ]
     for i, (_src, head) in enumerate(feed):
         if t.offer(head, float(i)):

@@ -26,8 +26,17 @@ def make_fleet() -> Fleet:
     fleet = Fleet()
     for pid, h, cid in (("peer1", 100, A), ("peer2", 100, B), ("peer3", 100, A)):
         fleet.on_connect(pid, "/ip4/10.0.0.1/tcp/1", T0)
-        fleet.on_beat(pid, Beat(head="{" + cid + "}", height=h, nickname="n" + pid[-1],
-                                miner_address="", genesis_cid=MAINNET_GENESIS_CID), T0)
+        fleet.on_beat(
+            pid,
+            Beat(
+                head="{" + cid + "}",
+                height=h,
+                nickname="n" + pid[-1],
+                miner_address="",
+                genesis_cid=MAINNET_GENESIS_CID,
+            ),
+            T0,
+        )
     fleet.on_disconnect("peer3", T0 + 1)
     return fleet
 

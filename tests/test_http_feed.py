@@ -34,8 +34,9 @@ B = "12D3KooWBravo"
 
 def beat_event(peer_id: str, height: int, at: float, nickname: str = "alpha") -> BeatAccepted:
     head = "{bafy2bzacea" + str(height) + "}"
-    return BeatAccepted(peer_id, Beat(head=head, height=height, nickname=nickname,
-                                      miner_address="f01234"), at)
+    return BeatAccepted(
+        peer_id, Beat(head=head, height=height, nickname=nickname, miner_address="f01234"), at
+    )
 
 
 @contextlib.asynccontextmanager
@@ -66,12 +67,25 @@ async def until_unsubscribed(bus: Bus) -> None:
 
 def test_feed_json_shapes() -> None:
     assert feed_json(PeerConnected(A, "/ip4/10.0.0.1/tcp/4001", T0)) == {
-        "type": "connected", "peer_id": A, "at": T0, "remote_addr": "/ip4/10.0.0.1/tcp/4001"}
+        "type": "connected",
+        "peer_id": A,
+        "at": T0,
+        "remote_addr": "/ip4/10.0.0.1/tcp/4001",
+    }
     assert feed_json(beat_event(A, 7, T0 + 1)) == {
-        "type": "beat", "peer_id": A, "at": T0 + 1, "head": "{bafy2bzacea7}", "height": 7,
-        "nickname": "alpha", "miner_address": "f01234"}
+        "type": "beat",
+        "peer_id": A,
+        "at": T0 + 1,
+        "head": "{bafy2bzacea7}",
+        "height": 7,
+        "nickname": "alpha",
+        "miner_address": "f01234",
+    }
     assert feed_json(PeerDisconnected(A, T0 + 2)) == {
-        "type": "disconnected", "peer_id": A, "at": T0 + 2}
+        "type": "disconnected",
+        "peer_id": A,
+        "at": T0 + 2,
+    }
     assert feed_json(object()) is None
 
 
@@ -80,8 +94,7 @@ async def test_events_arrive_in_order() -> None:
     events: list[Event] = [PeerConnected(A, "/ip4/10.0.0.1/tcp/4001", T0)]
     events += [beat_event(A, h, T0 + h) for h in (10, 11, 12)]
     events.append(PeerDisconnected(A, T0 + 20))
-    async with serving(feed_api(bus)) as base, \
-            open_websocket_url(f"ws://{base}/api/v1/feed") as ws:
+    async with serving(feed_api(bus)) as base, open_websocket_url(f"ws://{base}/api/v1/feed") as ws:
         assert bus.optional_subscribers == ["feed-0"]
         for event in events:
             await bus.publish(event)
@@ -94,18 +107,26 @@ async def test_events_arrive_in_order() -> None:
 
 async def test_peer_filter() -> None:
     bus = Bus()
-    async with serving(feed_api(bus)) as base, \
-            open_websocket_url(f"ws://{base}/api/v1/feed") as everything, \
-            open_websocket_url(f"ws://{base}/api/v1/feed?peer={A}") as only_a:
-        for event in (PeerConnected(B, "/ip4/10.0.0.2/tcp/1", T0), beat_event(A, 1, T0),
-                      beat_event(B, 1, T0, "bravo"), PeerDisconnected(B, T0 + 1),
-                      beat_event(A, 2, T0 + 1)):
+    async with (
+        serving(feed_api(bus)) as base,
+        open_websocket_url(f"ws://{base}/api/v1/feed") as everything,
+        open_websocket_url(f"ws://{base}/api/v1/feed?peer={A}") as only_a,
+    ):
+        for event in (
+            PeerConnected(B, "/ip4/10.0.0.2/tcp/1", T0),
+            beat_event(A, 1, T0),
+            beat_event(B, 1, T0, "bravo"),
+            PeerDisconnected(B, T0 + 1),
+            beat_event(A, 2, T0 + 1),
+        ):
             await bus.publish(event)
         # Each connection is in order: the filtered one's last event comes after every other.
         got_a = await messages(only_a, 2)
         got_all = await messages(everything, 5)
     assert [(m["peer_id"], m["type"], m.get("height")) for m in got_a] == [
-        (A, "beat", 1), (A, "beat", 2)]
+        (A, "beat", 1),
+        (A, "beat", 2),
+    ]
     assert [m["peer_id"] for m in got_all] == [B, A, B, B, A]
 
 
@@ -123,9 +144,11 @@ async def test_a_client_that_never_reads_blocks_neither_publish_nor_other_client
         # Let the server and both clients run as far as they can.
         await trio.testing.wait_all_tasks_blocked()
 
-    async with serving(feed_api(bus, feed_capacity=4)) as base, \
-            open_websocket_url(f"ws://{base}/api/v1/feed", message_queue_size=1) as stuck, \
-            open_websocket_url(f"ws://{base}/api/v1/feed") as reader:
+    async with (
+        serving(feed_api(bus, feed_capacity=4)) as base,
+        open_websocket_url(f"ws://{base}/api/v1/feed", message_queue_size=1) as stuck,
+        open_websocket_url(f"ws://{base}/api/v1/feed") as reader,
+    ):
         assert bus.optional_subscribers == ["feed-0", "feed-1"]  # stuck, reader
         async with trio.open_nursery() as nursery:
 
@@ -203,8 +226,7 @@ async def test_clients_beyond_the_limit_are_closed_with_1013() -> None:
 
 async def test_the_bus_closing_ends_the_feed_with_1001() -> None:
     bus = Bus()
-    async with serving(feed_api(bus)) as base, \
-            open_websocket_url(f"ws://{base}/api/v1/feed") as ws:
+    async with serving(feed_api(bus)) as base, open_websocket_url(f"ws://{base}/api/v1/feed") as ws:
         await bus.publish(beat_event(A, 1, T0))
         bus.close()
         assert (await messages(ws, 1))[0]["height"] == 1

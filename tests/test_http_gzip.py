@@ -21,29 +21,32 @@ from tests.promservers import prometheus
 from tests.test_http import T0, make_fleet
 
 
-@pytest.mark.parametrize(("header", "accepted"), [
-    ("gzip", True),
-    ("GZIP", True),
-    ("x-gzip", True),
-    ("gzip, deflate, br", True),
-    ("deflate, gzip;q=1.0, *;q=0.5", True),
-    ("br;q=1, gzip;q=0.001", True),
-    ("gzip ; q=0.5", True),
-    ("gzip;q=1.000", True),
-    ("*", True),
-    ("deflate, *;q=0.1", True),
-    ("", False),
-    ("identity", False),
-    ("deflate, br", False),
-    ("gzip;q=0", False),
-    ("gzip; q=0.000", False),
-    ("gzip;Q=0", False),
-    ("gzip;q=0, *", False),  # an explicit refusal beats the wildcard
-    ("*;q=0", False),
-    ("gzip;q=abc", False),  # malformed q-values count as 0: plain is always safe
-    ("gzip;q=1.5", False),
-    ("gzip;q=0.0001", False),
-])
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("gzip", True),
+        ("GZIP", True),
+        ("x-gzip", True),
+        ("gzip, deflate, br", True),
+        ("deflate, gzip;q=1.0, *;q=0.5", True),
+        ("br;q=1, gzip;q=0.001", True),
+        ("gzip ; q=0.5", True),
+        ("gzip;q=1.000", True),
+        ("*", True),
+        ("deflate, *;q=0.1", True),
+        ("", False),
+        ("identity", False),
+        ("deflate, br", False),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("gzip;Q=0", False),
+        ("gzip;q=0, *", False),  # an explicit refusal beats the wildcard
+        ("*;q=0", False),
+        ("gzip;q=abc", False),  # malformed q-values count as 0: plain is always safe
+        ("gzip;q=1.5", False),
+        ("gzip;q=0.0001", False),
+    ],
+)
 def test_gzip_accepted(header: str, accepted: bool) -> None:
     assert gzip_accepted(header) is accepted
 
@@ -66,8 +69,9 @@ async def serving(api: HttpApi) -> AsyncIterator[httpx.AsyncClient]:
         nursery.cancel_scope.cancel()
 
 
-async def raw_get(client: httpx.AsyncClient, path: str, accept_encoding: str | None,
-                  method: str = "GET") -> tuple[httpx.Headers, bytes]:
+async def raw_get(
+    client: httpx.AsyncClient, path: str, accept_encoding: str | None, method: str = "GET"
+) -> tuple[httpx.Headers, bytes]:
     """The response's headers and its body exactly as sent (httpx does not decode it)."""
     request = client.build_request(method, path)
     if accept_encoding is None:
@@ -173,7 +177,8 @@ async def test_prometheus_scrapes_the_gzipped_metrics(tmp_path: Path) -> None:
             # Prometheus's start-up helper blocks (a subprocess, polled): off the loop, which
             # must keep serving the scrapes meanwhile.
             server = await trio.to_thread.run_sync(
-                stack.enter_context, prometheus(tmp_path, targets=[target]))
+                stack.enter_context, prometheus(tmp_path, targets=[target])
+            )
             try:
                 with trio.fail_after(30):
                     await scraped.wait()
@@ -181,8 +186,9 @@ async def test_prometheus_scrapes_the_gzipped_metrics(tmp_path: Path) -> None:
                 async with httpx.AsyncClient(timeout=5) as client:
 
                     async def in_consensus() -> list[Any]:
-                        r = await client.get(query, params={
-                            "query": "fil_heartbeat_nodes_in_consensus"})
+                        r = await client.get(
+                            query, params={"query": "fil_heartbeat_nodes_in_consensus"}
+                        )
                         result: list[Any] = r.json()["data"]["result"]
                         return result
 

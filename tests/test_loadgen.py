@@ -46,12 +46,14 @@ LOOPBACK = f"/ip4/127.0.0.1/tcp/9081/p2p/{PEER}"
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("healthy=90,lagging=5,forked=3,flapping=2",
-         (("healthy", 90), ("lagging", 5), ("forked", 3), ("flapping", 2))),
+        (
+            "healthy=90,lagging=5,forked=3,flapping=2",
+            (("healthy", 90), ("lagging", 5), ("forked", 3), ("flapping", 2)),
+        ),
         ("healthy", (("healthy", 1),)),
         (" garbage=1 , garbage=2,silent=0", (("garbage", 3),)),
     ],
-)  # fmt: skip
+)
 def test_parse_mix(text: str, expected: tuple[tuple[str, int], ...]) -> None:
     assert parse_mix(text) == expected
 
@@ -114,8 +116,9 @@ def test_head_for_is_a_valid_beat_and_behaviours_differ() -> None:
     assert forked.height == healthy.height and forked.head != healthy.head
     assert head_for("healthy", now + 1) == healthy  # the same epoch: the same head for all
     assert head_for("healthy", now + 30).height == healthy.height + 1
-    beat = replace(healthy, nickname="lg-healthy-1", miner_address="f010001",
-                   version=stamp_version(123456789))  # fmt: skip
+    beat = replace(
+        healthy, nickname="lg-healthy-1", miner_address="f010001", version=stamp_version(123456789)
+    )
     decoded = BeatDecoder().feed(encode_cbor(beat))
     assert decoded == [beat]
     assert parse_stamp(decoded[0].version) == 123456789  # type: ignore[union-attr]
@@ -130,17 +133,21 @@ def test_config_guard_rails() -> None:
     ok = LoadgenConfig(target=LOOPBACK)
     assert ok.validate() is ok
     refused = {
-        "--target": [replace(ok, target=f"/ip4/10.1.2.3/tcp/9081/p2p/{PEER}"),
-                     replace(ok, target="/ip4/127.0.0.1/tcp/9081")],
+        "--target": [
+            replace(ok, target=f"/ip4/10.1.2.3/tcp/9081/p2p/{PEER}"),
+            replace(ok, target="/ip4/127.0.0.1/tcp/9081"),
+        ],
         "--agents": [replace(ok, agents=0), replace(ok, agents=loadgen.MAX_AGENTS + 1)],
-        "--processes": [replace(ok, processes=loadgen.MAX_PROCESSES + 1),
-                        replace(ok, agents=loadgen.MAX_AGENTS, processes=2)],
+        "--processes": [
+            replace(ok, processes=loadgen.MAX_PROCESSES + 1),
+            replace(ok, agents=loadgen.MAX_AGENTS, processes=2),
+        ],
         "--duration": [replace(ok, duration=loadgen.MAX_DURATION + 1)],
         "--ramp": [replace(ok, ramp=loadgen.MAX_RAMP * 2)],
         "--storm-at": [replace(ok, storm_at=61.0)],
         "--hog-streams": [replace(ok, hog_streams=1000)],
         "--flood-rate": [replace(ok, flood_rate=1e6)],
-    }  # fmt: skip
+    }
     for setting, configs in refused.items():
         for config in configs:
             with pytest.raises(ConfigError) as info:
@@ -151,14 +158,24 @@ def test_config_guard_rails() -> None:
 
 
 def test_summaries_merge_across_workers() -> None:
-    a = AgentStats("healthy", started=True, connected=True, ever_connected=True, dials=1,
-                   sessions=1, beats_sent=10, recoveries=[1.0])
+    a = AgentStats(
+        "healthy",
+        started=True,
+        connected=True,
+        ever_connected=True,
+        dials=1,
+        sessions=1,
+        beats_sent=10,
+        recoveries=[1.0],
+    )
     b = AgentStats("healthy", started=True, dials=3, beats_sent=5)
     b.failures["dial_failed"] += 2
     c = AgentStats("garbage", started=True, dials=4, cut_off=4, cut_after=[0.1, 0.2])
     c.failures["cut_off"] += 4
-    reports = [{**summarize([a, c]), "worker": 0, "agents": 2, "rss_kb": 1000},
-               {**summarize([b]), "worker": 1, "agents": 1, "rss_kb": 1000}]  # fmt: skip
+    reports = [
+        {**summarize([a, c]), "worker": 0, "agents": 2, "rss_kb": 1000},
+        {**summarize([b]), "worker": 1, "agents": 1, "rss_kb": 1000},
+    ]
     merged = merge_reports(reports, elapsed=12.5)
     healthy = merged["kinds"]["healthy"]
     assert (healthy["agents"], healthy["connected"], healthy["beats_sent"]) == (2, 1, 15)
@@ -185,12 +202,8 @@ def test_cli_refuses_remote_targets_and_bad_flags(capsys: pytest.CaptureFixture[
 # -- a short real run ------------------------------------------------------------------------
 
 
-
-
 def _received(nodes: dict[str, dict[str, Any]], kind: str) -> int:
     return sum(n["beats_received"] for name, n in nodes.items() if name.startswith(f"lg-{kind}-"))
-
-
 
 
 @pytest.mark.integration
@@ -198,11 +211,24 @@ async def test_short_run_against_a_real_aggregator(tmp_path: Path) -> None:
     config = make_config(tmp_path, beat_timeout=3.0, beat_timeout_min=3.0)
     async with running(config) as agg:
         lg = LoadgenConfig(
-            target=agg.multiaddrs[0], agents=10, ramp=50.0, duration=6.0, beat_period=0.5,
-            mix=(("healthy", 4), ("lagging", 1), ("forked", 1), ("garbage", 1),
-                 ("oversize", 1), ("silent", 1), ("flood", 1)),
-            reconnect_period=10.0, flood_rate=200.0, key_seed="test",
-        ).validate()  # fmt: skip
+            target=agg.multiaddrs[0],
+            agents=10,
+            ramp=50.0,
+            duration=6.0,
+            beat_period=0.5,
+            mix=(
+                ("healthy", 4),
+                ("lagging", 1),
+                ("forked", 1),
+                ("garbage", 1),
+                ("oversize", 1),
+                ("silent", 1),
+                ("flood", 1),
+            ),
+            reconnect_period=10.0,
+            flood_rate=200.0,
+            key_seed="test",
+        ).validate()
         started = time.monotonic()
         report, stats = await run_worker(lg, range(lg.agents))
         assert time.monotonic() - started < lg.duration + lg.close_grace + 4  # stops by itself
@@ -228,8 +254,9 @@ async def test_short_run_against_a_real_aggregator(tmp_path: Path) -> None:
     by_kind: dict[str, list[AgentStats]] = {}
     for s in stats:
         by_kind.setdefault(s.kind, []).append(s)
-    assert sorted(by_kind) == sorted(["healthy", "lagging", "forked", "garbage", "oversize",
-                                      "silent", "flood"])  # fmt: skip
+    assert sorted(by_kind) == sorted(
+        ["healthy", "lagging", "forked", "garbage", "oversize", "silent", "flood"]
+    )
     # The well-behaved agents appear in the node list, every beat counted.
     for kind in beating:
         kinds = report["kinds"][kind]
@@ -266,10 +293,24 @@ def test_workers_exit_when_the_load_generator_is_killed() -> None:
     from tests.helpers import eventually_blocking
 
     parent = subprocess.Popen(
-        [sys.executable, "-m", "heartbeat.loadgen", "--target", LOOPBACK, "--agents", "2",
-         "--processes", "2", "--duration", "10m", "--reconnect-period", "1s"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "heartbeat.loadgen",
+            "--target",
+            LOOPBACK,
+            "--agents",
+            "2",
+            "--processes",
+            "2",
+            "--duration",
+            "10m",
+            "--reconnect-period",
+            "1s",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def spawned() -> list[int] | None:  # the workers, not multiprocessing's resource tracker
         found = []
@@ -295,8 +336,11 @@ def test_workers_exit_when_the_load_generator_is_killed() -> None:
         except OSError:
             return True
 
-    eventually_blocking(lambda: all(gone(w) for w in workers) or None, timeout=15,
-                        what="the orphaned workers to exit")
+    eventually_blocking(
+        lambda: all(gone(w) for w in workers) or None,
+        timeout=15,
+        what="the orphaned workers to exit",
+    )
     for w in workers:  # never leave one behind, even when the assertion above failed
         if not gone(w):
             os.kill(w, signal.SIGKILL)

@@ -103,7 +103,8 @@ async def test_closed_channel_resubscribes(
     fake_lotus: FakeLotus, started: Callable[..., object]
 ) -> None:
     source: LotusHeadSource = await started(  # type: ignore[misc]
-        poll_period=3600.0, resubscribe_delay=0.05)
+        poll_period=3600.0, resubscribe_delay=0.05
+    )
     await eventually(lambda: fake_lotus.subscribers == 1)
     fake_lotus.close_subscriptions()
     await eventually(lambda: fake_lotus.subscriptions_total == 2 and fake_lotus.subscribers == 1)
@@ -151,7 +152,8 @@ async def test_unreachable_node_keeps_head_and_escalates(
     await eventually(lambda: source.latest is not None and source.latest.height == 101)
     assert source.status.reachable
     levels = [
-        r.levelno for r in caplog.records
+        r.levelno
+        for r in caplog.records
         if r.name == SRC and r.getMessage().startswith(("lotus_unreachable", "lotus_recovered"))
     ]
     assert levels[0] == logging.WARNING
@@ -160,8 +162,11 @@ async def test_unreachable_node_keeps_head_and_escalates(
     assert logging.DEBUG in levels
     first_error = levels.index(logging.ERROR)
     assert all(lv == logging.DEBUG for lv in levels[1:first_error])
-    recovered = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO
-                 and r.getMessage().startswith("lotus_recovered")]
+    recovered = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO and r.getMessage().startswith("lotus_recovered")
+    ]
     assert len(recovered) == 1 and "failed attempts" in recovered[0]
 
 
@@ -171,13 +176,24 @@ async def test_sync_state_marks_syncing(
 ) -> None:
     source: LotusHeadSource = await started(subscribe=False)  # type: ignore[misc]
     assert source.latest is not None and source.latest.syncing is False
-    fake_lotus.sync_state = {"ActiveSyncs": [
-        {"Stage": 3, "Height": 95, "Base": fake_lotus.tipset(90), "Target": fake_lotus.tipset(130)},
-    ], "VMApplied": 0}
+    fake_lotus.sync_state = {
+        "ActiveSyncs": [
+            {
+                "Stage": 3,
+                "Height": 95,
+                "Base": fake_lotus.tipset(90),
+                "Target": fake_lotus.tipset(130),
+            },
+        ],
+        "VMApplied": 0,
+    }
     await eventually(lambda: source.latest is not None and source.latest.syncing is True)
-    fake_lotus.sync_state = {"ActiveSyncs": [
-        {"Stage": 4, "Height": 130, "Base": None, "Target": fake_lotus.tipset(130)},
-    ], "VMApplied": 0}
+    fake_lotus.sync_state = {
+        "ActiveSyncs": [
+            {"Stage": 4, "Height": 130, "Base": None, "Target": fake_lotus.tipset(130)},
+        ],
+        "VMApplied": 0,
+    }
     await eventually(lambda: source.latest is not None and source.latest.syncing is False)
 
 
@@ -208,8 +224,9 @@ async def test_genesis_is_retried_until_it_succeeds(
     assert source.latest is not None and source.latest.genesis_cid is None
     fake_lotus.heal()
     await eventually(lambda: source.block_delay == 30.0)
-    await eventually(lambda: source.latest is not None
-                     and source.latest.genesis_cid == fake_lotus.genesis_cid)
+    await eventually(
+        lambda: source.latest is not None and source.latest.genesis_cid == fake_lotus.genesis_cid
+    )
 
 
 @pytest.mark.integration
@@ -218,7 +235,8 @@ async def test_miner_address_from_miner_api(
 ) -> None:
     fake_lotus.miner_address = "t000777"
     source: LotusHeadSource = await started(  # type: ignore[misc]
-        subscribe=False, miner=[fake_lotus.api_info(miner=True)])
+        subscribe=False, miner=[fake_lotus.api_info(miner=True)]
+    )
     assert source.miner_address == "t0777"
     assert source.latest is not None and source.latest.miner_address == "t0777"
 
@@ -229,10 +247,13 @@ async def test_bad_miner_address_is_retried(
 ) -> None:
     fake_lotus.miner_address = "nonsense"
     source: LotusHeadSource = await started(  # type: ignore[misc]
-        subscribe=False, miner=[fake_lotus.api_info(miner=True)])
+        subscribe=False, miner=[fake_lotus.api_info(miner=True)]
+    )
     assert source.miner_address == ""
-    assert any(r.getMessage().startswith("miner_unreachable") and r.levelno == logging.WARNING
-               for r in caplog.records)
+    assert any(
+        r.getMessage().startswith("miner_unreachable") and r.levelno == logging.WARNING
+        for r in caplog.records
+    )
     fake_lotus.miner_address = "f01234"
     await eventually(lambda: source.miner_address == "f01234")
 
@@ -240,7 +261,8 @@ async def test_bad_miner_address_is_retried(
 @pytest.mark.integration
 async def test_miner_override(fake_lotus: FakeLotus, started: Callable[..., object]) -> None:
     source: LotusHeadSource = await started(  # type: ignore[misc]
-        subscribe=False, miner=[fake_lotus.api_info(miner=True)], miner_override="f00123")
+        subscribe=False, miner=[fake_lotus.api_info(miner=True)], miner_override="f00123"
+    )
     assert source.latest is not None and source.latest.miner_address == "f0123"
     assert "Filecoin.ActorAddress" not in fake_lotus.calls
     with pytest.raises(ConfigError):
@@ -255,7 +277,8 @@ async def test_failover_to_the_next_endpoint(
     await dead.start(nursery)
     await dead.go_unreachable()
     source: LotusHeadSource = await started(  # type: ignore[misc]
-        subscribe=False, full=[dead.api_info(), fake_lotus.api_info()])
+        subscribe=False, full=[dead.api_info(), fake_lotus.api_info()]
+    )
     await eventually(lambda: source.latest is not None and source.latest.height == 100)
     assert source.status.reachable
 
@@ -271,8 +294,11 @@ async def test_token_is_sent(nursery: trio.Nursery) -> None:
             await bad.chain_head()
     got: list[object] = []
     async with trio.open_nursery() as n:
-        await n.start(lambda task_status: chain_notify(
-            fake.api_info(), got.append, timeout=1.0, task_status=task_status))
+        await n.start(
+            lambda task_status: chain_notify(
+                fake.api_info(), got.append, timeout=1.0, task_status=task_status
+            )
+        )
         await eventually(lambda: len(got) == 1)
         n.cancel_scope.cancel()
     with pytest.raises(NodeBadResponse):
@@ -299,10 +325,31 @@ async def test_client_errors_are_typed(fake_lotus: FakeLotus) -> None:
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["Cids", "/", "Height", "Blocks", "Timestamp", "Type",
-                                       "Val", "ActiveSyncs", "Stage", "Target", "Base",
-                                       "NetworkName", "BlockDelaySecs", "x"]), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "Cids",
+                    "/",
+                    "Height",
+                    "Blocks",
+                    "Timestamp",
+                    "Type",
+                    "Val",
+                    "ActiveSyncs",
+                    "Stage",
+                    "Target",
+                    "Base",
+                    "NetworkName",
+                    "BlockDelaySecs",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
     max_leaves=20,
 )
 
@@ -317,11 +364,19 @@ def test_decoders_raise_only_bad_response(value: object) -> None:
 
 
 def test_parse_tipset_shape() -> None:
-    ts = {"Cids": [{"/": "b2"}, {"/": "b1"}], "Height": 7,
-          "Blocks": [{"Timestamp": 20, "Height": 7}, {"Timestamp": 19, "Height": 7}]}
+    ts = {
+        "Cids": [{"/": "b2"}, {"/": "b1"}],
+        "Height": 7,
+        "Blocks": [{"Timestamp": 20, "Height": 7}, {"Timestamp": 19, "Height": 7}],
+    }
     head = parse_tipset(ts)
     assert (head.cids, head.height, head.timestamp) == (("b2", "b1"), 7, 19)
-    for bad in ({**ts, "Height": True}, {**ts, "Height": -1}, {**ts, "Cids": []},
-                {**ts, "Cids": [{"/": 5}]}, {**ts, "Blocks": [{"Timestamp": "1"}]}):
+    for bad in (
+        {**ts, "Height": True},
+        {**ts, "Height": -1},
+        {**ts, "Cids": []},
+        {**ts, "Cids": [{"/": 5}]},
+        {**ts, "Blocks": [{"Timestamp": "1"}]},
+    ):
         with pytest.raises(NodeBadResponse):
             parse_tipset(bad)

@@ -42,9 +42,14 @@ def fleet_snapshot() -> FleetSnapshot:
         fleet.on_beat(
             pid,
             Beat(
-                head="{" + cids + "}", height=h, nickname=pid.upper(), miner_address="f01234",
-                genesis_cid=MAINNET_GENESIS_CID, head_timestamp=1598306400 + h * 30,
-                syncing=False, version="v9",
+                head="{" + cids + "}",
+                height=h,
+                nickname=pid.upper(),
+                miner_address="f01234",
+                genesis_cid=MAINNET_GENESIS_CID,
+                head_timestamp=1598306400 + h * 30,
+                syncing=False,
+                version="v9",
             ),
             T0,
         )
@@ -153,8 +158,9 @@ def test_self_metrics_read_sources_at_scrape_time() -> None:
     gc.record(0.003)
     gc.record(0.2)
     m.own.gc = gc
-    m.set_alerts_provider(lambda: [("NodeDown", "critical"), ("NodeDown", "critical"),
-                                   ("NodeLagging", "warning")])
+    m.set_alerts_provider(
+        lambda: [("NodeDown", "critical"), ("NodeDown", "critical"), ("NodeLagging", "warning")]
+    )
     got = samples(m.render())
     assert got[("fil_heartbeat_beats_received_total", lbl())] == 7
     assert got[("fil_heartbeat_beats_accepted_total", lbl())] == 5
@@ -206,11 +212,14 @@ def nasty_snapshot(nickname_suffix: str = "") -> FleetSnapshot:
         fleet.on_beat(
             pid,
             Beat(
-                head="{" + (A if i % 3 else B) + "}", height=100 - i,
-                nickname=nasty + nickname_suffix, miner_address=f"f0{i}{nasty}",
+                head="{" + (A if i % 3 else B) + "}",
+                height=100 - i,
+                nickname=nasty + nickname_suffix,
+                miner_address=f"f0{i}{nasty}",
                 genesis_cid=MAINNET_GENESIS_CID,
                 head_timestamp=None if i == 2 else 1598306400 + (100 - i) * 30,
-                syncing=i == 4, version=None if i == 1 else f"v{nasty}",
+                syncing=i == 4,
+                version=None if i == 1 else f"v{nasty}",
             ),
             T0 + i / 7,
         )
@@ -219,8 +228,16 @@ def nasty_snapshot(nickname_suffix: str = "") -> FleetSnapshot:
     fleet.on_connect("lonely", "", T0)
     fleet.on_beat(
         "lonely",
-        Beat(head="{" + A + "}", height=5, nickname="lonely", miner_address="f09",
-             genesis_cid="bafyOtherGenesis", head_timestamp=None, syncing=None, version="v"),
+        Beat(
+            head="{" + A + "}",
+            height=5,
+            nickname="lonely",
+            miner_address="f09",
+            genesis_cid="bafyOtherGenesis",
+            head_timestamp=None,
+            syncing=None,
+            version="v",
+        ),
         T0,
     )
     fleet.on_disconnect("lonely", T0 + 1)
@@ -275,4 +292,4 @@ def test_full_body_is_fleet_then_self_families() -> None:
     got = families(m.render())
     fleet = families(render_reference(snap, legacy=True))
     assert got[: len(fleet)] == fleet
-    assert "fil_heartbeat_beats_received" in {name for name, *_ in got[len(fleet):]}
+    assert "fil_heartbeat_beats_received" in {name for name, *_ in got[len(fleet) :]}

@@ -20,9 +20,7 @@ pytestmark = [pytest.mark.timeout(60)]
 async def test_excess_handshakes_are_shed_fast_and_the_next_one_gets_through() -> None:
     shed_calls: list[int] = []
     key = p2p.new_identity()
-    limits = p2p.HostLimits.server(
-        16, max_pending_inbound=1, handshake_queue_wait=0.5
-    )
+    limits = p2p.HostLimits.server(16, max_pending_inbound=1, handshake_queue_wait=0.5)
     async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits) as server:
         gate = p2p.gate_inbound_upgrades(server, 99, 99.0, on_shed=lambda: shed_calls.append(1))
         assert gate is p2p.handshake_gate(server)  # the one build_host installed: kept
@@ -46,4 +44,3 @@ async def test_excess_handshakes_are_shed_fast_and_the_next_one_gets_through() -
             assert conn.remote_peer_id == p2p.peer_id_of(key)
         assert gate.upgraded == 1 and gate.shed == 1
         assert gate.in_progress == 0 and gate.waiting == 0
-

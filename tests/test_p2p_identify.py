@@ -40,9 +40,11 @@ async def _exchange(identify_peers: bool) -> tuple[list[str], list[str]]:
 
     server_key, client_key = p2p.new_identity(), p2p.new_identity()
     async with p2p.running_host(
-        server_key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(16),
+        server_key,
+        ["/ip4/127.0.0.1/tcp/0"],
+        p2p.HostLimits.server(16),
         identify_peers=identify_peers,
-    ) as server:  # fmt: skip
+    ) as server:
         p2p.set_stream_handlers(server, [PROTOCOL], handler)
         [listen] = p2p.listen_multiaddrs(server)
         info = p2p.peer_info_from_multiaddr(f"{listen}/p2p/{p2p.peer_id_of(server_key)}")

@@ -47,8 +47,9 @@ def test_config_names_the_same_cuts() -> None:
     assert build_config({"memory_cuts": "none"}).memory_cuts == ()
     assert build_config({"memory_cuts": "all"}).memory_cuts == MEMORY_CUTS
     assert build_config({}, {}, {"memory_cuts": ["inbound", "yamux"]}).memory_cuts == (
-        "yamux", "inbound",
-    )  # fmt: skip
+        "yamux",
+        "inbound",
+    )
     with pytest.raises(ConfigError, match="memory_cuts"):
         build_config({"memory_cuts": "yamux,stacks"})
 
@@ -71,16 +72,31 @@ def test_install_and_switch_back() -> None:
     from noise.noise_protocol import NoiseProtocol
 
     p2p_memory.install_memory_cuts(())
-    stock = (Yamux.start, SwarmConn.start, Swarm._do_handle_inbound_connection,
-             NoiseProtocol.handshake_done, noise_backend.ciphers["ChaChaPoly"])  # fmt: skip
+    stock = (
+        Yamux.start,
+        SwarmConn.start,
+        Swarm._do_handle_inbound_connection,
+        NoiseProtocol.handshake_done,
+        noise_backend.ciphers["ChaChaPoly"],
+    )
     assert p2p_memory.install_memory_cuts() == dict.fromkeys(p2p_memory.CUTS, True)
-    cut = (Yamux.start, SwarmConn.start, Swarm._do_handle_inbound_connection,
-           NoiseProtocol.handshake_done, noise_backend.ciphers["ChaChaPoly"])  # fmt: skip
+    cut = (
+        Yamux.start,
+        SwarmConn.start,
+        Swarm._do_handle_inbound_connection,
+        NoiseProtocol.handshake_done,
+        noise_backend.ciphers["ChaChaPoly"],
+    )
     assert all(a is not b for a, b in zip(stock, cut, strict=True))
     assert p2p_memory.install_memory_cuts() == dict.fromkeys(p2p_memory.CUTS, True)  # idempotent
     assert p2p_memory.install_memory_cuts(()) == dict.fromkeys(p2p_memory.CUTS, False)
-    back = (Yamux.start, SwarmConn.start, Swarm._do_handle_inbound_connection,
-            NoiseProtocol.handshake_done, noise_backend.ciphers["ChaChaPoly"])  # fmt: skip
+    back = (
+        Yamux.start,
+        SwarmConn.start,
+        Swarm._do_handle_inbound_connection,
+        NoiseProtocol.handshake_done,
+        noise_backend.ciphers["ChaChaPoly"],
+    )
     assert all(a is b for a, b in zip(stock, back, strict=True))
     # accept needs yamux: refused alone
     assert p2p_memory.install_memory_cuts(["accept"])["accept"] is False
@@ -182,8 +198,9 @@ async def _tasks_per_connection(cuts: tuple[str, ...], clients: int = 4) -> floa
         except p2p.StreamClosed:
             await stream.close()
 
-    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(64),
-                                identify_peers=False) as srv:  # fmt: skip
+    async with p2p.running_host(
+        key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(64), identify_peers=False
+    ) as srv:
         p2p.set_stream_handlers(srv, [PROTOCOL], handler)
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
         done = trio.Event()
@@ -228,8 +245,9 @@ async def test_inbound_task_and_limiter_slot_released_on_close(cuts: tuple[str, 
         except p2p.StreamClosed:
             await stream.close()
 
-    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(8),
-                                identify_peers=False) as srv:  # fmt: skip
+    async with p2p.running_host(
+        key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(8), identify_peers=False
+    ) as srv:
         p2p.set_stream_handlers(srv, [PROTOCOL], handler)
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
         swarm: Any = srv.get_network()
@@ -258,15 +276,25 @@ async def test_inbound_task_and_limiter_slot_released_on_close(cuts: tuple[str, 
 async def test_aggregator_serves_beats_through_the_cut_connections(tmp_path: Path) -> None:
     from aggregator.app import run_aggregator
 
-    config = replace(build_config({
-        "listen": ["/ip4/127.0.0.1/tcp/0"], "http_listen": "127.0.0.1:0",
-        "identity_file": str(tmp_path / "k"), "state_db": str(tmp_path / "db"),
-        "gc_freeze": False,
-    }), memory_cuts=p2p_memory.CUTS)  # fmt: skip
+    config = replace(
+        build_config(
+            {
+                "listen": ["/ip4/127.0.0.1/tcp/0"],
+                "http_listen": "127.0.0.1:0",
+                "identity_file": str(tmp_path / "k"),
+                "state_db": str(tmp_path / "db"),
+                "gc_freeze": False,
+            }
+        ),
+        memory_cuts=p2p_memory.CUTS,
+    )
     holder: list[Any] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: run_aggregator(
-            config, handle_signals=False, on_ready=holder.append, task_status=task_status))
+        await nursery.start(
+            lambda task_status: run_aggregator(
+                config, handle_signals=False, on_ready=holder.append, task_status=task_status
+            )
+        )
         agg = holder[0]
         assert p2p_memory.installed_cuts() == p2p_memory.CUTS
         identities = [p2p.new_identity() for _ in range(3)]
@@ -317,8 +345,9 @@ async def test_a_handler_ended_by_the_peer_closing_does_not_stop_the_host() -> N
         while True:
             await stream.read(1024)  # raises StreamEOF once the client closes
 
-    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(8),
-                                identify_peers=False) as srv:  # fmt: skip
+    async with p2p.running_host(
+        key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(8), identify_peers=False
+    ) as srv:
         p2p.set_stream_handlers(srv, [PROTOCOL], handler)
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
         swarm: Any = srv.get_network()
@@ -344,8 +373,10 @@ async def test_shared_sweeper_reclaims_stale_streams() -> None:
         await release.wait()  # never reads: the data stays buffered
 
     limits = p2p.HostLimits.server(8)
-    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False
-                                ) as srv, p2p_memory.yamux_sweeper():  # fmt: skip
+    async with (
+        p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False) as srv,
+        p2p_memory.yamux_sweeper(),
+    ):
         p2p.set_stream_handlers(srv, [PROTOCOL], handler)
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
         async with p2p.light_connection(p2p.new_identity(), addr) as conn:

@@ -182,8 +182,12 @@ async def test_same_parent_as_the_walk_on_a_real_host() -> None:
         (["--no-fast-task-lookup"], {}, None, False),
         ([], {"FIL_HEARTBEAT_AGGREGATOR_FAST_TASK_LOOKUP": "false"}, None, False),
         ([], {}, "fast_task_lookup = false\n", False),
-        (["--no-fast-task-lookup"], {"FIL_HEARTBEAT_AGGREGATOR_FAST_TASK_LOOKUP": "true"}, None,
-         False),
+        (
+            ["--no-fast-task-lookup"],
+            {"FIL_HEARTBEAT_AGGREGATOR_FAST_TASK_LOOKUP": "true"},
+            None,
+            False,
+        ),
     ],
 )
 def test_aggregator_setting(

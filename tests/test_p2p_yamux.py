@@ -37,9 +37,7 @@ def restore_yamux() -> Iterator[None]:
         p2p.install_yamux_tuning(release_on_read=True)
 
 
-async def _window_updates_for_reads(
-    release_on_read: bool, monkeypatch: pytest.MonkeyPatch
-) -> int:
+async def _window_updates_for_reads(release_on_read: bool, monkeypatch: pytest.MonkeyPatch) -> int:
     """WINDOW_UPDATE frames sent while the server read FRAMES frames."""
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 

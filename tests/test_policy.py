@@ -37,8 +37,10 @@ def test_thirty_minute_outage_with_ten_second_reconnects() -> None:
         ([0.0, 1.0, 599.0], [logging.WARNING, logging.DEBUG, logging.DEBUG]),
         ([0.0, 600.0, 601.0], [logging.WARNING, logging.ERROR, logging.DEBUG]),
         # the ERROR timer restarts at each ERROR, not at a fixed grid
-        ([0.0, 700.0, 1299.0, 1300.0], [logging.WARNING, logging.ERROR, logging.DEBUG,
-                                        logging.ERROR]),
+        (
+            [0.0, 700.0, 1299.0, 1300.0],
+            [logging.WARNING, logging.ERROR, logging.DEBUG, logging.ERROR],
+        ),
     ],
 )
 def test_escalation_table(times: list[float], expected: list[int]) -> None:

@@ -92,8 +92,13 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
     healthy, each = 200, 3
     agg = AggregatorProcess.start(
         tmp_path / "agg",
-        "--beat-timeout", "5s", "--beat-timeout-min", "5s", "--max-connections-per-ip", "2000",
-    )  # fmt: skip
+        "--beat-timeout",
+        "5s",
+        "--beat-timeout-min",
+        "5s",
+        "--max-connections-per-ip",
+        "2000",
+    )
     try:
         _started(agg)
         rss_rest = agg.rss_kb()
@@ -102,10 +107,22 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
         )
         duration = 30
         lg = LoadgenProcess(
-            agg.multiaddr, "--agents", str(healthy + 6 * each), "--mix", mix,
-            "--ramp", "100/s", "--beat-period", "1s", "--duration", f"{duration}s",
-            "--reconnect-period", "3s", "--flood-rate", "100/s",
-        )  # fmt: skip
+            agg.multiaddr,
+            "--agents",
+            str(healthy + 6 * each),
+            "--mix",
+            mix,
+            "--ramp",
+            "100/s",
+            "--beat-period",
+            "1s",
+            "--duration",
+            f"{duration}s",
+            "--reconnect-period",
+            "3s",
+            "--flood-rate",
+            "100/s",
+        )
         rss: list[tuple[float, int]] = []
         t0 = time.monotonic()
         while time.monotonic() - t0 < duration + 20:
@@ -119,9 +136,11 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
         kinds = summary["kinds"]
         h = kinds["healthy"]
         received = _when_reached(
-            lambda: _beats_received(agg, "healthy"), h["beats_sent"], timeout=15,
+            lambda: _beats_received(agg, "healthy"),
+            h["beats_sent"],
+            timeout=15,
             what=f"{h['beats_sent']} healthy beats counted",
-        )  # fmt: skip
+        )
         nodes = _nodes_by_kind(agg, "healthy")
         metrics = agg.metrics()
     finally:
@@ -144,8 +163,10 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
     decode_errors = "fil_heartbeat_decode_errors_total"
     assert_counted_by_reason(kinds["garbage"], metric(decode_errors, reason="malformed_cbor"))
     assert_counted_by_reason(kinds["oversize"], metric(decode_errors, reason="oversize"))
-    slow = {key: kinds["slowdrip"][key] + kinds["silent"][key]
-            for key in ("agents", "cut_off", "streams_opened")}  # fmt: skip
+    slow = {
+        key: kinds["slowdrip"][key] + kinds["silent"][key]
+        for key in ("agents", "cut_off", "streams_opened")
+    }
     slow["failures"] = Counter(kinds["slowdrip"]["failures"]) + Counter(kinds["silent"]["failures"])
     timeouts = metric("fil_heartbeat_peers_disconnected_total", reason="read_timeout")
     assert_counted_by_reason(slow, timeouts)  # and no healthy peer timed out
@@ -176,21 +197,36 @@ def test_sigkill_restart_registry_back_and_no_beat_lost(tmp_path: Path) -> None:
     agg = AggregatorProcess.start(workdir)
     port = agg.port
     lg = LoadgenProcess(
-        agg.multiaddr, "--agents", str(agents), "--ramp", "100/s", "--beat-period", "1s",
-        "--duration", "22s", "--reconnect-period", f"{reconnect:g}s", "--jitter", str(jitter),
-        "--key-seed", "resilience",
-    )  # fmt: skip
+        agg.multiaddr,
+        "--agents",
+        str(agents),
+        "--ramp",
+        "100/s",
+        "--beat-period",
+        "1s",
+        "--duration",
+        "22s",
+        "--reconnect-period",
+        f"{reconnect:g}s",
+        "--jitter",
+        str(jitter),
+        "--key-seed",
+        "resilience",
+    )
     restarted: AggregatorProcess | None = None
     try:
         eventually_blocking(
-            lambda: len(_nodes_by_kind(agg, "healthy")) == agents, timeout=15,
+            lambda: len(_nodes_by_kind(agg, "healthy")) == agents,
+            timeout=15,
             what=f"{agents} agents beating",
-        )  # fmt: skip
+        )
         # Killed once the registry holds every agent: a later flush may be lost, not this one.
         eventually_blocking(
-            lambda: len(_stored(workdir / "aggregator.db", "healthy")) == agents, timeout=15,
-            what=f"{agents} agents in the state db", transient=(sqlite3.OperationalError,),
-        )  # fmt: skip
+            lambda: len(_stored(workdir / "aggregator.db", "healthy")) == agents,
+            timeout=15,
+            what=f"{agents} agents in the state db",
+            transient=(sqlite3.OperationalError,),
+        )
         agg.kill()
         killed_at = time.monotonic()
         restarted = AggregatorProcess.start(workdir, port=port)
@@ -201,9 +237,11 @@ def test_sigkill_restart_registry_back_and_no_beat_lost(tmp_path: Path) -> None:
         summary = lg.result(timeout=60)
         h = summary["kinds"]["healthy"]
         accepted = _when_reached(
-            lambda: restarted.metric("fil_heartbeat_beats_accepted_total"), h["session_beats"],
-            timeout=15, what=f"{h['session_beats']} beats accepted since the restart",
-        )  # fmt: skip
+            lambda: restarted.metric("fil_heartbeat_beats_accepted_total"),
+            h["session_beats"],
+            timeout=15,
+            what=f"{h['session_beats']} beats accepted since the restart",
+        )
         nodes = _nodes_by_kind(restarted, "healthy")
     finally:
         (restarted or agg).stop()
@@ -214,7 +252,8 @@ def test_sigkill_restart_registry_back_and_no_beat_lost(tmp_path: Path) -> None:
     # (+ the restart itself, + one dial).
     assert h["recoveries"]["count"] == agents
     assert h["recoveries"]["max"] <= startup + reconnect * (1 + jitter) * 2 + 1.5, (
-        startup, h["recoveries"],
+        startup,
+        h["recoveries"],
     )
     assert h["connected"] == agents
     # The new process counted exactly the beats written since the reconnections.
@@ -289,8 +328,11 @@ async def _outage(minutes: float, counter: _CountingHandler) -> tuple[int, int, 
     """
     connector = _Connector()
     target = parse_target(f"/ip4/127.0.0.1/tcp/9081/p2p/{PEER}")
-    head = Head(cids=("bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2",),
-                height=100, timestamp=1_700_000_000)  # fmt: skip
+    head = Head(
+        cids=("bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2",),
+        height=100,
+        timestamp=1_700_000_000,
+    )
     loop = BeatLoop(target, connector, lambda: head, nickname="n", jitter=0.2)
     async with trio.open_nursery() as nursery:
         await nursery.start(loop.run)

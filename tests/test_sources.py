@@ -33,8 +33,13 @@ def test_fake_cid_shape_and_determinism() -> None:
 
 
 async def test_one_epoch_per_block_delay(autojump_clock: trio.testing.MockClock) -> None:
-    chain = SimulatedChain(block_delay=30.0, start_height=1000, null_round_probability=0.0,
-                           seed=1, wall_clock=lambda: 2_000_000_000.0)
+    chain = SimulatedChain(
+        block_delay=30.0,
+        start_height=1000,
+        null_round_probability=0.0,
+        seed=1,
+        wall_clock=lambda: 2_000_000_000.0,
+    )
     heights: list[tuple[float, int]] = []
     async with trio.open_nursery() as nursery:
         t0 = trio.current_time()
@@ -45,8 +50,14 @@ async def test_one_epoch_per_block_delay(autojump_clock: trio.testing.MockClock)
             assert chain.latest is not None
             heights.append((t, chain.latest.height))
         nursery.cancel_scope.cancel()
-    assert heights == [(0.0, 1000), (29.9, 1000), (30.0, 1001), (59.0, 1001), (60.0, 1002),
-                       (300.0, 1010)]
+    assert heights == [
+        (0.0, 1000),
+        (29.9, 1000),
+        (30.0, 1001),
+        (59.0, 1001),
+        (60.0, 1002),
+        (300.0, 1010),
+    ]
     # expected height from the wall clock matches the simulated epoch at start
     assert chain.genesis_timestamp == 2_000_000_000 - 1000 * 30
     head = chain.head_at(t0 + 300.0)
@@ -59,8 +70,9 @@ async def test_one_epoch_per_block_delay(autojump_clock: trio.testing.MockClock)
 async def test_null_rounds_are_seeded_and_jump_by_two(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    chain = SimulatedChain(block_delay=30.0, start_height=0, null_round_probability=0.3, seed=42,
-                           genesis_timestamp=0)
+    chain = SimulatedChain(
+        block_delay=30.0, start_height=0, null_round_probability=0.3, seed=42, genesis_timestamp=0
+    )
     async with trio.open_nursery() as nursery:
         t0 = trio.current_time()
         await nursery.start(chain.run)
@@ -83,7 +95,8 @@ async def test_null_rounds_are_seeded_and_jump_by_two(
     assert 2 in jumps and all(j >= 1 for j in jumps)
     again = SimulatedChain(start_height=0, null_round_probability=0.3, seed=42)
     assert [again.is_null_round(h) for h in range(200)] == [
-        chain.is_null_round(h) for h in range(200)]
+        chain.is_null_round(h) for h in range(200)
+    ]
 
 
 def test_nodes_of_one_network_agree_and_forks_differ() -> None:
@@ -100,8 +113,9 @@ def test_nodes_of_one_network_agree_and_forks_differ() -> None:
 
 
 async def test_lag_epochs(autojump_clock: trio.testing.MockClock) -> None:
-    chain = SimulatedChain(start_height=500, lag_epochs=4, null_round_probability=0.0,
-                           genesis_timestamp=0)
+    chain = SimulatedChain(
+        start_height=500, lag_epochs=4, null_round_probability=0.0, genesis_timestamp=0
+    )
     async with trio.open_nursery() as nursery:
         t0 = trio.current_time()
         await nursery.start(chain.run)
@@ -113,8 +127,7 @@ async def test_lag_epochs(autojump_clock: trio.testing.MockClock) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"block_delay": 0}, {"null_round_probability": 1.0}, {"start_height": -1},
-     {"lag_epochs": -1}],
+    [{"block_delay": 0}, {"null_round_probability": 1.0}, {"start_height": -1}, {"lag_epochs": -1}],
 )
 def test_bad_parameters(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):

@@ -20,8 +20,13 @@ T0 = 1_700_000_000.0
 
 
 def beat(height: int, tag: str = "aa", **kw: object) -> Beat:
-    return Beat(head="{bafy2bzacea" + tag + "}", height=height, nickname="alpha",
-                miner_address="f01234", **kw)  # type: ignore[arg-type]
+    return Beat(
+        head="{bafy2bzacea" + tag + "}",
+        height=height,
+        nickname="alpha",
+        miner_address="f01234",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def wired(fleet: Fleet, capacity: int = 64) -> tuple[Bus, trio.MemoryReceiveChannel[object]]:
@@ -33,10 +38,22 @@ def wired(fleet: Fleet, capacity: int = 64) -> tuple[Bus, trio.MemoryReceiveChan
 
 def record(pid: str, **kw: object) -> NodeRecord:
     base: dict[str, object] = dict(
-        peer_id=pid, nickname="n", miner_address="", head="{bafy2bzaceaaa}", height=1,
-        head_timestamp=None, genesis_cid=None, syncing=None, version=None, first_seen=T0,
-        last_beat=T0, beats_received=1, remote_address="", beat_period=None,
-        head_changed_at=T0, height_changed_at=T0,
+        peer_id=pid,
+        nickname="n",
+        miner_address="",
+        head="{bafy2bzaceaaa}",
+        height=1,
+        head_timestamp=None,
+        genesis_cid=None,
+        syncing=None,
+        version=None,
+        first_seen=T0,
+        last_beat=T0,
+        beats_received=1,
+        remote_address="",
+        beat_period=None,
+        head_changed_at=T0,
+        height_changed_at=T0,
     )
     base.update(kw)
     return NodeRecord(**base)  # type: ignore[arg-type]
@@ -45,8 +62,7 @@ def record(pid: str, **kw: object) -> NodeRecord:
 def test_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "nodes.db"
     store = NodeStore(path)
-    a = record("a", syncing=True, head_timestamp=123, genesis_cid="g", version="v",
-               beat_period=3.0)
+    a = record("a", syncing=True, head_timestamp=123, genesis_cid="g", version="v", beat_period=3.0)
     b = record("b", syncing=False)
     store.save([a, b])
     store.save([record("b", height=5)])  # upsert
@@ -137,7 +153,10 @@ async def test_writer_batches_and_restart_shows_down_nodes(
     async with trio.open_nursery() as nursery:
         restored = await nursery.start(
             lambda task_status: run_store_writer(
-                fresh, NodeStore(path), wired(fresh)[1], clock=lambda: T0,
+                fresh,
+                NodeStore(path),
+                wired(fresh)[1],
+                clock=lambda: T0,
                 task_status=task_status,
             )
         )

@@ -238,7 +238,8 @@ def test_json_disabled() -> None:
 def test_legacy_go_filecoin_line() -> None:
     line = (
         b'{"Head":"{ ' + A.encode() + b" " + B.encode() + b' }","Height":123,'
-        b'"Nickname":"alpha","MinerAddress":"t01234","GenesisCID":{"/":"' + GENESIS.encode()
+        b'"Nickname":"alpha","MinerAddress":"t01234","GenesisCID":{"/":"'
+        + GENESIS.encode()
         + b'"}}\n'
     )
     assert decode_all(line) == [Beat(f"{{ {A} {B} }}", 123, "alpha", "t01234", GENESIS)]
@@ -383,7 +384,7 @@ FAULTS = [
     (b"\xf8\x10", RejectReason.MALFORMED_CBOR),  # two-byte simple value < 32
     (b"\xa1\x61a\x81\x81\x81\x81\x01", RejectReason.TOO_DEEP),
     (b"\x7a\x00\x10\x00\x00", RejectReason.OVERSIZE),  # 1 MiB text string header
-    (b"\xbb" [:0] + b"\xbb\x00\x00\x00\x00\x00\x0f\x42\x40", RejectReason.OVERSIZE),  # 1e6 pairs
+    (b"\xbb"[:0] + b"\xbb\x00\x00\x00\x00\x00\x0f\x42\x40", RejectReason.OVERSIZE),  # 1e6 pairs
     (b"\x9b\xff\xff\xff\xff\xff\xff\xff\xff", RejectReason.OVERSIZE),
     (b'{"Head": nope}\n', RejectReason.MALFORMED_JSON),
     (b'{"Height": NaN}\n', RejectReason.MALFORMED_JSON),
@@ -444,9 +445,11 @@ def test_trailing_garbage_is_not_ignored() -> None:
 
 cbor_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=8) | st.integers(), inner, max_size=4)
-    | st.builds(cbor2.CBORTag, st.integers(0, 2**16), inner),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers(), inner, max_size=4)
+        | st.builds(cbor2.CBORTag, st.integers(0, 2**16), inner)
+    ),
     max_leaves=12,
 )
 

@@ -38,8 +38,9 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
 
 
-def _metric(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-            **labels: str) -> float:  # fmt: skip
+def _metric(
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
     want = set(labels.items())
     return sum(v for (n, lab), v in metrics.items() if n == name and want <= set(lab))
 
@@ -60,26 +61,42 @@ def test_two_workers_one_fleet_every_beat_and_reject_counted(tmp_path: Path) -> 
     try:
         assert len(_children(agg.pid)) == 1
         lg = LoadgenProcess(
-            agg.multiaddr, "--agents", str(healthy + garbage),
-            "--mix", f"healthy={healthy},garbage={garbage}", "--ramp", "100/s",
-            "--beat-period", "1s", "--duration", "10s", "--reconnect-period", "2s",
-        )  # fmt: skip
+            agg.multiaddr,
+            "--agents",
+            str(healthy + garbage),
+            "--mix",
+            f"healthy={healthy},garbage={garbage}",
+            "--ramp",
+            "100/s",
+            "--beat-period",
+            "1s",
+            "--duration",
+            "10s",
+            "--reconnect-period",
+            "2s",
+        )
         # Both processes hold agents, and worker 0's fleet has every one of them, up.
         split = eventually_blocking(
-            lambda: (m := agg.metrics()) and all(
-                _metric(m, "fil_heartbeat_worker_connections", worker=w) > 0 for w in "01"
-            ) and m, timeout=20, what="connections on both workers",
-        )  # fmt: skip
+            lambda: (
+                (m := agg.metrics())
+                and all(_metric(m, "fil_heartbeat_worker_connections", worker=w) > 0 for w in "01")
+                and m
+            ),
+            timeout=20,
+            what="connections on both workers",
+        )
         assert _metric(split, "fil_heartbeat_worker_up", worker="1") == 1
-        eventually_blocking(lambda: _healthy_up(agg) == healthy, timeout=20,
-                            what=f"{healthy} healthy nodes up")  # fmt: skip
+        eventually_blocking(
+            lambda: _healthy_up(agg) == healthy, timeout=20, what=f"{healthy} healthy nodes up"
+        )
         kinds = lg.result(timeout=60)["kinds"]
         sent = kinds["healthy"]["beats_sent"]
 
         def counted() -> bool:  # worker 1 reports its counters every second
             m = agg.metrics()
-            nodes = sum(n["beats_received"] for n in agg.nodes()
-                        if n["nickname"].startswith("lg-healthy-"))  # fmt: skip
+            nodes = sum(
+                n["beats_received"] for n in agg.nodes() if n["nickname"].startswith("lg-healthy-")
+            )
             errors = _metric(m, "fil_heartbeat_decode_errors_total", reason="malformed_cbor")
             return nodes == sent and errors >= kinds["garbage"]["cut_off"]
 
@@ -92,9 +109,9 @@ def test_two_workers_one_fleet_every_beat_and_reject_counted(tmp_path: Path) -> 
     # Every beat is in worker 0's counters once, whichever process read it.
     assert _metric(metrics, "fil_heartbeat_beats_accepted_total") == sent
     assert_counted_by_reason(
-        kinds["garbage"], _metric(metrics, "fil_heartbeat_decode_errors_total",
-                                  reason="malformed_cbor"),
-    )  # fmt: skip
+        kinds["garbage"],
+        _metric(metrics, "fil_heartbeat_decode_errors_total", reason="malformed_cbor"),
+    )
 
 
 @pytest.mark.timeout(90)
@@ -102,22 +119,37 @@ def test_full_fleet_is_enforced_by_worker_zero_on_every_worker(tmp_path: Path) -
     agents, cap = 24, 6
     agg = AggregatorProcess.start(tmp_path / "agg", *WORKER_FLAGS, "--max-nodes", str(cap))
     lg = LoadgenProcess(
-        agg.multiaddr, "--agents", str(agents), "--ramp", "100/s", "--beat-period", "1s",
-        "--duration", "8s", "--reconnect-period", "1s",
-    )  # fmt: skip
+        agg.multiaddr,
+        "--agents",
+        str(agents),
+        "--ramp",
+        "100/s",
+        "--beat-period",
+        "1s",
+        "--duration",
+        "8s",
+        "--reconnect-period",
+        "1s",
+    )
     try:
         # Agents beyond the cap are refused wherever they landed: worker 1 evicts a peer
         # when worker 0's fleet says it is full. Without the eviction the refused agents that
         # landed on worker 1 (about half) would stay connected there.
         eventually_blocking(
-            lambda: _metric(agg.metrics(), "fil_heartbeat_peers_refused_total",
-                            reason="fleet_full") >= agents - cap,
-            timeout=20, what="refusals counted",
-        )  # fmt: skip
+            lambda: (
+                _metric(agg.metrics(), "fil_heartbeat_peers_refused_total", reason="fleet_full")
+                >= agents - cap
+            ),
+            timeout=20,
+            what="refusals counted",
+        )
         metrics = eventually_blocking(
-            lambda: (m := agg.metrics()) and _metric(m, "fil_heartbeat_connections") <= cap + 2
-            and m, timeout=20, what="only the admitted agents connected",
-        )  # fmt: skip
+            lambda: (
+                (m := agg.metrics()) and _metric(m, "fil_heartbeat_connections") <= cap + 2 and m
+            ),
+            timeout=20,
+            what="only the admitted agents connected",
+        )
         nodes = agg.nodes()
         lg.result(timeout=60)
     finally:
@@ -131,39 +163,61 @@ def test_killed_worker_is_restarted_and_its_agents_return(tmp_path: Path) -> Non
     agents = 30
     agg = AggregatorProcess.start(tmp_path / "agg", *WORKER_FLAGS)
     lg = LoadgenProcess(
-        agg.multiaddr, "--agents", str(agents), "--ramp", "100/s", "--beat-period", "1s",
-        "--duration", "30s", "--reconnect-period", "2s", "--jitter", "0.2",
-    )  # fmt: skip
+        agg.multiaddr,
+        "--agents",
+        str(agents),
+        "--ramp",
+        "100/s",
+        "--beat-period",
+        "1s",
+        "--duration",
+        "30s",
+        "--reconnect-period",
+        "2s",
+        "--jitter",
+        "0.2",
+    )
     try:
-        eventually_blocking(lambda: _healthy_up(agg) == agents, timeout=20,
-                            what=f"{agents} nodes up")  # fmt: skip
+        eventually_blocking(
+            lambda: _healthy_up(agg) == agents, timeout=20, what=f"{agents} nodes up"
+        )
         first = _worker_pid(agg)
         on_worker_1 = eventually_blocking(
             lambda: _metric(agg.metrics(), "fil_heartbeat_worker_connections", worker="1"),
-            timeout=10, what="agents on worker 1",
-        )  # fmt: skip
+            timeout=10,
+            what="agents on worker 1",
+        )
         before = _metric(agg.metrics(), "fil_heartbeat_beats_accepted_total")
         os.kill(first, signal.SIGKILL)
         # Its agents are marked down at once (worker 0 publishes the disconnects it could
         # not send), then come back on either process within a reconnect period or two.
-        eventually_blocking(lambda: _healthy_up(agg) <= agents - on_worker_1, timeout=10,
-                            what="worker 1's agents marked down")  # fmt: skip
-        eventually_blocking(lambda: _healthy_up(agg) == agents, timeout=20,
-                            what="every agent back")  # fmt: skip
+        eventually_blocking(
+            lambda: _healthy_up(agg) <= agents - on_worker_1,
+            timeout=10,
+            what="worker 1's agents marked down",
+        )
+        eventually_blocking(lambda: _healthy_up(agg) == agents, timeout=20, what="every agent back")
         second = eventually_blocking(
-            lambda: [p for p in _children(agg.pid) if p != first], timeout=20,
+            lambda: [p for p in _children(agg.pid) if p != first],
+            timeout=20,
             what="a new worker 1",
-        )  # fmt: skip
+        )
         metrics = eventually_blocking(
-            lambda: (m := agg.metrics()) and _metric(m, "fil_heartbeat_worker_up", worker="1")
-            == 1 and m, timeout=20, what="worker 1 up again",
-        )  # fmt: skip
+            lambda: (
+                (m := agg.metrics())
+                and _metric(m, "fil_heartbeat_worker_up", worker="1") == 1
+                and m
+            ),
+            timeout=20,
+            what="worker 1 up again",
+        )
         assert _metric(metrics, "fil_heartbeat_worker_restarts_total", worker="1") == 1
         assert _metric(metrics, "fil_heartbeat_beats_accepted_total") > before  # never reset
         assert len(second) == 1 and not _alive(first)
         workers = json.loads(http_get(agg.http_url + "/api/v1/workers"))
         assert [(w["index"], w["pid"], w["restarts"]) for w in workers] == [
-            (0, agg.pid, 0), (1, second[0], 1)
+            (0, agg.pid, 0),
+            (1, second[0], 1),
         ]
         summary = lg.result(timeout=60)
     finally:
@@ -179,9 +233,14 @@ def test_hung_worker_is_killed_and_restarted(tmp_path: Path) -> None:
         os.kill(hung, signal.SIGSTOP)  # alive, linked, silent
         eventually_blocking(lambda: not _alive(hung), timeout=15, what="the hung worker killed")
         metrics = eventually_blocking(
-            lambda: (m := agg.metrics()) and _metric(m, "fil_heartbeat_worker_up", worker="1")
-            == 1 and m, timeout=15, what="worker 1 up again",
-        )  # fmt: skip
+            lambda: (
+                (m := agg.metrics())
+                and _metric(m, "fil_heartbeat_worker_up", worker="1") == 1
+                and m
+            ),
+            timeout=15,
+            what="worker 1 up again",
+        )
         assert _metric(metrics, "fil_heartbeat_worker_restarts_total", worker="1") == 1
         assert _children(agg.pid) != [hung]
     finally:
@@ -209,11 +268,19 @@ def test_worker_subcommand_without_worker_zero_fails_clearly(tmp_path: Path) -> 
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "aggregator", "worker", "--worker-index", "1",
-         "--worker-link", str(tmp_path / "nowhere")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "worker",
+            "--worker-index",
+            "1",
+            "--worker-link",
+            str(tmp_path / "nowhere"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert "cannot reach worker 0" in proc.stderr
-
-

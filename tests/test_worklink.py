@@ -34,10 +34,15 @@ OTHER = "12D3KooWDDb1xfQ8Rdwq6PLwBETb3buqF7yZsuryTJQUkRjS6p69"
 _text = st.text(max_size=40)
 beats = st.builds(
     Beat,
-    head=_text, height=st.integers(0, 2**63 - 1), nickname=_text, miner_address=_text,
-    genesis_cid=st.none() | _text, head_timestamp=st.none() | st.integers(0, 2**40),
-    syncing=st.none() | st.booleans(), version=st.none() | _text,
-)  # fmt: skip
+    head=_text,
+    height=st.integers(0, 2**63 - 1),
+    nickname=_text,
+    miner_address=_text,
+    genesis_cid=st.none() | _text,
+    head_timestamp=st.none() | st.integers(0, 2**40),
+    syncing=st.none() | st.booleans(),
+    version=st.none() | _text,
+)
 events = st.one_of(
     st.builds(BeatAccepted, st.just(PEER), beats, st.floats(0, 2e9)),
     st.builds(PeerConnected, st.just(PEER), _text, st.floats(0, 2e9)),
@@ -102,11 +107,21 @@ def _counters(**values: Any) -> IngestCounters:
 
 
 def test_counters_round_trip_and_bad_counters_are_refused() -> None:
-    c = _counters(beats_received=5, beats_accepted=4, connections=3,
-                  decode_errors={"malformed_cbor": 2}, peers_refused={"fleet_full": 1})  # fmt: skip
+    c = _counters(
+        beats_received=5,
+        beats_accepted=4,
+        connections=3,
+        decode_errors={"malformed_cbor": 2},
+        peers_refused={"fleet_full": 1},
+    )
     assert counters_from_wire(cbor2.loads(cbor2.dumps(counters_to_wire(c)))) == c
-    for bad in ([1, 2], {"beats_received": "5"}, {"beats_received": True},
-                {"decode_errors": {"oversize": "2"}}, {"decode_errors": [1]}):  # fmt: skip
+    for bad in (
+        [1, 2],
+        {"beats_received": "5"},
+        {"beats_received": True},
+        {"decode_errors": {"oversize": "2"}},
+        {"decode_errors": [1]},
+    ):
         with pytest.raises(LinkError):
             counters_from_wire(bad)
 
@@ -114,8 +129,15 @@ def test_counters_round_trip_and_bad_counters_are_refused() -> None:
 def test_merged_counters_stay_monotonic_when_a_worker_restarts() -> None:
     local = _counters(beats_accepted=10, connections=2, decode_errors={"oversize": 1})
     merged = MergedCounters(local)
-    merged.update(1, _counters(beats_accepted=7, connections=5, streams_open=5,
-                               decode_errors={"oversize": 2, "malformed_cbor": 3}))  # fmt: skip
+    merged.update(
+        1,
+        _counters(
+            beats_accepted=7,
+            connections=5,
+            streams_open=5,
+            decode_errors={"oversize": 2, "malformed_cbor": 3},
+        ),
+    )
     assert merged.beats_accepted == 17 and merged.connections == 7 and merged.streams_open == 5
     assert merged.decode_errors == Counter({"oversize": 3, "malformed_cbor": 3})
     merged.retire(1)  # the worker died: its totals stay, its connections are gone
@@ -145,11 +167,17 @@ def test_ledger_gives_a_dead_workers_disconnects_once_per_connection() -> None:
 
 def test_config_mapping_rebuilds_the_same_config(tmp_path: Path) -> None:
     config = build_config(
-        {"workers": "3", "listen": ["/ip4/127.0.0.1/tcp/0"], "http_listen": "[::1]:0",
-         "allowlist_file": str(tmp_path / "allow"), "gc_threshold": "1,2,3",
-         "max_streams_total": "99", "rate_limit": "0.5"},
+        {
+            "workers": "3",
+            "listen": ["/ip4/127.0.0.1/tcp/0"],
+            "http_listen": "[::1]:0",
+            "allowlist_file": str(tmp_path / "allow"),
+            "gc_threshold": "1,2,3",
+            "max_streams_total": "99",
+            "rate_limit": "0.5",
+        },
         state_dir=tmp_path,
-    )  # fmt: skip
+    )
     mapping = config_mapping(config)
     assert build_config(file=cbor2.loads(cbor2.dumps(mapping))) == config
     assert "alerts" not in config_mapping(config, exclude=frozenset({"alerts"}))

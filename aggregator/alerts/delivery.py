@@ -65,8 +65,7 @@ log = logging.getLogger(__name__)
 
 def rfc3339(t: float) -> str:
     """Unix seconds as RFC 3339 UTC with milliseconds: `2024-05-01T12:00:00.000Z`."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _labels(alert: Alert) -> dict[str, str]:
@@ -95,13 +94,15 @@ def webhook_payload(transitions: Iterable[Transition], sender: str) -> dict[str,
     alerts = []
     for tr in transitions:
         a = tr.alert
-        alerts.append({
-            "status": "resolved" if tr.kind is TransitionKind.RESOLVED else "firing",
-            "labels": _labels(a),
-            "annotations": dict(a.annotations),
-            "startsAt": rfc3339(a.starts_at),
-            "endsAt": rfc3339(a.ends_at) if a.ends_at is not None else None,
-        })
+        alerts.append(
+            {
+                "status": "resolved" if tr.kind is TransitionKind.RESOLVED else "firing",
+                "labels": _labels(a),
+                "annotations": dict(a.annotations),
+                "startsAt": rfc3339(a.starts_at),
+                "endsAt": rfc3339(a.ends_at) if a.ends_at is not None else None,
+            }
+        )
     return {"version": "1", "sender": sender, "alerts": alerts}
 
 
@@ -158,7 +159,8 @@ class Target:
     overflow: int = 0
     retries: int = 0
     attempt_failures: dict[FailureReason, int] = field(
-        default_factory=lambda: dict.fromkeys(FailureReason, 0))
+        default_factory=lambda: dict.fromkeys(FailureReason, 0)
+    )
     last_success: float | None = None  # wall-clock unix seconds
 
     @property
@@ -215,20 +217,25 @@ class AlertDelivery:
                 target.send.send_nowait(wanted)
             except trio.WouldBlock:
                 target.overflow += 1
-                log.warning("alert_queue_full target=%s dropped=%d total_dropped=%d",
-                            target.url, len(wanted), target.overflow)
+                log.warning(
+                    "alert_queue_full target=%s dropped=%d total_dropped=%d",
+                    target.url,
+                    len(wanted),
+                    target.overflow,
+                )
 
     def _body(self, target: Target, batch: list[Transition]) -> Any:
         if target.kind == "alertmanager":
             return alertmanager_payload((t.alert for t in batch), self.generator_url)
         return webhook_payload(batch, self.sender)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drain every receiver's queue until cancelled."""
         timeout = httpx.Timeout(self.retry.attempt_timeout)
-        async with httpx.AsyncClient(transport=self.transport, timeout=timeout) as client, \
-                trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(transport=self.transport, timeout=timeout) as client,
+            trio.open_nursery() as nursery,
+        ):
             for target in self.targets:
                 nursery.start_soon(self._drain, client, target)
             task_status.started()
@@ -237,8 +244,9 @@ class AlertDelivery:
         async for batch in target.receive:
             await self._deliver(client, target, batch)
 
-    async def _deliver(self, client: httpx.AsyncClient, target: Target,
-                       batch: list[Transition]) -> None:
+    async def _deliver(
+        self, client: httpx.AsyncClient, target: Target, batch: list[Transition]
+    ) -> None:
         body = self._body(target, batch)
         give_up_at = trio.current_time() + self.retry.give_up_after
         attempt = 0
@@ -254,22 +262,32 @@ class AlertDelivery:
             target.attempt_failures[failure.reason] += 1
             if not failure.retryable:
                 target.failed += 1
-                log.error("alert_refused target=%s %s alerts=%d", target.url, failure.detail,
-                          len(batch))
+                log.error(
+                    "alert_refused target=%s %s alerts=%d", target.url, failure.detail, len(batch)
+                )
                 return
             delay = self.retry.delay(attempt, self.rng)
             if trio.current_time() + delay > give_up_at:
                 target.failed += 1
-                log.error("alert_delivery_gave_up target=%s attempts=%d err=%s alerts=%d",
-                          target.url, attempt, failure.detail, len(batch))
+                log.error(
+                    "alert_delivery_gave_up target=%s attempts=%d err=%s alerts=%d",
+                    target.url,
+                    attempt,
+                    failure.detail,
+                    len(batch),
+                )
                 return
             target.retries += 1
-            log.warning("alert_delivery_failed target=%s attempt=%d err=%s retry_in=%.1fs",
-                        target.url, attempt, failure.detail, delay)
+            log.warning(
+                "alert_delivery_failed target=%s attempt=%d err=%s retry_in=%.1fs",
+                target.url,
+                attempt,
+                failure.detail,
+                delay,
+            )
             await trio.sleep(delay)
 
-    async def _post(self, client: httpx.AsyncClient, target: Target, body: Any
-                    ) -> Failure | None:
+    async def _post(self, client: httpx.AsyncClient, target: Target, body: Any) -> Failure | None:
         """None on success, else what went wrong (classified by type and status, never text)."""
         try:
             with trio.fail_after(self.retry.attempt_timeout):
@@ -282,8 +300,13 @@ class AlertDelivery:
             return Failure(FailureReason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
         status = response.status_code
         if status >= 300:
-            reason = (FailureReason.HTTP_3XX if status < 400 else
-                      FailureReason.HTTP_4XX if status < 500 else FailureReason.HTTP_5XX)
+            reason = (
+                FailureReason.HTTP_3XX
+                if status < 400
+                else FailureReason.HTTP_4XX
+                if status < 500
+                else FailureReason.HTTP_5XX
+            )
             return Failure(reason, f"status={status}", status)
         return None
 
@@ -309,25 +332,33 @@ class DeliveryCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sent = CounterMetricFamily(
-            PREFIX + "alert_notifications", "Alert notifications delivered (POSTs answered 2xx).",
-            labels=_LABELS)
+            PREFIX + "alert_notifications",
+            "Alert notifications delivered (POSTs answered 2xx).",
+            labels=_LABELS,
+        )
         failures = CounterMetricFamily(
             PREFIX + "alert_notification_failures",
             "Failed alert notification attempts (each retry counts), by reason.",
-            labels=[*_LABELS, "reason"])
+            labels=[*_LABELS, "reason"],
+        )
         abandoned = CounterMetricFamily(
             PREFIX + "alert_notifications_abandoned",
             "Alert notifications given up after their retries or refused with a 4xx.",
-            labels=_LABELS)
+            labels=_LABELS,
+        )
         dropped = CounterMetricFamily(
             PREFIX + "alert_batches_dropped",
-            "Alert batches dropped because the receiver's queue was full.", labels=_LABELS)
+            "Alert batches dropped because the receiver's queue was full.",
+            labels=_LABELS,
+        )
         depth = GaugeMetricFamily(
-            PREFIX + "alert_queue_depth", "Alert batches waiting for the receiver.",
-            labels=_LABELS)
+            PREFIX + "alert_queue_depth", "Alert batches waiting for the receiver.", labels=_LABELS
+        )
         last = GaugeMetricFamily(
             PREFIX + "alert_last_success_timestamp_seconds",
-            "When a notification last reached the receiver (0: never).", labels=_LABELS)
+            "When a notification last reached the receiver (0: never).",
+            labels=_LABELS,
+        )
         # Two URLs differing only in what the label leaves out are one receiver: summed.
         rows: dict[tuple[str, str], _Row] = {}
         for t in self.delivery.targets:
@@ -350,7 +381,8 @@ class _Row:
 
     sent: int = 0
     failures: dict[FailureReason, int] = field(
-        default_factory=lambda: dict.fromkeys(FailureReason, 0))
+        default_factory=lambda: dict.fromkeys(FailureReason, 0)
+    )
     abandoned: int = 0
     dropped: int = 0
     depth: int = 0

@@ -157,8 +157,9 @@ class _Track:
     clear_since: float | None = None  # hold-down start while firing
 
     def alert(self, ends_at: float | None = None) -> Alert:
-        return Alert(dict(self.labels), dict(self.annotations), self.active_since, ends_at,
-                     self.value)
+        return Alert(
+            dict(self.labels), dict(self.annotations), self.active_since, ends_at, self.value
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +183,13 @@ def _human(seconds: float) -> str:
 
 
 def _node(name: str, v: NodeView, value: float, summary: str, description: str) -> _Condition:
-    labels = {"alertname": name, "severity": ALERT_SEVERITIES[name].value,
-              "peer_id": v.peer_id, "nickname": v.nickname, "network": v.network}
+    labels = {
+        "alertname": name,
+        "severity": ALERT_SEVERITIES[name].value,
+        "peer_id": v.peer_id,
+        "nickname": v.nickname,
+        "network": v.network,
+    }
     if v.miner_address:
         labels["miner"] = v.miner_address
     return _Condition((name, v.peer_id), labels, _annotations(name, summary, description), value)
@@ -195,15 +201,19 @@ def _net(name: str, n: NetworkView, value: float, summary: str, description: str
 
 
 def _annotations(name: str, summary: str, description: str) -> dict[str, str]:
-    return {"summary": summary, "description": description,
-            "runbook": f"grafana/RUNBOOK.md#{name.lower()}"}
+    return {
+        "summary": summary,
+        "description": description,
+        "runbook": f"grafana/RUNBOOK.md#{name.lower()}",
+    }
 
 
 class AlertEvaluator:
     """The per-key state machines; feed it snapshots in time order."""
 
-    def __init__(self, policy: AlertPolicy | None = None,
-                 static_labels: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, policy: AlertPolicy | None = None, static_labels: Mapping[str, str] | None = None
+    ) -> None:
         self.policy = policy if policy is not None else AlertPolicy()
         self.static_labels = dict(static_labels or {})
         self._tracks: dict[tuple[str, str], _Track] = {}
@@ -215,39 +225,67 @@ class AlertEvaluator:
     def _node_conditions(self, v: NodeView, now: float) -> Iterable[_Condition]:
         p = self.policy
         if not v.up:
-            yield _node("FilNodeDown", v, 0.0, f"Filecoin node {v.nickname} is down",
-                        f"No aggregator sees node {_who(v)} up: its heartbeat stream is closed "
-                        "or timed out.")
+            yield _node(
+                "FilNodeDown",
+                v,
+                0.0,
+                f"Filecoin node {v.nickname} is down",
+                f"No aggregator sees node {_who(v)} up: its heartbeat stream is closed "
+                "or timed out.",
+            )
         silent = now - v.last_beat
         if silent > p.heartbeat_missing_after:
-            yield _node("FilHeartbeatMissing", v, silent,
-                        f"No heartbeat from {v.nickname} for {_human(silent)}",
-                        f"The last beat of node {_who(v)} arrived {_human(silent)} ago "
-                        f"(threshold {_human(p.heartbeat_missing_after)}).")
+            yield _node(
+                "FilHeartbeatMissing",
+                v,
+                silent,
+                f"No heartbeat from {v.nickname} for {_human(silent)}",
+                f"The last beat of node {_who(v)} arrived {_human(silent)} ago "
+                f"(threshold {_human(p.heartbeat_missing_after)}).",
+            )
         if not v.up:
             return
-        if v.lag_epochs is not None and v.lag_epochs >= p.lag_epochs \
-                and v.state is not NodeState.SYNCING:
-            yield _node("FilNodeLagging", v, v.lag_epochs,
-                        f"Node {v.nickname} is {v.lag_epochs} epochs behind",
-                        f"Node {v.nickname} ({_miner(v)}, peer {v.peer_id}) is {v.lag_epochs} "
-                        f"epochs behind the {v.network} fleet (threshold {p.lag_epochs} epochs "
-                        f"for {_human(p.lagging_for)}).")
+        if (
+            v.lag_epochs is not None
+            and v.lag_epochs >= p.lag_epochs
+            and v.state is not NodeState.SYNCING
+        ):
+            yield _node(
+                "FilNodeLagging",
+                v,
+                v.lag_epochs,
+                f"Node {v.nickname} is {v.lag_epochs} epochs behind",
+                f"Node {v.nickname} ({_miner(v)}, peer {v.peer_id}) is {v.lag_epochs} "
+                f"epochs behind the {v.network} fleet (threshold {p.lag_epochs} epochs "
+                f"for {_human(p.lagging_for)}).",
+            )
         unchanged = now - v.head_changed_at
         if unchanged > p.head_stalled_after:
-            yield _node("FilNodeHeadStalled", v, unchanged,
-                        f"Head of {v.nickname} unchanged for {_human(unchanged)}",
-                        f"Node {_who(v)} still beats but its head has not changed for "
-                        f"{_human(unchanged)} (threshold {_human(p.head_stalled_after)}).")
+            yield _node(
+                "FilNodeHeadStalled",
+                v,
+                unchanged,
+                f"Head of {v.nickname} unchanged for {_human(unchanged)}",
+                f"Node {_who(v)} still beats but its head has not changed for "
+                f"{_human(unchanged)} (threshold {_human(p.head_stalled_after)}).",
+            )
         if v.state is NodeState.FORKED:
-            yield _node("FilNodeForked", v, 1.0, f"Node {v.nickname} is on a fork",
-                        f"Node {_who(v)} has been on a head that differs from the fleet's "
-                        f"consensus at the same height for {_human(p.forked_for)}.")
+            yield _node(
+                "FilNodeForked",
+                v,
+                1.0,
+                f"Node {v.nickname} is on a fork",
+                f"Node {_who(v)} has been on a head that differs from the fleet's "
+                f"consensus at the same height for {_human(p.forked_for)}.",
+            )
         if v.state is NodeState.SYNCING:
-            yield _node("FilNodeSyncingTooLong", v, 1.0,
-                        f"Node {v.nickname} has been syncing for {_human(p.syncing_for)}",
-                        f"Node {_who(v)} has reported syncing for more than "
-                        f"{_human(p.syncing_for)}.")
+            yield _node(
+                "FilNodeSyncingTooLong",
+                v,
+                1.0,
+                f"Node {v.nickname} has been syncing for {_human(p.syncing_for)}",
+                f"Node {_who(v)} has reported syncing for more than {_human(p.syncing_for)}.",
+            )
 
     def _network_conditions(self, n: NetworkView, now: float) -> Iterable[_Condition]:
         p = self.policy
@@ -258,25 +296,36 @@ class AlertEvaluator:
             else:
                 unchanged = now - last[1]
                 if unchanged >= p.fleet_stalled_after:
-                    yield _net("FilFleetHeightStalled", n, n.height,
-                               f"The {n.name} fleet's height has not advanced for "
-                               f"{_human(unchanged)}",
-                               f"The highest height any node of network {n.name} reports "
-                               f"({n.height}) has not changed for {_human(unchanged)}. Either "
-                               "the chain halted or every node is stuck.")
+                    yield _net(
+                        "FilFleetHeightStalled",
+                        n,
+                        n.height,
+                        f"The {n.name} fleet's height has not advanced for {_human(unchanged)}",
+                        f"The highest height any node of network {n.name} reports "
+                        f"({n.height}) has not changed for {_human(unchanged)}. Either "
+                        "the chain halted or every node is stuck.",
+                    )
             if n.expected_height is not None:
                 behind = n.expected_height - n.height
                 if behind >= p.fleet_behind_epochs:
-                    yield _net("FilFleetBehindExpectedHeight", n, behind,
-                               f"The {n.name} fleet is {behind} epochs behind wall-clock",
-                               f"The best height of network {n.name} is {behind} epochs below "
-                               "the height expected from genesis time and block delay "
-                               f"(threshold {p.fleet_behind_epochs} epochs).")
+                    yield _net(
+                        "FilFleetBehindExpectedHeight",
+                        n,
+                        behind,
+                        f"The {n.name} fleet is {behind} epochs behind wall-clock",
+                        f"The best height of network {n.name} is {behind} epochs below "
+                        "the height expected from genesis time and block delay "
+                        f"(threshold {p.fleet_behind_epochs} epochs).",
+                    )
         if n.nodes_up < p.fleet_min_up_nodes:
-            yield _net("FilFleetShrunk", n, n.nodes_up,
-                       f"Only {n.nodes_up} nodes up in {n.name}",
-                       f"{n.nodes_up} nodes of network {n.name} are up, fewer than the "
-                       f"minimum of {p.fleet_min_up_nodes}.")
+            yield _net(
+                "FilFleetShrunk",
+                n,
+                n.nodes_up,
+                f"Only {n.nodes_up} nodes up in {n.name}",
+                f"{n.nodes_up} nodes of network {n.name} are up, fewer than the "
+                f"minimum of {p.fleet_min_up_nodes}.",
+            )
 
     def _conditions(self, snapshot: FleetSnapshot) -> dict[tuple[str, str], _Condition]:
         now = snapshot.taken_at
@@ -340,25 +389,37 @@ class AlertEvaluator:
         """Pending and firing alerts as JSON-ready dicts (for /api/v1/alerts)."""
         out = []
         for t in self._tracks.values():
-            out.append({
-                "labels": dict(t.labels),
-                "annotations": dict(t.annotations),
-                "state": t.phase.value,
-                "activeAt": t.active_since,
-                "value": t.value,
-                "keptFiringSince": t.clear_since,
-            })
+            out.append(
+                {
+                    "labels": dict(t.labels),
+                    "annotations": dict(t.annotations),
+                    "state": t.phase.value,
+                    "activeAt": t.active_since,
+                    "value": t.value,
+                    "keptFiringSince": t.clear_since,
+                }
+            )
         return sorted(out, key=lambda a: sorted(a["labels"].items()))
 
 
-def test_alert(now: float, static_labels: Mapping[str, str] | None = None,
-               duration: float = 600.0) -> Alert:
+def test_alert(
+    now: float, static_labels: Mapping[str, str] | None = None, duration: float = 600.0
+) -> Alert:
     """The start-up test alert: fires now, resolves by itself after `duration`."""
-    labels = {**(static_labels or {}), "alertname": TEST_ALERT_NAME,
-              "severity": Severity.INFO.value}
-    return Alert(labels, {"summary": "fil-heartbeat alerting test",
-                          "description": "Sent once at start-up (--alert-test): alert delivery "
-                          "works."}, now, now + duration)
+    labels = {
+        **(static_labels or {}),
+        "alertname": TEST_ALERT_NAME,
+        "severity": Severity.INFO.value,
+    }
+    return Alert(
+        labels,
+        {
+            "summary": "fil-heartbeat alerting test",
+            "description": "Sent once at start-up (--alert-test): alert delivery works.",
+        },
+        now,
+        now + duration,
+    )
 
 
 test_alert.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -125,16 +125,19 @@ class AlertingService:
         self.evaluations += 1
         for tr in transitions:
             if tr.kind is TransitionKind.FIRED:
-                log.warning("alert_firing alertname=%s labels=%s", tr.alert.alertname,
-                            _short(tr.alert))
+                log.warning(
+                    "alert_firing alertname=%s labels=%s", tr.alert.alertname, _short(tr.alert)
+                )
             elif tr.kind is TransitionKind.RESOLVED:
-                log.info("alert_resolved alertname=%s labels=%s", tr.alert.alertname,
-                         _short(tr.alert))
+                log.info(
+                    "alert_resolved alertname=%s labels=%s", tr.alert.alertname, _short(tr.alert)
+                )
         self.delivery.submit(transitions)
         return transitions
 
-    async def run(self, *, task_status: trio.TaskStatus[AlertingService] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[AlertingService] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.delivery.run)
             if self.send_test_alert:
@@ -181,14 +184,27 @@ def load_settings(table: Mapping[str, Any], alerts_file: Path | None = None) -> 
 
 def add_alert_arguments(parser: argparse.ArgumentParser) -> None:
     """The alerting flags of `fil-heartbeat-aggregator run`."""
-    parser.add_argument("--alertmanager-url", action="append", metavar="URL",
-                        help="Alertmanager base URL (repeatable: every cluster member)")
-    parser.add_argument("--alert-webhook", action="append", metavar="URL",
-                        help="POST alerts as JSON to this URL (repeatable)")
-    parser.add_argument("--alert-test", action="store_const", const=True,
-                        help="send a test alert at start-up")
-    parser.add_argument("--alert-set", action="append", metavar="KEY=VALUE",
-                        help="an [alerts] setting, e.g. lagging_for=3m or lag_epochs=8")
+    parser.add_argument(
+        "--alertmanager-url",
+        action="append",
+        metavar="URL",
+        help="Alertmanager base URL (repeatable: every cluster member)",
+    )
+    parser.add_argument(
+        "--alert-webhook",
+        action="append",
+        metavar="URL",
+        help="POST alerts as JSON to this URL (repeatable)",
+    )
+    parser.add_argument(
+        "--alert-test", action="store_const", const=True, help="send a test alert at start-up"
+    )
+    parser.add_argument(
+        "--alert-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an [alerts] setting, e.g. lagging_for=3m or lag_epochs=8",
+    )
 
 
 def merge_alert_flags(flags: MutableMapping[str, Any], file: Mapping[str, Any]) -> None:

@@ -188,9 +188,7 @@ class LotusClient:
         try:
             decoded = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise NodeBadResponse(
-                f"{method}: http {status}, not JSON: {body[:80]!r}"
-            ) from exc
+            raise NodeBadResponse(f"{method}: http {status}, not JSON: {body[:80]!r}") from exc
         if not isinstance(decoded, dict):
             raise NodeBadResponse(f"{method}: http {status}, not a JSON-RPC object")
         error = decoded.get("error")

@@ -53,8 +53,9 @@ SYNC_MARGIN_EPOCHS = 5
 _RETRY_MAX = 60.0
 
 
-def is_syncing(syncs: Sequence[ActiveSync], head_height: int,
-               margin: int = SYNC_MARGIN_EPOCHS) -> bool:
+def is_syncing(
+    syncs: Sequence[ActiveSync], head_height: int, margin: int = SYNC_MARGIN_EPOCHS
+) -> bool:
     """True when an active sync (stage 1, 2, 3 or 6) targets a height at least
     `margin` epochs above the head: the node is catching up, not following the chain."""
     return any(
@@ -135,8 +136,9 @@ class LotusHeadSource:
         last = self._tracker.latest_at
         if self._node_failures.failing:
             return SourceStatus(False, "unreachable", last, self._last_error)
-        return SourceStatus(True, "subscribed" if self._subscribed else "polling", last,
-                            self._full[self._index].url)
+        return SourceStatus(
+            True, "subscribed" if self._subscribed else "polling", last, self._full[self._index].url
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._clients = [LotusClient(info, self.timeout) for info in self._full]
@@ -228,7 +230,10 @@ class LotusHeadSource:
             return False
         self._log.info(
             "lotus_network name=%s genesis=%s block_delay=%s genesis_timestamp=%s",
-            self.network_name, self.genesis_cid, self.block_delay, self.genesis_timestamp,
+            self.network_name,
+            self.genesis_cid,
+            self.block_delay,
+            self.genesis_timestamp,
         )
         return True
 
@@ -268,17 +273,16 @@ class LotusHeadSource:
             info = self._full[self._index]
             idle = 10 * self.block_delay if self.block_delay else 300.0
             try:
-                await chain_notify(info, self._on_changes, timeout=self.timeout,
-                                   idle_timeout=idle)
+                await chain_notify(info, self._on_changes, timeout=self.timeout, idle_timeout=idle)
             except HeadSourceError as exc:
                 was_subscribed = self._subscribed
                 self._subscribed = False
                 level = logging.DEBUG if reported and not was_subscribed else logging.INFO
-                self._log.log(level, "chain_notify_failed url=%s fallback=polling err=%s",
-                              info.url, exc)
+                self._log.log(
+                    level, "chain_notify_failed url=%s fallback=polling err=%s", info.url, exc
+                )
                 reported = True
-                delay = self.resubscribe_delay if was_subscribed else min(
-                    delay * 2, self.retry_max)
+                delay = self.resubscribe_delay if was_subscribed else min(delay * 2, self.retry_max)
             else:
                 self._subscribed = False
                 self._log.info("chain_notify_closed url=%s resubscribe=yes", info.url)
