@@ -256,10 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fil-heartbeat-aggregator: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        from heartbeat.logs import setup_logging
+        from heartbeat.common.logs import setup_logging
 
         setup_logging(config.log_format, config.log_level)
-        from heartbeat import p2p
+        from heartbeat.net import p2p
 
         p2p.restore_libp2p_logging()
         logging.getLogger("libp2p").setLevel(logging.WARNING)

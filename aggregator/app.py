@@ -35,9 +35,9 @@ from aggregator.fleet import Fleet, FleetPolicy, FleetSnapshot
 from aggregator.gcmon import GcMonitor, tune_gc
 from aggregator.ingest import Ingest, IngestSettings
 from aggregator.metrics import AggregatorMetrics, create_metrics
-from heartbeat import p2p, p2p_memory
 from heartbeat.errors import ConfigError
-from heartbeat.wire import PROTOCOL_ALIASES, PROTOCOL_ID
+from heartbeat.net import p2p, p2p_memory
+from heartbeat.protocol.wire import PROTOCOL_ALIASES, PROTOCOL_ID
 
 __all__ = [
     "Aggregator",

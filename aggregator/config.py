@@ -14,14 +14,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from heartbeat.errors import ConfigError, HeartbeatError
-from heartbeat.settings import (
+from heartbeat.common.settings import (
     parse_bool,
     parse_choice,
     parse_duration_value,
     parse_float,
     parse_int,
 )
+from heartbeat.errors import ConfigError, HeartbeatError
 
 __all__ = [
     "DEFAULT_HTTP_LISTEN",
@@ -59,7 +59,7 @@ class AggregatorConfig:
     # -- limits --
     max_connections: int = 12_000
     max_connections_per_ip: int = 256
-    # The other layers of py-libp2p's limits (see `heartbeat.p2p.HostLimits`);
+    # The other layers of py-libp2p's limits (see `heartbeat.net.p2p.HostLimits`);
     # None: derived from max_connections by `HostLimits.server`.
     max_streams_total: int | None = None
     max_memory_mb: int | None = None
@@ -67,7 +67,7 @@ class AggregatorConfig:
     max_pending_inbound: int | None = None
     max_connections_per_peer: int | None = None
     #: A connection that waited this long for one of `max_pending_inbound` handshake
-    #: slots is closed unanswered (`heartbeat.p2p.HandshakeGate`).
+    #: slots is closed unanswered (`heartbeat.net.p2p.HandshakeGate`).
     handshake_queue_wait: float = 5.0
     max_streams_per_peer: int = 4
     max_beat_size: int = 4096
@@ -93,15 +93,15 @@ class AggregatorConfig:
     gc_freeze: bool = True
     gc_threshold: tuple[int, int, int] = (50_000, 50, 100)
     #: Replace py-libp2p's O(connections) parent-task search by an O(1) lookup
-    #: (`heartbeat.p2p.install_fast_task_lookup`; docs/CAPACITY.md).
+    #: (`heartbeat.net.p2p.install_fast_task_lookup`; docs/CAPACITY.md).
     fast_task_lookup: bool = True
     #: Reconcile py-libp2p's connection tracker at most every 5 s instead of on every
-    #: accepted connection (`heartbeat.p2p.install_throttled_reconcile`; docs/CAPACITY.md).
+    #: accepted connection (`heartbeat.net.p2p.install_throttled_reconcile`; docs/CAPACITY.md).
     throttle_reconcile: bool = True
     #: Credit each Yamux read back to the agent at once, one WINDOW_UPDATE frame per beat
     #: read (py-libp2p 0.8.1's default). Off: at half the window, as go-yamux does.
     yamux_release_on_read: bool = False
-    #: py-libp2p's per-connection memory cut from outside (`heartbeat.p2p_memory`,
+    #: py-libp2p's per-connection memory cut from outside (`heartbeat.net.p2p_memory`,
     #: docs/CAPACITY.md 1b): any of `MEMORY_CUTS`; () is py-libp2p's behaviour.
     memory_cuts: tuple[str, ...] = ("yamux", "accept", "noise", "inbound")
     #: Run identify towards every connecting agent (py-libp2p's default). Off: the
@@ -182,7 +182,7 @@ def _threshold(value: Any) -> tuple[int, int, int]:
     return (numbers[0], numbers[1], numbers[2])
 
 
-#: The cuts `heartbeat.p2p_memory.install_memory_cuts` knows (its `CUTS`).
+#: The cuts `heartbeat.net.p2p_memory.install_memory_cuts` knows (its `CUTS`).
 MEMORY_CUTS = ("yamux", "accept", "noise", "inbound")
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from heartbeat.wire import Beat
+    from heartbeat.protocol.wire import Beat
 
 __all__ = ["BeatAccepted", "Event", "PeerConnected", "PeerDisconnected"]
 

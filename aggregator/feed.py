@@ -19,7 +19,7 @@ or stuck client never slows the ingest.
 What a client sends is read and ignored. hypercorn shields its socket writes from
 cancellation: a client that stops reading while its connection stays up holds its slot (and
 its task, blocked in a write), with its events dropped meanwhile, until the kernel cuts the
-connection (`TCP_USER_TIMEOUT`, 30 s, set by `heartbeat.asgi.serve_asgi` on Linux).
+connection (`TCP_USER_TIMEOUT`, 30 s, set by `heartbeat.common.asgi.serve_asgi` on Linux).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from aggregator.bus import BeatAccepted, PeerConnected, PeerDisconnected
 
 if TYPE_CHECKING:
     from aggregator.bus import Bus
-    from heartbeat.asgi import Receive, Scope, Send
+    from heartbeat.common.asgi import Receive, Scope, Send
 
 __all__ = ["FEED_CAPACITY", "MAX_FEED_CLIENTS", "TRY_AGAIN_LATER", "Feed", "feed_json"]
 

@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING, NamedTuple
 from aggregator.consensus import NO_HEAD_HASH, head_hash, plurality
 from aggregator.errors import FleetFull
 from aggregator.networks import NetworkRegistry, network_key, network_name
-from heartbeat.tipset import HeadParseError, parse_head
+from heartbeat.protocol.tipset import HeadParseError, parse_head
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from aggregator.networks import NetworkInfo
-    from heartbeat.wire import Beat
+    from heartbeat.protocol.wire import Beat
 
 __all__ = [
     "Fleet",

@@ -39,7 +39,7 @@ from aggregator.counters import IngestCounters
 from aggregator.feed import FEED_CAPACITY, MAX_FEED_CLIENTS, Feed
 from aggregator.metrics import CONTENT_TYPE
 from aggregator.worklink import MergedCounters, worker_zero
-from heartbeat.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
+from heartbeat.common.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
 
 if TYPE_CHECKING:
     from aggregator.bus import Bus

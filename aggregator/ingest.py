@@ -35,8 +35,8 @@ from aggregator.bus import BeatAccepted, Bus, PeerConnected, PeerDisconnected
 from aggregator.counters import IngestCounters
 from aggregator.errors import FleetFull
 from aggregator.ratelimit import LogLimiter, PeerRateLimiter, RateDecision
-from heartbeat import p2p
-from heartbeat.wire import Beat, BeatDecodeError, BeatDecoder, BeatRejected
+from heartbeat.net import p2p
+from heartbeat.protocol.wire import Beat, BeatDecodeError, BeatDecoder, BeatRejected
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig

@@ -7,7 +7,7 @@ that is forgotten simply stops appearing), the self families from the plain coun
 
 The per-node and per-network families are written by hand (`FleetRenderer`, see why there);
 prometheus_client renders the self families. `FleetCollector` is the same fleet families as a
-prometheus_client collector: the reference the tests and `scripts/bench_metrics.py` compare with.
+prometheus_client collector: the reference the tests and `bench/bench_metrics.py` compare with.
 
 Label values are bounded: a head is exported as `node_head_hash` (a VALUE < 2**52), never as a
 label; reject and refuse reasons come from fixed sets and are pre-initialised to 0 so that
@@ -34,8 +34,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aggregator.fleet import NodeState
+from heartbeat.protocol.wire import RejectReason
 from heartbeat.version import __version__
-from heartbeat.wire import RejectReason
 
 if TYPE_CHECKING:
     from aggregator.fleet import FleetSnapshot, NodeView

@@ -50,8 +50,8 @@ from aggregator.worklink import (
     event_to_wire,
     worker_zero,
 )
-from heartbeat import p2p
 from heartbeat.errors import ConfigError
+from heartbeat.net import p2p
 
 if TYPE_CHECKING:
     from aggregator.app import Aggregator

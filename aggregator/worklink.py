@@ -35,7 +35,7 @@ import cbor2
 from aggregator.counters import IngestCounters
 from aggregator.errors import AggregatorError
 from aggregator.events import BeatAccepted, Event, PeerConnected, PeerDisconnected
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 __all__ = [
     "MAX_FRAME",

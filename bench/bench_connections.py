@@ -27,7 +27,7 @@ from bench.common import (
     print_table,
     variant_flags,
 )
-from heartbeat.loadgen import parse_rate
+from heartbeat.tools.loadgen import parse_rate
 
 __all__ = ["established", "main", "run_once"]
 

@@ -27,7 +27,7 @@ from bench.common import (
     variant_flags,
 )
 from bench.probe_aggregator import request
-from heartbeat.loadgen import parse_rate
+from heartbeat.tools.loadgen import parse_rate
 
 __all__ = ["GC_FLAGS", "main", "percentile", "run_once"]
 

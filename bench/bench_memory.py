@@ -49,7 +49,7 @@ from bench.common import (
     proc_children,
     proc_rss_kb,
 )
-from heartbeat.loadgen import parse_rate
+from heartbeat.tools.loadgen import parse_rate
 
 __all__ = ["main", "per_connection", "run_once"]
 

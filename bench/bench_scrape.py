@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.bench_connections import established
 from bench.common import AggregatorProcess, LoadgenProcess, http_get, machine_note, print_table
-from heartbeat.loadgen import parse_rate
+from heartbeat.tools.loadgen import parse_rate
 
 __all__ = ["main", "run_once"]
 

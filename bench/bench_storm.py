@@ -36,7 +36,7 @@ from bench.common import (
     proc_cpu_seconds,
     variant_flags,
 )
-from heartbeat.loadgen import parse_rate
+from heartbeat.tools.loadgen import parse_rate
 
 __all__ = ["main", "run_once"]
 

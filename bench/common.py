@@ -3,7 +3,7 @@
 - `AggregatorProcess`: `python -m aggregator run` as a subprocess on loopback (ports chosen by
   the kernel), with its multiaddr and HTTP URL read from its stdout, its RSS and CPU time read
   from /proc, its /metrics parsed, and SIGTERM / SIGKILL by its own pid.
-- `run_loadgen` / `LoadgenProcess`: `python -m heartbeat.loadgen … --json` as a subprocess.
+- `run_loadgen` / `LoadgenProcess`: `python -m heartbeat.tools.loadgen … --json` as a subprocess.
 - `spread` and `print_table`: every figure is the median of several runs with min and max.
 
 Blocking code (subprocess and urllib): benchmark scripts are plain Python, not trio.
@@ -308,7 +308,7 @@ def start_workers(workdir: Path, workers: int, *args: str, **kw: Any) -> list[Ag
 
 
 def _loadgen_cmd(target: str, args: Sequence[str]) -> list[str]:
-    return [PYTHON, "-m", "heartbeat.loadgen", "--target", target, "--json", *args]
+    return [PYTHON, "-m", "heartbeat.tools.loadgen", "--target", target, "--json", *args]
 
 
 class LoadgenProcess:

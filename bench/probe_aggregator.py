@@ -30,7 +30,7 @@ from typing import Any
 
 import aggregator.app as app
 from aggregator.bus import BeatAccepted
-from heartbeat.loadgen import parse_stamp
+from heartbeat.tools.loadgen import parse_stamp
 
 __all__ = ["SAMPLES", "main", "request"]
 

@@ -20,8 +20,8 @@ from typing import Any
 import trio
 
 from bench.common import PYTHON, REPO, fmt_spread, machine_note, print_table
-from heartbeat.loadgen import head_for
-from heartbeat.wire import BeatDecoder, encode_cbor
+from heartbeat.protocol.wire import BeatDecoder, encode_cbor
+from heartbeat.tools.loadgen import head_for
 
 __all__ = ["main", "measure"]
 

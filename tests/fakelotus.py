@@ -22,8 +22,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from heartbeat.lotus.apiinfo import ApiInfo
-from heartbeat.sources import fake_cid
+from heartbeat.agent.lotus.apiinfo import ApiInfo
+from heartbeat.agent.sources import fake_cid
 
 __all__ = ["FakeLotus", "fake_lotus", "tipset_json"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from heartbeat import p2p
-from heartbeat.p2p import HostLimits, running_host
+from heartbeat.net import p2p
+from heartbeat.net.p2p import HostLimits, running_host
 
 __all__ = ["ScriptedSender", "legacy_line", "scripted_sender"]
 

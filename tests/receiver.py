@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from heartbeat.p2p import (
+from heartbeat.net.p2p import (
     HostLimits,
     KeyPair,
     StreamClosed,
@@ -31,7 +31,7 @@ from heartbeat.p2p import (
     running_host,
     set_stream_handlers,
 )
-from heartbeat.wire import PROTOCOL_ID, Beat, BeatDecodeError, BeatDecoder, BeatRejected
+from heartbeat.protocol.wire import PROTOCOL_ID, Beat, BeatDecodeError, BeatDecoder, BeatRejected
 
 __all__ = ["Receiver"]
 

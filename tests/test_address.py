@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heartbeat.address import (
+from heartbeat.errors import HeartbeatError
+from heartbeat.protocol.address import (
     Address,
     AddressError,
     checksum,
@@ -17,7 +18,6 @@ from heartbeat.address import (
     normalize_miner_address,
     parse_address,
 )
-from heartbeat.errors import HeartbeatError
 
 # Published vectors (go-address test suite, Filecoin docs); the checksum makes them unforgeable.
 REAL = [

@@ -12,11 +12,11 @@ import httpx
 import pytest
 import trio
 
-from heartbeat.agent import BeatLoop
-from heartbeat.head import Head
-from heartbeat.metrics import make_registry, serve_metrics
-from heartbeat.sources import StaticHeadSource
-from heartbeat.targets import parse_target
+from heartbeat.agent.head import Head
+from heartbeat.agent.loop import BeatLoop
+from heartbeat.agent.metrics import make_registry, serve_metrics
+from heartbeat.agent.sources import StaticHeadSource
+from heartbeat.agent.targets import parse_target
 from heartbeat.version import __version__
 
 pytestmark = pytest.mark.timeout(30)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from heartbeat.config import ALERTS_PERIOD, build_config, config_path, parse_toml
+from heartbeat.agent.config import ALERTS_PERIOD, build_config, config_path, parse_toml
+from heartbeat.agent.targets import EXAMPLE_TARGET, parse_peer_id, parse_target
 from heartbeat.errors import ConfigError
-from heartbeat.targets import EXAMPLE_TARGET, parse_peer_id, parse_target
 
 PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
 QM_PEER = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"

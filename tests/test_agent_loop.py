@@ -10,16 +10,16 @@ import pytest
 import trio
 import trio.testing
 
-from heartbeat.agent import Agent, BeatLoop, StreamBroken
-from heartbeat.head import Head
-from heartbeat.targets import Target, parse_target
+from heartbeat.agent.head import Head
+from heartbeat.agent.loop import Agent, BeatLoop, StreamBroken
+from heartbeat.agent.targets import Target, parse_target
+from heartbeat.protocol.wire import Beat, BeatDecoder
 from heartbeat.version import AGENT_VERSION
-from heartbeat.wire import Beat, BeatDecoder
 
 PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
 CID = "bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2"
 HEAD = Head(cids=(CID,), height=1234, timestamp=1_700_000_000, genesis_cid=None)
-AGENT_LOGGER = "heartbeat.agent"
+AGENT_LOGGER = "heartbeat.agent.loop"
 
 
 def target(port: int = 9081, **kw: float) -> Target:

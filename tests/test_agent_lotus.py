@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from heartbeat.__main__ import run_agent
-from heartbeat.agent import Agent
-from heartbeat.config import build_config
-from heartbeat.tipset import format_head
-from heartbeat.wire import Beat
+from heartbeat.agent.cli import run_agent
+from heartbeat.agent.config import build_config
+from heartbeat.agent.loop import Agent
+from heartbeat.protocol.tipset import format_head
+from heartbeat.protocol.wire import Beat
 from tests.fakelotus import FakeLotus
 from tests.receiver import Receiver
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import trio
 
-from heartbeat.__main__ import run_agent
-from heartbeat.agent import Agent, BeatLoop, Libp2pConnector
-from heartbeat.config import AgentConfig, build_config
-from heartbeat.head import Head
-from heartbeat.p2p import load_or_create_identity, running_host
-from heartbeat.targets import parse_target
+from heartbeat.agent.cli import run_agent
+from heartbeat.agent.config import AgentConfig, build_config
+from heartbeat.agent.head import Head
+from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+from heartbeat.agent.targets import parse_target
+from heartbeat.net.p2p import load_or_create_identity, running_host
 from heartbeat.version import AGENT_VERSION
 from tests.receiver import Receiver
 
@@ -137,7 +137,7 @@ async def test_a_dead_target_does_not_delay_the_live_one(tmp_path: Path) -> None
     """
     from libp2p.crypto.ed25519 import create_new_key_pair
 
-    from heartbeat.p2p import peer_id_of
+    from heartbeat.net.p2p import peer_id_of
 
     stop = trio.Event()
     silent = _SilentListener()

@@ -15,7 +15,7 @@ import trio
 from aggregator.app import Aggregator, run_aggregator
 from aggregator.config import AggregatorConfig, build_config
 from aggregator.fleet import NodeState
-from heartbeat.wire import Beat, encode_cbor
+from heartbeat.protocol.wire import Beat, encode_cbor
 from tests.helpers import eventually, metric_value
 from tests.legacy_sender import legacy_line, scripted_sender
 
@@ -193,7 +193,7 @@ async def test_misbehaving_peers_are_cut_while_others_flow(tmp_path: Path) -> No
 
 
 async def test_allowlist_refuses_and_reloads(tmp_path: Path) -> None:
-    from heartbeat import p2p
+    from heartbeat.net import p2p
 
     allow = tmp_path / "allow.txt"
     allow.write_text("# nobody yet\n")
@@ -216,17 +216,17 @@ async def test_allowlist_refuses_and_reloads(tmp_path: Path) -> None:
         assert agg.ingest.allowlist == frozenset({stranger.peer_id})
 
 
-# -- real agents (heartbeat.agent) and the HTTP API -----------------------------------------
+# -- real agents (heartbeat.agent.loop) and the HTTP API -----------------------------------------
 
 
 @asynccontextmanager
 async def real_agent(
     addr: str, nickname: str, height: int, *, key: Any = None, period: float = 0.5
 ) -> AsyncIterator[Any]:
-    from heartbeat import p2p
-    from heartbeat.agent import Agent, BeatLoop, Libp2pConnector
-    from heartbeat.head import Head
-    from heartbeat.targets import parse_target
+    from heartbeat.agent.head import Head
+    from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+    from heartbeat.agent.targets import parse_target
+    from heartbeat.net import p2p
 
     head = Head(cids=("bafy2bzaceheadaaaaaaaaaaaaaaa",), height=height, genesis_cid=GENESIS)
     target = replace(parse_target(addr), beat_period=period, reconnect_period=0.5)
@@ -303,7 +303,7 @@ def free_port() -> int:
 
 
 async def test_restart_remembers_down_nodes_and_agents_reconnect(tmp_path: Path) -> None:
-    from heartbeat import p2p
+    from heartbeat.net import p2p
 
     port = free_port()
     config = make_config(tmp_path, listen=(f"/ip4/127.0.0.1/tcp/{port}",), store_flush_interval=0.2)

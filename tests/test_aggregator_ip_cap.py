@@ -9,8 +9,8 @@ import httpx
 import pytest
 import trio
 
-from heartbeat import p2p
-from heartbeat.wire import PROTOCOL_ID
+from heartbeat.net import p2p
+from heartbeat.protocol.wire import PROTOCOL_ID
 from tests.test_aggregator_e2e import beat, make_config, running, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -39,7 +39,7 @@ from aggregator.alerts.rules import (
 )
 from aggregator.alerts.service import AlertingService, load_settings
 from aggregator.fleet import FleetSnapshot, NodeState, NodeView
-from heartbeat.asgi import lifespan
+from heartbeat.common.asgi import lifespan
 from heartbeat.errors import ConfigError
 from tests.helpers import eventually
 
@@ -445,7 +445,7 @@ async def test_service_evaluates_soon_after_a_change_and_still_on_its_timer(
     a burst makes one evaluation; the timer ticks at 0, 10, 20 regardless."""
     from aggregator.alerts.service import ChangeSignal
     from aggregator.bus import BeatAccepted, PeerDisconnected
-    from heartbeat.wire import Beat
+    from heartbeat.protocol.wire import Beat
 
     times: list[float] = []
     base = trio.current_time()

@@ -23,9 +23,9 @@ from aggregator.alerts.rules import (
     test_alert,
 )
 from aggregator.fleet import Fleet, FleetSnapshot, NetworkView, NodeState, NodeView
-from heartbeat.durations import parse_duration
+from heartbeat.common.durations import parse_duration
 from heartbeat.errors import ConfigError
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 RULES = Path(__file__).resolve().parent.parent / "grafana" / "prometheus" / "rules.yml"
 # About the aggregator's own processes: Prometheus sees them from outside, the built-in

@@ -1,11 +1,11 @@
-"""Table tests for heartbeat.lotus.apiinfo."""
+"""Table tests for heartbeat.agent.lotus.apiinfo."""
 
 from __future__ import annotations
 
 import pytest
 
+from heartbeat.agent.lotus.apiinfo import ApiInfo, parse_api_info
 from heartbeat.errors import ConfigError
-from heartbeat.lotus.apiinfo import ApiInfo, parse_api_info
 
 TOK = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJBbGxvdyI6WyJyZWFkIl19.c2lnbmF0dXJl"
 

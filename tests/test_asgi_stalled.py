@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from heartbeat.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
+from heartbeat.common.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 linux_only = pytest.mark.skipif(

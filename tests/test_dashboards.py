@@ -111,7 +111,7 @@ def _names_in(text: str) -> set[str]:
 
 
 def _sample_fleet_beats(fleet: Any, now: float) -> None:
-    from heartbeat.wire import Beat
+    from heartbeat.protocol.wire import Beat
 
     fleet.on_connect("12D3KooWExample", "/ip4/127.0.0.1/tcp/4001", now)
     for i in range(3):

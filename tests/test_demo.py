@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.demo import run_demo
+from heartbeat.tools.demo import run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_demo_module_runs_with_duration() -> None:
         [
             sys.executable,
             "-m",
-            "aggregator.demo",
+            "heartbeat.tools.demo",
             "--duration",
             "5",
             "--block-delay",

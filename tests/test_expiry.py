@@ -9,7 +9,7 @@ import trio.testing
 
 from aggregator.app import run_expiry
 from aggregator.fleet import Fleet, FleetPolicy
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 T0 = 1_700_000_000.0
 

@@ -10,7 +10,7 @@ from aggregator.consensus import head_hash
 from aggregator.errors import FleetFull
 from aggregator.fleet import Fleet, FleetPolicy, NodeState
 from aggregator.networks import CALIBNET_GENESIS_CID, MAINNET_GENESIS_CID
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 T0 = 1_700_000_000.0
 MAIN = MAINNET_GENESIS_CID

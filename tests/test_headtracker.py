@@ -1,10 +1,10 @@
-"""Pure tests for heartbeat.head.HeadTracker."""
+"""Pure tests for heartbeat.agent.head.HeadTracker."""
 
 from __future__ import annotations
 
 import pytest
 
-from heartbeat.head import Head, HeadTracker
+from heartbeat.agent.head import Head, HeadTracker
 
 
 def h(height: int, *cids: str) -> Head:

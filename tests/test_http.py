@@ -13,7 +13,7 @@ from aggregator.fleet import Fleet
 from aggregator.http import HttpApi, serve_http
 from aggregator.metrics import create_metrics
 from aggregator.networks import MAINNET_GENESIS_CID
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 pytestmark = pytest.mark.integration
 

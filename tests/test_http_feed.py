@@ -23,7 +23,7 @@ from trio_websocket import (
 from aggregator.bus import BeatAccepted, Bus, Event, PeerConnected, PeerDisconnected
 from aggregator.feed import feed_json
 from aggregator.http import HttpApi, serve_http
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 from tests.test_http import T0, make_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

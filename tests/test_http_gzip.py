@@ -15,7 +15,7 @@ import trio
 
 from aggregator.http import GZIP_MIN_BYTES, HttpApi, gzip_accepted, serve_http
 from aggregator.metrics import create_metrics
-from heartbeat.asgi import Receive, Scope, Send, bound_port, serve_asgi
+from heartbeat.common.asgi import Receive, Scope, Send, bound_port, serve_asgi
 from tests.helpers import eventually
 from tests.promservers import prometheus
 from tests.test_http import T0, make_fleet

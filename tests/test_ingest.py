@@ -12,8 +12,8 @@ import trio.testing
 from aggregator.bus import BeatAccepted, Bus, PeerConnected, PeerDisconnected
 from aggregator.errors import FleetFull
 from aggregator.ingest import Ingest, IngestSettings
-from heartbeat import p2p
-from heartbeat.wire import Beat, encode_cbor
+from heartbeat.net import p2p
+from heartbeat.protocol.wire import Beat, encode_cbor
 
 PEER = "12D3KooWPeerA"
 HEAD = "{bafy2bzaceaaaa,bafy2bzacebbbb}"

@@ -13,10 +13,11 @@ import httpx
 import pytest
 import trio
 
-from heartbeat import loadgen
-from heartbeat.__main__ import main as agent_main
+from heartbeat.agent.cli import main as agent_main
 from heartbeat.errors import ConfigError
-from heartbeat.loadgen import (
+from heartbeat.protocol.wire import BeatDecoder, encode_cbor
+from heartbeat.tools import loadgen
+from heartbeat.tools.loadgen import (
     KINDS,
     AgentStats,
     LoadgenConfig,
@@ -32,7 +33,6 @@ from heartbeat.loadgen import (
     stamp_version,
     summarize,
 )
-from heartbeat.wire import BeatDecoder, encode_cbor
 from tests.helpers import assert_counted_by_reason, eventually
 from tests.test_aggregator_e2e import make_config, running
 
@@ -296,7 +296,7 @@ def test_workers_exit_when_the_load_generator_is_killed() -> None:
         [
             sys.executable,
             "-m",
-            "heartbeat.loadgen",
+            "heartbeat.tools.loadgen",
             "--target",
             LOOPBACK,
             "--agents",

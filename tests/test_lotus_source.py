@@ -14,23 +14,23 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heartbeat.errors import ConfigError
-from heartbeat.head import NodeBadResponse, NodeRpcError, NodeUnreachable
-from heartbeat.lotus.client import (
+from heartbeat.agent.head import NodeBadResponse, NodeRpcError, NodeUnreachable
+from heartbeat.agent.lotus.client import (
     ActiveSync,
     LotusClient,
     parse_active_syncs,
     parse_network_params,
     parse_tipset,
 )
-from heartbeat.lotus.notify import chain_notify, parse_changes
-from heartbeat.lotus.source import LotusHeadSource, is_syncing
+from heartbeat.agent.lotus.notify import chain_notify, parse_changes
+from heartbeat.agent.lotus.source import LotusHeadSource, is_syncing
+from heartbeat.errors import ConfigError
 from tests.fakelotus import FakeLotus, fake_lotus
 from tests.helpers import eventually
 
 __all__ = ["fake_lotus"]  # the fixture, re-exported for pytest
 
-SRC = "heartbeat.lotus.source"
+SRC = "heartbeat.agent.lotus.source"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from aggregator.fleet import Fleet, FleetSnapshot
 from aggregator.gcmon import GcMonitor
 from aggregator.metrics import FleetRenderer, create_metrics, render_reference
 from aggregator.networks import MAINNET_GENESIS_CID
-from heartbeat.wire import Beat, RejectReason
+from heartbeat.protocol.wire import Beat, RejectReason
 
 T0 = 1_700_000_000.0
 A = "bafy2bzaceaaa"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from heartbeat import p2p
+from heartbeat.net import p2p
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60)]

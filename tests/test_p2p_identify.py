@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from heartbeat import p2p
+from heartbeat.net import p2p
 from tests.helpers import eventually
 
 PROTOCOL = "fil/heartbeat-test-identify/1.0.0"

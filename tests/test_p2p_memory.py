@@ -1,4 +1,4 @@
-"""`heartbeat.p2p_memory`: py-libp2p's per-connection memory, cut from outside.
+"""`heartbeat.net.p2p_memory`: py-libp2p's per-connection memory, cut from outside.
 
 Each cut must refuse any source but the one it was written for (and then change nothing),
 must switch back to py-libp2p's code, and on real hosts over loopback must keep serving:
@@ -22,9 +22,9 @@ import trio
 import trio.testing
 
 from aggregator.config import MEMORY_CUTS, build_config
-from heartbeat import p2p, p2p_memory
 from heartbeat.errors import ConfigError
-from heartbeat.wire import PROTOCOL_ID, Beat, encode_cbor
+from heartbeat.net import p2p, p2p_memory
+from heartbeat.protocol.wire import PROTOCOL_ID, Beat, encode_cbor
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60)]

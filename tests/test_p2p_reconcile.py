@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from heartbeat import p2p
+from heartbeat.net import p2p
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60)]

@@ -1,4 +1,4 @@
-"""`heartbeat.p2p.install_fast_task_lookup`: the same parent task as py-libp2p's walk.
+"""`heartbeat.net.p2p.install_fast_task_lookup`: the same parent task as py-libp2p's walk.
 
 py-libp2p 0.8.1 finds a new task's parent by walking every task of the manager's tree
 (O(connections) per accepted connection); the installed lookup must give the same answer for
@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from heartbeat import p2p
+from heartbeat.net import p2p
 
 PROTOCOL = "fil/heartbeat-test-tasks/1.0.0"
 
@@ -75,11 +75,11 @@ def test_refuses_other_internals(
 
     monkeypatch.setattr(TrioManager, "_find_parent_task", _find_parent_task)
     prop = FunctionTask.__dict__["trio_task"]
-    with caplog.at_level(logging.WARNING, logger="heartbeat.p2p"):
+    with caplog.at_level(logging.WARNING, logger="heartbeat.net.p2p"):
         assert p2p.install_fast_task_lookup() is False
     assert TrioManager._find_parent_task is _find_parent_task
     assert FunctionTask.__dict__["trio_task"] is prop
-    [record] = [r for r in caplog.records if r.name == "heartbeat.p2p"]
+    [record] = [r for r in caplog.records if r.name == "heartbeat.net.p2p"]
     assert record.levelno == logging.WARNING
     assert record.getMessage().startswith("fast_task_lookup_refused libp2p=")
     assert "body differs" in record.getMessage()

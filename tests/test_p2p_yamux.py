@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from heartbeat import p2p
+from heartbeat.net import p2p
 from tests.helpers import eventually
 
 PROTOCOL = "fil/heartbeat-test-yamux/1.0.0"

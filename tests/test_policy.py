@@ -1,4 +1,4 @@
-"""Tests for heartbeat.policy: escalation, jitter, drift-free timers (pure, table-driven)."""
+"""Tests for heartbeat.agent.policy: escalation, jitter, drift-free timers (pure, table-driven)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from heartbeat.policy import FailureLog, format_seconds, jittered, next_deadline
+from heartbeat.agent.policy import FailureLog, format_seconds, jittered, next_deadline
 
 
 def test_thirty_minute_outage_with_ten_second_reconnects() -> None:

@@ -29,9 +29,9 @@ import trio
 import trio.testing
 
 from bench.common import AggregatorProcess, LoadgenProcess
-from heartbeat.agent import BeatLoop, StreamBroken
-from heartbeat.head import Head
-from heartbeat.targets import Target, parse_target
+from heartbeat.agent.head import Head
+from heartbeat.agent.loop import BeatLoop, StreamBroken
+from heartbeat.agent.targets import Target, parse_target
 from tests.helpers import assert_counted_by_reason, eventually_blocking
 
 PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"

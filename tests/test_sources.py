@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from heartbeat.head import Head
-from heartbeat.sources import SimulatedChain, StaticHeadSource, fake_cid
+from heartbeat.agent.head import Head
+from heartbeat.agent.sources import SimulatedChain, StaticHeadSource, fake_cid
 
 CID_RE = re.compile(r"^bafy2bzace[a-z2-7]{52}$")
 

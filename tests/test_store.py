@@ -14,7 +14,7 @@ from aggregator.bus import BeatAccepted, Bus, PeerConnected
 from aggregator.errors import StoreError
 from aggregator.fleet import Fleet, FleetPolicy, NodeRecord, NodeState
 from aggregator.store import SCHEMA_VERSION, NodeStore, run_store_writer
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 T0 = 1_700_000_000.0
 

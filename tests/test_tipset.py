@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from heartbeat.errors import HeartbeatError
-from heartbeat.tipset import (
+from heartbeat.protocol.tipset import (
     MAX_HEAD_CIDS,
     HeadParseError,
     format_head,

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heartbeat.errors import HeartbeatError
-from heartbeat.tipset import format_head
-from heartbeat.wire import (
+from heartbeat.protocol.tipset import format_head
+from heartbeat.protocol.wire import (
     MAX_HEAD_TIMESTAMP,
     MAX_HEIGHT,
     PROTOCOL_ALIASES,

@@ -26,7 +26,7 @@ from aggregator.worklink import (
     event_to_wire,
 )
 from heartbeat.errors import ConfigError
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
 OTHER = "12D3KooWDDb1xfQ8Rdwq6PLwBETb3buqF7yZsuryTJQUkRjS6p69"

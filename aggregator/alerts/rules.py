@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from aggregator.fleet import FleetSnapshot, NetworkView, NodeState, NodeView
-from heartbeat.durations import format_duration, parse_duration
+from heartbeat.common.durations import format_duration, parse_duration
 from heartbeat.errors import ConfigError
 
 __all__ = [

@@ -5,7 +5,7 @@ body (`AggregatorMetrics.render`: the hand-written fleet families plus prometheu
 families) and of prometheus_client's generator over the reference collector (`FleetCollector`),
 which is how every family was rendered before. Prints figures, asserts nothing.
 
-Usage: python scripts/bench_metrics.py [NODES ...]
+Usage: python -m bench.bench_metrics [NODES ...]
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench_fleet import sample_fleet  # the same sample fleet (scripts/ is on sys.path)
-
 from aggregator.fleet import FleetSnapshot
 from aggregator.metrics import create_metrics
+from bench.bench_fleet import sample_fleet  # the same sample fleet
 
 RUNS = 3
 NOW = 1_700_000_000.0

@@ -6,7 +6,7 @@ loop after each, as the ingest does) and reports this process's CPU time per eve
 client, above the same run without clients: once with clients taking every event, once with
 clients filtering on a peer that never beats (`?peer=`). Prints figures, asserts nothing.
 
-Usage: python scripts/bench_feed.py [EVENTS [CLIENTS]]
+Usage: python -m bench.bench_feed [EVENTS [CLIENTS]]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import trio.testing
 from aggregator.bus import BeatAccepted, Bus
 from aggregator.fleet import Fleet
 from aggregator.http import HttpApi, serve_http
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 CLIENT = """
 import sys, trio

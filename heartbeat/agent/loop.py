@@ -4,11 +4,11 @@ A loop dials its target (one dial = one attempt under one deadline), then writes
 a beat every beat period on a drift-free timer, each write under a deadline. A
 failed or stalled write resets the stream and the loop dials again; failed dials
 are retried every (jittered) reconnect period and logged with the escalating
-policy of `heartbeat.policy.FailureLog`.
+policy of `heartbeat.agent.policy.FailureLog`.
 
 The network is behind a small `Connector` interface so that the loop runs under
 trio's MockClock with a fake; `Libp2pConnector` is the real one over the host
-from `heartbeat.p2p`.
+from `heartbeat.net.p2p`.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from typing import Any, Protocol
 
 import trio
 
+from heartbeat.agent.head import Head, HeadSource
+from heartbeat.agent.policy import FailureLog, format_seconds, jittered, next_deadline
+from heartbeat.agent.targets import Target
 from heartbeat.errors import HeartbeatError
-from heartbeat.head import Head, HeadSource
-from heartbeat.p2p import LIBP2P_ERRORS, StreamClosed, peer_info_from_multiaddr
-from heartbeat.policy import FailureLog, format_seconds, jittered, next_deadline
-from heartbeat.targets import Target
-from heartbeat.tipset import format_head
+from heartbeat.net.p2p import LIBP2P_ERRORS, StreamClosed, peer_info_from_multiaddr
+from heartbeat.protocol.tipset import format_head
+from heartbeat.protocol.wire import PROTOCOL_ID, Beat, encode_cbor, encode_json
 from heartbeat.version import AGENT_VERSION
-from heartbeat.wire import PROTOCOL_ID, Beat, encode_cbor, encode_json
 
 __all__ = [
     "Agent",

@@ -1,6 +1,6 @@
 """Benchmark: how long `Fleet.snapshot` takes for a large fleet (prints figures, asserts nothing).
 
-Usage: python scripts/bench_fleet.py [NODES]
+Usage: python -m bench.bench_fleet [NODES]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 from aggregator.fleet import Fleet, FleetPolicy
 from aggregator.networks import MAINNET_GENESIS_CID
-from heartbeat.wire import Beat
+from heartbeat.protocol.wire import Beat
 
 
 def cid(tag: int) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from heartbeat.head import Head, SourceStatus
+from heartbeat.agent.head import Head, SourceStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -1,7 +1,7 @@
-"""Coverage-guided fuzzing of heartbeat.wire.BeatDecoder with atheris (libFuzzer).
+"""Coverage-guided fuzzing of heartbeat.protocol.wire.BeatDecoder with atheris (libFuzzer).
 
 Usage (see docs/FUZZING.md):
-    .venv/bin/python scripts/fuzz_decoder.py -max_total_time=60 [-max_len=4096] [corpus_dir]
+    .venv/bin/python bench/fuzz_decoder.py -max_total_time=60 [-max_len=4096] [corpus_dir]
 
 Each input is split in two: a few bytes choose the chunk sizes, the rest is the stream. The
 harness checks that
@@ -19,7 +19,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from heartbeat.wire import (
+    from heartbeat.protocol.wire import (
         Beat,
         BeatDecodeError,
         BeatDecoder,

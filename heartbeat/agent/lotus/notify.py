@@ -23,7 +23,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from heartbeat.head import (
+from heartbeat.agent.head import (
     ChangeType,
     Head,
     HeadSourceError,
@@ -31,12 +31,12 @@ from heartbeat.head import (
     NodeRpcError,
     NodeUnreachable,
 )
-from heartbeat.lotus.client import auth_headers, parse_tipset
+from heartbeat.agent.lotus.client import auth_headers, parse_tipset
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from heartbeat.lotus.apiinfo import ApiInfo
+    from heartbeat.agent.lotus.apiinfo import ApiInfo
 
 __all__ = ["Changes", "chain_notify", "parse_changes"]
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from heartbeat.address import AddressError, normalize_miner_address
+from heartbeat.agent.targets import Target, parse_target
+from heartbeat.common.settings import parse_choice, parse_duration_value, parse_int
 from heartbeat.errors import ConfigError, HeartbeatError
-from heartbeat.settings import parse_choice, parse_duration_value, parse_int
-from heartbeat.targets import Target, parse_target
-from heartbeat.tipset import is_plausible_cid
-from heartbeat.wire import validate_nickname
+from heartbeat.protocol.address import AddressError, normalize_miner_address
+from heartbeat.protocol.tipset import is_plausible_cid
+from heartbeat.protocol.wire import validate_nickname
 
 __all__ = [
     "ALERTS_PERIOD",
@@ -384,6 +384,6 @@ def build_config(
 
 
 def _check_api_info(value: str, key: str, *, miner: bool) -> None:
-    from heartbeat.lotus.apiinfo import parse_api_info
+    from heartbeat.agent.lotus.apiinfo import parse_api_info
 
     parse_api_info(value, setting=_S[key].label, miner=miner)

@@ -1,6 +1,6 @@
 """The README demo: an aggregator and three agents on a simulated chain, in one process.
 
-`python -m aggregator.demo [--duration SECONDS] [--block-delay SECONDS]` (what
+`python -m heartbeat.tools.demo [--duration SECONDS] [--block-delay SECONDS]` (what
 `scripts/demo` runs). Everything listens on loopback; identities and the node
 registry live in a temporary directory. The agents: `alpha` is healthy,
 `bravo` lags 8 epochs, `charlie` leaves and comes back periodically. Prints the
@@ -27,10 +27,10 @@ import trio
 from aggregator.app import Aggregator, run_aggregator
 from aggregator.config import AggregatorConfig, build_config
 from aggregator.fleet import FleetSnapshot
-from heartbeat import p2p
-from heartbeat.agent import Agent, BeatLoop, Libp2pConnector
-from heartbeat.sources import SimulatedChain
-from heartbeat.targets import parse_target
+from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+from heartbeat.agent.sources import SimulatedChain
+from heartbeat.agent.targets import parse_target
+from heartbeat.net import p2p
 
 __all__ = ["LogGate", "demo_config", "format_summary", "main", "run_demo"]
 
@@ -186,13 +186,13 @@ async def run_demo(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aggregator.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m heartbeat.tools.demo", description=__doc__)
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--block-delay", type=float, default=4.0, help="simulated block time")
     parser.add_argument("--refresh", type=float, default=1.0, help="summary period (seconds)")
     parser.add_argument("--verbose", action="store_true", help="log at INFO instead of WARNING")
     args = parser.parse_args(argv)
-    from heartbeat.logs import setup_logging
+    from heartbeat.common.logs import setup_logging
 
     setup_logging("text", logging.INFO if args.verbose else logging.WARNING)
     p2p.restore_libp2p_logging()

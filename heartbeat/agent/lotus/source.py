@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from heartbeat.address import AddressError, normalize_miner_address
-from heartbeat.errors import ConfigError
-from heartbeat.head import (
+from heartbeat.agent.head import (
     Head,
     HeadSourceError,
     HeadTracker,
@@ -30,14 +28,16 @@ from heartbeat.head import (
     NodeUnreachable,
     SourceStatus,
 )
-from heartbeat.lotus.client import ActiveSync, LotusClient
-from heartbeat.lotus.notify import Changes, chain_notify
-from heartbeat.policy import DEFAULT_ERROR_EVERY, FailureLog, jittered, next_deadline
+from heartbeat.agent.lotus.client import ActiveSync, LotusClient
+from heartbeat.agent.lotus.notify import Changes, chain_notify
+from heartbeat.agent.policy import DEFAULT_ERROR_EVERY, FailureLog, jittered, next_deadline
+from heartbeat.errors import ConfigError
+from heartbeat.protocol.address import AddressError, normalize_miner_address
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from heartbeat.lotus.apiinfo import ApiInfo
+    from heartbeat.agent.lotus.apiinfo import ApiInfo
 
 __all__ = ["SYNC_ACTIVE_STAGES", "SYNC_MARGIN_EPOCHS", "LotusHeadSource", "is_syncing"]
 

@@ -48,11 +48,11 @@ from typing import Any
 
 import trio
 
-from heartbeat import p2p
-from heartbeat.durations import parse_duration
+from heartbeat.agent.targets import parse_target
+from heartbeat.common.durations import parse_duration
 from heartbeat.errors import ConfigError
-from heartbeat.targets import parse_target
-from heartbeat.wire import PROTOCOL_ID, Beat, encode_cbor
+from heartbeat.net import p2p
+from heartbeat.protocol.wire import PROTOCOL_ID, Beat, encode_cbor
 
 __all__ = [
     "HOSTILE_KINDS",

@@ -17,9 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from heartbeat.agent import BeatLoop
-from heartbeat.asgi import bind_address, lifespan, serve_asgi
-from heartbeat.head import HeadSource
+from heartbeat.agent.head import HeadSource
+from heartbeat.agent.loop import BeatLoop
+from heartbeat.common.asgi import bind_address, lifespan, serve_asgi
 from heartbeat.version import __version__
 
 __all__ = ["AgentCollector", "make_registry", "metrics_app", "serve_metrics"]

@@ -4,7 +4,7 @@ A connection held by the aggregator cost ~65 KB (bench/bench_memory.py): seven t
 (each a Task, a chain of suspended coroutines, cancel scopes and events: ~2-4 KB), the
 Noise session's two AEAD objects (OpenSSL contexts, 2.2 KB each, unseen by tracemalloc), the
 handshake's static key, and the state of the stream itself. Three cuts, each guarded like
-`heartbeat.p2p.install_throttled_reconcile` (it refuses any source but 0.8.1's and then
+`heartbeat.net.p2p.install_throttled_reconcile` (it refuses any source but 0.8.1's and then
 changes nothing) and each switchable back to py-libp2p's code for a "before" run:
 
 - `yamux`: one task per Yamux session instead of four. `Yamux.start` runs the frame reader
@@ -44,7 +44,7 @@ from typing import Any
 
 import trio
 
-from heartbeat.p2p import recompiled_method
+from heartbeat.net.p2p import recompiled_method
 
 __all__ = [
     "CUTS",

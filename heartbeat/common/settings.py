@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from heartbeat.durations import parse_duration
+from heartbeat.common.durations import parse_duration
 
 __all__ = ["parse_bool", "parse_choice", "parse_duration_value", "parse_float", "parse_int"]
 

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import httpx
 import trio
 
-from heartbeat.head import Head, NodeBadResponse, NodeRpcError, NodeUnreachable
+from heartbeat.agent.head import Head, NodeBadResponse, NodeRpcError, NodeUnreachable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from heartbeat.lotus.apiinfo import ApiInfo
+    from heartbeat.agent.lotus.apiinfo import ApiInfo
 
 __all__ = [
     "ActiveSync",

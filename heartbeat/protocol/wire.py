@@ -26,9 +26,9 @@ from typing import Any
 
 import cbor2
 
-from heartbeat.address import AddressError, normalize_miner_address
 from heartbeat.errors import HeartbeatError
-from heartbeat.tipset import HeadParseError, is_plausible_cid, parse_head
+from heartbeat.protocol.address import AddressError, normalize_miner_address
+from heartbeat.protocol.tipset import HeadParseError, is_plausible_cid, parse_head
 
 __all__ = [
     "MAX_DEPTH",

@@ -1,6 +1,6 @@
 """What a head source knows about the node's chain, and the interface of a head source.
 
-Pure: no trio, no clock reads. The shells in `heartbeat.lotus` and `heartbeat.sources`
+Pure: no trio, no clock reads. The shells in `heartbeat.agent.lotus` and `heartbeat.agent.sources`
 implement `HeadSource`.
 """
 

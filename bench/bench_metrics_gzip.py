@@ -7,7 +7,7 @@ endpoint runs it, while the event loop spins on `trio.sleep(0)`: the wall time a
 the loop went without running (zlib releases the GIL, so that stays short). Prints figures,
 asserts nothing.
 
-Usage: python scripts/bench_metrics_gzip.py [NODES ...]
+Usage: python -m bench.bench_metrics_gzip [NODES ...]
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Callable
 from functools import partial
 
 import trio
-from bench_fleet import sample_fleet  # the same sample fleet (scripts/ is on sys.path)
 
 from aggregator.fleet import FleetSnapshot
 from aggregator.http import gzip_body
 from aggregator.metrics import AggregatorMetrics, create_metrics
+from bench.bench_fleet import sample_fleet  # the same sample fleet
 
 RUNS = 3
 NOW = 1_700_000_000.0

@@ -1,0 +1,266 @@
+"""The agent's command line: `fil-heartbeat run|id` (no subcommand = run).
+
+The only place that reads `os.environ`, reads the TOML file, installs logging
+handlers and handles signals. A bad setting exits with code 2 and one line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import trio
+
+from heartbeat.agent.config import (
+    ENCODINGS,
+    HEAD_SOURCES,
+    AgentConfig,
+    build_config,
+    config_path,
+    parse_toml,
+    resolve_identity_file,
+)
+from heartbeat.agent.head import Head, HeadSource
+from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+from heartbeat.common.logs import setup_logging
+from heartbeat.errors import ConfigError, HeartbeatError, IdentityError
+from heartbeat.net.p2p import (
+    load_or_create_identity,
+    peer_id_of,
+    restore_libp2p_logging,
+    running_host,
+)
+from heartbeat.version import __version__
+
+__all__ = ["build_parser", "main", "make_head_source", "run_agent", "run_until_signal"]
+
+log = logging.getLogger("heartbeat.main")
+
+PROG = "fil-heartbeat"
+#: How long stopping loops get to half-close and see the remote close.
+STOP_GRACE = 1.2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", dest="config", help="TOML file (FIL_HEARTBEAT_CONFIG)")
+    parser.add_argument(
+        "--identity-file", dest="identity_file", help="Ed25519 key file (created 0600)"
+    )
+    parser.add_argument("--log-format", dest="log_format", choices=("text", "json"))
+    parser.add_argument(
+        "--log-level", dest="log_level", choices=("debug", "info", "warning", "error")
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Filecoin heartbeat agent")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="beat to one or more aggregators (default)")
+    _common(run)
+    add = run.add_argument
+    add(
+        "--target",
+        dest="targets",
+        action="append",
+        metavar="MULTIADDR",
+        help="aggregator multiaddr ending in /p2p/<peer-id> (repeatable)",
+    )
+    add("--alerts", dest="alerts", metavar="MULTIADDR", help="alert service (FIL_HEARTBEAT_ALERTS)")
+    add("--nickname", dest="nickname")
+    add("--beat-period", dest="beat_period", metavar="DURATION", help="default 3s")
+    add("--reconnect-period", dest="reconnect_period", metavar="DURATION", help="default 10s")
+    add("--jitter", dest="jitter", metavar="FRACTION", help="reconnect jitter, default 0.2")
+    add("--error-log-period", dest="error_log_period", metavar="DURATION", help="default 10m")
+    add("--write-timeout", dest="write_timeout", metavar="DURATION", help="default 10s")
+    add("--dial-timeout", dest="dial_timeout", metavar="DURATION", help="default 10s")
+    add("--head-source", dest="head_source", choices=HEAD_SOURCES)
+    add("--fullnode-api-info", dest="fullnode_api_info", metavar="TOKEN:MULTIADDR")
+    add("--miner-api-info", dest="miner_api_info", metavar="TOKEN:MULTIADDR")
+    add("--miner-address", dest="miner_address", metavar="ADDRESS")
+    add("--metrics-listen", dest="metrics_listen", metavar="HOST:PORT")
+    add("--encoding", dest="encoding", choices=ENCODINGS)
+    add("--static-height", dest="static_height", metavar="N")
+    add("--static-head", dest="static_head", metavar="CID[,CID…]")
+    add("--genesis-cid", dest="genesis_cid", metavar="CID")
+    add("--block-delay", dest="block_delay", metavar="DURATION")
+    add("--lag-epochs", dest="lag_epochs", metavar="N")
+    add("--seed", dest="seed", metavar="N")
+    ident = sub.add_parser("id", help="print the agent's peer id (creating the key if needed)")
+    _common(ident)
+    return parser
+
+
+def _normalise_argv(argv: Sequence[str]) -> list[str]:
+    args = list(argv)
+    if not args or args[0] not in ("run", "id", "-h", "--help", "--version"):
+        args.insert(0, "run")
+    return args
+
+
+def make_head_source(config: AgentConfig) -> HeadSource:
+    """The head source the configuration asks for."""
+    if config.head_source == "static":
+        from heartbeat.agent.sources import StaticHeadSource
+
+        head = Head(
+            cids=config.static_head,
+            height=config.static_height,
+            genesis_cid=config.genesis_cid,
+            miner_address=config.miner_address,
+        )
+        return StaticHeadSource(head)
+    if config.head_source == "simulated":
+        from heartbeat.agent.sources import SimulatedChain
+
+        kwargs: dict[str, Any] = {
+            "block_delay": config.block_delay,
+            "lag_epochs": config.lag_epochs,
+            "seed": config.seed,
+            "miner_address": config.miner_address,
+        }
+        if config.genesis_cid:
+            kwargs["genesis_cid"] = config.genesis_cid
+        return SimulatedChain(**kwargs)
+    from heartbeat.agent.lotus.apiinfo import parse_api_info
+    from heartbeat.agent.lotus.source import LotusHeadSource
+
+    full = parse_api_info(config.fullnode_api_info or "", setting="FULLNODE_API_INFO")
+    miner = (
+        parse_api_info(config.miner_api_info, setting="MINER_API_INFO", miner=True)
+        if config.miner_api_info
+        else None
+    )
+    return LotusHeadSource(full, miner, config.miner_address or None)
+
+
+async def run_until_signal(config: AgentConfig) -> None:
+    """`run_agent` until the first SIGTERM or SIGINT (caught from the very start)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+        async def first_signal() -> None:
+            async for signum in signals:
+                log.info("shutdown signal=%s", signal.Signals(signum).name)
+                return
+
+        await run_agent(config, shutdown=first_signal)
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    shutdown: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until `shutdown()` returns, then stop gracefully.
+
+    `task_status.started(agent)` once every service is up.
+    """
+    key_pair = await trio.to_thread.run_sync(load_or_create_identity, config.identity_file)
+    head_source = make_head_source(config)
+    rng = random.Random()
+    # The agent dials a known address and protocol: identifying the aggregator buys nothing.
+    async with running_host(key_pair, identify_peers=False) as host:
+        connector = Libp2pConnector(host)
+        loops = [
+            BeatLoop(
+                target,
+                connector,
+                lambda: head_source.latest,
+                nickname=config.nickname,
+                miner_address=config.miner_address,
+                encoding=config.encoding,
+                write_timeout=config.write_timeout,
+                dial_timeout=config.dial_timeout,
+                jitter=config.jitter,
+                error_log_period=config.error_log_period,
+                rand=rng.random,
+            )
+            for target in config.targets
+        ]
+        agent = Agent(loops, head_source)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(head_source.run)
+            if config.metrics_listen is not None:
+                from heartbeat.agent.metrics import make_registry, serve_metrics
+
+                mhost, mport = config.metrics_listen
+                registry = make_registry(loops, head_source)
+                await nursery.start(serve_metrics, registry, mhost, mport)
+            await nursery.start(agent.run)
+            log.info(
+                "agent_started peer_id=%s targets=%d encoding=%s head_source=%s",
+                peer_id_of(key_pair),
+                len(loops),
+                config.encoding,
+                config.head_source,
+            )
+            task_status.started(agent)
+            await shutdown()
+            clean = await agent.stop(grace=STOP_GRACE)
+            log.info("agent_stopped clean=%s", clean)
+            nursery.cancel_scope.cancel()
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k != "command"}
+
+
+def _load_toml(flags: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    path = config_path(flags, env)
+    if path is None:
+        return {}
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config / FIL_HEARTBEAT_CONFIG", f"cannot read {path}: {exc}") from exc
+    return parse_toml(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv))[:1] == ["loadgen"]:
+        from heartbeat.tools.loadgen import (
+            main as loadgen_main,  # capacity tooling, docs/CAPACITY.md
+        )
+
+        return loadgen_main((sys.argv[1:] if argv is None else list(argv))[1:])
+    args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    env = dict(os.environ)
+    flags = _flags(args)
+    default_identity = Path(platformdirs.user_state_dir("fil-heartbeat")) / "agent.key"
+    try:
+        toml = _load_toml(flags, env)
+        if args.command == "id":
+            path = resolve_identity_file(flags, env, toml, default_identity)
+            print(peer_id_of(load_or_create_identity(path)))
+            return 0
+        config = build_config(flags, env, toml, default_identity_file=default_identity)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except IdentityError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+    setup_logging(config.log_format, config.log_level.upper())
+    restore_libp2p_logging()
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    try:
+        trio.run(run_until_signal, config)
+    except HeartbeatError as exc:
+        log.error("agent_failed err=%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What both programs share: durations, setting parsers, logging set-up and the ASGI server."""

@@ -1,0 +1,1 @@
+"""Tools around the product, never imported by it: the load generator and the demo."""
