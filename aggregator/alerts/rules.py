@@ -19,19 +19,32 @@ sends neither a recovery nor a new page. A node or network that disappears from 
 Thresholds and `for` durations are those of rules.yml (tests/test_alert_rules.py compares
 them). FilHeartbeatAggregatorDown and FilHeartbeatBeatsRejected are Prometheus-only: an
 aggregator cannot report its own death, and the snapshot holds no ingest counters.
+
+The alert table (severities, `AlertPolicy`, `Alert`, `Transition`) lives in
+aggregator/alerts/model.py, the `[alerts]` settings in aggregator/alerts/settings.py; both are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
+from aggregator.alerts.model import (
+    ALERT_SEVERITIES,
+    TEST_ALERT_NAME,
+    Alert,
+    AlertPolicy,
+    Phase,
+    Severity,
+    Transition,
+    TransitionKind,
+)
+from aggregator.alerts.settings import AlertingSettings, alerting_settings
 from aggregator.fleet import FleetSnapshot, NetworkView, NodeState, NodeView
-from heartbeat.common.durations import format_duration, parse_duration
-from heartbeat.errors import ConfigError
+from heartbeat.common.durations import format_duration
 
 __all__ = [
     "ALERT_SEVERITIES",
@@ -47,103 +60,6 @@ __all__ = [
     "alerting_settings",
     "test_alert",
 ]
-
-
-class Severity(StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-
-#: Every alert the evaluator raises and its severity (as in rules.yml).
-ALERT_SEVERITIES: Mapping[str, Severity] = {
-    "FilNodeDown": Severity.CRITICAL,
-    "FilHeartbeatMissing": Severity.WARNING,
-    "FilNodeLagging": Severity.WARNING,
-    "FilNodeHeadStalled": Severity.CRITICAL,
-    "FilNodeForked": Severity.CRITICAL,
-    "FilNodeSyncingTooLong": Severity.WARNING,
-    "FilFleetHeightStalled": Severity.CRITICAL,
-    "FilFleetBehindExpectedHeight": Severity.WARNING,
-    "FilFleetShrunk": Severity.CRITICAL,
-}
-TEST_ALERT_NAME = "FilHeartbeatTestAlert"
-
-
-@dataclass(frozen=True, slots=True)
-class AlertPolicy:
-    """Thresholds (seconds, epochs, nodes) and `for` durations; defaults = rules.yml."""
-
-    node_down_for: float = 60.0
-    heartbeat_missing_after: float = 180.0
-    heartbeat_missing_for: float = 60.0
-    lag_epochs: int = 5
-    lagging_for: float = 120.0
-    head_stalled_after: float = 300.0
-    head_stalled_for: float = 60.0
-    forked_for: float = 300.0
-    syncing_for: float = 1800.0
-    fleet_stalled_after: float = 300.0
-    fleet_stalled_for: float = 300.0
-    fleet_behind_epochs: int = 10
-    fleet_behind_for: float = 300.0
-    fleet_min_up_nodes: int = 1
-    fleet_shrunk_for: float = 120.0
-    #: Flap suppression: a cleared alert keeps firing this long before it resolves.
-    keep_firing_for: float = 60.0
-    #: Firing alerts are sent again this often (Alertmanager forgets them otherwise).
-    resend_interval: float = 60.0
-    #: Alert names not to evaluate.
-    disabled: frozenset[str] = frozenset()
-
-    def for_duration(self, alertname: str) -> float:
-        return {
-            "FilNodeDown": self.node_down_for,
-            "FilHeartbeatMissing": self.heartbeat_missing_for,
-            "FilNodeLagging": self.lagging_for,
-            "FilNodeHeadStalled": self.head_stalled_for,
-            "FilNodeForked": self.forked_for,
-            "FilNodeSyncingTooLong": self.syncing_for,
-            "FilFleetHeightStalled": self.fleet_stalled_for,
-            "FilFleetBehindExpectedHeight": self.fleet_behind_for,
-            "FilFleetShrunk": self.fleet_shrunk_for,
-        }.get(alertname, 0.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """One alert instance; `labels` include alertname and severity."""
-
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str]
-    starts_at: float  # when the condition became true (Prometheus's activeAt)
-    ends_at: float | None = None  # set once resolved
-    value: float = 0.0
-
-    @property
-    def alertname(self) -> str:
-        return self.labels["alertname"]
-
-    @property
-    def severity(self) -> str:
-        return self.labels.get("severity", "")
-
-
-class TransitionKind(StrEnum):
-    FIRED = "fired"
-    RESEND = "resend"
-    RESOLVED = "resolved"
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    kind: TransitionKind
-    alert: Alert
-
-
-class Phase(StrEnum):
-    PENDING = "pending"
-    FIRING = "firing"
 
 
 @dataclass(slots=True)
@@ -423,95 +339,3 @@ def test_alert(
 
 
 test_alert.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
-
-
-# -- settings ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AlertingSettings:
-    """Where and how the built-in alerter delivers (from the `[alerts]` table and flags)."""
-
-    #: Evaluate at all (the evaluator also feeds /api/v1/alerts and `alerts_firing`).
-    enabled: bool = True
-    alertmanager_urls: tuple[str, ...] = ()
-    webhook_urls: tuple[str, ...] = ()
-    send_test_alert: bool = False
-    evaluation_interval: float = 5.0
-    policy: AlertPolicy = field(default_factory=AlertPolicy)
-
-    @property
-    def has_receivers(self) -> bool:
-        return bool(self.alertmanager_urls or self.webhook_urls)
-
-
-def _urls(value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else list(value)
-    urls = tuple(str(u).strip().rstrip("/") for u in items if str(u).strip())
-    for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http(s) URL")
-    return urls
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a duration")
-    if isinstance(value, str):
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = parse_duration(value)
-    else:
-        seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("expected a non-negative duration")
-    return seconds
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("expected an integer")
-    number = int(value)
-    if number < 0:
-        raise ValueError("expected a non-negative integer")
-    return number
-
-
-def alerting_settings(table: Mapping[str, Any]) -> AlertingSettings:
-    """Validate the `[alerts]` table. Keys: `enabled`, `alertmanager_urls`, `webhook_urls`,
-    `send_test_alert`, `evaluation_interval`, `disabled` and every `AlertPolicy` field
-    (durations as numbers or Go strings: `for` durations are `*_for`). One bad key raises a
-    `ConfigError` naming `alerts.<key>`."""
-    policy_fields = {f.name: f for f in fields(AlertPolicy)}
-    policy: dict[str, Any] = {}
-    settings: dict[str, Any] = {}
-    for key, value in table.items():
-        try:
-            if key in ("alertmanager_urls", "alertmanager_url"):
-                settings["alertmanager_urls"] = _urls(value)
-            elif key in ("webhook_urls", "webhook_url"):
-                settings["webhook_urls"] = _urls(value)
-            elif key in ("send_test_alert", "enabled"):
-                if not isinstance(value, bool):
-                    raise ValueError("expected true or false")
-                settings[key] = value
-            elif key == "evaluation_interval":
-                interval = _seconds(value)
-                if interval <= 0:
-                    raise ValueError("must be positive")
-                settings["evaluation_interval"] = interval
-            elif key == "disabled":
-                names = frozenset([value] if isinstance(value, str) else value)
-                unknown = names - set(ALERT_SEVERITIES)
-                if unknown:
-                    raise ValueError(f"unknown alerts {sorted(unknown)}")
-                policy["disabled"] = names
-            elif key in policy_fields:
-                kind = policy_fields[key].type
-                policy[key] = _count(value) if kind == "int" else _seconds(value)
-            else:
-                raise ValueError("unknown setting")
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"alerts.{key}", str(exc)) from exc
-    return AlertingSettings(policy=AlertPolicy(**policy), **settings)
