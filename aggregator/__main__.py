@@ -140,6 +140,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--stall-after", type=str, metavar="DURATION")
         p.add_argument("--retention", type=str, metavar="DURATION")
         p.add_argument("--max-nodes", type=str, metavar="N")
+        p.add_argument(
+            "--probation",
+            type=str,
+            metavar="DURATION",
+            help="a new peer id counts once it has beaten this long (1m; 0 disables)",
+        )
+        p.add_argument("--max-probation", type=str, metavar="N", help="peers on probation (1000)")
+        p.add_argument("--max-probation-per-ip", type=str, metavar="N", help="per IP (64)")
+        p.add_argument(
+            "--reset-state",
+            action="store_const",
+            const=True,
+            help="move an unreadable state db aside and start empty",
+        )
         p.add_argument("--gc-threshold", type=str, metavar="G0,G1,G2")
         p.add_argument(
             "--no-gc-freeze",

@@ -66,6 +66,9 @@ def fleet_policy(config: AggregatorConfig) -> FleetPolicy:
         beat_timeout_max=config.beat_timeout_max,
         retention=config.retention,
         max_nodes=config.max_nodes,
+        probation=config.probation,
+        max_probation=config.max_probation,
+        max_probation_per_ip=config.max_probation_per_ip,
     )
 
 
@@ -169,6 +172,7 @@ class Aggregator:
             log.error("allowlist_reload_failed err=%s (keeping the previous list)", exc)
             return False
         self.ingest.set_allowlist(allowlist)
+        self.fleet.set_trusted(allowlist)
         return True
 
 
@@ -268,7 +272,7 @@ async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
         partial(
             store.run_store_writer,
             agg.fleet,
-            store.NodeStore(agg.config.state_db),
+            store.NodeStore(agg.config.state_db, reset_broken=agg.config.reset_state),
             agg.store_events,
             agg.config.store_flush_interval,
             clock=agg.wall_clock,
@@ -293,6 +297,8 @@ def build_aggregator(
     """Everything but the I/O: fleet, bus, ingest, metrics."""
     peer_id = p2p.peer_id_of(key_pair)
     fleet = Fleet(fleet_policy(config))
+    allowlist = load_allowlist(config.allowlist_file)
+    fleet.set_trusted(allowlist)  # allowlisted peers skip probation
     bus = Bus()
     bus.subscribe_sync("fleet", fleet_subscriber(fleet))
     alert_changes = ChangeSignal()
@@ -302,11 +308,14 @@ def build_aggregator(
         IngestSettings.from_config(config),
         bus,
         beat_timeout=fleet.beat_timeout,
-        allowlist=load_allowlist(config.allowlist_file),
+        allowlist=allowlist,
         wall_clock=wall_clock,
     )
     metrics = create_metrics(
-        lambda: fleet.snapshot(wall_clock()), legacy=config.legacy_metrics, peer_id=peer_id
+        lambda: fleet.snapshot(wall_clock()),
+        legacy=config.legacy_metrics,
+        name=config.name,
+        peer_id=peer_id,
     )
     gc_monitor = GcMonitor()
     metrics.own.counters = ingest.counters

@@ -52,6 +52,9 @@ class AggregatorConfig:
     http_port: int = 9082
     identity_file: Path = Path("aggregator.key")
     state_db: Path = Path("aggregator.db")
+    #: A state db that cannot be opened is moved aside (with its -wal/-shm, a timestamp
+    #: suffix) and the aggregator starts empty (aggregator/store.py).
+    reset_state: bool = False
     allowlist_file: Path | None = None
     legacy_metrics: bool = False
     #: The aggregator's name (legacy metrics label `aggregator`, alert sender).
@@ -85,6 +88,11 @@ class AggregatorConfig:
     stall_after: float = 300.0
     retention: float = 86_400.0
     max_nodes: int = 20_000
+    #: A new peer id is on probation until it has beaten this long (and 3 beats): shown,
+    #: not persisted, not alerted on, not voting (aggregator/fleet.py). 0: no probation.
+    probation: float = 60.0
+    max_probation: int = 1000  # peers on probation at most, in total
+    max_probation_per_ip: int = 64  # and per remote IP
     # -- operations --
     reject_log_interval: float = 60.0
     #: The registry's batch period: also what a SIGKILL can lose (docs/ARCHITECTURE.md).
@@ -218,6 +226,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "listen": _listen,
     "identity_file": _path,
     "state_db": _path,
+    "reset_state": _bool,
     "allowlist_file": _opt_path,
     "legacy_metrics": _bool,
     "name": _str,
@@ -243,6 +252,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "stall_after": _duration,
     "retention": _duration,
     "max_nodes": _int,
+    "probation": _duration,
+    "max_probation": _int,
+    "max_probation_per_ip": _int,
     "reject_log_interval": _duration,
     "store_flush_interval": _duration,
     "expire_interval": _duration,
@@ -290,6 +302,8 @@ _AT_LEAST_ONE = {
     "flood_drops",
     "lag_threshold",
     "max_nodes",
+    "max_probation",
+    "max_probation_per_ip",
 }
 
 _MULTIADDR = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/([^/]+)/tcp/(\d+)$")

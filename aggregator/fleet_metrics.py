@@ -45,6 +45,9 @@ _H_HASH = _header(
     _N + "head_hash", "gauge", "Head CID set hashed to an integer below 2^52 (0: no head)."
 )
 _H_INFO = _header(_N + "info", "gauge", "Node metadata (always 1).")
+_H_PROBATION = _header(
+    _N + "probation", "gauge", "1 while the node is on probation (not alerted on, not voting)."
+)
 _NETWORK_FAMILIES = (
     ("network_height", "Highest height among up nodes."),
     ("network_expected_height", "Height expected from genesis time and block delay."),
@@ -74,8 +77,9 @@ class FleetRenderer:
     cache and replaces it whole.
     """
 
-    def __init__(self, *, legacy: bool = False) -> None:
+    def __init__(self, *, legacy: bool = False, name: str = "aggregator") -> None:
         self.legacy = legacy
+        self.name = name  # the legacy families' `aggregator` label
         self._cache: dict[str, tuple[_LabelKey, str, str]] = {}
 
     def render(self, snap: FleetSnapshot | None) -> str:
@@ -170,6 +174,10 @@ class FleetRenderer:
                 lambda part: [f"{_N}beats_total{b}}} {_num(v.beats_received)}\n" for b, v in part],
             ),
             (_H_HASH, lambda part: [f"{_N}head_hash{b}}} {_num(v.head_hash)}\n" for b, v in part]),
+            (
+                _H_PROBATION,
+                lambda part: [f"{_N}probation{b}}} {1 if v.probation else 0}\n" for b, v in part],
+            ),
         )
         add, extend = out.append, out.extend
         for header, lines in families:
@@ -181,7 +189,7 @@ class FleetRenderer:
         extend(infos)
         self._networks(snap, out)
         if self.legacy:
-            self._legacy(snap, out)
+            self._legacy(snap, out, self.name)
 
     @staticmethod
     def _networks(snap: FleetSnapshot, out: list[str]) -> None:
@@ -209,7 +217,8 @@ class FleetRenderer:
                 add(f"{PREFIX}{name}{b}}} {_num(getattr(n, attr))}\n")
 
     @staticmethod
-    def _legacy(snap: FleetSnapshot, out: list[str]) -> None:
+    def _legacy(snap: FleetSnapshot, out: list[str], name_label: str) -> None:
+        label = escape_label_value(name_label)
         nets = snap.networks.values()
         for name, value in (
             ("connected_nodes", sum(n.nodes_up for n in nets)),
@@ -217,4 +226,4 @@ class FleetRenderer:
             ("nodes_in_dispute", sum(n.in_dispute for n in nets)),
         ):
             out.append(_H_LEGACY[name])
-            out.append(f'{name}{{aggregator="aggregator"}} {_num(value)}\n')
+            out.append(f'{name}{{aggregator="{label}"}} {_num(value)}\n')

@@ -37,9 +37,12 @@ class FleetCollector(Collector):
     Not registered by `create_metrics` (too slow for 10,000 nodes); `render_reference` uses it.
     """
 
-    def __init__(self, snapshot_provider: SnapshotProvider, *, legacy: bool = False) -> None:
+    def __init__(
+        self, snapshot_provider: SnapshotProvider, *, legacy: bool = False, name: str = "aggregator"
+    ) -> None:
         self.snapshot_provider = snapshot_provider
         self.legacy = legacy
+        self.name = name  # the legacy families' `aggregator` label
 
     def describe(self) -> list[Metric]:
         return []  # do not evaluate the provider at registration time
@@ -82,6 +85,11 @@ class FleetCollector(Collector):
             "Head CID set hashed to an integer below 2^52 (0: no head).",
             _NODE_LABELS,
         )
+        probation = _g(
+            "node_probation",
+            "1 while the node is on probation (not alerted on, not voting).",
+            _NODE_LABELS,
+        )
         info = _g(
             "node_info", "Node metadata (always 1).", (*_NODE_LABELS, "version", "remote_address")
         )
@@ -100,8 +108,10 @@ class FleetCollector(Collector):
             syncing.add_metric(labels, 1.0 if v.syncing else 0.0)
             beats.add_metric(labels, v.beats_received)
             hhash.add_metric(labels, v.head_hash)
+            probation.add_metric(labels, 1.0 if v.probation else 0.0)
             info.add_metric([*labels, v.version or "", v.remote_address], 1.0)
         yield from (height, head_ts, last_beat, changed, up, state, lag, syncing, beats, hhash)
+        yield probation
         yield info
 
     def _networks(self, snap: FleetSnapshot) -> Iterator[Metric]:
@@ -134,7 +144,7 @@ class FleetCollector(Collector):
 
     def _legacy(self, snap: FleetSnapshot) -> Iterator[Metric]:
         nets = snap.networks.values()
-        label = ["aggregator"]
+        label = [self.name]
         for name, doc, value in (
             ("connected_nodes", "Nodes up (legacy).", sum(n.nodes_up for n in nets)),
             (
@@ -149,8 +159,10 @@ class FleetCollector(Collector):
             yield fam
 
 
-def render_reference(snapshot: FleetSnapshot | None, *, legacy: bool = False) -> bytes:
+def render_reference(
+    snapshot: FleetSnapshot | None, *, legacy: bool = False, name: str = "aggregator"
+) -> bytes:
     """The fleet families of `snapshot` through prometheus_client (tests, benchmarks)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(lambda: snapshot, legacy=legacy))
+    registry.register(FleetCollector(lambda: snapshot, legacy=legacy, name=name))
     return generate_latest(registry)

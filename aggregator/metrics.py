@@ -114,14 +114,17 @@ def create_metrics(
     snapshot_provider: SnapshotProvider,
     *,
     legacy: bool = False,
+    name: str = "aggregator",
     peer_id: str = "",
     version: str = __version__,
 ) -> AggregatorMetrics:
-    """The fleet renderer and a fresh registry holding the self collector."""
+    """The fleet renderer and a fresh registry holding the self collector; `name` is the
+    legacy families' `aggregator` label (`--name`)."""
     registry = CollectorRegistry(auto_describe=False)
     own = SelfCollector(peer_id=peer_id, version=version)
     registry.register(own)
-    return AggregatorMetrics(registry, FleetRenderer(legacy=legacy), own, snapshot_provider)
+    renderer = FleetRenderer(legacy=legacy, name=name)
+    return AggregatorMetrics(registry, renderer, own, snapshot_provider)
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -146,11 +146,14 @@ class NodeStore:
     """SQLite node registry. Blocking: call it through `trio.to_thread.run_sync`.
 
     Every failure of the database (unreadable, corrupt, newer schema) is a `StoreError` that
-    names the path.
+    names the path. With `reset_broken` (`--reset-state`), `load` instead moves such a file
+    aside (with its -wal/-shm, a timestamp suffix), logs an ERROR naming both paths, and
+    starts an empty registry.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, reset_broken: bool = False) -> None:
         self.path = Path(path)
+        self.reset_broken = reset_broken
         self._conn: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -184,6 +187,35 @@ class NodeStore:
 
     def load(self) -> list[NodeRecord]:
         """Every stored node; rows that do not make sense are skipped with a warning."""
+        try:
+            return self._load()
+        except StoreError as exc:
+            if not self.reset_broken:
+                raise
+            self._set_aside(exc)
+            return self._load()
+
+    def _set_aside(self, exc: StoreError) -> None:
+        """Move the broken database and its -wal/-shm files aside; the next open is empty."""
+        self.close()
+        suffix = time.strftime(".broken-%Y%m%dT%H%M%SZ", time.gmtime())
+        for extra in ("", "-wal", "-shm"):
+            path = self.path.with_name(self.path.name + extra)
+            if not path.exists():
+                continue
+            aside = path.with_name(path.name + suffix)
+            try:
+                path.rename(aside)
+            except OSError as err:
+                raise StoreError(str(path), f"cannot move aside to {aside}: {err}") from err
+            log.error(
+                "state_db_reset path=%s moved_to=%s err=%s (starting with an empty registry)",
+                path,
+                aside,
+                exc.message,
+            )
+
+    def _load(self) -> list[NodeRecord]:
         conn = self._connect()
         try:
             rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM nodes ORDER BY peer_id")

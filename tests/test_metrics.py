@@ -259,7 +259,7 @@ def test_fast_renderer_matches_prometheus_client() -> None:
         fast = FleetRenderer(legacy=legacy).render(snap).encode()
         reference = render_reference(snap, legacy=legacy)
         assert families(fast) == families(reference)
-        assert len(families(fast)) == 17 + (3 if legacy else 0)
+        assert len(families(fast)) == 18 + (3 if legacy else 0)  # node_probation included
     for empty in (None, Fleet().snapshot(T0)):
         assert families(FleetRenderer().render(empty).encode()) == families(render_reference(empty))
 

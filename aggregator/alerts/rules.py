@@ -247,6 +247,8 @@ class AlertEvaluator:
         now = snapshot.taken_at
         out: dict[tuple[str, str], _Condition] = {}
         for v in snapshot.nodes:
+            if v.probation:  # a node that never completed probation never alerts
+                continue
             for c in self._node_conditions(v, now):
                 out[c.key] = c
         for n in snapshot.networks.values():
