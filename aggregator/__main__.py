@@ -1,7 +1,8 @@
 """CLI: `fil-heartbeat-aggregator run|id` (no subcommand means `run`).
 
-Exit codes: 0 after a clean shutdown, 2 for a configuration error (the message
-names the setting), 1 for an identity or store error.
+Exit codes: 0 after a clean shutdown, 2 for a configuration error or a listen address
+already in use (checked before anything is opened; the message names the setting), 1 for an
+identity or store error.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -19,11 +21,11 @@ from typing import Any
 import trio
 
 from aggregator.alerts.service import add_alert_arguments, load_settings, merge_alert_flags
-from aggregator.config import AggregatorConfig, build_config
+from aggregator.config import _MULTIADDR, AggregatorConfig, build_config
 from aggregator.errors import AggregatorError
 from heartbeat.errors import ConfigError, HeartbeatError
 
-__all__ = ["main", "parse_args"]
+__all__ = ["busy_listen_address", "main", "parse_args"]
 
 log = logging.getLogger("aggregator")
 
@@ -240,10 +242,55 @@ def _print_ready(agg: Any) -> None:
     print(agg.http_url, flush=True)
 
 
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _bind_targets(config: AggregatorConfig) -> list[tuple[str, str, int]]:
+    """(flag / variable, host, port) of every listen address with a fixed port."""
+    out = []
+    for addr in config.listen:
+        match = _MULTIADDR.match(addr)
+        if match is not None and int(match.group(3)) != 0:
+            out.append(
+                ("--listen / FIL_HEARTBEAT_AGGREGATOR_LISTEN", match.group(2), int(match.group(3)))
+            )
+    if config.http_port != 0:
+        out.append(
+            (
+                "--http-listen / FIL_HEARTBEAT_AGGREGATOR_HTTP_LISTEN",
+                config.http_host,
+                config.http_port,
+            )
+        )
+    return out
+
+
+def busy_listen_address(config: AggregatorConfig) -> str | None:
+    """One line naming the first listen address already in use and its setting, or None.
+
+    A plain bind (SO_REUSEADDR, as trio's and py-libp2p's listeners set) to every resolved
+    address, closed at once: run before the state db, the identity or any worker is opened.
+    """
+    for setting, host, port in _bind_targets(config):
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError as exc:
+            return f"cannot resolve listen address {host}:{port} ({setting}): {exc}"
+        for family, kind, proto, _, sockaddr in infos:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(sockaddr)
+                except OSError as exc:
+                    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    return f"listen address {shown} ({setting}) is not available: {exc.strerror}"
+    return None
 
 
 def _run_worker(argv: Sequence[str]) -> int:
@@ -255,51 +302,53 @@ def _run_worker(argv: Sequence[str]) -> int:
         logging.shutdown()
         os._exit(0)
 
-    try:
-        trio.run(partial(run_worker, args.worker_index, args.worker_link, orphaned=exit_now))
-    except BaseExceptionGroup as group:
-        raise _first_leaf(group) from group
+    trio.run(partial(run_worker, args.worker_index, args.worker_link, orphaned=exit_now))
+    return 0
+
+
+def _main(argv: Sequence[str]) -> int:
+    command, config = parse_args(argv)
+    if command == "run":
+        busy = busy_listen_address(config)
+        if busy is not None:
+            print(f"fil-heartbeat-aggregator: {busy}", file=sys.stderr)
+            return 2
+    from heartbeat.common.logs import setup_logging
+
+    setup_logging(config.log_format, config.log_level)
+    from heartbeat.net import p2p
+
+    p2p.restore_libp2p_logging()
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    if command == "id":
+        print(p2p.peer_id_of(p2p.load_or_create_identity(config.identity_file)))
+        return 0
+    if command == "worker":
+        return _run_worker(argv)
+    from aggregator.app import run_aggregator
+
+    trio.run(partial(run_aggregator, config, on_ready=_print_ready))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one error boundary: whatever the services raised, alone or grouped by trio's
+    nurseries, becomes one line on stderr and an exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    codes: list[int] = []
     try:
-        command, config = parse_args(argv)
-    except ConfigError as exc:
-        print(f"fil-heartbeat-aggregator: configuration error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        from heartbeat.common.logs import setup_logging
-
-        setup_logging(config.log_format, config.log_level)
-        from heartbeat.net import p2p
-
-        p2p.restore_libp2p_logging()
-        logging.getLogger("libp2p").setLevel(logging.WARNING)
-        if command == "id":
-            print(p2p.peer_id_of(p2p.load_or_create_identity(config.identity_file)))
-            return 0
-        if command == "worker":
-            return _run_worker(argv)
-        from aggregator.app import run_aggregator
-
-        try:
-            trio.run(partial(run_aggregator, config, on_ready=_print_ready))
-        except BaseExceptionGroup as group:
-            leaf = _first_leaf(group)
-            if isinstance(leaf, HeartbeatError | AggregatorError | OSError):
-                raise leaf from group
-            raise
-    except ConfigError as exc:
-        print(f"fil-heartbeat-aggregator: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (HeartbeatError, AggregatorError, OSError) as exc:
-        print(f"fil-heartbeat-aggregator: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+        codes.append(_main(argv))
+    except* ConfigError as group:
+        print(
+            f"fil-heartbeat-aggregator: configuration error: {_leaves(group)[0]}", file=sys.stderr
+        )
+        codes.append(2)
+    except* (HeartbeatError, AggregatorError, OSError) as group:
+        print(f"fil-heartbeat-aggregator: {_leaves(group)[0]}", file=sys.stderr)
+        codes.append(1)
+    except* KeyboardInterrupt:
+        codes.append(130)
+    return codes[0]
 
 
 if __name__ == "__main__":

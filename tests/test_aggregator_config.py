@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ from aggregator.config import (
     parse_http_listen,
 )
 from heartbeat.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_defaults() -> None:
@@ -257,3 +263,92 @@ def test_gc_monitor_measures_pauses() -> None:
         gc.collect()
     assert real.count >= 1
     assert real._callback not in gc.callbacks
+
+
+# -- probation, reset-state, legacy name, listen ports in use --------------------------------
+
+
+def test_probation_and_reset_state_settings() -> None:
+    defaults = build_config(state_dir=Path("/state"))
+    assert (defaults.probation, defaults.max_probation, defaults.max_probation_per_ip) == (
+        60.0,
+        1000,
+        64,
+    )
+    assert defaults.reset_state is False
+    file = {"probation": "2m", "max_probation": 10, "reset_state": True}
+    config = build_config({}, {"FIL_HEARTBEAT_AGGREGATOR_MAX_PROBATION_PER_IP": "3"}, file)
+    assert (config.probation, config.max_probation, config.max_probation_per_ip) == (120.0, 10, 3)
+    assert config.reset_state is True
+    env = build_config({}, {"FIL_HEARTBEAT_AGGREGATOR_RESET_STATE": "true"})
+    assert env.reset_state is True
+    from aggregator.__main__ import parse_args
+
+    _, cli = parse_args(["run", "--reset-state", "--probation", "0s"], env={})
+    assert cli.reset_state is True
+    assert cli.probation == 0.0
+    with pytest.raises(ConfigError, match="max_probation"):
+        build_config({"max_probation": "0"})
+
+
+def test_legacy_metrics_labelled_with_the_name() -> None:
+    from aggregator.fleet import Fleet
+    from aggregator.fleet_reference import render_reference
+    from aggregator.metrics import create_metrics
+
+    snap = Fleet().snapshot(0.0)
+    metrics = create_metrics(lambda: snap, legacy=True, name='east"1')
+    text = metrics.fleet.render(snap)
+    assert 'connected_nodes{aggregator="east\\"1"} 0\n' in text
+    assert 'aggregator="aggregator"' not in text
+    reference = render_reference(snap, legacy=True, name='east"1').decode()
+    assert 'connected_nodes{aggregator="east\\"1"} 0.0' in reference
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aggregator", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "HOME": str(cwd)},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("which", ["listen", "http"])
+def test_listen_port_in_use_exits_2_before_opening_anything(tmp_path: Path, which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen = f"/ip4/127.0.0.1/tcp/{port}" if which == "listen" else "/ip4/127.0.0.1/tcp/0"
+        http = f"127.0.0.1:{port}" if which == "http" else "127.0.0.1:0"
+        proc = _run_cli(
+            "run",
+            "--listen",
+            listen,
+            "--http-listen",
+            http,
+            "--state-db",
+            str(tmp_path / "agg.db"),
+            "--identity-file",
+            str(tmp_path / "agg.key"),
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    flag = "--listen" if which == "listen" else "--http-listen"
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert flag in lines[0]
+    assert not (tmp_path / "agg.db").exists()
+    assert not (tmp_path / "agg.key").exists()
+
+
+def test_port_zero_is_not_checked() -> None:
+    config = build_config({"listen": ["/ip4/127.0.0.1/tcp/0"], "http_listen": "127.0.0.1:0"})
+    from aggregator.__main__ import busy_listen_address
+
+    assert busy_listen_address(config) is None

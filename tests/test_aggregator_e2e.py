@@ -42,6 +42,9 @@ def make_config(tmp_path: Path, **overrides: Any) -> AggregatorConfig:
             "identity_file": str(tmp_path / "aggregator.key"),
             "state_db": str(tmp_path / "aggregator.db"),
             "gc_freeze": False,
+            # These tests drive states, alerts and persistence from a node's first beat;
+            # probation has its own (tests/test_probation_e2e.py).
+            "probation": "0s",
         }
     )
     return replace(base, **overrides)

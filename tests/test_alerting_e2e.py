@@ -77,6 +77,8 @@ def aggregator(tmp: Path, alertmanager_url: str) -> Iterator[tuple[str, str]]:
         AGGREGATOR_NAME,
         "--beat-timeout",
         "10s",
+        "--probation",  # the alerts under test start at a node's first beat
+        "0s",
         "--alertmanager-url",
         alertmanager_url,
         "--alert-test",
