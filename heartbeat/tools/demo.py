@@ -51,7 +51,8 @@ def demo_config(state_dir: Path) -> AggregatorConfig:
             "gc_freeze": False,
         }
     )
-    return replace(config, stall_after=60.0, beat_timeout_min=5.0)
+    # No probation: the demo's three agents are known, and a run lasts seconds, not minutes.
+    return replace(config, stall_after=60.0, beat_timeout_min=5.0, probation=0.0)
 
 
 def format_summary(snap: FleetSnapshot, now: float) -> list[str]:
