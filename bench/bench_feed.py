@@ -11,6 +11,7 @@ Usage: python -m bench.bench_feed [EVENTS [CLIENTS]]
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -78,8 +79,11 @@ async def run(events: int, clients: int, query: str) -> float:
 
 
 def main() -> None:
-    events = int(sys.argv[1]) if len(sys.argv) > 1 else 30_000
-    clients = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("events", nargs="?", type=int, default=30_000)
+    parser.add_argument("clients", nargs="?", type=int, default=2)
+    args = parser.parse_args()
+    events, clients = args.events, args.clients
     base = trio.run(run, events, 0, "")
     print(f"events={events} no_client cpu_s={base:.2f} us_per_event={base * 1e6 / events:.1f}")
     for label, query in (("all_events", ""), ("filtered_out", "?peer=nobody")):

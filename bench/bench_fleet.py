@@ -5,7 +5,7 @@ Usage: python -m bench.bench_fleet [NODES]
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 from aggregator.fleet import Fleet, FleetPolicy
@@ -47,7 +47,9 @@ def sample_fleet(count: int, now: float) -> Fleet:
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("nodes", nargs="?", type=int, default=10_000)
+    count = parser.parse_args().nodes
     now = 1_700_000_000.0
     fleet = sample_fleet(count, now)
     runs = []

@@ -10,8 +10,8 @@ Usage: python -m bench.bench_metrics [NODES ...]
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -39,7 +39,9 @@ def measure(render: Callable[[], bytes]) -> tuple[float, int]:
 
 
 def main() -> None:
-    counts = [int(a) for a in sys.argv[1:]] or [1_000, 10_000]
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("nodes", nargs="*", type=int, default=[1_000, 10_000])
+    counts = parser.parse_args().nodes
     for count in counts:
         snap = snapshot(count)
         metrics = create_metrics(lambda snap=snap: snap)

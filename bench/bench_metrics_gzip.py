@@ -12,8 +12,8 @@ Usage: python -m bench.bench_metrics_gzip [NODES ...]
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -67,7 +67,9 @@ async def in_thread(body: bytes) -> tuple[float, float]:
 
 
 def main() -> None:
-    counts = [int(a) for a in sys.argv[1:]] or [1_000, 10_000]
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("nodes", nargs="*", type=int, default=[1_000, 10_000])
+    counts = parser.parse_args().nodes
     for count in counts:
         metrics = metrics_of(sample_fleet(count, NOW).snapshot(NOW + 1.0))
         render_ms = median_ms(metrics.render)

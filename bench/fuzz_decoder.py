@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import sys
 
-import atheris
+try:
+    import atheris
+except ModuleNotFoundError:  # not a project dependency (docs/FUZZING.md)
+    sys.exit("fuzz_decoder: atheris is not installed: .venv/bin/pip install atheris")
 
 with atheris.instrument_imports():
     from heartbeat.protocol.wire import (
