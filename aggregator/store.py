@@ -16,6 +16,7 @@ of changes (docs/ARCHITECTURE.md, "Persistence").
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -187,25 +188,47 @@ class NodeStore:
 
     def load(self) -> list[NodeRecord]:
         """Every stored node; rows that do not make sense are skipped with a warning."""
+        if not self.reset_broken:
+            return self._load()
+        suffix = time.strftime(".broken-%Y%m%dT%H%M%SZ", time.gmtime())
+        # SQLite may delete the -wal/-shm files when it closes a database it could not use:
+        # hard links keep them for the move aside, and are dropped when the open succeeds.
+        kept = self._keep_sidecars(suffix)
         try:
-            return self._load()
+            records = self._load()
         except StoreError as exc:
-            if not self.reset_broken:
-                raise
-            self._set_aside(exc)
+            self._set_aside(exc, suffix)
             return self._load()
+        for link in kept:
+            link.unlink(missing_ok=True)
+        return records
 
-    def _set_aside(self, exc: StoreError) -> None:
+    def _sidecars(self) -> list[Path]:
+        return [self.path.with_name(self.path.name + extra) for extra in ("-wal", "-shm")]
+
+    def _keep_sidecars(self, suffix: str) -> list[Path]:
+        kept = []
+        for path in self._sidecars():
+            link = path.with_name(path.name + suffix)
+            try:
+                os.link(path, link)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(str(path), f"cannot keep a link at {link}: {exc}") from exc
+            kept.append(link)
+        return kept
+
+    def _set_aside(self, exc: StoreError, suffix: str) -> None:
         """Move the broken database and its -wal/-shm files aside; the next open is empty."""
         self.close()
-        suffix = time.strftime(".broken-%Y%m%dT%H%M%SZ", time.gmtime())
-        for extra in ("", "-wal", "-shm"):
-            path = self.path.with_name(self.path.name + extra)
-            if not path.exists():
-                continue
+        for path in (self.path, *self._sidecars()):
             aside = path.with_name(path.name + suffix)
             try:
-                path.rename(aside)
+                if path.exists():
+                    os.replace(path, aside)
+                elif not aside.exists():
+                    continue
             except OSError as err:
                 raise StoreError(str(path), f"cannot move aside to {aside}: {err}") from err
             log.error(

@@ -459,3 +459,135 @@ def test_nodes_trailing_by_one_epoch_never_flap_to_forked() -> None:
         for p in followers:
             fleet.on_beat(p, beat(h, *tipset[h]), now)
             assert NodeState.FORKED not in states(fleet, now).values()
+
+
+# -- probation ---------------------------------------------------------------------------------
+
+PROBATION = FleetPolicy(probation=60.0, max_probation=4, max_probation_per_ip=2, max_nodes=6)
+
+
+def arrive(fleet: Fleet, peer: str, ip: str, now: float, height: int = 100) -> None:
+    fleet.on_connect(peer, f"/ip4/{ip}/tcp/4001", now)
+    fleet.on_beat(peer, beat(height, "aa"), now)
+
+
+def test_probation_needs_time_and_beats() -> None:
+    fleet = Fleet(PROBATION)
+    arrive(fleet, "new", "10.0.0.1", T0)
+    assert fleet.snapshot(T0).node("new").probation  # type: ignore[union-attr]
+    # 3 beats but not a minute yet: still on probation
+    fleet.on_beat("new", beat(100, "aa"), T0 + 10)
+    fleet.on_beat("new", beat(100, "aa"), T0 + 20)
+    assert fleet.on_probation("new")
+    # a minute of beating but the 3rd beat already counted: passes on the next beat at 60 s
+    fleet.on_beat("new", beat(101, "aa"), T0 + 60)
+    view = fleet.snapshot(T0 + 60).node("new")
+    assert view is not None and not view.probation
+    assert not fleet.on_probation("new")
+
+
+def test_one_beat_over_a_minute_is_not_enough() -> None:
+    fleet = Fleet(PROBATION)
+    arrive(fleet, "slow", "10.0.0.1", T0)
+    fleet.on_beat("slow", beat(100, "aa"), T0 + 90)  # 2 beats over 90 s
+    assert fleet.on_probation("slow")
+    fleet.on_beat("slow", beat(100, "aa"), T0 + 95)
+    assert not fleet.on_probation("slow")
+
+
+def test_probation_nodes_do_not_vote_nor_count() -> None:
+    fleet = Fleet(PROBATION)
+    fleet.set_trusted(["a", "b"])
+    joined(fleet, "a", beat(100, "aa"))
+    joined(fleet, "b", beat(100, "aa"))
+    # three junk ids on another head, one higher: with a vote they would win and fork a, b
+    for i, ip in enumerate(("10.0.0.7", "10.0.0.8", "10.0.0.9")):
+        arrive(fleet, f"junk{i}", ip, T0, height=101)
+    snap = fleet.snapshot(T0)
+    (main,) = snap.networks.values()  # junk ids make no network of their own either
+    assert main.height == 100
+    assert main.nodes_total == 2
+    assert main.consensus_head == frozenset({cid("aa")})
+    assert snap.probation_nodes == 3
+    assert {v.peer_id: v.state for v in snap.nodes if not v.probation} == {
+        "a": NodeState.IN_CONSENSUS,
+        "b": NodeState.IN_CONSENSUS,
+    }
+    assert all(v.probation for v in snap.nodes if v.peer_id.startswith("junk"))
+
+
+def test_allowlisted_peers_skip_probation() -> None:
+    fleet = Fleet(PROBATION)
+    fleet.set_trusted(["friend"])
+    arrive(fleet, "friend", "10.0.0.1", T0)
+    assert not fleet.on_probation("friend")
+    assert not fleet.snapshot(T0).node("friend").probation  # type: ignore[union-attr]
+    assert [r.peer_id for r in fleet.export_records()] == ["friend"]
+
+
+def test_probation_bounded_per_ip_then_down_ones_evicted() -> None:
+    fleet = Fleet(PROBATION)
+    arrive(fleet, "p1", "10.0.0.1", T0)
+    arrive(fleet, "p2", "10.0.0.1", T0 + 1)
+    with pytest.raises(FleetFull):  # both up: nobody to evict from 10.0.0.1
+        fleet.on_connect("p3", "/ip4/10.0.0.1/tcp/1", T0 + 2)
+    arrive(fleet, "q1", "10.0.0.2", T0 + 2)  # another IP still has room
+    fleet.on_disconnect("p1", T0 + 3)
+    arrive(fleet, "p3", "10.0.0.1", T0 + 4)  # p1 is down: evicted for p3
+    assert "p1" not in fleet and "p3" in fleet
+    assert fleet.evicted == 1
+    assert fleet.drain_removed() == []  # never persisted: nothing to delete
+
+
+def test_probation_bounded_in_total() -> None:
+    fleet = Fleet(PROBATION)
+    for i in range(4):
+        arrive(fleet, f"p{i}", f"10.0.1.{i}", T0)
+    with pytest.raises(FleetFull):
+        fleet.on_connect("late", "/ip4/10.0.2.1/tcp/1", T0 + 1)
+    # silent past the beat timeout (30 s): down while connected, so evictable
+    arrive(fleet, "late", "10.0.2.1", T0 + 31)
+    assert "late" in fleet and len(fleet) == 4
+
+
+def test_full_registry_evicts_probation_then_longest_down() -> None:
+    policy = FleetPolicy(probation=60.0, max_probation=10, max_probation_per_ip=10, max_nodes=3)
+    fleet = Fleet(policy)
+    fleet.set_trusted(["old", "older"])
+    arrive(fleet, "older", "10.0.0.1", T0)
+    arrive(fleet, "old", "10.0.0.1", T0 + 5)
+    arrive(fleet, "junk", "10.0.0.9", T0 + 10)
+    fleet.on_disconnect("older", T0 + 20)
+    fleet.on_disconnect("old", T0 + 30)
+    fleet.on_disconnect("junk", T0 + 40)
+    fleet.set_trusted(["old", "older", "n1", "n2", "n3"])
+    arrive(fleet, "n1", "10.0.0.2", T0 + 50)  # the down probation node goes first
+    assert "junk" not in fleet and "old" in fleet and "older" in fleet
+    arrive(fleet, "n2", "10.0.0.2", T0 + 51)  # then the longest down
+    assert "older" not in fleet and "old" in fleet
+    assert fleet.drain_removed() == ["older"]  # persisted: the store deletes it
+    arrive(fleet, "n3", "10.0.0.2", T0 + 52)
+    assert "old" not in fleet
+    with pytest.raises(FleetFull):  # everyone up: refused
+        fleet.on_connect("n4", "/ip4/10.0.0.2/tcp/1", T0 + 53)
+
+
+def test_probation_nodes_are_not_persisted_and_disconnect_frees_the_slot() -> None:
+    fleet = Fleet(PROBATION)
+    arrive(fleet, "p", "10.0.0.1", T0)
+    assert fleet.export_records() == []
+    assert fleet.records(["p"]) == []
+    fleet.on_connect("q", "/ip4/10.0.0.1/tcp/1", T0)  # pending: holds a slot of 10.0.0.1
+    with pytest.raises(FleetFull):
+        fleet.on_connect("r", "/ip4/10.0.0.1/tcp/2", T0)
+    fleet.on_disconnect("q", T0 + 1)
+    fleet.on_connect("r", "/ip4/10.0.0.1/tcp/2", T0 + 1)
+
+
+def test_restored_nodes_are_through_probation() -> None:
+    fleet = Fleet(PROBATION)
+    fleet.set_trusted(["a"])
+    arrive(fleet, "a", "10.0.0.1", T0)
+    again = Fleet.restore(fleet.export_records(), PROBATION, now=T0 + 5)
+    assert not again.on_probation("a")
+    assert again.export_records() == fleet.export_records()

@@ -194,7 +194,8 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
 def test_sigkill_restart_registry_back_and_no_beat_lost(tmp_path: Path) -> None:
     agents, reconnect, jitter = 30, 2.0, 0.2
     workdir = tmp_path / "agg"
-    agg = AggregatorProcess.start(workdir)
+    no_probation = ("--probation", "0s")  # persisted from the first beat, as this test needs
+    agg = AggregatorProcess.start(workdir, *no_probation)
     port = agg.port
     lg = LoadgenProcess(
         agg.multiaddr,
@@ -229,7 +230,7 @@ def test_sigkill_restart_registry_back_and_no_beat_lost(tmp_path: Path) -> None:
         )
         agg.kill()
         killed_at = time.monotonic()
-        restarted = AggregatorProcess.start(workdir, port=port)
+        restarted = AggregatorProcess.start(workdir, *no_probation, port=port)
         startup = time.monotonic() - killed_at
         # The registry is back before any agent could have beaten again.
         registry = {n["peer_id"] for n in _nodes_by_kind(restarted, "healthy")}

@@ -249,3 +249,68 @@ async def test_writer_measures_backpressure_when_it_lags(
         await bus.publish(BeatAccepted("b", beat(1), T0))
         nursery.cancel_scope.cancel()
     assert bus.backpressure_seconds == pytest.approx(5.0)
+
+
+# -- probation and --reset-state -------------------------------------------------------------
+
+
+async def test_probation_nodes_are_written_only_once_through(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "nodes.db"
+    fleet = Fleet(FleetPolicy(probation=60.0))
+    bus, events = wired(fleet)
+    store = SignallingStore(path)
+    now = T0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_store_writer(
+                fleet, store, events, 10.0, clock=lambda: now, task_status=task_status
+            )
+        )
+        await bus.publish(PeerConnected("new", "/ip4/1.2.3.4/tcp/1", T0))
+        for i in range(3):  # 3 beats in 20 s: still on probation
+            await bus.publish(BeatAccepted("new", beat(100 + i), T0 + 10 * i))
+        mock_clock.jump(30)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.writes == 0
+        assert NodeStore(path).load() == []
+        written = store.written
+        await bus.publish(BeatAccepted("new", beat(103), T0 + 60))  # through probation
+        mock_clock.jump(10)
+        await written.wait()
+        assert [r.peer_id for r in NodeStore(path).load()] == ["new"]
+        nursery.cancel_scope.cancel()
+
+
+def test_reset_state_moves_a_corrupt_db_aside_and_starts_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "nodes.db"
+    garbage = b"this is not a database at all" * 200
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError):  # without the setting: the typed error, file untouched
+        NodeStore(path).load()
+    assert path.read_bytes() == garbage
+    (tmp_path / "nodes.db-wal").write_bytes(b"stale wal")
+    (tmp_path / "nodes.db-shm").write_bytes(b"stale shm")
+    store = NodeStore(path, reset_broken=True)
+    with caplog.at_level("ERROR", logger="aggregator.store"):
+        assert store.load() == []
+    store.save([record("a")])
+    store.close()
+    assert [r.peer_id for r in NodeStore(path).load()] == ["a"]
+    moved = sorted(p.name for p in tmp_path.glob("*.broken-*"))
+    assert len(moved) == 3
+    assert [m.split(".broken-")[0] for m in moved] == ["nodes.db", "nodes.db-shm", "nodes.db-wal"]
+    main = next(p for p in tmp_path.glob("nodes.db.broken-*"))
+    assert main.read_bytes() == garbage
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(str(path) in m and str(main) in m for m in errors), errors
+
+
+def test_reset_state_leaves_a_good_db_alone(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.db"
+    NodeStore(path).save([record("a")])
+    assert [r.peer_id for r in NodeStore(path, reset_broken=True).load()] == ["a"]
+    assert list(tmp_path.glob("*.broken-*")) == []
