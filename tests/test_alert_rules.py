@@ -478,3 +478,26 @@ def test_bad_settings_name_the_setting(table: dict[str, Any], setting: str) -> N
     with pytest.raises(ConfigError) as info:
         alerting_settings(table)
     assert info.value.setting == setting
+
+
+def test_no_alert_for_a_node_that_never_completed_probation() -> None:
+    """A junk id beats once and goes down: shown, never alerted on; a node through probation
+    that goes down the same way does alert."""
+    from aggregator.fleet import FleetPolicy
+
+    fleet = Fleet(FleetPolicy(probation=60.0))
+    fleet.set_trusted(["12D3KooWKnown"])
+    for p in ("12D3KooWKnown", "12D3KooWJunk"):
+        fleet.on_connect(p, "/ip4/10.0.0.1/tcp/1", 0.0)
+        fleet.on_beat(p, _beat(1000, 1), 0.0)
+    fleet.on_disconnect("12D3KooWJunk", 1.0)
+    fleet.on_disconnect("12D3KooWKnown", 1.0)
+    evaluator = AlertEvaluator()
+    fired: set[tuple[str, str]] = set()
+    for t in range(0, 3600, 15):
+        evaluator.evaluate(fleet.snapshot(float(t)))
+        fired |= {(a.alertname, a.labels.get("peer_id", "")) for a in evaluator.firing()}
+    assert ("FilNodeDown", "12D3KooWKnown") in fired
+    assert not {f for f in fired if f[1] == "12D3KooWJunk"}
+    junk = fleet.snapshot(3600.0).node("12D3KooWJunk")
+    assert junk is not None and junk.probation and junk.state is NodeState.DOWN

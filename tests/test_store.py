@@ -302,7 +302,7 @@ def test_reset_state_moves_a_corrupt_db_aside_and_starts_empty(
     assert [r.peer_id for r in NodeStore(path).load()] == ["a"]
     moved = sorted(p.name for p in tmp_path.glob("*.broken-*"))
     assert len(moved) == 3
-    assert [m.split(".broken-")[0] for m in moved] == ["nodes.db", "nodes.db-shm", "nodes.db-wal"]
+    assert {m.split(".broken-")[0] for m in moved} == {"nodes.db", "nodes.db-shm", "nodes.db-wal"}
     main = next(p for p in tmp_path.glob("nodes.db.broken-*"))
     assert main.read_bytes() == garbage
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
