@@ -1,0 +1,110 @@
+"""The beat and what refuses one: `Beat`, the protocol ids, `RejectReason` and the errors.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from heartbeat.errors import HeartbeatError
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_HEAD_TIMESTAMP",
+    "MAX_HEIGHT",
+    "MAX_NICKNAME_LENGTH",
+    "MAX_VERSION_LENGTH",
+    "NICKNAME_PUNCTUATION",
+    "PROTOCOL_ALIASES",
+    "PROTOCOL_ID",
+    "Beat",
+    "BeatDecodeError",
+    "BeatError",
+    "BeatRejected",
+    "RejectReason",
+    "validate_nickname",
+]
+
+PROTOCOL_ID = "fil/heartbeat/1.0.0"
+PROTOCOL_ALIASES = ("/fil/heartbeat/1.0.0",)  # listener only
+
+MAX_DEPTH = 4  # nested containers in one beat, the beat's own map included
+MAX_HEIGHT = 2**63 - 1
+MAX_HEAD_TIMESTAMP = 2**40 - 1  # unix seconds; year 36812
+MAX_NICKNAME_LENGTH = 64
+MAX_VERSION_LENGTH = 64
+# Nicknames: letters and digits (any script), space and these; no control characters.
+NICKNAME_PUNCTUATION = frozenset(" -_.:@+#/()")
+
+
+class RejectReason(StrEnum):
+    """Why a beat or a stream was refused. Values are Prometheus label values (bounded)."""
+
+    # framing: raised as BeatDecodeError, the stream must be reset
+    MALFORMED_CBOR = "malformed_cbor"
+    MALFORMED_JSON = "malformed_json"
+    OVERSIZE = "oversize"
+    BUFFER_OVERFLOW = "buffer_overflow"
+    INDEFINITE_LENGTH = "indefinite_length"
+    TAG = "tag"
+    TOO_DEEP = "too_deep"
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
+    # content: returned as BeatRejected, the stream stays in sync
+    NOT_A_MAP = "not_a_map"
+    DUPLICATE_KEY = "duplicate_key"
+    BAD_UTF8 = "bad_utf8"
+    MISSING_KEY = "missing_key"
+    WRONG_TYPE = "wrong_type"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_HEAD = "bad_head"
+    BAD_ADDRESS = "bad_address"
+    BAD_NICKNAME = "bad_nickname"
+    BAD_VERSION = "bad_version"
+    BAD_GENESIS = "bad_genesis"
+
+
+class BeatError(HeartbeatError):
+    """A beat or a beat stream was refused; ``reason`` is the metric label."""
+
+    def __init__(self, reason: RejectReason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+class BeatDecodeError(BeatError):
+    """The stream is not a well-framed beat stream: reset it.
+
+    ``decoded`` holds what the failing `BeatDecoder.feed` call had decoded before the fault.
+    """
+
+    def __init__(self, reason: RejectReason, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.decoded: list[Beat | BeatRejected] = []
+
+
+class BeatRejected(BeatError):
+    """A well-framed beat with invalid content; returned as a value, not raised."""
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One heartbeat. Built by `BeatDecoder` only from validated input."""
+
+    head: str  # tipset key text as sent (Lotus "{a,b}" or legacy "{ a b }")
+    height: int  # 0 <= height < 2**63
+    nickname: str
+    miner_address: str  # normalised; "" means no miner
+    genesis_cid: str | None = None
+    head_timestamp: int | None = None
+    syncing: bool | None = None
+    version: str | None = None
+
+
+def validate_nickname(text: str) -> bool:
+    """True for a nickname this project accepts (also used by the agent's config)."""
+    return len(text) <= MAX_NICKNAME_LENGTH and all(
+        ch.isalnum() or ch in NICKNAME_PUNCTUATION for ch in text
+    )

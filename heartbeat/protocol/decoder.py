@@ -1,0 +1,285 @@
+"""`BeatDecoder`: the bounded, incremental decoder of one beat stream (either encoding).
+
+A stream carries either a CBOR sequence (RFC 8742) of definite-length maps, this project's
+format, or newline-delimited JSON objects, go-filecoin's legacy format; the first byte tells
+which (``{`` is JSON: no CBOR map starts with 0x7B).
+
+`BeatDecoder` is a sans-I/O state machine: the caller feeds bytes and gets beats back.
+- A frame that is well formed but whose content is invalid comes back as a `BeatRejected`
+  value: the stream stays in sync.
+- A framing fault raises `BeatDecodeError`: the stream is beyond repair and must be reset.
+  Every later `feed` raises the same error.
+- At end of stream the caller calls `finish`: a final JSON line without its newline is
+  decoded; a frame cut short raises `BeatDecodeError` with reason ``truncated``.
+
+Memory is bounded before buffering: the decoder never holds more than ``max_buffer`` bytes,
+and a frame that will be larger than ``max_beat_size`` is refused as soon as a header says so.
+CBOR framing is checked by a small scanner here (definite lengths only, no tags, depth at most
+`MAX_DEPTH`); cbor2 then decodes exactly the bytes of one item. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import cbor2
+
+from heartbeat.protocol.beat import (
+    MAX_DEPTH,
+    Beat,
+    BeatDecodeError,
+    BeatRejected,
+    RejectReason,
+)
+from heartbeat.protocol.codec import JSON_DECODER, JSONDuplicateKey, reject, to_beat
+
+__all__ = ["BeatDecoder"]
+
+# header length (initial byte included) by CBOR additional information 24..27
+_ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+class BeatDecoder:
+    """Incremental, bounded decoder of one beat stream (either encoding)."""
+
+    __slots__ = (
+        "_allow_json",
+        "_buf",
+        "_error",
+        "_invalid",
+        "_max_beat",
+        "_max_buffer",
+        "_outstanding",
+        "_pos",
+        "_stack",
+        "encoding",
+    )
+
+    def __init__(
+        self, max_beat_size: int = 4096, max_buffer: int = 65536, *, allow_json: bool = True
+    ) -> None:
+        if not 0 < max_beat_size <= max_buffer:
+            raise ValueError("need 0 < max_beat_size <= max_buffer")
+        self._max_beat = max_beat_size
+        self._max_buffer = max_buffer
+        self._allow_json = allow_json
+        self.encoding: str | None = None  # "cbor" | "json" once the first byte arrived
+        self._buf = bytearray()
+        self._error: BeatDecodeError | None = None
+        # CBOR scan state of the frame at the start of _buf; JSON: where to look for "\n"
+        self._pos = 0
+        self._stack: list[list[Any]] = []  # [items left, is_map, keys seen]
+        self._outstanding = 0  # items announced by open containers, not yet started
+        self._invalid: tuple[RejectReason, str] | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete frame (never more than max_buffer)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Beat | BeatRejected]:
+        """Take the next bytes of the stream; return the beats (and rejects) they complete."""
+        if self._error is not None:
+            raise self._error
+        out: list[Beat | BeatRejected] = []
+        if not data:
+            return out
+        if self.encoding is None:
+            if data[0] == 0x7B:  # "{"
+                if not self._allow_json:
+                    self._fail(RejectReason.UNSUPPORTED_ENCODING, "legacy json disabled", out)
+                self.encoding = "json"
+            else:
+                self.encoding = "cbor"
+        step = self._feed_json if self.encoding == "json" else self._feed_cbor
+        view = memoryview(data)
+        offset = 0
+        try:
+            while offset < len(data):
+                room = self._max_buffer - len(self._buf)
+                if room <= 0:  # cannot happen while max_beat_size <= max_buffer
+                    raise BeatDecodeError(RejectReason.BUFFER_OVERFLOW, "backlog")
+                self._buf += view[offset : offset + room]
+                offset += room
+                step(out)
+        except BeatDecodeError as exc:
+            self._fail(exc.reason, exc.detail, out)
+        return out
+
+    def _fail(self, reason: RejectReason, detail: str, out: list[Beat | BeatRejected]) -> None:
+        error = BeatDecodeError(reason, detail)
+        error.decoded = out
+        self._error = error
+        self._buf = bytearray()
+        raise error
+
+    # -- JSON lines ------------------------------------------------------------------------
+
+    def _feed_json(self, out: list[Beat | BeatRejected]) -> None:
+        buf = self._buf
+        start = 0
+        max_beat = self._max_beat
+        while True:
+            newline = buf.find(b"\n", self._pos)
+            if newline < 0:
+                if len(buf) - start > max_beat:
+                    raise BeatDecodeError(RejectReason.OVERSIZE, "json line")
+                self._pos = len(buf)
+                break
+            if newline - start > max_beat:
+                raise BeatDecodeError(RejectReason.OVERSIZE, "json line")
+            line = bytes(buf[start:newline])
+            start = self._pos = newline + 1
+            if line.strip(b" \t\r"):
+                out.append(self._decode_json_line(line))
+        if start:
+            del buf[:start]
+            self._pos -= start
+
+    @staticmethod
+    def _decode_json_line(line: bytes) -> Beat | BeatRejected:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return reject(RejectReason.BAD_UTF8, "json line")
+        try:
+            obj = JSON_DECODER.decode(text)
+        except JSONDuplicateKey:
+            return reject(RejectReason.DUPLICATE_KEY, "json object")
+        except RecursionError as exc:
+            raise BeatDecodeError(RejectReason.TOO_DEEP, "json nesting") from exc
+        except ValueError as exc:  # JSONDecodeError, NaN/Infinity, huge integers
+            raise BeatDecodeError(RejectReason.MALFORMED_JSON, type(exc).__name__) from exc
+        return to_beat(obj, legacy=True)
+
+    # -- CBOR sequence ---------------------------------------------------------------------
+
+    def _feed_cbor(self, out: list[Beat | BeatRejected]) -> None:
+        buf = self._buf
+        start = 0
+        while True:
+            end = self._scan(buf, start)
+            if end < 0:
+                break
+            invalid = self._invalid
+            if invalid is not None:
+                out.append(reject(*invalid))
+                self._invalid = None
+            else:
+                out.append(self._decode_cbor_item(bytes(buf[start:end])))
+            start = self._pos = end
+        if start:
+            del buf[:start]
+            self._pos -= start
+
+    @staticmethod
+    def _decode_cbor_item(frame: bytes) -> Beat | BeatRejected:
+        stream = io.BytesIO(frame)
+        try:
+            obj = cbor2.CBORDecoder(stream, allow_indefinite=False).decode()
+        except cbor2.CBORDecodeError as exc:  # the scanner let through what cbor2 refuses
+            raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "cbor2 refused item") from exc
+        if stream.tell() != len(frame):
+            raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "item length mismatch")
+        return to_beat(obj, legacy=False)
+
+    def _scan(self, buf: bytearray, start: int) -> int:
+        """Advance over the frame beginning at ``start``; its end offset, or -1 if incomplete.
+
+        Resumable: the position and the open containers persist between calls, so feeding one
+        byte at a time costs no rescans. Raises BeatDecodeError on a framing fault; a
+        well-formed but invalid item (bad UTF-8, duplicate key) is noted in ``_invalid``.
+        """
+        pos = self._pos
+        stack = self._stack
+        outstanding = self._outstanding  # items announced by open containers, not started
+        end = len(buf)
+        limit = start + self._max_beat
+        try:
+            while pos < end:
+                initial = buf[pos]
+                major = initial >> 5
+                info = initial & 0x1F
+                # items still to come after this one take at least one byte each
+                pending = outstanding - 1 if stack else 0
+                if info < 24:
+                    arg = info
+                    after = pos + 1
+                elif info < 28:
+                    after = pos + 1 + _ARG_BYTES[info]
+                    if after + pending > limit:
+                        raise BeatDecodeError(RejectReason.OVERSIZE, "cbor item")
+                    if after > end:
+                        break
+                    arg = int.from_bytes(buf[pos + 1 : after], "big")
+                elif info == 31:
+                    if major in (0, 1, 6):
+                        raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "reserved info 31")
+                    raise BeatDecodeError(RejectReason.INDEFINITE_LENGTH, "cbor item")
+                else:
+                    raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "reserved info 28-30")
+
+                top = stack[-1] if stack else None
+                is_key = top is not None and top[1] and not top[0] & 1
+                key: object = None
+                children = 0
+                if major == 3 or major == 2:
+                    body_end = after + arg
+                    if body_end + pending > limit:
+                        raise BeatDecodeError(RejectReason.OVERSIZE, "cbor string")
+                    if body_end > end:
+                        break
+                    if major == 3:
+                        try:
+                            text = buf[after:body_end].decode("utf-8")
+                        except UnicodeDecodeError:
+                            text = None
+                            self._note(RejectReason.BAD_UTF8, "cbor text")
+                        key = text
+                    elif is_key:
+                        key = bytes(buf[after:body_end])
+                    after = body_end
+                elif major < 2:
+                    key = (major, arg)
+                elif major == 6:
+                    raise BeatDecodeError(RejectReason.TAG, "cbor tag")
+                elif major == 7:
+                    if info == 24 and arg < 32:
+                        raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "bad simple value")
+                    key = (7, info, arg)
+                else:  # 4 array, 5 map
+                    if len(stack) >= MAX_DEPTH:
+                        raise BeatDecodeError(RejectReason.TOO_DEEP, "cbor nesting")
+                    children = arg if major == 4 else 2 * arg
+                    if after + pending + children > limit:
+                        raise BeatDecodeError(RejectReason.OVERSIZE, "cbor container")
+                if after + pending > limit:
+                    raise BeatDecodeError(RejectReason.OVERSIZE, "cbor item")
+
+                if top is not None:
+                    if is_key and key is not None:
+                        seen = top[2]
+                        if key in seen:
+                            self._note(RejectReason.DUPLICATE_KEY, "cbor map")
+                        seen.add(key)
+                    top[0] -= 1
+                    outstanding -= 1
+                pos = after
+                if children:
+                    stack.append([children, major == 5, set()])
+                    outstanding += children
+                    continue
+                while stack and not stack[-1][0]:
+                    stack.pop()
+                if not stack:
+                    self._pos = pos
+                    return pos
+            self._pos = pos
+            return -1
+        finally:
+            self._outstanding = outstanding
+
+    def _note(self, reason: RejectReason, detail: str) -> None:
+        if self._invalid is None:
+            self._invalid = (reason, detail)
