@@ -24,6 +24,7 @@ from aggregator.alerts.service import add_alert_arguments, load_settings, merge_
 from aggregator.config import _MULTIADDR, AggregatorConfig, build_config
 from aggregator.errors import AggregatorError
 from heartbeat.errors import ConfigError, HeartbeatError
+from heartbeat.net.errors import UNPATCHED_HINT, CompatError
 
 __all__ = ["busy_listen_address", "main", "parse_args"]
 
@@ -112,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
             metavar="DURATION",
             help="close a connection that waited this long for a handshake (5s)",
         )
-        p.add_argument(
+        variants = p.add_argument_group("benchmark variants (not for production)")
+        variants.add_argument(
             "--memory-cuts",
             metavar="LIST",
             help="py-libp2p per-connection memory cuts: yamux,accept,noise,inbound (the "
@@ -163,33 +165,40 @@ def _parser() -> argparse.ArgumentParser:
             action="store_const",
             const=False,
         )
-        p.add_argument(
+        variants.add_argument(
             "--no-fast-task-lookup",
             dest="fast_task_lookup",
             action="store_const",
             const=False,
             help="keep py-libp2p's O(connections) parent-task search",
         )
-        p.add_argument(
+        variants.add_argument(
             "--yamux-release-on-read",
             action="store_const",
             const=True,
             help="send the agent a Yamux WINDOW_UPDATE after every read "
             "(py-libp2p's default; one more frame written per beat)",
         )
-        p.add_argument(
+        variants.add_argument(
             "--no-throttle-reconcile",
             dest="throttle_reconcile",
             action="store_const",
             const=False,
             help="keep py-libp2p's O(connections) reconcile on every accept",
         )
-        p.add_argument(
+        variants.add_argument(
             "--identify-peers",
             dest="identify_peers",
             action="store_const",
             const=True,
             help="run identify towards every connecting agent",
+        )
+        p.add_argument(
+            "--allow-unpatched-libp2p",
+            action="store_const",
+            const=True,
+            help="run py-libp2p's stock code on a version the fixes were not written for "
+            "(it refuses every connection after max_connections ever accepted)",
         )
         p.add_argument(
             "--workers",
@@ -342,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"fil-heartbeat-aggregator: configuration error: {_leaves(group)[0]}", file=sys.stderr
         )
+        codes.append(2)
+    except* CompatError as group:
+        print(f"fil-heartbeat-aggregator: {_leaves(group)[0]}{UNPATCHED_HINT}", file=sys.stderr)
         codes.append(2)
     except* (HeartbeatError, AggregatorError, OSError) as group:
         print(f"fil-heartbeat-aggregator: {_leaves(group)[0]}", file=sys.stderr)

@@ -36,7 +36,8 @@ from aggregator.gcmon import GcMonitor, tune_gc
 from aggregator.ingest import Ingest, IngestSettings
 from aggregator.metrics import AggregatorMetrics, create_metrics
 from heartbeat.errors import ConfigError
-from heartbeat.net import p2p, p2p_memory
+from heartbeat.net import compat, p2p
+from heartbeat.net.compat import yamux_session
 from heartbeat.protocol.wire import PROTOCOL_ALIASES, PROTOCOL_ID
 
 __all__ = [
@@ -335,21 +336,26 @@ def build_aggregator(
     )
 
 
-def install_accept_path_patches(config: AggregatorConfig) -> None:
-    """py-libp2p's O(connections) costs per accepted connection, replaced as configured.
-
-    Process-wide and idempotent; each refuses (with a warning) on other py-libp2p internals.
-    """
-    if config.fast_task_lookup:
-        log.info("fast_task_lookup installed=%s", p2p.install_fast_task_lookup())
-    if config.throttle_reconcile:
-        log.info("reconcile_throttle installed=%s", p2p.install_throttled_reconcile())
-    log.info("memory_cuts installed=%s", p2p_memory.install_memory_cuts(config.memory_cuts))
-    log.info(
-        "yamux_tuning installed=%s release_on_read=%s",
-        p2p.install_yamux_tuning(release_on_read=config.yamux_release_on_read),
-        config.yamux_release_on_read,
+def compat_options(config: AggregatorConfig) -> compat.CompatOptions:
+    """The benchmark variants of `config` (the defaults are the product's)."""
+    return compat.CompatOptions(
+        fast_task_lookup=config.fast_task_lookup,
+        throttle_reconcile=config.throttle_reconcile,
+        yamux_release_on_read=config.yamux_release_on_read,
+        memory_cuts=config.memory_cuts,
+        identify_peers=config.identify_peers,
     )
+
+
+def install_accept_path_patches(config: AggregatorConfig) -> None:
+    """Every py-libp2p fix (heartbeat.net.compat) as configured, behind its version gate.
+
+    Raises `CompatError` on another py-libp2p unless `allow_unpatched_libp2p`.
+    """
+    installed = compat.install_all(
+        compat_options(config), allow_unpatched=config.allow_unpatched_libp2p
+    )
+    log.info("libp2p_fixes %s", " ".join(f"{k}={int(v)}" for k, v in installed.items()))
 
 
 @asynccontextmanager
@@ -364,7 +370,7 @@ async def serving_heartbeats(
             host_limits(config),
             identify_peers=config.identify_peers,
         ) as host,
-        p2p_memory.yamux_sweeper(),
+        yamux_session.yamux_sweeper(),
     ):
         ingest.bind(
             disconnect_peer=partial(p2p.close_peer, host),

@@ -109,13 +109,16 @@ class AggregatorConfig:
     #: Credit each Yamux read back to the agent at once, one WINDOW_UPDATE frame per beat
     #: read (py-libp2p 0.8.1's default). Off: at half the window, as go-yamux does.
     yamux_release_on_read: bool = False
-    #: py-libp2p's per-connection memory cut from outside (`heartbeat.net.p2p_memory`,
+    #: py-libp2p's per-connection memory cut from outside (`heartbeat.net.compat`,
     #: docs/CAPACITY.md 1b): any of `MEMORY_CUTS`; () is py-libp2p's behaviour.
     memory_cuts: tuple[str, ...] = ("yamux", "accept", "noise", "inbound")
     #: Run identify towards every connecting agent (py-libp2p's default). Off: the
     #: aggregator needs neither their protocols nor their addresses, and each identify
     #: costs a stream and peerstore records per accepted connection (docs/CAPACITY.md).
     identify_peers: bool = False
+    #: Run py-libp2p's stock code when the compat gate refuses the installed version
+    #: (README: its inbound limiter then refuses everything after max_connections).
+    allow_unpatched_libp2p: bool = False
     #: Ingest processes sharing the listen port and identity (SO_REUSEPORT); worker 0
     #: (this process) owns the fleet, the store, HTTP and alerts (aggregator/workers.py).
     workers: int = 1
@@ -190,7 +193,7 @@ def _threshold(value: Any) -> tuple[int, int, int]:
     return (numbers[0], numbers[1], numbers[2])
 
 
-#: The cuts `heartbeat.net.p2p_memory.install_memory_cuts` knows (its `CUTS`).
+#: The cuts `heartbeat.net.compat.CompatOptions` knows (its `MEMORY_CUTS`).
 MEMORY_CUTS = ("yamux", "accept", "noise", "inbound")
 
 
@@ -265,6 +268,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "yamux_release_on_read": _bool,
     "memory_cuts": _memory_cuts,
     "identify_peers": _bool,
+    "allow_unpatched_libp2p": _bool,
     "workers": _int,
     "worker_watchdog": _duration,
     "log_format": _log_format,

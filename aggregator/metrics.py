@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from aggregator.exposition import CONTENT_TYPE, PREFIX, escape_label_value
 from aggregator.fleet_metrics import FleetRenderer
 from aggregator.fleet_reference import FleetCollector, render_reference
+from aggregator.libp2p_metrics import Libp2pCollector
 from aggregator.self_metrics import (
     DISCONNECT_REASONS,
     REFUSE_REASONS,
@@ -123,6 +124,7 @@ def create_metrics(
     registry = CollectorRegistry(auto_describe=False)
     own = SelfCollector(peer_id=peer_id, version=version)
     registry.register(own)
+    registry.register(Libp2pCollector())
     renderer = FleetRenderer(legacy=legacy, name=name)
     return AggregatorMetrics(registry, renderer, own, snapshot_provider)
 

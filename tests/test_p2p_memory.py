@@ -23,7 +23,8 @@ import trio.testing
 
 from aggregator.config import MEMORY_CUTS, build_config
 from heartbeat.errors import ConfigError
-from heartbeat.net import p2p, p2p_memory
+from heartbeat.net import compat, p2p
+from heartbeat.net.compat import inbound_limiter, noise_memory, yamux_session
 from heartbeat.protocol.wire import PROTOCOL_ID, Beat, encode_cbor
 from tests.helpers import eventually
 
@@ -33,16 +34,41 @@ PROTOCOL = "fil/heartbeat-test-memory/1.0.0"
 HEAD = "{bafy2bzaceheadaaaaaaaaaaaaaaa}"
 
 
+CUTS = compat.MEMORY_CUTS
+_FIX = {
+    "yamux": yamux_session,
+    "accept": compat.accept_loop,
+    "noise": noise_memory,
+    "inbound": inbound_limiter,
+}
+
+
+def install_memory_cuts(cuts: Any = CUTS) -> dict[str, bool]:
+    """The compat gate's install with these memory cuts: {cut: installed}."""
+    installed = compat.install_all(compat.CompatOptions(memory_cuts=tuple(cuts)))
+    return {c: installed[_FIX[c].NAME] for c in CUTS}
+
+
+def installed_cuts() -> tuple[str, ...]:
+    return tuple(c for c in CUTS if _FIX[c].installed())
+
+
 @pytest.fixture
 def restore_cuts() -> Iterator[None]:
-    """Leave the process as the test found it (the cuts are process-wide)."""
-    before = p2p_memory.installed_cuts()
+    """Leave the process as the test found it (the fixes are process-wide)."""
+    before = compat.installed_fixes()
     yield
-    assert p2p_memory.install_memory_cuts(before) == {c: c in before for c in p2p_memory.CUTS}
+    for fix in reversed(compat.FIXES):
+        if not before[fix.NAME]:
+            fix.uninstall()
+    for fix in compat.FIXES:
+        if before[fix.NAME]:
+            fix.install()
+    assert compat.installed_fixes() == before
 
 
 def test_config_names_the_same_cuts() -> None:
-    assert MEMORY_CUTS == p2p_memory.CUTS
+    assert MEMORY_CUTS == CUTS
     assert build_config({}).memory_cuts == MEMORY_CUTS
     assert build_config({"memory_cuts": "none"}).memory_cuts == ()
     assert build_config({"memory_cuts": "all"}).memory_cuts == MEMORY_CUTS
@@ -67,11 +93,12 @@ def test_cli_flag(tmp_path: Path) -> None:
 def test_install_and_switch_back() -> None:
     from libp2p.network.connection.swarm_connection import SwarmConn
     from libp2p.network.swarm import Swarm
-    from libp2p.stream_muxer.yamux.yamux import Yamux
     from noise.backends.default import noise_backend
     from noise.noise_protocol import NoiseProtocol
 
-    p2p_memory.install_memory_cuts(())
+    from heartbeat.net.compat.yamux_limits import HeartbeatYamux as Yamux  # the seam
+
+    install_memory_cuts(())
     stock = (
         Yamux.start,
         SwarmConn.start,
@@ -79,7 +106,7 @@ def test_install_and_switch_back() -> None:
         NoiseProtocol.handshake_done,
         noise_backend.ciphers["ChaChaPoly"],
     )
-    assert p2p_memory.install_memory_cuts() == dict.fromkeys(p2p_memory.CUTS, True)
+    assert install_memory_cuts() == dict.fromkeys(CUTS, True)
     cut = (
         Yamux.start,
         SwarmConn.start,
@@ -88,8 +115,8 @@ def test_install_and_switch_back() -> None:
         noise_backend.ciphers["ChaChaPoly"],
     )
     assert all(a is not b for a, b in zip(stock, cut, strict=True))
-    assert p2p_memory.install_memory_cuts() == dict.fromkeys(p2p_memory.CUTS, True)  # idempotent
-    assert p2p_memory.install_memory_cuts(()) == dict.fromkeys(p2p_memory.CUTS, False)
+    assert install_memory_cuts() == dict.fromkeys(CUTS, True)  # idempotent
+    assert install_memory_cuts(()) == dict.fromkeys(CUTS, False)
     back = (
         Yamux.start,
         SwarmConn.start,
@@ -99,38 +126,10 @@ def test_install_and_switch_back() -> None:
     )
     assert all(a is b for a, b in zip(stock, back, strict=True))
     # accept needs yamux: refused alone
-    assert p2p_memory.install_memory_cuts(["accept"])["accept"] is False
+    with pytest.raises(ValueError, match="needs the yamux cut"):
+        install_memory_cuts(["accept"])
     with pytest.raises(ValueError, match="unknown"):
-        p2p_memory.install_memory_cuts(["stacks"])
-
-
-@pytest.mark.usefixtures("restore_cuts")
-@pytest.mark.parametrize(
-    ("cut", "owner", "name"),
-    [
-        ("yamux", "libp2p.stream_muxer.yamux.yamux:Yamux", "_measure_rtt_loop"),
-        ("accept", "libp2p.network.connection.swarm_connection:SwarmConn", "_handle_new_streams"),
-        ("noise", "noise.noise_protocol:NoiseProtocol", "handshake_done"),
-        ("inbound", "libp2p.network.swarm:Swarm", "_do_handle_inbound_connection"),
-    ],
-)
-def test_each_cut_refuses_another_source(
-    cut: str, owner: str, name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import importlib
-
-    module, cls_name = owner.split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
-    p2p_memory.install_memory_cuts(())
-
-    def other_version(self: Any, *args: Any) -> None:  # not py-libp2p 0.8.1's source
-        return None
-
-    monkeypatch.setattr(cls, name, other_version)
-    before = {k: v for k, v in vars(cls).items() if callable(v)}
-    wanted = ("yamux", cut) if cut == "accept" else (cut,)
-    assert p2p_memory.install_memory_cuts(wanted)[cut] is False
-    assert {k: v for k, v in vars(cls).items() if callable(v)} == before  # nothing changed
+        install_memory_cuts(["stacks"])
 
 
 def test_inbound_patch_applies_to_this_source_only() -> None:
@@ -138,12 +137,12 @@ def test_inbound_patch_applies_to_this_source_only() -> None:
 
     from libp2p.network.swarm import Swarm
 
-    stock = p2p_memory._ORIGINALS.get("inbound", [(None, "", Swarm._do_handle_inbound_connection)])
-    source = inspect.getsource(stock[0][2])
-    patched = p2p_memory.patched_inbound_source(source)
+    stock = inbound_limiter._original or Swarm.__dict__["_do_handle_inbound_connection"]
+    source = inspect.getsource(stock)
+    patched = inbound_limiter.patched_inbound_source(source)
     assert patched is not None and patched.count("_fil_hold_inbound(self, _fil_conn)") == 1
     changed = source.replace("await self.manager.wait_finished()", "await trio.sleep_forever()")
-    assert p2p_memory.patched_inbound_source(changed) is None
+    assert inbound_limiter.patched_inbound_source(changed) is None
 
 
 def test_per_message_cipher_matches_noise_cipher() -> None:
@@ -151,7 +150,7 @@ def test_per_message_cipher_matches_noise_cipher() -> None:
     from noise.backends.default.ciphers import ChaCha20Cipher
 
     key = os.urandom(32)
-    stock, lean = ChaCha20Cipher(), p2p_memory._per_message_cipher_class(ChaCha20Cipher)()
+    stock, lean = ChaCha20Cipher(), noise_memory._per_message_cipher_class(ChaCha20Cipher)()
     stock.initialize(key)
     lean.initialize(key)
     assert lean.cipher is None  # no AEAD object held between messages
@@ -186,7 +185,7 @@ def _server_tasks(outside: trio.Nursery) -> Counter[str]:
 
 async def _tasks_per_connection(cuts: tuple[str, ...], clients: int = 4) -> float:
     """Tasks the server adds per held connection (one stream each)."""
-    assert p2p_memory.install_memory_cuts(cuts) == {c: c in cuts for c in p2p_memory.CUTS}
+    assert install_memory_cuts(cuts) == {c: c in cuts for c in CUTS}
     key = p2p.new_identity()
     frames = 0
 
@@ -227,15 +226,15 @@ async def _tasks_per_connection(cuts: tuple[str, ...], clients: int = 4) -> floa
 async def test_three_tasks_per_connection_instead_of_seven() -> None:
     assert await _tasks_per_connection(()) == 7
     assert await _tasks_per_connection(("yamux",)) == 4
-    assert await _tasks_per_connection(p2p_memory.CUTS) == 3
+    assert await _tasks_per_connection(CUTS) == 3
 
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("restore_cuts")
-@pytest.mark.parametrize("cuts", [(), p2p_memory.CUTS], ids=["py-libp2p", "cut"])
+@pytest.mark.parametrize("cuts", [(), CUTS], ids=["py-libp2p", "cut"])
 async def test_inbound_task_and_limiter_slot_released_on_close(cuts: tuple[str, ...]) -> None:
     """30 connections one after the other to a host that allows 8 at once."""
-    p2p_memory.install_memory_cuts(cuts)
+    install_memory_cuts(cuts)
     key = p2p.new_identity()
 
     async def handler(stream: Any) -> None:
@@ -286,7 +285,7 @@ async def test_aggregator_serves_beats_through_the_cut_connections(tmp_path: Pat
                 "gc_freeze": False,
             }
         ),
-        memory_cuts=p2p_memory.CUTS,
+        memory_cuts=CUTS,
     )
     holder: list[Any] = []
     async with trio.open_nursery() as nursery:
@@ -296,7 +295,7 @@ async def test_aggregator_serves_beats_through_the_cut_connections(tmp_path: Pat
             )
         )
         agg = holder[0]
-        assert p2p_memory.installed_cuts() == p2p_memory.CUTS
+        assert installed_cuts() == CUTS
         identities = [p2p.new_identity() for _ in range(3)]
         done = trio.Event()
 
@@ -317,7 +316,7 @@ async def test_aggregator_serves_beats_through_the_cut_connections(tmp_path: Pat
                 node = agg.snapshot().node(p2p.peer_id_of(identity))
                 assert node is not None and node.height == 101 + i
             # The aggregator's side of each connection: no AEAD object, no static key.
-            served = [s for s in list(p2p_memory._SESSIONS) if not s.is_initiator]
+            served = [s for s in list(yamux_session._SESSIONS) if not s.is_initiator]
             assert len(served) == 3
             for session in served:
                 noise = session.secured_conn.conn.noise_state.noise_protocol
@@ -335,7 +334,7 @@ async def test_aggregator_serves_beats_through_the_cut_connections(tmp_path: Pat
 async def test_a_handler_ended_by_the_peer_closing_does_not_stop_the_host() -> None:
     """py-libp2p's task manager ignores a connection shutdown escaping a task: so do the
     handler tasks of the `accept` cut (a StreamEOF out of a handler is not fatal)."""
-    assert p2p_memory.install_memory_cuts(p2p_memory.CUTS)["accept"]
+    assert install_memory_cuts(CUTS)["accept"]
     key = p2p.new_identity()
     handled = 0
 
@@ -365,7 +364,7 @@ async def test_a_handler_ended_by_the_peer_closing_does_not_stop_the_host() -> N
 @pytest.mark.usefixtures("restore_cuts")
 async def test_shared_sweeper_reclaims_stale_streams() -> None:
     """py-libp2p's own stale-stream sweep, run for every session by one task."""
-    assert p2p_memory.install_memory_cuts(p2p_memory.CUTS)["yamux"]
+    assert install_memory_cuts(CUTS)["yamux"]
     key = p2p.new_identity()
     release = trio.Event()
 
@@ -375,7 +374,7 @@ async def test_shared_sweeper_reclaims_stale_streams() -> None:
     limits = p2p.HostLimits.server(8)
     async with (
         p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False) as srv,
-        p2p_memory.yamux_sweeper(),
+        yamux_session.yamux_sweeper(),
     ):
         p2p.set_stream_handlers(srv, [PROTOCOL], handler)
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
@@ -383,13 +382,13 @@ async def test_shared_sweeper_reclaims_stale_streams() -> None:
             stream = await conn.open_stream(PROTOCOL)
             await stream.write(b"unread")
             [session] = await eventually(
-                lambda: [s for s in p2p_memory._SESSIONS if not s.is_initiator and s.streams]
+                lambda: [s for s in yamux_session._SESSIONS if not s.is_initiator and s.streams]
             )
             [yamux_stream] = session.streams.values()
             await eventually(lambda: session.stream_buffers.get(yamux_stream.stream_id))
-            assert p2p_memory.sweep_yamux_sessions() == 0  # open: kept
+            assert yamux_session.sweep_yamux_sessions() == 0  # open: kept
             yamux_stream.closed = True
             yamux_stream._closed_at = trio.current_time() - 3600  # closed long ago, unread
-            assert p2p_memory.sweep_yamux_sessions() == 1
+            assert yamux_session.sweep_yamux_sessions() == 1
             assert not session.streams and not session.stream_buffers
             release.set()

@@ -33,6 +33,8 @@ from heartbeat.agent.head import Head, HeadSource
 from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
 from heartbeat.common.logs import setup_logging
 from heartbeat.errors import ConfigError, HeartbeatError, IdentityError
+from heartbeat.net import compat
+from heartbeat.net.errors import UNPATCHED_HINT, CompatError
 from heartbeat.net.p2p import (
     load_or_create_identity,
     peer_id_of,
@@ -58,6 +60,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", dest="log_format", choices=("text", "json"))
     parser.add_argument(
         "--log-level", dest="log_level", choices=("debug", "info", "warning", "error")
+    )
+    parser.add_argument(
+        "--allow-unpatched-libp2p",
+        dest="allow_unpatched_libp2p",
+        action="store_const",
+        const=True,
+        help="run py-libp2p's stock code on a version its fixes were not written for",
     )
 
 
@@ -254,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_format, config.log_level.upper())
     restore_libp2p_logging()
     logging.getLogger("libp2p").setLevel(logging.WARNING)
+    try:
+        compat.install_all(allow_unpatched=config.allow_unpatched_libp2p)
+    except CompatError as exc:
+        print(f"{PROG}: {exc}{UNPATCHED_HINT}", file=sys.stderr)
+        return 2
     try:
         trio.run(run_until_signal, config)
     except HeartbeatError as exc:

@@ -84,6 +84,11 @@ _S = {
         Setting("block_delay", "--block-delay", "FIL_HEARTBEAT_BLOCK_DELAY"),
         Setting("lag_epochs", "--lag-epochs", "FIL_HEARTBEAT_LAG_EPOCHS"),
         Setting("seed", "--seed", "FIL_HEARTBEAT_SEED"),
+        Setting(
+            "allow_unpatched_libp2p",
+            "--allow-unpatched-libp2p",
+            "FIL_HEARTBEAT_ALLOW_UNPATCHED_LIBP2P",
+        ),
     )
 }
 _CONFIG = Setting("config", "--config", "FIL_HEARTBEAT_CONFIG")
@@ -116,6 +121,8 @@ class AgentConfig:
     block_delay: float = 30.0
     lag_epochs: int = 0
     seed: int | None = None
+    #: Run py-libp2p's stock code when the compat gate refuses its version (README).
+    allow_unpatched_libp2p: bool = False
 
 
 class _Sources:
@@ -273,6 +280,17 @@ def resolve_identity_file(
     return Path(text).expanduser() if text else default
 
 
+def _yes(src: _Sources, key: str) -> bool:
+    found = src.get(key)
+    if found is None:
+        return False
+    value, origin = found
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("true", "1", "yes", "false", "0", "no"):
+        return value if isinstance(value, bool) else text in ("true", "1", "yes")
+    raise _err(key, f"expected true or false, got {value!r} ({origin})")
+
+
 def build_config(
     flags: Mapping[str, Any],
     env: Mapping[str, str],
@@ -380,6 +398,7 @@ def build_config(
         block_delay=_duration(src, "block_delay", 30.0, minimum=0.01),
         lag_epochs=_int(src, "lag_epochs", 0, 0, 1_000_000) or 0,
         seed=_int(src, "seed", None, 0, 2**63 - 1),
+        allow_unpatched_libp2p=_yes(src, "allow_unpatched_libp2p"),
     )
 
 

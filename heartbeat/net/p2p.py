@@ -9,11 +9,8 @@ propagation restored by the programs' `__main__` (see `restore_libp2p_logging`).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -74,16 +71,12 @@ __all__ = [
     "connection_count",
     "gate_inbound_upgrades",
     "handshake_gate",
-    "install_fast_task_lookup",
-    "install_throttled_reconcile",
-    "install_yamux_tuning",
     "light_connection",
     "listen_multiaddrs",
     "load_or_create_identity",
     "new_identity",
     "peer_id_of",
     "peer_info_from_multiaddr",
-    "recompiled_method",
     "restore_libp2p_logging",
     "running_host",
     "set_stream_handlers",
@@ -177,6 +170,13 @@ class HostLimits:
     negotiate_timeout: int = 10
     #: The resource manager's per-peer connection rate limit.
     connections_per_peer_per_sec: float = 10.0
+    #: Per-connection Yamux limits (`heartbeat.net.compat.yamux_limits`): inbound
+    #: streams open at once (negotiating ones included; the excess is reset), pongs
+    #: per second and burst, and the multistream deadline of an inbound stream.
+    max_inbound_streams_per_conn: int = 8
+    ping_rate: float = 10.0
+    ping_burst: int = 20
+    inbound_negotiate_timeout: float = 5.0
 
     @property
     def pending_inbound(self) -> int:
@@ -277,6 +277,8 @@ def build_host(
         dial_timeout=limits.dial_timeout,
         inbound_upgrade_timeout=limits.upgrade_timeout,
         outbound_upgrade_timeout=limits.upgrade_timeout,
+        # A stream opened to us that has not chosen its protocol by then is reset.
+        inbound_stream_protocol_negotiation_timeout=limits.inbound_negotiate_timeout,
     )
     resource_manager = new_resource_manager(
         limits=ResourceLimits(
@@ -299,7 +301,7 @@ def build_host(
     host = new_host(
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): _muxer_class(limits)},
         peerstore_opt=PeerStore(max_peers=limits.max_peers, max_records=limits.max_peers * 2),
         connection_config=connection_config,
         resource_manager=resource_manager,
@@ -313,6 +315,23 @@ def build_host(
     if not identify_peers:
         _disable_outbound_identify(host)
     return host
+
+
+def _muxer_class(limits: HostLimits) -> type[Yamux]:
+    """`HeartbeatYamux` with `limits`' per-connection caps (process-wide: py-libp2p 0.8.1
+    builds its Yamux class by name, `heartbeat.net.compat.yamux_muxer`)."""
+    from heartbeat.net.compat.yamux_limits import HeartbeatYamux, YamuxLimits
+    from heartbeat.net.refusals import REFUSALS
+
+    HeartbeatYamux.configure(
+        YamuxLimits(
+            max_inbound_streams_per_conn=limits.max_inbound_streams_per_conn,
+            ping_rate=limits.ping_rate,
+            ping_burst=limits.ping_burst,
+        ),
+        REFUSALS.add,
+    )
+    return HeartbeatYamux
 
 
 @dataclass
@@ -454,285 +473,6 @@ async def running_host(
 def restore_libp2p_logging() -> None:
     """`import libp2p` turns off propagation of its logger; programs turn it back on."""
     logging.getLogger("libp2p").propagate = True
-
-
-# -- O(1) parent-task lookup ---------------------------------------------------
-# py-libp2p 0.8.1's `TrioManager.run_task` / `run_child_service` find the calling
-# task's parent with `_find_parent_task`, which walks every task of the manager's
-# tree: for the swarm's manager that is every task of every connection, twice per
-# accepted connection. Accepting then costs O(connections) and one aggregator
-# stalls near 5,000 connections (docs/CAPACITY.md). The replacement gives the same
-# answer from an index: every FunctionTask is indexed by its trio task when that is
-# set (the `trio_task` setter, called once in `FunctionTask.run`), and the walk's
-# "is it in THIS manager's tree" condition is checked along the task's parent
-# chain, O(depth).
-
-_FAST_LOOKUP_MARK = "_fil_heartbeat_fast_task_lookup"
-#: `_find_parent_task` of py-libp2p itself, kept for the tests' equivalence check.
-original_find_parent_task: Any = None
-
-
-def _task_lookup_internals() -> tuple[Any, Any] | str:
-    """(TrioManager, FunctionTask) if their internals are the ones of 0.8.1, else why not."""
-    try:
-        from libp2p.tools.anyio_service.trio_manager import TrioManager
-        from libp2p.tools.anyio_service.trio_tasks import FunctionTask
-    except ImportError as exc:
-        return f"import failed: {exc}"
-    find = TrioManager.__dict__.get("_find_parent_task")
-    if not inspect.isfunction(find):
-        return "TrioManager._find_parent_task missing"
-    if list(inspect.signature(find).parameters) != ["self", "trio_task"]:
-        return f"_find_parent_task signature {inspect.signature(find)}"
-    # The walk this replaces: the manager's root tasks, FunctionTask.iterate_tasks,
-    # has_trio_task, trio_task; nothing else.
-    names = set(find.__code__.co_names)
-    expected = {"FunctionTask", "iterate_tasks", "_root_tasks", "has_trio_task", "trio_task"}
-    if names != expected:
-        return f"_find_parent_task body differs (uses {sorted(names)})"
-    prop = FunctionTask.__dict__.get("trio_task")
-    if not isinstance(prop, property) or prop.fget is None or prop.fset is None:
-        return "FunctionTask.trio_task is not a settable property"
-    if "_trio_task" not in FunctionTask.__dict__ or "has_trio_task" not in FunctionTask.__dict__:
-        return "FunctionTask._trio_task/has_trio_task missing"
-    if "trio_task" not in FunctionTask.run.__code__.co_names:
-        return "FunctionTask.run no longer sets trio_task"
-    return TrioManager, FunctionTask
-
-
-def install_fast_task_lookup() -> bool:
-    """Replace py-libp2p's O(n) `TrioManager._find_parent_task` by an O(1) lookup.
-
-    Same answer as the tree walk (tests/test_p2p_tasks.py), process-wide, idempotent;
-    safe to call before or after hosts start (a manager's existing tasks are indexed by
-    one walk on its first lookup). Returns True when the lookup is installed. If
-    py-libp2p's internals are not those of 0.8.1, it patches nothing, logs a warning
-    and returns False: the stock walk keeps working, only slower.
-    """
-    global original_find_parent_task
-    if _installed_manager() is not None:
-        return True
-    found = _task_lookup_internals()
-    if isinstance(found, str):
-        import importlib.metadata
-
-        try:
-            version = importlib.metadata.version("libp2p")
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown"
-        logging.getLogger(__name__).warning(
-            "fast_task_lookup_refused libp2p=%s reason=%s", version, found
-        )
-        return False
-    manager_cls, task_cls = found
-    original = manager_cls._find_parent_task
-    original_find_parent_task = original
-    by_trio: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-    indexed: weakref.WeakSet[Any] = weakref.WeakSet()
-    prop = task_cls.__dict__["trio_task"]
-    set_trio_task = prop.fset
-
-    def indexing_setter(self: Any, value: Any) -> None:
-        set_trio_task(self, value)
-        by_trio[value] = self
-
-    def in_tree(manager: Any, task: Any) -> bool | None:
-        """Is `task` reachable from `manager`'s root tasks? None: chain too deep."""
-        for _ in range(256):
-            parent = task.parent
-            if parent is None:
-                return task in manager._root_tasks
-            if task not in parent.children:
-                return False
-            task = parent
-        return None
-
-    def find_parent_task(self: Any, trio_task: Any) -> Any:
-        if self not in indexed:
-            # Tasks that started before the install (or before this manager's first
-            # lookup under it) are indexed once.
-            for task in task_cls.iterate_tasks(*self._root_tasks):
-                if task.has_trio_task:
-                    by_trio.setdefault(task.trio_task, task)
-            indexed.add(self)
-        task = by_trio.get(trio_task)
-        if task is None or task.trio_task is not trio_task:
-            return None
-        reachable = in_tree(self, task)
-        if reachable is None:  # never seen in 0.8.1: fall back to the walk
-            return original(self, trio_task)
-        return task if reachable else None
-
-    setattr(find_parent_task, _FAST_LOOKUP_MARK, original)
-    task_cls.trio_task = property(prop.fget, indexing_setter, prop.fdel, prop.__doc__)
-    manager_cls._find_parent_task = find_parent_task
-    logging.getLogger(__name__).debug("fast_task_lookup_installed")
-    return True
-
-
-#: What `install_throttled_reconcile` changes in `Swarm.add_conn` (py-libp2p 0.8.1's text).
-_RECONCILE_BLOCK = """\
-        if reconcile_lifecycle is not None:
-            try:
-                live_ids = {
-                    str(id(sc.muxed_conn))
-                    for peer_conns in self.connections.values()
-                    for sc in peer_conns
-                }
-"""
-_RECONCILE_GUARD = "        if reconcile_lifecycle is not None and _fil_reconcile_due(self):\n"
-#: `Swarm.add_conn` before the patch (None until installed); tests compare with it.
-original_add_conn: Any = None
-
-
-def reconcile_due(swarm: Any, interval: float, now: float) -> bool:
-    """True at most once per `interval` seconds per swarm (then it records `now`)."""
-    last = getattr(swarm, "_fil_last_reconcile", None)
-    if last is not None and now - last < interval:
-        return False
-    swarm._fil_last_reconcile = now
-    return True
-
-
-def patched_add_conn_source(source: str) -> str | None:
-    """`Swarm.add_conn`'s source with the reconcile throttled; None if it is not 0.8.1's."""
-    import textwrap
-
-    text = textwrap.dedent(source)
-    if text.count(_RECONCILE_BLOCK) != 1 or "super()" in text:
-        return None
-    guarded = _RECONCILE_GUARD + _RECONCILE_BLOCK.split("\n", 1)[1]
-    return text.replace(_RECONCILE_BLOCK, guarded)
-
-
-#: `YamuxStream._auto_tune_and_send_window_update`'s branches that credit a read back at
-#: once (py-libp2p 0.8.1's text): one WINDOW_UPDATE frame written per read.
-_CREDIT_ON_READ_BRANCHES = """\
-        elif 0 < delta < threshold and bytes_read > 0:
-            self._window_update_partial_slack += 1
-            self.recv_window += delta + bytes_read
-            total_delta = delta + bytes_read
-            self._pending_recv_release -= bytes_read
-            total_delta += self._apply_autotune_epoch(buffered)
-        elif _yamux_release_on_read() and bytes_read > 0:
-            self.recv_window += bytes_read
-            total_delta = bytes_read
-            self._pending_recv_release -= bytes_read
-            self._window_update_bytes_read_only += 1
-            total_delta += self._apply_autotune_epoch(buffered)
-"""
-#: `_auto_tune_and_send_window_update` before the patch (None until installed).
-original_window_update: Any = None
-
-
-def patched_window_update_source(source: str) -> str | None:
-    """The window-update method without its credit-on-read branches; None if not 0.8.1's."""
-    import textwrap
-
-    text = textwrap.dedent(source)
-    if text.count(_CREDIT_ON_READ_BRANCHES) != 1 or "super()" in text:
-        return None
-    return text.replace(_CREDIT_ON_READ_BRANCHES, "")
-
-
-def recompiled_method(cls: Any, name: str, patch: Callable[[str], str | None]) -> Any:
-    """`cls.name` recompiled from its own source after `patch`, in its module's globals;
-    None (nothing changed) when the source cannot be read or `patch` refuses it."""
-    import inspect
-    import sys
-
-    method = cls.__dict__.get(name)
-    try:
-        source = inspect.getsource(method)
-    except (OSError, TypeError):
-        return None
-    patched = patch(source)
-    if patched is None or method.__code__.co_freevars:
-        return None
-    namespace = sys.modules[cls.__module__].__dict__
-    code = compile(patched, inspect.getsourcefile(method) or f"<{name}>", "exec")
-    local: dict[str, Any] = {}
-    exec(code, namespace, local)
-    new = local[name]
-    new.__qualname__ = method.__qualname__
-    return new
-
-
-def install_yamux_tuning(*, release_on_read: bool = False) -> bool:
-    """Yamux receive windows credited back go-yamux's way, not on every read.
-
-    py-libp2p 0.8.1 returns the credit for the bytes of every read at once: after each
-    read of a stream it writes the peer a WINDOW_UPDATE frame (through Noise, one `send`
-    syscall), so a receiver of small frames (beats) writes one frame per frame it reads.
-    go-yamux returns credit only once half the window is consumed (its hysteresis, which
-    py-libp2p also has). With `release_on_read=False` the two branches that credit every
-    read are recompiled away, after checking that the source is exactly 0.8.1's (otherwise
-    nothing changes, a warning is logged and the result is False); the window's growth
-    (auto-tuning) and the half-window credit are unchanged, so a sender is never stalled.
-    `release_on_read=True` restores py-libp2p's method. Process-wide and idempotent.
-    """
-    global original_window_update
-    from libp2p.stream_muxer.yamux.yamux import YamuxStream
-
-    name = "_auto_tune_and_send_window_update"
-    if release_on_read:
-        if original_window_update is not None:
-            setattr(YamuxStream, name, original_window_update)
-            original_window_update = None
-        return True
-    if original_window_update is not None:
-        return True
-    tuned = recompiled_method(YamuxStream, name, patched_window_update_source)
-    if tuned is None:
-        logging.getLogger(__name__).warning("yamux_tuning_refused reason=unexpected_source")
-        return False
-    original_window_update = YamuxStream.__dict__[name]
-    setattr(YamuxStream, name, tuned)
-    return True
-
-
-def install_throttled_reconcile(interval: float = 5.0) -> bool:
-    """Run py-libp2p's connection-tracker reconcile at most every `interval` s per swarm.
-
-    py-libp2p 0.8.1's `Swarm.add_conn` rebuilds the set of every live connection id (as
-    text) and reconciles the resource manager's tracker against it on EVERY accepted or
-    dialled connection: O(connections) per accept, 28 % of an aggregator's CPU while
-    accepting at ~5,000 connections (py-spy, docs/CAPACITY.md). The reconcile only prunes
-    tracker entries older than 30 s whose connection is gone, so running it at most every
-    few seconds prunes the same entries, a few seconds later. The patch recompiles
-    `add_conn` from its own source with one condition added, after checking that the
-    source is exactly 0.8.1's; otherwise it patches nothing, logs a warning and returns
-    False. Process-wide and idempotent.
-    """
-    global original_add_conn
-    from libp2p.network import swarm as swarm_module
-
-    swarm_cls: Any = swarm_module.Swarm
-    if original_add_conn is not None:
-        return True
-
-    def due(swarm: Any) -> bool:
-        return reconcile_due(swarm, interval, time.monotonic())
-
-    swarm_module.__dict__["_fil_reconcile_due"] = due
-    new_add_conn = recompiled_method(swarm_cls, "add_conn", patched_add_conn_source)
-    if new_add_conn is None:
-        logging.getLogger(__name__).warning(
-            "reconcile_throttle_refused reason=unexpected_add_conn_source"
-        )
-        return False
-    original_add_conn = swarm_cls.add_conn
-    swarm_cls.add_conn = new_add_conn
-    return True
-
-
-def _installed_manager() -> Any:
-    try:
-        from libp2p.tools.anyio_service.trio_manager import TrioManager
-    except ImportError:
-        return None
-    find = TrioManager.__dict__.get("_find_parent_task")
-    return TrioManager if hasattr(find, _FAST_LOOKUP_MARK) else None
 
 
 # -- server-side helpers (the aggregator's ingest) ------------------------------
