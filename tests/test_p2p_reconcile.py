@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from heartbeat.net import p2p
+from heartbeat.net.compat import reconcile as reconcile_fix
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -24,16 +25,17 @@ def test_reconcile_due_once_per_interval() -> None:
         pass
 
     swarm = Swarm()
-    assert p2p.reconcile_due(swarm, 5.0, 100.0) is True
-    assert p2p.reconcile_due(swarm, 5.0, 104.9) is False
-    assert p2p.reconcile_due(swarm, 5.0, 105.0) is True
-    assert p2p.reconcile_due(Swarm(), 5.0, 105.1) is True  # per swarm
+    assert reconcile_fix.reconcile_due(swarm, 5.0, 100.0) is True
+    assert reconcile_fix.reconcile_due(swarm, 5.0, 104.9) is False
+    assert reconcile_fix.reconcile_due(swarm, 5.0, 105.0) is True
+    assert reconcile_fix.reconcile_due(Swarm(), 5.0, 105.1) is True  # per swarm
 
 
 def test_patch_applies_to_this_source_only() -> None:
-    assert p2p.install_throttled_reconcile() is True
-    original = inspect.getsource(p2p.original_add_conn)
-    patched = p2p.patched_add_conn_source(original)
+    reconcile_fix.install()
+    assert reconcile_fix.installed()
+    original = inspect.getsource(reconcile_fix.original_add_conn)
+    patched = reconcile_fix.patched_add_conn_source(original)
     assert patched is not None
     assert patched.count("_fil_reconcile_due(self)") == 1
     # Everything else is unchanged: only the guarded line differs.
@@ -43,12 +45,14 @@ def test_patch_applies_to_this_source_only() -> None:
         "if reconcile_lifecycle is not None and _fil_reconcile_due(self):",
     }
     changed = original.replace("str(id(sc.muxed_conn))", "id(sc.muxed_conn)")
-    assert p2p.patched_add_conn_source(changed) is None  # another version: refused
-    assert p2p.install_throttled_reconcile() is True  # idempotent
+    assert reconcile_fix.patched_add_conn_source(changed) is None  # another version: refused
+    reconcile_fix.install()  # idempotent
+    assert reconcile_fix.installed()
 
 
 async def test_every_connection_added_reconcile_once_per_interval() -> None:
-    assert p2p.install_throttled_reconcile() is True
+    reconcile_fix.install()
+    assert reconcile_fix.installed()
     key = p2p.new_identity()
     async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(32)) as srv:
         swarm: Any = srv.get_network()

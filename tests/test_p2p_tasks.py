@@ -1,4 +1,4 @@
-"""`heartbeat.net.p2p.install_fast_task_lookup`: the same parent task as py-libp2p's walk.
+"""`heartbeat.net.install_fast_task_lookup`: the same parent task as py-libp2p's walk.
 
 py-libp2p 0.8.1 finds a new task's parent by walking every task of the manager's tree
 (O(connections) per accepted connection); the installed lookup must give the same answer for
@@ -9,7 +9,6 @@ and light connections on loopback, with streams open, and again after one client
 from __future__ import annotations
 
 import gc
-import logging
 from typing import Any
 
 import pytest
@@ -17,6 +16,17 @@ import trio
 import trio.testing
 
 from heartbeat.net import p2p
+from heartbeat.net.compat import task_lookup
+from heartbeat.net.errors import CompatError
+
+
+def install_fast_task_lookup() -> bool:
+    try:
+        task_lookup.install()
+    except CompatError:
+        return False
+    return True
+
 
 PROTOCOL = "fil/heartbeat-test-tasks/1.0.0"
 
@@ -36,7 +46,7 @@ def _check_equivalence() -> tuple[int, int, int]:
     from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 
     fast = TrioManager._find_parent_task
-    walk = p2p.original_find_parent_task
+    walk = task_lookup.original_find_parent_task
     assert walk is not None and fast is not walk
     managers = _managers()
     trio_tasks = [trio.lowlevel.current_task()]  # not a FunctionTask: None everywhere
@@ -57,32 +67,28 @@ def test_install_is_idempotent() -> None:
     from libp2p.tools.anyio_service.trio_manager import TrioManager
     from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 
-    assert p2p.install_fast_task_lookup() is True
+    assert install_fast_task_lookup() is True
     find, prop = TrioManager._find_parent_task, FunctionTask.__dict__["trio_task"]
-    assert p2p.install_fast_task_lookup() is True
+    assert install_fast_task_lookup() is True
     assert TrioManager._find_parent_task is find
     assert FunctionTask.__dict__["trio_task"] is prop
 
 
-def test_refuses_other_internals(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_refuses_other_internals(monkeypatch: pytest.MonkeyPatch) -> None:
     from libp2p.tools.anyio_service.trio_manager import TrioManager
     from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 
     def _find_parent_task(self: Any, trio_task: Any) -> Any:  # a different implementation
         return self._task_index.get(trio_task)
 
+    task_lookup.uninstall()
     monkeypatch.setattr(TrioManager, "_find_parent_task", _find_parent_task)
     prop = FunctionTask.__dict__["trio_task"]
-    with caplog.at_level(logging.WARNING, logger="heartbeat.net.p2p"):
-        assert p2p.install_fast_task_lookup() is False
+    with pytest.raises(CompatError, match="body differs") as refused:
+        task_lookup.install()
+    assert refused.value.what == "libp2p.tools.anyio_service.trio_manager"
     assert TrioManager._find_parent_task is _find_parent_task
     assert FunctionTask.__dict__["trio_task"] is prop
-    [record] = [r for r in caplog.records if r.name == "heartbeat.net.p2p"]
-    assert record.levelno == logging.WARNING
-    assert record.getMessage().startswith("fast_task_lookup_refused libp2p=")
-    assert "body differs" in record.getMessage()
 
 
 def test_refuses_other_signature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,14 +97,15 @@ def test_refuses_other_signature(monkeypatch: pytest.MonkeyPatch) -> None:
     def _find_parent_task(self: Any, task: Any, default: Any = None) -> Any:
         return default
 
+    task_lookup.uninstall()
     monkeypatch.setattr(TrioManager, "_find_parent_task", _find_parent_task)
-    assert p2p.install_fast_task_lookup() is False
+    assert install_fast_task_lookup() is False
     assert TrioManager._find_parent_task is _find_parent_task
 
 
 @pytest.mark.integration
 async def test_same_parent_as_the_walk_on_a_real_host() -> None:
-    assert p2p.install_fast_task_lookup() is True
+    assert install_fast_task_lookup() is True
     received: list[bytes] = []
     done = trio.Event()
     expected = 4

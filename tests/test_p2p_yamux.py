@@ -17,7 +17,18 @@ import pytest
 import trio
 
 from heartbeat.net import p2p
+from heartbeat.net.compat import yamux_credit
 from tests.helpers import eventually
+
+
+def install_yamux_tuning(*, release_on_read: bool) -> bool:
+    """The `yamux_credit` fix in (release_on_read=False) or out (py-libp2p's credit)."""
+    if release_on_read:
+        yamux_credit.uninstall()
+    else:
+        yamux_credit.install()
+    return yamux_credit.installed() is not release_on_read
+
 
 PROTOCOL = "fil/heartbeat-test-yamux/1.0.0"
 FRAME = b"b" * 300
@@ -29,19 +40,19 @@ pytestmark = [pytest.mark.timeout(60)]
 @pytest.fixture
 def restore_yamux() -> Iterator[None]:
     """Leave the process as the test found it (the tuning is process-wide)."""
-    installed = p2p.original_window_update is not None
+    installed = yamux_credit.original_window_update is not None
     yield
     if installed:
-        assert p2p.install_yamux_tuning(release_on_read=False)
+        assert install_yamux_tuning(release_on_read=False)
     else:
-        p2p.install_yamux_tuning(release_on_read=True)
+        install_yamux_tuning(release_on_read=True)
 
 
 async def _window_updates_for_reads(release_on_read: bool, monkeypatch: pytest.MonkeyPatch) -> int:
     """WINDOW_UPDATE frames sent while the server read FRAMES frames."""
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-    assert p2p.install_yamux_tuning(release_on_read=release_on_read)
+    assert install_yamux_tuning(release_on_read=release_on_read)
     received = 0
     all_read = trio.Event()
     updates = 0
@@ -100,11 +111,11 @@ def test_the_patch_refuses_any_other_source() -> None:
 
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-    original = p2p.original_window_update or YamuxStream._auto_tune_and_send_window_update
+    original = yamux_credit.original_window_update or YamuxStream._auto_tune_and_send_window_update
     source = inspect.getsource(original)
-    patched = p2p.patched_window_update_source(source)
+    patched = yamux_credit.patched_window_update_source(source)
     assert patched is not None and "_yamux_release_on_read" not in patched
     assert "_window_update_full_grow" in patched  # the growth and the half-window credit stay
     changed = source.replace("total_delta = delta + bytes_read", "total_delta = delta", 1)
-    assert p2p.patched_window_update_source(changed) is None
-    assert p2p.patched_window_update_source("def f(self):\n    super().f()\n") is None
+    assert yamux_credit.patched_window_update_source(changed) is None
+    assert yamux_credit.patched_window_update_source("def f(self):\n    super().f()\n") is None
