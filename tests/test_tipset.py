@@ -29,6 +29,9 @@ V0 = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
         (f"{{ {A} {B} }}", frozenset({A, B})),
         (f"{{{A}, {B}}}", frozenset({A, B})),
         (f"{{ {V0} }}", frozenset({V0})),
+        # js-libp2p senders: one bare CID is a one-block tipset key
+        (A, frozenset({A})),
+        (V0, frozenset({V0})),
     ],
 )
 def test_parse_head_accepts_both_forms(text: str, expected: frozenset[str]) -> None:
@@ -41,7 +44,13 @@ def test_parse_head_accepts_both_forms(text: str, expected: frozenset[str]) -> N
         "",
         "{",
         "}",
-        A,
+        f"{A} {B}",
+        f"{A},{B}",
+        f" {A}",
+        f"{A} ",
+        f"{{{A}",
+        f"{A}}}",
+        "bafy",
         f"[{A}]",
         f"{{{A},}}",
         f"{{,{A}}}",

@@ -50,6 +50,7 @@ def decode_all(data: bytes, chunks: list[int] | None = None, **kwargs: int) -> l
             start = cut
             assert decoder.buffered <= decoder._max_buffer
     assert decoder.buffered == 0
+    out += decoder.finish()  # a clean end: nothing left over
     return out
 
 
@@ -492,3 +493,93 @@ def test_corrupted_beat_raises_only_decode_error(noise: bytes, at: int) -> None:
     at %= len(data)
     data[at : at + len(noise)] = noise
     _feed_garbage(bytes(data), [at], 4096, 8192)
+
+
+# --- end of stream ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encode", [encode_cbor, encode_json])
+def test_stream_ending_inside_a_beat_is_truncated(encode: object) -> None:
+    one = encode(BEAT)  # type: ignore[operator]
+    stream = one + one
+    for cut in range(len(one) + 1, len(stream) - (encode is encode_json)):
+        decoder = BeatDecoder()
+        assert decoder.feed(stream[:cut]) == [BEAT]
+        with pytest.raises(BeatDecodeError) as info:
+            decoder.finish()
+        assert info.value.reason is RejectReason.TRUNCATED
+        with pytest.raises(BeatDecodeError):  # the decoder stays failed
+            decoder.feed(one)
+
+
+def test_truncated_is_a_bounded_label() -> None:
+    assert RejectReason("truncated") is RejectReason.TRUNCATED
+
+
+def test_clean_end_and_empty_stream_finish_quietly() -> None:
+    decoder = BeatDecoder()
+    assert decoder.finish() == []
+    decoder = BeatDecoder()
+    assert decoder.feed(encode_cbor(BEAT)) == [BEAT]
+    assert decoder.finish() == []
+    with pytest.raises(BeatDecodeError):  # nothing may follow the end
+        decoder.feed(encode_cbor(BEAT))
+
+
+def test_final_json_beat_without_newline_is_decoded() -> None:
+    stream = encode_json(BEAT) + encode_json(FULL).rstrip(b"\n")
+    for chunks in (None, list(range(len(stream)))):
+        decoder = BeatDecoder()
+        out: list[object] = []
+        if chunks is None:
+            out += decoder.feed(stream)
+        else:
+            for i in chunks:
+                out += decoder.feed(stream[i : i + 1])
+        assert out == [BEAT]
+        assert decoder.finish() == [FULL]
+
+
+def test_final_json_line_invalid_content_is_a_reject_not_truncation() -> None:
+    decoder = BeatDecoder()
+    decoder.feed(json.dumps({**GOOD, "Height": -1}).encode())
+    (item,) = decoder.finish()
+    assert isinstance(item, BeatRejected)
+    assert item.reason is RejectReason.OUT_OF_RANGE
+
+
+def test_final_json_whitespace_is_a_clean_end() -> None:
+    decoder = BeatDecoder()
+    assert decoder.feed(encode_json(BEAT) + b" \r") == [BEAT]
+    assert decoder.finish() == []
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(sent_beats, min_size=1, max_size=4), st.data())
+def test_cbor_cut_anywhere_is_whole_beats_or_truncated(
+    blist: list[Beat], data: st.DataObject
+) -> None:
+    frames = [encode_cbor(b) for b in blist]
+    stream = b"".join(frames)
+    cut = data.draw(st.integers(1, len(stream)))
+    boundaries = {sum(len(f) for f in frames[:i]) for i in range(len(frames) + 1)}
+    decoder = BeatDecoder()
+    out = decoder.feed(stream[:cut])
+    if cut in boundaries:
+        assert decoder.finish() == []
+        assert len(out) == sum(1 for b in boundaries if 0 < b <= cut)
+    else:
+        with pytest.raises(BeatDecodeError) as info:
+            decoder.finish()
+        assert info.value.reason is RejectReason.TRUNCATED
+
+
+def test_bare_cid_head_accepted_as_one_block_key() -> None:
+    for encode in (cbor_of, json_of):
+        (beat,) = decode_all(encode({**GOOD, "Head": A}))
+        assert isinstance(beat, Beat)
+        assert beat.head == A
+    for head in (f"{A} {B}", f"{A},{B}", "bafy", f"[{A}]"):
+        (item,) = decode_all(cbor_of({**GOOD, "Head": head}))
+        assert isinstance(item, BeatRejected)
+        assert item.reason is RejectReason.BAD_HEAD

@@ -51,6 +51,7 @@ class RejectReason(StrEnum):
     TAG = "tag"
     TOO_DEEP = "too_deep"
     UNSUPPORTED_ENCODING = "unsupported_encoding"
+    TRUNCATED = "truncated"  # the stream ended inside a beat
     # content: returned as BeatRejected, the stream stays in sync
     NOT_A_MAP = "not_a_map"
     DUPLICATE_KEY = "duplicate_key"

@@ -107,6 +107,31 @@ class BeatDecoder:
             self._fail(exc.reason, exc.detail, out)
         return out
 
+    def finish(self) -> list[Beat | BeatRejected]:
+        """The stream ended: decode what is left, or raise `BeatDecodeError` (``truncated``).
+
+        A legacy JSON stream may end its last beat without the newline: that beat counts. A
+        CBOR frame cut short, or a JSON line that does not parse, is a truncated stream.
+        Every later call (`feed` or `finish`) raises the same error; a clean end returns [].
+        """
+        if self._error is not None:
+            raise self._error
+        out: list[Beat | BeatRejected] = []
+        buf = self._buf
+        if self.encoding == "json":
+            if buf.strip(b" \t\r"):
+                try:
+                    out.append(self._decode_json_line(bytes(buf)))
+                except BeatDecodeError as exc:
+                    cut = exc.reason is RejectReason.MALFORMED_JSON
+                    reason = RejectReason.TRUNCATED if cut else exc.reason
+                    self._fail(reason, f"json line, {len(buf)} bytes", out)
+        elif buf or self._stack:
+            self._fail(RejectReason.TRUNCATED, f"cbor item, {len(buf)} bytes", out)
+        self._error = BeatDecodeError(RejectReason.TRUNCATED, "stream already finished")
+        self._buf = bytearray()
+        return out
+
     def _fail(self, reason: RejectReason, detail: str, out: list[Beat | BeatRejected]) -> None:
         error = BeatDecodeError(reason, detail)
         error.decoded = out
@@ -190,95 +215,118 @@ class BeatDecoder:
         Resumable: the position and the open containers persist between calls, so feeding one
         byte at a time costs no rescans. Raises BeatDecodeError on a framing fault; a
         well-formed but invalid item (bad UTF-8, duplicate key) is noted in ``_invalid``.
+        Each item goes through three steps: its header (`_header`), its body (`_body`), and
+        its place in the open containers (`_account`).
         """
         pos = self._pos
         stack = self._stack
-        outstanding = self._outstanding  # items announced by open containers, not started
         end = len(buf)
         limit = start + self._max_beat
-        try:
-            while pos < end:
-                initial = buf[pos]
-                major = initial >> 5
-                info = initial & 0x1F
-                # items still to come after this one take at least one byte each
-                pending = outstanding - 1 if stack else 0
-                if info < 24:
-                    arg = info
-                    after = pos + 1
-                elif info < 28:
-                    after = pos + 1 + _ARG_BYTES[info]
-                    if after + pending > limit:
-                        raise BeatDecodeError(RejectReason.OVERSIZE, "cbor item")
-                    if after > end:
-                        break
-                    arg = int.from_bytes(buf[pos + 1 : after], "big")
-                elif info == 31:
-                    if major in (0, 1, 6):
-                        raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "reserved info 31")
-                    raise BeatDecodeError(RejectReason.INDEFINITE_LENGTH, "cbor item")
-                else:
-                    raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "reserved info 28-30")
+        while pos < end:
+            # items still to come after this one take at least one byte each
+            pending = self._outstanding - 1 if stack else 0
+            header = self._header(buf, pos, end, limit - pending)
+            if header is None:
+                break
+            major, info, arg, after = header
+            top = stack[-1] if stack else None
+            is_key = top is not None and top[1] and not top[0] & 1
+            body = self._body(buf, major, info, arg, after, end, limit - pending, is_key)
+            if body is None:
+                break
+            key, children, pos = body
+            if pos + pending > limit:
+                raise BeatDecodeError(RejectReason.OVERSIZE, "cbor item")
+            if self._account(top, is_key, key, major, children):
+                self._pos = pos
+                return pos
+        self._pos = pos
+        return -1
 
-                top = stack[-1] if stack else None
-                is_key = top is not None and top[1] and not top[0] & 1
-                key: object = None
-                children = 0
-                if major == 3 or major == 2:
-                    body_end = after + arg
-                    if body_end + pending > limit:
-                        raise BeatDecodeError(RejectReason.OVERSIZE, "cbor string")
-                    if body_end > end:
-                        break
-                    if major == 3:
-                        try:
-                            text = buf[after:body_end].decode("utf-8")
-                        except UnicodeDecodeError:
-                            text = None
-                            self._note(RejectReason.BAD_UTF8, "cbor text")
-                        key = text
-                    elif is_key:
-                        key = bytes(buf[after:body_end])
-                    after = body_end
-                elif major < 2:
-                    key = (major, arg)
-                elif major == 6:
-                    raise BeatDecodeError(RejectReason.TAG, "cbor tag")
-                elif major == 7:
-                    if info == 24 and arg < 32:
-                        raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "bad simple value")
-                    key = (7, info, arg)
-                else:  # 4 array, 5 map
-                    if len(stack) >= MAX_DEPTH:
-                        raise BeatDecodeError(RejectReason.TOO_DEEP, "cbor nesting")
-                    children = arg if major == 4 else 2 * arg
-                    if after + pending + children > limit:
-                        raise BeatDecodeError(RejectReason.OVERSIZE, "cbor container")
-                if after + pending > limit:
-                    raise BeatDecodeError(RejectReason.OVERSIZE, "cbor item")
+    @staticmethod
+    def _header(buf: bytearray, pos: int, end: int, limit: int) -> tuple[int, int, int, int] | None:
+        """Major type, additional info, argument and the offset after the header; None if cut."""
+        initial = buf[pos]
+        major = initial >> 5
+        info = initial & 0x1F
+        if info < 24:
+            return major, info, info, pos + 1
+        if info < 28:
+            after = pos + 1 + _ARG_BYTES[info]
+            if after > limit:
+                raise BeatDecodeError(RejectReason.OVERSIZE, "cbor item")
+            if after > end:
+                return None
+            return major, info, int.from_bytes(buf[pos + 1 : after], "big"), after
+        if info == 31:
+            if major in (0, 1, 6):
+                raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "reserved info 31")
+            raise BeatDecodeError(RejectReason.INDEFINITE_LENGTH, "cbor item")
+        raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "reserved info 28-30")
 
-                if top is not None:
-                    if is_key and key is not None:
-                        seen = top[2]
-                        if key in seen:
-                            self._note(RejectReason.DUPLICATE_KEY, "cbor map")
-                        seen.add(key)
-                    top[0] -= 1
-                    outstanding -= 1
-                pos = after
-                if children:
-                    stack.append([children, major == 5, set()])
-                    outstanding += children
-                    continue
-                while stack and not stack[-1][0]:
-                    stack.pop()
-                if not stack:
-                    self._pos = pos
-                    return pos
-            self._pos = pos
-            return -1
-        finally:
-            self._outstanding = outstanding
+    def _body(
+        self,
+        buf: bytearray,
+        major: int,
+        info: int,
+        arg: int,
+        after: int,
+        end: int,
+        limit: int,
+        is_key: bool,
+    ) -> tuple[object, int, int] | None:
+        """The item's key (for duplicate detection), its child count and its end; None if cut."""
+        if major == 3 or major == 2:
+            body_end = after + arg
+            if body_end > limit:
+                raise BeatDecodeError(RejectReason.OVERSIZE, "cbor string")
+            if body_end > end:
+                return None
+            key: object = None
+            if major == 3:
+                try:
+                    key = buf[after:body_end].decode("utf-8")
+                except UnicodeDecodeError:
+                    self._note(RejectReason.BAD_UTF8, "cbor text")
+            elif is_key:
+                key = bytes(buf[after:body_end])
+            return key, 0, body_end
+        if major < 2:
+            return (major, arg), 0, after
+        if major == 6:
+            raise BeatDecodeError(RejectReason.TAG, "cbor tag")
+        if major == 7:
+            if info == 24 and arg < 32:
+                raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "bad simple value")
+            return (7, info, arg), 0, after
+        # 4 array, 5 map
+        if len(self._stack) >= MAX_DEPTH:
+            raise BeatDecodeError(RejectReason.TOO_DEEP, "cbor nesting")
+        children = arg if major == 4 else 2 * arg
+        if after + children > limit:
+            raise BeatDecodeError(RejectReason.OVERSIZE, "cbor container")
+        return None, children, after
+
+    def _account(
+        self, top: list[Any] | None, is_key: bool, key: object, major: int, children: int
+    ) -> bool:
+        """Count the item against its container, open its own; True when the frame is done."""
+        stack = self._stack
+        if top is not None:
+            if is_key and key is not None:
+                seen = top[2]
+                if key in seen:
+                    self._note(RejectReason.DUPLICATE_KEY, "cbor map")
+                seen.add(key)
+            top[0] -= 1
+            self._outstanding -= 1
+        if children:
+            stack.append([children, major == 5, set()])
+            self._outstanding += children
+            return False
+        while stack and not stack[-1][0]:
+            stack.pop()
+        return not stack
 
     def _note(self, reason: RejectReason, detail: str) -> None:
         if self._invalid is None:

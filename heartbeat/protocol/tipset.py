@@ -55,11 +55,14 @@ def parse_head(text: str) -> frozenset[str]:
     """The set of CIDs in a tipset key text.
 
     Accepts ``{a,b}`` (Lotus; spaces around commas tolerated), ``{ a b }`` (go-filecoin) and
-    the empty keys ``{}`` / ``{ }``. At most `MAX_HEAD_CIDS` CIDs, each plausible, no repeats.
+    the empty keys ``{}`` / ``{ }``. A bare CID without braces (js-libp2p senders) is a
+    one-block tipset key. At most `MAX_HEAD_CIDS` CIDs, each plausible, no repeats.
     Raises `HeadParseError` otherwise.
     """
     if len(text) > _MAX_HEAD_TEXT:
         raise HeadParseError("head text too long")
+    if is_plausible_cid(text):
+        return frozenset((text,))
     if len(text) < 2 or text[0] != "{" or text[-1] != "}":
         raise HeadParseError("head must be enclosed in braces")
     inner = text[1:-1]
