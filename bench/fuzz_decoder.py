@@ -5,7 +5,8 @@ Usage (see docs/FUZZING.md):
 
 Each input is split in two: a few bytes choose the chunk sizes, the rest is the stream. The
 harness checks that
-- feed() raises nothing but BeatDecodeError and returns only Beat / BeatRejected values;
+- feed() and finish() raise nothing but BeatDecodeError and return only Beat / BeatRejected
+  values;
 - the decoder never buffers more than max_buffer, nor more than one partial frame;
 - the chunked stream decodes exactly as the whole stream does (same beats, same rejects,
   same error);
@@ -55,6 +56,8 @@ def _run(stream: bytes, chunks: list[int]) -> tuple[list[object], object]:
             assert decoder.buffered < MAX_BEAT + 9
             if start >= len(stream):
                 break
+        out += decoder.finish()  # the end of stream: a cut frame is "truncated"
+        assert decoder.buffered == 0
     except BeatDecodeError as exc:
         return _summary([*out, *exc.decoded]), exc.reason
     return _summary(out), None
