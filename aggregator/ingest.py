@@ -257,12 +257,10 @@ class Ingest:
                 await self._reset(stream)
                 self._spawn(self._disconnect, peer)
                 return
-            if not data:  # EOF: close our side too, so the sender's last beats land
-                await self._close(stream)
-                return
+            eof = not data  # the decoder's finish() decodes or refuses what is left
             error: BeatDecodeError | None = None
             try:
-                items = decoder.feed(data)
+                items = decoder.finish() if eof else decoder.feed(data)
             except BeatDecodeError as exc:
                 error = exc
                 items = exc.decoded  # what came before the fault still counts
@@ -276,6 +274,9 @@ class Ingest:
                 if self._log_limiter.allow(peer, self._clock()):
                     log.warning("stream_garbage peer=%s reason=%s err=%s", peer, reason, error)
                 await self._reset(stream)
+                return
+            if eof:  # close our side too, so the sender's last beats land
+                await self._close(stream)
                 return
 
     async def _handle_items(
