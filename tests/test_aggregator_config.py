@@ -317,6 +317,7 @@ def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration  # a real listening socket and the aggregator's process
 @pytest.mark.parametrize("which", ["listen", "http"])
 def test_listen_port_in_use_exits_2_before_opening_anything(tmp_path: Path, which: str) -> None:
     with socket.socket() as taken:

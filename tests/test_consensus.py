@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,6 +44,7 @@ def test_head_hash_properties() -> None:
     assert float(head_hash(AB)) == head_hash(AB)  # exact in a float64
 
 
+@pytest.mark.integration  # other interpreters
 def test_head_hash_is_stable_across_processes() -> None:
     code = (
         "from aggregator.consensus import head_hash\n"
