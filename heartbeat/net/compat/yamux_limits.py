@@ -55,6 +55,10 @@ class YamuxLimits:
     ping_close_after: int = 200
 
 
+def _flags(header: bytes) -> int:
+    return int(struct.unpack(YAMUX_HEADER_FORMAT, header)[2])
+
+
 def _no_refusal_count(reason: RefusalReason) -> None:
     return None
 
@@ -141,7 +145,7 @@ class HeartbeatYamux(Yamux):
         type(self).on_refusal(reason)
 
     async def _write_frame(self, data: bytes) -> None:
-        if len(data) == _HEADER_SIZE and data[1] == TYPE_PING and data[2] & FLAG_ACK:
+        if len(data) == _HEADER_SIZE and data[1] == TYPE_PING and _flags(data) & FLAG_ACK:
             if not self._ping_allowed():
                 return
         await super()._write_frame(data)
