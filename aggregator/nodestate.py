@@ -249,6 +249,9 @@ class Pending:
 
 
 def remote_host(remote_addr: str) -> str:
-    """The host of a multiaddr (`/ip4/10.0.0.1/tcp/4001` -> `10.0.0.1`); "" when unknown."""
+    """The host a peer came from: the ingest gives the IP itself; a multiaddr
+    (`/ip4/10.0.0.1/tcp/4001`) gives its address part; "" when unknown."""
+    if not remote_addr.startswith("/"):
+        return remote_addr
     parts = remote_addr.split("/")
-    return parts[2] if len(parts) > 2 and not parts[0] else ""
+    return parts[2] if len(parts) > 2 else ""

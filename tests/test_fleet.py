@@ -591,3 +591,12 @@ def test_restored_nodes_are_through_probation() -> None:
     again = Fleet.restore(fleet.export_records(), PROBATION, now=T0 + 5)
     assert not again.on_probation("a")
     assert again.export_records() == fleet.export_records()
+
+
+def test_probation_per_ip_counts_plain_ips_as_the_ingest_gives_them() -> None:
+    fleet = Fleet(PROBATION)
+    fleet.on_connect("a", "127.0.0.1", T0)
+    fleet.on_connect("b", "127.0.0.1", T0)
+    with pytest.raises(FleetFull):
+        fleet.on_connect("c", "127.0.0.1", T0)
+    fleet.on_connect("d", "::1", T0)

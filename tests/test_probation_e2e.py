@@ -43,7 +43,6 @@ def test_throwaway_ids_are_bounded_and_a_new_peer_still_gets_in(tmp_path: Path) 
         "--max-probation-per-ip", str(PER_IP),
         "--max-nodes", str(MAX_NODES),
         "--beat-timeout", "10s",
-        "--store-flush-interval", "1s",
     )  # fmt: skip
     try:
         summary = run_loadgen(
