@@ -44,14 +44,22 @@ def main() -> None:
     counts = parser.parse_args().nodes
     for count in counts:
         snap = snapshot(count)
-        metrics = create_metrics(lambda snap=snap: snap)
+
+        def current(snap: FleetSnapshot = snap) -> FleetSnapshot:
+            return snap
+
+        metrics = create_metrics(current)
         ms, size = measure(metrics.render)
         print(f"nodes={count:>6} render      median_ms={ms:7.1f} size_mb={size / 1e6:6.2f}")
         try:
             from aggregator.metrics import render_reference
         except ImportError:
             continue
-        ms, size = measure(lambda snap=snap: render_reference(snap))
+
+        def reference(snap: FleetSnapshot = snap) -> bytes:
+            return render_reference(snap)
+
+        ms, size = measure(reference)
         print(f"nodes={count:>6} prom_client median_ms={ms:7.1f} size_mb={size / 1e6:6.2f}")
 
 

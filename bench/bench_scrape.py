@@ -42,7 +42,7 @@ def _poll_health(url: str, stop: threading.Event, out: list[float]) -> None:
 
 def _timed(url: str, path: str | None, idle: float) -> tuple[float, float, int]:
     """(GET seconds, worst /healthz latency meanwhile, body bytes); path None: no scrape."""
-    stop, health = threading.Event(), []
+    stop, health = threading.Event(), list[float]()
     poller = threading.Thread(target=_poll_health, args=(url, stop, health), daemon=True)
     poller.start()
     t = time.monotonic()

@@ -90,6 +90,7 @@ def _serve_metrics_thread() -> None:
     import trio
 
     from aggregator import http
+    from aggregator.exposition import CONTENT_TYPE
 
     route = http.HttpApi._route
 
@@ -97,7 +98,7 @@ def _serve_metrics_thread() -> None:
         if path == "/metrics-thread" and self.metrics is not None:
             prepared = self.metrics.prepare()
             body = await trio.to_thread.run_sync(self.metrics.render_prepared, prepared)
-            return 200, http.CONTENT_TYPE.encode(), body
+            return 200, CONTENT_TYPE.encode(), body
         return await route(self, method, path)
 
     http.HttpApi._route = probed_route  # type: ignore[method-assign]

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from libp2p.custom_types import TProtocol
 
 from heartbeat.net import p2p
 from heartbeat.net.p2p import HostLimits, running_host
@@ -92,7 +93,7 @@ async def scripted_sender(
         info = p2p.peer_info_from_multiaddr(aggregator_addr)
         with trio.fail_after(15):
             await host.connect(info)
-            stream = await host.new_stream(info.peer_id, [protocol])
+            stream = await host.new_stream(info.peer_id, [TProtocol(protocol)])
         yield ScriptedSender(host, stream)
 
 
@@ -139,7 +140,8 @@ async def crowd(addr: str, count: int, concurrency: int = 8, period: float = 5.0
             print(f"ready {connected}", flush=True)
 
         nursery.start_soon(report)
-        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        # trio-typing's trio-stubs (a libp2p dependency) predate abandon_on_cancel
+        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)  # type: ignore[call-arg]
         nursery.cancel_scope.cancel()
 
 

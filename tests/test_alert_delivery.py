@@ -174,7 +174,7 @@ async def serving(*receivers: Receiver) -> AsyncIterator[list[str]]:
                 lambda task_status, app=app, config=config: serve(
                     app, config, task_status=task_status
                 )
-            )  # type: ignore[arg-type]
+            )
             urls.append(binds[0].replace("0.0.0.0", "127.0.0.1"))
         yield urls
         nursery.cancel_scope.cancel()

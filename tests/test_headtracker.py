@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from heartbeat.agent.head import Head, HeadTracker
+from heartbeat.agent.head import ChangeType, Head, HeadTracker
 
 
 def h(height: int, *cids: str) -> Head:
@@ -76,7 +76,11 @@ def test_reorg_batch_replaces_head_even_when_lower() -> None:
     assert t.apply_batch([("current", h(10, "a"))], 0.0)
     assert t.apply_batch([("apply", h(11, "b"))], 1.0)
     # reorg: 11/b is replaced by 10/a2 then 11/b2... last apply is the head
-    batch = [("revert", h(11, "b")), ("revert", h(10, "a")), ("apply", h(10, "a2"))]
+    batch: list[tuple[ChangeType, Head]] = [
+        ("revert", h(11, "b")),
+        ("revert", h(10, "a")),
+        ("apply", h(10, "a2")),
+    ]
     assert t.apply_batch(batch, 2.0)
     assert t.latest == h(10, "a2")
     # a late poll answer with the reverted tip must not bring it back

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,24 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
 
 
-def _metric(
-    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _metric(metrics: Metrics, name: str, **labels: str) -> float:
     want = set(labels.items())
     return sum(v for (n, lab), v in metrics.items() if n == name and want <= set(lab))
+
+
+def _metrics_once(
+    agg: AggregatorProcess, ready: Callable[[Metrics], bool]
+) -> Callable[[], Metrics | None]:
+    """A poll for eventually_blocking: the aggregator's metrics once `ready` holds for them."""
+
+    def poll() -> Metrics | None:
+        metrics = agg.metrics()
+        return metrics if ready(metrics) else None
+
+    return poll
 
 
 def _healthy_up(agg: AggregatorProcess) -> int:
@@ -77,10 +91,11 @@ def test_two_workers_one_fleet_every_beat_and_reject_counted(tmp_path: Path) -> 
         )
         # Both processes hold agents, and worker 0's fleet has every one of them, up.
         split = eventually_blocking(
-            lambda: (
-                (m := agg.metrics())
-                and all(_metric(m, "fil_heartbeat_worker_connections", worker=w) > 0 for w in "01")
-                and m
+            _metrics_once(
+                agg,
+                lambda m: all(
+                    _metric(m, "fil_heartbeat_worker_connections", worker=w) > 0 for w in "01"
+                ),
             ),
             timeout=20,
             what="connections on both workers",
@@ -98,7 +113,7 @@ def test_two_workers_one_fleet_every_beat_and_reject_counted(tmp_path: Path) -> 
                 n["beats_received"] for n in agg.nodes() if n["nickname"].startswith("lg-healthy-")
             )
             errors = _metric(m, "fil_heartbeat_decode_errors_total", reason="malformed_cbor")
-            return nodes == sent and errors >= kinds["garbage"]["cut_off"]
+            return bool(nodes == sent and errors >= kinds["garbage"]["cut_off"])
 
         eventually_blocking(counted, timeout=15, what=f"{sent} beats and the garbage counted")
         metrics = agg.metrics()
@@ -144,9 +159,7 @@ def test_full_fleet_is_enforced_by_worker_zero_on_every_worker(tmp_path: Path) -
             what="refusals counted",
         )
         metrics = eventually_blocking(
-            lambda: (
-                (m := agg.metrics()) and _metric(m, "fil_heartbeat_connections") <= cap + 2 and m
-            ),
+            _metrics_once(agg, lambda m: _metric(m, "fil_heartbeat_connections") <= cap + 2),
             timeout=20,
             what="only the admitted agents connected",
         )
@@ -203,11 +216,7 @@ def test_killed_worker_is_restarted_and_its_agents_return(tmp_path: Path) -> Non
             what="a new worker 1",
         )
         metrics = eventually_blocking(
-            lambda: (
-                (m := agg.metrics())
-                and _metric(m, "fil_heartbeat_worker_up", worker="1") == 1
-                and m
-            ),
+            _metrics_once(agg, lambda m: _metric(m, "fil_heartbeat_worker_up", worker="1") == 1),
             timeout=20,
             what="worker 1 up again",
         )
@@ -233,11 +242,7 @@ def test_hung_worker_is_killed_and_restarted(tmp_path: Path) -> None:
         os.kill(hung, signal.SIGSTOP)  # alive, linked, silent
         eventually_blocking(lambda: not _alive(hung), timeout=15, what="the hung worker killed")
         metrics = eventually_blocking(
-            lambda: (
-                (m := agg.metrics())
-                and _metric(m, "fil_heartbeat_worker_up", worker="1") == 1
-                and m
-            ),
+            _metrics_once(agg, lambda m: _metric(m, "fil_heartbeat_worker_up", worker="1") == 1),
             timeout=15,
             what="worker 1 up again",
         )
