@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -99,3 +100,39 @@ async def test_metrics_endpoint() -> None:
     assert 'fil_heartbeat_agent_head_source_reachable{mode="static"} 1.0' in text
     assert "fil_heartbeat_agent_head_height 77.0" in text
     assert missing.status_code == 404
+
+
+def test_metrics_listen_on_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        key = tmp_path / "agent.key"
+        result = cli(
+            "run",
+            "--target",
+            TARGET,
+            "--head-source",
+            "static",
+            "--identity-file",
+            str(key),
+            "--metrics-listen",
+            f"127.0.0.1:{port}",
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "--metrics-listen / FIL_HEARTBEAT_METRICS_LISTEN" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not key.exists()  # checked before the identity was created
+
+
+def test_identity_file_readable_by_others_exits_2_naming_the_fix(tmp_path: Path) -> None:
+    key = tmp_path / "agent.key"
+    assert cli("id", "--identity-file", str(key)).returncode == 0
+    key.chmod(0o644)
+    for args in (("id",), ("run", "--target", TARGET, "--head-source", "static")):
+        result = cli(*args, "--identity-file", str(key))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"chmod 600 {key}" in result.stderr

@@ -18,7 +18,8 @@ from heartbeat.agent.config import AgentConfig, build_config
 from heartbeat.agent.head import Head
 from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
 from heartbeat.agent.targets import parse_target
-from heartbeat.net.p2p import load_or_create_identity, running_host
+from heartbeat.net.p2p import StreamClosed, load_or_create_identity, running_host
+from heartbeat.protocol.wire import Beat
 from heartbeat.version import AGENT_VERSION
 from tests.receiver import Receiver
 
@@ -300,3 +301,69 @@ async def test_a_dns4_target_is_resolved_and_dialed(tmp_path: Path) -> None:
         await receiver.wait_streams_ended(1)
         await receiver.stop()
     assert [b.height for b in beats[:2]] == [4242, 4242]
+
+
+class HoldingReceiver(Receiver):
+    """Never closes its side after the sender's EOF: the agent's stop waits its full grace."""
+
+    async def _handle(self, stream: Any) -> None:
+        self.streams_opened += 1
+        try:
+            while data := await stream.read(4096):
+                self.beats.append((trio.current_time(), Beat(HEAD, len(data), "held", "")))
+                self._notify()
+        except StreamClosed:  # EOF or reset: hold our side open regardless
+            pass
+        await trio.sleep_forever()
+
+
+HEAD = "{bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2}"
+
+
+async def test_second_sigterm_during_graceful_stop_still_exits_zero(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        receiver = HoldingReceiver()
+        await receiver.start(nursery)
+        proc = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                "-m",
+                "heartbeat",
+                "run",
+                "--target",
+                receiver.addr,
+                "--head-source",
+                "static",
+                "--beat-period",
+                "100ms",
+                "--identity-file",
+                str(tmp_path / "agent.key"),
+            ],
+            env=dict(os.environ),
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+        )
+        err = b""
+        try:
+            await receiver.wait_for(2, timeout=15)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.stderr is not None
+            with trio.fail_after(10):  # the first signal seen: the graceful stop has begun
+                while b"shutdown signal=SIGTERM" not in err:
+                    chunk = await proc.stderr.receive_some()
+                    assert chunk, err.decode()
+                    err += chunk
+            proc.send_signal(signal.SIGTERM)  # lands within the stop's grace
+            with trio.fail_after(15):
+                rc = await proc.wait()
+            while chunk := await proc.stderr.receive_some():
+                err += chunk
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+        await receiver.stop()
+        nursery.cancel_scope.cancel()
+    text = err.decode()
+    assert rc == 0, text
+    assert "shutdown_signal_ignored signal=SIGTERM" in text, text
+    assert "remote_closed=False" in text, text  # the stop waited out its grace

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from heartbeat.common.logs import setup_logging
 from heartbeat.errors import ConfigError, HeartbeatError, IdentityError
 from heartbeat.net import compat
 from heartbeat.net.errors import UNPATCHED_HINT, CompatError
+from heartbeat.net.identity import IdentityFileRefused
 from heartbeat.net.p2p import (
     load_or_create_identity,
     peer_id_of,
@@ -43,7 +45,14 @@ from heartbeat.net.p2p import (
 )
 from heartbeat.version import __version__
 
-__all__ = ["build_parser", "main", "make_head_source", "run_agent", "run_until_signal"]
+__all__ = [
+    "build_parser",
+    "busy_metrics_listen",
+    "main",
+    "make_head_source",
+    "run_agent",
+    "run_until_signal",
+]
 
 log = logging.getLogger("heartbeat.main")
 
@@ -152,16 +161,38 @@ def make_head_source(config: AgentConfig) -> HeadSource:
     return LotusHeadSource(full, miner, config.miner_address or None)
 
 
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def run_until_signal(config: AgentConfig) -> None:
-    """`run_agent` until the first SIGTERM or SIGINT (caught from the very start)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """`run_agent` until the first SIGTERM or SIGINT (caught from the very start).
 
-        async def first_signal() -> None:
-            async for signum in signals:
-                log.info("shutdown signal=%s", signal.Signals(signum).name)
-                return
+    Later signals are logged and ignored: systemd and `timeout` signal the whole process
+    group, so a second SIGTERM often lands during the graceful stop. Trio re-delivers the
+    signals still queued when its receiver closes, so both are set to SIG_IGN underneath
+    it for the whole run: a re-delivered one must not kill the process after a clean stop.
+    """
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in SHUTDOWN_SIGNALS}
+    try:
+        with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+            stopping = trio.Event()
 
-        await run_agent(config, shutdown=first_signal)
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if stopping.is_set():
+                        log.info("shutdown_signal_ignored signal=%s reason=already_stopping", name)
+                    else:
+                        log.info("shutdown signal=%s", name)
+                        stopping.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_signals)
+                await run_agent(config, shutdown=stopping.wait)
+                nursery.cancel_scope.cancel()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 async def run_agent(
@@ -220,6 +251,38 @@ async def run_agent(
             nursery.cancel_scope.cancel()
 
 
+METRICS_SETTING = "--metrics-listen / FIL_HEARTBEAT_METRICS_LISTEN"
+
+
+def busy_metrics_listen(config: AgentConfig) -> str | None:
+    """One line naming the metrics address if it cannot be bound, or None.
+
+    A plain bind (SO_REUSEADDR, as trio's listener sets) closed at once, run before anything
+    else is opened: a taken port is a setting to fix, not a traceback from the nursery.
+    """
+    if config.metrics_listen is None:
+        return None
+    host, port = config.metrics_listen
+    if port == 0:
+        return None
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot resolve metrics listen address {shown} ({METRICS_SETTING}): {exc}"
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                return f"cannot listen on metrics address {shown} ({METRICS_SETTING}): {why}"
+    return None
+
+
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k != "command"}
 
@@ -235,7 +298,7 @@ def _load_toml(flags: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, An
     return parse_toml(text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None) -> int:
     if (sys.argv[1:] if argv is None else list(argv))[:1] == ["loadgen"]:
         from heartbeat.tools.loadgen import (
             main as loadgen_main,  # capacity tooling, docs/CAPACITY.md
@@ -256,24 +319,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except IdentityError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+    busy = busy_metrics_listen(config)  # before the identity, the host or the head source
+    if busy is not None:
+        print(f"{PROG}: error: {busy}", file=sys.stderr)
+        return 2
 
     setup_logging(config.log_format, config.log_level.upper())
     restore_libp2p_logging()
     logging.getLogger("libp2p").setLevel(logging.WARNING)
-    try:
-        compat.install_all(allow_unpatched=config.allow_unpatched_libp2p)
-    except CompatError as exc:
-        print(f"{PROG}: {exc}{UNPATCHED_HINT}", file=sys.stderr)
-        return 2
-    try:
-        trio.run(run_until_signal, config)
-    except HeartbeatError as exc:
-        log.error("agent_failed err=%s", exc)
-        return 1
+    compat.install_all(allow_unpatched=config.allow_unpatched_libp2p)
+    trio.run(run_until_signal, config)
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The one error boundary: whatever the services raised, alone or grouped by trio's
+    nurseries, becomes one line and an exit code (2: a setting or file to fix, 1: a failure)."""
+    codes: list[int] = []
+    try:
+        codes.append(_main(argv))
+    except* (ConfigError, IdentityFileRefused) as group:
+        print(f"{PROG}: error: {_leaves(group)[0]}", file=sys.stderr)
+        codes.append(2)
+    except* CompatError as group:
+        print(f"{PROG}: {_leaves(group)[0]}{UNPATCHED_HINT}", file=sys.stderr)
+        codes.append(2)
+    except* IdentityError as group:
+        print(f"{PROG}: error: {_leaves(group)[0]}", file=sys.stderr)
+        codes.append(1)
+    except* (HeartbeatError, OSError) as group:
+        log.error("agent_failed err=%s", _leaves(group)[0])
+        print(f"{PROG}: error: {_leaves(group)[0]}", file=sys.stderr)
+        codes.append(1)
+    except* KeyboardInterrupt:
+        codes.append(130)
+    return codes[0]
 
 
 if __name__ == "__main__":

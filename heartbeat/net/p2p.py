@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.identity_utils import load_identity, save_identity
 from libp2p.network.config import ConnectionConfig
-from libp2p.network.exceptions import SwarmException
 from libp2p.network.stream.exceptions import StreamEOF, StreamError, StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -49,6 +48,8 @@ from noise.exceptions import (
 )
 
 from heartbeat.errors import IdentityError
+from heartbeat.net.gate import HandshakeGate, gate_inbound_upgrades, handshake_gate
+from heartbeat.net.identity import IdentityFileRefused, check_identity_file
 
 __all__ = [
     "LIBP2P_ERRORS",
@@ -56,6 +57,7 @@ __all__ = [
     "HostLimits",
     "IHost",
     "INetStream",
+    "IdentityFileRefused",
     "KeyPair",
     "LightConnection",
     "PeerInfo",
@@ -219,14 +221,13 @@ def _ensure_private_dir(path: Path) -> None:
 
 
 def load_or_create_identity(path: Path) -> KeyPair:
-    """Load the Ed25519 identity at `path`, creating it (mode 0600) on first use."""
+    """Load the Ed25519 identity at `path`, creating it (mode 0600) on first use.
+
+    An existing file must be private, ours and not empty (`IdentityFileRefused` otherwise).
+    """
     try:
         if path.exists():
-            mode = path.stat().st_mode & 0o777
-            if mode & 0o077:
-                logging.getLogger(__name__).warning(
-                    "identity_file_permissions path=%s mode=%o (expected 600)", path, mode
-                )
+            check_identity_file(path)  # IdentityFileRefused: unsafe or empty, fix named
             return load_identity(path)
         _ensure_private_dir(path)
         key_pair = create_new_key_pair()
@@ -332,78 +333,6 @@ def _muxer_class(limits: HostLimits) -> type[Yamux]:
         REFUSALS.add,
     )
     return HeartbeatYamux
-
-
-@dataclass
-class HandshakeGate:
-    """Bounded inbound handshakes: `concurrent` at once, FIFO, at most `max_wait` queued.
-
-    py-libp2p 0.8.1 starts every accepted connection's upgrade (Noise, Yamux, then the
-    swarm's registration) at once; in a reconnect storm thousands of handshakes share the
-    CPU, each takes longer than the dialers' deadline, and the work is thrown away: the
-    accept rate collapses. With the gate the handshakes that run finish quickly, and a
-    connection that waited `max_wait` for a slot is closed unanswered (`shed`): its dialer
-    fails fast and retries after its reconnect period, instead of timing out later.
-
-    Every connection is accepted at once and waits here, not in the kernel's listen
-    backlog: leaving the excess to the backlog (SYNs dropped, the dialers' kernels
-    retransmitting them) was measured slower, see docs/CAPACITY.md section 0.
-    """
-
-    concurrent: int
-    max_wait: float
-    on_shed: Callable[[], None] | None = None
-    in_progress: int = 0
-    waiting: int = 0
-    shed: int = 0
-    upgraded: int = 0
-
-
-def gate_inbound_upgrades(
-    host: IHost, concurrent: int, max_wait: float, on_shed: Callable[[], None] | None = None
-) -> HandshakeGate:
-    """Put a `HandshakeGate` in front of the swarm's inbound upgrade (see its docstring)."""
-    existing = handshake_gate(host)
-    if existing is not None:
-        if on_shed is not None:
-            existing.on_shed = on_shed
-        return existing
-    swarm: Any = host.get_network()
-    upgrade = swarm.upgrade_inbound_raw_conn
-    slots = trio.Semaphore(concurrent)
-    gate = HandshakeGate(concurrent, max_wait, on_shed)
-
-    async def gated(raw_conn: Any, maddr: Any) -> Any:
-        gate.waiting += 1
-        try:
-            with trio.move_on_after(max_wait) as waited:
-                await slots.acquire()
-        finally:
-            gate.waiting -= 1
-        if waited.cancelled_caught:
-            gate.shed += 1
-            if gate.on_shed is not None:
-                gate.on_shed()
-            with trio.move_on_after(1):
-                await raw_conn.close()
-            raise SwarmException(f"no handshake slot within {max_wait:g}s")
-        gate.in_progress += 1
-        try:
-            conn = await upgrade(raw_conn, maddr)
-            gate.upgraded += 1
-            return conn
-        finally:
-            gate.in_progress -= 1
-            slots.release()
-
-    swarm.upgrade_inbound_raw_conn = gated
-    swarm._fil_handshake_gate = gate
-    return gate
-
-
-def handshake_gate(host: IHost) -> HandshakeGate | None:
-    gate = getattr(host.get_network(), "_fil_handshake_gate", None)
-    return gate if isinstance(gate, HandshakeGate) else None
 
 
 def _disable_outbound_identify(host: IHost) -> None:
