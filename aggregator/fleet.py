@@ -69,7 +69,7 @@ from aggregator.nodestate import (
     Pending,
     remote_host,
 )
-from heartbeat.protocol.tipset import HeadParseError, parse_head
+from heartbeat.protocol.tipset import parse_head
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -323,31 +323,10 @@ class Fleet:
             log.info("nodes_expired count=%d", len(gone))
         return gone
 
-    @staticmethod
-    def _record(n: Node) -> NodeRecord:
-        return NodeRecord(
-            peer_id=n.peer_id,
-            nickname=n.nickname,
-            miner_address=n.miner,
-            head=n.head_text,
-            height=n.height,
-            head_timestamp=n.head_timestamp,
-            genesis_cid=n.genesis_cid,
-            syncing=n.syncing,
-            version=n.version,
-            first_seen=n.first_seen,
-            last_beat=n.last_beat,
-            beats_received=n.beats,
-            remote_address=n.remote_addr,
-            beat_period=n.period,
-            head_changed_at=n.head_changed_at,
-            height_changed_at=n.height_changed_at,
-        )
-
     def export_records(self) -> list[NodeRecord]:
         """Every node through probation as a record, sorted by peer id."""
         nodes = self._nodes
-        return [self._record(nodes[pid]) for pid in sorted(nodes) if nodes[pid].graduated]
+        return [nodes[pid].record() for pid in sorted(nodes) if nodes[pid].graduated]
 
     def records(self, peer_ids: Iterable[str]) -> list[NodeRecord]:
         """Records of the nodes among `peer_ids`, sorted; peers that are not nodes, or are on
@@ -360,7 +339,7 @@ class Fleet:
         for pid in sorted(peer_ids):
             n = nodes.get(pid)
             if n is not None and n.graduated:
-                out.append(self._record(n))
+                out.append(n.record())
         return out
 
     def drain_removed(self) -> list[str]:
@@ -379,7 +358,7 @@ class Fleet:
             if len(self._nodes) + len(self._pending) >= self.policy.max_nodes:
                 log.warning("restore_truncated limit=%d", self.policy.max_nodes)
                 break
-            self._nodes[r.peer_id] = _restored(r, now)
+            self._nodes[r.peer_id] = Node.restored(r, now)
             added += 1
         return added
 
@@ -397,30 +376,3 @@ class Fleet:
     def snapshot(self, now: float) -> FleetSnapshot:
         """Compute states and per-network consensus at `now` (`aggregator.fleet_snapshot`)."""
         return take_snapshot(self.policy, self._nodes, self.networks, len(self._pending), now)
-
-
-def _restored(r: NodeRecord, now: float) -> Node:
-    n = Node(r.peer_id, r.first_seen)
-    n.graduated = True
-    n.nickname = r.nickname
-    n.miner = r.miner_address
-    try:
-        cids = parse_head(r.head) if r.head else frozenset()
-    except HeadParseError:
-        log.warning("restore_bad_head peer_id=%s", r.peer_id)
-        cids = frozenset()
-    n.set_head(r.head, cids)
-    n.height = r.height
-    n.head_timestamp = r.head_timestamp
-    n.genesis_cid = r.genesis_cid
-    n.net_key = network_key(r.genesis_cid)
-    n.syncing = r.syncing
-    n.version = r.version
-    n.last_beat = r.last_beat
-    n.last_seen = min(r.last_beat, now)
-    n.beats = r.beats_received
-    n.remote_addr = r.remote_address
-    n.period = r.beat_period
-    n.head_changed_at = r.head_changed_at
-    n.height_changed_at = r.height_changed_at
-    return n

@@ -6,12 +6,14 @@ Pure: no I/O, no clock reads.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 from aggregator.consensus import NO_HEAD_HASH, head_hash
 from aggregator.networks import network_key
+from heartbeat.protocol.tipset import HeadParseError, parse_head
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -28,6 +30,8 @@ __all__ = [
     "Pending",
     "remote_host",
 ]
+
+log = logging.getLogger("aggregator.fleet")
 
 
 class NodeState(StrEnum):
@@ -228,6 +232,54 @@ class Node:
         self.head_changed_at = now
         self.height_changed_at = now
         self.graduated = False  # through probation (or never on it)
+
+    def record(self) -> NodeRecord:
+        return NodeRecord(
+            peer_id=self.peer_id,
+            nickname=self.nickname,
+            miner_address=self.miner,
+            head=self.head_text,
+            height=self.height,
+            head_timestamp=self.head_timestamp,
+            genesis_cid=self.genesis_cid,
+            syncing=self.syncing,
+            version=self.version,
+            first_seen=self.first_seen,
+            last_beat=self.last_beat,
+            beats_received=self.beats,
+            remote_address=self.remote_addr,
+            beat_period=self.period,
+            head_changed_at=self.head_changed_at,
+            height_changed_at=self.height_changed_at,
+        )
+
+    @classmethod
+    def restored(cls, r: NodeRecord, now: float) -> Node:
+        """A persisted node: through probation, DOWN until it beats again."""
+        n = cls(r.peer_id, r.first_seen)
+        n.graduated = True
+        n.nickname = r.nickname
+        n.miner = r.miner_address
+        try:
+            cids = parse_head(r.head) if r.head else frozenset()
+        except HeadParseError:
+            log.warning("restore_bad_head peer_id=%s", r.peer_id)
+            cids = frozenset()
+        n.set_head(r.head, cids)
+        n.height = r.height
+        n.head_timestamp = r.head_timestamp
+        n.genesis_cid = r.genesis_cid
+        n.net_key = network_key(r.genesis_cid)
+        n.syncing = r.syncing
+        n.version = r.version
+        n.last_beat = r.last_beat
+        n.last_seen = min(r.last_beat, now)
+        n.beats = r.beats_received
+        n.remote_addr = r.remote_address
+        n.period = r.beat_period
+        n.head_changed_at = r.head_changed_at
+        n.height_changed_at = r.height_changed_at
+        return n
 
     def set_head(self, text: str, cids: frozenset[str]) -> None:
         self.head_text = text
