@@ -25,6 +25,7 @@ from aggregator.config import _MULTIADDR, AggregatorConfig, build_config
 from aggregator.errors import AggregatorError
 from heartbeat.errors import ConfigError, HeartbeatError
 from heartbeat.net.errors import UNPATCHED_HINT, CompatError
+from heartbeat.net.identity import IdentityFileRefused
 
 __all__ = ["busy_listen_address", "main", "parse_args"]
 
@@ -354,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         codes.append(2)
     except* CompatError as group:
         print(f"fil-heartbeat-aggregator: {_leaves(group)[0]}{UNPATCHED_HINT}", file=sys.stderr)
+        codes.append(2)
+    except* IdentityFileRefused as group:  # unsafe, foreign or empty: the message names the fix
+        print(f"fil-heartbeat-aggregator: {_leaves(group)[0]}", file=sys.stderr)
         codes.append(2)
     except* (HeartbeatError, AggregatorError, OSError) as group:
         print(f"fil-heartbeat-aggregator: {_leaves(group)[0]}", file=sys.stderr)
