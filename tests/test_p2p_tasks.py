@@ -208,3 +208,61 @@ def test_aggregator_setting(
         argv = [*argv, "--config", str(path)]
     _, config = parse_args(["run", *argv], env=env)
     assert config.fast_task_lookup is expected
+
+
+async def test_parent_chain_walk_matches_the_tree_walk() -> None:
+    """The index's answer is checked along the parent chain: a task detached from its
+    parent, or under another manager, is not found; a chain deeper than the check falls
+    back to py-libp2p's walk. Each case against the walk itself."""
+    from libp2p.tools.anyio_service.trio_manager import TrioManager
+    from libp2p.tools.anyio_service.trio_tasks import FunctionTask
+
+    assert install_fast_task_lookup() is True
+    walk = task_lookup.original_find_parent_task
+
+    async def noop() -> None:
+        return None
+
+    def task(parent: Any) -> Any:
+        made = FunctionTask("t", False, parent, noop, ())
+        if parent is not None:
+            parent.add_child(made)
+        return made
+
+    class Manager:
+        def __init__(self, *roots: Any) -> None:
+            self._root_tasks = set(roots)
+
+    trio_tasks: list[Any] = []
+
+    async def sleeper(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        trio_tasks.append(trio.lowlevel.current_task())
+        task_status.started()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            await nursery.start(sleeper)
+        root = task(None)
+        child = task(root)
+        grandchild = task(child)
+        grandchild.trio_task = trio_tasks[0]
+        deep = root
+        for _ in range(300):
+            deep = task(deep)
+        deep.trio_task = trio_tasks[1]
+        manager, other = Manager(root), Manager(task(None))
+        fast = TrioManager._find_parent_task
+        cases = [
+            (manager, trio_tasks[0], grandchild),  # found along the chain
+            (other, trio_tasks[0], None),  # another manager's tree
+            (manager, trio_tasks[1], deep),  # deeper than the check: the walk
+            (manager, trio_tasks[2], None),  # no FunctionTask at all
+        ]
+        for mgr, trio_task, expected in cases:
+            assert walk(mgr, trio_task) is expected
+            assert fast(mgr, trio_task) is expected
+        root.children.discard(child)  # detached: no longer in the manager's tree
+        assert walk(manager, trio_tasks[0]) is None
+        assert fast(manager, trio_tasks[0]) is None
+        nursery.cancel_scope.cancel()
