@@ -66,8 +66,10 @@ class FakeConnector:
         *,
         hang: bool = False,
         write_delay: float = 0.0,
+        reset_soon: Callable[[float], bool] = lambda now: False,
     ) -> None:
         self.down = down
+        self.reset_soon = reset_soon  # the stream opened now fails at its second write
         self.hang = hang
         self.write_delay = write_delay
         self.attempts: list[float] = []
@@ -82,6 +84,8 @@ class FakeConnector:
                 await trio.sleep_forever()
             raise ConnectionRefusedError("connection refused")
         stream = FakeStream(self.write_delay)
+        if self.reset_soon(now):
+            stream.fail_at = 1
         self.streams.append(stream)
         return stream
 
@@ -112,7 +116,8 @@ async def test_thirty_minute_outage_escalates_then_recovers(
     caplog.set_level(logging.DEBUG, logger=AGENT_LOGGER)
     connector = FakeConnector(lambda now: now < 1800)
     loop = loop_for(connector)
-    await run_for(loop, 1800.5)
+    # Recovery is logged once the new stream has lived EARLY_DEATH_PERIODS beat periods.
+    await run_for(loop, 1809.5)
 
     assert connector.attempts == [10.0 * i for i in range(181)]
     records = [(lvl, msg) for name, lvl, msg in caplog.record_tuples if name == AGENT_LOGGER]
@@ -135,7 +140,8 @@ async def test_thirty_minute_outage_escalates_then_recovers(
         f"reconnected target={loop.target.addr} down for 30m0s after 180 failed attempts"
     )
     # Connected at 1800: beats at once and every 3 s.
-    assert rel([t for t, _ in connector.streams[0].writes], connector.t0) == [1800.0]
+    writes = rel([t for t, _ in connector.streams[0].writes], connector.t0)
+    assert writes == [1800.0, 1803.0, 1806.0, 1809.0]
     assert loop.stats.dial_attempts == 181
     assert loop.stats.dial_failures == 180
 
@@ -219,35 +225,36 @@ async def test_stalled_write_resets_the_stream_and_redials(
     async with trio.open_nursery() as nursery:
         await nursery.start(loop.run)
         await trio.sleep(1)
-        connector.streams[0].stall_at = 2  # the beat at 6 never completes
-        await trio.sleep(11)
+        # The beat at 12 never completes (the stream has lived its early periods by then).
+        connector.streams[0].stall_at = 4
+        await trio.sleep(17)
         nursery.cancel_scope.cancel()
     first, second = connector.streams
-    assert rel([t for t, _ in first.writes], connector.t0) == [0.0, 3.0]
+    assert rel([t for t, _ in first.writes], connector.t0) == [0.0, 3.0, 6.0, 9.0]
     assert first.was_reset
-    assert connector.attempts == [0.0, 11.0]  # stalled 6 → 11, then redialled at once
-    assert rel([t for t, _ in second.writes], connector.t0) == [11.0]
+    assert connector.attempts == [0.0, 17.0]  # stalled 12 → 17, then redialled at once
+    assert rel([t for t, _ in second.writes], connector.t0) == [17.0]
     warnings = [
         m for n, lvl, m in caplog.record_tuples if n == AGENT_LOGGER and lvl == logging.WARNING
     ]
-    assert warnings == [f"disconnected target={loop.target.addr} beats=2 err=write_stalled_5s"]
+    assert warnings == [f"disconnected target={loop.target.addr} beats=4 err=write_stalled_5s"]
 
 
 async def test_failed_write_dates_the_outage_from_the_disconnect(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=AGENT_LOGGER)
-    connector = FakeConnector(lambda now: now > 5)
+    connector = FakeConnector(lambda now: now > 11)
     loop = loop_for(connector)
     async with trio.open_nursery() as nursery:
         await nursery.start(loop.run)
         await trio.sleep(1)
-        connector.streams[0].fail_at = 2  # the write at 6 fails
-        await trio.sleep(16)
+        connector.streams[0].fail_at = 4  # the write at 12 fails
+        await trio.sleep(22)
         nursery.cancel_scope.cancel()
-    assert connector.attempts == [0.0, 6.0, 16.0]
+    assert connector.attempts == [0.0, 12.0, 22.0]
     msgs = [m for n, _, m in caplog.record_tuples if n == AGENT_LOGGER]
-    assert msgs[1].startswith(f"disconnected target={loop.target.addr} beats=2 err=StreamReset")
+    assert msgs[1].startswith(f"disconnected target={loop.target.addr} beats=4 err=StreamReset")
     assert "down_for=0s attempts=1" in msgs[2]
     assert "down_for=10s attempts=2" in msgs[3]
 
@@ -315,3 +322,58 @@ async def test_a_dead_target_never_delays_a_live_one(
     assert rel([t for t, _ in live.streams[0].writes], live.t0) == [float(i) for i in range(31)]
     assert dead.attempts == [0.0, 20.0]  # 10 s dial deadline + 10 s reconnect period
     assert dead_loop.stats.dial_failures == 2
+
+
+async def test_stream_reset_soon_after_opening_is_a_failed_attempt(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A receiver that accepts every dial, then resets the stream at once (refused peer,
+    # full fleet) until 700 s; the stream opened after that lives.
+    caplog.set_level(logging.DEBUG, logger=AGENT_LOGGER)
+    connector = FakeConnector(reset_soon=lambda now: now < 700)
+    loop = loop_for(connector)
+    await run_for(loop, 712)
+
+    # dial, beat, the beat at +3 fails, the reconnect period (10 s), dial again: every 13 s,
+    # not every beat period.
+    assert connector.attempts == [13.0 * k for k in range(55)]
+    assert loop.stats.streams_died_early == 54
+    assert loop.stats.dial_failures == 0
+    records = [(lvl, msg) for name, lvl, msg in caplog.record_tuples if name == AGENT_LOGGER]
+    assert records[0] == (logging.INFO, f"connected target={loop.target.addr}")
+    died = records[1:-1]
+    assert all(msg.startswith("stream_died_early ") for _, msg in died)
+    assert [lvl for lvl, _ in died] == (
+        [logging.WARNING] + [logging.DEBUG] * 46 + [logging.ERROR] + [logging.DEBUG] * 6
+    )
+    assert "lived=3s down_for=0s attempts=1 err=StreamReset" in died[0][1]
+    assert "down_for=10m11s attempts=48" in died[47][1]
+    # Recovery once the stream opened at 702 has lived three beat periods (at 711).
+    assert records[-1] == (
+        logging.INFO,
+        f"reconnected target={loop.target.addr} down for 11m39s after 54 failed attempts",
+    )
+    assert rel([t for t, _ in connector.streams[-1].writes], connector.t0) == [
+        702.0,
+        705.0,
+        708.0,
+        711.0,
+    ]
+
+
+async def test_a_stream_that_lived_its_early_periods_redials_at_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=AGENT_LOGGER)
+    connector = FakeConnector()
+    loop = loop_for(connector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loop.run)
+        await trio.sleep(1)
+        connector.streams[0].fail_at = 3  # the write at 9: three periods lived
+        await trio.sleep(9)
+        nursery.cancel_scope.cancel()
+    assert connector.attempts == [0.0, 9.0]
+    assert loop.stats.streams_died_early == 0
+    levels = [lvl for name, lvl, _ in caplog.record_tuples if name == AGENT_LOGGER]
+    assert levels == [logging.INFO, logging.WARNING, logging.INFO]

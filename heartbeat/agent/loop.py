@@ -6,6 +6,12 @@ failed or stalled write resets the stream and the loop dials again; failed dials
 are retried every (jittered) reconnect period and logged with the escalating
 policy of `heartbeat.agent.policy.FailureLog`.
 
+A stream that dies within its first `EARLY_DEATH_PERIODS` beat periods (a receiver
+that accepts the dial, then resets the stream: a refusal, a full fleet) counts as a
+failed attempt too: the loop waits the reconnect period and the log escalates,
+instead of redialing at once with a WARNING every beat period. Recovery (INFO) is
+logged once a new stream has lived that long.
+
 The network is behind a small `Connector` interface so that the loop runs under
 trio's MockClock with a fake; `Libp2pConnector` is the real one over the host
 from `heartbeat.net.p2p`.
@@ -48,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: How long a stopping loop waits for the remote to close after our half-close.
 CLOSE_WAIT = 1.0
+#: A stream that dies within this many beat periods of opening is a failed attempt.
+EARLY_DEATH_PERIODS = 3
 
 
 class ConnectFailed(HeartbeatError):
@@ -86,6 +94,7 @@ class TargetStats:
     beats_sent: int = 0
     dial_attempts: int = 0
     dial_failures: int = 0
+    streams_died_early: int = 0  # counted as failed attempts by the reconnect policy
     last_success: float | None = None  # wall-clock unix seconds of the last beat written
 
 
@@ -159,11 +168,9 @@ class BeatLoop:
             task_status.started()
             while not self._stopping:
                 stream = await self._dial()
-                if stream is None:
+                if stream is None or await self._beat(stream):
                     delay = jittered(self.target.reconnect_period, self._jitter, self._rand())
                     await trio.sleep(delay)
-                    continue
-                await self._beat(stream)
 
     # -- dialing -------------------------------------------------------------
 
@@ -182,12 +189,10 @@ class BeatLoop:
             # target. (trio.Cancelled is not an Exception: it passes through.)
             error = f"{type(exc).__name__}:{exc}".replace(" ", "_")[:200]
         else:
-            now = trio.current_time()
-            recovered = self._failures.on_success(now)
-            self._lost_at = None
-            if recovered is not None:
-                log.log(recovered[0], "reconnected target=%s %s", self.target.addr, recovered[1])
-            else:
+            # After failures, recovery is logged once the stream has lived past its
+            # early periods (`_settled`); the dial alone proves nothing.
+            if not self._failures.failing:
+                self._lost_at = None
                 log.info("connected target=%s", self.target.addr)
             return stream
         self.stats.dial_failures += 1
@@ -208,35 +213,62 @@ class BeatLoop:
             self._cache = (head, self._encode(beat))
         return self._cache[1]
 
-    async def _beat(self, stream: BeatStream) -> None:
+    async def _beat(self, stream: BeatStream) -> bool:
+        """Beat until stopped or broken; True when the stream died early (a failed attempt)."""
         self._stream = stream
         self.stats.connected = True
         period = self.target.beat_period
-        deadline = trio.current_time()
+        opened = deadline = trio.current_time()
+        settled_at = opened + EARLY_DEATH_PERIODS * period
+        settled = False
         try:
             while True:
                 head = self._latest()
                 if head is not None:
                     await self._write(stream, self._payload(head))
+                if not settled and trio.current_time() >= settled_at:
+                    settled = True
+                    self._settled(opened)
                 deadline = next_deadline(deadline, period, trio.current_time())
                 with trio.move_on_at(deadline):
                     await self._stop_event.wait()
                 if self._stop_event.is_set():
                     await self._close(stream)
-                    return
+                    return False
         except StreamBroken as exc:
-            self._lost_at = trio.current_time()
-            log.warning(
-                "disconnected target=%s beats=%d err=%s",
-                self.target.addr,
-                self.stats.beats_sent,
-                exc,
-            )
+            now = trio.current_time()
+            early = not settled and now < settled_at
+            if early:
+                self.stats.streams_died_early += 1
+                level, detail = self._failures.on_failure(now, exc, since=self._lost_at)
+                log.log(
+                    level,
+                    "stream_died_early target=%s lived=%s %s",
+                    self.target.addr,
+                    format_seconds(now - opened),
+                    detail,
+                )
+            else:
+                self._lost_at = now
+                log.warning(
+                    "disconnected target=%s beats=%d err=%s",
+                    self.target.addr,
+                    self.stats.beats_sent,
+                    exc,
+                )
             with trio.move_on_after(self._write_timeout):
                 await stream.reset()
+            return early
         finally:
             self._stream = None
             self.stats.connected = False
+
+    def _settled(self, opened: float) -> None:
+        """The stream opened at `opened` lived past its early periods: the outage ended then."""
+        recovered = self._failures.on_success(opened)
+        self._lost_at = None
+        if recovered is not None:
+            log.log(recovered[0], "reconnected target=%s %s", self.target.addr, recovered[1])
 
     async def _write(self, stream: BeatStream, data: bytes) -> None:
         try:
