@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from heartbeat.agent.targets import parse_target
 from heartbeat.net.p2p import StreamClosed, load_or_create_identity, running_host
 from heartbeat.protocol.wire import Beat
 from heartbeat.version import AGENT_VERSION
+from tests.helpers import eventually
 from tests.receiver import Receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -367,3 +369,53 @@ async def test_second_sigterm_during_graceful_stop_still_exits_zero(tmp_path: Pa
     assert rc == 0, text
     assert "shutdown_signal_ignored signal=SIGTERM" in text, text
     assert "remote_closed=False" in text, text  # the stop waited out its grace
+
+
+class ResettingReceiver(Receiver):
+    """Accepts every stream, reads its first beat, then resets it (a refusing aggregator)."""
+
+    async def _handle(self, stream: Any) -> None:
+        self.streams_opened += 1
+        try:
+            await stream.read(4096)
+        except StreamClosed:
+            pass
+        try:
+            await stream.reset()
+        except StreamClosed:
+            pass
+        self.streams_ended += 1
+        self._notify()
+
+
+async def test_streams_reset_at_once_are_paced_by_the_reconnect_period(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="heartbeat.agent.loop")
+    async with trio.open_nursery() as nursery:
+        receiver = ResettingReceiver()
+        await receiver.start(nursery)
+        key = load_or_create_identity(tmp_path / "agent.key")
+        async with running_host(key) as host:
+            target = parse_target(receiver.addr)
+            target = type(target)(
+                **{**_fields(target), "beat_period": 0.1, "reconnect_period": 0.5}
+            )
+            loop = BeatLoop(target, Libp2pConnector(host), lambda: HEAD_OF_A, jitter=0.0)
+            agent = Agent([loop])
+            nursery.start_soon(agent.run)
+            await eventually(lambda: loop.stats.streams_died_early >= 3, timeout=20)
+            assert await agent.stop(grace=3)
+        await receiver.stop()
+    # At most one dial per reconnect period plus the beats before the reset, never one per
+    # beat period: 3 early deaths need at least 2 reconnect periods between them.
+    assert loop.stats.dial_attempts <= loop.stats.streams_died_early + 1
+    records = [(lvl, m) for n, lvl, m in caplog.record_tuples if n == "heartbeat.agent.loop"]
+    died = [(lvl, m) for lvl, m in records if m.startswith("stream_died_early")]
+    assert len(died) >= 3
+    assert [lvl for lvl, _ in died[:3]] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert sum(1 for lvl, m in records if m.startswith("connected")) == 1
+    assert not any(m.startswith("disconnected") for _, m in records)
+
+
+HEAD_OF_A = Head(cids=(CID_A,), height=7)
