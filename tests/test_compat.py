@@ -300,3 +300,45 @@ async def test_ping_flood_closes_the_connection() -> None:
             await eventually(lambda: attacker.is_closed)
             await eventually(lambda: p2p.connection_count(srv) == 0)
     assert REFUSALS[RefusalReason.YAMUX_PING_FLOOD] == flood + 1
+
+
+def test_libp2p_error_lines_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from heartbeat.net.compat import log_fold
+
+    now = [100.0]
+    monkeypatch.setattr(log_fold.time, "monotonic", lambda: now[0])
+    fold = log_fold.FoldFilter(burst=3, period=10.0)
+
+    def record(level: int) -> logging.LogRecord:
+        return logging.LogRecord("libp2p.x", level, __file__, 1, "err", None, None)
+
+    passed = [fold.filter(record(logging.ERROR)) for _ in range(5)]
+    assert passed == [True, True, True, False, False]
+    assert fold.filter(record(logging.DEBUG)) is True  # below WARNING: untouched
+    now[0] += 10.0
+    assert fold.filter(record(logging.ERROR)) is True and fold.dropped == 0
+
+
+def test_refusal_counter_by_reason() -> None:
+    from heartbeat.net.refusals import RefusalCounter
+
+    counter = RefusalCounter()
+    counter.add(RefusalReason.YAMUX_STREAM_CAP)
+    counter.add("handshake_shed", 2)  # another part's reason
+    assert counter[RefusalReason.YAMUX_STREAM_CAP] == 1
+    assert list(counter.items()) == [("handshake_shed", 2), ("yamux_stream_cap", 1)]
+
+
+def test_malloc_trim_rate_limited(monkeypatch: pytest.MonkeyPatch) -> None:
+    from heartbeat.net.compat import malloc_trim
+
+    calls: list[int] = []
+    now = [1000.0]
+    monkeypatch.setattr(malloc_trim, "trim", lambda: calls.append(1) or True)
+    monkeypatch.setattr(malloc_trim.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(malloc_trim, "_last", -malloc_trim.MIN_INTERVAL)
+    malloc_trim.soon()
+    malloc_trim.soon()
+    now[0] += malloc_trim.MIN_INTERVAL
+    malloc_trim.soon()
+    assert len(calls) == 2

@@ -9,7 +9,6 @@ few hundred MB), so it runs at most once per `MIN_INTERVAL` seconds; a no-op off
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import time
 from typing import Any
@@ -27,8 +26,8 @@ def trim() -> bool:
     """`malloc_trim(0)` now, if glibc is there; True if it returned memory."""
     global _libc
     if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        try:  # glibc's soname first: find_library runs ldconfig in a subprocess
+            _libc = ctypes.CDLL("libc.so.6")
             _libc.malloc_trim  # noqa: B018 (glibc only)
         except (OSError, AttributeError):
             _libc = False
