@@ -279,3 +279,13 @@ def test_bad_toml_values_name_the_setting_too() -> None:
         build(toml={"beat_period": True})
     assert info.value.setting == "--beat-period / FIL_HEARTBEAT_BEAT_PERIOD"
     assert "config file" in info.value.message
+
+
+def test_the_parser_table_covers_every_field_once() -> None:
+    from dataclasses import fields
+
+    from heartbeat.agent.config import _PARSERS, AgentConfig
+
+    keys = [key for key, _ in _PARSERS]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {f.name for f in fields(AgentConfig)}

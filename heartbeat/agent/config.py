@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -291,32 +291,25 @@ def _yes(src: _Sources, key: str) -> bool:
     raise _err(key, f"expected true or false, got {value!r} ({origin})")
 
 
-def build_config(
-    flags: Mapping[str, Any],
-    env: Mapping[str, str],
-    toml: Mapping[str, Any] | None = None,
-    *,
-    default_identity_file: Path,
-) -> AgentConfig:
-    """Build and validate the agent's configuration. `flags` maps setting keys to the
-    parsed command-line values (None or missing = not given)."""
-    src = _Sources(flags, env, toml or {})
-    beat_period = _duration(src, "beat_period", 3.0)
-    reconnect_period = _duration(src, "reconnect_period", 10.0)
-    jitter_found = src.get("jitter")
-    jitter = 0.2
-    if jitter_found is not None:
-        value, origin = jitter_found
-        try:
-            text = str(value).strip()
-            jitter = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        except ValueError as exc:
-            raise _err("jitter", f"invalid fraction {value!r} ({origin}); e.g. 0.2 or 20%") from exc
-        if not 0.0 <= jitter < 1.0:
-            raise _err("jitter", f"{value!r} ({origin}) out of range [0, 1); e.g. 0.2")
+def _jitter(src: _Sources, done: Mapping[str, Any]) -> float:
+    found = src.get("jitter")
+    if found is None:
+        return 0.2
+    value, origin = found
+    try:
+        text = str(value).strip()
+        jitter = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError as exc:
+        raise _err("jitter", f"invalid fraction {value!r} ({origin}); e.g. 0.2 or 20%") from exc
+    if not 0.0 <= jitter < 1.0:
+        raise _err("jitter", f"{value!r} ({origin}) out of range [0, 1); e.g. 0.2")
+    return jitter
 
+
+def _targets(src: _Sources, done: Mapping[str, Any]) -> tuple[Target, ...]:
+    """Every target with the beat and reconnect periods; the alert service's own."""
     targets = [
-        replace(t, beat_period=beat_period, reconnect_period=reconnect_period)
+        replace(t, beat_period=done["beat_period"], reconnect_period=done["reconnect_period"])
         for t in _target_list(src)
     ]
     alerts = _text(src, "alerts")
@@ -335,7 +328,10 @@ def build_config(
         if (t.role, t.addr) in seen:
             raise _err("targets", f"duplicate target {t.addr}")
         seen.add((t.role, t.addr))
+    return tuple(targets)
 
+
+def _nickname(src: _Sources, done: Mapping[str, Any]) -> str:
     nickname = _text(src, "nickname") or ""
     if not validate_nickname(nickname):
         raise _err(
@@ -343,11 +339,19 @@ def build_config(
             f"invalid nickname {nickname!r}: letters, digits, space and -_.:@+#/() "
             "up to 64 characters; e.g. alpha-1",
         )
+    return nickname
 
-    fullnode = _text(src, "fullnode_api_info") or None
+
+def _miner_api_info(src: _Sources, done: Mapping[str, Any]) -> str | None:
     miner_api = _text(src, "miner_api_info") or None
-    if miner_api is None and env.get("STORAGE_API_INFO", "").strip():
-        miner_api = env["STORAGE_API_INFO"].strip()
+    if miner_api is None and src.env.get("STORAGE_API_INFO", "").strip():
+        miner_api = src.env["STORAGE_API_INFO"].strip()
+    return miner_api
+
+
+def _head_source(src: _Sources, done: Mapping[str, Any]) -> str:
+    """The head source; Lotus (the default when FULLNODE_API_INFO is set) needs its API."""
+    fullnode = done["fullnode_api_info"]
     head_source = _choice(src, "head_source", HEAD_SOURCES, "lotus" if fullnode else None)
     if head_source is None:
         raise _err(
@@ -359,47 +363,74 @@ def build_config(
         raise _err("fullnode_api_info", "--head-source lotus needs FULLNODE_API_INFO")
     if head_source == "lotus":
         _check_api_info(fullnode or "", "fullnode_api_info", miner=False)
-        if miner_api:
-            _check_api_info(miner_api, "miner_api_info", miner=True)
+        if done["miner_api_info"]:
+            _check_api_info(done["miner_api_info"], "miner_api_info", miner=True)
+    return head_source
 
+
+def _miner_address(src: _Sources, done: Mapping[str, Any]) -> str:
     miner_text = _text(src, "miner_address")
-    miner_address = ""
-    if miner_text:
-        try:
-            miner_address = normalize_miner_address(miner_text)
-        except (AddressError, ValueError) as exc:
-            raise _err(
-                "miner_address", f"invalid Filecoin address {miner_text!r}; e.g. f01234"
-            ) from exc
+    if not miner_text:
+        return ""
+    try:
+        return normalize_miner_address(miner_text)
+    except (AddressError, ValueError) as exc:
+        raise _err(
+            "miner_address", f"invalid Filecoin address {miner_text!r}; e.g. f01234"
+        ) from exc
 
-    identity_file = resolve_identity_file(flags, env, toml or {}, default_identity_file)
 
-    return AgentConfig(
-        targets=tuple(targets),
-        identity_file=identity_file,
-        head_source=head_source,
-        nickname=nickname,
-        beat_period=beat_period,
-        reconnect_period=reconnect_period,
-        jitter=jitter,
-        error_log_period=_duration(src, "error_log_period", 600.0, minimum=1.0),
-        write_timeout=_duration(src, "write_timeout", 10.0),
-        dial_timeout=_duration(src, "dial_timeout", 10.0),
-        fullnode_api_info=fullnode,
-        miner_api_info=miner_api,
-        miner_address=miner_address,
-        metrics_listen=_listen(src),
-        log_format=_choice(src, "log_format", LOG_FORMATS, "text") or "text",
-        log_level=_choice(src, "log_level", LOG_LEVELS, "info") or "info",
-        encoding=_choice(src, "encoding", ENCODINGS, "cbor") or "cbor",
-        static_height=_int(src, "static_height", 0, 0, 2**63 - 1) or 0,
-        static_head=_cids(src) or (_STATIC_HEAD_CID,),
-        genesis_cid=_text(src, "genesis_cid") or None,
-        block_delay=_duration(src, "block_delay", 30.0, minimum=0.01),
-        lag_epochs=_int(src, "lag_epochs", 0, 0, 1_000_000) or 0,
-        seed=_int(src, "seed", None, 0, 2**63 - 1),
-        allow_unpatched_libp2p=_yes(src, "allow_unpatched_libp2p"),
-    )
+def _identity_file(src: _Sources, done: Mapping[str, Any]) -> Path:
+    # `done` holds the caller's default until this row replaces it
+    return resolve_identity_file(src.flags, src.env, src.toml, done["identity_file"])
+
+
+_Parser = Callable[[_Sources, Mapping[str, Any]], Any]
+
+#: Every `AgentConfig` field and its parser, in the order settings are checked (the first
+#: bad one is the one reported). A parser sees the fields parsed before it in `done`.
+_PARSERS: tuple[tuple[str, _Parser], ...] = (
+    ("beat_period", lambda src, done: _duration(src, "beat_period", 3.0)),
+    ("reconnect_period", lambda src, done: _duration(src, "reconnect_period", 10.0)),
+    ("jitter", _jitter),
+    ("targets", _targets),
+    ("nickname", _nickname),
+    ("fullnode_api_info", lambda src, done: _text(src, "fullnode_api_info") or None),
+    ("miner_api_info", _miner_api_info),
+    ("head_source", _head_source),
+    ("miner_address", _miner_address),
+    ("identity_file", _identity_file),
+    ("error_log_period", lambda src, done: _duration(src, "error_log_period", 600.0, minimum=1.0)),
+    ("write_timeout", lambda src, done: _duration(src, "write_timeout", 10.0)),
+    ("dial_timeout", lambda src, done: _duration(src, "dial_timeout", 10.0)),
+    ("metrics_listen", lambda src, done: _listen(src)),
+    ("log_format", lambda src, done: _choice(src, "log_format", LOG_FORMATS, "text") or "text"),
+    ("log_level", lambda src, done: _choice(src, "log_level", LOG_LEVELS, "info") or "info"),
+    ("encoding", lambda src, done: _choice(src, "encoding", ENCODINGS, "cbor") or "cbor"),
+    ("static_height", lambda src, done: _int(src, "static_height", 0, 0, 2**63 - 1) or 0),
+    ("static_head", lambda src, done: _cids(src) or (_STATIC_HEAD_CID,)),
+    ("genesis_cid", lambda src, done: _text(src, "genesis_cid") or None),
+    ("block_delay", lambda src, done: _duration(src, "block_delay", 30.0, minimum=0.01)),
+    ("lag_epochs", lambda src, done: _int(src, "lag_epochs", 0, 0, 1_000_000) or 0),
+    ("seed", lambda src, done: _int(src, "seed", None, 0, 2**63 - 1)),
+    ("allow_unpatched_libp2p", lambda src, done: _yes(src, "allow_unpatched_libp2p")),
+)
+
+
+def build_config(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    toml: Mapping[str, Any] | None = None,
+    *,
+    default_identity_file: Path,
+) -> AgentConfig:
+    """Build and validate the agent's configuration. `flags` maps setting keys to the
+    parsed command-line values (None or missing = not given)."""
+    src = _Sources(flags, env, toml or {})
+    done: dict[str, Any] = {"identity_file": default_identity_file}
+    for key, parse in _PARSERS:
+        done[key] = parse(src, done)
+    return AgentConfig(**done)
 
 
 def _check_api_info(value: str, key: str, *, miner: bool) -> None:
