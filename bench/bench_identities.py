@@ -91,6 +91,12 @@ def main() -> int:
     p.add_argument("--ramp", default="100/s", help="new throwaway ids per second")
     p.add_argument("--processes", type=int, default=2, help="load generator processes")
     p.add_argument("--hold", type=float, default=25.0, help="seconds of the throwaway run")
+    p.add_argument(
+        "--retry",
+        default="1h",
+        metavar="DURATION",
+        help="a throwaway id that failed to connect redials after this (1h: never)",
+    )
     p.add_argument("--alert-wait", type=float, default=80.0, help="then wait for alerts")
     p.add_argument("--aggregator-arg", action="append", default=[], metavar="ARG")
     args = p.parse_args()
@@ -110,7 +116,7 @@ def main() -> int:
                 "--ramp", args.ramp,
                 "--beat-period", "1h",
                 "--duration", f"{args.hold:g}s",
-                "--reconnect-period", "1h",
+                "--reconnect-period", args.retry,
                 "--key-seed", f"junk-{started}",
                 "--log-level", "error",
             )  # fmt: skip
@@ -156,7 +162,7 @@ def main() -> int:
     print(f"tree: {args.tree}")
     print(f"throwaway identities: {args.identities} (one beat each), --max-nodes {args.max_nodes}")
     print(f"registered: {registered}")
-    print(f"refused (fleet_full): {refused:.0f}")
+    print(f"refused (fleet_full, refusals counted per attempt): {refused:.0f}")
     print(f"not registered: {args.identities - registered} (refused, shed or failed to connect)")
     when = f" after {admitted_at[0] - legit_started:.1f} s" if admitted_at else ""
     print(f"legitimate peer got in: {'yes' if got_in else 'no'}{when}")
