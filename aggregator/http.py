@@ -251,6 +251,7 @@ class HttpApi:
                 {
                     "taken_at": snap.taken_at,
                     "pending_peers": snap.pending_peers,
+                    "probation_nodes": snap.probation_nodes,  # not counted in the networks
                     "networks": [network_json(n) for n in snap.networks.values()],
                 },
             )
