@@ -84,6 +84,7 @@ async def test_metrics_endpoint() -> None:
     loop = BeatLoop(parse_target(TARGET), NeverConnects(), lambda: source.latest)  # type: ignore[arg-type]
     loop.stats.dial_attempts = 3
     loop.stats.beats_sent = 5
+    loop.stats.streams_died_early = 2
     async with trio.open_nursery() as nursery:
         bind = await nursery.start(serve_metrics, make_registry([loop], source), "127.0.0.1", 0)
         url = bind if bind.startswith("http") else f"http://{bind}"
@@ -97,6 +98,7 @@ async def test_metrics_endpoint() -> None:
     assert f"fil_heartbeat_agent_target_connected{{{labels}}} 0.0" in text
     assert f"fil_heartbeat_agent_beats_sent_total{{{labels}}} 5.0" in text
     assert f"fil_heartbeat_agent_reconnect_attempts_total{{{labels}}} 3.0" in text
+    assert f"fil_heartbeat_agent_streams_died_early_total{{{labels}}} 2.0" in text
     assert 'fil_heartbeat_agent_head_source_reachable{mode="static"} 1.0' in text
     assert "fil_heartbeat_agent_head_height 77.0" in text
     assert missing.status_code == 404

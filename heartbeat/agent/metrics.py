@@ -48,6 +48,11 @@ class AgentCollector(Collector):
         failures = CounterMetricFamily(
             _P + "dial_failures", "Failed dial attempts to the target", labels=labels
         )
+        died_early = CounterMetricFamily(
+            _P + "streams_died_early",
+            "Streams that died within their first beat periods (counted as failed attempts)",
+            labels=labels,
+        )
         last = GaugeMetricFamily(
             _P + "last_success_timestamp_seconds",
             "Unix time of the last beat written to the target",
@@ -60,9 +65,10 @@ class AgentCollector(Collector):
             beats.add_metric(value, stats.beats_sent)
             attempts.add_metric(value, stats.dial_attempts)
             failures.add_metric(value, stats.dial_failures)
+            died_early.add_metric(value, stats.streams_died_early)
             if stats.last_success is not None:
                 last.add_metric(value, stats.last_success)
-        yield from (connected, beats, attempts, failures, last)
+        yield from (connected, beats, attempts, failures, died_early, last)
 
         info = GaugeMetricFamily(_P + "info", "Agent version", labels=["version"])
         info.add_metric([__version__], 1.0)
