@@ -114,6 +114,30 @@ def _parser() -> argparse.ArgumentParser:
             metavar="DURATION",
             help="close a connection that waited this long for a handshake (5s)",
         )
+        p.add_argument(
+            "--first-bytes-timeout",
+            type=str,
+            metavar="DURATION",
+            help="close an inbound dialer that sends nothing this long (2s)",
+        )
+        p.add_argument(
+            "--upgrade-timeout",
+            type=str,
+            metavar="DURATION",
+            help="the inbound Noise + Yamux upgrade's deadline (10s)",
+        )
+        p.add_argument(
+            "--refusal-cap",
+            type=str,
+            metavar="N",
+            help="close at accept an IP refused more than N times per window (20; 0: off)",
+        )
+        p.add_argument(
+            "--refusal-window",
+            type=str,
+            metavar="DURATION",
+            help="the window of --refusal-cap (1m)",
+        )
         variants = p.add_argument_group("benchmark variants (not for production)")
         variants.add_argument(
             "--memory-cuts",
@@ -330,6 +354,11 @@ def _main(argv: Sequence[str]) -> int:
 
     p2p.restore_libp2p_logging()
     logging.getLogger("libp2p").setLevel(logging.WARNING)
+    from heartbeat.net.gate import Libp2pUpgradeLogFilter
+
+    upgrade_log_filter = Libp2pUpgradeLogFilter()
+    for name in ("libp2p.network.swarm", "libp2p.transport.upgrader"):
+        logging.getLogger(name).addFilter(upgrade_log_filter)
     if command == "id":
         print(p2p.peer_id_of(p2p.load_or_create_identity(config.identity_file)))
         return 0

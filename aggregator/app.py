@@ -83,6 +83,10 @@ def host_limits(config: AggregatorConfig) -> p2p.HostLimits:
         max_pending_inbound=config.max_pending_inbound,
         max_connections_per_peer=config.max_connections_per_peer,
         handshake_queue_wait=config.handshake_queue_wait,
+        first_bytes_timeout=config.first_bytes_timeout,
+        upgrade_timeout=config.upgrade_timeout,
+        refusal_cap=config.refusal_cap,
+        refusal_window=config.refusal_window,
     )
 
 
@@ -380,6 +384,7 @@ async def serving_heartbeats(
         gate = p2p.handshake_gate(host)  # installed by build_host with the same limits
         if gate is not None:
             gate.on_shed = ingest.on_shed
+            ingest.on_inbound_refused = gate.refuse
         p2p.set_stream_handlers(host, [PROTOCOL_ID, *PROTOCOL_ALIASES], ingest.handle_stream)
         yield host
 

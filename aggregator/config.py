@@ -72,6 +72,14 @@ class AggregatorConfig:
     #: A connection that waited this long for one of `max_pending_inbound` handshake
     #: slots is closed unanswered (`heartbeat.net.p2p.HandshakeGate`).
     handshake_queue_wait: float = 5.0
+    #: An inbound dialer that sends no multistream bytes this long is closed.
+    first_bytes_timeout: float = 2.0
+    #: The whole inbound upgrade (Noise + Yamux) must finish within this.
+    upgrade_timeout: float = 10.0
+    #: An IP refused more than `refusal_cap` times per `refusal_window` is closed at
+    #: TCP accept, before any handshake (0: no cap).
+    refusal_cap: int = 20
+    refusal_window: float = 60.0
     max_streams_per_peer: int = 4
     max_beat_size: int = 4096
     max_buffer: int = 65536
@@ -241,6 +249,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_pending_inbound": _int,
     "max_connections_per_peer": _int,
     "handshake_queue_wait": _duration,
+    "first_bytes_timeout": _duration,
+    "upgrade_timeout": _duration,
+    "refusal_cap": _int,
+    "refusal_window": _duration,
     "max_streams_per_peer": _int,
     "max_beat_size": _int,
     "max_buffer": _int,
@@ -289,6 +301,9 @@ _POSITIVE = {
     "store_flush_interval",
     "expire_interval",
     "handshake_queue_wait",
+    "first_bytes_timeout",
+    "upgrade_timeout",
+    "refusal_window",
     "worker_watchdog",
 }
 _AT_LEAST_ONE = {

@@ -112,6 +112,9 @@ class Ingest:
         self._beat_timeout = beat_timeout
         self._disconnect_peer = disconnect_peer
         self._close_connection = close_connection
+        #: Told of each connection refused here (reason, ip): the handshake gate's
+        #: per-IP refusal cap and `fil_heartbeat_refusals_total`.
+        self.on_inbound_refused: Callable[[str, str | None], None] | None = None
         self._clock = clock
         self._wall = wall_clock
         self._limiter = PeerRateLimiter(
@@ -162,7 +165,8 @@ class Ingest:
         self.counters.handshakes_shed += 1
         if self._log_limiter.allow("handshakes_shed", self._clock()):
             log.warning(
-                "handshakes_shed total=%d (a reconnect storm: dialers retry later)",
+                "handshakes_shed total=%d (no handshake slot in time; causes by IP: "
+                "inbound_refused lines)",
                 self.counters.handshakes_shed,
             )
 
@@ -211,6 +215,8 @@ class Ingest:
         """Serve one heartbeat stream from `peer` until EOF, a deadline or misbehaviour."""
         if self.allowlist is not None and peer not in self.allowlist:
             self._refuse(peer, "not_allowed")
+            if self.on_inbound_refused is not None:
+                self.on_inbound_refused("not_allowlisted", remote_ip)
             await self._reset(stream)
             self._spawn(self._disconnect, peer)
             return

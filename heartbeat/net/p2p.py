@@ -164,6 +164,11 @@ class HostLimits:
     max_pending_inbound: int | None = None
     #: A connection waiting longer than this for a handshake slot is closed unanswered.
     handshake_queue_wait: float = 5.0
+    #: An inbound dialer silent this long (no multistream bytes) is closed, its slot freed.
+    first_bytes_timeout: float = 2.0
+    #: An IP refused more than this many times per `refusal_window` is closed at accept.
+    refusal_cap: int = 20
+    refusal_window: float = 60.0
     #: Outbound dials: one connection per peer avoids py-libp2p's fixed 250 ms
     #: wait on every dial.
     max_connections_per_peer: int = 1
@@ -197,6 +202,10 @@ class HostLimits:
         max_pending_inbound: int | None = None,
         max_connections_per_peer: int | None = None,
         handshake_queue_wait: float = 5.0,
+        first_bytes_timeout: float = 2.0,
+        upgrade_timeout: float = 10.0,
+        refusal_cap: int = 20,
+        refusal_window: float = 60.0,
     ) -> HostLimits:
         """A server's limits; each one left as None is derived from `max_connections`."""
         # ~70 KB per held connection (measured) plus head-room for stream buffers.
@@ -213,6 +222,10 @@ class HostLimits:
             else 2,
             connections_per_peer_per_sec=100.0,
             handshake_queue_wait=handshake_queue_wait,
+            first_bytes_timeout=first_bytes_timeout,
+            upgrade_timeout=upgrade_timeout,
+            refusal_cap=refusal_cap,
+            refusal_window=refusal_window,
         )
 
 
@@ -312,7 +325,14 @@ def build_host(
         negotiate_timeout=limits.negotiate_timeout,
     )
     _disable_auto_connector(host)
-    gate_inbound_upgrades(host, limits.pending_inbound, limits.handshake_queue_wait)
+    gate_inbound_upgrades(
+        host,
+        limits.pending_inbound,
+        limits.handshake_queue_wait,
+        first_bytes_timeout=limits.first_bytes_timeout,
+        refusal_cap=limits.refusal_cap,
+        refusal_window=limits.refusal_window,
+    )
     if not identify_peers:
         _disable_outbound_identify(host)
     return host
