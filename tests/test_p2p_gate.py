@@ -44,3 +44,91 @@ async def test_excess_handshakes_are_shed_fast_and_the_next_one_gets_through() -
             assert conn.remote_peer_id == p2p.peer_id_of(key)
         assert gate.upgraded == 1 and gate.shed == 1
         assert gate.in_progress == 0 and gate.waiting == 0
+
+
+def _server_addr(server: object, key: object) -> tuple[str, int]:
+    [listen] = p2p.listen_multiaddrs(server)  # type: ignore[arg-type]
+    return f"{listen}/p2p/{p2p.peer_id_of(key)}", int(listen.split("/")[4])  # type: ignore[arg-type]
+
+
+async def _closed_by_server(stream: trio.SocketStream, within: float) -> bool:
+    """True if the server closes `stream` (EOF or reset) within `within` seconds."""
+    with trio.move_on_after(within):
+        try:
+            while await stream.receive_some(4096):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        return True
+    return False
+
+
+async def test_an_idle_socket_flood_from_one_ip_does_not_starve_another() -> None:
+    key = p2p.new_identity()
+    limits = p2p.HostLimits.server(256, max_pending_inbound=8, handshake_queue_wait=5.0)
+    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits) as server:
+        gate = p2p.handshake_gate(server)
+        assert gate is not None
+        addr, port = _server_addr(server, key)
+        idle: list[trio.SocketStream] = []
+        try:
+            for _ in range(40):  # five times the slots, from another "host"
+                idle.append(
+                    await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+                )
+            await eventually(lambda: gate.in_progress + gate.waiting >= 40, timeout=5)
+            for _ in range(5):
+                started = trio.current_time()
+                async with p2p.light_connection(p2p.new_identity(), addr, timeout=10) as conn:
+                    assert conn.remote_peer_id == p2p.peer_id_of(key)
+                # Well under the queue wait and the first-bytes deadline: the hog yielded.
+                assert trio.current_time() - started < 1.5
+            assert gate.refused.get("gate_shed_contended", 0) >= 5
+        finally:
+            for s in idle:
+                await s.aclose()
+
+
+async def test_a_silent_dialer_is_closed_after_the_first_bytes_deadline() -> None:
+    key = p2p.new_identity()
+    limits = p2p.HostLimits.server(16, max_pending_inbound=4, first_bytes_timeout=0.5)
+    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits) as server:
+        gate = p2p.handshake_gate(server)
+        assert gate is not None
+        _, port = _server_addr(server, key)
+        started = trio.current_time()
+        async with await trio.open_tcp_stream("127.0.0.1", port) as silent:
+            assert await _closed_by_server(silent, within=5)
+        assert 0.4 <= trio.current_time() - started < 3.0
+        await eventually(lambda: gate.in_progress == 0, timeout=5)
+        assert gate.refused == {"first_bytes_timeout": 1}
+
+
+async def test_an_ip_over_the_refusal_cap_is_closed_at_accept() -> None:
+    from heartbeat.net.refusals import REFUSALS
+
+    key = p2p.new_identity()
+    limits = p2p.HostLimits.server(
+        16, max_pending_inbound=4, first_bytes_timeout=0.2, refusal_cap=2, refusal_window=60.0
+    )
+    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits) as server:
+        gate = p2p.handshake_gate(server)
+        assert gate is not None
+        addr, port = _server_addr(server, key)
+        before = REFUSALS["per_ip_refusal_cap"]
+        for _ in range(3):  # three refusals: over the cap of 2
+            async with await trio.open_tcp_stream(
+                "127.0.0.1", port, local_address="127.0.0.2"
+            ) as silent:
+                assert await _closed_by_server(silent, within=5)
+        await eventually(lambda: gate.refused.get("first_bytes_timeout") == 3, timeout=5)
+        started = trio.current_time()
+        async with await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2") as s:
+            assert await _closed_by_server(s, within=5)
+        assert trio.current_time() - started < 0.15  # at accept, not after the deadline
+        assert gate.refused["per_ip_refusal_cap"] == 1
+        assert REFUSALS["per_ip_refusal_cap"] == before + 1
+        assert gate.in_progress == 0
+        # Another IP is unaffected.
+        async with p2p.light_connection(p2p.new_identity(), addr, timeout=10) as conn:
+            assert conn.remote_peer_id == p2p.peer_id_of(key)
