@@ -384,3 +384,68 @@ async def test_agent_outage_keeps_memory_and_logs_bounded(
     # No growing lists or queues: the agent's live memory does not depend on the outage.
     assert grown_30 < 4 * 1024, grown_30
     assert grown_90 < 4 * 1024, grown_90
+
+
+async def _idle_sockets(port: int, count: int, seconds: float) -> int:
+    """`count` silent TCP sockets from 127.0.0.2, each reopened when the server closes it."""
+    closed = 0
+    until = trio.current_time() + seconds
+
+    async def one() -> None:
+        nonlocal closed
+        while trio.current_time() < until:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+            except OSError:
+                await trio.sleep(0.1)
+                continue
+            with trio.move_on_at(until):
+                try:
+                    while await stream.receive_some(4096):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+                closed += 1
+            await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    return closed
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_idle_socket_attack_from_one_ip_does_not_keep_agents_out(tmp_path: Path) -> None:
+    agg = AggregatorProcess.start(tmp_path / "agg", "--max-pending-inbound", "16")
+    try:
+        _started(agg)
+        lg: list[LoadgenProcess] = []
+
+        async def attack_then_agents() -> int:
+            async with trio.open_nursery() as nursery:
+                attack = nursery.start_soon  # the attack runs for 15 s, bounded
+                results: list[int] = []
+
+                async def run_attack() -> None:
+                    results.append(await _idle_sockets(agg.port, 200, 15.0))
+
+                attack(run_attack)
+                await trio.sleep(3.0)  # the attack holds every slot by now
+                agents = ["--agents", "10", "--beat-period", "1s", "--duration", "6s"]
+                more = ["--reconnect-period", "1s", "--log-level", "error"]
+                lg.append(LoadgenProcess(agg.multiaddr, *agents, *more))
+            return results[0]
+
+        closed = trio.run(attack_then_agents)
+        summary = lg[0].result(timeout=60)
+        totals = summary["totals"]
+        # Every agent got in during the attack and its beats arrived (a generous bound;
+        # bench/bench_gate_attack.py reports the connect time).
+        assert totals["ever_connected"] == 10, totals
+        assert _when_reached(lambda: len(agg.nodes()), 10, timeout=20, what="nodes") == 10
+        assert all(int(n["beats_received"]) >= 2 for n in agg.nodes()), agg.nodes()
+        assert closed > 0  # the server closed idle sockets (first-bytes deadline, cap)
+        assert agg.metric("fil_heartbeat_refusals_total", reason="first_bytes_timeout") > 0
+    finally:
+        agg.stop()
