@@ -132,3 +132,50 @@ async def test_an_ip_over_the_refusal_cap_is_closed_at_accept() -> None:
         # Another IP is unaffected.
         async with p2p.light_connection(p2p.new_identity(), addr, timeout=10) as conn:
             assert conn.remote_peer_id == p2p.peer_id_of(key)
+
+
+async def test_a_plaintext_offer_is_refused_and_counted_as_security_negotiation() -> None:
+    def line(text: bytes) -> bytes:  # a multistream message: varint length, text, newline
+        return bytes([len(text) + 1]) + text + b"\n"
+
+    key = p2p.new_identity()
+    limits = p2p.HostLimits.server(16, max_pending_inbound=4)
+    async with p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits) as server:
+        gate = p2p.handshake_gate(server)
+        assert gate is not None
+        _, port = _server_addr(server, key)
+        async with await trio.open_tcp_stream("127.0.0.1", port) as dialer:
+            await dialer.send_all(line(b"/multistream/1.0.0") + line(b"/plaintext/2.0.0"))
+            received = b""
+            with trio.fail_after(5):
+                while b"na\n" not in received:
+                    received += await dialer.receive_some(4096)
+        # The dialer gave up after the refusal: the negotiation failed, counted by reason.
+        await eventually(lambda: gate.refused.get("security_negotiation") == 1, timeout=5)
+        assert gate.in_progress == 0
+
+
+def test_libp2p_upgrade_errors_are_folded_into_one_line_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from heartbeat.net.gate import Libp2pUpgradeLogFilter
+
+    folded = Libp2pUpgradeLogFilter(period=60.0)
+
+    def record(msg: str, level: int, created: float) -> logging.LogRecord:
+        r = logging.LogRecord("libp2p.network.swarm", level, __file__, 1, msg, None, None)
+        r.created = created
+        return r
+
+    with caplog.at_level(logging.WARNING, logger="heartbeat.net.gate"):
+        kept = [
+            folded.filter(record("fail to upgrade mux for peer x", logging.ERROR, t))
+            for t in (0.0, 1.0, 2.0, 61.0)
+        ]
+        other = folded.filter(record("something else", logging.ERROR, 3.0))
+        debug = folded.filter(record("upgrade debug", logging.DEBUG, 3.0))
+    assert kept == [False] * 4 and other and debug  # folded; others pass through
+    lines = [m for _, _, m in caplog.record_tuples if m.startswith("libp2p_upgrade_failed")]
+    assert len(lines) == 2 and "suppressed=0" in lines[0] and "suppressed=2" in lines[1]
