@@ -48,6 +48,16 @@ class GateReason(StrEnum):
     PER_IP_REFUSAL_CAP = "per_ip_refusal_cap"
 
 
+_COUNTS_TOWARDS_CAP = frozenset(
+    {
+        GateReason.FIRST_BYTES_TIMEOUT,
+        GateReason.UPGRADE_TIMEOUT,
+        GateReason.SECURITY_NEGOTIATION,
+        GateReason.NOT_ALLOWLISTED,
+    }
+)
+
+
 @dataclass
 class HandshakeGate:
     """Bounded inbound handshakes: `concurrent` at once, at most `max_wait` queued.
@@ -61,8 +71,9 @@ class HandshakeGate:
 
     The slots are shared fairly (`SlotTable`): one address holding many idle sockets
     yields its slots to the others. A dialer that sends nothing for `first_bytes_timeout`
-    is closed. An address refused more than `refusal_cap` times per `refusal_window` is
-    closed at accept.
+    is closed. An address refused more than `refusal_cap` times per `refusal_window` (for
+    what it did: silence, a timed-out or refused upgrade, not on the allowlist; never for
+    a shed) is closed at accept.
 
     Every connection is accepted at once and waits here, not in the kernel's listen
     backlog: leaving the excess to the backlog (SYNs dropped, the dialers' kernels
@@ -94,7 +105,9 @@ class HandshakeGate:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         now = trio.current_time()
         where = ip or "?"
-        if ip is not None and reason != GateReason.PER_IP_REFUSAL_CAP:
+        # Only what the dialer did counts towards its cap, not the server's own load (a
+        # reconnect storm from one NAT must not be locked out for its sheds).
+        if ip is not None and reason in _COUNTS_TOWARDS_CAP:
             self.window.refused(ip, now)
         if reason in (GateReason.GATE_SHED_CONTENDED, GateReason.GATE_QUEUE_TIMEOUT):
             self.shed += 1
