@@ -98,6 +98,9 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
         "5s",
         "--max-connections-per-ip",
         "2000",
+        # the load generator's one address stands in for 218 hosts
+        "--max-probation-per-ip",
+        "2000",
     )
     try:
         _started(agg)
