@@ -61,6 +61,10 @@ def start(tree: Path, workdir: Path) -> AggregatorProcess:
     raise RuntimeError(f"aggregator did not start: {lines!r}")
 
 
+# mypy cannot check a starred tuple inside `except*`: name the tuple once
+_BEAT_ERRORS: tuple[type[Exception], ...] = (trio.TooSlowError, *p2p.LIBP2P_ERRORS)
+
+
 async def healthy_beat(addr: str, height: int) -> bool:
     """One agent's beat on its own connection; True if it was written and closed cleanly."""
     try:
@@ -71,7 +75,7 @@ async def healthy_beat(addr: str, height: int) -> bool:
                 await stream.write(encode_cbor(beat))
                 await stream.close()
                 await trio.sleep(0.5)
-    except* (trio.TooSlowError, *p2p.LIBP2P_ERRORS):
+    except* _BEAT_ERRORS:
         ok = False
     else:
         ok = True

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from heartbeat.agent.config import ALERTS_PERIOD, build_config, config_path, parse_toml
+from heartbeat.agent.config import (
+    ALERTS_PERIOD,
+    AgentConfig,
+    build_config,
+    config_path,
+    parse_toml,
+)
 from heartbeat.agent.targets import EXAMPLE_TARGET, parse_peer_id, parse_target
 from heartbeat.errors import ConfigError
 
@@ -23,7 +29,7 @@ def build(
     flags: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     toml: dict[str, Any] | None = None,
-):
+) -> AgentConfig:
     return build_config(
         flags or {},
         env if env is not None else dict(BASE_ENV),

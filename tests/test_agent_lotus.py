@@ -87,8 +87,8 @@ async def test_lotus_head_source_end_to_end(tmp_path: Path) -> None:
         config = build_config(flags, env, default_identity_file=tmp_path / "agent.key")
         assert config.head_source == "lotus"  # chosen because FULLNODE_API_INFO is set
 
-        def start_agent(task_status: trio.TaskStatus[Agent]) -> object:
-            return run_agent(config, shutdown=stop.wait, task_status=task_status)
+        async def start_agent(*, task_status: trio.TaskStatus[Agent]) -> None:
+            await run_agent(config, shutdown=stop.wait, task_status=task_status)
 
         agent: Agent = await nursery.start(start_agent)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import struct
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,9 +88,9 @@ def test_install_all_then_uninstall_all_restores_stock() -> None:
 
 @pytest.mark.usefixtures("stock")
 def test_gate_refuses_another_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = compat.importlib.metadata.version
+    real = importlib.metadata.version  # the module compat calls through
     monkeypatch.setattr(
-        compat.importlib.metadata,
+        importlib.metadata,
         "version",
         lambda d: "0.9.0" if d == "libp2p" else real(d),
     )
@@ -129,7 +131,7 @@ def test_agent_cli_exits_2_with_one_line(
     monkeypatch.setitem(compat.FILES, "libp2p.network.swarm", "0" * 64)
     monkeypatch.setattr(cli, "setup_logging", lambda *a: None)
     ran: list[Any] = []
-    monkeypatch.setattr(cli.trio, "run", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(trio, "run", lambda *a, **k: ran.append(a))  # the cli's trio
     argv = [
         "run",
         "--target",
@@ -306,7 +308,7 @@ def test_libp2p_error_lines_folded(monkeypatch: pytest.MonkeyPatch) -> None:
     from heartbeat.net.compat import log_fold
 
     now = [100.0]
-    monkeypatch.setattr(log_fold.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # log_fold's time module
     fold = log_fold.FoldFilter(burst=3, period=10.0)
 
     def record(level: int) -> logging.LogRecord:
@@ -334,8 +336,13 @@ def test_malloc_trim_rate_limited(monkeypatch: pytest.MonkeyPatch) -> None:
 
     calls: list[int] = []
     now = [1000.0]
-    monkeypatch.setattr(malloc_trim, "trim", lambda: calls.append(1) or True)
-    monkeypatch.setattr(malloc_trim.time, "monotonic", lambda: now[0])
+
+    def fake_trim() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(malloc_trim, "trim", fake_trim)
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # malloc_trim's time module
     monkeypatch.setattr(malloc_trim, "_last", -malloc_trim.MIN_INTERVAL)
     malloc_trim.soon()
     malloc_trim.soon()

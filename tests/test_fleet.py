@@ -113,14 +113,17 @@ def test_null_round_does_not_fork_or_lag() -> None:
 
 def test_tie_break_is_deterministic() -> None:
     results = set()
-    for order in (("a", "b"), ("b", "a")):
+    orders: tuple[tuple[str, str], ...] = (("a", "b"), ("b", "a"))
+    for order in orders:
         fleet = Fleet()
         joined(fleet, order[0], beat(7, "hb" if order[0] == "a" else "ha"))
         joined(fleet, order[1], beat(7, "hb" if order[1] == "a" else "ha"))
         snap = fleet.snapshot(T0)
         results.add(snap.networks[MAIN].consensus_head)
-        assert snap.node("b").state is NodeState.IN_CONSENSUS  # "ha" < "hb"
-        assert snap.node("a").state is NodeState.FORKED
+        b, a = snap.node("b"), snap.node("a")
+        assert b is not None and a is not None
+        assert b.state is NodeState.IN_CONSENSUS  # "ha" < "hb"
+        assert a.state is NodeState.FORKED
     assert results == {frozenset({cid("ha")})}
 
 
@@ -165,7 +168,9 @@ def test_peer_counted_once_across_connections() -> None:
     fleet.on_disconnect("a", T0 + 1)  # one of two connections closed
     snap = fleet.snapshot(T0 + 1)
     assert len(snap.nodes) == 1
-    assert snap.node("a").state is NodeState.IN_CONSENSUS
+    a = snap.node("a")
+    assert a is not None
+    assert a.state is NodeState.IN_CONSENSUS
     fleet.on_disconnect("a", T0 + 2)
     assert states(fleet, T0 + 2)["a"] is NodeState.DOWN
 
@@ -197,7 +202,9 @@ def test_genesis_separation() -> None:
     assert {v.state for v in snap.nodes} == {NodeState.IN_CONSENSUS}
     assert snap.networks[CALIB].name == "calibnet"
     assert snap.networks[CALIB].height == 2_000_000
-    assert snap.node("u1").network == "unknown"
+    u1 = snap.node("u1")
+    assert u1 is not None
+    assert u1.network == "unknown"
     assert snap.networks[MAIN].expected_height == int((T0 - 1598306400) // 30)
     assert snap.networks["unknown"].expected_height is None
 
@@ -230,6 +237,7 @@ def test_head_age_and_view_fields() -> None:
         ),
     )
     v = fleet.snapshot(T0 + 5).node("a")
+    assert v is not None
     assert v.head_age_seconds == 25.0
     got = (v.nickname, v.miner_address, v.version, v.beats_received)
     assert got == ("alpha", "f01234", "v1", 1)
@@ -297,11 +305,13 @@ def test_restore_gives_down_nodes_until_they_beat() -> None:
     back = Fleet.restore(records, FleetPolicy(), T0 + 600)
     assert back.export_records() == records
     v = back.snapshot(T0 + 600).node("a")
+    assert v is not None
     assert v.state is NodeState.DOWN and v.nickname == "alpha" and v.height == 100
     assert back.beat_timeout("a") == 10.0  # period survives the restart
     back.on_connect("a", "", T0 + 601)
     back.on_beat("a", beat(101, "ab", nickname="alpha"), T0 + 601)
     v = back.snapshot(T0 + 601).node("a")
+    assert v is not None
     assert v.state is NodeState.IN_CONSENSUS and v.beats_received == 3
 
 

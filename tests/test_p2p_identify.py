@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from libp2p.custom_types import TProtocol
 
 from heartbeat.net import p2p
 from tests.helpers import eventually
 
-PROTOCOL = "fil/heartbeat-test-identify/1.0.0"
+PROTOCOL = TProtocol("fil/heartbeat-test-identify/1.0.0")
 IDENTIFY = "/ipfs/id/1.0.0"
 
 pytestmark = [pytest.mark.timeout(60)]

@@ -354,7 +354,11 @@ async def test_a_handler_ended_by_the_peer_closing_does_not_stop_the_host() -> N
             async with p2p.light_connection(p2p.new_identity(), addr) as conn:
                 stream = await conn.open_stream(PROTOCOL)
                 await stream.write(b"x")
-                await eventually(lambda e=expected: handled >= e, timeout=10)
+
+                def reached(e: int = expected) -> bool:
+                    return handled >= e
+
+                await eventually(reached, timeout=10)
                 await stream.close()
             await eventually(lambda: p2p.connection_count(srv) == 0)
         assert not swarm.manager.is_cancelled

@@ -9,11 +9,13 @@ and light connections on loopback, with streams open, and again after one client
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from libp2p.custom_types import TProtocol
 
 from heartbeat.net import p2p
 from heartbeat.net.compat import task_lookup
@@ -28,7 +30,7 @@ def install_fast_task_lookup() -> bool:
     return True
 
 
-PROTOCOL = "fil/heartbeat-test-tasks/1.0.0"
+PROTOCOL = TProtocol("fil/heartbeat-test-tasks/1.0.0")
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -252,7 +254,8 @@ async def test_parent_chain_walk_matches_the_tree_walk() -> None:
             deep = task(deep)
         deep.trio_task = trio_tasks[1]
         manager, other = Manager(root), Manager(task(None))
-        fast = TrioManager._find_parent_task
+        # called with the duck-typed Manager stand-in, not a real TrioManager
+        fast: Callable[[Any, Any], Any] = TrioManager._find_parent_task
         cases = [
             (manager, trio_tasks[0], grandchild),  # found along the chain
             (other, trio_tasks[0], None),  # another manager's tree

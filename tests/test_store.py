@@ -19,14 +19,13 @@ from heartbeat.protocol.wire import Beat
 T0 = 1_700_000_000.0
 
 
-def beat(height: int, tag: str = "aa", **kw: object) -> Beat:
+def beat(height: int, tag: str = "aa") -> Beat:
     return Beat(
         head="{bafy2bzacea" + tag + "}",
         height=height,
         nickname="alpha",
         miner_address="f01234",
-        **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 def wired(fleet: Fleet, capacity: int = 64) -> tuple[Bus, trio.MemoryReceiveChannel[object]]:
