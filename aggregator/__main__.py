@@ -357,8 +357,19 @@ def _main(argv: Sequence[str]) -> int:
     from heartbeat.net.gate import Libp2pUpgradeLogFilter
 
     upgrade_log_filter = Libp2pUpgradeLogFilter()
-    for name in ("libp2p.network.swarm", "libp2p.transport.upgrader"):
-        logging.getLogger(name).addFilter(upgrade_log_filter)
+    folded = [logging.getLogger(n) for n in ("libp2p.network.swarm", "libp2p.transport.upgrader")]
+    for logger in folded:
+        logger.addFilter(upgrade_log_filter)
+    try:
+        return _run_command(command, config, argv)
+    finally:  # main() may run again in the same process (tests): leave the loggers as found
+        for logger in folded:
+            logger.removeFilter(upgrade_log_filter)
+
+
+def _run_command(command: str, config: AggregatorConfig, argv: Sequence[str]) -> int:
+    from heartbeat.net import p2p
+
     if command == "id":
         print(p2p.peer_id_of(p2p.load_or_create_identity(config.identity_file)))
         return 0
