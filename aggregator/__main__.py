@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import trio
 from aggregator.alerts.service import add_alert_arguments, load_settings, merge_alert_flags
 from aggregator.config import _MULTIADDR, AggregatorConfig, build_config
 from aggregator.errors import AggregatorError
+from heartbeat.common.ports import bind_problem, shown_address
 from heartbeat.errors import ConfigError, HeartbeatError
 from heartbeat.net.errors import UNPATCHED_HINT, CompatError
 from heartbeat.net.identity import IdentityFileRefused
@@ -310,20 +310,13 @@ def busy_listen_address(config: AggregatorConfig) -> str | None:
     address, closed at once: run before the state db, the identity or any worker is opened.
     """
     for setting, host, port in _bind_targets(config):
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except OSError as exc:
-            return f"cannot resolve listen address {host}:{port} ({setting}): {exc}"
-        for family, kind, proto, _, sockaddr in infos:
-            with socket.socket(family, kind, proto) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                try:
-                    sock.bind(sockaddr)
-                except OSError as exc:
-                    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                    return f"listen address {shown} ({setting}) is not available: {exc.strerror}"
+        problem = bind_problem(host, port)
+        if problem is None:
+            continue
+        if not problem.resolves:
+            return f"cannot resolve listen address {host}:{port} ({setting}): {problem.why}"
+        shown = shown_address(host, port)
+        return f"listen address {shown} ({setting}) is not available: {problem.why}"
     return None
 
 

@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from heartbeat.agent.config import (
 from heartbeat.agent.head import Head, HeadSource
 from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
 from heartbeat.common.logs import setup_logging
+from heartbeat.common.ports import bind_problem, shown_address
 from heartbeat.errors import ConfigError, HeartbeatError, IdentityError
 from heartbeat.net import compat
 from heartbeat.net.errors import UNPATCHED_HINT, CompatError
@@ -265,22 +265,13 @@ def busy_metrics_listen(config: AgentConfig) -> str | None:
     host, port = config.metrics_listen
     if port == 0:
         return None
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        return f"cannot resolve metrics listen address {shown} ({METRICS_SETTING}): {exc}"
-    for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                why = exc.strerror or str(exc)
-                return f"cannot listen on metrics address {shown} ({METRICS_SETTING}): {why}"
-    return None
+    shown = shown_address(host, port)
+    problem = bind_problem(host, port)
+    if problem is None:
+        return None
+    if not problem.resolves:
+        return f"cannot resolve metrics listen address {shown} ({METRICS_SETTING}): {problem.why}"
+    return f"cannot listen on metrics address {shown} ({METRICS_SETTING}): {problem.why}"
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
