@@ -35,7 +35,7 @@ import cbor2
 from aggregator.counters import IngestCounters
 from aggregator.errors import AggregatorError
 from aggregator.events import BeatAccepted, Event, PeerConnected, PeerDisconnected
-from heartbeat.protocol.wire import Beat
+from heartbeat.protocol.beat import Beat, SourceState
 
 __all__ = [
     "MAX_FRAME",
@@ -119,6 +119,10 @@ def event_to_wire(event: Event) -> list[Any]:
             b.head_timestamp,
             b.syncing,
             b.version,
+            None if b.source_state is None else b.source_state.value,
+            b.source_error,
+            b.head_seen_at,
+            b.network_name,
         ]
     if isinstance(event, PeerConnected):
         return [_CONNECTED, event.peer_id, event.remote_addr, event.at]
@@ -138,6 +142,7 @@ def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
 _OPT_BOOL = (bool, type(None))
+_SOURCE_STATES = frozenset(state.value for state in SourceState)
 
 
 def event_from_wire(item: Any) -> Event:
@@ -145,8 +150,11 @@ def event_from_wire(item: Any) -> Event:
     if not isinstance(item, list) or not item:
         raise LinkError(f"bad event: {item!r}")
     kind, rest = item[0], item[1:]
-    if kind == _BEAT and len(rest) == 10:
-        peer, at, head, height, nick, miner, genesis, ts, syncing, version = rest
+    if kind == _BEAT and len(rest) == 14:
+        peer, at, head, height, nick, miner, genesis, ts, syncing, version = rest[:10]
+        state, error, seen, network = rest[10:]
+        if state is not None and state not in _SOURCE_STATES:
+            raise LinkError(f"bad source_state: {state!r}")
         beat = Beat(
             _check(head, str, "head"),
             _check(height, int, "height"),
@@ -156,6 +164,10 @@ def event_from_wire(item: Any) -> Event:
             _check(ts, _OPT_INT, "head_timestamp"),
             _check(syncing, _OPT_BOOL, "syncing"),
             _check(version, _OPT_STR, "version"),
+            None if state is None else SourceState(state),
+            _check(error, _OPT_STR, "source_error"),
+            _check(seen, _OPT_INT, "head_seen_at"),
+            _check(network, _OPT_STR, "network_name"),
         )
         return BeatAccepted(_check(peer, str, "peer"), beat, float(_check(at, (int, float), "at")))
     if kind == _CONNECTED and len(rest) == 3:

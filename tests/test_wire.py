@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from heartbeat.errors import HeartbeatError
 from heartbeat.protocol.tipset import format_head
 from heartbeat.protocol.wire import (
+    MAX_HEAD_SEEN_AT,
     MAX_HEAD_TIMESTAMP,
     MAX_HEIGHT,
     PROTOCOL_ALIASES,
@@ -23,6 +24,7 @@ from heartbeat.protocol.wire import (
     BeatError,
     BeatRejected,
     RejectReason,
+    SourceState,
     encode_cbor,
     encode_json,
     validate_nickname,
@@ -98,6 +100,10 @@ sent_beats = st.builds(
     syncing=st.none() | st.booleans(),
     version=st.none()
     | st.text(st.characters(categories=("L", "N", "P", "Zs")), max_size=64).filter(str.isprintable),
+    source_state=st.none() | st.sampled_from(SourceState),
+    source_error=st.none() | st.text(st.characters(categories=("L", "N", "Zs")), max_size=200),
+    head_seen_at=st.none() | st.integers(0, MAX_HEAD_SEEN_AT),
+    network_name=st.none() | st.sampled_from(["mainnet", "calibrationnet", "devnet-1"]),
 )
 
 
@@ -112,6 +118,10 @@ def decoded_form(beat: Beat) -> Beat:
         beat.head_timestamp,
         beat.syncing,
         beat.version,
+        beat.source_state,
+        beat.source_error,
+        beat.head_seen_at,
+        beat.network_name,
     )
 
 
@@ -592,3 +602,82 @@ def test_bare_cid_head_accepted_as_one_block_key() -> None:
         (item,) = decode_all(cbor_of({**GOOD, "Head": head}))
         assert isinstance(item, BeatRejected)
         assert item.reason is RejectReason.BAD_HEAD
+
+
+# --- agent health keys (SourceState, SourceError, HeadSeenAt, StateNetworkName) ---------------
+
+HEALTH = {
+    **GOOD,
+    "Head": "{}",
+    "Height": 0,
+    "SourceState": "unauthorized",
+    "SourceError": "unauthorized: check the token and its permission",
+    "HeadSeenAt": 1_700_000_000_123,
+    "StateNetworkName": "mainnet",
+}
+
+
+@pytest.mark.parametrize("encode", [cbor_of, json_of])
+def test_health_keys_decode_in_both_encodings(encode: object) -> None:
+    assert callable(encode)
+    [beat] = decode_all(encode(HEALTH))
+    assert isinstance(beat, Beat)
+    assert beat.source_state is SourceState.UNAUTHORIZED
+    assert beat.source_down
+    assert beat.source_error == HEALTH["SourceError"]
+    assert beat.head_seen_at == 1_700_000_000_123
+    assert beat.network_name == "mainnet"
+    assert (beat.head, beat.height) == ("{}", 0)
+
+
+def test_health_keys_are_optional_and_old_beats_unchanged() -> None:
+    [beat] = decode_all(json_of(GOOD))
+    assert isinstance(beat, Beat)
+    assert (beat.source_state, beat.source_error, beat.head_seen_at, beat.network_name) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert not beat.source_down
+    # an old encoder's output is byte-identical: the new keys are omitted when None
+    assert b"Source" not in encode_cbor(BEAT) and b"Source" not in encode_json(BEAT)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("SourceState", "confused", RejectReason.OUT_OF_RANGE),
+        ("SourceState", 1, RejectReason.WRONG_TYPE),
+        ("SourceError", "x" * 201, RejectReason.OUT_OF_RANGE),
+        ("SourceError", "line\nbreak", RejectReason.OUT_OF_RANGE),
+        ("SourceError", 5, RejectReason.WRONG_TYPE),
+        ("HeadSeenAt", -1, RejectReason.OUT_OF_RANGE),
+        ("HeadSeenAt", MAX_HEAD_SEEN_AT + 1, RejectReason.OUT_OF_RANGE),
+        ("HeadSeenAt", 1.5, RejectReason.WRONG_TYPE),
+        ("HeadSeenAt", True, RejectReason.WRONG_TYPE),
+        ("StateNetworkName", "n" * 65, RejectReason.OUT_OF_RANGE),
+        ("StateNetworkName", ["mainnet"], RejectReason.WRONG_TYPE),
+    ],
+)
+def test_bad_health_keys_rejected(key: str, value: object, reason: RejectReason) -> None:
+    [cbor_result] = decode_all(cbor_of({**HEALTH, key: value}))
+    assert isinstance(cbor_result, BeatRejected)
+    assert cbor_result.reason is reason
+    assert key in cbor_result.detail
+
+
+def test_health_keys_reach_a_receiver_that_ignores_them() -> None:
+    """A receiver that knows only the original keys (go-filecoin's aggregator decoded JSON into
+    a struct and dropped unknown fields) still gets the original beat from a new agent."""
+    line = encode_json(
+        Beat("{}", 0, "alpha", "", source_state=SourceState.NO_HEAD, head_seen_at=None)
+    )
+    old_view = json.loads(line)
+    assert {k: old_view[k] for k in ("Head", "Height", "Nickname", "MinerAddress")} == {
+        "Head": "{}",
+        "Height": 0,
+        "Nickname": "alpha",
+        "MinerAddress": "",
+    }
+    assert old_view["SourceState"] == "no_head"

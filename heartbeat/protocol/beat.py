@@ -12,9 +12,12 @@ from heartbeat.errors import HeartbeatError
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_HEAD_SEEN_AT",
     "MAX_HEAD_TIMESTAMP",
     "MAX_HEIGHT",
+    "MAX_NETWORK_NAME_LENGTH",
     "MAX_NICKNAME_LENGTH",
+    "MAX_SOURCE_ERROR_LENGTH",
     "MAX_VERSION_LENGTH",
     "NICKNAME_PUNCTUATION",
     "PROTOCOL_ALIASES",
@@ -24,6 +27,7 @@ __all__ = [
     "BeatError",
     "BeatRejected",
     "RejectReason",
+    "SourceState",
     "validate_nickname",
 ]
 
@@ -35,6 +39,9 @@ MAX_HEIGHT = 2**63 - 1
 MAX_HEAD_TIMESTAMP = 2**40 - 1  # unix seconds; year 36812
 MAX_NICKNAME_LENGTH = 64
 MAX_VERSION_LENGTH = 64
+MAX_SOURCE_ERROR_LENGTH = 200  # characters of SourceError
+MAX_NETWORK_NAME_LENGTH = 64  # characters of StateNetworkName
+MAX_HEAD_SEEN_AT = 2**43 - 1  # unix milliseconds; year 2248
 # Nicknames: letters and digits (any script), space and these; no control characters.
 NICKNAME_PUNCTUATION = frozenset(" -_.:@+#/()")
 
@@ -64,6 +71,21 @@ class RejectReason(StrEnum):
     BAD_NICKNAME = "bad_nickname"
     BAD_VERSION = "bad_version"
     BAD_GENESIS = "bad_genesis"
+
+
+class SourceState(StrEnum):
+    """What the agent's head source (its Lotus node) is doing; the wire value of SourceState.
+
+    ``ok``: answering with a head; ``unreachable``: no answer (refused, timeout, 5xx);
+    ``unauthorized``: 401/403 (the token or its permission); ``syncing``: answering but still
+    catching up; ``no_head``: answering without a usable head yet.
+    """
+
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+    UNAUTHORIZED = "unauthorized"
+    SYNCING = "syncing"
+    NO_HEAD = "no_head"
 
 
 class BeatError(HeartbeatError):
@@ -102,6 +124,18 @@ class Beat:
     head_timestamp: int | None = None
     syncing: bool | None = None
     version: str | None = None
+    source_state: SourceState | None = None  # SourceState; None from older agents
+    source_error: str | None = None  # SourceError: short, printable, <= 200 characters
+    head_seen_at: int | None = None  # HeadSeenAt: unix ms when the agent learned this head
+    network_name: str | None = None  # StateNetworkName: what the node reports, e.g. "mainnet"
+
+    @property
+    def source_down(self) -> bool:
+        """The agent says its source gives no usable head (any state but ok and syncing)."""
+        return self.source_state is not None and self.source_state not in (
+            SourceState.OK,
+            SourceState.SYNCING,
+        )
 
 
 def validate_nickname(text: str) -> bool:

@@ -13,12 +13,16 @@ import cbor2
 
 from heartbeat.protocol.address import AddressError, normalize_miner_address
 from heartbeat.protocol.beat import (
+    MAX_HEAD_SEEN_AT,
     MAX_HEAD_TIMESTAMP,
     MAX_HEIGHT,
+    MAX_NETWORK_NAME_LENGTH,
+    MAX_SOURCE_ERROR_LENGTH,
     MAX_VERSION_LENGTH,
     Beat,
     BeatRejected,
     RejectReason,
+    SourceState,
     validate_nickname,
 )
 from heartbeat.protocol.tipset import HeadParseError, is_plausible_cid, parse_head
@@ -41,6 +45,14 @@ def _wire_map(beat: Beat) -> dict[str, Any]:
         out["Syncing"] = beat.syncing
     if beat.version is not None:
         out["Version"] = beat.version
+    if beat.source_state is not None:
+        out["SourceState"] = beat.source_state.value
+    if beat.source_error is not None:
+        out["SourceError"] = beat.source_error
+    if beat.head_seen_at is not None:
+        out["HeadSeenAt"] = beat.head_seen_at
+    if beat.network_name is not None:
+        out["StateNetworkName"] = beat.network_name
     return out
 
 
@@ -126,7 +138,57 @@ def to_beat(obj: object, legacy: bool) -> Beat | BeatRejected:
             return reject(RejectReason.WRONG_TYPE, "key=Version")
         if len(version) > MAX_VERSION_LENGTH or not version.isprintable():
             return reject(RejectReason.BAD_VERSION, "key=Version")
-    return Beat(head, height, nickname, miner, genesis, timestamp, syncing, version)
+    health = _source_keys(get)
+    if isinstance(health, BeatRejected):
+        return health
+    return Beat(head, height, nickname, miner, genesis, timestamp, syncing, version, *health)
+
+
+_SOURCE_STATES = {state.value: state for state in SourceState}
+_Health = tuple[SourceState | None, str | None, int | None, str | None]
+
+
+def _bounded_text(value: object, key: str, limit: int) -> str | BeatRejected:
+    if type(value) is not str:
+        return reject(RejectReason.WRONG_TYPE, f"key={key}")
+    if len(value) > limit or not value.isprintable():
+        return reject(RejectReason.OUT_OF_RANGE, f"key={key}")
+    return value
+
+
+def _source_keys(get: Any) -> _Health | BeatRejected:
+    """The agent-health keys (all optional): SourceState, SourceError, HeadSeenAt,
+    StateNetworkName. An unknown SourceState is refused: the set is part of the protocol."""
+    state: SourceState | None = None
+    raw_state = get("SourceState")
+    if raw_state is not None:
+        if type(raw_state) is not str:
+            return reject(RejectReason.WRONG_TYPE, "key=SourceState")
+        found = _SOURCE_STATES.get(raw_state)
+        if found is None:
+            return reject(RejectReason.OUT_OF_RANGE, "key=SourceState")
+        state = found
+    error: str | None = None
+    raw_error = get("SourceError")
+    if raw_error is not None:
+        checked = _bounded_text(raw_error, "SourceError", MAX_SOURCE_ERROR_LENGTH)
+        if isinstance(checked, BeatRejected):
+            return checked
+        error = checked
+    seen = get("HeadSeenAt")
+    if seen is not None:
+        if type(seen) is not int:
+            return reject(RejectReason.WRONG_TYPE, "key=HeadSeenAt")
+        if not 0 <= seen <= MAX_HEAD_SEEN_AT:
+            return reject(RejectReason.OUT_OF_RANGE, "key=HeadSeenAt")
+    network: str | None = None
+    raw_network = get("StateNetworkName")
+    if raw_network is not None:
+        checked = _bounded_text(raw_network, "StateNetworkName", MAX_NETWORK_NAME_LENGTH)
+        if isinstance(checked, BeatRejected):
+            return checked
+        network = checked
+    return state, error, seen, network
 
 
 class _JSONConstant(ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from heartbeat.protocol.beat import (
     MAX_DEPTH,
+    MAX_HEAD_SEEN_AT,
     MAX_HEAD_TIMESTAMP,
     MAX_HEIGHT,
     MAX_NICKNAME_LENGTH,
@@ -21,6 +22,7 @@ from heartbeat.protocol.beat import (
     BeatError,
     BeatRejected,
     RejectReason,
+    SourceState,
     validate_nickname,
 )
 from heartbeat.protocol.codec import encode_cbor, encode_json
@@ -28,6 +30,7 @@ from heartbeat.protocol.decoder import BeatDecoder
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_HEAD_SEEN_AT",
     "MAX_HEAD_TIMESTAMP",
     "MAX_HEIGHT",
     "MAX_NICKNAME_LENGTH",
@@ -41,6 +44,7 @@ __all__ = [
     "BeatError",
     "BeatRejected",
     "RejectReason",
+    "SourceState",
     "encode_cbor",
     "encode_json",
     "validate_nickname",
