@@ -101,7 +101,8 @@ sent_beats = st.builds(
     version=st.none()
     | st.text(st.characters(categories=("L", "N", "P", "Zs")), max_size=64).filter(str.isprintable),
     source_state=st.none() | st.sampled_from(SourceState),
-    source_error=st.none() | st.text(st.characters(categories=("L", "N", "Zs")), max_size=200),
+    source_error=st.none()
+    | st.text(st.characters(categories=("L", "N", "Zs")), max_size=200).filter(str.isprintable),
     head_seen_at=st.none() | st.integers(0, MAX_HEAD_SEEN_AT),
     network_name=st.none() | st.sampled_from(["mainnet", "calibrationnet", "devnet-1"]),
 )
