@@ -38,6 +38,7 @@ from aggregator.metrics import AggregatorMetrics, create_metrics
 from heartbeat.errors import ConfigError
 from heartbeat.net import compat, p2p
 from heartbeat.net.compat import yamux_session
+from heartbeat.net.streams import serve_protocols
 from heartbeat.protocol.wire import PROTOCOL_ALIASES, PROTOCOL_ID
 
 __all__ = [
@@ -385,7 +386,7 @@ async def serving_heartbeats(
         if gate is not None:
             gate.on_shed = ingest.on_shed
             ingest.on_inbound_refused = gate.refuse
-        p2p.set_stream_handlers(host, [PROTOCOL_ID, *PROTOCOL_ALIASES], ingest.handle_stream)
+        serve_protocols(host, [PROTOCOL_ID, *PROTOCOL_ALIASES], ingest.handle_stream)
         yield host
 
 

@@ -36,12 +36,13 @@ from aggregator.counters import IngestCounters
 from aggregator.errors import FleetFull
 from aggregator.ratelimit import LogLimiter, PeerRateLimiter, RateDecision
 from heartbeat.net import p2p
+from heartbeat.net.errors import NetError
 from heartbeat.protocol.wire import Beat, BeatDecodeError, BeatDecoder, BeatRejected
 
 if TYPE_CHECKING:
     from aggregator.config import AggregatorConfig
 
-__all__ = ["Ingest", "IngestCounters", "IngestSettings", "ReadableStream"]
+__all__ = ["InboundStream", "Ingest", "IngestCounters", "IngestSettings", "ReadableStream"]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,19 @@ READ_SIZE = 65536
 
 
 class ReadableStream(Protocol):
+    """What the ingest uses of a stream (`heartbeat.net.streams.Channel`): `read` gives
+    ``b""`` at the end however the stream ended; `close` raises `NetError`."""
+
     async def read(self, n: int | None = None) -> bytes: ...
     async def close(self) -> None: ...
     async def reset(self) -> None: ...
+
+
+class InboundStream(ReadableStream, Protocol):
+    """An inbound stream with its remote: `heartbeat.net.streams.Channel`."""
+
+    peer_id: str
+    remote_ip: str | None
 
 
 @dataclass(frozen=True)
@@ -199,12 +210,12 @@ class Ingest:
 
     # -- the stream handler ----------------------------------------------------
 
-    async def handle_stream(self, stream: Any) -> None:
-        """The libp2p handler: nothing escapes but cancellation."""
-        peer = "unknown"
+    async def handle_stream(self, stream: InboundStream) -> None:
+        """The libp2p handler (`heartbeat.net.streams.serve_protocols`): nothing escapes but
+        cancellation."""
+        peer = stream.peer_id
         try:
-            peer = p2p.stream_peer_id(stream)
-            await self.serve(stream, peer, p2p.stream_remote_ip(stream) or "")
+            await self.serve(stream, peer, stream.remote_ip or "")
         except Exception as exc:  # the one catch-all: see the module docstring
             self.counters.handler_errors += 1
             if self._log_limiter.allow(f"error:{peer}", self._clock()):
@@ -254,10 +265,7 @@ class Ingest:
         while True:
             data = b""
             with trio.move_on_at(deadline) as scope:
-                try:
-                    data = await stream.read(READ_SIZE)
-                except p2p.StreamClosed:
-                    data = b""
+                data = await stream.read(READ_SIZE)  # b"" at the end, however it ended
             if scope.cancelled_caught:
                 self._disconnected(peer, "read_timeout")
                 await self._reset(stream)
@@ -339,7 +347,7 @@ class Ingest:
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 await self._disconnect_peer(peer)
-            except (*p2p.StreamClosed, OSError, trio.BrokenResourceError) as exc:
+            except (NetError, OSError, trio.BrokenResourceError) as exc:
                 log.debug("disconnect_failed peer=%s err=%r", peer, exc)
 
     async def _close_conn(self, conn: Any) -> None:
@@ -348,7 +356,7 @@ class Ingest:
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 await self._close_connection(conn)
-            except (*p2p.StreamClosed, OSError, trio.BrokenResourceError) as exc:
+            except (NetError, OSError, trio.BrokenResourceError) as exc:
                 log.debug("close_connection_failed err=%r", exc)
 
     @staticmethod
@@ -356,7 +364,7 @@ class Ingest:
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 await stream.reset()
-            except (*p2p.StreamClosed, OSError, trio.BrokenResourceError) as exc:
+            except (NetError, OSError, trio.BrokenResourceError) as exc:
                 log.debug("stream_reset_failed err=%r", exc)
 
     @staticmethod
@@ -364,5 +372,5 @@ class Ingest:
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 await stream.close()
-            except (*p2p.StreamClosed, OSError, trio.BrokenResourceError) as exc:
+            except (NetError, OSError, trio.BrokenResourceError) as exc:
                 log.debug("stream_close_failed err=%r", exc)

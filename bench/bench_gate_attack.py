@@ -28,6 +28,7 @@ import trio
 from bench.bench_identities import start_aggregator
 from bench.common import REPO, http_get
 from heartbeat.net import p2p
+from heartbeat.tools.loadgen.light import light_connection
 
 
 async def _attack(host: str, port: int, idle: int, until: float, stats: dict[str, int]) -> None:
@@ -58,7 +59,7 @@ async def _agent(addr: str, until: float, dial_timeout: float, out: dict[str, li
     started = trio.current_time()
     while trio.current_time() < until:
         try:
-            async with p2p.light_connection(p2p.new_identity(), addr, timeout=dial_timeout):
+            async with light_connection(p2p.new_identity(), addr, timeout=dial_timeout):
                 out["connected"].append(trio.current_time() - started)
                 return
         except p2p.StreamError:

@@ -28,6 +28,7 @@ import trio
 from bench.common import PYTHON, REPO, AggregatorProcess, proc_rss_kb
 from heartbeat.net import p2p
 from heartbeat.protocol.wire import PROTOCOL_ID, Beat, encode_cbor
+from heartbeat.tools.loadgen.light import light_connection
 
 HEAD = "{bafy2bzaceheadaaaaaaaaaaaaaaa}"
 
@@ -69,7 +70,7 @@ async def healthy_beat(addr: str, height: int) -> bool:
     """One agent's beat on its own connection; True if it was written and closed cleanly."""
     try:
         with trio.fail_after(10):
-            async with p2p.light_connection(p2p.new_identity(), addr) as conn:
+            async with light_connection(p2p.new_identity(), addr) as conn:
                 stream = await conn.open_stream(PROTOCOL_ID)
                 beat = Beat(head=HEAD, height=height, nickname="healthy", miner_address="")
                 await stream.write(encode_cbor(beat))
@@ -93,7 +94,7 @@ async def flood(addr: str, kind: str, seconds: float) -> int:
 
     sent = 0
     try:
-        async with p2p.light_connection(p2p.new_identity(), addr) as conn:
+        async with light_connection(p2p.new_identity(), addr) as conn:
             muxed: Any = conn._muxed
             with trio.move_on_after(seconds):
                 stream_id = 1_000_001

@@ -23,6 +23,7 @@ from libp2p.custom_types import TProtocol
 
 from heartbeat.net import p2p
 from heartbeat.net.p2p import HostLimits, running_host
+from heartbeat.tools.loadgen.light import light_connection
 
 __all__ = ["ScriptedSender", "legacy_line", "scripted_sender"]
 
@@ -104,7 +105,7 @@ async def _crowd_member(
     await handshakes.acquire()  # held only during the handshake
     released = False
     try:
-        async with p2p.light_connection(p2p.new_identity(), addr, timeout=60.0) as conn:
+        async with light_connection(p2p.new_identity(), addr, timeout=60.0) as conn:
             stream = await conn.open_stream(PROTOCOL)
             height = 1
             await stream.write(legacy_line(height, nickname=f"crowd{index}"))

@@ -11,8 +11,9 @@ import trio
 import trio.testing
 
 from heartbeat.agent.head import Head
-from heartbeat.agent.loop import Agent, BeatLoop, StreamBroken
+from heartbeat.agent.loop import Agent, BeatLoop
 from heartbeat.agent.targets import Target, parse_target
+from heartbeat.net.errors import StreamLost
 from heartbeat.protocol.wire import Beat, BeatDecoder
 from heartbeat.version import AGENT_VERSION
 
@@ -42,7 +43,7 @@ class FakeStream:
         if self.stall_at is not None and len(self.writes) == self.stall_at:
             await trio.sleep_forever()
         if self.fail_at is not None and len(self.writes) == self.fail_at:
-            raise StreamBroken("StreamReset")
+            raise StreamLost("StreamReset")
         await trio.sleep(self.write_delay)
         self.writes.append((start, data))
 

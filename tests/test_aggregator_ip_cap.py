@@ -11,6 +11,7 @@ import trio
 
 from heartbeat.net import p2p
 from heartbeat.protocol.wire import PROTOCOL_ID
+from heartbeat.tools.loadgen.light import light_connection
 from tests.test_aggregator_e2e import beat, make_config, running, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -37,7 +38,7 @@ async def test_connections_beyond_the_per_ip_cap_are_refused(tmp_path: Path) -> 
 
         conns = []
         for n, key in enumerate(keys, 1):  # one at a time: the first CAP are the ones kept
-            conns.append(await stack.enter_async_context(p2p.light_connection(key, addr)))
+            conns.append(await stack.enter_async_context(light_connection(key, addr)))
             await wait_counted(n)
         kept, excess = conns[:CAP], conns[CAP:]
         with trio.fail_after(10):

@@ -19,6 +19,7 @@ from heartbeat.net import compat, p2p
 from heartbeat.net.compat import _recompile, accept_loop, reconcile
 from heartbeat.net.errors import CompatError
 from heartbeat.net.refusals import REFUSALS, RefusalReason
+from heartbeat.tools.loadgen.light import light_connection
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -266,11 +267,11 @@ async def test_stream_cap_resets_the_excess_and_others_still_beat() -> None:
     ) as srv:
         p2p.set_stream_handlers(srv, [PROTOCOL], handler)
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
-        async with p2p.light_connection(p2p.new_identity(), addr) as attacker:
+        async with light_connection(p2p.new_identity(), addr) as attacker:
             raw = [await attacker._muxed.open_stream() for _ in range(200)]
             await eventually(lambda: REFUSALS[RefusalReason.YAMUX_STREAM_CAP] - before >= 200 - 8)
             await eventually(lambda: sum(s.reset_received for s in raw) >= 200 - 8)
-            async with p2p.light_connection(p2p.new_identity(), addr) as healthy:
+            async with light_connection(p2p.new_identity(), addr) as healthy:
                 stream = await healthy.open_stream(PROTOCOL)
                 await stream.write(b"beat")
                 await eventually(lambda: b"beat" in received)
@@ -289,7 +290,7 @@ async def test_ping_flood_closes_the_connection() -> None:
         key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(64), identify_peers=False
     ) as srv:
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
-        async with p2p.light_connection(p2p.new_identity(), addr) as attacker:
+        async with light_connection(p2p.new_identity(), addr) as attacker:
             await eventually(lambda: p2p.connection_count(srv) == 1)
             with trio.move_on_after(10):
                 for i in range(1000):

@@ -12,7 +12,6 @@ import trio.testing
 from aggregator.bus import BeatAccepted, Bus, PeerConnected, PeerDisconnected
 from aggregator.errors import FleetFull
 from aggregator.ingest import Ingest, IngestSettings
-from heartbeat.net import p2p
 from heartbeat.protocol.wire import Beat, encode_cbor
 
 PEER = "12D3KooWPeerA"
@@ -24,9 +23,11 @@ def beat(height: int = 100, nickname: str = "alpha") -> Beat:
 
 
 class FakeStream:
-    """Bytes in through a channel; EOF when the test closes its side."""
+    """A `Channel`'s shape: bytes in through a channel; EOF when the test closes its side."""
 
     def __init__(self, peer: str = PEER) -> None:
+        self.peer_id = peer
+        self.remote_ip: str | None = "10.0.0.1"
         self._send, self._receive = trio.open_memory_channel[bytes](100)
         self.closed = False
         self.reset_called = False
@@ -46,7 +47,7 @@ class FakeStream:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
-            raise p2p.StreamEOF() from None
+            return b""  # a Channel gives b"" at the end
 
     async def close(self) -> None:
         self.closed = True

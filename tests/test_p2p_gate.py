@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from heartbeat.net import p2p
+from heartbeat.tools.loadgen.light import light_connection
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -33,14 +34,14 @@ async def test_excess_handshakes_are_shed_fast_and_the_next_one_gets_through() -
         await eventually(lambda: gate.in_progress == 1, timeout=5)
         started = trio.current_time()
         with pytest.raises(p2p.StreamError):
-            async with p2p.light_connection(p2p.new_identity(), addr, timeout=10):
+            async with light_connection(p2p.new_identity(), addr, timeout=10):
                 pass
         waited = trio.current_time() - started
         assert 0.4 <= waited < 3.0, waited  # shed after the queue wait, not at the deadline
         assert (gate.shed, len(shed_calls), gate.upgraded) == (1, 1, 0)
 
         await silent.aclose()  # its handshake fails at once: the slot is free
-        async with p2p.light_connection(p2p.new_identity(), addr, timeout=10) as conn:
+        async with light_connection(p2p.new_identity(), addr, timeout=10) as conn:
             assert conn.remote_peer_id == p2p.peer_id_of(key)
         assert gate.upgraded == 1 and gate.shed == 1
         assert gate.in_progress == 0 and gate.waiting == 0
@@ -79,7 +80,7 @@ async def test_an_idle_socket_flood_from_one_ip_does_not_starve_another() -> Non
             await eventually(lambda: gate.in_progress + gate.waiting >= 40, timeout=5)
             for _ in range(5):
                 started = trio.current_time()
-                async with p2p.light_connection(p2p.new_identity(), addr, timeout=10) as conn:
+                async with light_connection(p2p.new_identity(), addr, timeout=10) as conn:
                     assert conn.remote_peer_id == p2p.peer_id_of(key)
                 # Well under the queue wait and the first-bytes deadline: the hog yielded.
                 assert trio.current_time() - started < 1.5
@@ -130,7 +131,7 @@ async def test_an_ip_over_the_refusal_cap_is_closed_at_accept() -> None:
         assert REFUSALS["per_ip_refusal_cap"] == before + 1
         assert gate.in_progress == 0
         # Another IP is unaffected.
-        async with p2p.light_connection(p2p.new_identity(), addr, timeout=10) as conn:
+        async with light_connection(p2p.new_identity(), addr, timeout=10) as conn:
             assert conn.remote_peer_id == p2p.peer_id_of(key)
 
 

@@ -26,6 +26,7 @@ from heartbeat.errors import ConfigError
 from heartbeat.net import compat, p2p
 from heartbeat.net.compat import inbound_limiter, noise_memory, yamux_session
 from heartbeat.protocol.wire import PROTOCOL_ID, Beat, encode_cbor
+from heartbeat.tools.loadgen.light import light_connection
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -207,7 +208,7 @@ async def _tasks_per_connection(cuts: tuple[str, ...], clients: int = 4) -> floa
             idle = _server_tasks(nursery)
 
             async def client() -> None:
-                async with p2p.light_connection(p2p.new_identity(), addr) as conn:
+                async with light_connection(p2p.new_identity(), addr) as conn:
                     stream = await conn.open_stream(PROTOCOL)
                     await stream.write(b"x")
                     await done.wait()
@@ -253,7 +254,7 @@ async def test_inbound_task_and_limiter_slot_released_on_close(cuts: tuple[str, 
         served = 0
         for _ in range(30):
             try:
-                async with p2p.light_connection(p2p.new_identity(), addr, timeout=3) as conn:
+                async with light_connection(p2p.new_identity(), addr, timeout=3) as conn:
                     stream = await conn.open_stream(PROTOCOL, timeout=3)
                     await stream.write(b"x")
                 served += 1
@@ -300,7 +301,7 @@ async def test_aggregator_serves_beats_through_the_cut_connections(tmp_path: Pat
         done = trio.Event()
 
         async def agent(i: int) -> None:
-            async with p2p.light_connection(identities[i], agg.multiaddrs[0]) as conn:
+            async with light_connection(identities[i], agg.multiaddrs[0]) as conn:
                 stream = await conn.open_stream(PROTOCOL_ID)
                 for height in (100 + i, 101 + i):
                     beat = Beat(head=HEAD, height=height, nickname=f"n{i}", miner_address="")
@@ -351,7 +352,7 @@ async def test_a_handler_ended_by_the_peer_closing_does_not_stop_the_host() -> N
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
         swarm: Any = srv.get_network()
         for expected in (1, 2):
-            async with p2p.light_connection(p2p.new_identity(), addr) as conn:
+            async with light_connection(p2p.new_identity(), addr) as conn:
                 stream = await conn.open_stream(PROTOCOL)
                 await stream.write(b"x")
 
@@ -382,7 +383,7 @@ async def test_shared_sweeper_reclaims_stale_streams() -> None:
     ):
         p2p.set_stream_handlers(srv, [PROTOCOL], handler)
         addr = f"{p2p.listen_multiaddrs(srv)[0]}/p2p/{p2p.peer_id_of(key)}"
-        async with p2p.light_connection(p2p.new_identity(), addr) as conn:
+        async with light_connection(p2p.new_identity(), addr) as conn:
             stream = await conn.open_stream(PROTOCOL)
             await stream.write(b"unread")
             [session] = await eventually(

@@ -15,6 +15,7 @@ import trio
 
 from heartbeat.net import p2p
 from heartbeat.net.compat import reconcile as reconcile_fix
+from heartbeat.tools.loadgen.light import light_connection
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -72,7 +73,7 @@ async def test_every_connection_added_reconcile_once_per_interval() -> None:
             done = trio.Event()
 
             async def client() -> None:
-                async with p2p.light_connection(p2p.new_identity(), addr):
+                async with light_connection(p2p.new_identity(), addr):
                     opened.release()
                     await done.wait()
 

@@ -20,6 +20,7 @@ from libp2p.custom_types import TProtocol
 from heartbeat.net import p2p
 from heartbeat.net.compat import task_lookup
 from heartbeat.net.errors import CompatError
+from heartbeat.tools.loadgen.light import light_connection
 
 
 def install_fast_task_lookup() -> bool:
@@ -137,8 +138,8 @@ async def test_same_parent_as_the_walk_on_a_real_host() -> None:
         async with (
             p2p.running_host(p2p.new_identity()) as client_a,
             p2p.running_host(p2p.new_identity()) as client_b,
-            p2p.light_connection(p2p.new_identity(), addr) as light_a,
-            p2p.light_connection(p2p.new_identity(), addr) as light_b,
+            light_connection(p2p.new_identity(), addr) as light_a,
+            light_connection(p2p.new_identity(), addr) as light_b,
         ):
             streams = []
             for i, host in enumerate((client_a, client_b)):
@@ -172,7 +173,7 @@ async def test_same_parent_as_the_walk_on_a_real_host() -> None:
             _check_equivalence()
 
             # New connections and streams after the churn, found through the lookup.
-            async with p2p.light_connection(p2p.new_identity(), addr) as light_c:
+            async with light_connection(p2p.new_identity(), addr) as light_c:
                 expected = 5
                 done = trio.Event()
                 stream = await light_c.open_stream(PROTOCOL)

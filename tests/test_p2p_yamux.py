@@ -18,6 +18,7 @@ import trio
 
 from heartbeat.net import p2p
 from heartbeat.net.compat import yamux_credit
+from heartbeat.tools.loadgen.light import light_connection
 from tests.helpers import eventually
 
 
@@ -79,7 +80,7 @@ async def _window_updates_for_reads(release_on_read: bool, monkeypatch: pytest.M
         p2p.set_stream_handlers(srv, [PROTOCOL], handler)
         [listen] = p2p.listen_multiaddrs(srv)
         addr = f"{listen}/p2p/{p2p.peer_id_of(key)}"
-        async with p2p.light_connection(p2p.new_identity(), addr, timeout=10) as conn:
+        async with light_connection(p2p.new_identity(), addr, timeout=10) as conn:
             stream = await conn.open_stream(PROTOCOL)
             for _ in range(FRAMES):
                 await stream.write(FRAME)

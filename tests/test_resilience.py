@@ -30,8 +30,9 @@ import trio.testing
 
 from bench.common import AggregatorProcess, LoadgenProcess
 from heartbeat.agent.head import Head
-from heartbeat.agent.loop import BeatLoop, StreamBroken
+from heartbeat.agent.loop import BeatLoop
 from heartbeat.agent.targets import Target, parse_target
+from heartbeat.net.errors import StreamLost
 from tests.helpers import assert_counted_by_reason, eventually_blocking
 
 PEER = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
@@ -276,7 +277,7 @@ class _Stream:
 
     async def write(self, data: bytes) -> None:
         if self.connector.down:
-            raise StreamBroken("StreamReset")
+            raise StreamLost("StreamReset")
         self.writes += 1
 
     async def close(self) -> None:

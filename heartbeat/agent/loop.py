@@ -14,7 +14,7 @@ logged once a new stream has lived that long.
 
 The network is behind a small `Connector` interface so that the loop runs under
 trio's MockClock with a fake; `Libp2pConnector` is the real one over the host
-from `heartbeat.net.p2p`.
+(`heartbeat.net.streams`, which raises only `DialFailed` and `StreamLost`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import trio
 from heartbeat.agent.head import Head, HeadSource
 from heartbeat.agent.policy import FailureLog, format_seconds, jittered, next_deadline
 from heartbeat.agent.targets import Target
-from heartbeat.errors import HeartbeatError
-from heartbeat.net.p2p import LIBP2P_ERRORS, StreamClosed, peer_info_from_multiaddr
+from heartbeat.net.errors import DialFailed, StreamLost
+from heartbeat.net.streams import StreamDialer
 from heartbeat.protocol.tipset import format_head
 from heartbeat.protocol.wire import PROTOCOL_ID, Beat, encode_cbor, encode_json
 from heartbeat.version import AGENT_VERSION
@@ -42,10 +42,8 @@ __all__ = [
     "Agent",
     "BeatLoop",
     "BeatStream",
-    "ConnectFailed",
     "Connector",
     "Libp2pConnector",
-    "StreamBroken",
     "TargetStats",
     "make_beat",
 ]
@@ -56,14 +54,6 @@ log = logging.getLogger(__name__)
 CLOSE_WAIT = 1.0
 #: A stream that dies within this many beat periods of opening is a failed attempt.
 EARLY_DEATH_PERIODS = 3
-
-
-class ConnectFailed(HeartbeatError):
-    """A dial (connect + protocol negotiation) failed."""
-
-
-class StreamBroken(HeartbeatError):
-    """A write failed or stalled: the stream is unusable."""
 
 
 class BeatStream(Protocol):
@@ -182,6 +172,8 @@ class BeatLoop:
                 stream = await self._connector.connect(self.target)
         except trio.TooSlowError:
             error = f"dial_timeout_{format_seconds(self._dial_timeout)}"
+        except DialFailed as exc:  # the network layer's translation of every dial failure
+            error = str(exc).replace(" ", "_")[:200]
         except Exception as exc:
             # The agent's one catch-all: whatever a dial raises (DNS, TCP, Noise,
             # Yamux, multistream, a py-libp2p bug) is one failed attempt, logged by
@@ -235,7 +227,7 @@ class BeatLoop:
                 if self._stop_event.is_set():
                     await self._close(stream)
                     return False
-        except StreamBroken as exc:
+        except StreamLost as exc:
             now = trio.current_time()
             early = not settled and now < settled_at
             if early:
@@ -275,7 +267,7 @@ class BeatLoop:
             with trio.fail_after(self._write_timeout):
                 await stream.write(data)
         except trio.TooSlowError as exc:
-            raise StreamBroken(f"write_stalled_{format_seconds(self._write_timeout)}") from exc
+            raise StreamLost(f"write_stalled_{format_seconds(self._write_timeout)}") from exc
         self.stats.beats_sent += 1
         self.stats.last_success = self._wall_clock()
 
@@ -284,7 +276,7 @@ class BeatLoop:
             try:
                 await stream.close()
                 await stream.wait_closed()
-            except StreamBroken as exc:
+            except StreamLost as exc:
                 log.debug("close_failed target=%s err=%s", self.target.addr, exc)
         log.info(
             "stream_closed target=%s beats=%d remote_closed=%s",
@@ -319,54 +311,6 @@ class Agent:
         return False
 
 
-async def _drop_peer(host: Any, peer_id: Any, timeout: float = 1.0) -> None:
-    """Close every connection to `peer_id`, bounded; a connection already gone is fine."""
-    with trio.move_on_after(timeout):
-        try:
-            await host.disconnect(peer_id)
-        except LIBP2P_ERRORS as exc:  # already gone: nothing left to tear down
-            log.debug("disconnect_failed peer=%s err=%r", peer_id, exc)
-
-
-class _Libp2pStream:
-    """A libp2p stream behind the `BeatStream` interface, library errors translated."""
-
-    def __init__(self, stream: Any, host: Any, peer_id: Any) -> None:
-        self._stream = stream
-        self._host = host
-        self._peer_id = peer_id
-
-    async def write(self, data: bytes) -> None:
-        try:
-            await self._stream.write(data)
-        except StreamClosed as exc:
-            raise StreamBroken(f"{type(exc).__name__}:{exc}".replace(" ", "_")) from exc
-
-    async def close(self) -> None:
-        try:
-            await self._stream.close()
-        except StreamClosed as exc:
-            raise StreamBroken(f"{type(exc).__name__}:{exc}") from exc
-
-    async def wait_closed(self) -> None:
-        # read() never returns b"" in py-libp2p: a close, a reset and a dropped
-        # connection all raise.
-        try:
-            while await self._stream.read(1024):
-                pass
-        except StreamClosed:
-            return
-
-    async def reset(self) -> None:
-        # A broken stream may sit on a dead connection: drop both so the next
-        # dial starts fresh.
-        try:
-            await self._stream.reset()
-        except LIBP2P_ERRORS as exc:  # already gone: nothing left to tear down
-            log.debug("reset_failed peer=%s err=%r", self._peer_id, exc)
-        await _drop_peer(self._host, self._peer_id)
-
-
 async def resolve_target(target: Target) -> str:
     """The target's multiaddr with a `/dns*` host resolved to an `/ip4` or `/ip6` one.
 
@@ -383,9 +327,9 @@ async def resolve_target(target: Target) -> str:
             target.host, target.port, family=family, type=socket.SOCK_STREAM
         )
     except OSError as exc:
-        raise ConnectFailed(f"dns_failed:{target.host}:{exc}") from exc
+        raise DialFailed(f"dns_failed:{target.host}:{exc}") from exc
     if not infos:
-        raise ConnectFailed(f"dns_failed:{target.host}:no_address")
+        raise DialFailed(f"dns_failed:{target.host}:no_address")
     # Prefer IPv4 when the name has both and the target said /dns: loopback and
     # dual-stack set-ups are far more common than IPv6-only aggregators.
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
@@ -395,48 +339,14 @@ async def resolve_target(target: Target) -> str:
 
 
 class Libp2pConnector:
-    """Dials targets over a running libp2p host and opens heartbeat streams."""
+    """Dials targets over a running libp2p host and opens heartbeat streams.
+
+    The network layer (`heartbeat.net.streams`) does the dialing and translates py-libp2p's
+    errors into `DialFailed` / `StreamLost`; this adds the agent's name resolution.
+    """
 
     def __init__(self, host: Any, protocol: str = PROTOCOL_ID) -> None:
-        self._host = host
-        self._protocol = protocol
+        self._dialer = StreamDialer(host, protocol)
 
     async def connect(self, target: Target) -> BeatStream:
-        """Dial and open a stream; py-libp2p's errors become `ConnectFailed` here.
-
-        Anything else (a bug) propagates as is, to the connect loop's catch-all.
-        Either way a failed dial leaves no connection state behind.
-        """
-        info = peer_info_from_multiaddr(await resolve_target(target))
-        await self._forget_past_failures(info.peer_id)
-        opened = False
-        try:
-            await self._host.connect(info)
-            stream = await self._host.new_stream(info.peer_id, [self._protocol])
-            opened = True
-        except LIBP2P_ERRORS as exc:
-            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            if not opened:
-                # Drop whatever half-dead connection state the swarm kept, so the
-                # next attempt dials afresh instead of reusing a closed connection.
-                await _drop_peer(self._host, info.peer_id)
-        return _Libp2pStream(stream, self._host, info.peer_id)
-
-    async def _forget_past_failures(self, peer_id: Any) -> None:
-        """Make this attempt a real dial, whatever py-libp2p remembers from earlier ones.
-
-        - Its negative peer cache refuses every dial to a peer for 60 s after one
-          dial that failed on all addresses: an aggregator down for a second would
-          keep its agents away for a minute. Our reconnect policy does the pacing.
-        - A connection whose clean-up has not finished stays listed while already
-          closed: `host.connect` then returns at once and `new_stream` fails with
-          "No valid connections available". Drop such leftovers first.
-        """
-        network = self._host.get_network()
-        unblock = getattr(network, "unblock_peer", None)
-        if unblock is not None:
-            unblock(peer_id)
-        connections = network.get_connections(peer_id)
-        if connections and all(conn.is_closed for conn in connections):
-            await network.close_peer(peer_id)
+        return await self._dialer.open(await resolve_target(target))

@@ -19,14 +19,12 @@ from typing import Any
 
 import multiaddr
 import trio
-from google.protobuf.message import DecodeError as ProtobufDecodeError
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.exceptions import BaseLibp2pError
 from libp2p.identity_utils import load_identity, save_identity
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError, StreamReset
@@ -39,17 +37,11 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from noise.exceptions import (
-    NoiseHandshakeError,
-    NoiseInvalidMessage,
-    NoiseMaxNonceError,
-    NoiseValidationError,
-    NoiseValueError,
-)
 
 from heartbeat.errors import IdentityError
 from heartbeat.net.gate import HandshakeGate, gate_inbound_upgrades, handshake_gate
 from heartbeat.net.identity import IdentityFileRefused, check_identity_file
+from heartbeat.net.libp2p_errors import LIBP2P_ERRORS, StreamClosed, quietly
 
 __all__ = [
     "LIBP2P_ERRORS",
@@ -59,7 +51,6 @@ __all__ = [
     "INetStream",
     "IdentityFileRefused",
     "KeyPair",
-    "LightConnection",
     "PeerInfo",
     "StreamClosed",
     "StreamEOF",
@@ -73,7 +64,6 @@ __all__ = [
     "connection_count",
     "gate_inbound_upgrades",
     "handshake_gate",
-    "light_connection",
     "listen_multiaddrs",
     "load_or_create_identity",
     "new_identity",
@@ -86,52 +76,6 @@ __all__ = [
     "stream_remote_ip",
     "watch_connections",
 ]
-
-#: Every error a stream operation can raise once the peer is gone or misbehaves.
-#: py-libp2p reports a clean close, a remote reset and a dropped connection all as
-#: StreamEOF on read, and StreamReset or StreamError on write.
-StreamClosed = (StreamEOF, StreamReset, StreamError)
-
-#: Everything a py-libp2p connection, upgrade or stream call raises when the remote,
-#: the network or a handshake fails, by type: the library's own root
-#: (`BaseLibp2pError`: muxer, multiselect, security, transport, swarm and stream
-#: errors), socket errors, EOF, trio's errors for a resource closed or timed out
-#: under it, and the errors of the Noise and protobuf libraries it does not wrap.
-#: Programming errors (TypeError, AttributeError, ...) are deliberately absent.
-LIBP2P_ERRORS: tuple[type[Exception], ...] = (
-    BaseLibp2pError,
-    OSError,
-    EOFError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.TooSlowError,
-    NoiseHandshakeError,
-    NoiseInvalidMessage,
-    NoiseMaxNonceError,
-    NoiseValidationError,
-    NoiseValueError,
-    ProtobufDecodeError,
-)
-
-
-@asynccontextmanager
-async def _translated(what: str) -> AsyncIterator[None]:
-    """The one boundary where py-libp2p's errors (`LIBP2P_ERRORS`) become `StreamError`."""
-    try:
-        yield
-    except StreamError:
-        raise
-    except LIBP2P_ERRORS as exc:
-        raise StreamError(f"{what} {type(exc).__name__}: {exc}") from exc
-
-
-async def _quietly(what: str, close: Any) -> None:
-    """Await `close()` (closing or resetting something already broken): failures are logged."""
-    try:
-        await close()
-    except LIBP2P_ERRORS as exc:
-        logging.getLogger(__name__).debug("%s_failed err=%r", what, exc)
-
 
 #: Inbound handshakes at once by default: CPU-bound on a LAN (~30 ms each on one core), so
 #: more only adds latency; on a WAN each also waits ~1 s of round trips, so 64 at once still
@@ -461,13 +405,13 @@ def conn_remote_ip(conn: Any) -> str | None:
 
 
 async def close_connection(conn: Any) -> None:
-    """Close one connection (`INetConn`) and every stream on it."""
-    await conn.close()
+    """Close one connection (`INetConn`) and every stream on it; one already gone is fine."""
+    await quietly("close_connection", conn.close)
 
 
 async def close_peer(host: IHost, peer_id: str) -> None:
-    """Close every connection to `peer_id`."""
-    await host.get_network().close_peer(ID.from_base58(peer_id))
+    """Close every connection to `peer_id`; connections already gone are fine."""
+    await quietly("close_peer", lambda: host.get_network().close_peer(ID.from_base58(peer_id)))
 
 
 def connection_count(host: IHost) -> int:
@@ -516,109 +460,3 @@ def watch_connections(host: IHost, on_connected: Any, on_disconnected: Any) -> N
             return None
 
     host.get_network().register_notifee(_Watcher())
-
-
-# -- light outbound connections (the load generator) -----------------------------
-# A full host per simulated agent costs ~150 KB and a swarm, a peerstore and a
-# resource manager each; the load generator needs only one Noise + Yamux
-# connection per identity. `light_connection` dials TCP, upgrades it exactly as
-# a host would (Noise, then Yamux, each chosen by multistream-select) and opens
-# streams on it: ~58 KB per simulated agent (measured, loopback). It does not
-# run identify; inbound streams from the remote are reset.
-
-
-class LightConnection:
-    """One outbound Noise + Yamux connection, without a host around it."""
-
-    def __init__(self, muxed: Any, remote_peer_id: str) -> None:
-        self._muxed = muxed
-        self.remote_peer_id = remote_peer_id
-
-    async def open_stream(self, protocol: str, timeout: float = 10.0) -> INetStream:
-        """Open a stream and negotiate `protocol`; errors surface as StreamClosed types."""
-        from libp2p.network.stream.net_stream import NetStream
-        from libp2p.protocol_muxer.multiselect_client import MultiselectClient
-        from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
-
-        async with _translated("open_stream"):
-            muxed_stream = await self._muxed.open_stream()
-        stream = NetStream(muxed_stream, None, None)
-        try:
-            async with _translated(f"negotiate {protocol}"):
-                await MultiselectClient().select_one_of(
-                    [TProtocol(protocol)], MultiselectCommunicator(stream), max(1, int(timeout))
-                )
-        except StreamError:
-            await _quietly("light_stream_reset", muxed_stream.reset)
-            raise
-        stream.set_protocol(TProtocol(protocol))
-        return stream
-
-    @property
-    def is_closed(self) -> bool:
-        return bool(self._muxed.event_shutting_down.is_set())
-
-    async def wait_closed(self) -> None:
-        await self._muxed.event_closed.wait()
-
-    async def close(self) -> None:
-        await _quietly("light_close", self._muxed.close)
-
-
-@asynccontextmanager
-async def light_connection(
-    key_pair: KeyPair, addr: str, *, timeout: float = 10.0
-) -> AsyncIterator[LightConnection]:
-    """Dial `addr` (`/…/tcp/<port>/p2p/<id>`) as `key_pair` for the duration of the block.
-
-    Raises `StreamError` if the dial or an upgrade fails within `timeout`.
-    """
-    from libp2p.transport.tcp.tcp import TCP
-    from libp2p.transport.upgrader import TransportUpgrader
-
-    info = peer_info_from_multiaddr(addr)
-    upgrader = TransportUpgrader(
-        {
-            TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
-                key_pair, noise_privkey=create_new_x25519_key_pair().private_key
-            )
-        },
-        {TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        negotiate_timeout=max(1, int(timeout)),
-    )
-    raw = None
-    try:
-        with trio.fail_after(timeout):
-            raw = await TCP().dial(info.addrs[0])
-            secured = await upgrader.upgrade_security(raw, True, info.peer_id)
-            muxed = await upgrader.upgrade_connection(secured, info.peer_id)
-    except trio.TooSlowError as exc:
-        if raw is not None:
-            await _quietly("light_raw_close", raw.close)
-        raise StreamError(f"dial timeout after {timeout}s") from exc
-    except LIBP2P_ERRORS as exc:
-        if raw is not None:
-            await _quietly("light_raw_close", raw.close)
-        raise StreamError(f"dial {type(exc).__name__}: {exc}") from exc
-    conn = LightConnection(muxed, info.peer_id.to_base58())
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(muxed.start)
-        nursery.start_soon(_refuse_inbound, muxed)
-        try:
-            with trio.fail_after(timeout):
-                await muxed.event_started.wait()
-            yield conn
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                await conn.close()
-            nursery.cancel_scope.cancel()
-
-
-async def _refuse_inbound(muxed: Any) -> None:
-    """The remote may open streams (identify push): reset them, we serve nothing."""
-    while True:
-        try:
-            stream = await muxed.accept_stream()
-        except LIBP2P_ERRORS:  # the connection is closing: nothing more will arrive
-            return
-        await _quietly("light_inbound_reset", stream.reset)

@@ -2,7 +2,7 @@
 
 For capacity planning and resilience testing (docs/CAPACITY.md). Every simulated agent has its
 own Ed25519 key (a distinct peer id) and its own Noise + Yamux connection. By default the
-connection is a `p2p.light_connection` (~58 KB per agent); `--dialer host` runs a full py-libp2p
+connection is a `light.light_connection` (~58 KB per agent); `--dialer host` runs a full py-libp2p
 host per agent instead (~150 KB, and it runs identify like a real agent does).
 
 Behaviours (`--mix kind=weight,…`):

@@ -13,6 +13,7 @@ import trio
 
 from heartbeat.net import p2p
 from heartbeat.tools.loadgen.config import LoadgenConfig
+from heartbeat.tools.loadgen.light import light_connection
 
 __all__ = ["Cut", "Session", "Watched", "connect", "leaf_exception"]
 
@@ -40,7 +41,7 @@ class Session:
 @asynccontextmanager
 async def connect(config: LoadgenConfig, key: p2p.KeyPair) -> AsyncIterator[Session]:
     if config.dialer == "light":
-        async with p2p.light_connection(key, config.target, timeout=config.dial_timeout) as conn:
+        async with light_connection(key, config.target, timeout=config.dial_timeout) as conn:
             yield Session(conn.open_stream)
         return
     async with p2p.running_host(key) as host:

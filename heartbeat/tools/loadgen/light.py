@@ -1,0 +1,128 @@
+"""`LightConnection`: the load generator's host-less outbound connection.
+
+A full host per simulated agent costs ~150 KB and a swarm, a peerstore and a resource
+manager each; the load generator needs only one Noise + Yamux connection per identity.
+`light_connection` dials TCP, upgrades it exactly as a host would (Noise, then Yamux, each
+chosen by multistream-select) and opens streams on it: ~58 KB per simulated agent
+(measured, loopback). It does not run identify; inbound streams from the remote are reset.
+A tool, not production code: it talks to py-libp2p directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamError
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from heartbeat.net.libp2p_errors import LIBP2P_ERRORS, quietly, translated
+from heartbeat.net.p2p import peer_info_from_multiaddr
+
+__all__ = ["LightConnection", "light_connection"]
+
+
+class LightConnection:
+    """One outbound Noise + Yamux connection, without a host around it."""
+
+    def __init__(self, muxed: Any, remote_peer_id: str) -> None:
+        self._muxed = muxed
+        self.remote_peer_id = remote_peer_id
+
+    async def open_stream(self, protocol: str, timeout: float = 10.0) -> INetStream:
+        """Open a stream and negotiate `protocol`; errors surface as StreamClosed types."""
+        from libp2p.network.stream.net_stream import NetStream
+        from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+        from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+        async with translated("open_stream"):
+            muxed_stream = await self._muxed.open_stream()
+        stream = NetStream(muxed_stream, None, None)
+        try:
+            async with translated(f"negotiate {protocol}"):
+                await MultiselectClient().select_one_of(
+                    [TProtocol(protocol)], MultiselectCommunicator(stream), max(1, int(timeout))
+                )
+        except StreamError:
+            await quietly("light_stream_reset", muxed_stream.reset)
+            raise
+        stream.set_protocol(TProtocol(protocol))
+        return stream
+
+    @property
+    def is_closed(self) -> bool:
+        return bool(self._muxed.event_shutting_down.is_set())
+
+    async def wait_closed(self) -> None:
+        await self._muxed.event_closed.wait()
+
+    async def close(self) -> None:
+        await quietly("light_close", self._muxed.close)
+
+
+@asynccontextmanager
+async def light_connection(
+    key_pair: KeyPair, addr: str, *, timeout: float = 10.0
+) -> AsyncIterator[LightConnection]:
+    """Dial `addr` (`/…/tcp/<port>/p2p/<id>`) as `key_pair` for the duration of the block.
+
+    Raises `StreamError` if the dial or an upgrade fails within `timeout`.
+    """
+    from libp2p.transport.tcp.tcp import TCP
+    from libp2p.transport.upgrader import TransportUpgrader
+
+    info = peer_info_from_multiaddr(addr)
+    upgrader = TransportUpgrader(
+        {
+            TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
+                key_pair, noise_privkey=create_new_x25519_key_pair().private_key
+            )
+        },
+        {TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        negotiate_timeout=max(1, int(timeout)),
+    )
+    raw = None
+    try:
+        with trio.fail_after(timeout):
+            raw = await TCP().dial(info.addrs[0])
+            secured = await upgrader.upgrade_security(raw, True, info.peer_id)
+            muxed = await upgrader.upgrade_connection(secured, info.peer_id)
+    except trio.TooSlowError as exc:
+        if raw is not None:
+            await quietly("light_raw_close", raw.close)
+        raise StreamError(f"dial timeout after {timeout}s") from exc
+    except LIBP2P_ERRORS as exc:
+        if raw is not None:
+            await quietly("light_raw_close", raw.close)
+        raise StreamError(f"dial {type(exc).__name__}: {exc}") from exc
+    conn = LightConnection(muxed, info.peer_id.to_base58())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(muxed.start)
+        nursery.start_soon(_refuse_inbound, muxed)
+        try:
+            with trio.fail_after(timeout):
+                await muxed.event_started.wait()
+            yield conn
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                await conn.close()
+            nursery.cancel_scope.cancel()
+
+
+async def _refuse_inbound(muxed: Any) -> None:
+    """The remote may open streams (identify push): reset them, we serve nothing."""
+    while True:
+        try:
+            stream = await muxed.accept_stream()
+        except LIBP2P_ERRORS:  # the connection is closing: nothing more will arrive
+            return
+        await quietly("light_inbound_reset", stream.reset)
