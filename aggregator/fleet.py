@@ -9,10 +9,15 @@ States, in order of precedence (the first that applies wins):
    period, bounded to [10 s, 120 s]; 30 s before a period is known). A peer that connected but
    never sent a beat is not a node yet: it is counted in `FleetSnapshot.pending_peers` only.
    Restored nodes (from the store) are DOWN until they beat again.
-2. SYNCING: the last beat said Syncing.
-3. STALLED: the node's height has not changed for `stall_after` seconds.
-4. LAGGING: `network_height - height >= lag_epochs`.
-5. FORKED: the node's head shares NO block with the reference head AT ITS OWN HEIGHT, where
+2. SOURCE_DOWN: up (beating), but its head source gives no usable head: the last beat's
+   SourceState is unreachable, unauthorized or no_head (`Beat.source_down`), or its head is
+   empty at height 0 without SourceState ok (older agents). Shown with its `source_error`;
+   it never votes, never sets the network height, is never lagging, forked, stalled or in
+   consensus, and is not counted in dispute. The next ok beat gives it its normal state.
+3. SYNCING: the last beat said Syncing.
+4. STALLED: the node's height has not changed for `stall_after` seconds.
+5. LAGGING: `network_height - height >= lag_epochs`.
+6. FORKED: the node's head shares NO block with the reference head AT ITS OWN HEIGHT, where
    its height is the network's top height or at most `fork_window_epochs` (2) below it. Heads
    are only ever compared at one height: a node one epoch behind legitimately has another
    tipset (its head is the parent of the top), and a beat carries no parents. The reference:
@@ -25,12 +30,17 @@ States, in order of precedence (the first that applies wins):
    do), so a node that merely saw fewer or more blocks of the same epoch is not forked. A null
    round (nobody can be at height + 1) only means fewer nodes share a height. Nodes further
    below (but less than `lag_epochs`) are not compared and count as in consensus.
-6. IN_CONSENSUS: everything else that is up.
+7. IN_CONSENSUS: everything else that is up.
 
 Per network (keyed by genesis CID, "unknown" when the beat has none; a calibnet node never
 counts against mainnet): network height = highest height among up nodes; consensus head =
 plurality among up nodes at that height (tie: smallest sorted-CID tuple); in dispute = up nodes
-not in consensus.
+not in consensus (source_down ones aside). Its name: the StateNetworkName most of its up nodes
+report, else the built-in name of its genesis, else a short genesis CID (`networks.py`).
+
+Head delays (`aggregator.propagation`): a new head that comes with HeadSeenAt and
+HeadTimestamp adds HeadSeenAt - HeadTimestamp to the node's ring (its p50/p90); once the node is
+through probation, also to its network's histogram and propagation record.
 
 Probation (`FleetPolicy.probation`, the aggregator's `probation` setting, 1 minute): a new peer
 id is on probation until it has beaten for that long AND sent `probation_beats` (3: its first
@@ -69,6 +79,8 @@ from aggregator.nodestate import (
     Pending,
     remote_host,
 )
+from aggregator.propagation import DelayCounter, DelayRing, Propagation, head_delay
+from heartbeat.protocol.beat import SourceState
 from heartbeat.protocol.tipset import parse_head
 
 if TYPE_CHECKING:
@@ -106,6 +118,10 @@ class Fleet:
         self._probation: dict[str, str] = {}
         self._probation_by_host: Counter[str] = Counter()
         self._trusted: frozenset[str] = frozenset()
+        #: Per network key: head delays of nodes through probation (the histogram metric).
+        self._delays: dict[str, DelayCounter] = {}
+        #: Per network: the recent heights and who saw them how late (/api/v1/propagation).
+        self.propagation = Propagation()
         self.evicted = 0  # nodes evicted to admit new peers, since start
 
     def __len__(self) -> int:
@@ -263,10 +279,13 @@ class Fleet:
                     interval if period is None else period + PERIOD_EWMA_ALPHA * (interval - period)
                 )
         node.session_last_beat = now
+        new_head = False
         if beat.head != node.head_text:
             cids = parse_head(beat.head)
-            if cids != node.head_cids and not first:
-                node.head_changed_at = now
+            if cids != node.head_cids:
+                new_head = True
+                if not first:
+                    node.head_changed_at = now
             node.set_head(beat.head, cids)
         if beat.height != node.height and not first:
             node.height_changed_at = now
@@ -279,6 +298,16 @@ class Fleet:
             node.net_key = network_key(beat.genesis_cid)
         node.syncing = beat.syncing
         node.version = beat.version
+        source = beat.source_state
+        node.source_state = source
+        node.source_error = beat.source_error
+        node.network_name = beat.network_name
+        seen_at = beat.head_seen_at
+        node.head_seen_at = None if seen_at is None else seen_at / 1000.0
+        # No usable head: the agent says so, or (older agents) no head at height 0.
+        down = node.source_down = beat.source_down or (
+            beat.height == 0 and not node.head_cids and source is not SourceState.OK
+        )
         node.last_beat = now
         node.last_seen = now
         node.beats += 1
@@ -290,7 +319,38 @@ class Fleet:
             node.graduated = True
             self._leave_probation(peer_id)
             log.info("node_probation_passed peer_id=%s beats=%d", peer_id, node.beats)
+        if down:
+            return  # its height says nothing about the network's timing
+        if new_head and seen_at is not None:
+            self._head_seen(node, seen_at)
         self.networks.observe(node.net_key, beat.height, beat.head_timestamp)
+
+    def _head_seen(self, node: Node, seen_at_ms: int) -> None:
+        """A node's new head with its HeadSeenAt: its delay ring, and (once through
+        probation) the network's delay histogram and propagation record."""
+        delay = head_delay(seen_at_ms, node.head_timestamp)
+        if delay is None:
+            return
+        ring = node.delays
+        if ring is None:
+            ring = node.delays = DelayRing()
+        ring.add(delay)
+        if not node.graduated:
+            return  # throwaway peer ids never shape the network's figures
+        key = node.net_key
+        counter = self._delays.get(key)
+        if counter is None:
+            counter = self._delays[key] = DelayCounter()
+        counter.observe(delay)
+        self.propagation.observe(
+            key,
+            node.peer_id,
+            node.nickname,
+            node.height,
+            node.head_cids,
+            node.head_timestamp,
+            delay,
+        )
 
     def beat_timeout(self, peer_id: str) -> float:
         """The silence after which `peer_id` counts as DOWN (the default for unknown peers)."""
@@ -375,4 +435,6 @@ class Fleet:
 
     def snapshot(self, now: float) -> FleetSnapshot:
         """Compute states and per-network consensus at `now` (`aggregator.fleet_snapshot`)."""
-        return take_snapshot(self.policy, self._nodes, self.networks, len(self._pending), now)
+        return take_snapshot(
+            self.policy, self._nodes, self.networks, len(self._pending), now, self._delays
+        )

@@ -4,7 +4,12 @@ Pure (no I/O, no clock reads): `take_snapshot` reads the fleet's nodes at `now` 
 steps: liveness, reference heads, node states, network views. The rules are in the module doc
 of `aggregator.fleet`. Nodes on probation are shown with their state but do not vote: they are
 left out of the network heights, the reference heads and the network counts, so a flood of
-throwaway peer ids cannot move consensus or the fleet's up/down figures.
+throwaway peer ids cannot move consensus or the fleet's up/down figures. Nodes whose source is
+down (`Node.source_down`) are up but have no usable head: they neither vote nor set a height.
+
+Network names (`_names`): per key, the StateNetworkName most of its up voting nodes report (its
+down ones when no up one does), else `networks.network_name`; two keys that would share a name
+get their short genesis CID appended, so a `network` label never means two networks.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from aggregator.consensus import head_hash, plurality
-from aggregator.networks import network_name
+from aggregator.networks import UNKNOWN_NETWORK, display_name, network_name, short_cid
 from aggregator.nodestate import ALL_STATES, FleetSnapshot, NetworkView, NodeState, NodeView
 
 if TYPE_CHECKING:
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
 
     from aggregator.networks import NetworkRegistry
     from aggregator.nodestate import FleetPolicy, Node
+    from aggregator.propagation import DelayCounter, DelayHistogram
 
 __all__ = ["take_snapshot"]
 
@@ -35,32 +41,45 @@ def take_snapshot(
     networks: NetworkRegistry,
     pending: int,
     now: float,
+    delays: Mapping[str, DelayCounter] | None = None,
 ) -> FleetSnapshot:
-    """Compute states and per-network consensus at `now`."""
-    up, timeouts, by_net, top = _liveness(policy, nodes, now)
+    """Compute states and per-network consensus at `now`; `delays`: the head delay histogram
+    per network key."""
+    up, timeouts, by_net, top, reported = _liveness(policy, nodes, now)
+    names = _names(nodes, reported)
     reference, votes = _reference_heads(policy, by_net, up, top)
-    views, state_counts = _node_views(policy, nodes, up, timeouts, top, reference, now)
+    views, state_counts = _node_views(policy, nodes, up, timeouts, top, reference, names, now)
     node_views = tuple(views)
+    head_delays: dict[str, DelayHistogram] = {}
+    for key, counter in (delays or {}).items():
+        head_delays[names.get(key) or network_name(key)] = counter.frozen()
     return FleetSnapshot(
         taken_at=now,
         nodes=node_views,
         networks=MappingProxyType(
-            _network_views(networks, state_counts, top, reference, votes, now)
+            _network_views(networks, state_counts, top, reference, votes, names, now)
         ),
         pending_peers=pending,
         probation_nodes=sum(1 for v in node_views if v.probation),
         _index={v.peer_id: v for v in node_views},
+        head_delays=MappingProxyType(head_delays),
     )
+
+
+#: Per network key: reported network name -> (up nodes reporting it, down nodes reporting it).
+_Reported = dict[str, dict[str, list[int]]]
 
 
 def _liveness(
     policy: FleetPolicy, nodes: Mapping[str, Node], now: float
-) -> tuple[dict[str, bool], dict[str, float], dict[str, list[Node]], dict[str, int]]:
-    """Per node: up and its beat timeout; per network: its voting members and top height."""
+) -> tuple[dict[str, bool], dict[str, float], dict[str, list[Node]], dict[str, int], _Reported]:
+    """Per node: up and its beat timeout; per network: its voting members, top height and the
+    names its voting nodes report."""
     up: dict[str, bool] = {}
     timeouts: dict[str, float] = {}
     by_net: dict[str, list[Node]] = defaultdict(list)
     top: dict[str, int] = {}
+    reported: _Reported = {}
     for pid, n in nodes.items():
         timeout = policy.beat_timeout(n.period)
         timeouts[pid] = timeout
@@ -68,10 +87,43 @@ def _liveness(
         up[pid] = is_up
         if not n.graduated:
             continue
-        by_net[n.net_key].append(n)
-        if is_up and n.height > top.get(n.net_key, -1):
-            top[n.net_key] = n.height
-    return up, timeouts, by_net, top
+        key = n.net_key
+        name = n.network_name
+        if name is not None and key != UNKNOWN_NETWORK:
+            per_key = reported.get(key)
+            if per_key is None:
+                per_key = reported[key] = {}
+            tally = per_key.get(name)
+            if tally is None:
+                tally = per_key[name] = [0, 0]
+            tally[0 if is_up else 1] += 1
+        if n.source_down:
+            continue  # up or not, no head to vote with
+        by_net[key].append(n)
+        if is_up and n.height > top.get(key, -1):
+            top[key] = n.height
+    return up, timeouts, by_net, top, reported
+
+
+def _names(nodes: Mapping[str, Node], reported: _Reported) -> dict[str, str]:
+    """The display name of every network key the nodes are in (see the module doc)."""
+    names: dict[str, str] = {}
+    for key in {n.net_key for n in nodes.values()}:
+        tallies = reported.get(key)
+        best = None
+        if tallies:
+            # most up nodes, then most down ones, then the smallest name: deterministic
+            best = min(tallies.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[0]
+        names[key] = display_name(key, best)
+    seen: dict[str, list[str]] = defaultdict(list)
+    for key, name in names.items():
+        seen[name].append(key)
+    for name, keys in seen.items():
+        if len(keys) > 1:
+            for key in keys:
+                if key != UNKNOWN_NETWORK and name != network_name(key):
+                    names[key] = f"{name} ({short_cid(key)})"
+    return names
 
 
 def _reference_heads(
@@ -113,6 +165,8 @@ def _state(
 ) -> NodeState:
     if not is_up:
         return NodeState.DOWN
+    if n.source_down:
+        return NodeState.SOURCE_DOWN
     if n.syncing:
         return NodeState.SYNCING
     if now - n.height_changed_at >= policy.stall_after:
@@ -135,6 +189,7 @@ def _node_views(
     timeouts: Mapping[str, float],
     top: Mapping[str, int],
     reference: _Reference,
+    names: Mapping[str, str],
     now: float,
 ) -> tuple[list[NodeView], dict[str, dict[NodeState, int]]]:
     """One view per node, sorted by peer id; state counts per network (voting nodes only)."""
@@ -145,8 +200,9 @@ def _node_views(
         n = nodes[pid]
         key = n.net_key
         t = top.get(key)
-        lag = None if t is None else t - n.height
+        lag = None if t is None or n.source_down else t - n.height
         state = _state(policy, n, up[pid], lag, reference, now)
+        ring = n.delays
         if n.graduated:
             counts = state_counts.get(key)
             if counts is None:
@@ -158,7 +214,7 @@ def _node_views(
                 n.nickname,
                 n.miner,
                 key,
-                network_name(key),
+                names[key],
                 state,
                 up[pid],
                 n.connections > 0,
@@ -180,6 +236,11 @@ def _node_views(
                 n.head_changed_at,
                 n.height_changed_at,
                 not n.graduated,
+                n.source_state,
+                n.source_error,
+                n.head_seen_at,
+                None if ring is None else ring.p50,
+                None if ring is None else ring.p90,
             )
         )
     return views, state_counts
@@ -191,6 +252,7 @@ def _network_views(
     top: Mapping[str, int],
     reference: _Reference,
     votes: Mapping[str, int],
+    names: Mapping[str, str],
     now: float,
 ) -> dict[str, NetworkView]:
     out: dict[str, NetworkView] = {}
@@ -202,7 +264,7 @@ def _network_views(
         in_consensus = counts[NodeState.IN_CONSENSUS]
         out[key] = NetworkView(
             key=key,
-            name=info.name,
+            name=names.get(key) or info.name,
             height=t,
             expected_height=info.expected_height(now),
             genesis_timestamp=info.genesis_timestamp,
@@ -214,7 +276,7 @@ def _network_views(
             nodes_up=nodes_up,
             counts=MappingProxyType(counts),
             in_consensus=in_consensus,
-            in_dispute=nodes_up - in_consensus,
+            in_dispute=nodes_up - in_consensus - counts[NodeState.SOURCE_DOWN],
         )
     return out
 

@@ -1,8 +1,10 @@
 """Filecoin networks by genesis CID: display name, genesis timestamp and block delay.
 
-Pure. The network KEY of a node is its beat's GenesisCID, or "unknown" when the beat has none;
-the network NAME (the `network` metric label) is "mainnet"/"calibnet" for the known genesis CIDs
-and the key itself otherwise.
+Pure. The network KEY of a node is its beat's GenesisCID, or "unknown" when the beat has none.
+The network NAME (the `network` metric label, `display_name`): the StateNetworkName its nodes
+report when they do (the fleet snapshot takes the plurality), else "mainnet"/"calibnet" for the
+known genesis CIDs, else a short form of the genesis CID (`short_cid`: first 8 characters, "…",
+last 4), never the 62-character CID itself.
 
 Timing of networks not listed here is learned from beats: in Filecoin every block's timestamp is
 exactly `genesis_ts + height * block_delay` (null rounds included), so one beat with
@@ -23,8 +25,10 @@ __all__ = [
     "UNKNOWN_NETWORK",
     "NetworkInfo",
     "NetworkRegistry",
+    "display_name",
     "network_key",
     "network_name",
+    "short_cid",
 ]
 
 MAINNET_GENESIS_CID = "bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2"
@@ -64,11 +68,23 @@ def network_key(genesis_cid: str | None) -> str:
     return genesis_cid if genesis_cid else UNKNOWN_NETWORK
 
 
+def short_cid(cid: str) -> str:
+    """A CID shortened for a label: first 8 characters, "…", last 4 (short ones as they are)."""
+    return cid if len(cid) <= 16 else f"{cid[:8]}…{cid[-4:]}"
+
+
 def network_name(key: str | None) -> str:
-    """The `network` label for a network key (or a raw genesis CID)."""
+    """The name of a network key (or a raw genesis CID) from the key alone: the built-in name,
+    else the short CID."""
     if not key:
         return UNKNOWN_NETWORK
-    return _NAMES.get(key, key)
+    return _NAMES.get(key) or short_cid(key)
+
+
+def display_name(key: str, reported: str | None) -> str:
+    """The `network` label: the name its nodes report (StateNetworkName) when there is one,
+    else `network_name(key)`."""
+    return reported if reported else network_name(key)
 
 
 class NetworkRegistry:

@@ -18,6 +18,8 @@ from heartbeat.protocol.tipset import HeadParseError, parse_head
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from aggregator.propagation import DelayHistogram, DelayRing
+
 __all__ = [
     "ALL_STATES",
     "FleetPolicy",
@@ -43,6 +45,9 @@ class NodeState(StrEnum):
     STALLED = "stalled"
     SYNCING = "syncing"
     DOWN = "down"
+    #: Beating, but its head source (Lotus) gives no usable head: the agent says so
+    #: (`Beat.source_down`), or the beat has no head at height 0 without an ok source.
+    SOURCE_DOWN = "source_down"
 
 
 ALL_STATES = tuple(NodeState)
@@ -138,6 +143,13 @@ class NodeView(NamedTuple):
     height_changed_at: float
     #: Not through probation yet: shown, but not persisted, not alerted on, not voting.
     probation: bool = False
+    #: What the agent says of its head source (`SourceState` value; None from older agents).
+    source_state: str | None = None
+    source_error: str | None = None
+    head_seen_at: float | None = None  # unix seconds when the agent learned its head
+    #: Over the node's recent distinct heads: HeadSeenAt - HeadTimestamp (seconds, >= 0).
+    head_delay_p50: float | None = None
+    head_delay_p90: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +169,7 @@ class NetworkView:
     nodes_up: int
     counts: Mapping[NodeState, int]  # every state present, zeros included
     in_consensus: int
-    in_dispute: int  # up nodes not in consensus
+    in_dispute: int  # up nodes not in consensus (source_down ones excluded: no head to judge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +181,8 @@ class FleetSnapshot:
     networks: Mapping[str, NetworkView]
     pending_peers: int = 0  # connected peers that have not sent a beat yet
     probation_nodes: int = 0  # nodes in `nodes` still on probation (not in `networks`)
+    #: Per network key: the head delays observed so far (`fil_heartbeat_head_delay_seconds`).
+    head_delays: Mapping[str, DelayHistogram] = field(default_factory=dict)
     _index: Mapping[str, NodeView] = field(default_factory=dict, repr=False, compare=False)
 
     def node(self, peer_id: str) -> NodeView | None:
@@ -181,6 +195,7 @@ class Node:
     __slots__ = (
         "beats",
         "connections",
+        "delays",
         "first_beat",
         "first_seen",
         "genesis_cid",
@@ -188,6 +203,7 @@ class Node:
         "head_changed_at",
         "head_cids",
         "head_hash",
+        "head_seen_at",
         "head_sorted",
         "head_text",
         "head_timestamp",
@@ -197,11 +213,15 @@ class Node:
         "last_seen",
         "miner",
         "net_key",
+        "network_name",
         "nickname",
         "peer_id",
         "period",
         "remote_addr",
         "session_last_beat",
+        "source_down",
+        "source_error",
+        "source_state",
         "syncing",
         "version",
     )
@@ -232,6 +252,12 @@ class Node:
         self.head_changed_at = now
         self.height_changed_at = now
         self.graduated = False  # through probation (or never on it)
+        self.source_state: str | None = None
+        self.source_error: str | None = None
+        self.source_down = False  # no usable head from its source: NodeState.SOURCE_DOWN
+        self.head_seen_at: float | None = None  # unix seconds
+        self.network_name: str | None = None  # StateNetworkName as the node reports it
+        self.delays: DelayRing | None = None  # created with the first known delay
 
     def record(self) -> NodeRecord:
         return NodeRecord(

@@ -9,7 +9,7 @@ import pytest
 from aggregator.consensus import head_hash
 from aggregator.errors import FleetFull
 from aggregator.fleet import Fleet, FleetPolicy, NodeState
-from aggregator.networks import CALIBNET_GENESIS_CID, MAINNET_GENESIS_CID
+from aggregator.networks import CALIBNET_GENESIS_CID, MAINNET_GENESIS_CID, short_cid
 from heartbeat.protocol.wire import Beat
 
 T0 = 1_700_000_000.0
@@ -219,7 +219,7 @@ def test_unknown_network_learns_timing_from_beats() -> None:
     info = fleet.network_info(other)
     assert (info.genesis_timestamp, info.block_delay, info.source) == (1_000_000, 4.0, "learned")
     snap = fleet.snapshot(1_000_800.0)
-    assert snap.networks[other].name == other
+    assert snap.networks[other].name == short_cid(other)
     assert snap.networks[other].expected_height == 200
     # a registered (authoritative) value is never overridden by what beats say
     fleet.register_network(other, 999_000, 5.0)

@@ -76,7 +76,7 @@ def test_per_node_and_fleet_values() -> None:
     assert got[("fil_heartbeat_node_state", lbl(**p3, state="lagging"))] == 1
     assert got[("fil_heartbeat_node_state", lbl(**p3, state="in_consensus"))] == 0
     states = [k for k in got if k[0] == "fil_heartbeat_node_state" and ("peer_id", "p1") in k[1]]
-    assert len(states) == 6
+    assert len(states) == 7
     info = lbl(**p1, version="v9", remote_address="/ip4/10.0.0.1/tcp/1")
     assert got[("fil_heartbeat_node_info", info)] == 1
     # the head is a VALUE, exact in the float sample; no label carries a CID
