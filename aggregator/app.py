@@ -291,6 +291,7 @@ async def _start_http(agg: Aggregator, nursery: trio.Nursery) -> str:
     from aggregator.http import HttpApi, serve_http
 
     agg.http = HttpApi(agg.snapshot, agg.metrics, bus=agg.bus)
+    agg.http.propagation = agg.fleet.propagation  # /api/v1/propagation
     port: int = await nursery.start(
         partial(serve_http, agg.http, agg.config.http_host, agg.config.http_port)
     )

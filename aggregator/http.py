@@ -5,8 +5,9 @@ Routes (GET and HEAD only; anything else is 405, an unknown path a JSON 404):
 i.e. the libp2p listener is up), `/api/v1/nodes`, `/api/v1/nodes/{peer_id}`, `/api/v1/fleet`,
 `/api/v1/alerts` (from a provider the alerting plugs in; `[]` by default), `/api/v1/workers`
 (the ingest workers: index, pid, up, connections, restarts, beats accepted; worker 0 only
-without `--workers`) and `/nodes` (the original aggregator's JSON list of peer ids: here the
-peers that are up).
+without `--workers`), `/api/v1/propagation?network=<key>&epochs=30` (who saw each recent
+tipset how late: aggregator/propagation_api.py) and `/nodes` (the original aggregator's JSON
+list of peer ids: here the peers that are up).
 
 `/api/v1/feed` (WebSocket, when the app hands over its bus; 404 otherwise, and 426 to a plain
 GET): a live feed of the bus's events, one JSON object per message (`{"type": "beat" |
@@ -38,6 +39,7 @@ import trio
 from aggregator.counters import IngestCounters
 from aggregator.feed import FEED_CAPACITY, MAX_FEED_CLIENTS, Feed
 from aggregator.metrics import CONTENT_TYPE
+from aggregator.propagation_api import PROPAGATION_PATH, propagation_response
 from aggregator.worklink import MergedCounters, worker_zero
 from heartbeat.common.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
 
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from aggregator.bus import Bus
     from aggregator.fleet import FleetSnapshot, NetworkView, NodeView
     from aggregator.metrics import AggregatorMetrics
+    from aggregator.propagation import Propagation
 
 __all__ = [
     "FEED_PATH",
@@ -154,6 +157,8 @@ class HttpApi:
             else None
         )
         self.workers_provider: Callable[[], list[dict[str, Any]]] | None = None
+        #: `/api/v1/propagation` (aggregator/propagation_api.py) once the app sets it.
+        self.propagation: Propagation | None = None
         self.ready = False
 
     def set_ready(self, ready: bool = True) -> None:
@@ -201,7 +206,9 @@ class HttpApi:
     async def _http(self, scope: Scope, send: Send) -> None:
         method = scope.get("method", "GET")
         path = _path(scope)
-        status, ctype, body = await self._route(method, path)
+        status, ctype, body = await self._route(
+            method, path, scope.get("query_string", b"").decode("latin-1")
+        )
         extra: list[tuple[bytes, bytes]] = []
         if status == 405:
             extra.append((b"allow", b"GET, HEAD"))
@@ -218,8 +225,10 @@ class HttpApi:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
-    async def _route(self, method: str, path: str) -> tuple[int, bytes, bytes]:
+    async def _route(self, method: str, path: str, query: str = "") -> tuple[int, bytes, bytes]:
         known = path in _ROUTES or (path.startswith(_NODE_PREFIX) and len(path) > len(_NODE_PREFIX))
+        if path == PROPAGATION_PATH:
+            known = self.propagation is not None
         if path == "/metrics" and self.metrics is None:
             known = False
         if path == FEED_PATH and self.feed is None:
@@ -241,6 +250,8 @@ class HttpApi:
         if path == "/api/v1/workers":
             return _json(200, self._workers())
         snap = self.snapshot_provider()
+        if path == PROPAGATION_PATH and self.propagation is not None:
+            return _json(*propagation_response(self.propagation, snap, query))
         if path == "/api/v1/nodes":
             return _json(200, [node_json(v) for v in snap.nodes])
         if path == "/nodes":
