@@ -213,7 +213,9 @@ async def test_alertmanager_cluster_gets_every_batch() -> None:
         assert all(len(b) == 1 for b in bodies)
         assert "endsAt" not in bodies[0][0] and "endsAt" not in bodies[1][0]
         assert bodies[2][0]["endsAt"] == "2023-11-14T22:15:00.000Z"
-        assert bodies[0][0]["labels"]["aggregator"] == "agg-a"
+        # the labels of the shipped Prometheus rules: `aggregator` is an annotation
+        assert "aggregator" not in bodies[0][0]["labels"]
+        assert bodies[0][0]["annotations"]["aggregator"] == "agg-a"
         assert bodies[0][0]["generatorURL"] == "http://agg/api/v1/alerts"
     assert [t.delivered for t in delivery.targets] == [3, 3]
 

@@ -1,24 +1,27 @@
-"""Alert delivery: Alertmanager's v2 API and a generic JSON webhook, over httpx.
+"""Alert delivery: one queue and one task per receiver (aggregator/alerts/receivers), httpx.
 
 `AlertDelivery.submit(transitions)` never blocks: every target has its own bounded queue
 (a batch that does not fit is dropped and counted) drained by its own task, so a dead
 receiver delays neither the evaluator, nor the ingest, nor the other receivers.
 
+What each receiver gets of the evaluator's transitions:
 - Alertmanager (`POST <url>/api/v2/alerts`, one target per URL: a cluster gets every alert at
-  every member, as Prometheus does). Firing alerts carry no `endsAt` and are sent again
-  every `resend_interval` by the evaluator (Alertmanager resolves an alert not re-sent within
-  its `resolve_timeout`); a resolved alert carries `endsAt`. Times are RFC 3339 (UTC).
-- Webhook (`POST <url>`): `{"version": "1", "sender": NAME, "alerts": [...]}` with
-  `status` "firing"/"resolved" per alert, for FIRED and RESOLVED transitions only (a chat
-  channel wants the page and the recovery, not a reminder every minute).
+  every member, as Prometheus does): every FIRED, RESEND (Alertmanager resolves an alert
+  not re-sent within its `resolve_timeout`) and RESOLVED.
+- Every other receiver (webhook, Slack, Discord, Telegram, PagerDuty): the page (FIRED), the
+  recovery (RESOLVED, unless `send_resolved = false`) and, when the receiver has a
+  `repeat_interval`, one reminder per alert that often while it fires (measured from the
+  last notification, wall-clock, kept in the state db across restarts by
+  aggregator/alerts/state_store.py).
 
 A failed POST (connection error, timeout, 5xx, 429) is retried with exponential backoff and
-jitter until `RetryPolicy.give_up_after`; any other 4xx is not retried (the payload would be
-refused again).
+jitter until `RetryPolicy.give_up_after`; a receiver's Retry-After (or Discord's and
+Telegram's `retry_after`) replaces the backoff for that pause. Any other 4xx is not retried
+(the payload would be refused again). URLs in logs and labels are masked (`mask_url`).
 
 `DeliveryCollector(delivery)` exports each receiver's counters (labels `kind` =
-alertmanager|webhook, `receiver` = its URL without user info, query or fragment):
-`fil_heartbeat_alert_notifications_total` (POSTs answered 2xx),
+alertmanager|webhook|slack|discord|telegram|pagerduty, `receiver` = its masked URL):
+`fil_heartbeat_alert_notifications_total` (POSTs accepted),
 `..._alert_notification_failures_total{reason}` (failed attempts, retried or not, by
 `FailureReason`), `..._alert_notifications_abandoned_total` (batches given up after the
 retries or refused with a 4xx), `..._alert_batches_dropped_total` (batches that found the
@@ -32,19 +35,31 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from aggregator.alerts.rules import Alert, Transition, TransitionKind
+from aggregator.alerts.model import Alert, Transition, TransitionKind
+from aggregator.alerts.receivers import AlertmanagerReceiver, Receiver, WebhookReceiver
+from aggregator.alerts.receivers.alertmanager import alertmanager_payload
+from aggregator.alerts.receivers.common import (
+    Failure,
+    FailureReason,
+    Notice,
+    NoticeKind,
+    Reply,
+    Request,
+    RetryPolicy,
+    alert_key,
+    mask_url,
+    rfc3339,
+)
+from aggregator.alerts.receivers.webhook import webhook_body
 from aggregator.metrics import PREFIX
 
 __all__ = [
@@ -54,7 +69,9 @@ __all__ = [
     "FailureReason",
     "RetryPolicy",
     "Target",
+    "TestResult",
     "alertmanager_payload",
+    "notices_for",
     "receiver_label",
     "rfc3339",
     "webhook_payload",
@@ -62,98 +79,61 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
-def rfc3339(t: float) -> str:
-    """Unix seconds as RFC 3339 UTC with milliseconds: `2024-05-01T12:00:00.000Z`."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _labels(alert: Alert) -> dict[str, str]:
-    return {k: v for k, v in alert.labels.items() if v != ""}
-
-
-def alertmanager_payload(alerts: Iterable[Alert], generator_url: str = "") -> list[dict[str, Any]]:
-    """The JSON body of `POST /api/v2/alerts`."""
-    out = []
-    for a in alerts:
-        item: dict[str, Any] = {
-            "labels": _labels(a),
-            "annotations": dict(a.annotations),
-            "startsAt": rfc3339(a.starts_at),
-        }
-        if a.ends_at is not None:
-            item["endsAt"] = rfc3339(a.ends_at)
-        if generator_url:
-            item["generatorURL"] = generator_url
-        out.append(item)
-    return out
+#: A receiver's URL for a label: without user info, query, fragment or secret path parts.
+receiver_label = mask_url
 
 
 def webhook_payload(transitions: Iterable[Transition], sender: str) -> dict[str, Any]:
-    """The JSON body of a webhook POST."""
-    alerts = []
+    """The JSON body of a webhook POST for these transitions."""
+    kinds = {
+        TransitionKind.FIRED: NoticeKind.FIRING,
+        TransitionKind.RESEND: NoticeKind.REMINDER,
+        TransitionKind.RESOLVED: NoticeKind.RESOLVED,
+    }
+    return webhook_body([Notice(kinds[t.kind], t.alert) for t in transitions], sender)
+
+
+def notices_for(
+    receiver: Receiver,
+    transitions: Sequence[Transition],
+    notified: dict[str, float],
+    now: float,
+) -> list[Notice]:
+    """What `receiver` is told of `transitions` at wall-clock `now` (see the module
+    docstring); updates `notified` (alert key -> when last notified)."""
+    every_resend = receiver.kind == "alertmanager"
+    out = []
     for tr in transitions:
-        a = tr.alert
-        alerts.append(
-            {
-                "status": "resolved" if tr.kind is TransitionKind.RESOLVED else "firing",
-                "labels": _labels(a),
-                "annotations": dict(a.annotations),
-                "startsAt": rfc3339(a.starts_at),
-                "endsAt": rfc3339(a.ends_at) if a.ends_at is not None else None,
-            }
-        )
-    return {"version": "1", "sender": sender, "alerts": alerts}
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with jitter; each attempt under its own deadline."""
-
-    initial: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 60.0
-    jitter: float = 0.2  # ± fraction of the delay
-    attempt_timeout: float = 10.0
-    give_up_after: float = 600.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """The pause after failed attempt number `attempt` (1-based)."""
-        base = min(self.max_delay, self.initial * self.factor ** (attempt - 1))
-        return float(base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0)))
-
-
-class FailureReason(StrEnum):
-    """Why one POST failed; the values are the `reason` label."""
-
-    HTTP_3XX = "http_3xx"  # a redirect: not followed
-    HTTP_4XX = "http_4xx"
-    HTTP_5XX = "http_5xx"
-    CONNECTION_ERROR = "connection_error"  # no usable answer: refused, reset, unreachable...
-    TIMEOUT = "timeout"  # no answer within `RetryPolicy.attempt_timeout`
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A failed POST: its reason, the HTTP status if there was one, and a text for logs."""
-
-    reason: FailureReason
-    detail: str
-    status: int | None = None
-
-    @property
-    def retryable(self) -> bool:
-        return self.reason is not FailureReason.HTTP_4XX or self.status == 429
+        key = alert_key(tr.alert)
+        if tr.kind is TransitionKind.FIRED:
+            notified[key] = now
+            out.append(Notice(NoticeKind.FIRING, tr.alert))
+        elif tr.kind is TransitionKind.RESEND:
+            if every_resend:
+                out.append(Notice(NoticeKind.REMINDER, tr.alert))
+                continue
+            if key not in notified:  # a receiver added since it fired: it never heard of it
+                notified[key] = now
+                out.append(Notice(NoticeKind.FIRING, tr.alert))
+            elif receiver.repeat_interval > 0 and now - notified[key] >= receiver.repeat_interval:
+                notified[key] = now
+                out.append(Notice(NoticeKind.REMINDER, tr.alert))
+        else:
+            notified.pop(key, None)
+            if receiver.send_resolved or every_resend:
+                out.append(Notice(NoticeKind.RESOLVED, tr.alert))
+    return out
 
 
 @dataclass
 class Target:
-    """One receiver, its queue and its counters."""
+    """One receiver, its queue, what it was last told, and its counters."""
 
-    kind: str  # "alertmanager" or "webhook"
-    url: str
-    send: trio.MemorySendChannel[list[Transition]]
-    receive: trio.MemoryReceiveChannel[list[Transition]]
+    receiver: Receiver
+    send: trio.MemorySendChannel[list[Notice]]
+    receive: trio.MemoryReceiveChannel[list[Notice]]
+    #: alert key -> wall-clock time of the last notification (for `repeat_interval`)
+    notified: dict[str, float] = field(default_factory=dict)
     delivered: int = 0
     failed: int = 0  # batches abandoned: retries exhausted, or refused (4xx)
     overflow: int = 0
@@ -164,13 +144,33 @@ class Target:
     last_success: float | None = None  # wall-clock unix seconds
 
     @property
-    def post_url(self) -> str:
-        return f"{self.url}/api/v2/alerts" if self.kind == "alertmanager" else self.url
+    def kind(self) -> str:
+        return self.receiver.kind
+
+    @property
+    def name(self) -> str:
+        return self.receiver.name
+
+    @property
+    def url(self) -> str:  # masked: what logs show
+        return self.receiver.name
 
     @property
     def queued(self) -> int:
         """Batches waiting in the queue (not counting the one being delivered)."""
         return self.receive.statistics().current_buffer_used
+
+
+@dataclass(frozen=True, slots=True)
+class TestResult:
+    """One receiver's answer to `AlertDelivery.send_test`."""
+
+    kind: str
+    name: str
+    ok: bool
+    detail: str
+
+    __test__ = False  # not a pytest test class
 
 
 class AlertDelivery:
@@ -181,8 +181,10 @@ class AlertDelivery:
         *,
         alertmanager_urls: Sequence[str] = (),
         webhook_urls: Sequence[str] = (),
+        receivers: Sequence[Receiver] = (),
         sender: str = "aggregator",
         generator_url: str = "",
+        same_labels_as_prometheus: bool = True,
         retry: RetryPolicy | None = None,
         queue_size: int = 64,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -196,126 +198,150 @@ class AlertDelivery:
         self.transport = transport
         self.rng = rng if rng is not None else random.Random()
         self.targets: list[Target] = []
-        for kind, urls in (("alertmanager", alertmanager_urls), ("webhook", webhook_urls)):
-            for url in urls:
-                send, receive = trio.open_memory_channel[list[Transition]](queue_size)
-                self.targets.append(Target(kind, url.rstrip("/"), send, receive))
+        every: list[Receiver] = [
+            AlertmanagerReceiver(url.rstrip("/"), generator_url, same_labels_as_prometheus)
+            for url in alertmanager_urls
+        ]
+        every += [WebhookReceiver(url.rstrip("/"), sender) for url in webhook_urls]
+        for receiver in [*every, *receivers]:
+            send, receive = trio.open_memory_channel[list[Notice]](queue_size)
+            self.targets.append(Target(receiver, send, receive))
+
+    # -- what was notified, for the state db ---------------------------------------------------
+
+    def notified_state(self) -> dict[str, dict[str, float]]:
+        """receiver ident -> alert key -> when last notified (a copy)."""
+        return {t.receiver.ident: dict(t.notified) for t in self.targets}
+
+    def restore_notified(self, state: Mapping[str, Mapping[str, float]]) -> None:
+        for t in self.targets:
+            t.notified.update(state.get(t.receiver.ident, {}))
+
+    # -- the queues ----------------------------------------------------------------------------
 
     def submit(self, transitions: Sequence[Transition]) -> None:
         """Queue a batch for every receiver; never blocks (a full queue drops and counts)."""
         if not transitions:
             return
-        batch = list(transitions)
+        now = self.wall_clock()
         for target in self.targets:
-            if target.kind == "webhook":
-                wanted = [t for t in batch if t.kind is not TransitionKind.RESEND]
-                if not wanted:
-                    continue
-            else:
-                wanted = batch
+            notices = notices_for(target.receiver, transitions, target.notified, now)
+            if not notices:
+                continue
             try:
-                target.send.send_nowait(wanted)
+                target.send.send_nowait(notices)
             except trio.WouldBlock:
                 target.overflow += 1
                 log.warning(
                     "alert_queue_full target=%s dropped=%d total_dropped=%d",
-                    target.url,
-                    len(wanted),
+                    target.name,
+                    len(notices),
                     target.overflow,
                 )
 
-    def _body(self, target: Target, batch: list[Transition]) -> Any:
-        if target.kind == "alertmanager":
-            return alertmanager_payload((t.alert for t in batch), self.generator_url)
-        return webhook_payload(batch, self.sender)
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drain every receiver's queue until cancelled."""
-        timeout = httpx.Timeout(self.retry.attempt_timeout)
-        async with (
-            httpx.AsyncClient(transport=self.transport, timeout=timeout) as client,
-            trio.open_nursery() as nursery,
-        ):
+        async with self._client() as client, trio.open_nursery() as nursery:
             for target in self.targets:
                 nursery.start_soon(self._drain, client, target)
             task_status.started()
+
+    def _client(self) -> httpx.AsyncClient:
+        timeout = httpx.Timeout(self.retry.attempt_timeout)
+        return httpx.AsyncClient(transport=self.transport, timeout=timeout)
+
+    async def send_test(self, alert: Alert) -> list[TestResult]:
+        """Deliver one test notification of `alert` to every receiver at once (retries
+        included, `RetryPolicy.give_up_after` at most), outside the queues."""
+        results: dict[int, TestResult] = {}
+
+        async def one(i: int, target: Target) -> None:
+            failure = await self._deliver(client, target, [Notice(NoticeKind.TEST, alert)])
+            detail = "delivered" if failure is None else failure.detail
+            results[i] = TestResult(target.kind, target.name, failure is None, detail)
+
+        async with self._client() as client, trio.open_nursery() as nursery:
+            for i, target in enumerate(self.targets):
+                nursery.start_soon(one, i, target)
+        return [results[i] for i in range(len(self.targets))]
 
     async def _drain(self, client: httpx.AsyncClient, target: Target) -> None:
         async for batch in target.receive:
             await self._deliver(client, target, batch)
 
     async def _deliver(
-        self, client: httpx.AsyncClient, target: Target, batch: list[Transition]
-    ) -> None:
-        body = self._body(target, batch)
+        self, client: httpx.AsyncClient, target: Target, batch: list[Notice]
+    ) -> Failure | None:
+        """Every request of the batch in turn; the last failure, or None if all went."""
+        last: Failure | None = None
+        for request in target.receiver.requests(batch):
+            failure = await self._send(client, target, request, len(batch))
+            if failure is not None:
+                last = failure
+        return last
+
+    async def _send(
+        self, client: httpx.AsyncClient, target: Target, request: Request, alerts: int
+    ) -> Failure | None:
         give_up_at = trio.current_time() + self.retry.give_up_after
         attempt = 0
         while True:
             attempt += 1
-            failure = await self._post(client, target, body)
+            failure = await self._post(client, target, request)
             if failure is None:
                 target.delivered += 1
                 target.last_success = self.wall_clock()
                 if attempt > 1:
-                    log.info("alert_delivered target=%s attempts=%d", target.url, attempt)
-                return
+                    log.info("alert_delivered target=%s attempts=%d", target.name, attempt)
+                return None
             target.attempt_failures[failure.reason] += 1
             if not failure.retryable:
                 target.failed += 1
                 log.error(
-                    "alert_refused target=%s %s alerts=%d", target.url, failure.detail, len(batch)
+                    "alert_refused target=%s %s alerts=%d", target.name, failure.detail, alerts
                 )
-                return
-            delay = self.retry.delay(attempt, self.rng)
+                return failure
+            delay = self.retry.pause(attempt, failure, self.rng)
             if trio.current_time() + delay > give_up_at:
                 target.failed += 1
                 log.error(
                     "alert_delivery_gave_up target=%s attempts=%d err=%s alerts=%d",
-                    target.url,
+                    target.name,
                     attempt,
                     failure.detail,
-                    len(batch),
+                    alerts,
                 )
-                return
+                return failure
             target.retries += 1
             log.warning(
                 "alert_delivery_failed target=%s attempt=%d err=%s retry_in=%.1fs",
-                target.url,
+                target.name,
                 attempt,
                 failure.detail,
                 delay,
             )
             await trio.sleep(delay)
 
-    async def _post(self, client: httpx.AsyncClient, target: Target, body: Any) -> Failure | None:
-        """None on success, else what went wrong (classified by type and status, never text)."""
+    async def _post(
+        self, client: httpx.AsyncClient, target: Target, request: Request
+    ) -> Failure | None:
+        """None on success, else what went wrong (classified by type and status, never
+        text). An exception's text may quote the URL, and the URL hold a secret: masked."""
         try:
             with trio.fail_after(self.retry.attempt_timeout):
-                response = await client.post(target.post_url, json=body)
+                response = await client.post(request.url, json=request.body)
         except trio.TooSlowError:
             return Failure(FailureReason.TIMEOUT, "timeout")
         except httpx.TimeoutException as exc:
-            return Failure(FailureReason.TIMEOUT, f"{type(exc).__name__}: {exc}")
+            return Failure(FailureReason.TIMEOUT, _said(exc, request))
         except httpx.HTTPError as exc:
-            return Failure(FailureReason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
-        status = response.status_code
-        if status >= 300:
-            reason = (
-                FailureReason.HTTP_3XX
-                if status < 400
-                else FailureReason.HTTP_4XX
-                if status < 500
-                else FailureReason.HTTP_5XX
-            )
-            return Failure(reason, f"status={status}", status)
-        return None
+            return Failure(FailureReason.CONNECTION_ERROR, _said(exc, request))
+        reply = Reply(response.status_code, dict(response.headers), response.content)
+        return target.receiver.check(reply)
 
 
-def receiver_label(url: str) -> str:
-    """A receiver's URL for a label: without user info (a password), query or fragment."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+def _said(exc: Exception, request: Request) -> str:
+    return f"{type(exc).__name__}: {exc}".replace(request.url, request.shown)
 
 
 _LABELS = ["kind", "receiver"]
@@ -362,7 +388,7 @@ class DeliveryCollector(Collector):
         # Two URLs differing only in what the label leaves out are one receiver: summed.
         rows: dict[tuple[str, str], _Row] = {}
         for t in self.delivery.targets:
-            rows.setdefault((t.kind, receiver_label(t.url)), _Row()).add(t)
+            rows.setdefault((t.kind, t.name), _Row()).add(t)
         for key, row in rows.items():
             labels = list(key)
             sent.add_metric(labels, row.sent)

@@ -1,4 +1,7 @@
-"""The built-in alerter's settings: the `[alerts]` table validated into `AlertingSettings`."""
+"""The built-in alerter's settings: the `[alerts]` table validated into `AlertingSettings`.
+
+Receivers are `[[alerts.receivers]]` tables (aggregator.alerts.receivers.config.py parses
+them into `ReceiverSettings`)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aggregator.alerts.model import ALERT_SEVERITIES, AlertPolicy
+from aggregator.alerts.receivers.config import ReceiverSettings, receiver_settings
 from heartbeat.common.durations import parse_duration
 from heartbeat.errors import ConfigError
 
-__all__ = ["AlertingSettings", "alerting_settings"]
+__all__ = ["AlertingSettings", "ReceiverSettings", "alerting_settings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +29,17 @@ class AlertingSettings:
     send_test_alert: bool = False
     evaluation_interval: float = 5.0
     policy: AlertPolicy = field(default_factory=AlertPolicy)
+    #: The `[[alerts.receivers]]` tables (Slack, Discord, Telegram, PagerDuty, webhook,
+    #: Alertmanager), validated, secrets read.
+    receivers: tuple[ReceiverSettings, ...] = ()
+    #: Alerts sent to Alertmanager carry the labels the shipped Prometheus rules give them
+    #: (the `aggregator` label becomes an annotation): Alertmanager merges the two into one
+    #: notification. `alertmanager_labels = "aggregator"` keeps the label (two alerts).
+    same_labels_as_prometheus: bool = True
 
     @property
     def has_receivers(self) -> bool:
-        return bool(self.alertmanager_urls or self.webhook_urls)
+        return bool(self.alertmanager_urls or self.webhook_urls or self.receivers)
 
 
 def _urls(value: Any) -> tuple[str, ...]:
@@ -64,17 +75,32 @@ def _count(value: Any) -> int:
     return number
 
 
-def alerting_settings(table: Mapping[str, Any]) -> AlertingSettings:
+def alerting_settings(
+    table: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> AlertingSettings:
     """Validate the `[alerts]` table. Keys: `enabled`, `alertmanager_urls`, `webhook_urls`,
-    `send_test_alert`, `evaluation_interval`, `disabled` and every `AlertPolicy` field
+    `send_test_alert`, `evaluation_interval`, `disabled`, `receivers` (a list of tables),
+    `alertmanager_labels` ("prometheus" or "aggregator") and every `AlertPolicy` field
     (durations as numbers or Go strings: `for` durations are `*_for`). One bad key raises a
-    `ConfigError` naming `alerts.<key>`."""
+    `ConfigError` naming `alerts.<key>` (`alerts.receivers[N].<key>`). `env` resolves a
+    receiver's `*_env` keys."""
     policy_fields = {f.name: f for f in fields(AlertPolicy)}
     policy: dict[str, Any] = {}
     settings: dict[str, Any] = {}
     for key, value in table.items():
         try:
-            if key in ("alertmanager_urls", "alertmanager_url"):
+            if key == "receivers":
+                items = [value] if isinstance(value, Mapping) else value
+                if not isinstance(items, list):
+                    raise ValueError("expected a list of tables ([[alerts.receivers]])")
+                settings["receivers"] = tuple(
+                    receiver_settings(i, item, env or {}) for i, item in enumerate(items)
+                )
+            elif key == "alertmanager_labels":
+                if value not in ("prometheus", "aggregator"):
+                    raise ValueError('expected "prometheus" or "aggregator"')
+                settings["same_labels_as_prometheus"] = value == "prometheus"
+            elif key in ("alertmanager_urls", "alertmanager_url"):
                 settings["alertmanager_urls"] = _urls(value)
             elif key in ("webhook_urls", "webhook_url"):
                 settings["webhook_urls"] = _urls(value)
