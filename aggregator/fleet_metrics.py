@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from aggregator.exposition import PREFIX, _header, _labels, _num, escape_label_value
 from aggregator.fleet import NodeState
+from aggregator.propagation import HEAD_DELAY_BUCKETS
+from heartbeat.protocol.beat import SourceState
 
 if TYPE_CHECKING:
     from aggregator.fleet import FleetSnapshot, NodeView
@@ -48,6 +50,16 @@ _H_INFO = _header(_N + "info", "gauge", "Node metadata (always 1).")
 _H_PROBATION = _header(
     _N + "probation", "gauge", "1 while the node is on probation (not alerted on, not voting)."
 )
+_H_SOURCE = _header(
+    _N + "source_state",
+    "gauge",
+    "1 for the state the node's agent reports of its head source, 0 for the others.",
+)
+_H_DELAY = _header(
+    PREFIX + "head_delay_seconds",
+    "histogram",
+    "How late nodes learned each new head: HeadSeenAt - HeadTimestamp (seconds).",
+)
 _NETWORK_FAMILIES = (
     ("network_height", "Highest height among up nodes."),
     ("network_expected_height", "Height expected from genesis time and block delay."),
@@ -64,6 +76,9 @@ _LEGACY = (
 )
 _H_LEGACY = {name: _header(name, "gauge", doc) for name, doc in _LEGACY}
 _STATE_SUFFIXES = tuple((s, f',state="{s.value}"}} ') for s in _STATES)
+_SOURCE_SUFFIXES = tuple((s.value, f',state="{s.value}"}} ') for s in SourceState)
+#: The `le` label values as prometheus_client writes them ("0.5", "1.0", ...).
+_LE = tuple(repr(float(b)) for b in HEAD_DELAY_BUCKETS)
 
 #: What a node's cached label strings depend on, besides its peer id.
 _LabelKey = tuple[str, str, str, str | None, str]
@@ -178,6 +193,15 @@ class FleetRenderer:
                 _H_PROBATION,
                 lambda part: [f"{_N}probation{b}}} {1 if v.probation else 0}\n" for b, v in part],
             ),
+            (
+                _H_SOURCE,
+                lambda part: [
+                    f"{_N}source_state{b}{suffix}{1 if v.source_state == s else 0}\n"
+                    for b, v in part
+                    if v.source_state is not None
+                    for s, suffix in _SOURCE_SUFFIXES
+                ],
+            ),
         )
         add, extend = out.append, out.extend
         for header, lines in families:
@@ -188,6 +212,7 @@ class FleetRenderer:
         add(_H_INFO)
         extend(infos)
         self._networks(snap, out)
+        self._head_delays(snap, out)
         if self.legacy:
             self._legacy(snap, out, self.name)
 
@@ -215,6 +240,19 @@ class FleetRenderer:
             add(_H_NET[name])
             for b, n in nets:
                 add(f"{PREFIX}{name}{b}}} {_num(getattr(n, attr))}\n")
+
+    @staticmethod
+    def _head_delays(snap: FleetSnapshot, out: list[str]) -> None:
+        name = PREFIX + "head_delay_seconds"
+        add = out.append
+        add(_H_DELAY)
+        for network, h in snap.head_delays.items():
+            label = f'network="{escape_label_value(network)}"'
+            for le, count in zip(_LE, h.buckets, strict=True):
+                add(f'{name}_bucket{{le="{le}",{label}}} {_num(count)}\n')
+            add(f'{name}_bucket{{le="+Inf",{label}}} {_num(h.count)}\n')
+            add(f"{name}_count{{{label}}} {_num(h.count)}\n")
+            add(f"{name}_sum{{{label}}} {_num(h.total)}\n")
 
     @staticmethod
     def _legacy(snap: FleetSnapshot, out: list[str], name_label: str) -> None:

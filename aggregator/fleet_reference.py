@@ -10,11 +10,18 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from aggregator.exposition import PREFIX
 from aggregator.fleet import NodeState
+from aggregator.propagation import HEAD_DELAY_BUCKETS
+from heartbeat.protocol.beat import SourceState
 
 if TYPE_CHECKING:
     from aggregator.fleet import FleetSnapshot
@@ -53,6 +60,7 @@ class FleetCollector(Collector):
             return
         yield from self._nodes(snap)
         yield from self._networks(snap)
+        yield self._head_delays(snap)
         if self.legacy:
             yield from self._legacy(snap)
 
@@ -90,6 +98,11 @@ class FleetCollector(Collector):
             "1 while the node is on probation (not alerted on, not voting).",
             _NODE_LABELS,
         )
+        source = _g(
+            "node_source_state",
+            "1 for the state the node's agent reports of its head source, 0 for the others.",
+            (*_NODE_LABELS, "state"),
+        )
         info = _g(
             "node_info", "Node metadata (always 1).", (*_NODE_LABELS, "version", "remote_address")
         )
@@ -109,9 +122,13 @@ class FleetCollector(Collector):
             beats.add_metric(labels, v.beats_received)
             hhash.add_metric(labels, v.head_hash)
             probation.add_metric(labels, 1.0 if v.probation else 0.0)
+            if v.source_state is not None:
+                for src in SourceState:
+                    source.add_metric([*labels, src.value], 1.0 if v.source_state == src else 0.0)
             info.add_metric([*labels, v.version or "", v.remote_address], 1.0)
         yield from (height, head_ts, last_beat, changed, up, state, lag, syncing, beats, hhash)
         yield probation
+        yield source
         yield info
 
     def _networks(self, snap: FleetSnapshot) -> Iterator[Metric]:
@@ -141,6 +158,21 @@ class FleetCollector(Collector):
             dispute.add_metric(label, net.in_dispute)
             chash.add_metric(label, net.consensus_head_hash)
         yield from (height, expected, nodes, in_cons, dispute, chash)
+
+    def _head_delays(self, snap: FleetSnapshot) -> Metric:
+        fam = HistogramMetricFamily(
+            PREFIX + "head_delay_seconds",
+            "How late nodes learned each new head: HeadSeenAt - HeadTimestamp (seconds).",
+            labels=["network"],
+        )
+        for network, h in snap.head_delays.items():
+            buckets: list[tuple[str, float]] = [
+                (repr(float(le)), float(c))
+                for le, c in zip(HEAD_DELAY_BUCKETS, h.buckets, strict=True)
+            ]
+            buckets.append(("+Inf", float(h.count)))
+            fam.add_metric([network], buckets, sum_value=h.total)
+        return fam
 
     def _legacy(self, snap: FleetSnapshot) -> Iterator[Metric]:
         nets = snap.networks.values()

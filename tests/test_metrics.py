@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,6 +13,7 @@ from aggregator.fleet import Fleet, FleetSnapshot
 from aggregator.gcmon import GcMonitor
 from aggregator.metrics import FleetRenderer, create_metrics, render_reference
 from aggregator.networks import MAINNET_GENESIS_CID
+from heartbeat.protocol.beat import SourceState
 from heartbeat.protocol.wire import Beat, RejectReason
 
 T0 = 1_700_000_000.0
@@ -220,6 +222,10 @@ def nasty_snapshot(nickname_suffix: str = "") -> FleetSnapshot:
                 head_timestamp=None if i == 2 else 1598306400 + (100 - i) * 30,
                 syncing=i == 4,
                 version=None if i == 1 else f"v{nasty}",
+                source_state=(None, SourceState.OK, SourceState.UNAUTHORIZED)[i % 3],
+                source_error="401 from Lotus" if i % 3 == 2 else None,
+                head_seen_at=int((1598306400 + (100 - i) * 30 + 1.5 * i) * 1000),
+                network_name="mainnet" if i == 3 else None,
             ),
             T0 + i / 7,
         )
@@ -259,7 +265,8 @@ def test_fast_renderer_matches_prometheus_client() -> None:
         fast = FleetRenderer(legacy=legacy).render(snap).encode()
         reference = render_reference(snap, legacy=legacy)
         assert families(fast) == families(reference)
-        assert len(families(fast)) == 18 + (3 if legacy else 0)  # node_probation included
+        # node_probation, node_source_state and head_delay_seconds included
+        assert len(families(fast)) == 20 + (3 if legacy else 0)
     for empty in (None, Fleet().snapshot(T0)):
         assert families(FleetRenderer().render(empty).encode()) == families(render_reference(empty))
 
@@ -293,3 +300,71 @@ def test_full_body_is_fleet_then_self_families() -> None:
     fleet = families(render_reference(snap, legacy=True))
     assert got[: len(fleet)] == fleet
     assert "fil_heartbeat_beats_received" in {name for name, *_ in got[len(fleet) :]}
+
+
+# -- agent health: the source state, the head delay histogram ---------------------------------
+
+
+def _health_beat(height: int, state: SourceState | None, delay: float | None) -> Beat:
+    ts = 1598306400 + height * 30
+    return Beat(
+        head="{" + (A if height % 2 else B) + "}" if height else "{}",
+        height=height,
+        nickname="n",
+        miner_address="",
+        genesis_cid=MAINNET_GENESIS_CID,
+        head_timestamp=ts if height else None,
+        source_state=state,
+        source_error="connection refused" if state is SourceState.UNREACHABLE else None,
+        head_seen_at=None if delay is None else int((ts + delay) * 1000),
+    )
+
+
+def test_source_state_series_and_source_down_counts() -> None:
+    fleet = Fleet()
+    for pid in ("ok1", "ok2", "old", "gone"):
+        fleet.on_connect(pid, "", T0)
+    fleet.on_beat("ok1", _health_beat(101, SourceState.OK, 1.0), T0)
+    fleet.on_beat("ok2", _health_beat(101, SourceState.OK, 2.0), T0)
+    fleet.on_beat("old", _health_beat(101, None, None), T0)
+    fleet.on_beat("gone", _health_beat(0, SourceState.UNREACHABLE, None), T0)
+    got = samples(FleetRenderer().render(fleet.snapshot(T0 + 1)).encode())
+
+    def src(pid: str, state: str) -> float | None:
+        key = lbl(peer_id=pid, nickname="n", miner="", network="mainnet", state=state)
+        return got.get(("fil_heartbeat_node_source_state", key))
+
+    assert [src("ok1", s.value) for s in SourceState] == [1, 0, 0, 0, 0]
+    assert [src("gone", s.value) for s in SourceState] == [0, 1, 0, 0, 0]
+    assert src("old", "ok") is None  # an older agent says nothing about its source
+    net = lbl(network="mainnet")
+    assert got[("fil_heartbeat_nodes", lbl(network="mainnet", state="source_down"))] == 1
+    assert got[("fil_heartbeat_nodes_in_consensus", net)] == 3
+    assert got[("fil_heartbeat_nodes_in_dispute", net)] == 0  # source_down is no dispute
+    assert got[("fil_heartbeat_network_height", net)] == 101
+    gone = lbl(peer_id="gone", nickname="n", miner="", network="mainnet")
+    assert ("fil_heartbeat_node_lag_epochs", gone) not in got
+    assert got[("fil_heartbeat_node_state", gone | {("state", "source_down")})] == 1
+
+
+def test_head_delay_histogram_observed_once_per_node_per_head() -> None:
+    fleet = Fleet()
+    for pid in ("a", "b"):
+        fleet.on_connect(pid, "", T0)
+    for t, height, delays in ((0, 101, (0.4, 2.5)), (3, 101, (9.0, 9.0)), (30, 102, (-3.0, 31.0))):
+        for pid, delay in zip(("a", "b"), delays, strict=True):
+            fleet.on_beat(pid, _health_beat(height, SourceState.OK, delay), T0 + t)
+    snap = fleet.snapshot(T0 + 31)
+    got = samples(FleetRenderer().render(snap).encode())
+    assert families(FleetRenderer().render(snap).encode()) == families(render_reference(snap))
+
+    def bucket(le: str) -> float:
+        return got[("fil_heartbeat_head_delay_seconds_bucket", lbl(le=le, network="mainnet"))]
+
+    # observed: 0.4, 2.5 (first heads), 0 (clamped from -3), 31 (second heads); the repeated
+    # beats at t=3 carried the same heads and count nothing
+    assert [bucket(le) for le in ("0.5", "1.0", "2.0", "3.0", "30.0", "+Inf")] == [2, 2, 2, 3, 3, 4]
+    assert got[("fil_heartbeat_head_delay_seconds_count", lbl(network="mainnet"))] == 4
+    assert got[("fil_heartbeat_head_delay_seconds_sum", lbl(network="mainnet"))] == pytest.approx(
+        33.9
+    )
