@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
             help="also export go-filecoin's unprefixed gauges",
         )
         p.add_argument("--name", help="this aggregator's name (legacy metrics label)")
+        p.add_argument(
+            "--status-page",
+            choices=["private", "public", "off"],
+            help="the status page at / (private, the default: everything; public: no remote "
+            "addresses, IPs or source error texts, in the page and its JSON; off: no page); "
+            "env FIL_HEARTBEAT_AGGREGATOR_STATUS_PAGE, TOML status_page",
+        )
         p.add_argument("--max-connections", type=str, metavar="N")
         p.add_argument("--max-connections-per-ip", type=str, metavar="N")
         p.add_argument(

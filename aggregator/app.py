@@ -290,7 +290,7 @@ async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
 async def _start_http(agg: Aggregator, nursery: trio.Nursery) -> str:
     from aggregator.http import HttpApi, serve_http
 
-    agg.http = HttpApi(agg.snapshot, agg.metrics, bus=agg.bus)
+    agg.http = HttpApi(agg.snapshot, agg.metrics, bus=agg.bus, status_page=agg.config.status_page)
     agg.http.propagation = agg.fleet.propagation  # /api/v1/propagation
     port: int = await nursery.start(
         partial(serve_http, agg.http, agg.config.http_host, agg.config.http_port)

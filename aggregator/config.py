@@ -133,6 +133,9 @@ class AggregatorConfig:
     #: A worker that sent nothing (it reports every second) for this long is killed and
     #: restarted: hung, or stopped.
     worker_watchdog: float = 60.0
+    #: The status page at `/` (aggregator/statuspage/): private (everything), public (no
+    #: remote addresses, IPs or source error texts, in the page and its JSON APIs) or off.
+    status_page: str = "private"
     log_format: str = "text"
     log_level: str = "INFO"
     #: The raw `[alerts]` table of the TOML file, for the alerting service.
@@ -219,6 +222,10 @@ def _memory_cuts(value: Any) -> tuple[str, ...]:
     return tuple(cut for cut in MEMORY_CUTS if cut in names)
 
 
+def _status_page(value: Any) -> str:
+    return parse_choice(_str(value), ("private", "public", "off"))
+
+
 def _log_format(value: Any) -> str:
     return parse_choice(_str(value), ("text", "json"))
 
@@ -283,6 +290,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "allow_unpatched_libp2p": _bool,
     "workers": _int,
     "worker_watchdog": _duration,
+    "status_page": _status_page,
     "log_format": _log_format,
     "log_level": _log_level,
     "alerts": _alerts,

@@ -15,6 +15,12 @@ GET): a live feed of the bus's events, one JSON object per message (`{"type": "b
 (`?peer=<peer_id>`); at most 64 clients (more are closed with code 1013), each an optional bus
 subscriber that drops (and counts) what it cannot keep up with. See aggregator/feed.py.
 
+The status page (aggregator/statuspage/, `status_page`: private, public or off): `/`, the
+fleet page; `/nodes/{peer_id}`, a node's page; `/static/<file>`, its scripts and style;
+`/api`, the index of endpoints (always). Public: `/api/v1/nodes`, `/api/v1/nodes/{peer_id}`,
+`/api/v1/alerts` and the feed go through `redact_public` (no remote addresses, no source
+error texts); off: no page (`/` is a 404).
+
 `/metrics` is gzip-compressed (`Content-Encoding: gzip`) when the request's `Accept-Encoding`
 allows gzip (q-values honoured: `gzip;q=0` refuses it) and the body exceeds `gzip_min_bytes`
 (1 KiB); its answers always carry `Vary: Accept-Encoding`. Prometheus asks for gzip: at 10,000
@@ -40,12 +46,15 @@ from aggregator.counters import IngestCounters
 from aggregator.feed import FEED_CAPACITY, MAX_FEED_CLIENTS, Feed
 from aggregator.metrics import CONTENT_TYPE
 from aggregator.propagation_api import PROPAGATION_PATH, propagation_response
+from aggregator.statuspage.privacy import redact_public
+from aggregator.statuspage.routes import MODES, PageReply, StatusPage
 from aggregator.worklink import MergedCounters, worker_zero
 from heartbeat.common.asgi import Receive, Scope, Send, bound_port, lifespan, serve_asgi
 
 if TYPE_CHECKING:
     from aggregator.bus import Bus
     from aggregator.fleet import FleetSnapshot, NetworkView, NodeView
+    from aggregator.history_api import HistoryApi
     from aggregator.metrics import AggregatorMetrics
     from aggregator.propagation import Propagation
 
@@ -105,11 +114,14 @@ def gzip_accepted(accept_encoding: str) -> bool:
     return wildcard is not None and wildcard > 0
 
 
-def node_json(v: NodeView) -> dict[str, Any]:
-    """A node as JSON: NodeView's fields, `state` as its value, `head_cids` as a list."""
+def node_json(v: NodeView, uptime: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A node as JSON: NodeView's fields, `state` as its value, `head_cids` as a list, and
+    `uptime` per window when a provider (aggregator/history_api.py) is given."""
     out = v._asdict()
     out["state"] = v.state.value
     out["head_cids"] = list(v.head_cids)
+    if uptime is not None:
+        out["uptime"] = uptime(v.peer_id)
     return out
 
 
@@ -146,7 +158,11 @@ class HttpApi:
         bus: Bus | None = None,
         max_feed_clients: int = MAX_FEED_CLIENTS,
         feed_capacity: int = FEED_CAPACITY,
+        status_page: str = "private",
     ) -> None:
+        if status_page not in MODES:
+            raise ValueError(f"status_page must be one of {MODES}, not {status_page!r}")
+        self.public = status_page == "public"
         self.snapshot_provider = snapshot_provider
         self.metrics = metrics
         self.alerts_provider = alerts_provider
@@ -157,8 +173,20 @@ class HttpApi:
             else None
         )
         self.workers_provider: Callable[[], list[dict[str, Any]]] | None = None
+        self.page = StatusPage(
+            snapshot_provider,
+            self.node_out,
+            lambda snap: [network_json(n) for n in snap.networks.values()],
+            alerts_provider,
+            mode=status_page,
+        )
+        if self.feed is not None:
+            self.feed.public = self.public
+            self.feed.nodes_source = self._feed_nodes
         #: `/api/v1/propagation` (aggregator/propagation_api.py) once the app sets it.
         self.propagation: Propagation | None = None
+        #: The node history routes and `uptime` (aggregator/history_api.py) once the app sets it.
+        self.history: HistoryApi | None = None
         self.ready = False
 
     def set_ready(self, ready: bool = True) -> None:
@@ -166,6 +194,17 @@ class HttpApi:
 
     def set_alerts_provider(self, provider: Callable[[], list[Any]] | None) -> None:
         self.alerts_provider = provider
+        self.page.alerts_provider = provider
+
+    def node_out(self, v: NodeView) -> dict[str, Any]:
+        """A node as the JSON API (and the page) serve it: redacted on a public page."""
+        out = node_json(v, self.history.uptime_of if self.history is not None else None)
+        return redact_public(out) if self.public else out
+
+    def _feed_nodes(self) -> tuple[float, list[dict[str, Any]], list[dict[str, Any]]]:
+        snap = self.snapshot_provider()
+        nodes = [self.node_out(v) for v in snap.nodes]
+        return snap.taken_at, nodes, [network_json(n) for n in snap.networks.values()]
 
     def set_workers_provider(self, provider: Callable[[], list[dict[str, Any]]] | None) -> None:
         self.workers_provider = provider
@@ -206,16 +245,22 @@ class HttpApi:
     async def _http(self, scope: Scope, send: Send) -> None:
         method = scope.get("method", "GET")
         path = _path(scope)
-        status, ctype, body = await self._route(
-            method, path, scope.get("query_string", b"").decode("latin-1")
-        )
+        page: PageReply | None = await self.page.respond(method, path, scope)
         extra: list[tuple[bytes, bytes]] = []
+        if page is not None:
+            status, ctype, body = page.status, page.content_type, page.body
+            extra.extend(page.headers)
+        else:
+            status, ctype, body = await self._route(
+                method, path, scope.get("query_string", b"").decode("latin-1")
+            )
         if status == 405:
             extra.append((b"allow", b"GET, HEAD"))
         if status == 426:
             extra.append((b"upgrade", b"websocket"))
-        if path == "/metrics" and status == 200:
-            extra.append((b"vary", b"Accept-Encoding"))
+        if (path == "/metrics" or (page is not None and page.compressible)) and status == 200:
+            if page is None:
+                extra.append((b"vary", b"Accept-Encoding"))
             accepted = gzip_accepted(_header(scope, b"accept-encoding"))
             if accepted and len(body) > self.gzip_min_bytes:
                 # HEAD too: its headers (length, encoding) must be those GET would send.
@@ -226,6 +271,10 @@ class HttpApi:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
     async def _route(self, method: str, path: str, query: str = "") -> tuple[int, bytes, bytes]:
+        if self.history is not None:
+            answer = await self.history.route(method, path, query)
+            if answer is not None:
+                return answer
         known = path in _ROUTES or (path.startswith(_NODE_PREFIX) and len(path) > len(_NODE_PREFIX))
         if path == PROPAGATION_PATH:
             known = self.propagation is not None
@@ -246,14 +295,17 @@ class HttpApi:
         if path == "/readyz":
             return (200, _TEXT, b"ready\n") if self.ready else (503, _TEXT, b"not ready\n")
         if path == "/api/v1/alerts":
-            return _json(200, self.alerts_provider() if self.alerts_provider else [])
+            alerts = self.alerts_provider() if self.alerts_provider else []
+            if self.public:
+                alerts = [redact_public(a) if isinstance(a, dict) else a for a in alerts]
+            return _json(200, alerts)
         if path == "/api/v1/workers":
             return _json(200, self._workers())
         snap = self.snapshot_provider()
         if path == PROPAGATION_PATH and self.propagation is not None:
             return _json(*propagation_response(self.propagation, snap, query))
         if path == "/api/v1/nodes":
-            return _json(200, [node_json(v) for v in snap.nodes])
+            return _json(200, [self.node_out(v) for v in snap.nodes])
         if path == "/nodes":
             return _json(200, [v.peer_id for v in snap.nodes if v.up])
         if path == "/api/v1/fleet":
@@ -270,7 +322,7 @@ class HttpApi:
         view = snap.node(peer_id)
         if view is None:
             return _json(404, {"error": "unknown peer", "peer_id": peer_id})
-        return _json(200, node_json(view))
+        return _json(200, self.node_out(view))
 
     async def _metrics(self) -> bytes:
         assert self.metrics is not None
