@@ -22,6 +22,7 @@ import trio
 from aggregator.alerts.service import add_alert_arguments, load_settings, merge_alert_flags
 from aggregator.config import _MULTIADDR, AggregatorConfig, build_config
 from aggregator.errors import AggregatorError
+from aggregator.variants import BenchVariants, add_variant_flags
 from heartbeat.common.ports import bind_problem, shown_address
 from heartbeat.errors import ConfigError, HeartbeatError
 from heartbeat.net.errors import UNPATCHED_HINT, CompatError
@@ -53,11 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     ident = sub.add_parser(
         "id", help="print the aggregator's peer id", argument_default=argparse.SUPPRESS
     )
+    alert_test = sub.add_parser(
+        "alert-test",
+        help="send one test notification to every configured alert receiver and exit "
+        "(0: all took it, 1: some failed, 2: configuration error)",
+        argument_default=argparse.SUPPRESS,
+    )
     # Started by worker 0 (`--workers N`), not by hand: the configuration comes over the link.
     worker = sub.add_parser("worker", argument_default=argparse.SUPPRESS)
     worker.add_argument("--worker-index", type=int, required=True)
     worker.add_argument("--worker-link", required=True, metavar="PATH")
-    for p in (parser, run, ident):
+    add_variant_flags(worker)  # worker 0 passes its own on (`BenchVariants.argv`)
+    for p in (parser, run, ident, alert_test):
         p.add_argument("--config", metavar="FILE", help="TOML configuration file")
         p.add_argument("--identity-file", metavar="PATH", help="Ed25519 key file (created)")
     for p in (parser, run):
@@ -145,13 +153,7 @@ def _parser() -> argparse.ArgumentParser:
             metavar="DURATION",
             help="the window of --refusal-cap (1m)",
         )
-        variants = p.add_argument_group("benchmark variants (not for production)")
-        variants.add_argument(
-            "--memory-cuts",
-            metavar="LIST",
-            help="py-libp2p per-connection memory cuts: yamux,accept,noise,inbound (the "
-            "default: all), or none (py-libp2p's behaviour)",
-        )
+        add_variant_flags(p)  # hidden: bench/README.md
         p.add_argument(
             "--max-connections-per-peer",
             type=str,
@@ -175,6 +177,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--lag-threshold", type=str, metavar="EPOCHS")
         p.add_argument("--stall-after", type=str, metavar="DURATION")
         p.add_argument("--retention", type=str, metavar="DURATION")
+        p.add_argument(
+            "--history-retention",
+            type=str,
+            metavar="DURATION",
+            help="how long node history (state changes, epoch heights, uptime) is kept in "
+            "the state db (default 720h = 30 days; env "
+            "FIL_HEARTBEAT_AGGREGATOR_HISTORY_RETENTION, TOML history_retention)",
+        )
         p.add_argument("--max-nodes", type=str, metavar="N")
         p.add_argument(
             "--probation",
@@ -197,34 +207,6 @@ def _parser() -> argparse.ArgumentParser:
             action="store_const",
             const=False,
         )
-        variants.add_argument(
-            "--no-fast-task-lookup",
-            dest="fast_task_lookup",
-            action="store_const",
-            const=False,
-            help="keep py-libp2p's O(connections) parent-task search",
-        )
-        variants.add_argument(
-            "--yamux-release-on-read",
-            action="store_const",
-            const=True,
-            help="send the agent a Yamux WINDOW_UPDATE after every read "
-            "(py-libp2p's default; one more frame written per beat)",
-        )
-        variants.add_argument(
-            "--no-throttle-reconcile",
-            dest="throttle_reconcile",
-            action="store_const",
-            const=False,
-            help="keep py-libp2p's O(connections) reconcile on every accept",
-        )
-        variants.add_argument(
-            "--identify-peers",
-            dest="identify_peers",
-            action="store_const",
-            const=True,
-            help="run identify towards every connecting agent",
-        )
         p.add_argument(
             "--allow-unpatched-libp2p",
             action="store_const",
@@ -245,6 +227,13 @@ def _parser() -> argparse.ArgumentParser:
             help="kill and restart a worker silent this long (60s)",
         )
         p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
+        p.add_argument(
+            "--runbook-base-url",
+            metavar="URL",
+            help="where grafana/RUNBOOK.md is published: alert runbook links become "
+            "URL/grafana/RUNBOOK.md#alertname (default: relative links); env "
+            "FIL_HEARTBEAT_AGGREGATOR_RUNBOOK_BASE_URL, TOML runbook_base_url",
+        )
         add_alert_arguments(p)
     for p in (parser, run, ident, worker):
         p.add_argument("--log-format", choices=["text", "json"])
@@ -257,7 +246,9 @@ def parse_args(
 ) -> tuple[str, AggregatorConfig]:
     """(command, config); raises ConfigError."""
     args = _parser().parse_args(list(argv))
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+    flags: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if v is not None and not k.startswith("variant_")
+    }
     command = flags.pop("command", None) or "run"
     if command == "worker":
         flags.pop("worker_index"), flags.pop("worker_link")
@@ -273,7 +264,7 @@ def parse_args(
         file = dict(file.get("aggregator", file))
     merge_alert_flags(flags, file)
     config = build_config(flags, env, file, state_dir=_state_dir())
-    load_settings(config.alerts, config.alerts_file)  # a bad [alerts] setting fails here
+    load_settings(config.alerts, config.alerts_file, env)  # a bad [alerts] setting fails here
     return command, config
 
 
@@ -336,7 +327,12 @@ def _run_worker(argv: Sequence[str]) -> int:
         logging.shutdown()
         os._exit(0)
 
-    trio.run(partial(run_worker, args.worker_index, args.worker_link, orphaned=exit_now))
+    variants = BenchVariants.from_args(args)
+    trio.run(
+        partial(
+            run_worker, args.worker_index, args.worker_link, variants=variants, orphaned=exit_now
+        )
+    )
     return 0
 
 
@@ -375,9 +371,22 @@ def _run_command(command: str, config: AggregatorConfig, argv: Sequence[str]) ->
         return 0
     if command == "worker":
         return _run_worker(argv)
+    if command == "alert-test":
+        from aggregator.alerts.service import run_alert_test
+
+        return trio.run(run_alert_test, config, dict(os.environ))
     from aggregator.app import run_aggregator
 
-    trio.run(partial(run_aggregator, config, on_ready=_print_ready))
+    variants = BenchVariants.from_args(_parser().parse_args(list(argv)))
+    trio.run(
+        partial(
+            run_aggregator,
+            config,
+            variants=variants,
+            on_ready=_print_ready,
+            alert_env=dict(os.environ),
+        )
+    )
     return 0
 
 

@@ -19,7 +19,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,6 +35,7 @@ from aggregator.fleet import Fleet, FleetPolicy, FleetSnapshot
 from aggregator.gcmon import GcMonitor, tune_gc
 from aggregator.ingest import Ingest, IngestSettings
 from aggregator.metrics import AggregatorMetrics, create_metrics
+from aggregator.variants import BenchVariants
 from heartbeat.errors import ConfigError
 from heartbeat.net import compat, p2p
 from heartbeat.net.compat import yamux_session
@@ -164,9 +165,12 @@ class Aggregator:
     host: Any = None
     http: Any = None  # aggregator.http.HttpApi
     hub: Any = None  # aggregator.workers.WorkerHub when workers > 1
+    history: Any = None  # aggregator.history_store.HistoryService
     multiaddrs: list[str] = field(default_factory=list)
     http_url: str = ""
     wall_clock: Callable[[], float] = time.time
+    #: Benchmark runs only: the py-libp2p fixes they turn off (aggregator/variants.py).
+    variants: BenchVariants = field(default_factory=BenchVariants)
 
     def snapshot(self) -> FleetSnapshot:
         return self.fleet.snapshot(self.wall_clock())
@@ -216,19 +220,20 @@ async def _signals(
             return
 
 
-async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
-    """The built-in alerter (aggregator/alerts): on unless `[alerts] enabled = false`."""
-    from aggregator.alerts.delivery import AlertDelivery, DeliveryCollector
-    from aggregator.alerts.service import AlertingService, load_settings
+async def _start_alerts(
+    agg: Aggregator, nursery: trio.Nursery, env: Mapping[str, str] | None = None
+) -> None:
+    """The built-in alerter (aggregator/alerts): on unless `[alerts] enabled = false`; its
+    state in the state db (aggregator/alerts/state_store.py)."""
+    from aggregator.alerts.delivery import DeliveryCollector
+    from aggregator.alerts.service import AlertingService, build_delivery, load_settings
+    from aggregator.alerts.state_store import AlertStateStore
 
-    settings = load_settings(agg.config.alerts, agg.config.alerts_file)
+    settings = load_settings(agg.config.alerts, agg.config.alerts_file, env)
     if not settings.enabled:
         return
-    delivery = AlertDelivery(
-        alertmanager_urls=settings.alertmanager_urls,
-        webhook_urls=settings.webhook_urls,
-        sender=agg.config.name,
-        generator_url=f"{agg.http_url}/api/v1/alerts" if agg.http_url else "",
+    delivery = build_delivery(
+        settings, agg.config.name, f"{agg.http_url}/api/v1/alerts" if agg.http_url else ""
     )
     agg.metrics.registry.register(DeliveryCollector(delivery))
     service = AlertingService(
@@ -240,6 +245,8 @@ async def _start_alerts(agg: Aggregator, nursery: trio.Nursery) -> None:
         send_test_alert=settings.send_test_alert,
         wall_clock=agg.wall_clock,
         changes=agg.alert_changes,
+        runbook_base_url=agg.config.runbook_base_url,
+        state_store=AlertStateStore(agg.config.state_db),
     )
     await nursery.start(service.run)
     agg.metrics.set_alerts_provider(service.firing)
@@ -285,6 +292,28 @@ async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
         )
     )
     log.info("fleet_restored nodes=%s path=%s", restored, agg.config.state_db)
+
+
+async def _start_history(agg: Aggregator, nursery: trio.Nursery) -> None:
+    """Node history and uptime (aggregator/history_store.py) in the state db's own tables."""
+    from aggregator.history_store import HistoryService, HistoryStore
+
+    agg.history = HistoryService(
+        HistoryStore(agg.config.state_db),
+        agg.snapshot,
+        retention=agg.config.history_retention,
+        flush_interval=agg.config.store_flush_interval,
+        clock=agg.wall_clock,
+    )
+    await nursery.start(agg.history.run)
+
+
+def _attach_history(agg: Aggregator) -> None:
+    """The history routes and each node's `uptime` in the HTTP API."""
+    from aggregator.history_api import HistoryApi
+
+    public = getattr(agg.config, "status_page", "private") == "public"
+    agg.http.history = HistoryApi(agg.history, agg.snapshot, public=public)
 
 
 async def _start_http(agg: Aggregator, nursery: trio.Nursery) -> str:
@@ -342,31 +371,23 @@ def build_aggregator(
     )
 
 
-def compat_options(config: AggregatorConfig) -> compat.CompatOptions:
-    """The benchmark variants of `config` (the defaults are the product's)."""
-    return compat.CompatOptions(
-        fast_task_lookup=config.fast_task_lookup,
-        throttle_reconcile=config.throttle_reconcile,
-        yamux_release_on_read=config.yamux_release_on_read,
-        memory_cuts=config.memory_cuts,
-        identify_peers=config.identify_peers,
-    )
-
-
-def install_accept_path_patches(config: AggregatorConfig) -> None:
+def install_accept_path_patches(
+    config: AggregatorConfig, variants: BenchVariants | None = None
+) -> None:
     """Every py-libp2p fix (heartbeat.net.compat) as configured, behind its version gate.
 
     Raises `CompatError` on another py-libp2p unless `allow_unpatched_libp2p`.
     """
     installed = compat.install_all(
-        compat_options(config), allow_unpatched=config.allow_unpatched_libp2p
+        (variants or BenchVariants()).compat_options(),
+        allow_unpatched=config.allow_unpatched_libp2p,
     )
     log.info("libp2p_fixes %s", " ".join(f"{k}={int(v)}" for k, v in installed.items()))
 
 
 @asynccontextmanager
 async def serving_heartbeats(
-    ingest: Ingest, key_pair: Any, config: AggregatorConfig
+    ingest: Ingest, key_pair: Any, config: AggregatorConfig, *, identify_peers: bool = False
 ) -> AsyncIterator[Any]:
     """A running libp2p host whose heartbeat streams and connections go to `ingest`."""
     async with (
@@ -374,7 +395,7 @@ async def serving_heartbeats(
             key_pair,
             list(config.listen),
             host_limits(config),
-            identify_peers=config.identify_peers,
+            identify_peers=identify_peers,
         ) as host,
         yamux_session.yamux_sweeper(),
     ):
@@ -405,31 +426,39 @@ async def _start_workers(agg: Aggregator, nursery: trio.Nursery) -> None:
 async def run_aggregator(
     config: AggregatorConfig,
     *,
+    variants: BenchVariants | None = None,
     handle_signals: bool = True,
     on_ready: Callable[[Aggregator], None] | None = None,
+    alert_env: Mapping[str, str] | None = None,
     task_status: trio.TaskStatus[tuple[list[str], str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the aggregator until cancelled or signalled (see the module docstring)."""
+    """Run the aggregator until cancelled or signalled (see the module docstring);
+    `alert_env` resolves the alert receivers' `*_env` secrets."""
     key_pair = p2p.load_or_create_identity(config.identity_file)
     agg = build_aggregator(config, key_pair)
-    install_accept_path_patches(config)
+    agg.variants = variants or BenchVariants()
+    install_accept_path_patches(config, agg.variants)
     with trio.CancelScope() as shutdown, agg.gc:
         async with trio.open_nursery() as nursery:
             await nursery.start(agg.ingest.run)
             await _start_store(agg, nursery)
+            await _start_history(agg, nursery)
             await nursery.start(
                 partial(run_expiry, agg.fleet, config.expire_interval, clock=agg.wall_clock)
             )
-            async with serving_heartbeats(agg.ingest, key_pair, config) as host:
+            async with serving_heartbeats(
+                agg.ingest, key_pair, config, identify_peers=agg.variants.identify_peers
+            ) as host:
                 agg.host = host
                 v4, v6 = local_ip_addresses()
                 agg.multiaddrs = dialable_multiaddrs(
                     p2p.listen_multiaddrs(host), agg.peer_id, v4, v6
                 )
                 agg.http_url = await _start_http(agg, nursery)
+                _attach_history(agg)
                 if config.workers > 1:
                     await _start_workers(agg, nursery)
-                await _start_alerts(agg, nursery)
+                await _start_alerts(agg, nursery, alert_env)
                 if handle_signals:
                     await nursery.start(_signals, agg, shutdown)
                 agg.http.set_ready(True)

@@ -27,7 +27,6 @@ __all__ = [
     "DEFAULT_HTTP_LISTEN",
     "DEFAULT_LISTEN",
     "ENV_PREFIX",
-    "MEMORY_CUTS",
     "AggregatorConfig",
     "build_config",
     "config_mapping",
@@ -105,25 +104,12 @@ class AggregatorConfig:
     reject_log_interval: float = 60.0
     #: The registry's batch period: also what a SIGKILL can lose (docs/ARCHITECTURE.md).
     store_flush_interval: float = 2.0
+    #: How long node history (state transitions, epoch heights: uptime) stays in the state
+    #: db (aggregator/history_store.py); each node's state at the horizon is kept.
+    history_retention: float = 30 * 86_400.0
     expire_interval: float = 60.0
     gc_freeze: bool = True
     gc_threshold: tuple[int, int, int] = (50_000, 50, 100)
-    #: Replace py-libp2p's O(connections) parent-task search by an O(1) lookup
-    #: (`heartbeat.net.p2p.install_fast_task_lookup`; docs/CAPACITY.md).
-    fast_task_lookup: bool = True
-    #: Reconcile py-libp2p's connection tracker at most every 5 s instead of on every
-    #: accepted connection (`heartbeat.net.p2p.install_throttled_reconcile`; docs/CAPACITY.md).
-    throttle_reconcile: bool = True
-    #: Credit each Yamux read back to the agent at once, one WINDOW_UPDATE frame per beat
-    #: read (py-libp2p 0.8.1's default). Off: at half the window, as go-yamux does.
-    yamux_release_on_read: bool = False
-    #: py-libp2p's per-connection memory cut from outside (`heartbeat.net.compat`,
-    #: docs/CAPACITY.md 1b): any of `MEMORY_CUTS`; () is py-libp2p's behaviour.
-    memory_cuts: tuple[str, ...] = ("yamux", "accept", "noise", "inbound")
-    #: Run identify towards every connecting agent (py-libp2p's default). Off: the
-    #: aggregator needs neither their protocols nor their addresses, and each identify
-    #: costs a stream and peerstore records per accepted connection (docs/CAPACITY.md).
-    identify_peers: bool = False
     #: Run py-libp2p's stock code when the compat gate refuses the installed version
     #: (README: its inbound limiter then refuses everything after max_connections).
     allow_unpatched_libp2p: bool = False
@@ -142,6 +128,9 @@ class AggregatorConfig:
     alerts: Mapping[str, Any] = field(default_factory=dict)
     #: A separate alert rules/receivers file, if any.
     alerts_file: Path | None = None
+    #: Where grafana/RUNBOOK.md is published: alert runbook links become absolute
+    #: (base + "/grafana/RUNBOOK.md#alertname"); "" keeps them relative.
+    runbook_base_url: str = ""
 
     @property
     def http_url(self) -> str:
@@ -186,6 +175,13 @@ def _str(value: Any) -> str:
     return value.strip()
 
 
+def _base_url(value: Any) -> str:
+    text = _str(value).rstrip("/")
+    if text and not text.startswith(("http://", "https://")):
+        raise ValueError("expected an http(s) URL")
+    return text
+
+
 def _listen(value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     addrs = tuple(str(a).strip() for a in items if str(a).strip())
@@ -202,24 +198,6 @@ def _threshold(value: Any) -> tuple[int, int, int]:
     if len(numbers) != 3 or any(n < 0 for n in numbers):
         raise ValueError("expected three non-negative integers, e.g. 50000,50,100")
     return (numbers[0], numbers[1], numbers[2])
-
-
-#: The cuts `heartbeat.net.compat.CompatOptions` knows (its `MEMORY_CUTS`).
-MEMORY_CUTS = ("yamux", "accept", "noise", "inbound")
-
-
-def _memory_cuts(value: Any) -> tuple[str, ...]:
-    """`yamux,noise`, a TOML list, `all` or `none`; in `MEMORY_CUTS` order."""
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    names = {str(v).strip().lower() for v in items} - {""}
-    if names == {"all"}:
-        return MEMORY_CUTS
-    if names == {"none"}:
-        return ()
-    unknown = names - set(MEMORY_CUTS)
-    if unknown:
-        raise ValueError(f"unknown cut(s) {sorted(unknown)}; known: {', '.join(MEMORY_CUTS)}")
-    return tuple(cut for cut in MEMORY_CUTS if cut in names)
 
 
 def _status_page(value: Any) -> str:
@@ -279,14 +257,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_probation_per_ip": _int,
     "reject_log_interval": _duration,
     "store_flush_interval": _duration,
+    "history_retention": _duration,
     "expire_interval": _duration,
     "gc_freeze": _bool,
     "gc_threshold": _threshold,
-    "fast_task_lookup": _bool,
-    "throttle_reconcile": _bool,
-    "yamux_release_on_read": _bool,
-    "memory_cuts": _memory_cuts,
-    "identify_peers": _bool,
     "allow_unpatched_libp2p": _bool,
     "workers": _int,
     "worker_watchdog": _duration,
@@ -295,6 +269,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_level": _log_level,
     "alerts": _alerts,
     "alerts_file": _opt_path,
+    "runbook_base_url": _base_url,
 }
 
 #: Settings that must be strictly positive / at least 1.
@@ -307,6 +282,7 @@ _POSITIVE = {
     "stall_after",
     "retention",
     "store_flush_interval",
+    "history_retention",
     "expire_interval",
     "handshake_queue_wait",
     "first_bytes_timeout",

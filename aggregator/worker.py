@@ -23,6 +23,7 @@ from aggregator.fleet import Fleet
 from aggregator.gcmon import tune_gc
 from aggregator.ingest import Ingest, IngestSettings
 from aggregator.linkstream import HELLO_TIMEOUT, LINK_DOWN, Link
+from aggregator.variants import BenchVariants
 from aggregator.worklink import LinkError, counters_to_wire, event_to_wire
 from heartbeat.errors import ConfigError
 from heartbeat.net import p2p
@@ -50,6 +51,7 @@ async def run_worker(
     index: int,
     link_path: str,
     *,
+    variants: BenchVariants | None = None,
     handle_signals: bool = True,
     orphaned: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -95,10 +97,13 @@ async def run_worker(
             beat_timeout=fleet.beat_timeout,
             allowlist=load_allowlist(config.allowlist_file),
         )
-        install_accept_path_patches(config)
+        variants = variants or BenchVariants()
+        install_accept_path_patches(config, variants)
         async with trio.open_nursery() as nursery:
             await nursery.start(ingest.run)
-            async with serving_heartbeats(ingest, key_pair, config):
+            async with serving_heartbeats(
+                ingest, key_pair, config, identify_peers=variants.identify_peers
+            ):
                 nursery.start_soon(_forward, outbox, link)
                 nursery.start_soon(_report_counters, ingest, link)
                 if handle_signals:

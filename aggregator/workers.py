@@ -38,6 +38,7 @@ import trio
 from aggregator.config import AggregatorConfig, config_mapping
 from aggregator.errors import FleetFull
 from aggregator.linkstream import HELLO_TIMEOUT, STOP_TIMEOUT, Link
+from aggregator.variants import BenchVariants
 from aggregator.worker import WorkerError, run_worker
 from aggregator.worklink import (
     LinkError,
@@ -71,8 +72,11 @@ class WorkerStatus:
     restarts: int = 0
 
 
-def worker_argv(index: int, link: str, config: AggregatorConfig) -> list[str]:
-    """The command that starts worker `index` (its configuration comes over the link)."""
+def worker_argv(
+    index: int, link: str, config: AggregatorConfig, variants: BenchVariants | None = None
+) -> list[str]:
+    """The command that starts worker `index` (its configuration comes over the link, its
+    benchmark variants, if any, on its command line)."""
     return [
         sys.executable,
         "-m",
@@ -86,6 +90,7 @@ def worker_argv(index: int, link: str, config: AggregatorConfig) -> list[str]:
         config.log_format,
         "--log-level",
         config.log_level,
+        *(variants or BenchVariants()).argv(),
     ]
 
 
@@ -106,7 +111,7 @@ class WorkerHub:
         self.status = {i: WorkerStatus(i) for i in range(1, self.count)}
         self.ledger = PeerLedger()
         self.counters = MergedCounters(agg.ingest.counters)
-        self._argv = argv or (lambda i, link: worker_argv(i, link, agg.config))
+        self._argv = argv or (lambda i, link: worker_argv(i, link, agg.config, agg.variants))
         self._worker_config: dict[str, Any] = {}
         self._all_ready = trio.Event()
 

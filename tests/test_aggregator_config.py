@@ -177,7 +177,6 @@ def test_cli_limit_flags(tmp_path: Path) -> None:
             "32",
             "--max-connections-per-peer",
             "1",
-            "--yamux-release-on-read",
             "--identity-file",
             str(tmp_path / "k"),
         ],
@@ -185,8 +184,6 @@ def test_cli_limit_flags(tmp_path: Path) -> None:
     )
     assert (config.max_streams_total, config.max_memory_mb, config.max_peers) == (100, 600, 20000)
     assert (config.max_pending_inbound, config.max_connections_per_peer) == (32, 1)
-    assert config.yamux_release_on_read is True
-    assert build_config({}).yamux_release_on_read is False
 
 
 def test_parse_http_listen() -> None:

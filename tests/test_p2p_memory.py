@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import pytest
 import trio
 import trio.testing
 
-from aggregator.config import MEMORY_CUTS, build_config
+from aggregator.config import build_config
+from aggregator.variants import MEMORY_CUTS, BenchVariants, parse_memory_cuts
 from heartbeat.errors import ConfigError
 from heartbeat.net import compat, p2p
 from heartbeat.net.compat import inbound_limiter, noise_memory, yamux_session
@@ -68,26 +68,37 @@ def restore_cuts() -> Iterator[None]:
     assert compat.installed_fixes() == before
 
 
-def test_config_names_the_same_cuts() -> None:
+def test_variants_name_the_same_cuts() -> None:
     assert MEMORY_CUTS == CUTS
-    assert build_config({}).memory_cuts == MEMORY_CUTS
-    assert build_config({"memory_cuts": "none"}).memory_cuts == ()
-    assert build_config({"memory_cuts": "all"}).memory_cuts == MEMORY_CUTS
-    assert build_config({}, {}, {"memory_cuts": ["inbound", "yamux"]}).memory_cuts == (
-        "yamux",
-        "inbound",
-    )
-    with pytest.raises(ConfigError, match="memory_cuts"):
-        build_config({"memory_cuts": "yamux,stacks"})
+    assert BenchVariants().memory_cuts == MEMORY_CUTS
+    assert parse_memory_cuts("none") == ()
+    assert parse_memory_cuts("all") == MEMORY_CUTS
+    assert parse_memory_cuts("inbound, yamux") == ("yamux", "inbound")
+    with pytest.raises(ValueError, match="stacks"):
+        parse_memory_cuts("yamux,stacks")
 
 
-def test_cli_flag(tmp_path: Path) -> None:
-    from aggregator.__main__ import parse_args
+def test_cli_flag() -> None:
+    from aggregator.__main__ import _parser
 
-    _, config = parse_args(
-        ["run", "--memory-cuts", "noise,inbound", "--identity-file", str(tmp_path / "k")], env={}
-    )
-    assert config.memory_cuts == ("noise", "inbound")
+    def variants(*argv: str) -> BenchVariants:
+        return BenchVariants.from_args(_parser().parse_args(["run", *argv]))
+
+    cut = variants("--memory-cuts", "noise,inbound")
+    assert cut.memory_cuts == ("noise", "inbound")
+    assert cut.argv() == ["--memory-cuts", "noise,inbound"]
+    assert variants("--memory-cuts", "none").argv() == ["--memory-cuts", "none"]
+    assert variants().argv() == []
+    # worker 0 hands its variants to its workers, whose parser takes them back
+    from aggregator.config import build_config
+    from aggregator.workers import worker_argv
+
+    argv = worker_argv(1, "/tmp/link", build_config({}), cut)
+    assert argv[-2:] == ["--memory-cuts", "noise,inbound"]
+    worker_args = _parser().parse_args(argv[argv.index("worker") :])
+    assert BenchVariants.from_args(worker_args) == cut
+    with pytest.raises(ConfigError, match="--memory-cuts"):
+        variants("--memory-cuts", "stacks")
 
 
 @pytest.mark.usefixtures("restore_cuts")
@@ -276,23 +287,24 @@ async def test_inbound_task_and_limiter_slot_released_on_close(cuts: tuple[str, 
 async def test_aggregator_serves_beats_through_the_cut_connections(tmp_path: Path) -> None:
     from aggregator.app import run_aggregator
 
-    config = replace(
-        build_config(
-            {
-                "listen": ["/ip4/127.0.0.1/tcp/0"],
-                "http_listen": "127.0.0.1:0",
-                "identity_file": str(tmp_path / "k"),
-                "state_db": str(tmp_path / "db"),
-                "gc_freeze": False,
-            }
-        ),
-        memory_cuts=CUTS,
+    config = build_config(
+        {
+            "listen": ["/ip4/127.0.0.1/tcp/0"],
+            "http_listen": "127.0.0.1:0",
+            "identity_file": str(tmp_path / "k"),
+            "state_db": str(tmp_path / "db"),
+            "gc_freeze": False,
+        }
     )
     holder: list[Any] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(
             lambda task_status: run_aggregator(
-                config, handle_signals=False, on_ready=holder.append, task_status=task_status
+                config,
+                variants=BenchVariants(memory_cuts=CUTS),
+                handle_signals=False,
+                on_ready=holder.append,
+                task_status=task_status,
             )
         )
         agg = holder[0]

@@ -185,32 +185,28 @@ async def test_same_parent_as_the_walk_on_a_real_host() -> None:
                 _check_equivalence()
 
 
-@pytest.mark.parametrize(
-    ("argv", "env", "toml", "expected"),
-    [
-        ([], {}, None, True),
-        (["--no-fast-task-lookup"], {}, None, False),
-        ([], {"FIL_HEARTBEAT_AGGREGATOR_FAST_TASK_LOOKUP": "false"}, None, False),
-        ([], {}, "fast_task_lookup = false\n", False),
-        (
-            ["--no-fast-task-lookup"],
-            {"FIL_HEARTBEAT_AGGREGATOR_FAST_TASK_LOOKUP": "true"},
-            None,
-            False,
-        ),
-    ],
-)
-def test_aggregator_setting(
-    tmp_path: Any, argv: list[str], env: dict[str, str], toml: str | None, expected: bool
-) -> None:
-    from aggregator.__main__ import parse_args
+@pytest.mark.parametrize(("argv", "expected"), [([], True), (["--no-fast-task-lookup"], False)])
+def test_benchmark_variant_flag(argv: list[str], expected: bool) -> None:
+    """A benchmark variant, not a setting: a hidden flag only (aggregator/variants.py)."""
+    from aggregator.__main__ import _parser
+    from aggregator.variants import BenchVariants
 
-    if toml is not None:
-        path = tmp_path / "aggregator.toml"
-        path.write_text(toml)
-        argv = [*argv, "--config", str(path)]
-    _, config = parse_args(["run", *argv], env=env)
-    assert config.fast_task_lookup is expected
+    variants = BenchVariants.from_args(_parser().parse_args(["run", *argv]))
+    assert variants.fast_task_lookup is expected
+    assert variants.compat_options().fast_task_lookup is expected
+    assert ("--no-fast-task-lookup" in variants.argv()) is not expected
+
+
+def test_variants_are_not_settings(tmp_path: Any) -> None:
+    from aggregator.__main__ import parse_args
+    from heartbeat.errors import ConfigError
+
+    path = tmp_path / "aggregator.toml"
+    path.write_text("fast_task_lookup = false\n")
+    with pytest.raises(ConfigError, match="fast_task_lookup"):
+        parse_args(["run", "--config", str(path)], env={})
+    _, config = parse_args(["run", "--no-fast-task-lookup"], env={})
+    assert not hasattr(config, "fast_task_lookup")
 
 
 async def test_parent_chain_walk_matches_the_tree_walk() -> None:
