@@ -3,8 +3,9 @@
 A key another user can read is a key someone else may hold, and a key owned by another user
 is one this user did not create: both are refused with `IdentityFileRefused`, whose message
 says how to fix the file. An empty file (a crash or a full disk while writing by hand) is
-named as empty rather than as invalid key bytes. Imports no libp2p: `heartbeat.net.p2p`
-reads and writes the key itself.
+named as empty rather than as invalid key bytes. Also where keys are made, loaded and
+named (`load_or_create_identity`, `new_identity`, `peer_id_of`; re-exported by
+`heartbeat.net.p2p`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,20 @@ import os
 import stat
 from pathlib import Path
 
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.identity_utils import load_identity, save_identity
+from libp2p.peer.id import ID
+
 from heartbeat.errors import IdentityError
 
-__all__ = ["IdentityFileRefused", "check_identity_file"]
+__all__ = [
+    "IdentityFileRefused",
+    "check_identity_file",
+    "load_or_create_identity",
+    "new_identity",
+    "peer_id_of",
+]
 
 
 class IdentityFileRefused(IdentityError):
@@ -55,3 +67,36 @@ def check_identity_file(path: Path) -> None:
             f"restore the key from a backup, or remove {path} to create a new identity"
             " (a new peer id)",
         )
+
+
+def _ensure_private_dir(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def load_or_create_identity(path: Path) -> KeyPair:
+    """Load the Ed25519 identity at `path`, creating it (mode 0600) on first use.
+
+    An existing file must be private, ours and not empty (`IdentityFileRefused` otherwise).
+    """
+    try:
+        if path.exists():
+            check_identity_file(path)  # IdentityFileRefused: unsafe or empty, fix named
+            return load_identity(path)
+        _ensure_private_dir(path)
+        key_pair = create_new_key_pair()
+        # Write to a temporary name first so a crash never leaves a truncated key.
+        tmp = path.with_name(path.name + ".tmp")
+        save_identity(key_pair, tmp)
+        os.replace(tmp, path)
+        return key_pair
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot load or create identity file {path}: {exc}") from exc
+
+
+def new_identity(seed: bytes | None = None) -> KeyPair:
+    """A fresh Ed25519 key pair; the same 32-byte `seed` always gives the same key."""
+    return create_new_key_pair(seed)
+
+
+def peer_id_of(key_pair: KeyPair) -> str:
+    return ID.from_pubkey(key_pair.public_key).to_base58()

@@ -10,22 +10,18 @@ propagation restored by the programs' `__main__` (see `restore_libp2p_logging`).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import multiaddr
 import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
-from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.identity_utils import load_identity, save_identity
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError, StreamReset
 from libp2p.peer.id import ID
@@ -38,9 +34,13 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from heartbeat.errors import IdentityError
 from heartbeat.net.gate import HandshakeGate, gate_inbound_upgrades, handshake_gate
-from heartbeat.net.identity import IdentityFileRefused, check_identity_file
+from heartbeat.net.identity import (
+    IdentityFileRefused,
+    load_or_create_identity,
+    new_identity,
+    peer_id_of,
+)
 from heartbeat.net.libp2p_errors import LIBP2P_ERRORS, StreamClosed, quietly
 
 __all__ = [
@@ -171,39 +171,6 @@ class HostLimits:
             refusal_cap=refusal_cap,
             refusal_window=refusal_window,
         )
-
-
-def _ensure_private_dir(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-def load_or_create_identity(path: Path) -> KeyPair:
-    """Load the Ed25519 identity at `path`, creating it (mode 0600) on first use.
-
-    An existing file must be private, ours and not empty (`IdentityFileRefused` otherwise).
-    """
-    try:
-        if path.exists():
-            check_identity_file(path)  # IdentityFileRefused: unsafe or empty, fix named
-            return load_identity(path)
-        _ensure_private_dir(path)
-        key_pair = create_new_key_pair()
-        # Write to a temporary name first so a crash never leaves a truncated key.
-        tmp = path.with_name(path.name + ".tmp")
-        save_identity(key_pair, tmp)
-        os.replace(tmp, path)
-        return key_pair
-    except (OSError, ValueError) as exc:
-        raise IdentityError(f"cannot load or create identity file {path}: {exc}") from exc
-
-
-def new_identity(seed: bytes | None = None) -> KeyPair:
-    """A fresh Ed25519 key pair; the same 32-byte `seed` always gives the same key."""
-    return create_new_key_pair(seed)
-
-
-def peer_id_of(key_pair: KeyPair) -> str:
-    return ID.from_pubkey(key_pair.public_key).to_base58()
 
 
 def peer_info_from_multiaddr(addr: str) -> PeerInfo:
