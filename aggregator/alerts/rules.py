@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggregator.alerts.model import (
+    ALERT_ESCALATIONS,
     ALERT_SEVERITIES,
     TEST_ALERT_NAME,
     Alert,
@@ -80,10 +81,11 @@ class _Track:
 
 @dataclass(frozen=True, slots=True)
 class _Condition:
-    key: tuple[str, str]
+    key: tuple[str, str]  # (alertname, peer id or network key; "/<severity>" if escalated)
     labels: dict[str, str]
     annotations: dict[str, str]
     value: float
+    for_: float  # how long the condition must hold before the alert fires
 
 
 def _miner(v: NodeView) -> str:
@@ -98,22 +100,34 @@ def _human(seconds: float) -> str:
     return format_duration(float(round(seconds)))
 
 
-def _node(name: str, v: NodeView, value: float, summary: str, description: str) -> _Condition:
+def _node(
+    name: str,
+    v: NodeView,
+    value: float,
+    summary: str,
+    description: str,
+    for_: float,
+    severity: Severity | None = None,
+) -> _Condition:
     labels = {
         "alertname": name,
-        "severity": ALERT_SEVERITIES[name].value,
+        "severity": (severity or ALERT_SEVERITIES[name]).value,
         "peer_id": v.peer_id,
         "nickname": v.nickname,
         "network": v.network,
     }
     if v.miner_address:
         labels["miner"] = v.miner_address
-    return _Condition((name, v.peer_id), labels, _annotations(name, summary, description), value)
+    subject = v.peer_id if severity is None else f"{v.peer_id}/{severity.value}"
+    annotations = _annotations(name, summary, description)
+    return _Condition((name, subject), labels, annotations, value, for_)
 
 
-def _net(name: str, n: NetworkView, value: float, summary: str, description: str) -> _Condition:
+def _net(
+    name: str, n: NetworkView, value: float, summary: str, description: str, for_: float
+) -> _Condition:
     labels = {"alertname": name, "severity": ALERT_SEVERITIES[name].value, "network": n.name}
-    return _Condition((name, n.key), labels, _annotations(name, summary, description), value)
+    return _Condition((name, n.key), labels, _annotations(name, summary, description), value, for_)
 
 
 def _annotations(name: str, summary: str, description: str) -> dict[str, str]:
@@ -148,6 +162,7 @@ class AlertEvaluator:
                 f"Filecoin node {v.nickname} is down",
                 f"No aggregator sees node {_who(v)} up: its heartbeat stream is closed "
                 "or timed out.",
+                p.for_duration("FilNodeDown"),
             )
         silent = now - v.last_beat
         if silent > p.heartbeat_missing_after:
@@ -158,6 +173,7 @@ class AlertEvaluator:
                 f"No heartbeat from {v.nickname} for {_human(silent)}",
                 f"The last beat of node {_who(v)} arrived {_human(silent)} ago "
                 f"(threshold {_human(p.heartbeat_missing_after)}).",
+                p.for_duration("FilHeartbeatMissing"),
             )
         if not v.up:
             return
@@ -174,7 +190,11 @@ class AlertEvaluator:
                 f"Node {v.nickname} ({_miner(v)}, peer {v.peer_id}) is {v.lag_epochs} "
                 f"epochs behind the {v.network} fleet (threshold {p.lag_epochs} epochs "
                 f"for {_human(p.lagging_for)}).",
+                p.for_duration("FilNodeLagging"),
             )
+        if v.state is NodeState.SOURCE_DOWN:
+            yield from self._source_down(v, now)
+            return  # no usable head: lagging and stalled say nothing about it
         unchanged = now - v.head_changed_at
         if unchanged > p.head_stalled_after:
             yield _node(
@@ -184,6 +204,7 @@ class AlertEvaluator:
                 f"Head of {v.nickname} unchanged for {_human(unchanged)}",
                 f"Node {_who(v)} still beats but its head has not changed for "
                 f"{_human(unchanged)} (threshold {_human(p.head_stalled_after)}).",
+                p.for_duration("FilNodeHeadStalled"),
             )
         if v.state is NodeState.FORKED:
             yield _node(
@@ -193,6 +214,7 @@ class AlertEvaluator:
                 f"Node {v.nickname} is on a fork",
                 f"Node {_who(v)} has been on a head that differs from the fleet's "
                 f"consensus at the same height for {_human(p.forked_for)}.",
+                p.for_duration("FilNodeForked"),
             )
         if v.state is NodeState.SYNCING:
             yield _node(
@@ -201,7 +223,24 @@ class AlertEvaluator:
                 1.0,
                 f"Node {v.nickname} has been syncing for {_human(p.syncing_for)}",
                 f"Node {_who(v)} has reported syncing for more than {_human(p.syncing_for)}.",
+                p.for_duration("FilNodeSyncingTooLong"),
             )
+
+    def _source_down(self, v: NodeView, now: float) -> Iterable[_Condition]:
+        """FilNodeSourceDown: warning after `source_down_for`, and beside it critical after
+        `source_down_critical_for` (two rules of one name in rules.yml)."""
+        p = self.policy
+        state = v.source_state or "no head"
+        error = f": {v.source_error}" if v.source_error else ""
+        summary = f"The agent of {v.nickname} gets no head from its Lotus"
+        description = (
+            f"Node {_who(v)} still beats, but its agent reports that its Lotus API gives no "
+            f"usable head ({state}{error})."
+        )
+        name = "FilNodeSourceDown"
+        yield _node(name, v, 1.0, summary, description, p.for_duration(name))
+        critical = ALERT_ESCALATIONS[name]
+        yield _node(name, v, 1.0, summary, description, p.for_duration(name, critical), critical)
 
     def _network_conditions(self, n: NetworkView, now: float) -> Iterable[_Condition]:
         p = self.policy
@@ -220,6 +259,7 @@ class AlertEvaluator:
                         f"The highest height any node of network {n.name} reports "
                         f"({n.height}) has not changed for {_human(unchanged)}. Either "
                         "the chain halted or every node is stuck.",
+                        p.for_duration("FilFleetHeightStalled"),
                     )
             if n.expected_height is not None:
                 behind = n.expected_height - n.height
@@ -232,6 +272,7 @@ class AlertEvaluator:
                         f"The best height of network {n.name} is {behind} epochs below "
                         "the height expected from genesis time and block delay "
                         f"(threshold {p.fleet_behind_epochs} epochs).",
+                        p.for_duration("FilFleetBehindExpectedHeight"),
                     )
         if n.nodes_up < p.fleet_min_up_nodes:
             yield _net(
@@ -241,6 +282,7 @@ class AlertEvaluator:
                 f"Only {n.nodes_up} nodes up in {n.name}",
                 f"{n.nodes_up} nodes of network {n.name} are up, fewer than the "
                 f"minimum of {p.fleet_min_up_nodes}.",
+                p.for_duration("FilFleetShrunk"),
             )
 
     def _conditions(self, snapshot: FleetSnapshot) -> dict[tuple[str, str], _Condition]:
@@ -276,7 +318,7 @@ class AlertEvaluator:
                 track.labels, track.annotations, track.value = labels, c.annotations, c.value
                 track.clear_since = None
             if track.phase is Phase.PENDING:
-                if now - track.active_since >= p.for_duration(key[0]):
+                if now - track.active_since >= c.for_:
                     track.phase = Phase.FIRING
                     track.last_sent = now
                     out.append(Transition(TransitionKind.FIRED, track.alert()))
@@ -318,6 +360,53 @@ class AlertEvaluator:
                 }
             )
         return sorted(out, key=lambda a: sorted(a["labels"].items()))
+
+    # -- persistence (aggregator/alerts/state_store.py keeps it in the state db) ------------
+
+    def export_state(self) -> dict[str, Any]:
+        """Every pending and firing alert and the fleet heights, JSON-ready."""
+        tracks = [
+            {
+                "key": list(key),
+                "labels": dict(t.labels),
+                "annotations": dict(t.annotations),
+                "value": t.value,
+                "active_since": t.active_since,
+                "phase": t.phase.value,
+                "last_sent": t.last_sent if math.isfinite(t.last_sent) else None,
+                "clear_since": t.clear_since,
+            }
+            for key, t in self._tracks.items()
+        ]
+        heights = {k: [h, at] for k, (h, at) in self._heights.items()}
+        return {"tracks": tracks, "heights": heights}
+
+    def restore_state(self, state: Mapping[str, Any]) -> int:
+        """Take back what `export_state` gave (after a restart); the alerts restored."""
+        for row in state.get("tracks", []):
+            last_sent = row["last_sent"]
+            key = (str(row["key"][0]), str(row["key"][1]))
+            self._tracks[key] = _Track(
+                {str(k): str(v) for k, v in row["labels"].items()},
+                {str(k): str(v) for k, v in row["annotations"].items()},
+                float(row["value"]),
+                float(row["active_since"]),
+                Phase(row["phase"]),
+                -math.inf if last_sent is None else float(last_sent),
+                None if row["clear_since"] is None else float(row["clear_since"]),
+            )
+        for k, (h, at) in state.get("heights", {}).items():
+            self._heights[str(k)] = (int(h), float(at))
+        return len(state.get("tracks", []))
+
+    @property
+    def state_signature(self) -> tuple[Any, ...]:
+        """Changes whenever something `export_state` holds changes, but for values and
+        texts (a save on every evaluation would follow a counting `value`)."""
+        return (
+            tuple((k, t.phase, t.last_sent, t.clear_since) for k, t in self._tracks.items()),
+            tuple(self._heights.items()),
+        )
 
 
 def test_alert(

@@ -3,7 +3,14 @@
 `AlertingService(snapshot_provider, policy, delivery, ...).run(task_status=...)` starts the
 delivery tasks, sends the start-up test alert when asked, then evaluates on a drift-free timer. It
 reports an `AlertingService` through `task_status.started`: `firing()` feeds the
-`alerts_firing` metric, `current()` the `/api/v1/alerts` endpoint.
+`alerts_firing` metric, `current()` the `/api/v1/alerts` endpoint. With a runbook base URL
+every alert's `runbook` annotation is absolute (base + grafana/RUNBOOK.md#alertname). With an
+`AlertStateStore` (the state db) the service restores the evaluator and what each receiver
+was told before it evaluates, and saves them whenever they change (a restart neither resolves
+nor re-notifies).
+
+`alert_test(settings, ...)` sends one test notification to every receiver and prints one line
+per receiver (`fil-heartbeat-aggregator alert-test`).
 
 With a `ChangeSignal` (the evaluator's required, synchronous bus subscriber: it counts the
 events and flags the fleet as changed) the service also evaluates soon after a change, at
@@ -14,6 +21,7 @@ event, so the timer never stops.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 import tomllib
@@ -23,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from aggregator.alerts.receivers.common import absolute_runbook
 from aggregator.alerts.rules import (
     Alert,
     AlertEvaluator,
@@ -37,16 +46,21 @@ from aggregator.bus import BeatAccepted
 from heartbeat.errors import ConfigError
 
 if TYPE_CHECKING:
-    from aggregator.alerts.delivery import AlertDelivery
+    from aggregator.alerts.delivery import AlertDelivery, TestResult
+    from aggregator.alerts.state_store import AlertState, AlertStateStore, StateWriter
     from aggregator.bus import Event
+    from aggregator.config import AggregatorConfig
     from aggregator.fleet import FleetSnapshot
 
 __all__ = [
     "AlertingService",
     "ChangeSignal",
     "add_alert_arguments",
+    "alert_test",
+    "build_delivery",
     "load_settings",
     "merge_alert_flags",
+    "run_alert_test",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,6 +111,8 @@ class AlertingService:
         wall_clock: Callable[[], float] = time.time,
         changes: ChangeSignal | None = None,
         min_gap: float = 1.0,
+        runbook_base_url: str = "",
+        state_store: AlertStateStore | None = None,
     ) -> None:
         self.snapshot_provider = snapshot_provider
         self.changes = changes
@@ -108,12 +124,53 @@ class AlertingService:
         self.wall_clock = wall_clock
         self.evaluator = AlertEvaluator(policy, self.static_labels)
         self.evaluations = 0
+        self.runbook_base_url = runbook_base_url
+        self.state_store = state_store
+        self.state_writer: StateWriter | None = None
+        self._saved_signature: tuple[Any, ...] = ()
+        self.restored = 0
 
     def firing(self) -> list[Alert]:
         return self.evaluator.firing()
 
     def current(self) -> list[dict[str, Any]]:
-        return self.evaluator.current()
+        out = self.evaluator.current()
+        if self.runbook_base_url:
+            for item in out:
+                alert = Alert(item["labels"], item["annotations"], 0.0)
+                item["annotations"] = dict(
+                    absolute_runbook(alert, self.runbook_base_url).annotations
+                )
+        return out
+
+    def _with_runbook(self, transitions: list[Transition]) -> list[Transition]:
+        if not self.runbook_base_url:
+            return transitions
+        return [
+            dataclasses.replace(tr, alert=absolute_runbook(tr.alert, self.runbook_base_url))
+            for tr in transitions
+        ]
+
+    def state(self) -> AlertState:
+        from aggregator.alerts.state_store import AlertState
+
+        return AlertState(self.evaluator.export_state(), self.delivery.notified_state())
+
+    async def _restore(self, nursery: trio.Nursery) -> None:
+        from aggregator.alerts.state_store import StateWriter
+
+        if self.state_store is None:
+            return
+        self.state_writer = StateWriter(self.state_store, self.state)
+        state = await self.state_writer.load()
+        if state is not None:
+            self.restored = self.evaluator.restore_state(state.evaluator)
+            self.delivery.restore_notified(state.notified)
+            self._saved_signature = self.evaluator.state_signature
+            log.info(
+                "alert_state_restored alerts=%d receivers=%d", self.restored, len(state.notified)
+            )
+        await nursery.start(self.state_writer.run)
 
     def evaluate_once(self) -> list[Transition]:
         if self.changes is not None:
@@ -132,16 +189,24 @@ class AlertingService:
                 log.info(
                     "alert_resolved alertname=%s labels=%s", tr.alert.alertname, _short(tr.alert)
                 )
-        self.delivery.submit(transitions)
+        self.delivery.submit(self._with_runbook(transitions))
+        if self.state_writer is not None:
+            signature = self.evaluator.state_signature
+            if transitions or signature != self._saved_signature:
+                self._saved_signature = signature
+                self.state_writer.mark()
         return transitions
 
     async def run(
         self, *, task_status: trio.TaskStatus[AlertingService] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as nursery:
+            await self._restore(nursery)
             await nursery.start(self.delivery.run)
             if self.send_test_alert:
-                alert = test_alert(self.wall_clock(), self.static_labels)
+                alert = absolute_runbook(
+                    test_alert(self.wall_clock(), self.static_labels), self.runbook_base_url
+                )
                 log.info("alert_test_sent targets=%d", len(self.delivery.targets))
                 self.delivery.submit([Transition(TransitionKind.FIRED, alert)])
             task_status.started(self)
@@ -165,9 +230,14 @@ def _short(alert: Alert) -> str:
     return ",".join(f"{k}={alert.labels[k]}" for k in keep if k in alert.labels)
 
 
-def load_settings(table: Mapping[str, Any], alerts_file: Path | None = None) -> AlertingSettings:
+def load_settings(
+    table: Mapping[str, Any],
+    alerts_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AlertingSettings:
     """Settings from the config's `[alerts]` table over those of `alerts_file` (TOML, either
-    an `[alerts]` table or top-level keys). Raises `ConfigError`."""
+    an `[alerts]` table or top-level keys); `env` resolves the receivers' `*_env` keys.
+    Raises `ConfigError`."""
     merged: dict[str, Any] = {}
     if alerts_file is not None:
         try:
@@ -179,7 +249,32 @@ def load_settings(table: Mapping[str, Any], alerts_file: Path | None = None) -> 
             raise ConfigError("alerts_file", f"{alerts_file}: [alerts] must be a table")
         merged.update(section)
     merged.update(table)
-    return alerting_settings(merged)
+    return alerting_settings(merged, env)
+
+
+async def alert_test(
+    delivery: AlertDelivery,
+    *,
+    now: float,
+    static_labels: Mapping[str, str] | None = None,
+    runbook_base_url: str = "",
+    out: Callable[[str], None] = print,
+) -> list[TestResult]:
+    """Send one test notification to every receiver of `delivery`; print one line each."""
+    alert = absolute_runbook(test_alert(now, static_labels), runbook_base_url)
+    alert = dataclasses.replace(
+        alert,
+        annotations={
+            **alert.annotations,
+            "description": "Sent by `fil-heartbeat-aggregator alert-test`: delivery works.",
+        },
+    )
+    results = await delivery.send_test(alert)
+    for r in results:
+        out(f"{'ok  ' if r.ok else 'FAIL'} {r.kind:<12} {r.name}: {r.detail}")
+    failed = sum(1 for r in results if not r.ok)
+    out(f"{len(results) - failed} of {len(results)} receivers took the test notification")
+    return results
 
 
 def add_alert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,3 +332,59 @@ def _flag_value(text: str) -> Any:
     if "," in text:
         return [part.strip() for part in text.split(",") if part.strip()]
     return text
+
+
+def build_delivery(
+    settings: AlertingSettings,
+    sender: str,
+    generator_url: str = "",
+    **options: Any,
+) -> AlertDelivery:
+    """Every receiver of `settings`: Alertmanager URLs, webhook URLs, `[[alerts.receivers]]`."""
+    from aggregator.alerts.delivery import AlertDelivery
+    from aggregator.alerts.receivers import build_receivers
+
+    receivers = build_receivers(
+        settings.receivers,
+        sender=sender,
+        generator_url=generator_url,
+        same_labels_as_prometheus=settings.same_labels_as_prometheus,
+    )
+    return AlertDelivery(
+        alertmanager_urls=settings.alertmanager_urls,
+        webhook_urls=settings.webhook_urls,
+        receivers=receivers,
+        sender=sender,
+        generator_url=generator_url,
+        same_labels_as_prometheus=settings.same_labels_as_prometheus,
+        **options,
+    )
+
+
+async def run_alert_test(
+    config: AggregatorConfig,
+    env: Mapping[str, str],
+    *,
+    out: Callable[[str], None] = print,
+    give_up_after: float = 30.0,
+) -> int:
+    """`fil-heartbeat-aggregator alert-test`: 0 if every receiver took the test notification,
+    1 if one did not; no receiver at all is a `ConfigError` (exit 2)."""
+    from aggregator.alerts.delivery import RetryPolicy
+
+    settings = load_settings(config.alerts, config.alerts_file, env)
+    delivery = build_delivery(settings, config.name, retry=RetryPolicy(give_up_after=give_up_after))
+    if not delivery.targets:
+        raise ConfigError(
+            "alerts.receivers",
+            "no alert receiver configured (--alertmanager-url, --alert-webhook, "
+            "[[alerts.receivers]])",
+        )
+    results = await alert_test(
+        delivery,
+        now=time.time(),
+        static_labels={"aggregator": config.name},
+        runbook_base_url=config.runbook_base_url,
+        out=out,
+    )
+    return 0 if all(r.ok for r in results) else 1

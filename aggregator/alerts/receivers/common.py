@@ -12,7 +12,7 @@ import json
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -31,6 +31,7 @@ __all__ = [
     "Reply",
     "Request",
     "RetryPolicy",
+    "absolute_runbook",
     "alert_key",
     "classify_status",
     "mask_url",
@@ -265,3 +266,13 @@ def headline(notice: Notice) -> str:
 
 def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def absolute_runbook(alert: Alert, base_url: str) -> Alert:
+    """`alert` with its relative `runbook` annotation (grafana/RUNBOOK.md#…) made absolute:
+    `base_url` + "/" + the path. Unchanged without a base or for an absolute runbook."""
+    runbook = alert.annotations.get("runbook", "")
+    if not base_url or not runbook or runbook.startswith(("http://", "https://")):
+        return alert
+    annotations = {**alert.annotations, "runbook": f"{base_url.rstrip('/')}/{runbook.lstrip('/')}"}
+    return replace(alert, annotations=annotations)
