@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from aggregator.alerts.model import ALERT_ESCALATIONS
 from aggregator.alerts.rules import (
     ALERT_SEVERITIES,
     TEST_ALERT_NAME,
@@ -109,12 +110,17 @@ def run(
     policy: AlertPolicy | None = None,
     alertname: str | None = None,
 ) -> list[tuple[float, TransitionKind, str]]:
+    """Transitions up to `until`; with `alertname`, those of that alert at its first severity
+    (an escalated one, `ALERT_ESCALATIONS`, has its own tests)."""
     evaluator = AlertEvaluator(policy)
     out = []
     t = 0.0
     while t <= until:
         for tr in evaluator.evaluate(scenario(t)):
-            if alertname is None or tr.alert.alertname == alertname:
+            if alertname is None or (
+                tr.alert.alertname == alertname
+                and tr.alert.severity == ALERT_SEVERITIES[alertname].value
+            ):
                 out.append((t, tr.kind, tr.alert.alertname))
         t += STEP
     return out
@@ -144,6 +150,7 @@ def _bad_node(kind: str) -> Scenario:
             "FilNodeSyncingTooLong": lambda: node(
                 t, state=NodeState.SYNCING, syncing=True, lag_epochs=400
             ),
+            "FilNodeSourceDown": lambda: _source_down(t),
         }[kind]()
         return snapshot(t, (n,), nodes_up=int(n.up))
 
@@ -184,6 +191,22 @@ def _bad_fleet(kind: str) -> Scenario:
     return scenario
 
 
+def _source_down(t: float) -> NodeView:
+    """Beating, its Lotus refusing the agent's token; head unchanged for long, height 0."""
+    return node(
+        t,
+        state=NodeState.SOURCE_DOWN,
+        lag_epochs=None,
+        height=0,
+        head="{}",
+        head_cids=(),
+        head_hash=0,
+        head_changed_at=-3000.0,
+        source_state="unauthorized",
+        source_error="401 Unauthorized from http://127.0.0.1:1234/rpc/v1",
+    )
+
+
 NODE_ALERTS = [
     "FilNodeDown",
     "FilHeartbeatMissing",
@@ -191,6 +214,7 @@ NODE_ALERTS = [
     "FilNodeHeadStalled",
     "FilNodeForked",
     "FilNodeSyncingTooLong",
+    "FilNodeSourceDown",
 ]
 FLEET_ALERTS = ["FilFleetHeightStalled", "FilFleetBehindExpectedHeight", "FilFleetShrunk"]
 
@@ -390,22 +414,43 @@ def test_start_up_test_alert() -> None:
 # --- parity with rules.yml ----------------------------------------------------------------
 
 
-def _rules() -> dict[str, dict[str, Any]]:
+def _rules_by_severity() -> dict[tuple[str, str], dict[str, Any]]:
     doc = yaml.safe_load(RULES.read_text())
-    return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    rules = [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+    by_severity = {(r["alert"], r["labels"]["severity"]): r for r in rules}
+    assert len(by_severity) == len(rules), "two rules of one name and one severity"
+    return by_severity
+
+
+def _rules() -> dict[str, dict[str, Any]]:
+    """One rule per alert name: the first (an escalated alert's lower severity)."""
+    out: dict[str, dict[str, Any]] = {}
+    for (name, _), rule in _rules_by_severity().items():
+        out.setdefault(name, rule)
+    return out
 
 
 def test_same_alerts_and_severities_as_rules_yml() -> None:
-    rules = _rules()
-    assert set(rules) - PROMETHEUS_ONLY == set(ALERT_SEVERITIES)
+    rules = {k: r for k, r in _rules_by_severity().items() if k[0] not in PROMETHEUS_ONLY}
+    built_in = {(n, s.value) for n, s in ALERT_SEVERITIES.items()}
+    built_in |= {(n, s.value) for n, s in ALERT_ESCALATIONS.items()}
+    assert set(rules) == built_in
     for name, severity in ALERT_SEVERITIES.items():
-        assert rules[name]["labels"]["severity"] == severity.value, name
+        assert _rules()[name]["labels"]["severity"] == severity.value, name
 
 
 def test_same_for_durations_as_rules_yml() -> None:
     policy = AlertPolicy()
-    for name in ALERT_SEVERITIES:
-        assert policy.for_duration(name) == parse_duration(_rules()[name]["for"]), name
+    rules = _rules_by_severity()
+    for name, severity in ALERT_SEVERITIES.items():
+        assert policy.for_duration(name) == parse_duration(rules[(name, severity)]["for"]), name
+    for name, severity in ALERT_ESCALATIONS.items():
+        expected = parse_duration(rules[(name, severity)]["for"])
+        assert policy.for_duration(name, severity) == expected, name
+    # the two FilNodeSourceDown rules differ only in `for` and severity
+    warning = rules[("FilNodeSourceDown", "warning")]
+    critical = rules[("FilNodeSourceDown", "critical")]
+    assert (warning["expr"], warning["annotations"]) == (critical["expr"], critical["annotations"])
 
 
 def _number_after(expr: str, op: str) -> float:
@@ -501,3 +546,111 @@ def test_no_alert_for_a_node_that_never_completed_probation() -> None:
     assert not {f for f in fired if f[1] == "12D3KooWJunk"}
     junk = fleet.snapshot(3600.0).node("12D3KooWJunk")
     assert junk is not None and junk.probation and junk.state is NodeState.DOWN
+
+
+# --- FilNodeSourceDown: two severities, and the alerts it silences ---------------------------
+
+
+def _source_down_then_ok(t: float) -> FleetSnapshot:
+    n = _source_down(t) if t < CLEAR_AT else node(t)
+    height = 1000 + int(t // 30)  # the network moves on: no fleet alert
+    return snapshot(t, (n,), height=height, expected_height=height)
+
+
+def test_source_down_warns_after_1m_and_is_critical_after_10m() -> None:
+    evaluator = AlertEvaluator()
+    events: list[tuple[float, TransitionKind, str]] = []
+    t = 0.0
+    while t <= CLEAR_AT + 200:
+        for tr in evaluator.evaluate(_source_down_then_ok(t)):
+            assert tr.alert.alertname == "FilNodeSourceDown", tr
+            if tr.kind is not RESEND:
+                events.append((t, tr.kind, tr.alert.severity))
+        t += STEP
+    assert events == [
+        (60.0, FIRED, "warning"),
+        (600.0, FIRED, "critical"),
+        (CLEAR_AT + 60, RESOLVED, "warning"),
+        (CLEAR_AT + 60, RESOLVED, "critical"),
+    ]
+
+
+def test_source_down_alert_names_the_source_error_and_silences_stall_and_lag() -> None:
+    evaluator = AlertEvaluator()
+    for t in range(0, 700, 5):
+        for tr in evaluator.evaluate(_source_down_then_ok(float(t))):
+            assert tr.alert.alertname == "FilNodeSourceDown"
+    firing = evaluator.firing()
+    assert [(a.alertname, a.severity) for a in firing] == [
+        ("FilNodeSourceDown", "critical"),
+        ("FilNodeSourceDown", "warning"),
+    ]
+    alert = firing[0]
+    assert alert.labels["peer_id"] == "12D3KooWAlpha" and alert.labels["miner"] == "f01234"
+    assert alert.annotations["summary"] == "The agent of alpha gets no head from its Lotus"
+    assert (
+        "unauthorized: 401 Unauthorized from http://127.0.0.1:1234"
+        in (alert.annotations["description"])
+    )
+    assert alert.annotations["runbook"] == "grafana/RUNBOOK.md#filnodesourcedown"
+
+
+def test_source_down_escalation_can_be_tuned_and_the_alert_disabled() -> None:
+    policy = AlertPolicy(source_down_for=0.0, source_down_critical_for=30.0)
+    evaluator = AlertEvaluator(policy)
+    fired = [
+        (float(t), tr.alert.severity)
+        for t in range(0, 60, 5)
+        for tr in evaluator.evaluate(_source_down_then_ok(float(t)))
+        if tr.kind is FIRED
+    ]
+    assert fired == [(0.0, "warning"), (30.0, "critical")]
+    settings = alerting_settings(
+        {"source_down_critical_for": "15m", "disabled": ["FilNodeSourceDown"]}
+    )
+    assert settings.policy.source_down_critical_for == 900.0
+    evaluator = AlertEvaluator(settings.policy)
+    for t in range(0, 900, 5):
+        assert evaluator.evaluate(_source_down_then_ok(float(t))) == []
+
+
+def _health_beat(height: int, i: int, source: str) -> Beat:
+    from heartbeat.protocol.beat import SourceState
+
+    ok = source == "ok"
+    base = _beat(height, i)
+    return replace(
+        base,
+        head=base.head if ok else "{}",
+        height=height if ok else 0,
+        source_state=SourceState(source),
+        source_error=None if ok else "401 Unauthorized",
+    )
+
+
+def test_a_real_fleet_node_whose_lotus_refuses_the_token() -> None:
+    """Two nodes beat every 3 s; from t=60 to t=1500 one agent's Lotus answers 401. Only
+    FilNodeSourceDown fires (warning, then critical); nothing else, and it resolves."""
+    fleet = Fleet()
+    peers = ["12D3KooWA", "12D3KooWB"]
+    for p in peers:
+        fleet.on_connect(p, "", 0.0)
+    evaluator = AlertEvaluator()
+    seen: list[tuple[float, TransitionKind, str, str]] = []
+    t = 0.0
+    while t <= 1800:
+        height = 1000 + int(t // 30)
+        for p in peers:
+            source = "unauthorized" if p == peers[1] and 60 <= t < 1500 else "ok"
+            fleet.on_beat(p, _health_beat(height, height, source), t)
+        if t % 5 == 0:
+            for tr in evaluator.evaluate(fleet.snapshot(t)):
+                if tr.kind is not RESEND:
+                    seen.append((t, tr.kind, tr.alert.alertname, tr.alert.severity))
+        t += 3.0
+    assert seen == [
+        (120.0, FIRED, "FilNodeSourceDown", "warning"),
+        (660.0, FIRED, "FilNodeSourceDown", "critical"),
+        (1560.0, RESOLVED, "FilNodeSourceDown", "warning"),
+        (1560.0, RESOLVED, "FilNodeSourceDown", "critical"),
+    ]

@@ -72,6 +72,31 @@ def test_promtool_catches_a_broken_threshold(tmp_path: Path) -> None:
 
 
 @needs_promtool
+def test_promtool_catches_lagging_and_stalled_firing_for_a_source_down_node(
+    tmp_path: Path,
+) -> None:
+    """The source-down case is not vacuous: without the exclusions, lagging and head stalled
+    fire for a node whose agent gets no head from its Lotus."""
+    (tmp_path / "tests").mkdir()
+    text = RULES.read_text()
+    broken = text.replace('state=~"syncing|source_down"', 'state="syncing"').replace(
+        """          unless on (peer_id, network)
+          (max by (peer_id, network) (fil_heartbeat_node_state{state="source_down"}) == 1)
+""",
+        "",
+    )
+    assert broken.count("source_down") == text.count("source_down") - 2
+    (tmp_path / "rules.yml").write_text(broken)
+    test_file = tmp_path / "tests" / "nodes_test.yml"
+    shutil.copy(GRAFANA / "prometheus" / "tests" / "nodes_test.yml", test_file)
+    result = _run(str(PROMTOOL), "test", "rules", str(test_file), cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "alertname: FilNodeLagging, time: 15m" in out
+    assert "alertname: FilNodeHeadStalled, time: 15m" in out
+
+
+@needs_promtool
 def test_promtool_check_prometheus_config() -> None:
     config = GRAFANA / "prometheus" / "prometheus.yml"
     result = _run(str(PROMTOOL), "check", "config", str(config), cwd=config.parent)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "ALERT_ESCALATIONS",
     "ALERT_SEVERITIES",
     "TEST_ALERT_NAME",
     "Alert",
@@ -36,10 +37,15 @@ ALERT_SEVERITIES: Mapping[str, Severity] = {
     "FilNodeHeadStalled": Severity.CRITICAL,
     "FilNodeForked": Severity.CRITICAL,
     "FilNodeSyncingTooLong": Severity.WARNING,
+    "FilNodeSourceDown": Severity.WARNING,
     "FilFleetHeightStalled": Severity.CRITICAL,
     "FilFleetBehindExpectedHeight": Severity.WARNING,
     "FilFleetShrunk": Severity.CRITICAL,
 }
+#: Alerts that escalate: while the condition holds for the longer `for`
+#: (`AlertPolicy.for_duration(name, severity)`), a second alert of the same name with this
+#: severity fires beside the first (two rules of one name in rules.yml).
+ALERT_ESCALATIONS: Mapping[str, Severity] = {"FilNodeSourceDown": Severity.CRITICAL}
 TEST_ALERT_NAME = "FilHeartbeatTestAlert"
 
 
@@ -56,6 +62,8 @@ class AlertPolicy:
     head_stalled_for: float = 60.0
     forked_for: float = 300.0
     syncing_for: float = 1800.0
+    source_down_for: float = 60.0
+    source_down_critical_for: float = 600.0
     fleet_stalled_after: float = 300.0
     fleet_stalled_for: float = 300.0
     fleet_behind_epochs: int = 10
@@ -69,7 +77,10 @@ class AlertPolicy:
     #: Alert names not to evaluate.
     disabled: frozenset[str] = frozenset()
 
-    def for_duration(self, alertname: str) -> float:
+    def for_duration(self, alertname: str, severity: str | None = None) -> float:
+        """The `for` of an alert; `severity`: of an escalated one (`ALERT_ESCALATIONS`)."""
+        if severity is not None and severity == ALERT_ESCALATIONS.get(alertname):
+            return {"FilNodeSourceDown": self.source_down_critical_for}[alertname]
         return {
             "FilNodeDown": self.node_down_for,
             "FilHeartbeatMissing": self.heartbeat_missing_for,
@@ -77,6 +88,7 @@ class AlertPolicy:
             "FilNodeHeadStalled": self.head_stalled_for,
             "FilNodeForked": self.forked_for,
             "FilNodeSyncingTooLong": self.syncing_for,
+            "FilNodeSourceDown": self.source_down_for,
             "FilFleetHeightStalled": self.fleet_stalled_for,
             "FilFleetBehindExpectedHeight": self.fleet_behind_for,
             "FilFleetShrunk": self.fleet_shrunk_for,
