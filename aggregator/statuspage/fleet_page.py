@@ -111,7 +111,7 @@ def node_row(node: Mapping[str, Any], now: float) -> str:
         f'<td data-col="peer" data-v="{_e(peer)}"><code title="{_e(peer)}">'
         f"{_e(short_peer(peer))}</code>"
         f' <button type="button" class="copy js-only" data-copy="{_e(peer)}"'
-        ' aria-label="Copy peer id" title="Copy peer id">⧉</button></td>',
+        ' aria-label="Copy peer id" title="Copy peer id">copy</button></td>',
         f'<td data-col="network">{_e(node.get("network") or DASH)}</td>',
         f'<td data-col="state" data-v="{rank}"><span class="state s-{_e(state)}">'
         f"{_e(state_word(state))}</span></td>",

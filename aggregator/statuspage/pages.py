@@ -120,7 +120,7 @@ def fleet_page(
         public=public,
         taken_at=taken_at,
         main=main,
-        body_attrs={"nodes": str(node_count)},
+        body_attrs={"nodes": str(node_count), "now": str(taken_at)},
     )
 
 
@@ -146,7 +146,7 @@ def node_page(assets: Assets, node: Mapping[str, Any], *, taken_at: float, publi
         public=public,
         taken_at=taken_at,
         main=main,
-        body_attrs={"peer": peer},
+        body_attrs={"peer": peer, "now": str(taken_at)},
     )
 
 

@@ -1,0 +1,692 @@
+/* fil-heartbeat status page: the fleet page, kept live.
+ *
+ * The server renders the whole table (it shows the fleet with JavaScript off); this script
+ * sorts, filters and pins rows, and applies the summarised feed (/api/v1/feed?mode=nodes:
+ * one message a second with the nodes that changed). Changes are coalesced and applied at
+ * most every 500 ms in one animation frame, touching only the cells whose text changed; ages
+ * tick once a second for the rows on screen only. Without a WebSocket it polls
+ * /api/v1/nodes; after an aggregator restart it reconnects with a backoff (1 s doubling to
+ * 30 s, with jitter). Hand-written, no build step; common.js-free on purpose: one file.
+ */
+(function () {
+  "use strict";
+  var doc = document;
+  doc.documentElement.classList.remove("no-js");
+  var body = doc.body;
+  if (body.dataset.page !== "fleet") return;
+
+  var DASH = "\u2014";
+  var STATE_WORDS = {
+    in_consensus: "in consensus", lagging: "lagging", forked: "forked", stalled: "stalled",
+    syncing: "syncing", source_down: "source down", down: "down"
+  };
+  var STATE_ORDER = ["down", "source_down", "forked", "stalled", "lagging", "syncing",
+    "in_consensus"];
+  var APPLY_EVERY = 500; // ms between two DOM updates at most
+  var PIN_KEY = "fil-heartbeat.pinned";
+
+  // -- formatting (as aggregator/statuspage/format.py) -------------------------------------
+  function word(s) { return STATE_WORDS[s] || String(s || "").replace(/_/g, " "); }
+  function rank(s) { var i = STATE_ORDER.indexOf(s); return i < 0 ? STATE_ORDER.length : i; }
+  function secs(v, whole) {
+    if (v === null || v === undefined) return DASH;
+    if (v < 10 && !whole) return v.toFixed(1) + " s";
+    if (v < 120) return Math.round(v) + " s";
+    if (v < 7200) return Math.round(v / 60) + " min";
+    if (v < 172800) return Math.round(v / 3600) + " h";
+    return Math.round(v / 86400) + " d";
+  }
+  function age(at, now) {
+    return at === null || at === undefined ? DASH : secs(Math.max(0, now - at), true);
+  }
+  function frac(v) {
+    if (v === null || v === undefined) return DASH;
+    if (v >= 1) return "100 %";
+    return (Math.floor(v * 1000) / 10).toFixed(1) + " %";
+  }
+  function shortId(p) { p = String(p || ""); return p.length <= 12 ? p : "\u2026" + p.slice(-8); }
+  function uptime(n, w) {
+    var u = n.uptime && n.uptime[w];
+    return u && typeof u.available === "number" ? u.available : null;
+  }
+  function sourceText(n) {
+    if (n.source_error) return String(n.source_error);
+    if (n.source_state && n.source_state !== "ok") return String(n.source_state);
+    return "";
+  }
+  function num(v) { return v === null || v === undefined || v === "" ? null : Number(v); }
+
+  // The server's clock: ages are computed against it, whatever the browser's says.
+  var skew = (num(body.dataset.now) || Date.now() / 1000) - Date.now() / 1000;
+  function serverNow() { return Date.now() / 1000 + skew; }
+
+  // -- the table ----------------------------------------------------------------------------
+  var table = doc.getElementById("nodes");
+  var tbody = doc.getElementById("rows");
+  var pinnedBody = doc.getElementById("pinned");
+  var shown = doc.getElementById("shown");
+  var liveEl = doc.getElementById("live");
+  var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  var COLS = heads.map(function (th) { return th.dataset.col; });
+  var TYPES = {};
+  heads.forEach(function (th) { TYPES[th.dataset.col] = th.dataset.type || ""; });
+  var IDX = {};
+  COLS.forEach(function (c, i) { IDX[c] = i; });
+  // Which columns a node field shows in.
+  var FIELD_COLS = {
+    nickname: ["nickname"], probation: ["nickname"], miner_address: ["miner"],
+    network: ["network"], state: ["state"], height: ["height"], lag_epochs: ["lag"],
+    head_timestamp: ["head_age"], last_beat: ["last_beat"], head_delay_p50: ["delay"],
+    uptime: ["up24", "up7d"], version: ["version"], source_error: ["error"],
+    source_state: ["error"]
+  };
+
+  var rows = new Map(); // peer id -> row record {tr, peer, node, text}
+  function record(tr) {
+    var r = { tr: tr, peer: tr.dataset.peer, node: null, text: {} };
+    rows.set(r.peer, r);
+    return r;
+  }
+  Array.prototype.forEach.call(tbody.rows, record);
+
+  // A sort value from the node when the feed gave it, else from the server's cell.
+  function value(r, col) {
+    var n = r.node;
+    if (!n) {
+      var cell = r.tr.cells[IDX[col]];
+      var raw = cell.dataset.v !== undefined ? cell.dataset.v : cell.textContent;
+      if (TYPES[col] === "text") return raw === DASH ? "" : raw.toLowerCase();
+      return raw === "" ? null : Number(raw);
+    }
+    switch (col) {
+      case "nickname": return String(n.nickname || "").toLowerCase();
+      case "miner": return String(n.miner_address || "").toLowerCase();
+      case "peer": return String(n.peer_id || "").toLowerCase();
+      case "network": return String(n.network || "").toLowerCase();
+      case "state": return rank(n.state);
+      case "height": return n.height ? n.height : null;
+      case "lag": return num(n.lag_epochs);
+      case "head_age": return num(n.head_timestamp);
+      case "last_beat": return num(n.last_beat);
+      case "delay": return num(n.head_delay_p50);
+      case "up24": return uptime(n, "24h");
+      case "up7d": return uptime(n, "7d");
+      case "version": return String(n.version || "").toLowerCase();
+      case "error": return sourceText(n).toLowerCase();
+    }
+    return null;
+  }
+
+  function cellText(col, n, now) {
+    switch (col) {
+      case "nickname": return n.nickname || shortId(n.peer_id);
+      case "miner": return n.miner_address || DASH;
+      case "network": return n.network || DASH;
+      case "state": return word(n.state);
+      case "height": return n.height ? String(n.height) : DASH;
+      case "lag": return n.lag_epochs === null || n.lag_epochs === undefined ? DASH
+        : String(n.lag_epochs);
+      case "head_age": return age(n.head_timestamp, now);
+      case "last_beat": return age(n.last_beat, now);
+      case "delay": return secs(n.head_delay_p50);
+      case "up24": return frac(uptime(n, "24h"));
+      case "up7d": return frac(uptime(n, "7d"));
+      case "version": return n.version || DASH;
+      case "error": return sourceText(n) || DASH;
+    }
+    return null;
+  }
+
+  function setCell(r, col, now) {
+    var text = cellText(col, r.node, now);
+    if (text === null || r.text[col] === text) return;
+    r.text[col] = text;
+    var cell = r.tr.cells[IDX[col]];
+    if (!cell) return;
+    if (col === "nickname") {
+      cell.firstChild.textContent = text;
+      var badge = cell.querySelector(".badge");
+      if (r.node.probation && !badge) {
+        badge = doc.createElement("span");
+        badge.className = "badge";
+        badge.textContent = "probation";
+        cell.append(" ", badge);
+      } else if (!r.node.probation && badge) {
+        badge.remove();
+      }
+    } else if (col === "state") {
+      var span = cell.firstChild;
+      span.className = "state s-" + r.node.state;
+      span.textContent = text;
+      r.tr.dataset.state = r.node.state;
+    } else {
+      cell.textContent = text;
+    }
+  }
+
+  function newRow(n) {
+    var tr = doc.createElement("tr");
+    tr.dataset.peer = n.peer_id;
+    tr.id = "n-" + n.peer_id;
+    COLS.forEach(function (col) {
+      var td = doc.createElement("td");
+      td.dataset.col = col;
+      if (col === "pin") {
+        var b = doc.createElement("button");
+        b.type = "button"; b.className = "pin"; b.textContent = "\u2606";
+        b.setAttribute("aria-pressed", "false");
+        b.setAttribute("aria-label", "Pin " + (n.nickname || n.peer_id));
+        td.append(b);
+      } else if (col === "nickname") {
+        var a = doc.createElement("a");
+        a.href = "/nodes/" + encodeURIComponent(n.peer_id);
+        td.append(a);
+      } else if (col === "peer") {
+        var code = doc.createElement("code");
+        code.title = n.peer_id; code.textContent = shortId(n.peer_id);
+        var c = doc.createElement("button");
+        c.type = "button"; c.className = "copy"; c.dataset.copy = n.peer_id;
+        c.setAttribute("aria-label", "Copy peer id"); c.title = "Copy peer id";
+        c.textContent = "copy";
+        td.append(code, " ", c);
+      } else if (col === "state") {
+        td.append(doc.createElement("span"));
+      } else if (col === "error") {
+        td.className = "err";
+      }
+      tr.append(td);
+    });
+    var r = record(tr);
+    r.node = n;
+    (pins.has(n.peer_id) ? pinnedBody : tbody).append(tr);
+    if (pins.has(n.peer_id)) markPinned(r, true);
+    if (visible) visible.observe(tr);
+    return r;
+  }
+
+  // -- pins ---------------------------------------------------------------------------------
+  var pins = new Set();
+  try { pins = new Set(JSON.parse(localStorage.getItem(PIN_KEY) || "[]")); } catch (e) { /* none */ }
+  function savePins() {
+    try { localStorage.setItem(PIN_KEY, JSON.stringify(Array.from(pins))); } catch (e) { /* private mode */ }
+  }
+  function markPinned(r, on) {
+    var b = r.tr.cells[IDX.pin].firstChild;
+    b.setAttribute("aria-pressed", on ? "true" : "false");
+    b.textContent = on ? "\u2605" : "\u2606";
+    r.tr.classList.toggle("pinned", on);
+  }
+  function pin(r, on) {
+    if (on) pins.add(r.peer); else pins.delete(r.peer);
+    savePins();
+    markPinned(r, on);
+    if (on) pinnedBody.append(r.tr); else tbody.prepend(r.tr);
+    if (sortCol) sortBy(sortCol, sortDir);
+  }
+  pins.forEach(function (p) {
+    var r = rows.get(p);
+    if (r) { pinnedBody.append(r.tr); markPinned(r, true); }
+  });
+
+  // -- sorting ------------------------------------------------------------------------------
+  var sortCol = null, sortDir = 1;
+  function compare(col, dir) {
+    var age = TYPES[col] === "age";
+    return function (a, b) {
+      var x = value(a, col), y = value(b, col);
+      var xn = x === null || x === "", yn = y === null || y === "";
+      if (xn || yn) return xn === yn ? 0 : (xn ? 1 : -1); // missing values last, always
+      var c = x < y ? -1 : (x > y ? 1 : 0);
+      return (age ? -c : c) * dir;
+    };
+  }
+  function sortBody(tb, col, dir) {
+    var list = Array.prototype.map.call(tb.rows, function (tr) { return rows.get(tr.dataset.peer); });
+    list.sort(compare(col, dir));
+    var frag = doc.createDocumentFragment();
+    list.forEach(function (r) { frag.append(r.tr); });
+    tb.append(frag);
+  }
+  function sortBy(col, dir) {
+    sortCol = col; sortDir = dir;
+    heads.forEach(function (th) {
+      if (th.hasAttribute("aria-sort")) {
+        th.setAttribute("aria-sort", th.dataset.col === col
+          ? (dir > 0 ? "ascending" : "descending") : "none");
+      }
+    });
+    sortBody(pinnedBody, col, dir);
+    sortBody(tbody, col, dir);
+  }
+
+  // -- filtering ----------------------------------------------------------------------------
+  var fState = doc.getElementById("f-state");
+  var fText = doc.getElementById("f-text");
+  function matches(r) {
+    var want = fState.value, text = fText.value.trim().toLowerCase();
+    var state = r.node ? r.node.state : r.tr.dataset.state;
+    if (want && state !== want) return false;
+    if (!text) return true;
+    var hay = r.node
+      ? [r.node.nickname, r.node.miner_address, r.node.peer_id, r.node.version,
+        r.node.network].join(" ").toLowerCase()
+      : r.tr.textContent.toLowerCase() + " " + r.peer.toLowerCase();
+    return hay.indexOf(text) >= 0;
+  }
+  function countShown() {
+    var n = 0;
+    rows.forEach(function (r) { if (!r.tr.hidden) n++; });
+    shown.textContent = n === rows.size ? rows.size + " nodes" : n + " of " + rows.size + " nodes";
+  }
+  function filterAll() {
+    rows.forEach(function (r) { r.tr.hidden = !matches(r); });
+    countShown();
+  }
+  var filterTimer = 0;
+  fState.addEventListener("change", filterAll);
+  fText.addEventListener("input", function () {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(filterAll, 150);
+  });
+
+  // -- clicks: sort, pin, copy (one delegated listener) -------------------------------------
+  table.addEventListener("click", function (ev) {
+    var t = ev.target.closest("button");
+    if (!t) return;
+    if (t.classList.contains("sort")) {
+      var col = t.parentNode.dataset.col;
+      sortBy(col, sortCol === col ? -sortDir : 1);
+    } else if (t.classList.contains("pin")) {
+      var r = rows.get(t.closest("tr").dataset.peer);
+      if (r) pin(r, !pins.has(r.peer));
+    } else if (t.classList.contains("copy")) {
+      copy(t.dataset.copy, t);
+    }
+  });
+  function copy(text, button) {
+    function done(ok) {
+      button.title = ok ? "Copied" : "Copy failed";
+      button.classList.toggle("copied", ok);
+      setTimeout(function () { button.title = "Copy peer id"; button.classList.remove("copied"); }, 1500);
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () { done(true); }, function () { done(false); });
+      return;
+    }
+    var area = doc.createElement("textarea");
+    area.value = text; area.setAttribute("readonly", ""); area.className = "offscreen";
+    body.append(area); area.select();
+    var ok = false;
+    try { ok = doc.execCommand("copy"); } catch (e) { ok = false; }
+    area.remove();
+    done(ok);
+  }
+
+  // -- ages tick for the rows on screen ------------------------------------------------------
+  var onScreen = new Set();
+  var visible = "IntersectionObserver" in window ? new IntersectionObserver(function (entries) {
+    entries.forEach(function (e) {
+      if (e.isIntersecting) onScreen.add(e.target); else onScreen.delete(e.target);
+    });
+  }) : null;
+  if (visible) rows.forEach(function (r) { visible.observe(r.tr); });
+  function tick() {
+    var now = serverNow();
+    var list = visible ? onScreen : new Set(Array.prototype.slice.call(tbody.rows, 0, 200));
+    list.forEach(function (tr) {
+      var r = rows.get(tr.dataset.peer);
+      if (!r) return;
+      if (r.node) {
+        setCell(r, "head_age", now);
+        setCell(r, "last_beat", now);
+      } else {
+        ["head_age", "last_beat"].forEach(function (col) {
+          var cell = tr.cells[IDX[col]], v = num(cell.dataset.v);
+          if (v !== null) cell.textContent = age(v, now);
+        });
+      }
+    });
+    tickNetworks(now);
+  }
+  setInterval(tick, 1000);
+
+  // -- networks -----------------------------------------------------------------------------
+  var netSection = doc.getElementById("networks");
+  var networks = new Map();
+  function card(key) {
+    var el = netSection.querySelector('[data-network="' + CSS.escape(key) + '"]');
+    if (el) return el;
+    var quiet = netSection.querySelector("p.quiet");
+    if (quiet) quiet.remove();
+    el = doc.createElement("article");
+    el.className = "network"; el.dataset.network = key;
+    var h = doc.createElement("h2"); el.append(h);
+    var dl = doc.createElement("dl"); dl.className = "figures";
+    [["height", "Height"], ["expected", "Expected"], ["nulls", "Null rounds"],
+      ["last", "Last tipset"], ["head", "Consensus head"], ["alerts", "Alerts firing"]]
+      .forEach(function (f) {
+        var div = doc.createElement("div"), dt = doc.createElement("dt"), dd = doc.createElement("dd");
+        dt.textContent = f[1]; dd.dataset.f = f[0];
+        div.append(dt, dd); dl.append(div);
+      });
+    el.append(dl);
+    var ul = doc.createElement("ul"); ul.className = "counts";
+    ul.setAttribute("aria-label", "Nodes per state");
+    STATE_ORDER.forEach(function (s) {
+      var li = doc.createElement("li"); li.dataset.state = s; li.className = "count";
+      var sp = doc.createElement("span"); sp.className = "state s-" + s; sp.textContent = word(s);
+      var b = doc.createElement("b"); li.append(sp, " ", b); ul.append(li);
+    });
+    el.append(ul);
+    netSection.append(el);
+    return el;
+  }
+  function setText(el, text) { if (el && el.textContent !== text) el.textContent = text; }
+  function updateNetwork(n) {
+    networks.set(n.key, n);
+    var el = card(n.key);
+    setText(el.querySelector("h2"), n.network || n.key);
+    var f = function (name) { return el.querySelector('[data-f="' + name + '"]'); };
+    var h = n.height, x = n.expected_height;
+    setText(f("height"), h === null ? DASH : String(h));
+    setText(f("expected"), x === null ? DASH : String(x));
+    setText(f("nulls"), h === null || x === null ? DASH : String(x - h));
+    var last = n.genesis_timestamp !== null && h !== null
+      ? n.genesis_timestamp + h * (n.block_delay || 30) : null;
+    f("last").dataset.v = last === null ? "" : String(last);
+    var head = n.consensus_head || [];
+    var headEl = f("head");
+    headEl.title = head.join(" ");
+    setText(headEl, head.length ? head.map(shortId).join(", ") : DASH);
+    var counts = n.counts || {};
+    el.querySelectorAll(".counts li").forEach(function (li) {
+      var c = counts[li.dataset.state] || 0;
+      setText(li.querySelector("b"), String(c));
+      li.classList.toggle("zero", !c);
+    });
+  }
+  function tickNetworks(now) {
+    netSection.querySelectorAll('[data-f="last"]').forEach(function (dd) {
+      var v = num(dd.dataset.v);
+      setText(dd, v === null ? DASH : age(v, now) + " ago");
+    });
+  }
+
+  // -- applying updates, coalesced ------------------------------------------------------------
+  var pending = new Map(); // peer -> merged delta
+  var pendingRemoved = new Set();
+  var pendingNetworks = null;
+  var pendingFull = false;
+  var scheduled = false, lastApply = 0;
+
+  function queue(m) {
+    if (m.full) {
+      pending.clear(); pendingRemoved.clear(); pendingFull = true;
+    }
+    (m.nodes || []).forEach(function (d) {
+      var had = pending.get(d.peer_id);
+      pending.set(d.peer_id, had ? Object.assign(had, d) : d);
+      pendingRemoved.delete(d.peer_id);
+    });
+    (m.removed || []).forEach(function (p) { pending.delete(p); pendingRemoved.add(p); });
+    if (m.networks) pendingNetworks = m.networks;
+    if (typeof m.at === "number") skew = m.at - Date.now() / 1000;
+    schedule();
+  }
+  function schedule() {
+    if (scheduled) return;
+    scheduled = true;
+    var wait = Math.max(0, lastApply + APPLY_EVERY - Date.now());
+    setTimeout(function () { requestAnimationFrame(apply); }, wait);
+  }
+  function apply() {
+    scheduled = false;
+    lastApply = Date.now();
+    var now = serverNow();
+    var full = pendingFull, filtering = fState.value || fText.value.trim();
+    var seen = full ? new Set() : null;
+    pending.forEach(function (d, peer) {
+      var r = rows.get(peer);
+      var changed;
+      if (!r) {
+        r = newRow(Object.assign({}, d));
+        changed = COLS;
+      } else if (!r.node) {
+        r.node = Object.assign({}, d);
+        changed = COLS;
+      } else {
+        changed = [];
+        Object.keys(d).forEach(function (k) {
+          if (r.node[k] !== d[k]) (FIELD_COLS[k] || []).forEach(function (c) { changed.push(c); });
+        });
+        Object.assign(r.node, d);
+      }
+      if (seen) seen.add(peer);
+      for (var i = 0; i < changed.length; i++) setCell(r, changed[i], now);
+      if (filtering) r.tr.hidden = !matches(r);
+    });
+    if (full) rows.forEach(function (r, peer) { if (!seen.has(peer)) pendingRemoved.add(peer); });
+    pendingRemoved.forEach(function (peer) {
+      var r = rows.get(peer);
+      if (!r) return;
+      if (visible) visible.unobserve(r.tr);
+      onScreen.delete(r.tr);
+      r.tr.remove();
+      rows.delete(peer);
+    });
+    var grew = pending.size && rows.size !== Number(body.dataset.nodes);
+    if (pendingRemoved.size || grew || full) {
+      body.dataset.nodes = String(rows.size);
+      countShown();
+    }
+    if (pendingNetworks) {
+      pendingNetworks.forEach(updateNetwork);
+      tickNetworks(now);
+      applyAlertCounts();
+    }
+    var empty = doc.getElementById("empty");
+    if (empty && rows.size) empty.remove();
+    pending.clear(); pendingRemoved.clear(); pendingNetworks = null; pendingFull = false;
+  }
+
+  // -- the feed, with reconnects and the polling fallback --------------------------------------
+  var ws = null, backoff = 1000, failures = 0, pollTimer = 0, polling = false;
+  function setLive(state, text) {
+    body.dataset.live = state;
+    liveEl.textContent = text;
+    liveEl.className = "live live-" + state;
+  }
+  function connect() {
+    if (!("WebSocket" in window)) { startPolling(); return; }
+    var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host +
+      "/api/v1/feed?mode=nodes";
+    try { ws = new WebSocket(url); } catch (e) { retry(); return; }
+    ws.onopen = function () {
+      backoff = 1000; failures = 0;
+      stopPolling();
+      setLive("ws", "live");
+    };
+    ws.onmessage = function (ev) {
+      var m;
+      try { m = JSON.parse(ev.data); } catch (e) { return; }
+      if (m.type === "nodes") queue(m);
+    };
+    ws.onclose = function () { ws = null; retry(); };
+  }
+  function retry() {
+    failures++;
+    if (failures >= 2) startPolling(); else setLive("retry", "reconnecting\u2026");
+    var wait = backoff * (0.75 + Math.random() * 0.5);
+    backoff = Math.min(backoff * 2, 30000);
+    setTimeout(connect, wait);
+  }
+  function pollEvery() { return rows.size > 2000 ? 15000 : 5000; }
+  function startPolling() {
+    if (polling) return;
+    polling = true;
+    poll();
+  }
+  function stopPolling() { polling = false; clearTimeout(pollTimer); }
+  function poll() {
+    if (!polling) return;
+    Promise.all([getJSON("/api/v1/nodes"), getJSON("/api/v1/fleet")]).then(function (got) {
+      if (!polling) return;
+      queue({ full: true, nodes: got[0], networks: got[1].networks, at: got[1].taken_at });
+      setLive("poll", "polling every " + pollEvery() / 1000 + " s");
+    }, function () {
+      if (polling) setLive("off", "offline, retrying");
+    }).then(function () {
+      if (polling) pollTimer = setTimeout(poll, pollEvery());
+    });
+  }
+  function getJSON(url) {
+    return fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" })
+      .then(function (r) {
+        if (!r.ok) throw new Error(url + ": " + r.status);
+        return r.json();
+      });
+  }
+
+  // -- alerts (polled: they change seldom) --------------------------------------------------
+  var alerts = [];
+  function applyAlertCounts() {
+    netSection.querySelectorAll("article.network").forEach(function (el) {
+      var n = networks.get(el.dataset.network);
+      var names = [el.dataset.network, n ? n.network : null];
+      var c = alerts.filter(function (a) {
+        return a.state === "firing" && a.labels && names.indexOf(a.labels.network) >= 0;
+      }).length;
+      var dd = el.querySelector('[data-f="alerts"]');
+      setText(dd, String(c));
+      dd.classList.toggle("hot", c > 0);
+    });
+  }
+  function renderAlerts() {
+    var list = doc.getElementById("alerts-list");
+    var firing = alerts.filter(function (a) { return a.state === "firing"; });
+    list.textContent = "";
+    if (!firing.length) {
+      var p = doc.createElement("p"); p.className = "quiet"; p.textContent = "No alerts firing.";
+      list.append(p);
+    } else {
+      var ul = doc.createElement("ul"); ul.className = "alerts";
+      firing.slice(0, 50).forEach(function (a) {
+        var l = a.labels || {}, an = a.annotations || {};
+        var li = doc.createElement("li"), b = doc.createElement("b"), s = doc.createElement("span");
+        b.textContent = l.alertname || "alert";
+        s.className = "quiet"; s.textContent = an.summary || an.description || "";
+        li.append(b, " " + (l.nickname || l.peer_id || l.network || "") + " ", s);
+        ul.append(li);
+      });
+      list.append(ul);
+    }
+    applyAlertCounts();
+  }
+  function pollAlerts() {
+    getJSON("/api/v1/alerts").then(function (a) { alerts = a || []; renderAlerts(); },
+      function () { /* kept as they were */ });
+  }
+  setInterval(pollAlerts, 15000);
+
+  // -- head propagation -------------------------------------------------------------------------
+  var propSection = doc.getElementById("propagation");
+  var propChart = doc.getElementById("prop-chart");
+  var SVG = "http://www.w3.org/2000/svg";
+  function svgEl(name, attrs, parent) {
+    var el = doc.createElementNS(SVG, name);
+    Object.keys(attrs).forEach(function (k) { el.setAttribute(k, attrs[k]); });
+    if (parent) parent.append(el);
+    return el;
+  }
+  function delayClass(d) { return d < 6 ? "d-ok" : (d < 12 ? "d-late" : "d-bad"); }
+  function quantile(sorted, q) {
+    if (!sorted.length) return null;
+    return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  }
+  function drawPropagation(data) {
+    var tipsets = (data.tipsets || []).slice().reverse(); // oldest left
+    var wrap = doc.createElement("figure");
+    wrap.className = "prop";
+    wrap.dataset.network = data.network;
+    var cap = doc.createElement("figcaption");
+    var n = networks.get(data.network);
+    cap.textContent = (n ? n.network : data.network) + ": delay after the tipset's timestamp, last " +
+      tipsets.length + " epochs";
+    var W = 720, H = 200, L = 40, B = 24, T = 8, cap30 = 30;
+    var svg = svgEl("svg", { viewBox: "0 0 " + W + " " + H, role: "img", class: "chart-svg",
+      "aria-label": cap.textContent });
+    var maxDelay = 0;
+    tipsets.forEach(function (t) {
+      (t.seen || []).forEach(function (s) { maxDelay = Math.max(maxDelay, s.delay); });
+    });
+    var top = Math.min(cap30, Math.max(6, Math.ceil(maxDelay)));
+    var y = function (d) { return T + (H - T - B) * (1 - Math.min(d, top) / top); };
+    var step = (W - L - 8) / Math.max(1, tipsets.length);
+    [0, top / 2, top].forEach(function (v) {
+      svgEl("line", { x1: L, x2: W - 4, y1: y(v), y2: y(v), class: "grid" }, svg);
+      svgEl("text", { x: L - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" }, svg)
+        .textContent = Math.round(v) + " s";
+    });
+    tipsets.forEach(function (t, i) {
+      var cx = L + step * (i + 0.5);
+      var seen = (t.seen || []).slice().sort(function (a, b) { return a.delay - b.delay; });
+      var delays = seen.map(function (s) { return s.delay; });
+      var g = svgEl("g", { class: "epoch" }, svg);
+      svgEl("title", {}, g).textContent = "height " + t.height + ": " + seen.length +
+        " nodes, median " + secs(quantile(delays, 0.5)) + ", slowest " +
+        secs(delays.length ? delays[delays.length - 1] : null);
+      var dots = seen;
+      if (seen.length > 200) {
+        var p10 = quantile(delays, 0.1), p90 = quantile(delays, 0.9);
+        svgEl("rect", { x: cx - step * 0.3, width: step * 0.6, y: y(p90),
+          height: Math.max(1, y(p10) - y(p90)), class: "band" }, g);
+        dots = seen.slice(-10); // the slowest, by name
+      }
+      var med = quantile(delays, 0.5);
+      if (med !== null) {
+        svgEl("line", { x1: cx - step * 0.35, x2: cx + step * 0.35, y1: y(med), y2: y(med),
+          class: "median" }, g);
+      }
+      dots.forEach(function (s) {
+        var c = svgEl("circle", { cx: cx, cy: y(s.delay), r: 3, class: "dot " + delayClass(s.delay) }, g);
+        svgEl("title", {}, c).textContent = (s.nickname || shortId(s.peer_id)) + ": " +
+          secs(s.delay) + " after height " + t.height;
+      });
+      if (i % 5 === 0 || i === tipsets.length - 1) {
+        svgEl("text", { x: cx, y: H - 6, class: "axis", "text-anchor": "middle" }, svg)
+          .textContent = String(t.height);
+      }
+    });
+    wrap.append(cap, svg);
+    return wrap;
+  }
+  function pollPropagation() {
+    var keys = Array.from(networks.keys());
+    if (!keys.length) {
+      netSection.querySelectorAll("article.network").forEach(function (el) { keys.push(el.dataset.network); });
+    }
+    if (!keys.length) return;
+    Promise.all(keys.map(function (k) {
+      return getJSON("/api/v1/propagation?network=" + encodeURIComponent(k) + "&epochs=30")
+        .catch(function () { return null; });
+    })).then(function (all) {
+      var got = all.filter(function (d) { return d && (d.tipsets || []).length; });
+      propSection.hidden = !got.length;
+      propChart.textContent = "";
+      got.forEach(function (d) { propChart.append(drawPropagation(d)); });
+    });
+  }
+  setInterval(pollPropagation, 30000);
+
+  // -- start ------------------------------------------------------------------------------------
+  setLive("start", "connecting\u2026");
+  connect();
+  pollAlerts();
+  pollPropagation();
+  // For tests and the benchmark: what the page holds.
+  window.filHeartbeat = {
+    rows: function () { return rows.size; },
+    sortBy: sortBy,
+    applied: function () { return lastApply; }
+  };
+})();
