@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from aggregator.exposition import CONTENT_TYPE, PREFIX, escape_label_value
 from aggregator.fleet_metrics import FleetRenderer
@@ -125,6 +125,8 @@ def create_metrics(
     own = SelfCollector(peer_id=peer_id, version=version)
     registry.register(own)
     registry.register(Libp2pCollector())
+    # process_* (RSS, CPU, open fds, start time) of this process: worker 0 (--workers N)
+    ProcessCollector(registry=registry)
     renderer = FleetRenderer(legacy=legacy, name=name)
     return AggregatorMetrics(registry, renderer, own, snapshot_provider)
 

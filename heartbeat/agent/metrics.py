@@ -1,7 +1,8 @@
 """The agent's optional Prometheus endpoint (`--metrics-listen 127.0.0.1:9083`).
 
 A custom collector on a registry of our own reads the beat loops' stats and the
-head source's status at scrape time; hypercorn's trio worker serves it as a tiny
+head source's status at scrape time, prometheus_client's `ProcessCollector` the process's
+RSS, CPU, open fds and start time (`process_*`); hypercorn's trio worker serves it as a tiny
 ASGI app (`/metrics`, plus `/healthz`).
 """
 
@@ -13,7 +14,12 @@ from functools import partial
 from typing import Any
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -89,8 +95,10 @@ class AgentCollector(Collector):
 
 
 def make_registry(loops: Sequence[BeatLoop], head_source: HeadSource | None) -> CollectorRegistry:
+    """The agent's registry: its own series and `process_*` (RSS, CPU, open fds, start time)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(loops, head_source))
+    ProcessCollector(registry=registry)
     return registry
 
 
