@@ -219,6 +219,33 @@ async def test_allowlist_refuses_and_reloads(tmp_path: Path) -> None:
         assert agg.ingest.allowlist == frozenset({stranger.peer_id})
 
 
+async def test_allowlist_refusals_are_counted_and_capped_per_ip(tmp_path: Path) -> None:
+    """A peer not on the allowlist is refused by reason (`not_allowlisted`), and past the
+    per-IP refusal cap its address is closed at accept, before any Noise handshake."""
+    from heartbeat.net import p2p
+    from heartbeat.net.refusals import REFUSALS
+
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"{p2p.peer_id_of(p2p.new_identity(b'f' * 32))}\n")
+    config = make_config(tmp_path, allowlist_file=allow, refusal_cap=2, refusal_window=60.0)
+    before = (REFUSALS["not_allowlisted"], REFUSALS["per_ip_refusal_cap"])
+    async with running(config) as agg:
+        gate = p2p.handshake_gate(agg.host)
+        assert gate is not None
+        addr = agg.multiaddrs[0]
+        for _ in range(4):  # refused three times, over the cap of 2: the fourth at accept
+            try:
+                async with scripted_sender(addr) as stranger:
+                    await stranger.read_until_closed()
+            except Exception:  # closed at accept: the dial itself fails
+                pass
+        await eventually(lambda: gate.refused.get("per_ip_refusal_cap", 0) >= 1)
+        assert gate.refused["not_allowlisted"] == 3
+        assert REFUSALS["not_allowlisted"] == before[0] + 3
+        assert REFUSALS["per_ip_refusal_cap"] >= before[1] + 1
+        # (Other addresses are unaffected: tests/test_p2p_gate.py dials from 127.0.0.2.)
+
+
 # -- real agents (heartbeat.agent.loop) and the HTTP API -----------------------------------------
 
 

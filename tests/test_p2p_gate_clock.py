@@ -1,0 +1,169 @@
+"""The handshake gate's timing under trio's fake clock: the queue wait, the first-bytes
+deadline, the upgrade timeout's classification, preemption of the address holding most.
+
+The gate wraps a swarm's `upgrade_inbound_raw_conn`; here the swarm is a stand-in whose
+upgrade reads the connection and then does what the test says (the real one over real
+sockets is tests/test_p2p_gate.py). Every deadline is exact on the fake clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from libp2p.network.exceptions import SwarmException
+
+from heartbeat.net.gate import GateReason, HandshakeGate, gate_inbound_upgrades
+
+pytestmark = [pytest.mark.timeout(30)]
+
+
+class FakeRaw:
+    """A raw inbound connection: `read` returns what the test feeds, when it feeds it."""
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.closed = False
+        self._send, self._receive = trio.open_memory_channel[bytes](10)
+
+    def feed(self, data: bytes) -> None:
+        self._send.send_nowait(data)
+
+    async def read(self, n: int | None = None) -> bytes:
+        return await self._receive.receive()
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def get_remote_address(self) -> tuple[str, int]:
+        return (self.ip, 40000)
+
+
+class FakeSwarm:
+    """The swarm's upgrade: read the first bytes, then hold for `hold` seconds (or fail
+    with py-libp2p's upgrade-timeout shape when `timeout` is set)."""
+
+    def __init__(self, hold: float = 0.0, timeout: float | None = None) -> None:
+        self.hold = hold
+        self.timeout = timeout
+        self.upgraded: list[str] = []
+
+    async def upgrade_inbound_raw_conn(self, raw: FakeRaw, maddr: Any) -> str:
+        await raw.read()
+        if self.timeout is not None:
+            try:
+                with trio.fail_after(self.timeout):
+                    await trio.sleep_forever()
+            except trio.TooSlowError:  # py-libp2p: SwarmException raised inside the except
+                raise SwarmException("upgrade timed out") from None
+        await trio.sleep(self.hold)
+        self.upgraded.append(raw.ip)
+        return f"conn-{raw.ip}"
+
+
+class FakeHost:
+    def __init__(self, swarm: FakeSwarm) -> None:
+        self.swarm = swarm
+
+    def get_network(self) -> FakeSwarm:
+        return self.swarm
+
+
+def _gate(swarm: FakeSwarm, concurrent: int, max_wait: float, **kw: Any) -> HandshakeGate:
+    return gate_inbound_upgrades(FakeHost(swarm), concurrent, max_wait, **kw)  # type: ignore[arg-type]
+
+
+async def _attempt(swarm: FakeSwarm, raw: FakeRaw, out: dict[str, Any]) -> None:
+    started = trio.current_time()
+    try:
+        out["conn"] = await swarm.upgrade_inbound_raw_conn(raw, None)
+    except SwarmException as exc:
+        out["refused"] = str(exc)
+    out["after"] = trio.current_time() - started
+
+
+async def test_a_waiter_is_shed_after_exactly_the_queue_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    swarm = FakeSwarm(hold=100.0)
+    gate = _gate(swarm, 1, 5.0)
+    busy = FakeRaw("10.0.0.1")
+    busy.feed(b"/multistream/1.0.0\n")
+    waiter = FakeRaw("10.0.0.1")  # the same address: no preemption, it queues
+    results: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_attempt, swarm, busy, {})
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(_attempt, swarm, waiter, results)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert results["after"] == pytest.approx(5.0)
+    assert "gate_queue_timeout" in results["refused"]
+    assert waiter.closed and gate.shed == 1
+    assert gate.refused == {GateReason.GATE_QUEUE_TIMEOUT: 1}
+
+
+async def test_the_first_bytes_deadline_is_exact_and_lifted_by_the_first_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    swarm = FakeSwarm(hold=5.0)  # the upgrade itself may take longer than the deadline
+    gate = _gate(swarm, 4, 5.0, first_bytes_timeout=2.0)
+    silent, talker = FakeRaw("10.0.0.1"), FakeRaw("10.0.0.2")
+    silent_out: dict[str, Any] = {}
+    talker_out: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_attempt, swarm, silent, silent_out)
+        nursery.start_soon(_attempt, swarm, talker, talker_out)
+        await trio.sleep(1.9)
+        talker.feed(b"/multistream/1.0.0\n")  # just in time
+    assert silent_out["after"] == pytest.approx(2.0)
+    assert "first_bytes_timeout" in silent_out["refused"] and silent.closed
+    assert talker_out["conn"] == "conn-10.0.0.2"
+    assert talker_out["after"] == pytest.approx(1.9 + 5.0)  # not cut at 2 s
+    assert gate.refused == {GateReason.FIRST_BYTES_TIMEOUT: 1}
+    assert gate.upgraded == 1 and gate.in_progress == 0 and gate.waiting == 0
+
+
+async def test_an_upgrade_that_times_out_is_counted_as_upgrade_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    swarm = FakeSwarm(timeout=10.0)
+    gate = _gate(swarm, 4, 5.0, refusal_cap=1, refusal_window=60.0)
+    raw = FakeRaw("10.0.0.3")
+    raw.feed(b"/multistream/1.0.0\n")
+    out: dict[str, Any] = {}
+    await _attempt(swarm, raw, out)
+    assert out["after"] == pytest.approx(10.0)
+    assert gate.refused == {GateReason.UPGRADE_TIMEOUT: 1}
+    # An upgrade timeout is what the dialer did: it counts towards the per-IP cap.
+    again = FakeRaw("10.0.0.3")
+    await _attempt(swarm, again, out)  # the cap of 1 allows one more refusal...
+    third = FakeRaw("10.0.0.3")
+    await _attempt(swarm, third, out)  # ...and then closes at accept, at once
+    assert gate.refused[GateReason.PER_IP_REFUSAL_CAP] == 1
+    assert third.closed and out["after"] == 0
+
+
+async def test_the_address_holding_most_yields_to_a_newcomer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    swarm = FakeSwarm(hold=1.0)
+    gate = _gate(swarm, 2, 30.0, first_bytes_timeout=60.0)
+    hogs = [FakeRaw("10.0.0.9") for _ in range(2)]  # silent: they would hold for 60 s
+    newcomer = FakeRaw("10.0.0.5")
+    newcomer.feed(b"/multistream/1.0.0\n")
+    out: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        for hog in hogs:
+            nursery.start_soon(_attempt, swarm, hog, {})
+        await trio.testing.wait_all_tasks_blocked()
+        assert gate.in_progress == 2
+        nursery.start_soon(_attempt, swarm, newcomer, out)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert out["conn"] == "conn-10.0.0.5"
+    assert out["after"] == pytest.approx(1.0)  # admitted at once, the upgrade's own second
+    assert gate.refused.get(GateReason.GATE_SHED_CONTENDED) == 1
+    assert sum(h.closed for h in hogs) == 1  # one hog's slot taken, the other kept
