@@ -50,6 +50,8 @@ PURE_MODULES = [
     "aggregator.events",
     "aggregator.counters",
     "aggregator.worklink",
+    "aggregator.propagation",
+    "aggregator.propagation_api",
 ]
 FORBIDDEN = ("trio", "libp2p", "prometheus_client", "httpx", "sqlite3")
 CLOCK_CALL = re.compile(r"\btime\.(?:time|monotonic)(?:_ns)?\(")
