@@ -22,6 +22,7 @@ from trio_websocket import (
 
 from aggregator.bus import BeatAccepted, Bus, Event, PeerConnected, PeerDisconnected
 from aggregator.feed import feed_json
+from aggregator.fleet import Fleet
 from aggregator.http import HttpApi, serve_http
 from heartbeat.protocol.wire import Beat
 from tests.test_http import T0, make_fleet
@@ -260,3 +261,93 @@ async def test_plain_http_gets_426_and_other_websocket_paths_404() -> None:
         assert info.value.status_code == 404
         assert json.loads(info.value.body or b"{}")["path"] == "/api/v1/nodes"
     assert bus.optional_subscribers == []
+
+
+# -- the summarised feed (`?mode=nodes`, what the status page reads) -----------------------
+
+
+def live_api(fleet: Fleet, now: list[float], **kwargs: Any) -> HttpApi:
+    api = HttpApi(lambda: fleet.snapshot(now[0]), bus=Bus(), **kwargs)
+    assert api.feed is not None
+    api.feed.nodes_interval = 0.05
+    return api
+
+
+async def test_nodes_mode_sends_the_fleet_then_only_what_changed() -> None:
+    fleet = make_fleet()
+    now = [T0 + 2]
+    api = live_api(fleet, now)
+    async with (
+        serving(api) as base,
+        open_websocket_url(f"ws://{base}/api/v1/feed?mode=nodes") as ws,
+    ):
+        (full,) = await messages(ws, 1)
+        assert full["type"] == "nodes" and full["full"] is True
+        assert sorted(n["peer_id"] for n in full["nodes"]) == ["peer1", "peer2", "peer3"]
+        assert {n["peer_id"]: n["state"] for n in full["nodes"]}["peer3"] == "down"
+        assert full["networks"][0]["height"] == 100
+        assert full["nodes"][0]["remote_address"] == "/ip4/10.0.0.1/tcp/1"  # private
+        # Three beats of peer1 within one interval: one delta, with just what changed.
+        for height in (101, 102, 103):
+            fleet.on_beat(
+                "peer1",
+                Beat(head="{bafy2bzaceccc}", height=height, nickname="n1", miner_address=""),
+                T0 + 3,
+            )
+        now[0] = T0 + 3
+        with trio.fail_after(10):
+            while True:
+                msg = json.loads(await ws.get_message())
+                if msg["nodes"]:
+                    break
+        assert msg["full"] is False and msg["seq"] > full["seq"]
+        changed = {n["peer_id"]: n for n in msg["nodes"]}
+        assert changed["peer1"]["height"] == 103
+        assert "nickname" not in changed["peer1"]  # unchanged fields are not sent again
+        assert "peer3" not in changed
+
+
+async def test_nodes_mode_shares_one_fleet_read_between_clients() -> None:
+    fleet = make_fleet()
+    reads = 0
+
+    def snapshot():  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        return fleet.snapshot(T0 + 2)
+
+    api = HttpApi(snapshot, bus=Bus())
+    assert api.feed is not None
+    api.feed.nodes_interval = 0.2
+    async with serving(api) as base:
+        url = f"ws://{base}/api/v1/feed?mode=nodes"
+        async with open_websocket_url(url) as a, open_websocket_url(url) as b:
+            await messages(a, 1)
+            await messages(b, 1)
+            await trio.sleep(1.0)
+    # ~5 intervals: about 5 reads however many clients (not 10).
+    assert 2 <= reads <= 7, reads
+
+
+async def test_public_feeds_carry_no_addresses() -> None:
+    fleet = make_fleet()
+    api = live_api(fleet, [T0 + 2], status_page="public")
+    assert api.feed is not None
+    async with serving(api) as base:
+        async with open_websocket_url(f"ws://{base}/api/v1/feed?mode=nodes") as ws:
+            (full,) = await messages(ws, 1)
+        assert full["nodes"] and all("remote_address" not in n for n in full["nodes"])
+        async with open_websocket_url(f"ws://{base}/api/v1/feed") as ws:
+            await api.feed.bus.publish(PeerConnected(A, "/ip4/10.0.0.1/tcp/4001", T0))
+            (event,) = await messages(ws, 1)
+        assert event == {"type": "connected", "peer_id": A, "at": T0}
+
+
+async def test_an_unknown_mode_is_closed_with_1008() -> None:
+    async with (
+        serving(feed_api(Bus())) as base,
+        open_websocket_url(f"ws://{base}/api/v1/feed?mode=everything") as ws,
+    ):
+        with pytest.raises(ConnectionClosed) as info, trio.fail_after(10):
+            await ws.get_message()
+        assert info.value.reason is not None and info.value.reason.code == 1008

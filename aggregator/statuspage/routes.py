@@ -172,7 +172,7 @@ def _html(status: int, page: str) -> PageReply:
 
 def _not_allowed(method: str) -> PageReply:
     body = json.dumps({"error": "method not allowed", "method": method}).encode()
-    return PageReply(405, b"application/json", body, [(b"allow", b"GET, HEAD")])
+    return PageReply(405, b"application/json", body)  # http.py adds `Allow` to every 405
 
 
 def _query(scope: Scope, name: str) -> str | None:
