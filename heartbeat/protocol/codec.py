@@ -77,29 +77,36 @@ def reject(reason: RejectReason, detail: str) -> BeatRejected:
 
 
 def to_beat(obj: object, legacy: bool) -> Beat | BeatRejected:
+    """A decoded object as a `Beat`, or the `BeatRejected` naming the first thing wrong."""
     if type(obj) is not dict:
         return reject(RejectReason.NOT_A_MAP, "beat is not a map")
     get = obj.get
-    head = get("Head", _MISSING)
-    height = get("Height", _MISSING)
-    nickname = get("Nickname", _MISSING)
-    miner = get("MinerAddress", _MISSING)
-    for key, value in (
-        ("Head", head),
-        ("Height", height),
-        ("Nickname", nickname),
-        ("MinerAddress", miner),
-    ):
+    required = _required_keys(get)
+    if isinstance(required, BeatRejected):
+        return required
+    optional = _optional_keys(get, legacy)
+    if isinstance(optional, BeatRejected):
+        return optional
+    health = _source_keys(get)
+    if isinstance(health, BeatRejected):
+        return health
+    return Beat(*required, *optional, *health)
+
+
+#: The required keys and their exact types (``type(x) is int``: a bool is not an int here).
+_REQUIRED = (("Head", str), ("Height", int), ("Nickname", str), ("MinerAddress", str))
+_Required = tuple[str, int, str, str]
+_Optional = tuple[str | None, int | None, bool | None, str | None]
+
+
+def _required_keys(get: Any) -> _Required | BeatRejected:
+    values = [get(key, _MISSING) for key, _ in _REQUIRED]
+    for (key, kind), value in zip(_REQUIRED, values, strict=True):
         if value is _MISSING:
             return reject(RejectReason.MISSING_KEY, f"key={key}")
-    if type(head) is not str:
-        return reject(RejectReason.WRONG_TYPE, "key=Head")
-    if type(height) is not int:  # bool is not int here
-        return reject(RejectReason.WRONG_TYPE, "key=Height")
-    if type(nickname) is not str:
-        return reject(RejectReason.WRONG_TYPE, "key=Nickname")
-    if type(miner) is not str:
-        return reject(RejectReason.WRONG_TYPE, "key=MinerAddress")
+        if type(value) is not kind:
+            return reject(RejectReason.WRONG_TYPE, f"key={key}")
+    head, height, nickname, miner = values
     if not 0 <= height <= MAX_HEIGHT:
         return reject(RejectReason.OUT_OF_RANGE, "key=Height")
     try:
@@ -112,83 +119,75 @@ def to_beat(obj: object, legacy: bool) -> Beat | BeatRejected:
         miner = normalize_miner_address(miner)
     except AddressError as exc:
         return reject(RejectReason.BAD_ADDRESS, str(exc))
+    return head, height, nickname, miner
 
+
+def _typed(get: Any, key: str, kind: type) -> Any:
+    """The optional `key`: None when absent (or null), its value when of type `kind`,
+    a WRONG_TYPE rejection otherwise."""
+    value = get(key)
+    if value is None or type(value) is kind:
+        return value
+    return reject(RejectReason.WRONG_TYPE, f"key={key}")
+
+
+def _genesis(get: Any, legacy: bool) -> str | BeatRejected | None:
     genesis = get("GenesisCID")
-    if legacy and type(genesis) is dict:
+    if legacy and type(genesis) is dict:  # go-filecoin's {"/": cid}
         if len(genesis) != 1 or "/" not in genesis:
             return reject(RejectReason.WRONG_TYPE, "key=GenesisCID")
         genesis = genesis["/"]
-    if genesis is not None:
-        if type(genesis) is not str:
-            return reject(RejectReason.WRONG_TYPE, "key=GenesisCID")
-        if not is_plausible_cid(genesis):
-            return reject(RejectReason.BAD_GENESIS, "key=GenesisCID")
-    timestamp = get("HeadTimestamp")
-    if timestamp is not None:
-        if type(timestamp) is not int:
-            return reject(RejectReason.WRONG_TYPE, "key=HeadTimestamp")
-        if not 0 <= timestamp <= MAX_HEAD_TIMESTAMP:
-            return reject(RejectReason.OUT_OF_RANGE, "key=HeadTimestamp")
-    syncing = get("Syncing")
-    if syncing is not None and type(syncing) is not bool:
-        return reject(RejectReason.WRONG_TYPE, "key=Syncing")
-    version = get("Version")
-    if version is not None:
-        if type(version) is not str:
-            return reject(RejectReason.WRONG_TYPE, "key=Version")
-        if len(version) > MAX_VERSION_LENGTH or not version.isprintable():
-            return reject(RejectReason.BAD_VERSION, "key=Version")
-    health = _source_keys(get)
-    if isinstance(health, BeatRejected):
-        return health
-    return Beat(head, height, nickname, miner, genesis, timestamp, syncing, version, *health)
+    if genesis is None:
+        return None
+    if type(genesis) is not str:
+        return reject(RejectReason.WRONG_TYPE, "key=GenesisCID")
+    if not is_plausible_cid(genesis):
+        return reject(RejectReason.BAD_GENESIS, "key=GenesisCID")
+    return genesis
+
+
+def _optional_keys(get: Any, legacy: bool) -> _Optional | BeatRejected:
+    genesis = _genesis(get, legacy)
+    timestamp = _typed(get, "HeadTimestamp", int)
+    syncing = _typed(get, "Syncing", bool)
+    version = _typed(get, "Version", str)
+    for value in (genesis, timestamp, syncing, version):
+        if isinstance(value, BeatRejected):
+            return value
+    if timestamp is not None and not 0 <= timestamp <= MAX_HEAD_TIMESTAMP:
+        return reject(RejectReason.OUT_OF_RANGE, "key=HeadTimestamp")
+    if version is not None and (len(version) > MAX_VERSION_LENGTH or not version.isprintable()):
+        return reject(RejectReason.BAD_VERSION, "key=Version")
+    return genesis, timestamp, syncing, version  # type: ignore[return-value]
 
 
 _SOURCE_STATES = {state.value: state for state in SourceState}
 _Health = tuple[SourceState | None, str | None, int | None, str | None]
 
 
-def _bounded_text(value: object, key: str, limit: int) -> str | BeatRejected:
-    if type(value) is not str:
-        return reject(RejectReason.WRONG_TYPE, f"key={key}")
-    if len(value) > limit or not value.isprintable():
+def _bounded_text(get: Any, key: str, limit: int) -> str | BeatRejected | None:
+    value = _typed(get, key, str)
+    if isinstance(value, str) and (len(value) > limit or not value.isprintable()):
         return reject(RejectReason.OUT_OF_RANGE, f"key={key}")
-    return value
+    return value  # type: ignore[no-any-return]
 
 
 def _source_keys(get: Any) -> _Health | BeatRejected:
     """The agent-health keys (all optional): SourceState, SourceError, HeadSeenAt,
     StateNetworkName. An unknown SourceState is refused: the set is part of the protocol."""
-    state: SourceState | None = None
-    raw_state = get("SourceState")
-    if raw_state is not None:
-        if type(raw_state) is not str:
-            return reject(RejectReason.WRONG_TYPE, "key=SourceState")
-        found = _SOURCE_STATES.get(raw_state)
-        if found is None:
-            return reject(RejectReason.OUT_OF_RANGE, "key=SourceState")
-        state = found
-    error: str | None = None
-    raw_error = get("SourceError")
-    if raw_error is not None:
-        checked = _bounded_text(raw_error, "SourceError", MAX_SOURCE_ERROR_LENGTH)
-        if isinstance(checked, BeatRejected):
-            return checked
-        error = checked
-    seen = get("HeadSeenAt")
-    if seen is not None:
-        if type(seen) is not int:
-            return reject(RejectReason.WRONG_TYPE, "key=HeadSeenAt")
-        if not 0 <= seen <= MAX_HEAD_SEEN_AT:
-            return reject(RejectReason.OUT_OF_RANGE, "key=HeadSeenAt")
-    network: str | None = None
-    raw_network = get("StateNetworkName")
-    if raw_network is not None:
-        checked = _bounded_text(raw_network, "StateNetworkName", MAX_NETWORK_NAME_LENGTH)
-        if isinstance(checked, BeatRejected):
-            return checked
-        network = checked
-    return state, error, seen, network
+    raw_state = _typed(get, "SourceState", str)
+    error = _bounded_text(get, "SourceError", MAX_SOURCE_ERROR_LENGTH)
+    seen = _typed(get, "HeadSeenAt", int)
+    network = _bounded_text(get, "StateNetworkName", MAX_NETWORK_NAME_LENGTH)
+    for value in (raw_state, error, seen, network):
+        if isinstance(value, BeatRejected):
+            return value
+    state = None if raw_state is None else _SOURCE_STATES.get(raw_state)
+    if raw_state is not None and state is None:
+        return reject(RejectReason.OUT_OF_RANGE, "key=SourceState")
+    if seen is not None and not 0 <= seen <= MAX_HEAD_SEEN_AT:
+        return reject(RejectReason.OUT_OF_RANGE, "key=HeadSeenAt")
+    return state, error, seen, network  # type: ignore[return-value]
 
 
 class _JSONConstant(ValueError):

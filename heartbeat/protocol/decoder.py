@@ -277,20 +277,7 @@ class BeatDecoder:
     ) -> tuple[object, int, int] | None:
         """The item's key (for duplicate detection), its child count and its end; None if cut."""
         if major == 3 or major == 2:
-            body_end = after + arg
-            if body_end > limit:
-                raise BeatDecodeError(RejectReason.OVERSIZE, "cbor string")
-            if body_end > end:
-                return None
-            key: object = None
-            if major == 3:
-                try:
-                    key = buf[after:body_end].decode("utf-8")
-                except UnicodeDecodeError:
-                    self._note(RejectReason.BAD_UTF8, "cbor text")
-            elif is_key:
-                key = bytes(buf[after:body_end])
-            return key, 0, body_end
+            return self._string(buf, major == 3, after, after + arg, end, limit, is_key)
         if major < 2:
             return (major, arg), 0, after
         if major == 6:
@@ -306,6 +293,31 @@ class BeatDecoder:
         if after + children > limit:
             raise BeatDecodeError(RejectReason.OVERSIZE, "cbor container")
         return None, children, after
+
+    def _string(
+        self,
+        buf: bytearray,
+        text: bool,
+        after: int,
+        body_end: int,
+        end: int,
+        limit: int,
+        is_key: bool,
+    ) -> tuple[object, int, int] | None:
+        """A text or byte string: its value as a key (text always, for its UTF-8 check)."""
+        if body_end > limit:
+            raise BeatDecodeError(RejectReason.OVERSIZE, "cbor string")
+        if body_end > end:
+            return None
+        key: object = None
+        if text:
+            try:
+                key = buf[after:body_end].decode("utf-8")
+            except UnicodeDecodeError:
+                self._note(RejectReason.BAD_UTF8, "cbor text")
+        elif is_key:
+            key = bytes(buf[after:body_end])
+        return key, 0, body_end
 
     def _account(
         self, top: list[Any] | None, is_key: bool, key: object, major: int, children: int
