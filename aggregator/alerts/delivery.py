@@ -32,10 +32,11 @@ on the aggregator's own registry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,9 +247,12 @@ class AlertDelivery:
                 nursery.start_soon(self._drain, client, target)
             task_status.started()
 
-    def _client(self) -> httpx.AsyncClient:
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
         timeout = httpx.Timeout(self.retry.attempt_timeout)
-        return httpx.AsyncClient(transport=self.transport, timeout=timeout)
+        with _masked_httpx_log():
+            async with httpx.AsyncClient(transport=self.transport, timeout=timeout) as client:
+                yield client
 
     async def send_test(self, alert: Alert) -> list[TestResult]:
         """Deliver one test notification of `alert` to every receiver at once (retries
@@ -338,6 +342,45 @@ class AlertDelivery:
             return Failure(FailureReason.CONNECTION_ERROR, _said(exc, request))
         reply = Reply(response.status_code, dict(response.headers), response.content)
         return target.receiver.check(reply)
+
+
+class _MaskUrls(logging.Filter):
+    """httpx logs every request's full URL at INFO: a Telegram token, a Slack or Discord
+    hook's secret path. This filter masks URLs in its records (`mask_url`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                mask_url(str(a)) if isinstance(a, httpx.URL) or _is_url(a) else a
+                for a in record.args
+            )
+        return True
+
+
+def _is_url(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+_MASK = _MaskUrls()
+
+
+@contextlib.contextmanager
+def _masked_httpx_log() -> Iterator[None]:
+    """The filter on the `httpx` logger while a delivery client is open (counted: the
+    delivery tasks and `send_test` may overlap), removed after the last."""
+    logger = logging.getLogger("httpx")
+    _MASK.users += 1
+    logger.addFilter(_MASK)
+    try:
+        yield
+    finally:
+        _MASK.users -= 1
+        if _MASK.users == 0:
+            logger.removeFilter(_MASK)
 
 
 def _said(exc: Exception, request: Request) -> str:
