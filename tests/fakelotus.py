@@ -4,8 +4,11 @@ Served by hypercorn's trio worker with a small ASGI app; answers follow the shap
 the Lotus API (see the project's Lotus notes): ChainHead, ChainGetGenesis, SyncState,
 StateGetNetworkParams, ActorAddress over HTTP (errors as HTTP 500 + JSON-RPC error), and
 ChainNotify over WebSocket with `current`, `apply` and revert+apply batches and
-`xrpc.ch.close`. Tests drive it: `advance`, `set_head`, `reorg`, `fail`, `delay`,
-`close_subscriptions`, `drop_subscriptions`, `go_unreachable` / `come_back`.
+`xrpc.ch.close`, and StateNetworkName. Tests drive it: `advance`, `set_head`, `reorg`,
+`fall_back` (a restart or failover to a node a few epochs behind), `fail`, `delay`,
+`close_subscriptions`, `drop_subscriptions`, `go_unreachable` / `come_back`, `go_silent` /
+`speak_again` (connections accepted, nothing answered), `refuse_auth` (every request gets
+HTTP 401 or 403, as Lotus does for a token it cannot verify).
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class FakeLotus:
     _subscribers: list[_Subscriber] = field(default_factory=list)
     _channels: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _fork: int = 0
+    _auth_status: int | None = None
+    _silence: trio.Event | None = None
     _scope: trio.CancelScope | None = None
     _nursery: trio.Nursery | None = None
     _stopped: trio.Event | None = None
@@ -112,7 +117,34 @@ class FakeLotus:
         self._broadcast(reverts + applies)
         return self.tipset()
 
+    def fall_back(self, epochs: int) -> dict[str, Any]:
+        """The node's head goes `epochs` back on the same chain (Lotus restarted from an
+        older state, or a failover to a node behind): its subscriptions are cut, as a
+        restart cuts them, and the new head is the one reported from now on."""
+        self.drop_subscriptions()
+        self.height -= epochs
+        return self.tipset()
+
     # -- behaviour ----------------------------------------------------------
+    def refuse_auth(self, status: int | None = 401) -> None:
+        """Answer every request with HTTP `status` (401, 403), or normally again (None)."""
+        self._auth_status = status
+
+    def go_silent(self) -> None:
+        """Keep accepting connections and requests but answer nothing (a hung node)."""
+        if self._silence is None:
+            self._silence = trio.Event()
+
+    def speak_again(self) -> None:
+        """Answer again, the held requests first."""
+        if self._silence is not None:
+            self._silence.set()
+            self._silence = None
+
+    async def _hold_if_silent(self) -> None:
+        if self._silence is not None:
+            await self._silence.wait()
+
     def fail(self, method: str, code: int = 1, message: str = "fake failure") -> None:
         """Make `method` (e.g. "Filecoin.ChainHead") answer HTTP 500 + JSON-RPC error."""
         self._failures[method] = (code, message)
@@ -240,6 +272,7 @@ class FakeLotus:
                 "GenesisTimestamp": self.genesis_timestamp,
             },
             "Filecoin.ActorAddress": lambda: self.miner_address,
+            "Filecoin.StateNetworkName": lambda: self.network_name,
         }
         if method not in results:
             return 500, {
@@ -256,8 +289,12 @@ class FakeLotus:
             body += event.get("body", b"")
             if not event.get("more_body"):
                 break
+        await self._hold_if_silent()
         if scope["path"] not in ("/rpc/v0", "/rpc/v1") or scope["method"] != "POST":
             status, payload = 404, b"404 page not found\n"
+        elif self._auth_status is not None:
+            self.calls.append(f"http {self._auth_status}")
+            status, payload = self._auth_status, b"JWT Verification failed\n"
         elif not self._authorized(scope):
             status, payload = 401, b"JWT Verification failed\n"
         else:
@@ -285,8 +322,9 @@ class FakeLotus:
     async def _websocket(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        if scope["path"] not in ("/rpc/v0", "/rpc/v1") or not self._authorized(scope):
-            await send({"type": "websocket.close", "code": 1008})
+        refused = self._auth_status is not None or not self._authorized(scope)
+        if scope["path"] not in ("/rpc/v0", "/rpc/v1") or refused:
+            await send({"type": "websocket.close", "code": 1008})  # hypercorn answers 403
             return
         await send({"type": "websocket.accept"})
         outbox_send, outbox = trio.open_memory_channel[dict[str, Any]](1000)
@@ -295,6 +333,7 @@ class FakeLotus:
             async def writer() -> None:
                 async with outbox:
                     async for message in outbox:
+                        await self._hold_if_silent()
                         await send({"type": "websocket.send", "text": json.dumps(message)})
                 # the test dropped the subscription: cut the connection
                 nursery.cancel_scope.cancel()

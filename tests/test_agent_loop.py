@@ -202,19 +202,27 @@ async def test_slow_write_skips_missed_ticks(autojump_clock: trio.testing.MockCl
     assert times == [0.0, 3.0, 6.0, 12.0, 15.0]
 
 
-async def test_no_beats_before_the_first_head(autojump_clock: trio.testing.MockClock) -> None:
+async def test_beats_before_the_first_head_say_no_head(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The agent beats from its first connection: Head "{}" and Height 0 until a head is
+    # known (an old loop sent nothing until Lotus answered).
     head: list[Head | None] = [None]
     connector = FakeConnector()
     loop = loop_for(connector, latest=lambda: head[0])
     async with trio.open_nursery() as nursery:
         await nursery.start(loop.run)
         await trio.sleep(7)
-        assert connector.streams[0].writes == []
-        assert loop.stats.beats_sent == 0
+        assert loop.stats.beats_sent == 3
         head[0] = HEAD
         await trio.sleep(6)
         nursery.cancel_scope.cancel()
-    assert rel([t for t, _ in connector.streams[0].writes], connector.t0) == [9.0, 12.0]
+    writes = connector.streams[0].writes
+    assert rel([t for t, _ in writes], connector.t0) == [0.0, 3.0, 6.0, 9.0, 12.0]
+    beats = BeatDecoder().feed(b"".join(d for _, d in writes))
+    assert all(isinstance(b, Beat) for b in beats)
+    shown = [(b.head, b.height) for b in beats if isinstance(b, Beat)]
+    assert shown == [("{}", 0)] * 3 + [("{" + CID + "}", 1234)] * 2
 
 
 async def test_stalled_write_resets_the_stream_and_redials(

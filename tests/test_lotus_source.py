@@ -14,7 +14,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heartbeat.agent.head import NodeBadResponse, NodeRpcError, NodeUnreachable
+from heartbeat.agent.head import NodeBadResponse, NodeRpcError, NodeUnauthorized, NodeUnreachable
 from heartbeat.agent.lotus.client import (
     ActiveSync,
     LotusClient,
@@ -290,7 +290,7 @@ async def test_token_is_sent(nursery: trio.Nursery) -> None:
     async with LotusClient(fake.api_info(), 1.0) as good:
         assert (await good.chain_head()).height == 100
     async with LotusClient(fake.api_info(token="wrong"), 1.0) as bad:
-        with pytest.raises(NodeBadResponse, match="http 401"):
+        with pytest.raises(NodeUnauthorized, match="http 401"):
             await bad.chain_head()
     got: list[object] = []
     async with trio.open_nursery() as n:
@@ -301,7 +301,7 @@ async def test_token_is_sent(nursery: trio.Nursery) -> None:
         )
         await eventually(lambda: len(got) == 1)
         n.cancel_scope.cancel()
-    with pytest.raises(NodeBadResponse):
+    with pytest.raises(NodeUnauthorized, match="http 403"):  # hypercorn refuses with 403
         await chain_notify(fake.api_info(token="wrong"), got.append, timeout=1.0)
 
 

@@ -17,11 +17,13 @@ CID_RE = re.compile(r"^bafy2bzace[a-z2-7]{52}$")
 
 async def test_static_source(autojump_clock: trio.testing.MockClock) -> None:
     head = Head(cids=("a", "b"), height=7)
-    source = StaticHeadSource(head)
+    source = StaticHeadSource(head, wall_clock=lambda: 1_700_000_000.5)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         await trio.sleep(1000)
-        assert source.latest == head
+        # HeadSeenAt of a static head: when the source started (unix ms)
+        assert source.latest == Head(cids=("a", "b"), height=7, seen_at=1_700_000_000_500)
+        assert source.status.state == "ok" and source.status.error is None
         assert source.status.mode == "static" and source.status.reachable
         nursery.cancel_scope.cancel()
 

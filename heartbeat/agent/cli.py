@@ -224,9 +224,12 @@ async def run_agent(
                 jitter=config.jitter,
                 error_log_period=config.error_log_period,
                 rand=rng.random,
+                status=lambda: head_source.status,
             )
             for target in config.targets
         ]
+        for loop in loops:
+            head_source.on_change(loop.wake)  # an extra beat when the head or state changes
         agent = Agent(loops, head_source)
         async with trio.open_nursery() as nursery:
             await nursery.start(head_source.run)

@@ -6,6 +6,18 @@ failed or stalled write resets the stream and the loop dials again; failed dials
 are retried every (jittered) reconnect period and logged with the escalating
 policy of `heartbeat.agent.policy.FailureLog`.
 
+A connected loop beats from its first moment: until the source knows a head, the beat
+says Head "{}" and Height 0 with the source's state and error (an agent whose Lotus
+refuses its token is visible at once, and says why). Besides the timer, a change of what
+the beat says (a new head, a new source state: `wake`, called by the head source's
+listeners) sends one extra beat at once, so head changes reach the aggregator within
+milliseconds. Extra beats are coalesced (a burst of changes gives one beat; a change
+already carried by the last beat gives none) and at most one per `min_extra_gap` seconds
+(1 s), which keeps an agent at 3 s beats plus one extra per 30 s epoch far below the
+aggregator's default per-peer limit (2 beats/s, burst 10); even a change every instant
+gives at most 1/3 + 1 beats/s. The timer's grid is not moved by an extra beat: the
+aggregator keeps seeing a beat every period whatever the chain does.
+
 A stream that dies within its first `EARLY_DEATH_PERIODS` beat periods (a receiver
 that accepts the dial, then resets the stream: a refusal, a full fleet) counts as a
 failed attempt too: the loop waits the reconnect period and the log escalates,
@@ -29,7 +41,7 @@ from typing import Any, Protocol
 
 import trio
 
-from heartbeat.agent.head import Head, HeadSource
+from heartbeat.agent.head import Head, HeadSource, SourceStatus
 from heartbeat.agent.policy import FailureLog, format_seconds, jittered, next_deadline
 from heartbeat.agent.targets import Target
 from heartbeat.net.errors import DialFailed, StreamLost
@@ -54,6 +66,10 @@ log = logging.getLogger(__name__)
 CLOSE_WAIT = 1.0
 #: A stream that dies within this many beat periods of opening is a failed attempt.
 EARLY_DEATH_PERIODS = 3
+#: At most one extra (change-driven) beat per this many seconds.
+MIN_EXTRA_GAP = 1.0
+#: What a beat carries until the source knows a head.
+NO_HEAD = Head(cids=(), height=0)
 
 
 class BeatStream(Protocol):
@@ -86,19 +102,34 @@ class TargetStats:
     dial_failures: int = 0
     streams_died_early: int = 0  # counted as failed attempts by the reconnect policy
     last_success: float | None = None  # wall-clock unix seconds of the last beat written
+    extra_beats: int = 0  # beats sent at once on a change, besides the timer
 
 
-def make_beat(head: Head, *, nickname: str, miner_address: str, version: str) -> Beat:
-    """The beat for `head`: the source's miner address wins over the configured one."""
+def make_beat(
+    head: Head | None,
+    *,
+    nickname: str,
+    miner_address: str,
+    version: str,
+    status: SourceStatus | None = None,
+) -> Beat:
+    """The beat for `head` (None: no head yet, Head "{}" and Height 0) and the source's
+    `status` (None: a source that says nothing about itself; no health keys). The
+    source's miner address wins over the configured one."""
+    shown = NO_HEAD if head is None else head
     return Beat(
-        head=format_head(head.cids),
-        height=head.height,
+        head=format_head(shown.cids),
+        height=shown.height,
         nickname=nickname,
-        miner_address=head.miner_address or miner_address,
-        genesis_cid=head.genesis_cid,
-        head_timestamp=head.timestamp,
-        syncing=head.syncing,
+        miner_address=shown.miner_address or miner_address,
+        genesis_cid=shown.genesis_cid,
+        head_timestamp=shown.timestamp,
+        syncing=shown.syncing,
         version=version,
+        source_state=None if status is None else status.state,
+        source_error=None if status is None else status.error,
+        head_seen_at=shown.seen_at,
+        network_name=None if status is None else status.network_name,
     )
 
 
@@ -121,11 +152,15 @@ class BeatLoop:
         rand: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
         version: str = AGENT_VERSION,
+        status: Callable[[], SourceStatus] | None = None,
+        min_extra_gap: float = MIN_EXTRA_GAP,
     ) -> None:
         self.target = target
         self.stats = TargetStats()
         self._connector = connector
         self._latest = latest
+        self._status = status
+        self._min_extra_gap = min_extra_gap
         self._nickname = nickname
         self._miner_address = miner_address
         self._encode = encode_json if encoding == "json" else encode_cbor
@@ -141,14 +176,22 @@ class BeatLoop:
         self._stop_event = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._stream: BeatStream | None = None
-        self._cache: tuple[Head, bytes] | None = None
+        self._cache: tuple[Head | None, SourceStatus | None, bytes] | None = None
+        self._wake = trio.Event()  # set by stop() and by wake()
+        self._sent: bytes | None = None  # the last payload written on this stream
+        self._last_extra = -float("inf")
 
     # -- control -------------------------------------------------------------
+
+    def wake(self) -> None:
+        """What the beat says has changed: send an extra beat soon (synchronous)."""
+        self._wake.set()
 
     def stop(self) -> None:
         """Stop gracefully: a connected loop half-closes its stream, others stop at once."""
         self._stopping = True
         self._stop_event.set()
+        self._wake.set()
         if self._stream is None and self._scope is not None:
             self._scope.cancel()
 
@@ -194,16 +237,46 @@ class BeatLoop:
 
     # -- beating -------------------------------------------------------------
 
-    def _payload(self, head: Head) -> bytes:
-        if self._cache is None or self._cache[0] != head:
+    def _payload(self) -> bytes:
+        head = self._latest()
+        status = None if self._status is None else self._status()
+        if self._cache is None or self._cache[0] != head or self._cache[1] != status:
             beat = make_beat(
                 head,
                 nickname=self._nickname,
                 miner_address=self._miner_address,
                 version=self._version,
+                status=status,
             )
-            self._cache = (head, self._encode(beat))
-        return self._cache[1]
+            self._cache = (head, status, self._encode(beat))
+        return self._cache[2]
+
+    async def _wait_tick(self, deadline: float) -> bool:
+        """Wait for the timer's `deadline`, sending extra beats on changes meanwhile;
+        False when the loop is to stop."""
+        while True:
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            if self._stop_event.is_set():
+                return False
+            if not self._wake.is_set():
+                return True  # the timer's tick
+            # A change: at most one extra beat per min_extra_gap; changes until it is
+            # sent coalesce into it, and one the next tick will carry anyway waits.
+            extra_at = max(trio.current_time(), self._last_extra + self._min_extra_gap)
+            if extra_at >= deadline:
+                with trio.move_on_at(deadline):
+                    await self._stop_event.wait()
+                return not self._stop_event.is_set()
+            with trio.move_on_at(extra_at):
+                await self._stop_event.wait()
+            if self._stop_event.is_set():
+                return False
+            self._wake = trio.Event()
+            payload = self._payload()
+            if payload != self._sent:
+                await self._write(payload, extra=True)
+                self._last_extra = trio.current_time()
 
     async def _beat(self, stream: BeatStream) -> bool:
         """Beat until stopped or broken; True when the stream died early (a failed attempt)."""
@@ -213,18 +286,17 @@ class BeatLoop:
         opened = deadline = trio.current_time()
         settled_at = opened + EARLY_DEATH_PERIODS * period
         settled = False
+        self._sent = None
         try:
             while True:
-                head = self._latest()
-                if head is not None:
-                    await self._write(stream, self._payload(head))
+                if not self._stop_event.is_set():
+                    self._wake = trio.Event()  # this beat carries every change so far
+                await self._write(self._payload())
                 if not settled and trio.current_time() >= settled_at:
                     settled = True
                     self._settled(opened)
                 deadline = next_deadline(deadline, period, trio.current_time())
-                with trio.move_on_at(deadline):
-                    await self._stop_event.wait()
-                if self._stop_event.is_set():
+                if not await self._wait_tick(deadline):
                     await self._close(stream)
                     return False
         except StreamLost as exc:
@@ -262,13 +334,17 @@ class BeatLoop:
         if recovered is not None:
             log.log(recovered[0], "reconnected target=%s %s", self.target.addr, recovered[1])
 
-    async def _write(self, stream: BeatStream, data: bytes) -> None:
+    async def _write(self, data: bytes, *, extra: bool = False) -> None:
+        stream = self._stream
+        assert stream is not None
         try:
             with trio.fail_after(self._write_timeout):
                 await stream.write(data)
         except trio.TooSlowError as exc:
             raise StreamLost(f"write_stalled_{format_seconds(self._write_timeout)}") from exc
+        self._sent = data
         self.stats.beats_sent += 1
+        self.stats.extra_beats += extra
         self.stats.last_success = self._wall_clock()
 
     async def _close(self, stream: BeatStream) -> None:

@@ -14,11 +14,12 @@ import hashlib
 import math
 import random
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
 
-from heartbeat.agent.head import Head, SourceStatus
+from heartbeat.agent.head import ChangeListeners, Head, SourceStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,11 +39,13 @@ DEFAULT_SIMULATED_GENESIS = fake_cid("fil-heartbeat", "simulated-genesis")
 
 
 class StaticHeadSource:
-    """Always reports the same head (tests, demos)."""
+    """Always reports the same head (tests, demos); its HeadSeenAt is the start time."""
 
-    def __init__(self, head: Head) -> None:
+    def __init__(self, head: Head, *, wall_clock: Callable[[], float] = time.time) -> None:
         self._head = head
+        self._wall_clock = wall_clock
         self._started_at: float | None = None
+        self._listeners = ChangeListeners()
 
     @property
     def latest(self) -> Head | None:
@@ -52,8 +55,13 @@ class StaticHeadSource:
     def status(self) -> SourceStatus:
         return SourceStatus(reachable=True, mode="static", last_update=self._started_at)
 
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.add(listener)  # a static head never changes
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._started_at = trio.current_time()
+        if self._head.seen_at is None:
+            self._head = replace(self._head, seen_at=int(self._wall_clock() * 1000))
         task_status.started()
         await trio.sleep_forever()
 
@@ -101,6 +109,7 @@ class SimulatedChain:
         self._t0: float | None = None
         self._latest: Head | None = None
         self._last_update: float | None = None
+        self._listeners = ChangeListeners()
 
     # -- pure helpers -------------------------------------------------------
     def is_null_round(self, height: int) -> bool:
@@ -145,6 +154,9 @@ class SimulatedChain:
     def status(self) -> SourceStatus:
         return SourceStatus(reachable=True, mode="simulated", last_update=self._last_update)
 
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.add(listener)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._t0 = trio.current_time()
         if self.genesis_timestamp is None:
@@ -160,5 +172,6 @@ class SimulatedChain:
     def _update(self, now: float) -> None:
         head = self.head_at(now)
         if self._latest is None or head.cids != self._latest.cids:
-            self._latest = head
+            self._latest = replace(head, seen_at=int(self._wall_clock() * 1000))
             self._last_update = now
+            self._listeners.fire()

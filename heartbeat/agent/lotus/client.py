@@ -2,9 +2,14 @@
 
 The only importer of httpx. Every call runs under a deadline; transport, HTTP and JSON
 failures are translated here, at one boundary, into the `HeadSourceError` family:
-`NodeUnreachable` (no answer), `NodeRpcError` (a JSON-RPC error, which Lotus sends with
-HTTP 500, so the body is parsed whatever the status) and `NodeBadResponse` (anything that
-is not the documented shape). The tipset and result parsers are pure functions.
+`NodeUnauthorized` (HTTP 401/403: the token or its permission), `NodeTimeout` (no answer
+in time), `NodeUnreachable` (refused, reset, DNS, TLS; an HTTP error status without a
+JSON-RPC body, as a proxy in front of a dead node sends), `NodeRpcError` (a JSON-RPC error,
+which Lotus sends with HTTP 500, so the body is parsed whatever the status) and
+`NodeBadResponse` (anything that is not the documented shape). Each failure's text is
+short and names its cause (`ChainHead: connection refused (127.0.0.1:1234)`), because it
+goes on the wire as the beat's SourceError. Calls are counted in an optional `RpcStats`.
+The tipset and result parsers are pure functions.
 """
 
 from __future__ import annotations
@@ -12,24 +17,38 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import socket
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
+from urllib.parse import urlsplit
 
 import httpx
 import trio
 
-from heartbeat.agent.head import Head, NodeBadResponse, NodeRpcError, NodeUnreachable
+from heartbeat.agent.head import (
+    Head,
+    HeadSourceError,
+    NodeBadResponse,
+    NodeRpcError,
+    NodeTimeout,
+    NodeUnauthorized,
+    NodeUnreachable,
+)
+from heartbeat.agent.health import kind_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from heartbeat.agent.lotus.apiinfo import ApiInfo
+    from heartbeat.agent.rpcstats import RpcStats
 
 __all__ = [
     "ActiveSync",
     "LotusClient",
     "NetworkParams",
     "auth_headers",
+    "connect_cause",
     "parse_active_syncs",
     "parse_network_params",
     "parse_tipset",
@@ -62,6 +81,29 @@ class ActiveSync:
 def auth_headers(info: ApiInfo) -> dict[str, str]:
     """The Authorization header for an endpoint, if it has a token."""
     return {"Authorization": f"Bearer {info.token}"} if info.token else {}
+
+
+def connect_cause(exc: BaseException) -> str:
+    """A short name for why a connection failed, from the exception's type and causes."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, socket.gaierror):
+            return "DNS lookup failed"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, ConnectionResetError):
+            return "connection reset"
+        if isinstance(seen, ssl.SSLError):
+            return "TLS handshake failed"
+        if isinstance(seen, httpx.RemoteProtocolError):
+            return "connection closed without an answer"
+        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:
+            seen = seen.exceptions[0]  # trio's "all attempts to connect failed"
+            continue
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -146,9 +188,11 @@ def parse_network_params(result: object) -> NetworkParams:
 class LotusClient:
     """JSON-RPC over HTTP to one Lotus endpoint; use as an async context manager."""
 
-    def __init__(self, info: ApiInfo, timeout: float = 5.0) -> None:
+    def __init__(self, info: ApiInfo, timeout: float = 5.0, stats: RpcStats | None = None) -> None:
         self.info = info
         self.timeout = timeout
+        self.stats = stats
+        self._where = urlsplit(info.url).netloc
         self._ids = itertools.count(1)
         self._http = httpx.AsyncClient(
             headers={"Content-Type": "application/json", **auth_headers(info)},
@@ -168,6 +212,21 @@ class LotusClient:
 
     async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
         """Call one method and return its `result`, or raise a `HeadSourceError`."""
+        started = trio.current_time()
+        answered = False
+        try:
+            response = await self._post(method, params)
+            answered = True
+            return self._result(method, response)
+        except HeadSourceError as exc:
+            if self.stats is not None:
+                self.stats.failed(kind_of(exc))
+            raise
+        finally:
+            if answered and self.stats is not None:
+                self.stats.answered(method, trio.current_time() - started)
+
+    async def _post(self, method: str, params: Sequence[Any]) -> tuple[int, int, bytes]:
         request_id = next(self._ids)
         payload = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
         try:
@@ -175,19 +234,26 @@ class LotusClient:
                 response = await self._http.post(self.info.url, json=payload)
                 body = response.content
         except trio.TooSlowError as exc:
-            raise NodeUnreachable(f"{method}: no answer within {self.timeout}s") from exc
+            raise NodeTimeout(f"{method}: no answer within {self.timeout:g}s") from exc
         except httpx.TimeoutException as exc:
-            raise NodeUnreachable(f"{method}: timeout ({type(exc).__name__})") from exc
+            raise NodeTimeout(f"{method}: no answer within {self.timeout:g}s") from exc
         except httpx.DecodingError as exc:
             raise NodeBadResponse(f"{method}: undecodable body: {exc}") from exc
         except (httpx.RequestError, OSError) as exc:
-            raise NodeUnreachable(f"{method}: {type(exc).__name__}: {exc}") from exc
-        status = response.status_code
+            raise NodeUnreachable(f"{method}: {connect_cause(exc)} ({self._where})") from exc
+        return request_id, response.status_code, body
+
+    def _result(self, method: str, response: tuple[int, int, bytes]) -> Any:
+        request_id, status, body = response
+        if status in (401, 403):
+            raise NodeUnauthorized(method, status)
         if len(body) > _MAX_RESPONSE:
             raise NodeBadResponse(f"{method}: response of {len(body)} bytes is too large")
         try:
             decoded = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
+            if status != 200:  # a proxy's error page, a wrong path: not the Lotus API
+                raise NodeUnreachable(f"{method}: http {status} ({self._where})") from exc
             raise NodeBadResponse(f"{method}: http {status}, not JSON: {body[:80]!r}") from exc
         if not isinstance(decoded, dict):
             raise NodeBadResponse(f"{method}: http {status}, not a JSON-RPC object")
@@ -203,14 +269,24 @@ class LotusClient:
                 message if isinstance(message, str) else repr(message),
             )
         if status != 200:
-            raise NodeBadResponse(f"{method}: http {status} without a JSON-RPC error")
+            raise NodeUnreachable(f"{method}: http {status} without a JSON-RPC error")
         if decoded.get("id") != request_id or "result" not in decoded:
             raise NodeBadResponse(f"{method}: response without result or with a wrong id")
         return decoded["result"]
 
     async def chain_head(self) -> Head:
         """`Filecoin.ChainHead` -> Head (cids, height, timestamp)."""
-        return parse_tipset(await self.call("Filecoin.ChainHead"), what="ChainHead")
+        result = await self.call("Filecoin.ChainHead")
+        if result is None:
+            raise NodeBadResponse("ChainHead: the node answered without a head")
+        return parse_tipset(result, what="ChainHead")
+
+    async def state_network_name(self) -> str:
+        """`Filecoin.StateNetworkName` -> e.g. "mainnet", "calibrationnet"."""
+        result = await self.call("Filecoin.StateNetworkName")
+        if not isinstance(result, str) or not result:
+            raise NodeBadResponse("StateNetworkName: expected a non-empty string")
+        return result
 
     async def sync_state(self) -> list[ActiveSync]:
         """`Filecoin.SyncState` -> the active syncs."""

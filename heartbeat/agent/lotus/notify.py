@@ -29,6 +29,8 @@ from heartbeat.agent.head import (
     HeadSourceError,
     NodeBadResponse,
     NodeRpcError,
+    NodeTimeout,
+    NodeUnauthorized,
     NodeUnreachable,
 )
 from heartbeat.agent.lotus.client import auth_headers, parse_tipset
@@ -76,7 +78,7 @@ async def _receive(ws: WebSocketConnection, idle_timeout: float | None) -> dict[
         with trio.fail_after(idle_timeout if idle_timeout is not None else float("inf")):
             message = await ws.get_message()
     except trio.TooSlowError as exc:
-        raise NodeUnreachable(f"ChainNotify: nothing received for {idle_timeout}s") from exc
+        raise NodeTimeout(f"ChainNotify: nothing received for {idle_timeout:g}s") from exc
     except ConnectionClosed as exc:
         raise NodeUnreachable(f"ChainNotify: connection closed ({exc.reason})") from exc
     if len(message) > _MAX_MESSAGE:
@@ -160,8 +162,12 @@ async def chain_notify(
             except HeadSourceError as exc:
                 failure = exc
     except ConnectionRejected as exc:
+        if exc.status_code in (401, 403):
+            raise NodeUnauthorized("Filecoin.ChainNotify", exc.status_code) from exc
         raise NodeBadResponse(f"ChainNotify: websocket rejected, http {exc.status_code}") from exc
-    except (HandshakeError, trio.TooSlowError) as exc:
+    except trio.TooSlowError as exc:
+        raise NodeTimeout(f"ChainNotify: no answer within {timeout:g}s") from exc
+    except HandshakeError as exc:
         raise NodeUnreachable(f"ChainNotify: handshake failed ({type(exc).__name__})") from exc
     except (OSError, ConnectionClosed, trio.BrokenResourceError) as exc:
         raise NodeUnreachable(f"ChainNotify: {type(exc).__name__}: {exc}") from exc
