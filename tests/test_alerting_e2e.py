@@ -3,8 +3,10 @@
 Stop one agent: FilNodeDown for its peer shows up in Alertmanager's /api/v2/alerts twice,
 once from Prometheus (rules.yml with `for` shortened to 2 s, see tests/promservers.py) and
 once from the aggregator's built-in alerter (`--alertmanager-url`, `node_down_for=1s`,
-label `aggregator`). Restart it (same identity, same peer id): both resolve. The start-up
-test alert (`--alert-test`) arrives too. Every process is stopped in a `finally`.
+label `aggregator` kept by `alertmanager_labels=aggregator`; by default the two are one
+alert, tests/test_alert_delivery_dedup.py). Restart it (same identity, same peer id): both
+resolve. The start-up test alert (`--alert-test`) arrives too. Every process is stopped in
+a `finally`.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def aggregator(tmp: Path, alertmanager_url: str) -> Iterator[tuple[str, str]]:
         "keep_firing_for=1s",
         "--alert-set",
         "resend_interval=5s",
+        "--alert-set",  # keep the `aggregator` label: two alerts, one from each path
+        "alertmanager_labels=aggregator",
     ]
     with out.open("wb") as stdout, log.open("wb") as stderr:
         proc = subprocess.Popen(
