@@ -101,6 +101,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_OK, _SYNCING = SourceState.OK, SourceState.SYNCING
+
 #: Weight of a new inter-beat interval in the beat period estimate.
 PERIOD_EWMA_ALPHA = 0.2
 
@@ -304,10 +306,13 @@ class Fleet:
         node.network_name = beat.network_name
         seen_at = beat.head_seen_at
         node.head_seen_at = None if seen_at is None else seen_at / 1000.0
-        # No usable head: the agent says so, or (older agents) no head at height 0.
-        down = node.source_down = beat.source_down or (
-            beat.height == 0 and not node.head_cids and source is not SourceState.OK
-        )
+        # No usable head: the agent says so (`Beat.source_down`, inlined: this is the per-beat
+        # path), or (older agents) no head at height 0.
+        if source is None or source is _OK:
+            down = beat.height == 0 and source is None and not node.head_cids
+        else:
+            down = source is not _SYNCING or (beat.height == 0 and not node.head_cids)
+        node.source_down = down
         node.last_beat = now
         node.last_seen = now
         node.beats += 1
@@ -335,6 +340,7 @@ class Fleet:
         if ring is None:
             ring = node.delays = DelayRing()
         ring.add(delay)
+        node.delay_p50, node.delay_p90 = ring.p50, ring.p90
         if not node.graduated:
             return  # throwaway peer ids never shape the network's figures
         key = node.net_key

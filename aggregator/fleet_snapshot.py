@@ -195,6 +195,7 @@ def _node_views(
     """One view per node, sorted by peer id; state counts per network (voting nodes only)."""
     views: list[NodeView] = []
     append = views.append
+    new_view = tuple.__new__
     state_counts: dict[str, dict[NodeState, int]] = {}
     for pid in sorted(nodes):
         n = nodes[pid]
@@ -202,45 +203,49 @@ def _node_views(
         t = top.get(key)
         lag = None if t is None or n.source_down else t - n.height
         state = _state(policy, n, up[pid], lag, reference, now)
-        ring = n.delays
         if n.graduated:
             counts = state_counts.get(key)
             if counts is None:
                 counts = state_counts[key] = dict.fromkeys(ALL_STATES, 0)
             counts[state] += 1
+        # tuple.__new__ directly: NodeView's generated __new__ is one Python call more per
+        # node, a tenth of this loop at 10,000 nodes. The order is NodeView's field order.
         append(
-            NodeView(
-                pid,
-                n.nickname,
-                n.miner,
-                key,
-                names[key],
-                state,
-                up[pid],
-                n.connections > 0,
-                n.remote_addr,
-                n.head_text,
-                n.head_sorted,
-                n.head_hash,
-                n.height,
-                n.head_timestamp,
-                None if n.head_timestamp is None else now - n.head_timestamp,
-                lag,
-                n.syncing,
-                n.version,
-                n.first_seen,
-                n.last_beat,
-                n.beats,
-                n.period,
-                timeouts[pid],
-                n.head_changed_at,
-                n.height_changed_at,
-                not n.graduated,
-                n.source_state,
-                n.source_error,
-                n.head_seen_at,
-                None if ring is None else ring.p50,
-                None if ring is None else ring.p90,
+            new_view(
+                NodeView,
+                (
+                    pid,
+                    n.nickname,
+                    n.miner,
+                    key,
+                    names[key],
+                    state,
+                    up[pid],
+                    n.connections > 0,
+                    n.remote_addr,
+                    n.head_text,
+                    n.head_sorted,
+                    n.head_hash,
+                    n.height,
+                    n.head_timestamp,
+                    None if n.head_timestamp is None else now - n.head_timestamp,
+                    lag,
+                    n.syncing,
+                    n.version,
+                    n.first_seen,
+                    n.last_beat,
+                    n.beats,
+                    n.period,
+                    timeouts[pid],
+                    n.head_changed_at,
+                    n.height_changed_at,
+                    not n.graduated,
+                    n.source_state,
+                    n.source_error,
+                    n.head_seen_at,
+                    n.delay_p50,
+                    n.delay_p90,
+                ),
             )
         )
     return views, state_counts

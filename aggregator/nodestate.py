@@ -195,6 +195,8 @@ class Node:
     __slots__ = (
         "beats",
         "connections",
+        "delay_p50",
+        "delay_p90",
         "delays",
         "first_beat",
         "first_seen",
@@ -258,6 +260,8 @@ class Node:
         self.head_seen_at: float | None = None  # unix seconds
         self.network_name: str | None = None  # StateNetworkName as the node reports it
         self.delays: DelayRing | None = None  # created with the first known delay
+        self.delay_p50: float | None = None  # the ring's, copied for the snapshot's loop
+        self.delay_p90: float | None = None
 
     def record(self) -> NodeRecord:
         return NodeRecord(
