@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
-from aggregator.history import EPOCH, WINDOWS, uptime
+from aggregator.history import EPOCH, UNKNOWN, WINDOWS, uptime
 from aggregator.history_store import HistoryReader, HistoryRows
 
 if TYPE_CHECKING:
@@ -127,6 +127,11 @@ class HistoryApi:
         cached = self.service.uptime.get(peer_id)
         if cached is not None:
             return cached
+        mark = self.service.tracker.mark(peer_id)
+        if mark is not None:
+            # tracked since the last refresh: its whole history is in its mark's totals
+            now = self.service.clock()
+            return {n: uptime(None, now - s, mark, now).as_json() for n, s in WINDOWS.items()}
         return {
             name: {"available": None, "healthy": None, "excluded_seconds": float(seconds)}
             for name, seconds in WINDOWS.items()
@@ -173,6 +178,14 @@ class HistoryApi:
             end = live  # not flushed yet
         start = rows.start if rows is not None else None
         up = uptime(start, since, end, end_at).as_json() if end_at > since else None
+        transitions = list(rows.transitions) if rows is not None else []
+        stored = set(transitions)
+        for t in self.service.unflushed(peer_id):  # at most a flush interval's worth
+            entry = (t.at, t.state, t.error)
+            if since <= t.at <= until and t.state != UNKNOWN and entry not in stored:
+                transitions.append(entry)
+        transitions.sort(key=lambda t: t[0])
+        truncated = len(transitions) > self.max_transitions or (rows is not None and rows.truncated)
         heights = rows.heights if rows is not None else []
         every = max(1, math.ceil(len(heights) / self.max_heights))
         gaps = self.service.gaps(rows.runs) if rows is not None else []
@@ -182,7 +195,7 @@ class HistoryApi:
             "until": until,
             "transitions": [
                 {"at": at, "state": state, "error": error}
-                for at, state, error in (rows.transitions if rows is not None else [])
+                for at, state, error in transitions[: self.max_transitions]
             ],
             "heights": [
                 {"at": slot * EPOCH, "height": height, "lag": lag}
@@ -191,7 +204,7 @@ class HistoryApi:
             "gaps": [{"from": a, "to": b} for a, b in gaps if b > since and a < until],
             "uptime": up,
             "state_at_since": None if start is None else start.state,
-            "truncated": rows.truncated if rows is not None else False,
+            "truncated": truncated,
             "heights_every": every,
         }
         return self.redact(out)

@@ -336,6 +336,7 @@ class HistoryService:
         self.started_at = 0.0
         self.uptime: dict[str, dict[str, dict[str, float | None]]] = {}
         self._batch = Batch()
+        self._inflight: Batch | None = None
         self._chunks: dict[str, ChunkEncoder] = {}
         self._reader: HistoryReader | None = None
         self._read_lock = trio.Lock()
@@ -396,18 +397,26 @@ class HistoryService:
     async def flush(self) -> None:
         batch, self._batch = self._batch, Batch()
         batch.run_started, batch.alive_until = self.started_at, self.clock()
+        self._inflight = batch
         try:
             await self.run_sync(self.store.write, batch)
         except StoreError as exc:
+            self._inflight = None
             log.warning("history_write_failed transitions=%d err=%s", len(batch.transitions), exc)
             batch.transitions.extend(self._batch.transitions)  # retried with the next batch
             batch.chunks.update(self._batch.chunks)
             self._batch = batch
             return
+        self._inflight = None
         hour = int(batch.alive_until // 30) // HOUR_SLOTS
         for peer_id in [p for p, enc in self._chunks.items() if enc.hour < hour]:
             if (peer_id, self._chunks[peer_id].hour) not in self._batch.chunks:
                 del self._chunks[peer_id]
+
+    def unflushed(self, peer_id: str) -> list[Transition]:
+        """The node's transitions not committed yet (the next batch, and one being written)."""
+        batches = [b for b in (self._inflight, self._batch) if b is not None]
+        return [t for b in batches for t in b.transitions if t.peer_id == peer_id]
 
     async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a `HistoryReader` method in a worker thread, one query at a time."""
