@@ -1,4 +1,4 @@
-"""The agent's command line: `fil-heartbeat run|id` (no subcommand = run).
+"""The agent's command line: `fil-heartbeat run|id|config` (no subcommand = run).
 
 The only place that reads `os.environ`, reads the TOML file, installs logging
 handlers and handles signals. A bad setting exits with code 2 and one line on
@@ -22,15 +22,25 @@ import trio
 
 from heartbeat.agent.config import (
     ENCODINGS,
+    ENV_PREFIX,
     HEAD_SOURCES,
+    KNOWN_VARIABLES,
+    OTHER_PREFIXES,
     AgentConfig,
     build_config,
     config_path,
     parse_toml,
     resolve_identity_file,
+    setting_origins,
 )
 from heartbeat.agent.head import Head, HeadSource
 from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+from heartbeat.common.cli import (
+    check_environment,
+    document_flags,
+    join_dash_values,
+    render_config,
+)
 from heartbeat.common.logs import setup_logging
 from heartbeat.common.ports import bind_problem, shown_address
 from heartbeat.errors import ConfigError, HeartbeatError, IdentityError
@@ -115,12 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", dest="seed", metavar="N")
     ident = sub.add_parser("id", help="print the agent's peer id (creating the key if needed)")
     _common(ident)
+    show = sub.add_parser(
+        "config", help="print the effective configuration and where each value comes from"
+    )
+    for action in run._actions:  # the same settings as run
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            show._add_action(action)
+    from heartbeat.agent.help import setting_help
+
+    document_flags(parser, setting_help(default_identity_file()))
     return parser
+
+
+def default_identity_file() -> Path:
+    """Where the agent keeps its key unless told otherwise (the platform's state dir)."""
+    return Path(platformdirs.user_state_dir("fil-heartbeat")) / "agent.key"
 
 
 def _normalise_argv(argv: Sequence[str]) -> list[str]:
     args = list(argv)
-    if not args or args[0] not in ("run", "id", "-h", "--help", "--version"):
+    if not args or args[0] not in ("run", "id", "config", "-h", "--help", "--version"):
         args.insert(0, "run")
     return args
 
@@ -237,7 +261,8 @@ async def run_agent(
                 from heartbeat.agent.metrics import make_registry, serve_metrics
 
                 mhost, mport = config.metrics_listen
-                registry = make_registry(loops, head_source)
+                rpc_stats = getattr(head_source, "rpc_stats", None)  # the Lotus source's
+                registry = make_registry(loops, head_source, rpc_stats)
                 await nursery.start(serve_metrics, registry, mhost, mport)
             await nursery.start(agent.run)
             log.info(
@@ -299,17 +324,23 @@ def _main(argv: Sequence[str] | None) -> int:
         )
 
         return loadgen_main((sys.argv[1:] if argv is None else list(argv))[1:])
-    args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(
+        join_dash_values(_normalise_argv(sys.argv[1:] if argv is None else argv), parser)
+    )
     env = dict(os.environ)
     flags = _flags(args)
-    default_identity = Path(platformdirs.user_state_dir("fil-heartbeat")) / "agent.key"
+    default_identity = default_identity_file()
     try:
+        check_environment(
+            env, ENV_PREFIX, KNOWN_VARIABLES, ignore_prefixes=OTHER_PREFIXES, program=PROG
+        )
         toml = _load_toml(flags, env)
         if args.command == "id":
-            path = resolve_identity_file(flags, env, toml, default_identity)
-            print(peer_id_of(load_or_create_identity(path)))
-            return 0
+            return _print_id(resolve_identity_file(flags, env, toml, default_identity))
         config = build_config(flags, env, toml, default_identity_file=default_identity)
+        if args.command == "config":
+            return _print_config(config, setting_origins(flags, env, toml))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -323,6 +354,33 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.getLogger("libp2p").setLevel(logging.WARNING)
     compat.install_all(allow_unpatched=config.allow_unpatched_libp2p)
     trio.run(run_until_signal, config)
+    return 0
+
+
+def _print_id(path: Path) -> int:
+    """The peer id on stdout; on stderr where the key is, when this call created it."""
+    existed = path.exists()
+    peer_id = peer_id_of(load_or_create_identity(path))
+    if not existed:
+        print(f"{PROG}: created a new identity key at {path} (mode 0600)", file=sys.stderr)
+    print(peer_id)
+    return 0
+
+
+def _print_config(config: AgentConfig, origins: Mapping[str, str]) -> int:
+    rows: list[tuple[str, object, str]] = []
+    for key, origin in origins.items():
+        value: object = getattr(config, key, None)
+        if key == "targets":
+            value = [t.addr for t in config.targets if t.role != "alerts"]
+        elif key == "alerts":
+            value = next((t.addr for t in config.targets if t.role == "alerts"), None)
+        elif key in ("fullnode_api_info", "miner_api_info") and isinstance(value, str):
+            value = "<token hidden>:" + value.split(":", 1)[-1] if ":" in value else value
+        elif key == "metrics_listen" and value is not None:
+            value = shown_address(*config.metrics_listen)  # type: ignore[misc]
+        rows.append((key, value, origin))
+    sys.stdout.write(render_config(rows))
     return 0
 
 

@@ -9,6 +9,7 @@ ASGI app (`/metrics`, plus `/healthz`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -20,11 +21,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from heartbeat.agent.head import HeadSource
+from heartbeat.agent.head import HeadSource, SourceState
 from heartbeat.agent.loop import BeatLoop
+from heartbeat.agent.rpcstats import RpcStats
 from heartbeat.common.asgi import bind_address, lifespan, serve_asgi
 from heartbeat.version import __version__
 
@@ -38,9 +40,17 @@ _P = "fil_heartbeat_agent_"
 class AgentCollector(Collector):
     """Per-target and head-source series, computed from live state at each scrape."""
 
-    def __init__(self, loops: Sequence[BeatLoop], head_source: HeadSource | None) -> None:
+    def __init__(
+        self,
+        loops: Sequence[BeatLoop],
+        head_source: HeadSource | None,
+        rpc_stats: RpcStats | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._loops = loops
         self._source = head_source
+        self._rpc = rpc_stats
+        self._wall_clock = wall_clock
 
     def collect(self) -> Iterable[Any]:
         labels = ["target", "role"]
@@ -87,17 +97,64 @@ class AgentCollector(Collector):
         )
         reachable.add_metric([status.mode], 1.0 if status.reachable else 0.0)
         yield reachable
+        yield from self._source_health(status.state)
         head = self._source.latest
         if head is not None:
             height = GaugeMetricFamily(_P + "head_height", "Height of the latest known head")
             height.add_metric([], head.height)
             yield height
+            if head.timestamp is not None:
+                age = GaugeMetricFamily(
+                    _P + "head_age_seconds",
+                    "Seconds since the latest head's timestamp (the node's lag)",
+                )
+                age.add_metric([], max(0.0, self._wall_clock() - head.timestamp))
+                yield age
+        if self._rpc is not None:
+            yield from self._rpc_metrics(self._rpc)
+
+    def _source_health(self, current: SourceState) -> Iterable[Any]:
+        state = GaugeMetricFamily(
+            _P + "source_state",
+            "1 for the head source's current state (what the beats say), 0 for the others",
+            labels=["state"],
+        )
+        for value in SourceState:  # every state always present: no label churn
+            state.add_metric([value.value], 1.0 if value is current else 0.0)
+        yield state
+        extra = CounterMetricFamily(
+            _P + "extra_beats",
+            "Beats sent at once on a head or source-state change, besides the timer",
+            labels=["target", "role"],
+        )
+        for loop in self._loops:
+            extra.add_metric([loop.target.addr, loop.target.role], loop.stats.extra_beats)
+        yield extra
+
+    @staticmethod
+    def _rpc_metrics(rpc: RpcStats) -> Iterable[Any]:
+        errors = CounterMetricFamily(
+            _P + "lotus_rpc_errors", "Failed Lotus API calls by kind", labels=["kind"]
+        )
+        for kind, count in rpc.errors.items():
+            errors.add_metric([kind.value], count)
+        yield errors
+        latency = HistogramMetricFamily(
+            _P + "lotus_rpc_duration_seconds",
+            "Time to an answer of Lotus API calls that got one, by method",
+            labels=["method"],
+        )
+        for method, hist in sorted(rpc.latency.items()):
+            latency.add_metric([method], hist.cumulative(), sum_value=hist.total)
+        yield latency
 
 
-def make_registry(loops: Sequence[BeatLoop], head_source: HeadSource | None) -> CollectorRegistry:
+def make_registry(
+    loops: Sequence[BeatLoop], head_source: HeadSource | None, rpc_stats: RpcStats | None = None
+) -> CollectorRegistry:
     """The agent's registry: its own series and `process_*` (RSS, CPU, open fds, start time)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(loops, head_source))
+    registry.register(AgentCollector(loops, head_source, rpc_stats))
     ProcessCollector(registry=registry)
     return registry
 
