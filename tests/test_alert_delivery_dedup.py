@@ -61,12 +61,17 @@ class _Hook(BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def counting_hook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    handler = type("Hook", (_Hook,), {"bodies": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    bodies: list[dict[str, Any]] = []
+
+    class Hook(_Hook):
+        pass
+
+    Hook.bodies = bodies
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", handler.bodies
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
     finally:
         server.shutdown()
         server.server_close()
