@@ -137,6 +137,7 @@ class LotusHeadSource(NetworkFacts):
         self._seen_at: int | None = None
         self._reported: object = None
         self._poll_soon = trio.Event()
+        self._first_news = trio.Event()
 
     # -- HeadSource ---------------------------------------------------------
     @property
@@ -196,9 +197,10 @@ class LotusHeadSource(NetworkFacts):
                 first_done = trio.Event()
                 nursery.start_soon(self._first_attempts, nursery, first_done)
                 nursery.start_soon(self._name_loop)
-                # A hung node must not hold the agent's first beats back: they say so.
-                with trio.move_on_after(self.stall_after):
-                    await first_done.wait()
+                # A hung node must not hold the agent's first beats back: they say so
+                # (`_first_news` is set by the first attempts or by a stalled call).
+                with trio.move_on_after(2 * self.stall_after):
+                    await self._first_news.wait()
                 task_status.started()
                 nursery.start_soon(self._poll_loop, first_done)
                 if self.subscribe:
@@ -216,6 +218,7 @@ class LotusHeadSource(NetworkFacts):
             if self.wants_miner:
                 first.start_soon(self._miner_once)
         done.set()
+        self._first_news.set()
         if self.genesis_cid is None or self.block_delay is None:
             nursery.start_soon(self._retry, self._network_once)
         if self.wants_miner and not self.miner_address:
@@ -254,6 +257,7 @@ class LotusHeadSource(NetworkFacts):
                 await done.wait()
                 return
             self._stalled = f"unreachable: {what}: no answer within {self.stall_after:g}s"
+            self._first_news.set()
             self._changed()
 
         async with trio.open_nursery() as nursery:
