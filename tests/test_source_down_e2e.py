@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from aggregator.fleet import NodeState
 from heartbeat.protocol.beat import SourceState
@@ -118,3 +119,80 @@ async def test_unauthorized_source_shows_source_down_then_recovers(tmp_path: Pat
             assert bad_query.status_code == 400
             await good.finish()
             await bad.finish()
+
+
+async def test_real_agent_whose_lotus_refuses_the_token_then_stops_answering(
+    tmp_path: Path,
+) -> None:
+    """The whole chain: FakeLotus -> the real agent (run_agent, Lotus head source) -> libp2p
+    -> the aggregator -> /api/v1/nodes. A 401 from Lotus makes the node source_down with the
+    agent's error text; Lotus answering again brings it back; Lotus gone makes it source_down
+    again at the latest with the second beat after the agent noticed."""
+    from heartbeat.agent.cli import run_agent
+    from heartbeat.agent.config import build_config
+    from heartbeat.agent.loop import Agent
+    from tests.fakelotus import FakeLotus
+
+    stop = trio.Event()
+    async with (
+        running(make_config(tmp_path)) as agg,
+        httpx.AsyncClient(timeout=10) as client,
+        trio.open_nursery() as nursery,
+    ):
+        fake = FakeLotus(token="secret", height=300)
+        await fake.start(nursery)
+        env = {"FULLNODE_API_INFO": f"secret:/ip4/127.0.0.1/tcp/{fake.port}/http"}
+        flags = {
+            "targets": [agg.multiaddrs[0]],
+            "nickname": "lotus-sp",
+            "beat_period": "300ms",
+            "reconnect_period": "1s",
+        }
+        config = build_config(flags, env, default_identity_file=tmp_path / "agent.key")
+
+        async def start_agent(*, task_status: trio.TaskStatus[Agent]) -> None:
+            await run_agent(config, shutdown=stop.wait, task_status=task_status)
+
+        agent: Agent = await nursery.start(start_agent)
+        source = agent.head_source
+        assert source is not None
+
+        async def node() -> dict[str, Any]:
+            return (await nodes(client, agg.http_url)).get("lotus-sp", {})
+
+        async def state_is(state: str) -> bool:
+            return (await node()).get("state") == state
+
+        await eventually(lambda: state_is("in_consensus"), timeout=15)
+        healthy = await node()
+        assert (healthy["source_state"], healthy["height"]) == ("ok", 300)
+        assert healthy["network"] == "calibrationnet"  # StateNetworkName, not the genesis CID
+
+        fake.refuse_auth(401)
+        await eventually(lambda: state_is("source_down"), timeout=15)
+        refused = await node()
+        assert refused["source_state"] == "unauthorized"
+        assert refused["source_error"] and "401" in refused["source_error"]
+        assert refused["up"] is True and refused["lag_epochs"] is None
+
+        fake.refuse_auth(None)
+        await eventually(lambda: state_is("in_consensus"), timeout=15)
+        assert (await node())["source_error"] is None
+
+        await fake.go_unreachable()
+        with trio.fail_after(15):
+            while source.status.state is SourceState.OK:
+                await trio.sleep(0.05)
+        view = agg.snapshot().node(healthy["peer_id"])
+        assert view is not None
+        noticed_at = view.beats_received
+        await eventually(
+            lambda: (
+                (agg.snapshot().node(healthy["peer_id"]) or view).beats_received >= noticed_at + 2
+            ),
+            timeout=15,
+        )
+        gone = await node()
+        assert (gone["state"], gone["source_state"]) == ("source_down", "unreachable")
+        stop.set()
+        nursery.cancel_scope.cancel()
