@@ -610,7 +610,8 @@
     wrap.dataset.network = data.network;
     var cap = doc.createElement("figcaption");
     var n = networks.get(data.network);
-    cap.textContent = (n ? n.network : data.network) + ": delay after the tipset's timestamp, last " +
+    var h2 = netSection.querySelector('[data-network="' + CSS.escape(data.network) + '"] h2');
+    cap.textContent = (n ? n.network : (h2 ? h2.textContent : shortId(data.network))) + ": delay after the tipset's timestamp, last " +
       tipsets.length + " epochs";
     var W = 720, H = 200, L = 40, B = 24, T = 8, cap30 = 30;
     var svg = svgEl("svg", { viewBox: "0 0 " + W + " " + H, role: "img", class: "chart-svg",
