@@ -33,6 +33,7 @@ __all__ = [
     "http_url",
     "parse_allowlist",
     "parse_http_listen",
+    "setting_label",
     "validate_listen_multiaddr",
 ]
 
@@ -358,14 +359,53 @@ def _normalise_key(key: str) -> str:
     return key.strip().lower().replace("-", "_")
 
 
+#: Flags not spelt `--<key-with-dashes>`.
+_FLAGS = {"allowlist_file": "--allowlist", "gc_freeze": "--no-gc-freeze", "alerts": "--alert-set"}
+#: An example value per parser, for error messages.
+_EXAMPLES: dict[Callable[[Any], Any], str] = {
+    _int: "100",
+    _float: "2.5",
+    _duration: "30s, 1m30s",
+    _bool: "true or false",
+    _listen: "/ip4/0.0.0.0/tcp/9081",
+    _threshold: "50000,50,100",
+}
+
+
+def setting_label(key: str) -> str:
+    """How the user spells a setting: its flag and its variable (and the TOML key)."""
+    flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
+    return f"{flag} / {ENV_PREFIX}{key.upper()}"
+
+
+def _bad_value(key: str, raw: object, origin: str, exc: Exception) -> ConfigError:
+    example = _EXAMPLES.get(_PARSERS.get(key))  # type: ignore[arg-type]
+    hint = f"; e.g. {example}" if example else ""
+    return ConfigError(setting_label(key), f"bad value {raw!r} (from {origin}): {exc}{hint}")
+
+
+def _unknown(key: str, origin: str, known: set[str]) -> ConfigError:
+    from heartbeat.common.cli import closest
+
+    if origin == "env":
+        name = f"{ENV_PREFIX}{key.upper()}"
+        guess = closest(name, {f"{ENV_PREFIX}{k.upper()}" for k in known})
+    else:
+        name, guess = key, closest(key, known)
+    hint = f"; did you mean {guess}?" if guess else ""
+    return ConfigError(name, f"unknown setting (from {origin}){hint}")
+
+
 def build_config(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     file: Mapping[str, Any] | None = None,
     *,
     state_dir: Path | None = None,
+    origins: dict[str, str] | None = None,
 ) -> AggregatorConfig:
-    """Merge flags > env > TOML > defaults and validate; `state_dir` holds default files."""
+    """Merge flags > env > TOML > defaults and validate; `state_dir` holds default files.
+    `origins`, when given, is filled with where each set value came from."""
     flags = flags or {}
     env = env or {}
     file = {_normalise_key(k): v for k, v in (file or {}).items()}
@@ -388,38 +428,42 @@ def build_config(
             if key not in known:
                 if origin == "flag":
                     continue  # CLI-only options (subcommand, config path, ...)
-                raise ConfigError(key, f"unknown setting (from {origin})")
+                raise _unknown(key, origin, known)
             if key == "http_listen":
                 try:
                     values["http_host"], values["http_port"] = parse_http_listen(str(raw))
                 except ValueError as exc:
-                    raise ConfigError("http_listen", str(exc)) from exc
+                    raise _bad_value("http_listen", raw, origin, exc) from exc
+                if origins is not None:
+                    origins["http_listen"] = origin
                 continue
             try:
                 values[key] = _PARSERS[key](raw)
             except (ValueError, TypeError, HeartbeatError) as exc:
-                raise ConfigError(key, f"bad value {raw!r}: {exc}") from exc
+                raise _bad_value(key, raw, origin, exc) from exc
+            if origins is not None:
+                origins[key] = origin
     if state_dir is not None:
         values.setdefault("identity_file", state_dir / "aggregator.key")
         values.setdefault("state_db", state_dir / "aggregator.db")
     for key in _POSITIVE:
         if key in values and values[key] <= 0:
-            raise ConfigError(key, "must be greater than zero")
+            raise ConfigError(setting_label(key), "must be greater than zero; e.g. 30s or 10")
     for key in _AT_LEAST_ONE:
         if key in values and values[key] < 1:
-            raise ConfigError(key, "must be at least 1")
+            raise ConfigError(setting_label(key), "must be at least 1")
     config = AggregatorConfig(**values)
     if config.beat_timeout_min > config.beat_timeout_max:
-        raise ConfigError("beat_timeout_min", "must not exceed beat_timeout_max")
+        raise ConfigError(setting_label("beat_timeout_min"), "must not exceed --beat-timeout-max")
     if config.max_beat_size > config.max_buffer:
-        raise ConfigError("max_beat_size", "must not exceed max_buffer")
+        raise ConfigError(setting_label("max_beat_size"), "must not exceed --max-buffer")
     if config.max_peers is not None and config.max_peers <= config.max_connections:
         # py-libp2p's peerstore evicts the host's own key first when full.
-        raise ConfigError("max_peers", "must exceed max_connections")
+        raise ConfigError(setting_label("max_peers"), "must exceed --max-connections")
     if not 1 <= config.workers <= MAX_WORKERS:
-        raise ConfigError("workers", f"must be between 1 and {MAX_WORKERS}")
+        raise ConfigError(setting_label("workers"), f"must be between 1 and {MAX_WORKERS}")
     if not config.name:
-        raise ConfigError("name", "must not be empty")
+        raise ConfigError(setting_label("name"), "must not be empty; e.g. aggregator")
     return config
 
 

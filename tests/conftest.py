@@ -8,6 +8,7 @@ refused and the test fails naming it. `requires_tools` implies `integration`.
 
 from __future__ import annotations
 
+import importlib
 import socket
 import subprocess
 from collections.abc import Callable, Generator, Iterator
@@ -17,6 +18,10 @@ from typing import Any
 import pytest
 
 from tests.promservers import require_tools
+
+# py-libp2p imports zeroconf, whose ifaddr runs `ldconfig` once when imported: import it
+# here, before any test, so that a unit test importing the programs starts no process.
+importlib.import_module("libp2p")
 
 REAL_IO_MARKERS = ("integration", "e2e")
 # Modules whose tests run real libp2p hosts or the programs' processes throughout, marked

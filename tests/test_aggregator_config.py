@@ -15,6 +15,7 @@ from aggregator.config import (
     build_config,
     parse_allowlist,
     parse_http_listen,
+    setting_label,
 )
 from heartbeat.errors import ConfigError
 
@@ -111,13 +112,38 @@ def test_env_listen_is_comma_separated() -> None:
 def test_bad_values_name_the_setting(flags: dict[str, object], setting: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config(flags)
-    assert info.value.setting == setting
+    # the flag and the variable, never the internal key alone
+    assert info.value.setting == setting_label(setting)
+    assert f"FIL_HEARTBEAT_AGGREGATOR_{setting.upper()}" in str(info.value)
+
+
+def test_bad_values_say_where_they_came_from_and_give_an_example() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"FIL_HEARTBEAT_AGGREGATOR_BEAT_TIMEOUT": "30"})
+    text = str(info.value)
+    assert text.startswith("--beat-timeout / FIL_HEARTBEAT_AGGREGATOR_BEAT_TIMEOUT: ")
+    assert "'30' (from env)" in text and "e.g. 30s" in text
+    assert (
+        setting_label("allowlist_file") == "--allowlist / FIL_HEARTBEAT_AGGREGATOR_ALLOWLIST_FILE"
+    )
+
+
+def test_origins_say_where_each_value_came_from() -> None:
+    origins: dict[str, str] = {}
+    build_config(
+        {"rate_limit": "3"},
+        {"FIL_HEARTBEAT_AGGREGATOR_RATE_BURST": "20"},
+        {"max_nodes": 10},
+        origins=origins,
+    )
+    assert origins == {"rate_limit": "flag", "rate_burst": "env", "max_nodes": "file"}
 
 
 def test_unknown_settings_in_env_or_file_are_errors() -> None:
     with pytest.raises(ConfigError) as info:
         build_config(env={"FIL_HEARTBEAT_AGGREGATOR_RATE_LIMT": "3"})
-    assert info.value.setting == "rate_limt"
+    assert info.value.setting == "FIL_HEARTBEAT_AGGREGATOR_RATE_LIMT"
+    assert "did you mean FIL_HEARTBEAT_AGGREGATOR_RATE_LIMIT?" in str(info.value)
     with pytest.raises(ConfigError) as info:
         build_config(file={"bogus": 1})
     assert info.value.setting == "bogus"
@@ -128,10 +154,10 @@ def test_unknown_settings_in_env_or_file_are_errors() -> None:
 def test_toml_types_are_checked() -> None:
     with pytest.raises(ConfigError) as info:
         build_config(file={"max_connections": True})
-    assert info.value.setting == "max_connections"
+    assert info.value.setting == setting_label("max_connections")
     with pytest.raises(ConfigError) as info:
         build_config(file={"alerts": "yes"})
-    assert info.value.setting == "alerts"
+    assert info.value.setting == setting_label("alerts")
     config = build_config(file={"alerts": {"alertmanager_url": "http://127.0.0.1:9093"}})
     assert config.alerts == {"alertmanager_url": "http://127.0.0.1:9093"}
 
@@ -238,7 +264,7 @@ def test_cli_bad_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     from aggregator.__main__ import main
 
     assert main(["run", "--rate-limit", "lots"]) == 2
-    assert "rate_limit" in capsys.readouterr().err
+    assert "--rate-limit / FIL_HEARTBEAT_AGGREGATOR_RATE_LIMIT" in capsys.readouterr().err
 
 
 def test_gc_monitor_measures_pauses() -> None:
@@ -284,7 +310,7 @@ def test_probation_and_reset_state_settings() -> None:
     _, cli = parse_args(["run", "--reset-state", "--probation", "0s"], env={})
     assert cli.reset_state is True
     assert cli.probation == 0.0
-    with pytest.raises(ConfigError, match="max_probation"):
+    with pytest.raises(ConfigError, match="FIL_HEARTBEAT_AGGREGATOR_MAX_PROBATION"):
         build_config({"max_probation": "0"})
 
 

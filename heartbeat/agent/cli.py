@@ -45,6 +45,7 @@ from heartbeat.common.logs import setup_logging
 from heartbeat.common.ports import bind_problem, shown_address
 from heartbeat.errors import ConfigError, HeartbeatError, IdentityError
 from heartbeat.net import compat
+from heartbeat.net.compat import log_fold
 from heartbeat.net.errors import UNPATCHED_HINT, CompatError
 from heartbeat.net.identity import IdentityFileRefused
 from heartbeat.net.p2p import (
@@ -352,6 +353,8 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging(config.log_format, config.log_level.upper())
     restore_libp2p_logging()
     logging.getLogger("libp2p").setLevel(logging.WARNING)
+    # dial failures and lost streams reach the log through the loops' escalation policy
+    log_fold.install_agent_demotion()
     compat.install_all(allow_unpatched=config.allow_unpatched_libp2p)
     trio.run(run_until_signal, config)
     return 0

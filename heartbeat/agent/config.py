@@ -25,7 +25,11 @@ from heartbeat.protocol.wire import validate_nickname
 __all__ = [
     "ALERTS_PERIOD",
     "ENCODINGS",
+    "ENV_PREFIX",
     "HEAD_SOURCES",
+    "KNOWN_VARIABLES",
+    "OTHER_PREFIXES",
+    "SETTINGS",
     "AgentConfig",
     "Setting",
     "build_config",
@@ -92,6 +96,12 @@ _S = {
     )
 }
 _CONFIG = Setting("config", "--config", "FIL_HEARTBEAT_CONFIG")
+#: Every setting by key, `--config` included (help, `config`, the variable check).
+SETTINGS: Mapping[str, Setting] = {**_S, "config": _CONFIG}
+#: The agent's prefix; the aggregator's variables (FIL_HEARTBEAT_AGGREGATOR_*) are not ours.
+ENV_PREFIX = "FIL_HEARTBEAT_"
+OTHER_PREFIXES = ("FIL_HEARTBEAT_AGGREGATOR_",)
+KNOWN_VARIABLES = frozenset(s.env for s in SETTINGS.values() if s.env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,3 +447,21 @@ def _check_api_info(value: str, key: str, *, miner: bool) -> None:
     from heartbeat.agent.lotus.apiinfo import parse_api_info
 
     parse_api_info(value, setting=_S[key].label, miner=miner)
+
+
+def setting_origins(
+    flags: Mapping[str, Any], env: Mapping[str, str], toml: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """Where each setting's value comes from: flag, env, config file or default (for
+    `fil-heartbeat config`)."""
+    src = _Sources(flags, env, toml or {})
+    out: dict[str, str] = {}
+    for key, setting in _S.items():
+        found = src.get(key)
+        origin = "default" if found is None else found[1]
+        if origin == "env" and setting.env:
+            origin = f"env {setting.env}"
+        elif origin == "flag":
+            origin = f"flag {setting.flag}"
+        out[key] = origin
+    return out

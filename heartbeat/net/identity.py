@@ -5,7 +5,8 @@ is one this user did not create: both are refused with `IdentityFileRefused`, wh
 says how to fix the file. An empty file (a crash or a full disk while writing by hand) is
 named as empty rather than as invalid key bytes. Also where keys are made, loaded and
 named (`load_or_create_identity`, `new_identity`, `peer_id_of`; re-exported by
-`heartbeat.net.p2p`).
+`heartbeat.net.p2p`), importing libp2p only when called (importing libp2p loads zeroconf,
+which runs `ldconfig`: the command lines import this module before any setting is read).
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.keys import KeyPair
-from libp2p.identity_utils import load_identity, save_identity
-from libp2p.peer.id import ID
+from typing import TYPE_CHECKING
 
 from heartbeat.errors import IdentityError
+
+if TYPE_CHECKING:  # libp2p is imported on use: the checks stay cheap to import
+    from libp2p.crypto.keys import KeyPair
 
 __all__ = [
     "IdentityFileRefused",
@@ -78,6 +78,9 @@ def load_or_create_identity(path: Path) -> KeyPair:
 
     An existing file must be private, ours and not empty (`IdentityFileRefused` otherwise).
     """
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.identity_utils import load_identity, save_identity
+
     try:
         if path.exists():
             check_identity_file(path)  # IdentityFileRefused: unsafe or empty, fix named
@@ -95,8 +98,12 @@ def load_or_create_identity(path: Path) -> KeyPair:
 
 def new_identity(seed: bytes | None = None) -> KeyPair:
     """A fresh Ed25519 key pair; the same 32-byte `seed` always gives the same key."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
     return create_new_key_pair(seed)
 
 
 def peer_id_of(key_pair: KeyPair) -> str:
+    from libp2p.peer.id import ID
+
     return ID.from_pubkey(key_pair.public_key).to_base58()
