@@ -41,6 +41,7 @@ from hypercorn.trio import serve
 from heartbeat.common.asgi import lifespan
 
 __all__ = [
+    "FakeAlertmanager",
     "FakeApi",
     "FakeDiscord",
     "FakePagerDuty",
@@ -337,6 +338,25 @@ class FakePagerDuty(FakeApi):
         dedup = body.get("dedup_key") or "generated-dedup-key"
         doc = {"status": "success", "message": "Event processed", "dedup_key": dedup}
         return _json(202, doc)
+
+
+@dataclass
+class FakeAlertmanager(FakeApi):
+    """`POST /api/v2/alerts`: a list of alerts, each with labels (alertname among them) and
+    an RFC 3339 startsAt; 200 with an empty body, as Alertmanager answers."""
+
+    def check(self, path: str, body: Any) -> list[str]:
+        if path != "/api/v2/alerts":
+            return [f"alertmanager: no such endpoint {path}"]
+        if not isinstance(body, list) or not body:
+            return ["alertmanager: expected a non-empty list of alerts"]
+        out = []
+        for alert in body:
+            if not isinstance(alert.get("labels"), dict) or "alertname" not in alert["labels"]:
+                out.append("alertmanager: alert without alertname")
+            if not str(alert.get("startsAt", "")).endswith("Z"):
+                out.append("alertmanager: startsAt is not RFC 3339 UTC")
+        return out
 
 
 @asynccontextmanager
