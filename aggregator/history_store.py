@@ -38,7 +38,8 @@ from aggregator.history import (
     Transition,
     decode_chunk,
     gaps_between,
-    uptime,
+    totals_at,
+    uptime_between,
 )
 
 if TYPE_CHECKING:
@@ -295,10 +296,12 @@ def uptime_table(
 ) -> dict[str, dict[str, dict[str, float | None]]]:
     """Per node and window, its uptime as JSON (`starts`: window -> marks at its start)."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
+    windows = [(name, seconds, now - seconds, starts[name]) for name, seconds in WINDOWS.items()]
     for peer_id, mark in marks.items():
+        end = totals_at(mark, now)
         out[peer_id] = {
-            name: uptime(starts[name].get(peer_id), now - seconds, mark, now).as_json()
-            for name, seconds in WINDOWS.items()
+            name: uptime_between(totals_at(at.get(peer_id), start), end, seconds).as_json()
+            for name, seconds, start, at in windows
         }
     return out
 

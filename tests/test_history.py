@@ -20,6 +20,7 @@ from aggregator.history import (
     Totals,
     decode_chunk,
     gaps_between,
+    snapshot_rows,
     totals_at,
     uptime,
 )
@@ -229,3 +230,20 @@ def test_chunk_round_trips_anything(steps: list[tuple[int, int, int | None]]) ->
         if enc.add(slot, height, lag):
             expected.append((slot, height, lag))
     assert decode_chunk(7, bytes(enc.raw)) == expected
+
+
+def test_observe_snapshot_is_observe_over_its_rows() -> None:
+    fleet = Fleet(FleetPolicy(probation=0.0))
+    for i, height in enumerate((100, 100, 90)):
+        fleet.on_connect(f"p{i}", f"10.0.0.{i}", T0)
+        fleet.on_beat(
+            f"p{i}",
+            Beat(head=f"{{bafy2bzacea{'abc'[i]}}}", height=height, nickname="n", miner_address=""),
+            T0,
+        )
+    fast, slow = HistoryTracker(), HistoryTracker()
+    for t in (T0 + 1, T0 + 40, T0 + 100):  # up, up in the next slot, then down
+        snap = fleet.snapshot(t)
+        assert fast.observe_snapshot(snap) == slow.observe(snapshot_rows(snap), t)
+    assert {m.state for m in fast.marks.values()} == {"down"}
+    assert all(type(m.state) is str for m in fast.marks.values())
