@@ -36,6 +36,9 @@ PROMETHEUS_ONLY = {
     "FilHeartbeatBeatsRejected",
     "FilHeartbeatWorkerDown",
     "FilHeartbeatWorkerRestarting",
+    # the agents' own /metrics: the aggregator does not scrape them
+    "FilAgentDown",
+    "FilAgentSourceDown",
 }
 STEP = 5.0  # evaluation interval of the scenarios
 
