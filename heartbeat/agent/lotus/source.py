@@ -388,6 +388,7 @@ class LotusHeadSource(NetworkFacts):
     # -- subscription -------------------------------------------------------
     def _on_changes(self, changes: Changes) -> None:
         self._subscribed = True
+        self._node_ok()  # the node answers (a fixed token, a node back): say so at once
         if self._tracker.apply_batch(changes, self._clock()):
             head = self._tracker.latest
             assert head is not None
