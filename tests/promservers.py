@@ -170,8 +170,11 @@ def prometheus(
     rule_files: Sequence[Path] = (),
     alertmanager_url: str | None = None,
     interval: str = "1s",
+    external_labels: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
-    """Prometheus scraping `targets` (host:port) as job fil-heartbeat-aggregator."""
+    """Prometheus scraping `targets` (host:port) as job fil-heartbeat-aggregator; with
+    `external_labels` (dropped from the alerts, as grafana/prometheus/prometheus.yml does
+    with runbook_base_url)."""
     if PROMETHEUS_BIN is None:
         raise RuntimeError("prometheus is not installed")
     base = tmp / "prometheus"
@@ -183,9 +186,14 @@ def prometheus(
             {"job_name": "fil-heartbeat-aggregator", "static_configs": [{"targets": list(targets)}]}
         ],
     }
+    if external_labels:
+        config["global"]["external_labels"] = dict(external_labels)
     if alertmanager_url is not None:
         host = alertmanager_url.removeprefix("http://")
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [host]}]}]}
+        if external_labels:
+            drop = "|".join(external_labels)
+            config["alerting"]["alert_relabel_configs"] = [{"action": "labeldrop", "regex": drop}]
     (base / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     args = [

@@ -4,8 +4,10 @@ The shipped Prometheus rules (`for` shortened, tests/promservers.py) and the agg
 built-in alerter (`--alertmanager-url`, default `alertmanager_labels = "prometheus"`) both
 raise FilNodeDown for a stopped agent. The built-in alert carries exactly the labels the rule
 gives it, so Alertmanager holds one alert and its webhook (a counting HTTP server here) gets
-one firing notification with one alert in it, not two. Every process is stopped in a
-`finally`.
+one firing notification with one alert in it, not two. Both run with a runbook base URL
+(Prometheus: the external label runbook_base_url, dropped from the alerts as the example
+prometheus.yml does; the aggregator: --runbook-base-url): the runbook links are absolute in
+both. Every process is stopped in a `finally`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ pytestmark = [
 ]
 
 poll = functools.partial(eventually_blocking, timeout=40, transient=HTTP_NOT_YET)
+RUNBOOK_BASE = "https://github.com/example/fil-heartbeat/blob/main"
+RUNBOOK = f"{RUNBOOK_BASE}/grafana/RUNBOOK.md#filnodedown"
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -91,6 +95,7 @@ def aggregator(tmp: Path, am_url: str) -> Iterator[tuple[str, str]]:
         "--beat-timeout", "5s",
         "--probation", "0s",
         "--alertmanager-url", am_url,
+        "--runbook-base-url", RUNBOOK_BASE,
         "--alert-set", "evaluation_interval=0.5",
         "--alert-set", "node_down_for=2s",
         "--alert-set", "keep_firing_for=1s",
@@ -131,14 +136,18 @@ def _node_down_notices(bodies: list[dict[str, Any]], peer: str) -> list[dict[str
     ]
 
 
-def _firing_in(url: str, path: str, peer: str) -> bool:
+def _firing_in(url: str, path: str, peer: str) -> dict[str, Any] | None:
     doc = httpx.get(f"{url}{path}", timeout=2.0).json()
     alerts = doc["data"]["alerts"] if isinstance(doc, dict) else doc
-    return any(
-        a["labels"].get("alertname") == "FilNodeDown"
-        and a["labels"].get("peer_id") == peer
-        and a["state"] == "firing"
-        for a in alerts
+    return next(
+        (
+            a
+            for a in alerts
+            if a["labels"].get("alertname") == "FilNodeDown"
+            and a["labels"].get("peer_id") == peer
+            and a["state"] == "firing"
+        ),
+        None,
     )
 
 
@@ -165,6 +174,7 @@ def test_prometheus_and_built_in_alerts_make_one_notification(tmp_path: Path) ->
                 targets=[http_url.removeprefix("http://")],
                 rule_files=[rules],
                 alertmanager_url=am.url,
+                external_labels={"runbook_base_url": RUNBOOK_BASE},
             ) as prom,
             process(agent_args(tmp_path, "bravo", multiaddr), tmp_path / "bravo.log"),
         ):
@@ -173,8 +183,10 @@ def test_prometheus_and_built_in_alerts_make_one_notification(tmp_path: Path) ->
                 alpha = poll(lambda: peer_of(http_url, "alpha"), what="alpha to beat")
                 poll(lambda: peer_of(http_url, "bravo"), what="bravo to beat")
             # alpha stopped: both paths fire...
-            poll(lambda: _firing_in(prom.url, "/api/v1/alerts", alpha), what="Prometheus")
-            poll(lambda: _firing_in(http_url, "/api/v1/alerts", alpha), what="built-in")
+            by_rule = poll(lambda: _firing_in(prom.url, "/api/v1/alerts", alpha), what="Prometheus")
+            built_in = poll(lambda: _firing_in(http_url, "/api/v1/alerts", alpha), what="built-in")
+            assert by_rule["annotations"]["runbook"] == RUNBOOK
+            assert built_in["annotations"]["runbook"] == RUNBOOK
             poll(lambda: _node_down_notices(bodies, alpha), what="a notification")
 
             # ...both reached Alertmanager (the built-in one's annotation says whose)...
@@ -195,6 +207,7 @@ def test_prometheus_and_built_in_alerts_make_one_notification(tmp_path: Path) ->
                 if a["labels"].get("peer_id") == alpha and a["labels"]["alertname"] == "FilNodeDown"
             ]
             assert len(alerts) == 1
+            assert alerts[0]["annotations"]["runbook"] == RUNBOOK
             assert set(alerts[0]["labels"]) == {
                 "alertname",
                 "severity",

@@ -140,7 +140,9 @@ def test_every_alert_has_severity_annotations_and_runbook_section() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         ann = rule["annotations"]
         assert {"summary", "description", "runbook"} <= ann.keys(), name
-        assert ann["runbook"] == f"grafana/RUNBOOK.md#{name.lower()}", name
+        # relative, or absolute under the external label runbook_base_url
+        base = "{{ with $externalLabels.runbook_base_url }}{{ . }}/{{ end }}"
+        assert ann["runbook"] == f"{base}grafana/RUNBOOK.md#{name.lower()}", name
         assert name.lower() in anchors, f"RUNBOOK.md has no section for {name}"
 
 
