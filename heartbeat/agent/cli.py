@@ -355,8 +355,11 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.getLogger("libp2p").setLevel(logging.WARNING)
     # dial failures and lost streams reach the log through the loops' escalation policy
     log_fold.install_agent_demotion()
-    compat.install_all(allow_unpatched=config.allow_unpatched_libp2p)
-    trio.run(run_until_signal, config)
+    try:
+        compat.install_all(allow_unpatched=config.allow_unpatched_libp2p)
+        trio.run(run_until_signal, config)
+    finally:  # main() may run again in the same process (tests): leave the loggers as found
+        log_fold.uninstall_agent_demotion()
     return 0
 
 

@@ -348,17 +348,21 @@ class BeatLoop:
         self.stats.last_success = self._wall_clock()
 
     async def _close(self, stream: BeatStream) -> None:
-        with trio.move_on_after(CLOSE_WAIT) as scope:
+        # remote_closed: our half-close went out and the remote closed its side within
+        # CLOSE_WAIT; a failed close (the stream was already gone) claims nothing.
+        remote_closed = False
+        with trio.move_on_after(CLOSE_WAIT):
             try:
                 await stream.close()
                 await stream.wait_closed()
+                remote_closed = True
             except StreamLost as exc:
                 log.debug("close_failed target=%s err=%s", self.target.addr, exc)
         log.info(
             "stream_closed target=%s beats=%d remote_closed=%s",
             self.target.addr,
             self.stats.beats_sent,
-            not scope.cancelled_caught,
+            remote_closed,
         )
 
 
