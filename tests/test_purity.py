@@ -32,6 +32,8 @@ PURE_MODULES = [
     "heartbeat.common.durations",
     "heartbeat.agent.policy",
     "heartbeat.agent.head",
+    "heartbeat.agent.health",
+    "heartbeat.agent.rpcstats",
     "heartbeat.common.settings",
     "heartbeat.agent.targets",
     "heartbeat.agent.config",
