@@ -20,9 +20,16 @@ from typing import Any
 import trio
 
 from aggregator.alerts.service import add_alert_arguments, load_settings, merge_alert_flags
-from aggregator.config import _MULTIADDR, AggregatorConfig, build_config
+from aggregator.config import (
+    _MULTIADDR,
+    AggregatorConfig,
+    build_config,
+    config_mapping,
+    setting_label,
+)
 from aggregator.errors import AggregatorError
 from aggregator.variants import BenchVariants, add_variant_flags
+from heartbeat.common.cli import document_flags, hide_subcommands, join_dash_values, render_config
 from heartbeat.common.ports import bind_problem, shown_address
 from heartbeat.errors import ConfigError, HeartbeatError
 from heartbeat.net.errors import UNPATCHED_HINT, CompatError
@@ -62,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Started by worker 0 (`--workers N`), not by hand: the configuration comes over the link.
     worker = sub.add_parser("worker", argument_default=argparse.SUPPRESS)
-    worker.add_argument("--worker-index", type=int, required=True)
-    worker.add_argument("--worker-link", required=True, metavar="PATH")
+    worker.add_argument("--worker-index", type=int, required=True, help=argparse.SUPPRESS)
+    worker.add_argument("--worker-link", required=True, metavar="PATH", help=argparse.SUPPRESS)
     add_variant_flags(worker)  # worker 0 passes its own on (`BenchVariants.argv`)
     for p in (parser, run, ident, alert_test):
         p.add_argument("--config", metavar="FILE", help="TOML configuration file")
@@ -238,14 +245,30 @@ def _parser() -> argparse.ArgumentParser:
     for p in (parser, run, ident, worker):
         p.add_argument("--log-format", choices=["text", "json"])
         p.add_argument("--log-level")
+    show = sub.add_parser(
+        "config",
+        help="print the effective configuration and where each value comes from",
+        argument_default=argparse.SUPPRESS,
+    )
+    for action in run._actions:  # the same settings as run
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            show._add_action(action)
+    from aggregator.help import setting_help
+
+    document_flags(parser, setting_help(_state_dir()))
+    hide_subcommands(parser, {"worker"})  # started by worker 0 only
     return parser
 
 
 def parse_args(
-    argv: Sequence[str], env: dict[str, str] | None = None
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    *,
+    origins: dict[str, str] | None = None,
 ) -> tuple[str, AggregatorConfig]:
-    """(command, config); raises ConfigError."""
-    args = _parser().parse_args(list(argv))
+    """(command, config); raises ConfigError. `origins` gets where each value came from."""
+    parser = _parser()
+    args = parser.parse_args(join_dash_values(list(argv), parser))
     flags: dict[str, Any] = {
         k: v for k, v in vars(args).items() if v is not None and not k.startswith("variant_")
     }
@@ -260,10 +283,12 @@ def parse_args(
         try:
             file = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError("config", f"{config_path}: {exc}") from exc
+            raise ConfigError(
+                "--config / FIL_HEARTBEAT_AGGREGATOR_CONFIG", f"{config_path}: {exc}"
+            ) from exc
         file = dict(file.get("aggregator", file))
     merge_alert_flags(flags, file)
-    config = build_config(flags, env, file, state_dir=_state_dir())
+    config = build_config(flags, env, file, state_dir=_state_dir(), origins=origins)
     load_settings(config.alerts, config.alerts_file, env)  # a bad [alerts] setting fails here
     return command, config
 
@@ -371,6 +396,8 @@ def _run_command(command: str, config: AggregatorConfig, argv: Sequence[str]) ->
         return 0
     if command == "worker":
         return _run_worker(argv)
+    if command == "config":
+        return _print_config(argv)
     if command == "alert-test":
         from aggregator.alerts.service import run_alert_test
 
@@ -387,6 +414,25 @@ def _run_command(command: str, config: AggregatorConfig, argv: Sequence[str]) ->
             alert_env=dict(os.environ),
         )
     )
+    return 0
+
+
+def _print_config(argv: Sequence[str]) -> int:
+    """`fil-heartbeat-aggregator config`: every setting, its value and where it came from."""
+    origins: dict[str, str] = {}
+    _, config = parse_args(argv, origins=origins)
+    values = config_mapping(config)
+    names = {"flag": "flag", "env": "env", "file": "config file"}
+    rows: list[tuple[str, object, str]] = []
+    for key in sorted(values, key=lambda k: (k not in origins, k)):
+        if key in ("alerts",):
+            continue
+        origin = origins.get(key)
+        shown = "default" if origin is None else f"{names.get(origin, origin)}"
+        if origin in ("flag", "env"):
+            shown = f"{shown} {setting_label(key).split(' / ')[0 if origin == 'flag' else 1]}"
+        rows.append((key, values[key], shown))
+    sys.stdout.write(render_config(rows))
     return 0
 
 
