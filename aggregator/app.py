@@ -165,7 +165,7 @@ class Aggregator:
     host: Any = None
     http: Any = None  # aggregator.http.HttpApi
     hub: Any = None  # aggregator.workers.WorkerHub when workers > 1
-    history: Any = None  # aggregator.history_store.HistoryService
+    history: Any = None  # aggregator.history_service.HistoryService
     multiaddrs: list[str] = field(default_factory=list)
     http_url: str = ""
     wall_clock: Callable[[], float] = time.time
@@ -295,8 +295,9 @@ async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
 
 
 async def _start_history(agg: Aggregator, nursery: trio.Nursery) -> None:
-    """Node history and uptime (aggregator/history_store.py) in the state db's own tables."""
-    from aggregator.history_store import HistoryService, HistoryStore
+    """Node history and uptime (aggregator/history_service.py) in the state db's own tables."""
+    from aggregator.history_service import HistoryService
+    from aggregator.history_store import HistoryStore
 
     agg.history = HistoryService(
         HistoryStore(agg.config.state_db),

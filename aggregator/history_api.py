@@ -32,7 +32,7 @@ from aggregator.history import EPOCH, UNKNOWN, WINDOWS, uptime
 from aggregator.history_store import HistoryReader, HistoryRows
 
 if TYPE_CHECKING:
-    from aggregator.history_store import HistoryService
+    from aggregator.history_service import HistoryService
     from aggregator.nodestate import FleetSnapshot
 
 __all__ = ["MAX_HEIGHTS", "MAX_TRANSITIONS", "HistoryApi", "ParamError", "parse_range"]

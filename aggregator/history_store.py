@@ -1,16 +1,13 @@
-"""Node history on disk: the history tables in the state db, and the trio service that fills them.
+"""Node history on disk: the history tables in the state db (blocking SQLite).
 
-`HistoryStore` is blocking SQLite (its own connections to the node registry's file, WAL):
-`history_peers` (peer id -> small integer), `history_transitions` (every state change with the
+`HistoryStore` has its own connections to the node registry's file (WAL): `history_peers`
+(peer id -> small integer, never reused), `history_transitions` (every state change with the
 node's running totals, aggregator/history.py), `history_heights` (one zlib-compressed chunk
-per hour and node, keyed (hour, node) so the rows being rewritten sit together),
+per hour and node, keyed (hour, node) so the rows being rewritten sit together) and
 `history_runs` (each run of the aggregator: started, alive until; the gaps between are its
-down time). `HistoryService` drives the pure `HistoryTracker` from a fleet snapshot every
-`interval` (1 s), writes what it emits every `flush_interval` in one transaction in a worker
-thread (with the run's alive mark: a SIGKILL loses at most that interval, and the gap starts
-at the mark), refreshes the per-node uptime cache every `uptime_refresh` (30 s) and prunes
-past `retention` every `prune_interval` (1 h), always keeping each node's last transition
-before the horizon (its state there).
+down time). One connection writes (`write`, `prune`: the service's batches, one transaction
+each); `HistoryReader`s answer queries on their own. `HistoryService`
+(aggregator/history_service.py) drives them from the event loop through worker threads.
 """
 
 from __future__ import annotations
@@ -18,39 +15,28 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import trio
+from typing import Any
 
 from aggregator.errors import StoreError
 from aggregator.history import (
     HOUR_SLOTS,
-    WINDOWS,
     ChunkEncoder,
-    HistoryTracker,
     Mark,
     Totals,
     Transition,
     decode_chunk,
-    gaps_between,
-    totals_at,
-    uptime_between,
 )
 
-if TYPE_CHECKING:
-    from aggregator.nodestate import FleetSnapshot
-
-__all__ = ["HistoryRows", "HistoryService", "HistoryStore", "uptime_table"]
+__all__ = ["Batch", "HistoryReader", "HistoryRows", "HistoryStore"]
 
 log = logging.getLogger(__name__)
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS history_peers (id INTEGER PRIMARY KEY, "
+    "CREATE TABLE IF NOT EXISTS history_peers (id INTEGER PRIMARY KEY AUTOINCREMENT, "
     "peer_id TEXT NOT NULL UNIQUE)",
     "CREATE TABLE IF NOT EXISTS history_transitions (node INTEGER NOT NULL, at REAL NOT NULL, "
     "state TEXT NOT NULL, error TEXT, observed REAL NOT NULL, available REAL NOT NULL, "
@@ -70,6 +56,12 @@ _PRUNE_TRANSITIONS = (
     "ORDER BY at DESC LIMIT 1) AS r FROM history_peers p) DELETE FROM history_transitions "
     "WHERE at < :h AND rowid NOT IN (SELECT r FROM keep WHERE r IS NOT NULL)"
 )
+_STALE_PEERS = (
+    "SELECT id, peer_id FROM history_peers p WHERE NOT EXISTS (SELECT 1 FROM "
+    "history_transitions WHERE node = p.id AND at >= ?)"
+)
+#: Ids are never reused (AUTOINCREMENT): a forgotten node's last chunks age out on their own.
+_DROP_PEER = "DELETE FROM history_peers WHERE id = ?"
 _UPSERT_CHUNK = (
     "INSERT INTO history_heights (hour, node, data) VALUES (?, ?, ?) "
     "ON CONFLICT (hour, node) DO UPDATE SET data = excluded.data"
@@ -202,12 +194,21 @@ class HistoryStore:
         except sqlite3.Error as exc:
             raise StoreError(str(self.path), f"cannot write the history: {exc}") from exc
 
-    def prune(self, horizon: float) -> tuple[int, int]:
-        """Forget what is older than `horizon` (each node's state there is kept)."""
+    def prune(self, horizon: float, live: Collection[str] = ()) -> tuple[int, int, list[str]]:
+        """Forget what is older than `horizon`, keeping each node's state there; forget the
+        nodes not `live` (in the fleet) with no transition since: gone longer than that."""
         conn = self.connect()
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                stale = [
+                    (int(node), str(peer_id))
+                    for node, peer_id in conn.execute(_STALE_PEERS, (horizon,))
+                    if peer_id not in live
+                ]
+                forgotten = [peer_id for _, peer_id in stale]
+                for statement in ("DELETE FROM history_transitions WHERE node = ?", _DROP_PEER):
+                    conn.executemany(statement, ((node,) for node, _ in stale))
                 before = conn.total_changes  # rowcount is -1 for a WITH statement
                 conn.execute(_PRUNE_TRANSITIONS, {"h": horizon})
                 gone = conn.total_changes - before
@@ -222,7 +223,9 @@ class HistoryStore:
                 )
         except sqlite3.Error as exc:
             raise StoreError(str(self.path), f"cannot prune the history: {exc}") from exc
-        return gone, chunks
+        for peer_id in forgotten:
+            self._ids.pop(peer_id, None)
+        return gone, chunks, forgotten
 
     def close(self) -> None:
         if self._conn is not None:
@@ -289,165 +292,3 @@ class HistoryReader:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def uptime_table(
-    starts: Mapping[str, Mapping[str, Mark]], marks: Mapping[str, Mark], now: float
-) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Per node and window, its uptime as JSON (`starts`: window -> marks at its start)."""
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
-    windows = [(name, seconds, now - seconds, starts[name]) for name, seconds in WINDOWS.items()]
-    for peer_id, mark in marks.items():
-        end = totals_at(mark, now)
-        out[peer_id] = {
-            name: uptime_between(totals_at(at.get(peer_id), start), end, seconds).as_json()
-            for name, seconds, start, at in windows
-        }
-    return out
-
-
-class HistoryService:
-    """Tracker, writer, uptime cache and pruning under one task (`run`)."""
-
-    def __init__(
-        self,
-        store: HistoryStore,
-        snapshot: Callable[[], FleetSnapshot],
-        *,
-        retention: float = 30 * 86_400.0,
-        flush_interval: float = 2.0,
-        interval: float = 1.0,
-        uptime_refresh: float = 30.0,
-        prune_interval: float = 3600.0,
-        clock: Callable[[], float] = time.time,
-        shutdown_timeout: float = 10.0,
-        run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
-    ) -> None:
-        self.store = store
-        self.snapshot = snapshot
-        self.retention = retention
-        self.flush_interval = flush_interval
-        self.interval = interval
-        self.uptime_refresh = uptime_refresh
-        self.prune_interval = prune_interval
-        self.clock = clock
-        self.shutdown_timeout = shutdown_timeout
-        #: How blocking SQLite calls run: a worker thread (tests may run them inline, so
-        #: that trio's fake clock cannot run ahead while a thread works).
-        self.run_sync = run_sync
-        self.tracker = HistoryTracker()
-        self.started_at = 0.0
-        self.uptime: dict[str, dict[str, dict[str, float | None]]] = {}
-        self._batch = Batch()
-        self._inflight: Batch | None = None
-        self._chunks: dict[str, ChunkEncoder] = {}
-        self._reader: HistoryReader | None = None
-        self._read_lock = trio.Lock()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        now = self.started_at = self.clock()
-        marks, last_alive, self._chunks = await self.run_sync(self.store.start_run, now)
-        self.tracker.seed(marks)
-        if last_alive is not None:
-            self._batch.transitions.extend(self.tracker.gap_transitions(last_alive))
-        self._reader = await self.run_sync(self.store.reader)
-        log.info("history_loaded nodes=%d last_alive=%s", len(marks), last_alive)
-        try:
-            await self.flush()
-            await self.refresh_uptime()
-            task_status.started()
-            await self._loop()
-        finally:
-            with trio.move_on_after(self.shutdown_timeout) as scope:
-                scope.shield = True
-                await self.flush()
-                await self.run_sync(self.store.close)
-                async with self._read_lock:
-                    await self.run_sync(self._reader.close)
-
-    async def _loop(self) -> None:
-        ticks = trio.current_time()
-        flush_at = ticks + self.flush_interval
-        uptime_at = ticks + self.uptime_refresh
-        prune_at = ticks
-        while True:
-            ticks += self.interval
-            await trio.sleep_until(ticks)
-            self.observe(self.snapshot())
-            if ticks >= flush_at:
-                flush_at += self.flush_interval
-                await self.flush()
-            if ticks >= uptime_at:
-                uptime_at += self.uptime_refresh
-                await self.refresh_uptime()
-            if ticks >= prune_at:
-                prune_at += self.prune_interval
-                await self.prune()
-
-    def observe(self, snap: FleetSnapshot) -> None:
-        """One tracker step: its transitions and samples join the next batch (cheap, inline)."""
-        observed = self.tracker.observe_snapshot(snap)
-        self._batch.transitions.extend(observed.transitions)
-        chunks, dirty = self._chunks, self._batch.chunks
-        for s in observed.samples:
-            hour = s.slot // HOUR_SLOTS
-            enc = chunks.get(s.peer_id)
-            if enc is None or enc.hour != hour:
-                enc = chunks[s.peer_id] = ChunkEncoder(hour)
-            if enc.add(s.slot, s.height, s.lag):
-                dirty[(s.peer_id, hour)] = enc
-
-    async def flush(self) -> None:
-        batch, self._batch = self._batch, Batch()
-        batch.run_started, batch.alive_until = self.started_at, self.clock()
-        self._inflight = batch
-        try:
-            await self.run_sync(self.store.write, batch)
-        except StoreError as exc:
-            self._inflight = None
-            log.warning("history_write_failed transitions=%d err=%s", len(batch.transitions), exc)
-            batch.transitions.extend(self._batch.transitions)  # retried with the next batch
-            batch.chunks.update(self._batch.chunks)
-            self._batch = batch
-            return
-        self._inflight = None
-        hour = int(batch.alive_until // 30) // HOUR_SLOTS
-        for peer_id in [p for p, enc in self._chunks.items() if enc.hour < hour]:
-            if (peer_id, self._chunks[peer_id].hour) not in self._batch.chunks:
-                del self._chunks[peer_id]
-
-    def unflushed(self, peer_id: str) -> list[Transition]:
-        """The node's transitions not committed yet (the next batch, and one being written)."""
-        batches = [b for b in (self._inflight, self._batch) if b is not None]
-        return [t for b in batches for t in b.transitions if t.peer_id == peer_id]
-
-    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a `HistoryReader` method in a worker thread, one query at a time."""
-        assert self._reader is not None
-        async with self._read_lock:
-            return await self.run_sync(fn, self._reader, *args)
-
-    async def refresh_uptime(self) -> None:
-        now = self.clock()
-        marks = dict(self.tracker.marks)
-
-        def compute(reader: HistoryReader) -> dict[str, dict[str, dict[str, float | None]]]:
-            starts = {name: reader.marks_at(now - s) for name, s in WINDOWS.items()}
-            return uptime_table(starts, marks, now)
-
-        self.uptime = await self.read(compute)
-
-    async def prune(self) -> None:
-        horizon = self.clock() - self.retention
-        try:
-            gone, chunks = await self.run_sync(self.store.prune, horizon)
-        except StoreError as exc:
-            log.warning("history_prune_failed err=%s", exc)
-            return
-        if gone or chunks:
-            log.info("history_pruned transitions=%d chunks=%d", gone, chunks)
-
-    def gaps(self, runs: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-        """The gaps between stored runs (the current one alive until now)."""
-        now = self.clock()
-        return gaps_between([(a, now if a == self.started_at else b) for a, b in runs])

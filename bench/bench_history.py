@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from aggregator.history import (
@@ -39,7 +40,8 @@ from aggregator.history import (
     Transition,
     totals_at,
 )
-from aggregator.history_store import Batch, HistoryService, HistoryStore, uptime_table
+from aggregator.history_service import HistoryService, uptime_table
+from aggregator.history_store import Batch, HistoryStore
 from bench.bench_fleet import sample_fleet
 
 DAY = 86_400
@@ -74,7 +76,8 @@ def db_bytes(path: Path) -> tuple[int, dict[str, int]]:
 
 def chain(slots: int, rng: random.Random) -> list[int]:
     """The network height at each slot: one epoch per slot, a head held over null rounds."""
-    heights, h = [], 3_000_000
+    heights: list[int] = []
+    h = 3_000_000
     for _ in range(slots):
         h += 1
         heights.append(h if rng.random() >= 0.03 else heights[-1] if heights else h)
@@ -132,10 +135,12 @@ def bytes_per_day(nodes: int, per_day: int, workdir: Path) -> None:
     heights = tables.get("history_heights", 0)
     trans = sum(v for k, v in tables.items() if k.startswith("history_transitions"))
     print(f"1. one day, {nodes} nodes, {slots} height samples and {per_day} transitions each")
-    print(f"   db file {size / 1e6:.1f} MB = {size / nodes:.0f} bytes/node/day (written in {took:.0f} s)")
+    per_node = f"{size / nodes:.0f} bytes/node/day"
+    print(f"   db file {size / 1e6:.1f} MB = {per_node} (written in {took:.0f} s)")
     print(
         f"   heights {heights / nodes:.0f} B/node/day ({heights / nodes / slots:.2f} B/sample), "
-        f"transitions {trans / nodes:.0f} B/node/day, peers {tables.get('history_peers', 0) / nodes:.0f} B/node"
+        f"transitions {trans / nodes:.0f} B/node/day, "
+        f"peers {tables.get('history_peers', 0) / nodes:.0f} B/node"
     )
     naive_nodes = math.ceil(nodes / 10)
     print(
@@ -180,9 +185,11 @@ def uptime_refresh(nodes: int, per_day: int, days: int, workdir: Path) -> None:
     now = float(T0)
     windows = {"24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
     for name, seconds in windows.items():
-        print(f"   marks at the {name} start, all nodes: {ms(timed(lambda s=seconds: reader.marks_at(now - s), 3))}")
+        lookups = timed(partial(reader.marks_at, now - seconds), 3)
+        print(f"   marks at the {name} start, all nodes: {ms(lookups)}")
     starts = {name: reader.marks_at(now - s) for name, s in windows.items()}
-    print(f"   the arithmetic, 3 windows x {nodes} nodes: {ms(timed(lambda: uptime_table(starts, marks, now), 3))}")
+    arithmetic = timed(partial(uptime_table, starts, marks, now), 3)
+    print(f"   the arithmetic, 3 windows x {nodes} nodes: {ms(arithmetic)}")
     reader.close()
     store.close()
 
@@ -216,7 +223,8 @@ def tracker_cost(nodes: int, workdir: Path) -> None:
     print(f"   the next flush ({nodes} chunks rewritten, worker thread): {ms(flushes)}")
     tracker = HistoryTracker()
     tracker.observe_snapshot(snap)
-    print(f"   HistoryTracker.observe alone, steady: {ms(timed(lambda: tracker.observe_snapshot(snap)))}")
+    alone = timed(partial(tracker.observe_snapshot, snap))
+    print(f"   HistoryTracker.observe alone, steady: {ms(alone)}")
     service.store.close()
 
 

@@ -16,7 +16,8 @@ import trio.testing
 
 from aggregator.fleet import Fleet
 from aggregator.history_api import HistoryApi, ParamError, parse_range
-from aggregator.history_store import HistoryService, HistoryStore
+from aggregator.history_service import HistoryService
+from aggregator.history_store import HistoryStore
 from heartbeat.protocol.beat import SourceState
 from heartbeat.protocol.wire import Beat
 

@@ -14,7 +14,8 @@ import trio.testing
 
 from aggregator.fleet import Fleet, FleetPolicy
 from aggregator.history import EPOCH, HOUR_SLOTS, UNKNOWN, ChunkEncoder, Totals, Transition
-from aggregator.history_store import Batch, HistoryService, HistoryStore
+from aggregator.history_service import HistoryService
+from aggregator.history_store import Batch, HistoryStore
 from aggregator.store import NodeStore
 from heartbeat.protocol.wire import Beat
 
@@ -109,14 +110,18 @@ def test_prune_keeps_each_nodes_state_at_the_horizon(tmp_path: Path) -> None:
         Transition("b", T0, "syncing", None, Totals()),
     ]
     store.write(Batch(transitions, {("a", old.hour): old, ("a", new.hour): new}, T0, T0 + 40 * DAY))
-    gone, chunks = store.prune(T0 + 40 * DAY - 30 * DAY)
-    assert (gone, chunks) == (1, 1)  # a's first transition and its old chunk
+    gone, chunks, forgotten = store.prune(T0 + 40 * DAY - 30 * DAY, live={"b"})
+    assert (gone, chunks, forgotten) == (1, 1, [])  # a's first transition and its old chunk
     reader = store.reader()
     rows = reader.history("a", 0, math.inf, 100)
     assert rows is not None
     assert [s for _, s, _ in rows.transitions] == ["lagging", "down"]
     assert rows.heights == [(new_slot, 2, 0)]
     assert reader.marks_at(T0 + 20 * DAY)["b"].state == "syncing"  # b's only one is kept
+    # b left the fleet: with no transition since the horizon, it is forgotten
+    assert store.prune(T0 + 40 * DAY - 30 * DAY) == (0, 0, ["b"])
+    assert reader.history("b", 0, T0 + 50 * DAY, 10) is None
+    assert set(reader.marks_at(T0 + 50 * DAY)) == {"a"}
     reader.close()
     store.close()
 
