@@ -171,10 +171,11 @@ def prometheus(
     alertmanager_url: str | None = None,
     interval: str = "1s",
     external_labels: Mapping[str, str] | None = None,
+    extra_scrape_configs: Sequence[dict[str, Any]] = (),
 ) -> Iterator[Server]:
     """Prometheus scraping `targets` (host:port) as job fil-heartbeat-aggregator; with
     `external_labels` (dropped from the alerts, as grafana/prometheus/prometheus.yml does
-    with runbook_base_url)."""
+    with runbook_base_url); `extra_scrape_configs`: more jobs, as in its scrape_configs."""
     if PROMETHEUS_BIN is None:
         raise RuntimeError("prometheus is not installed")
     base = tmp / "prometheus"
@@ -183,7 +184,11 @@ def prometheus(
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(p) for p in rule_files],
         "scrape_configs": [
-            {"job_name": "fil-heartbeat-aggregator", "static_configs": [{"targets": list(targets)}]}
+            {
+                "job_name": "fil-heartbeat-aggregator",
+                "static_configs": [{"targets": list(targets)}],
+            },
+            *extra_scrape_configs,
         ],
     }
     if external_labels:
