@@ -75,7 +75,8 @@ def test_aggregator_hides_its_worker_subcommand_and_lists_alert_set_keys() -> No
     usage = parser.format_help()
     assert "{run,id,alert-test,config}" in usage
     assert not [line for line in usage.splitlines() if line.strip().startswith("worker")]
-    run_help = parser._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr]
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    run_help = sub.choices["run"].format_help()
     for key in ("lagging_for", "node_down_for", "evaluation_interval"):
         assert key in ALERT_SET_KEYS and key in run_help
     # still parsed, for worker 0's own use
