@@ -2,20 +2,43 @@
 
 The bookkeeping half of `LotusHeadSource` (its base class): genesis, timing and name of
 the network, the miner address, and the count of (re)connections to the node that makes
-StateNetworkName be asked again after each outage or failover. The calls themselves are
-the source's.
+StateNetworkName be asked again after each outage or failover; and the rule that says a
+node is syncing (`is_syncing`). The calls themselves are the source's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from heartbeat.agent.head import NodeBadResponse
-from heartbeat.agent.lotus.client import NetworkParams
+from heartbeat.agent.lotus.client import ActiveSync, NetworkParams
 from heartbeat.errors import ConfigError
 from heartbeat.protocol.address import AddressError, normalize_miner_address
 
-__all__ = ["NetworkFacts"]
+__all__ = ["SYNC_ACTIVE_STAGES", "SYNC_MARGIN_EPOCHS", "NetworkFacts", "is_syncing"]
+
+# Lotus sync stages: 0 idle, 1 headers, 2 persist headers, 3 messages, 4 complete,
+# 5 error, 6 fetching messages. Only 1, 2, 3 and 6 are work in progress.
+SYNC_ACTIVE_STAGES = frozenset({1, 2, 3, 6})
+# Lotus syncs every new tipset through these stages with a target one epoch ahead, so a
+# node is only called syncing when a target is at least this far ahead of its head: the
+# same distance at which Lotus's /health/readyz reports "not ready".
+SYNC_MARGIN_EPOCHS = 5
+
+
+def is_syncing(
+    syncs: Sequence[ActiveSync], head_height: int, margin: int = SYNC_MARGIN_EPOCHS
+) -> bool:
+    """True when an active sync (stage 1, 2, 3 or 6) targets a height at least
+    `margin` epochs above the head: the node is catching up, not following the chain."""
+    return any(
+        s.stage in SYNC_ACTIVE_STAGES
+        and s.target_height is not None
+        and s.target_height - head_height >= margin
+        for s in syncs
+    )
 
 
 class NetworkFacts:

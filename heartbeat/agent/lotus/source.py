@@ -1,18 +1,16 @@
 """The Lotus head source: ChainHead polling plus a ChainNotify subscription.
 
-Both paths feed one `HeadTracker`, so the subscription gives new heads at once and polling
-covers a missed or dead subscription without repeating a head; the reported head is the
-node's head as it is (it goes back when the node does). Beside the head it reads, from the
-full node: SyncState at every poll, StateGetNetworkParams and ChainGetGenesis once
-(retried until they succeed), StateNetworkName once per (re)connection; and the miner
-address from lotus-miner (`Filecoin.ActorAddress`) once, unless it is given directly
-(Curio, or no miner API). The network facts live in `heartbeat.agent.lotus.facts`.
+Both paths feed one `HeadTracker`: the subscription gives new heads at once, polling covers
+a missed or dead subscription, and the reported head is the node's head as it is (it goes
+back when the node does). Beside the head: SyncState at every poll, StateGetNetworkParams
+and ChainGetGenesis once (retried until they succeed), StateNetworkName once per
+(re)connection, and the miner address from lotus-miner (`Filecoin.ActorAddress`) once,
+unless it is given directly (Curio, or no miner API); the bookkeeping is `NetworkFacts`'.
 
-The source says what is wrong (`status.state`, `status.error`, see
-`heartbeat.agent.health`): a failed poll is classified at once; a call still unanswered
-after `stall_after` seconds makes the state unreachable before its deadline; a lost
-subscription triggers a poll at once. Listeners (`on_change`) are called whenever the
-head or the state changes, so the beat loops can send an extra beat.
+The source says what is wrong (`status.state`, `status.error`; `heartbeat.agent.health`):
+a failed poll is classified at once, a call unanswered after `stall_after` seconds makes
+the state unreachable before its deadline, a lost subscription triggers a poll at once.
+Listeners (`on_change`) hear of every change of the head or the state (extra beats).
 
 A node failure never raises out of `run`: the last head is kept and the failure is logged
 with `FailureLog` (WARNING once, DEBUG, an ERROR every `error_every` seconds, INFO on
@@ -40,14 +38,19 @@ from heartbeat.agent.head import (
     SourceStatus,
 )
 from heartbeat.agent.health import Failure, classify, source_state
-from heartbeat.agent.lotus.client import ActiveSync, LotusClient
-from heartbeat.agent.lotus.facts import NetworkFacts
+from heartbeat.agent.lotus.client import LotusClient
+from heartbeat.agent.lotus.facts import (
+    SYNC_ACTIVE_STAGES,
+    SYNC_MARGIN_EPOCHS,
+    NetworkFacts,
+    is_syncing,
+)
 from heartbeat.agent.lotus.notify import Changes, chain_notify
 from heartbeat.agent.policy import DEFAULT_ERROR_EVERY, FailureLog, jittered, next_deadline
 from heartbeat.agent.rpcstats import RpcStats
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable
 
     from heartbeat.agent.lotus.apiinfo import ApiInfo
 
@@ -57,30 +60,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Lotus sync stages: 0 idle, 1 headers, 2 persist headers, 3 messages, 4 complete,
-# 5 error, 6 fetching messages. Only 1, 2, 3 and 6 are work in progress.
-SYNC_ACTIVE_STAGES = frozenset({1, 2, 3, 6})
-# Lotus syncs every new tipset through these stages with a target one epoch ahead, so a
-# node is only called syncing when a target is at least this far ahead of its head: the
-# same distance at which Lotus's /health/readyz reports "not ready".
-SYNC_MARGIN_EPOCHS = 5
 _RETRY_MAX = 60.0
 #: A ChainHead answers in milliseconds; one unanswered this long means the node is hung.
 DEFAULT_STALL_AFTER = 1.5
 _DOWN_STATES = (SourceState.UNREACHABLE, SourceState.UNAUTHORIZED)
-
-
-def is_syncing(
-    syncs: Sequence[ActiveSync], head_height: int, margin: int = SYNC_MARGIN_EPOCHS
-) -> bool:
-    """True when an active sync (stage 1, 2, 3 or 6) targets a height at least
-    `margin` epochs above the head: the node is catching up, not following the chain."""
-    return any(
-        s.stage in SYNC_ACTIVE_STAGES
-        and s.target_height is not None
-        and s.target_height - head_height >= margin
-        for s in syncs
-    )
 
 
 class LotusHeadSource(NetworkFacts):
@@ -388,7 +371,8 @@ class LotusHeadSource(NetworkFacts):
     # -- subscription -------------------------------------------------------
     def _on_changes(self, changes: Changes) -> None:
         self._subscribed = True
-        self._node_ok()  # the node answers (a fixed token, a node back): say so at once
+        if self._failure is not None and self._failure.state in _DOWN_STATES:
+            self._node_ok()  # it answers (a fixed token, a node back): say so at once
         if self._tracker.apply_batch(changes, self._clock()):
             head = self._tracker.latest
             assert head is not None
