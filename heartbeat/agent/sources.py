@@ -5,6 +5,11 @@ deterministic fake CIDs (real CIDv1 dag-cbor blake2b-256 shape, `bafy2bzace…`)
 the genesis CID and the height, so every simulated node of the same network agrees on the
 consensus head; `fork=True` derives different ones. Null rounds (the epoch had no block,
 the head jumps by 2) are drawn deterministically from the seed and the height.
+
+The height comes from one genesis time (`DEFAULT_SIMULATED_GENESIS_TIMESTAMP` unless given):
+`floor((wall_now - genesis_timestamp) / block_delay)`, epochs switching on that wall-clock
+grid, and the null rounds are the network's (seeded by its genesis CID unless `seed`), so
+simulated agents started at different times, or restarted, agree on the head.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import random
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -24,7 +28,13 @@ from heartbeat.agent.head import ChangeListeners, Head, SourceStatus
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["DEFAULT_SIMULATED_GENESIS", "SimulatedChain", "StaticHeadSource", "fake_cid"]
+__all__ = [
+    "DEFAULT_SIMULATED_GENESIS",
+    "DEFAULT_SIMULATED_GENESIS_TIMESTAMP",
+    "SimulatedChain",
+    "StaticHeadSource",
+    "fake_cid",
+]
 
 _CID_PREFIX = bytes([0x01, 0x71, 0xA0, 0xE4, 0x02, 0x20])  # v1, dag-cbor, blake2b-256, 32
 
@@ -36,6 +46,14 @@ def fake_cid(*parts: object) -> str:
 
 
 DEFAULT_SIMULATED_GENESIS = fake_cid("fil-heartbeat", "simulated-genesis")
+#: The simulated network's genesis time (2026-01-01T00:00:00Z), the same for every agent.
+DEFAULT_SIMULATED_GENESIS_TIMESTAMP = 1_767_225_600
+
+
+def _network_seed(genesis_cid: str) -> int:
+    """The null-round seed of a simulated network: every node of it draws the same."""
+    digest = hashlib.blake2b(f"{genesis_cid}:seed".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 class StaticHeadSource:
@@ -71,15 +89,21 @@ class SimulatedChain:
 
     At trio time `t0 + k*block_delay + x` (0 <= x < block_delay) the current epoch is
     `start_height + k`; the head is the highest epoch <= current epoch - lag_epochs that
-    is not a null round. Head timestamps are `genesis_timestamp + height*block_delay`, and
-    the genesis timestamp is chosen from the wall clock at start so that the expected
-    height `floor((wall_now - genesis_timestamp) / block_delay)` is the simulated epoch.
+    is not a null round. Head timestamps are `genesis_timestamp + height*block_delay`.
+
+    Without `start_height` (the default) the chain is the network's: at start,
+    `start_height = floor((wall_now - genesis_timestamp) / block_delay)` with the genesis
+    timestamp given or `DEFAULT_SIMULATED_GENESIS_TIMESTAMP`, and `t0` the wall-clock start
+    of that epoch, so every simulated node agrees whenever it started. With a
+    `start_height` the chain starts there now, and a genesis timestamp not given is chosen
+    from the wall clock so that the expected height is the simulated epoch (tests).
+    Without `seed` the null rounds are drawn from the genesis CID: the network's.
     """
 
     def __init__(
         self,
         block_delay: float = 30.0,
-        start_height: int = 1000,
+        start_height: int | None = None,
         null_round_probability: float = 0.05,
         lag_epochs: int = 0,
         seed: int | None = None,
@@ -94,13 +118,14 @@ class SimulatedChain:
             raise ValueError("block_delay must be positive")
         if not 0.0 <= null_round_probability < 1.0:
             raise ValueError("null_round_probability must be in [0, 1)")
-        if start_height < 0 or lag_epochs < 0:
+        if (start_height is not None and start_height < 0) or lag_epochs < 0:
             raise ValueError("start_height and lag_epochs must not be negative")
         self.block_delay = block_delay
-        self.start_height = start_height
+        self._from_genesis = start_height is None
+        self.start_height = 0 if start_height is None else start_height
         self.null_round_probability = null_round_probability
         self.lag_epochs = lag_epochs
-        self.seed = seed if seed is not None else random.SystemRandom().randrange(2**63)
+        self.seed = seed if seed is not None else _network_seed(genesis_cid)
         self.genesis_cid = genesis_cid
         self.miner_address = miner_address
         self.fork = fork
@@ -113,8 +138,9 @@ class SimulatedChain:
 
     # -- pure helpers -------------------------------------------------------
     def is_null_round(self, height: int) -> bool:
-        """Deterministic null round draw; the start height and genesis never are."""
-        if height <= self.start_height or self.null_round_probability == 0.0:
+        """Deterministic null round draw; genesis never is, nor a given start height."""
+        floor = 0 if self._from_genesis else self.start_height
+        if height <= floor or self.null_round_probability == 0.0:
             return False
         digest = hashlib.blake2b(f"{self.seed}:null:{height}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2**64 < self.null_round_probability
@@ -159,9 +185,16 @@ class SimulatedChain:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._t0 = trio.current_time()
-        if self.genesis_timestamp is None:
-            self.genesis_timestamp = int(self._wall_clock() - self.start_height * self.block_delay)
-        self._update(self._t0)
+        wall = self._wall_clock()
+        if self._from_genesis:
+            if self.genesis_timestamp is None:
+                self.genesis_timestamp = DEFAULT_SIMULATED_GENESIS_TIMESTAMP
+            elapsed = max(0.0, wall - self.genesis_timestamp)
+            self.start_height = math.floor(elapsed / self.block_delay)
+            self._t0 -= elapsed - self.start_height * self.block_delay  # the epoch's start
+        elif self.genesis_timestamp is None:
+            self.genesis_timestamp = int(wall - self.start_height * self.block_delay)
+        self._update(trio.current_time())
         task_status.started()
         deadline = self._t0
         while True:

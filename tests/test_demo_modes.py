@@ -1,0 +1,95 @@
+"""Trial modes that do not lie: simulated agents agree whenever they started (one genesis
+time), and a static head is marked as such so the aggregator's stall alerts stay quiet."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+import trio.testing
+
+from heartbeat.agent.sources import DEFAULT_SIMULATED_GENESIS_TIMESTAMP, SimulatedChain
+
+#: Wall-clock seconds at trio time 0 of the fake clock.
+WALL0 = DEFAULT_SIMULATED_GENESIS_TIMESTAMP + 333_333 * 30 + 17.0
+
+
+def wall_of(t0: float) -> float:
+    """The wall clock that goes with trio's (fake) clock."""
+    return WALL0 + (trio.current_time() - t0)
+
+
+async def test_agents_started_apart_agree_on_the_head(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    t0 = trio.current_time()
+
+    def chain() -> SimulatedChain:
+        return SimulatedChain(block_delay=30.0, wall_clock=lambda: wall_of(t0))
+
+    first, late = chain(), chain()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        await trio.sleep(1234.5)  # the second agent starts 41 epochs and a bit later
+        await nursery.start(late.run)
+        for _ in range(200):
+            await trio.testing.wait_all_tasks_blocked()
+            assert first.latest is not None and late.latest is not None
+            assert late.latest.height == first.latest.height
+            assert late.latest.cids == first.latest.cids
+            await trio.sleep(7.0)
+        nursery.cancel_scope.cancel()
+    # the height is the one the genesis time says, not "1000 at start"
+    now = wall_of(t0)
+    expected = math.floor((now - DEFAULT_SIMULATED_GENESIS_TIMESTAMP) / 30.0)
+    assert first.epoch_at(trio.current_time()) == expected
+    assert first.genesis_timestamp == late.genesis_timestamp == DEFAULT_SIMULATED_GENESIS_TIMESTAMP
+
+
+async def test_epochs_switch_on_the_genesis_grid(autojump_clock: trio.testing.MockClock) -> None:
+    t0 = trio.current_time()
+    chain = SimulatedChain(
+        block_delay=30.0, null_round_probability=0.0, wall_clock=lambda: wall_of(t0)
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(chain.run)
+        assert chain.latest is not None
+        start = chain.latest.height
+        # WALL0 is 17 s past an epoch boundary of the genesis grid: the next one is 13 s away
+        await trio.sleep(12.9)
+        await trio.testing.wait_all_tasks_blocked()
+        assert chain.latest.height == start
+        await trio.sleep(0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert chain.latest.height == start + 1
+        assert chain.latest.timestamp == DEFAULT_SIMULATED_GENESIS_TIMESTAMP + (start + 1) * 30
+        nursery.cancel_scope.cancel()
+    assert start == 333_333
+
+
+def test_null_rounds_are_the_networks_without_a_seed() -> None:
+    a = SimulatedChain(null_round_probability=0.3)
+    b = SimulatedChain(null_round_probability=0.3)
+    draws = [a.is_null_round(h) for h in range(1, 500)]
+    assert draws == [b.is_null_round(h) for h in range(1, 500)]
+    assert 60 < sum(draws) < 240  # about 30 %
+    seeded = SimulatedChain(null_round_probability=0.3, seed=7)
+    assert draws != [seeded.is_null_round(h) for h in range(1, 500)]
+
+
+async def test_a_restarted_agent_is_not_behind(autojump_clock: trio.testing.MockClock) -> None:
+    t0 = trio.current_time()
+    steady = SimulatedChain(null_round_probability=0.2, wall_clock=lambda: wall_of(t0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(steady.run)
+        await trio.sleep(3600.0)
+        restarted = SimulatedChain(null_round_probability=0.2, wall_clock=lambda: wall_of(t0))
+        await nursery.start(restarted.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert restarted.latest is not None and steady.latest is not None
+        assert (restarted.latest.height, restarted.latest.cids) == (
+            steady.latest.height,
+            steady.latest.cids,
+        )
+        assert steady.latest.height > steady.start_height + 100  # an hour of 30 s epochs
+        nursery.cancel_scope.cancel()
