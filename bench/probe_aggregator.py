@@ -94,12 +94,14 @@ def _serve_metrics_thread() -> None:
 
     route = http.HttpApi._route
 
-    async def probed_route(self: Any, method: str, path: str) -> tuple[int, bytes, bytes]:
+    async def probed_route(
+        self: Any, method: str, path: str, query: str = ""
+    ) -> tuple[int, bytes, bytes]:
         if path == "/metrics-thread" and self.metrics is not None:
             prepared = self.metrics.prepare()
             body = await trio.to_thread.run_sync(self.metrics.render_prepared, prepared)
             return 200, CONTENT_TYPE.encode(), body
-        return await route(self, method, path)
+        return await route(self, method, path, query)
 
     http.HttpApi._route = probed_route  # type: ignore[method-assign]
 
