@@ -1,7 +1,8 @@
 """The history routes of the HTTP API (aggregator/http.py calls `HistoryApi.route` first).
 
 - `GET /api/v1/nodes/{peer_id}/history?since=&until=` (unix seconds; default the last 24 h):
-  `{"peer_id", "since", "until", "transitions": [{"at", "state", "error"}], "heights":
+  `{"peer_id", "since", "until", "transitions": [{"at", "state", "error"}] (led by the one in
+  effect at `since`, which may be earlier), "heights":
   [{"at", "height", "lag"}], "gaps": [{"from", "to"}], "uptime": {"available", "healthy",
   "excluded_seconds"}, "state_at_since", "truncated", "heights_every"}`. `gaps` are the
   aggregator's own down time, left out of the uptime's denominator with the time before the

@@ -24,6 +24,7 @@ from typing import Any
 from aggregator.errors import StoreError
 from aggregator.history import (
     HOUR_SLOTS,
+    UNKNOWN,
     ChunkEncoder,
     Mark,
     Totals,
@@ -250,8 +251,9 @@ class HistoryReader:
     def history(
         self, peer_id: str, since: float, until: float, max_transitions: int
     ) -> HistoryRows | None:
-        """One node's transitions in [since, until] (at most `max_transitions`), its marks
-        at both edges, its height samples and the runs; None if it has no history."""
+        """One node's transitions in [since, until] (at most `max_transitions`), led by the
+        one in effect at `since` (earlier), its marks at both edges, its height samples and
+        the runs; None if it has no history."""
         row = self.conn.execute(
             "SELECT id FROM history_peers WHERE peer_id = ?", (peer_id,)
         ).fetchone()
@@ -265,9 +267,16 @@ class HistoryReader:
         start = self.conn.execute(last, (peer_id, node, since)).fetchone()
         end = self.conn.execute(last, (peer_id, node, until)).fetchone()
         rows = self.conn.execute(
+            "SELECT at, state, error FROM history_transitions WHERE node = ? AND at < ? "
+            "ORDER BY at DESC LIMIT 1",
+            (node, since),
+        ).fetchall()
+        if rows and rows[0][1] == UNKNOWN:
+            rows = []  # a gap: the gaps say so
+        rows += self.conn.execute(
             "SELECT at, state, error FROM history_transitions WHERE node = ? AND at >= ? "
-            "AND at <= ? AND state != 'unknown' ORDER BY at LIMIT ?",
-            (node, since, until, max_transitions + 1),
+            "AND at <= ? AND state != ? ORDER BY at LIMIT ?",
+            (node, since, until, UNKNOWN, max_transitions + 1 - len(rows)),
         ).fetchall()
         heights: list[tuple[int, int, int | None]] = []
         stored = self.conn.execute("SELECT min(hour), max(hour) FROM history_heights").fetchone()

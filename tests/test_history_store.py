@@ -65,6 +65,11 @@ def test_write_and_read_back(tmp_path: Path) -> None:
     assert rows.start is None and rows.end is not None and rows.end.state == "source_down"
     assert rows.runs == [(T0, T0 + 61)]
     assert reader.history("nobody", 0, T0, 10) is None
+    later = reader.history("a", T0 + 30, T0 + 100, 10)  # led by the state in effect at since
+    assert later is not None and later.transitions == [
+        (T0, "in_consensus", None),
+        (T0 + 60, "source_down", "refused"),
+    ]
     truncated = reader.history("a", 0, T0 + 100, 1)
     assert truncated is not None and truncated.truncated and len(truncated.transitions) == 1
     assert reader.marks_at(T0 + 30)["a"].state == "in_consensus"
