@@ -64,6 +64,7 @@ PURE_MODULES = [
     "aggregator.worklink",
     "aggregator.propagation",
     "aggregator.propagation_api",
+    "aggregator.fleet_admission",
 ]
 FORBIDDEN = ("trio", "libp2p", "prometheus_client", "httpx", "sqlite3")
 CLOCK_CALL = re.compile(r"\btime\.(?:time|monotonic)(?:_ns)?\(")
