@@ -208,7 +208,7 @@ class AlertingService:
                     test_alert(self.wall_clock(), self.static_labels), self.runbook_base_url
                 )
                 log.info("alert_test_sent targets=%d", len(self.delivery.targets))
-                self.delivery.submit([Transition(TransitionKind.FIRED, alert)])
+                self.delivery.submit_test(alert)
             task_status.started(self)
             deadline = trio.current_time()
             while True:
