@@ -76,7 +76,11 @@ _LEGACY = (
 )
 _H_LEGACY = {name: _header(name, "gauge", doc) for name, doc in _LEGACY}
 _STATE_SUFFIXES = tuple((s, f',state="{s.value}"}} ') for s in _STATES)
-_SOURCE_SUFFIXES = tuple((s.value, f',state="{s.value}"}} ') for s in SourceState)
+#: Per reported SourceState: the tail of each of the node's source_state lines (label, value).
+_SOURCE_TAILS = {
+    current.value: tuple(f',state="{s.value}"}} {1 if s is current else 0}\n' for s in SourceState)
+    for current in SourceState
+}
 #: The `le` label values as prometheus_client writes them ("0.5", "1.0", ...).
 _LE = tuple(repr(float(b)) for b in HEAD_DELAY_BUCKETS)
 
@@ -196,10 +200,10 @@ class FleetRenderer:
             (
                 _H_SOURCE,
                 lambda part: [
-                    f"{_N}source_state{b}{suffix}{1 if v.source_state == s else 0}\n"
+                    f"{_N}source_state{b}{tail}"
                     for b, v in part
                     if v.source_state is not None
-                    for s, suffix in _SOURCE_SUFFIXES
+                    for tail in _SOURCE_TAILS[v.source_state]
                 ],
             ),
         )
