@@ -1,5 +1,6 @@
-"""The example configurations (examples/*.toml) load through the programs' own configuration
-code, name every setting there is, and show the true defaults, so that they never rot.
+"""The example configurations (examples/*.toml, packaging/systemd/*.env) load through the
+programs' own configuration code, name every setting there is, and show the true defaults,
+so that they never rot.
 
 Their convention: a line `# key = value` shows the default, so uncommenting it must change
 nothing; a line ending in `# example` shows an example value (the default is "not set",
@@ -21,12 +22,14 @@ from aggregator.alerts.model import AlertPolicy
 from aggregator.alerts.service import load_settings
 from aggregator.alerts.settings import AlertingSettings
 from aggregator.config import AggregatorConfig
-from heartbeat.agent.config import AgentConfig, build_config, parse_toml
+from aggregator.config import build_config as build_aggregator_config
+from heartbeat.agent.config import AgentConfig, build_config, config_path, parse_toml
 from heartbeat.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / "examples" / "agent.toml"
 AGGREGATOR = REPO / "examples" / "aggregator.toml"
+UNITS = REPO / "packaging" / "systemd"
 
 #: What systemd's EnvironmentFile gives the agent (packaging/systemd/fil-heartbeat.env).
 LOTUS_ENV = {"FULLNODE_API_INFO": "eyJhbGciOi.token:/ip4/127.0.0.1/tcp/1234/http"}
@@ -196,3 +199,64 @@ def test_aggregator_example_rejects_what_the_program_rejects(tmp_path: Path) -> 
     assert aggregator_config(wrong, tmp_path).max_nodes == 20001
     with pytest.raises(ConfigError, match="no_such_setting"):
         aggregator_config("no_such_setting = 1\n", tmp_path)
+
+
+# -- the env file examples (packaging/systemd/*.env) -----------------------------------------------
+
+
+def test_agent_env_example_configures_the_agent() -> None:
+    env = env_file(UNITS / "fil-heartbeat.env")
+    config = build_config({}, env, {}, default_identity_file=Path("/state/agent.key"))
+    assert config.head_source == "lotus"
+    assert config.nickname == "my-sp"
+    assert [t.addr.split("/")[2] for t in config.targets] == ["aggregator.example.org"]
+
+
+def test_agent_env_example_names_only_variables_the_agent_reads() -> None:
+    """Switched on one by one, every variable of the file changes the configuration."""
+    every = env_file(UNITS / "fil-heartbeat.env", commented=True)
+    assert config_path({}, every) == "/etc/fil-heartbeat/agent.toml"
+    every.pop("FIL_HEARTBEAT_CONFIG")
+    identity = Path("/state/agent.key")
+    base = build_config({}, every, {}, default_identity_file=identity)
+    for name in every:
+        without = {k: v for k, v in every.items() if k != name}
+        try:
+            changed = build_config({}, without, {}, default_identity_file=identity) != base
+        except ConfigError:
+            changed = True  # required
+        assert changed, f"{name} in fil-heartbeat.env is not a variable the agent reads"
+
+
+def test_agent_env_example_with_the_example_toml() -> None:
+    env = env_file(UNITS / "fil-heartbeat.env")
+    env["FIL_HEARTBEAT_CONFIG"] = str(AGENT)
+    path = config_path({}, env)
+    assert path is not None
+    toml = parse_toml(Path(path).read_text(encoding="utf-8"))
+    config = build_config({}, env, toml, default_identity_file=Path("/state/agent.key"))
+    assert config.nickname == "my-sp"
+
+
+def test_aggregator_env_example_configures_the_aggregator() -> None:
+    every = env_file(UNITS / "fil-heartbeat-aggregator.env", commented=True)
+    assert every["FIL_HEARTBEAT_AGGREGATOR_CONFIG"] == "/etc/fil-heartbeat/aggregator.toml"
+    every["FIL_HEARTBEAT_AGGREGATOR_CONFIG"] = str(AGGREGATOR)
+    # an unknown FIL_HEARTBEAT_AGGREGATOR_* variable would be a ConfigError here
+    _, config = parse_args(["run"], env=every)
+    assert config.workers == 2
+    assert config.allowlist_file == Path("/etc/fil-heartbeat/allowlist")
+    assert config.log_format == "json"
+    # the file's plain (uncommented) lines are the defaults
+    active = env_file(UNITS / "fil-heartbeat-aggregator.env")
+    assert build_aggregator_config({}, active, {}) == AggregatorConfig()
+
+
+def env_file(path: Path, *, commented: bool = False) -> dict[str, str]:
+    """VARIABLE=value lines (with `commented`, the `#VARIABLE=value` ones too)."""
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if match and (commented or not match.group(1)):
+            out[match.group(2)] = match.group(3)
+    return out

@@ -1,4 +1,4 @@
-"""Installing and running for years: the wheel, the systemd units, the env file examples.
+"""Installing and running for years: the wheel and the systemd units.
 
 - The wheel built from the tree holds every file of the two packages (the status page's
   templates and static files too), installs into a fresh venv outside the tree, and its
@@ -7,40 +7,31 @@
 - The units in packaging/systemd/ name the console scripts, the state directory and the env
   files; `systemd-analyze verify` (Debian's `systemd`; skipped without it, failed under
   CI=true) accepts them with the installed programs in ExecStart, and their exposure score
-  stays "OK". The programs run under MemoryDenyWriteExecute (the kernel's PR_SET_MDWE, which
-  systemd uses where the kernel has it).
-- The env file examples configure the programs, and the runbooks' `systemctl` commands name
-  these units.
+  stays "OK". (tests/test_packaging_sandbox.py runs both programs in the units' sandbox.)
+- The runbooks' `systemctl` commands name these units. (The env file examples are checked
+  with the other examples, in tests/test_examples.py.)
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import sysconfig
 import tomllib
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import platformdirs
 import pytest
 
 from aggregator.__main__ import parse_args
 from aggregator.config import AggregatorConfig
-from aggregator.config import build_config as build_aggregator_config
-from heartbeat.agent.config import build_config, config_path, parse_toml
-from heartbeat.errors import ConfigError
-from tests.helpers import eventually_blocking
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "packaging" / "systemd"
@@ -78,16 +69,6 @@ def one(directives: Mapping[str, list[str]], key: str) -> str:
     values = directives.get(key, [])
     assert len(values) == 1, f"{key}= given {len(values)} times"
     return values[0]
-
-
-def env_file(path: Path, *, commented: bool = False) -> dict[str, str]:
-    """VARIABLE=value lines (with `commented`, the `#VARIABLE=value` ones too)."""
-    out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$", line)
-        if match and (commented or not match.group(1)):
-            out[match.group(2)] = match.group(3)
-    return out
 
 
 # -- the units ----------------------------------------------------------------------------
@@ -148,57 +129,6 @@ def test_default_files_land_in_the_state_directory(monkeypatch: pytest.MonkeyPat
     _, config = parse_args(["run"], env={})
     assert config.identity_file == Path("/var/lib/fil-heartbeat/aggregator.key")
     assert config.state_db == Path("/var/lib/fil-heartbeat/aggregator.db")
-
-
-# -- the env file examples ----------------------------------------------------------------
-
-
-def test_agent_env_example_configures_the_agent() -> None:
-    env = env_file(UNITS / "fil-heartbeat.env")
-    config = build_config({}, env, {}, default_identity_file=Path("/state/agent.key"))
-    assert config.head_source == "lotus"
-    assert config.nickname == "my-sp"
-    assert [t.addr.split("/")[2] for t in config.targets] == ["aggregator.example.org"]
-
-
-def test_agent_env_example_names_only_variables_the_agent_reads() -> None:
-    """Switched on one by one, every variable of the file changes the configuration."""
-    every = env_file(UNITS / "fil-heartbeat.env", commented=True)
-    assert config_path({}, every) == "/etc/fil-heartbeat/agent.toml"
-    every.pop("FIL_HEARTBEAT_CONFIG")
-    identity = Path("/state/agent.key")
-    base = build_config({}, every, {}, default_identity_file=identity)
-    for name in every:
-        without = {k: v for k, v in every.items() if k != name}
-        try:
-            changed = build_config({}, without, {}, default_identity_file=identity) != base
-        except ConfigError:
-            changed = True  # required
-        assert changed, f"{name} in fil-heartbeat.env is not a variable the agent reads"
-
-
-def test_agent_env_example_with_the_example_toml() -> None:
-    env = env_file(UNITS / "fil-heartbeat.env")
-    env["FIL_HEARTBEAT_CONFIG"] = str(REPO / "examples" / "agent.toml")
-    path = config_path({}, env)
-    assert path is not None
-    toml = parse_toml(Path(path).read_text(encoding="utf-8"))
-    config = build_config({}, env, toml, default_identity_file=Path("/state/agent.key"))
-    assert config.nickname == "my-sp"
-
-
-def test_aggregator_env_example_configures_the_aggregator() -> None:
-    every = env_file(UNITS / "fil-heartbeat-aggregator.env", commented=True)
-    assert every["FIL_HEARTBEAT_AGGREGATOR_CONFIG"] == "/etc/fil-heartbeat/aggregator.toml"
-    every["FIL_HEARTBEAT_AGGREGATOR_CONFIG"] = str(REPO / "examples" / "aggregator.toml")
-    # an unknown FIL_HEARTBEAT_AGGREGATOR_* variable would be a ConfigError here
-    _, config = parse_args(["run"], env=every)
-    assert config.workers == 2
-    assert config.allowlist_file == Path("/etc/fil-heartbeat/allowlist")
-    assert config.log_format == "json"
-    # the file's plain (uncommented) lines are the defaults
-    active = env_file(UNITS / "fil-heartbeat-aggregator.env")
-    assert build_aggregator_config({}, active, {}) == AggregatorConfig()
 
 
 # -- the runbooks -------------------------------------------------------------------------
@@ -437,121 +367,3 @@ def test_sysusers_file_is_valid(tmp_path: Path) -> None:
     assert dry.returncode == 0, dry.stderr
     assert "Creating user 'fil-heartbeat'" in dry.stdout + dry.stderr
     assert list((tmp_path / "etc").iterdir()) == []  # a dry run
-
-
-# -- MemoryDenyWriteExecute ---------------------------------------------------------------
-
-PR_SET_MDWE = 65
-PR_MDWE_REFUSE_EXEC_GAIN = 1
-_MDWE_PROBE = """
-import ctypes, mmap
-if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:
-    print("unsupported")
-else:
-    try:
-        mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-        print("not enforced")
-    except PermissionError:
-        print("enforced")
-"""
-
-
-def _deny_write_execute() -> None:  # in the child, before exec
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0):
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE)")
-
-
-@contextmanager
-def started(
-    args: list[str], log: Path, env: Mapping[str, str]
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=log.parent,
-            env=dict(env),
-            preexec_fn=_deny_write_execute,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _found(pattern: str, log: Path, proc: subprocess.Popen[bytes]) -> str | None:
-    assert proc.poll() is None, log.read_text(errors="replace")
-    match = re.search(pattern, log.read_text(errors="replace"), re.M)
-    return match.group(1) if match else None
-
-
-@pytest.mark.integration
-def test_installed_programs_run_without_writable_executable_memory(
-    installed: Installed, tmp_path: Path
-) -> None:
-    probe = run([sys.executable, "-c", _MDWE_PROBE]).stdout.strip()
-    if probe != "enforced":
-        pytest.skip(f"the kernel's PR_SET_MDWE is {probe} here (Linux >= 6.3 has it)")
-    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
-    agg_log, agent_log = tmp_path / "aggregator.log", tmp_path / "agent.log"
-    aggregator = [
-        str(installed.bin / "fil-heartbeat-aggregator"),
-        "run",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--http-listen",
-        "127.0.0.1:0",
-    ]
-    with started(aggregator, agg_log, env) as agg:
-        addr = eventually_blocking(
-            lambda: _found(r"^(/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)$", agg_log, agg),
-            timeout=30,
-            what="the aggregator's multiaddr",
-        )
-        url = eventually_blocking(
-            lambda: _found(r"^(http://127\.0\.0\.1:\d+)$", agg_log, agg), timeout=10, what="URL"
-        )
-        agent = [
-            str(installed.bin / "fil-heartbeat"),
-            "run",
-            "--head-source",
-            "simulated",
-            "--target",
-            addr,
-            "--nickname",
-            "mdwe",
-            "--beat-period",
-            "1s",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ]
-        with started(agent, agent_log, env) as beating:
-
-            def node_up() -> bool:
-                assert beating.poll() is None, agent_log.read_text(errors="replace")
-                nodes = httpx.get(f"{url}/api/v1/nodes", timeout=5).json()
-                return any(n["nickname"] == "mdwe" and n["up"] for n in nodes)
-
-            eventually_blocking(
-                node_up, timeout=30, what="the agent's beats", transient=(httpx.HTTPError,)
-            )
-            metrics = httpx.get(f"{url}/metrics", timeout=5).text
-            assert "process_resident_memory_bytes" in metrics
-            assert 'nickname="mdwe"' in metrics
-            if (REPO / "aggregator" / "statuspage" / "static").is_dir():
-                # the status page's package data, read from the installed package
-                page = httpx.get(f"{url}/", timeout=5)
-                assert page.status_code == 200, page.text[:500]
-                asset = re.search(r'"(/static/[^"?]+)', page.text)
-                assert asset is not None, page.text[:500]
-                assert httpx.get(url + asset.group(1), timeout=5).status_code == 200
-        assert beating.returncode == 0, agent_log.read_text(errors="replace")
-    assert agg.returncode == 0, agg_log.read_text(errors="replace")
