@@ -297,6 +297,12 @@ class Fleet(Admission):
             self._leave_probation(pid)
         if gone:
             log.info("nodes_expired count=%d", len(gone))
+        # Networks no node is in any more: their histograms and propagation records go too
+        # (a peer id switching genesis at every beat must not grow them without bound).
+        keys = {n.net_key for n in self._nodes.values()}
+        for key in [k for k in self._delays if k not in keys]:
+            del self._delays[key]
+        self.propagation.retain(keys)
         return gone
 
     def export_records(self) -> list[NodeRecord]:

@@ -23,7 +23,10 @@ import math
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Container
 
 __all__ = [
     "HEAD_DELAY_BUCKETS",
@@ -222,6 +225,11 @@ class Propagation:
             entry.timestamp = head_timestamp
         if len(entry.seen) < self.max_seen:
             entry.seen[peer_id] = Seen(peer_id, nickname, delay)
+
+    def retain(self, keys: Container[str]) -> None:
+        """Forget the networks not in `keys`."""
+        for key in [k for k in self._networks if k not in keys]:
+            del self._networks[key]
 
     def networks(self) -> list[str]:
         return sorted(self._networks)
