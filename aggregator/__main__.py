@@ -1,8 +1,9 @@
-"""CLI: `fil-heartbeat-aggregator run|id` (no subcommand means `run`).
+"""CLI: `fil-heartbeat-aggregator run|id|alert-test` (no subcommand means `run`).
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration error or a listen address
 already in use (checked before anything is opened; the message names the setting), 1 for an
-identity or store error.
+identity or store error. `alert-test`: 0 when every alert receiver took the test
+notification, 1 when one did not, 2 for a configuration error.
 """
 
 from __future__ import annotations
