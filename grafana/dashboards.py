@@ -24,6 +24,7 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models import prometheus as prom_model
 
 __all__ = [
@@ -50,7 +51,18 @@ _STATE_COLORS = {
     "stalled": "orange",
     "syncing": "blue",
     "down": "red",
+    "source_down": "dark-red",
 }
+#: The head source states (heartbeat.protocol.beat.SourceState) as numbers for state timelines.
+_SOURCE_STATES = (
+    ("ok", "green"),
+    ("syncing", "blue"),
+    ("no_head", "orange"),
+    ("unauthorized", "red"),
+    ("unreachable", "dark-red"),
+)
+#: Where a node's dashboard is: the fleet table's rows link there.
+NODE_DASHBOARD_UID = "fil-heartbeat-node"
 
 
 class _Ids:
@@ -301,6 +313,7 @@ def fleet_overview() -> dash.Dashboard:
         .height(8)
         .span(12)
     )
+    d = _head_delay(d, ids)
     d = d.with_row(dash.Row("Alerts").id(ids()).datasource(DS))
     d = d.with_panel(
         _targets(
@@ -325,27 +338,7 @@ def fleet_overview() -> dash.Dashboard:
             ],
         )
     )
-    d = d.with_panel(
-        table.Panel()
-        .id(ids())
-        .title("Nodes")
-        .datasource(DS)
-        .with_target(
-            _q(
-                f"max by (peer_id, nickname, miner, network, state) "
-                f"(fil_heartbeat_node_state{{{NET}}} == 1)",
-                instant=True,
-            )
-        )
-        .with_transformation(
-            model.DataTransformerConfig(
-                id_val="organize",
-                options={"excludeByName": {"Time": True, "Value": True}},
-            )
-        )
-        .height(10)
-        .span(24)
-    )
+    d = d.with_panel(_nodes_table(ids))
     d = d.with_row(dash.Row("Aggregators").id(ids()).datasource(DS))
     d = d.with_panel(
         _targets(
@@ -427,7 +420,298 @@ def fleet_overview() -> dash.Dashboard:
             [('up{job="fil-heartbeat-aggregator"}', "{{instance}}")],
         )
     )
+    d = _fleet_agents(d, ids)
     return _ingest_workers(d, ids)
+
+
+def _value_map(*entries: tuple[str, str, str]) -> model.ValueMap:
+    """(value, text, colour) rows of one value mapping."""
+    return model.ValueMap(
+        options={
+            value: model.ValueMappingResult(text=text, color=color, index=i)
+            for i, (value, text, color) in enumerate(entries)
+        }
+    )
+
+
+def _source_state_code(metric: str, selector: str, by: str) -> str:
+    """The one series of `metric{state=...}` that is 1, as the number of its state
+    (1 ok .. 5 unreachable, `_SOURCE_STATES`): a state timeline can show one row."""
+    sel = f"{selector}, " if selector else ""
+    parts = [
+        (f"{i} * " if i > 1 else "") + f'{metric}{{{sel}state="{state}"}}'
+        for i, (state, _) in enumerate(_SOURCE_STATES, 1)
+    ]
+    return f"max by ({by}) (" + " or ".join(parts) + ")"
+
+
+def _source_state_mapping() -> model.ValueMap:
+    return _value_map(*((str(i), s, c) for i, (s, c) in enumerate(_SOURCE_STATES, 1)))
+
+
+def _source_state_timeline(ids: _Ids, title: str, expr: str, legend: str) -> statetimeline.Panel:
+    return (
+        statetimeline.Panel()
+        .id(ids())
+        .title(title)
+        .datasource(DS)
+        .with_target(_q(expr, legend))
+        .mappings([_source_state_mapping()])
+        .height(6)
+        .span(24)
+    )
+
+
+_NODE_LABELS = "peer_id, nickname, miner, network"
+#: The fleet table's columns after the label columns: (name, PromQL, unit); the state and
+#: version queries carry their value in a label, their numeric value is hidden.
+_BY_NODE = f"max by ({_NODE_LABELS})"
+_NODE_COLUMNS = (
+    ("state", f"max by ({_NODE_LABELS}, state) (fil_heartbeat_node_state{{{NET}}} == 1)", ""),
+    ("Height", f"{_BY_NODE} (fil_heartbeat_node_height{{{NET}}})", "none"),
+    ("Lag", f"{_BY_NODE} (fil_heartbeat:node_lag_epochs:fleet{{{NET}}})", "none"),
+    (
+        "Head age",
+        f"time() - {_BY_NODE} (fil_heartbeat_node_head_timestamp_seconds{{{NET}}})",
+        "s",
+    ),
+    (
+        "Last beat",
+        f"time() - {_BY_NODE} (fil_heartbeat_node_last_beat_timestamp_seconds{{{NET}}})",
+        "s",
+    ),
+    (
+        "Head delay",
+        f"{_BY_NODE} (fil_heartbeat_node_head_changed_timestamp_seconds{{{NET}}})"
+        f" - {_BY_NODE} (fil_heartbeat_node_head_timestamp_seconds{{{NET}}})",
+        "s",
+    ),
+    ("version", f"max by ({_NODE_LABELS}, version) (fil_heartbeat_node_info{{{NET}}})", ""),
+)
+#: A fleet table row -> that node on the node dashboard (same datasource and time range).
+NODE_LINK = (
+    f"/d/{NODE_DASHBOARD_UID}/{NODE_DASHBOARD_UID}?${{datasource:queryparam}}"
+    "&var-network=${__data.fields.network}&var-nickname=$__all&var-miner=$__all"
+    "&var-node=${__data.fields.peer_id}&${__url_time_range}"
+)
+
+
+def _override(name: str, **props: Any) -> dash.DashboardFieldConfigSourceOverrides:
+    return (
+        dash.DashboardFieldConfigSourceOverrides()
+        .matcher(model.MatcherConfig(id_val="byName", options=name))
+        .properties([model.DynamicConfigValue(id_val=k, value=v) for k, v in props.items()])
+    )
+
+
+def _nodes_table(ids: _Ids) -> table.Panel:
+    """One row per node: labels, coloured state, figures, version; a click opens the node."""
+    panel = (
+        table.Panel()
+        .id(ids())
+        .title("Nodes")
+        .description(
+            "Head age: seconds since the head tipset's timestamp. Head delay: how late the "
+            "node's current head reached it (the aggregator saw it change, minus the tipset's "
+            "timestamp). Click a row for the node's dashboard."
+        )
+        .datasource(DS)
+    )
+    for i, (_, expr, _) in enumerate(_NODE_COLUMNS):
+        panel = panel.with_target(_q(expr, ref=chr(ord("A") + i), instant=True))
+    ref = {name: f"Value #{chr(ord('A') + i)}" for i, (name, _, _) in enumerate(_NODE_COLUMNS)}
+    order = ["nickname", "miner", *(n for n, _, _ in _NODE_COLUMNS), "network", "peer_id"]
+    panel = panel.with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
+    panel = panel.with_transformation(
+        model.DataTransformerConfig(
+            id_val="organize",
+            options={
+                "excludeByName": {"Time": True, ref["state"]: True, ref["version"]: True},
+                "renameByName": {
+                    ref[n]: n
+                    for n, _, unit in _NODE_COLUMNS
+                    if unit  # the figures
+                },
+                "indexByName": {name: i for i, name in enumerate(order)},
+            },
+        )
+    )
+    props: dict[str, dict[str, Any]] = {
+        name: {"unit": unit, "decimals": 0 if unit == "none" else 1}
+        for name, _, unit in _NODE_COLUMNS
+        if unit
+    }
+    props["state"] = {
+        "custom.cellOptions": {"type": "color-background"},
+        "mappings": [_value_map(*((s, s, c) for s, c in _STATE_COLORS.items())).to_json()],
+    }
+    for name, steps in (
+        ("Lag", ((None, "green"), (2, "yellow"), (5, "red"))),
+        ("Last beat", ((None, "green"), (30, "yellow"), (180, "red"))),
+    ):
+        props[name]["custom.cellOptions"] = {"type": "color-text"}
+        props[name]["thresholds"] = _thresholds(*steps).build().to_json()
+    overrides: list[cogbuilder.Builder[model.DashboardFieldConfigSourceOverrides]] = [
+        _override(name, **p) for name, p in props.items()
+    ]
+    return (
+        panel.overrides(overrides)
+        .data_links([dash.DashboardLink("Node dashboard").url(NODE_LINK)])
+        .height(10)
+        .span(24)
+    )
+
+
+def _head_delay(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
+    """How late nodes learn each new head: the aggregator's head_delay_seconds histogram."""
+    rate = f"rate(fil_heartbeat_head_delay_seconds_bucket{{{NET}}}[$__rate_interval])"
+    d = d.with_row(dash.Row("Head propagation").id(ids()).datasource(DS))
+    d = d.with_panel(
+        heatmap.Panel()
+        .id(ids())
+        .title("Head delay")
+        .description(
+            "HeadSeenAt - HeadTimestamp of every node for every new head: when each agent "
+            "learned the head, after the tipset's timestamp."
+        )
+        .datasource(DS)
+        .with_target(
+            _q(
+                f"sum by (le) (increase(fil_heartbeat_head_delay_seconds_bucket{{{NET}}}"
+                f"[$__rate_interval]))",
+                "{{le}}",
+            ).format(prom_model.PromQueryFormat.HEATMAP)
+        )
+        .calculate(False)
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
+        .y_axis(heatmap.YAxisConfig().unit("s"))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(heatmap_model.HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+        )
+        .height(8)
+        .span(12)
+    )
+    return d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Head delay percentiles")
+            .datasource(DS)
+            .unit("s")
+            .min(0)
+            .height(8)
+            .span(12),
+            [
+                (
+                    f"histogram_quantile({q}, sum by (network, le) ({rate}))",
+                    f"{{{{network}}}} p{int(q * 100)}",
+                )
+                for q in (0.5, 0.9, 0.99)
+            ],
+        )
+    )
+
+
+_AGENTS_UP = 'up{job="fil-heartbeat-agents"}'
+_AGENT_DOWN_STATES = 'state=~"unreachable|unauthorized|no_head"'
+
+
+def _fleet_agents(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
+    """Every agent from its own /metrics (job fil-heartbeat-agents, `--metrics-listen`)."""
+    agent = "{{nickname}} {{instance}}"
+    d = d.with_row(dash.Row("Agents").id(ids()).datasource(DS))
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Agents scraped",
+            f"sum({_AGENTS_UP}) or vector(0)",
+            steps=((None, "blue"),),
+            description="Agents Prometheus scrapes (job fil-heartbeat-agents).",
+        ).span(8)
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Agents not answering",
+            f"count({_AGENTS_UP} == 0) or vector(0)",
+            steps=((None, "green"), (1, "red")),
+            description="Down for 5m is FilAgentDown.",
+        ).span(8)
+    )
+    d = d.with_panel(
+        _stat(
+            ids,
+            "Agents without a head",
+            "count(max without (state) "
+            f"(fil_heartbeat_agent_source_state{{{_AGENT_DOWN_STATES}}}) == 1) or vector(0)",
+            steps=((None, "green"), (1, "red")),
+            description="Lotus unreachable, refusing the token or without a head; "
+            "5m is FilAgentSourceDown.",
+        ).span(8)
+    )
+    d = d.with_panel(
+        _source_state_timeline(
+            ids,
+            "Head source of each agent",
+            _source_state_code("fil_heartbeat_agent_source_state", "", "instance, nickname"),
+            agent,
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Lotus RPC errors by kind")
+            .datasource(DS)
+            .unit("reqps")
+            .min(0)
+            .height(8)
+            .span(8),
+            [
+                (
+                    "sum by (kind) "
+                    "(rate(fil_heartbeat_agent_lotus_rpc_errors_total[$__rate_interval]))",
+                    "{{kind}}",
+                )
+            ],
+        )
+    )
+    d = d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Lotus RPC latency p90 by method")
+            .datasource(DS)
+            .unit("s")
+            .min(0)
+            .height(8)
+            .span(8),
+            [
+                (
+                    "histogram_quantile(0.9, sum by (method, le) "
+                    "(rate(fil_heartbeat_agent_lotus_rpc_duration_seconds_bucket"
+                    "[$__rate_interval])))",
+                    "{{method}}",
+                )
+            ],
+        )
+    )
+    return d.with_panel(
+        _targets(
+            ts.Panel()
+            .id(ids())
+            .title("Head age at each agent")
+            .datasource(DS)
+            .description("Seconds since the timestamp of the head the agent's Lotus gave it.")
+            .unit("s")
+            .min(0)
+            .height(8)
+            .span(8),
+            [("fil_heartbeat_agent_head_age_seconds", agent)],
+        )
+    )
 
 
 def _ingest_workers(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
@@ -515,15 +799,155 @@ def _ingest_workers(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
     return d
 
 
-def _node_variable() -> dash.QueryVariable:
-    return (
-        dash.QueryVariable("node")
-        .label("Node (peer id)")
+def _pick(name: str, label: str, query: str, *, include_all: bool) -> dash.QueryVariable:
+    v = (
+        dash.QueryVariable(name)
+        .label(label)
         .datasource(DS)
-        .query(f"label_values(fil_heartbeat_node_up{{{NET}}}, peer_id)")
+        .query(query)
         .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(model.VariableSort.ALPHABETICAL_ASC)
     )
+    if include_all:
+        v = (
+            v.include_all(True)
+            .all_value(".*")
+            .current(model.VariableOption(text="All", value="$__all"))
+        )
+    return v
+
+
+#: The agent whose target label `nickname` is the picked node's nickname (prometheus.yml:
+#: label each agent target with the nickname its agent beats with). A node without a
+#: nickname has no agent here: an empty nickname would match every unlabelled target.
+AGENT_QUERY = (
+    'query_result(max by (instance) (up{job="fil-heartbeat-agents"} * on (nickname) '
+    'group_left () max by (nickname) (fil_heartbeat_node_info{peer_id="$node", nickname!=""})))'
+)
+
+
+def _node_variables(d: dash.Dashboard) -> dash.Dashboard:
+    """Pick a node by nickname and miner (both may stay All), then by peer id, which the
+    queries use; `agent` follows the node."""
+    info = "fil_heartbeat_node_info"
+    return (
+        d.with_variable(
+            _pick(
+                "nickname",
+                "Nickname",
+                f"label_values({info}{{{NET}}}, nickname)",
+                include_all=True,
+            )
+        )
+        .with_variable(
+            _pick(
+                "miner",
+                "Miner",
+                f'label_values({info}{{{NET}, nickname=~"$nickname"}}, miner)',
+                include_all=True,
+            )
+        )
+        .with_variable(
+            _pick(
+                "node",
+                "Node (peer id)",
+                f'label_values({info}{{{NET}, nickname=~"$nickname", miner=~"$miner"}}, peer_id)',
+                include_all=False,
+            )
+        )
+        .with_variable(
+            _pick("agent", "Agent (metrics target)", AGENT_QUERY, include_all=False).regex(
+                '/instance="([^"]+)"/'
+            )
+        )
+    )
+
+
+def _node_agent(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
+    """The node's agent from its own /metrics (variable `agent`)."""
+    agent = 'instance="$agent"'
+    d = d.with_row(dash.Row("Agent ($agent)").id(ids()).datasource(DS))
+    d = d.with_panel(
+        stat.Panel()
+        .id(ids())
+        .title("Agent scraped")
+        .datasource(DS)
+        .description(
+            "Prometheus reaches the agent's --metrics-listen (job fil-heartbeat-agents). No "
+            "agent listed: label its target with the node's nickname (prometheus.yml)."
+        )
+        .with_target(_q(f'up{{job="fil-heartbeat-agents", {agent}}}'))
+        .mappings([_value_map(("0", "down", "red"), ("1", "up", "green"))])
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .height(6)
+        .span(4)
+    )
+    d = d.with_panel(
+        _source_state_timeline(
+            ids,
+            "Head source (the agent's own view)",
+            _source_state_code("fil_heartbeat_agent_source_state", agent, "instance"),
+            "{{instance}}",
+        ).span(20)
+    )
+    rate = "[$__rate_interval]"
+    panels: list[tuple[str, str, list[tuple[str, str]]]] = [
+        (
+            "Lotus RPC errors by kind",
+            "reqps",
+            [
+                (
+                    f"sum by (kind) (rate(fil_heartbeat_agent_lotus_rpc_errors_total{{{agent}}}"
+                    f"{rate}))",
+                    "{{kind}}",
+                )
+            ],
+        ),
+        (
+            "Lotus RPC latency by method",
+            "s",
+            [
+                (
+                    f"histogram_quantile({q}, sum by (method, le) "
+                    f"(rate(fil_heartbeat_agent_lotus_rpc_duration_seconds_bucket{{{agent}}}"
+                    f"{rate})))",
+                    f"{{{{method}}}} p{int(q * 100)}",
+                )
+                for q in (0.5, 0.99)
+            ],
+        ),
+        (
+            "Head age at the agent",
+            "s",
+            [(f"fil_heartbeat_agent_head_age_seconds{{{agent}}}", "head age")],
+        ),
+        (
+            "Beats sent per target",
+            "reqps",
+            [
+                (
+                    f"sum by (target) (rate(fil_heartbeat_agent_beats_sent_total{{{agent}}}"
+                    f"{rate}))",
+                    "{{target}}",
+                )
+            ],
+        ),
+    ]
+    for title, unit, queries in panels:
+        d = d.with_panel(
+            _targets(
+                ts.Panel()
+                .id(ids())
+                .title(title)
+                .datasource(DS)
+                .unit(unit)
+                .min(0)
+                .height(8)
+                .span(12),
+                queries,
+            )
+        )
+    return d
 
 
 def node_detail() -> dash.Dashboard:
@@ -532,8 +956,9 @@ def node_detail() -> dash.Dashboard:
     d = _base(
         "fil-heartbeat node",
         "fil-heartbeat-node",
-        "One Filecoin node as the fil-heartbeat aggregators see it.",
-    ).with_variable(_node_variable())
+        "One Filecoin node as the fil-heartbeat aggregators see it, and its agent.",
+    )
+    d = _node_variables(d)
     d = d.with_panel(
         stat.Panel()
         .id(ids())
@@ -610,6 +1035,14 @@ def node_detail() -> dash.Dashboard:
         .span(24)
     )
     d = d.with_panel(
+        _source_state_timeline(
+            ids,
+            "Head source (as its beats report it)",
+            _source_state_code("fil_heartbeat_node_source_state", NODE, "peer_id, nickname"),
+            "{{nickname}}",
+        )
+    )
+    d = d.with_panel(
         _targets(
             ts.Panel()
             .id(ids())
@@ -630,6 +1063,10 @@ def node_detail() -> dash.Dashboard:
                     f"fil_heartbeat:network_expected_height:max and on (network) "
                     f"fil_heartbeat:node_up:max{{{NODE}}}",
                     "{{network}} expected",
+                ),
+                (
+                    'max(fil_heartbeat_agent_head_height{instance="$agent"})',
+                    "its agent's Lotus",
                 ),
             ],
         )
@@ -706,7 +1143,7 @@ def node_detail() -> dash.Dashboard:
         .height(6)
         .span(24)
     )
-    return d
+    return _node_agent(d, ids)
 
 
 def _to_json(builder: cogbuilder.Builder[Any]) -> str:
