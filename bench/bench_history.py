@@ -13,12 +13,15 @@ Usage: python -m bench.bench_history [--nodes 10000] [--transitions-per-day 4] [
    first tick of a slot (every node samples its height), and the fleet snapshot it reads; the
    flush after a slot's first tick (every node's chunk rewritten).
 4. One node's history over 30 days (the API's query).
+5. Memory (tracker marks, an hour's open chunks, the uptime cache) and what `uptime` adds to
+   `/api/v1/nodes`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import random
@@ -26,9 +29,11 @@ import sqlite3
 import statistics
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from aggregator.history import (
     EPOCH,
@@ -239,6 +244,40 @@ def one_history(nodes: int, workdir: Path) -> None:
     store.close()
 
 
+def memory_and_json(nodes: int, workdir: Path) -> None:
+    from aggregator.http import node_json
+
+    hour = float(T0)  # an hour boundary
+    fleet = sample_fleet(nodes, hour)
+    snap = fleet.snapshot(hour + 1)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    service = HistoryService(HistoryStore(workdir / "memory.db"), lambda: snap)
+    for k in range(HOUR_SLOTS):  # a full hour of samples in the open chunks
+        service.observe(dataclasses.replace(snap, taken_at=hour + k * EPOCH + 1))
+        service._batch = Batch()
+    held = tracemalloc.get_traced_memory()[0] - base
+    service.uptime = uptime_table(
+        {"24h": {}, "7d": {}, "30d": {}}, service.tracker.marks, hour + DAY
+    )
+    cached = tracemalloc.get_traced_memory()[0] - base - held
+    tracemalloc.stop()
+    print(f"5. memory at {nodes} nodes: tracker marks, an hour's open chunks {held / 1e6:.1f} MB,")
+    print(f"   the uptime cache {cached / 1e6:.1f} MB")
+
+    def provider(peer_id: str) -> dict[str, Any]:
+        return service.uptime[peer_id]
+
+    def dump(uptime: Callable[[str], dict[str, Any]] | None) -> int:
+        return len(json.dumps([node_json(v, uptime) for v in snap.nodes]))
+
+    plain, with_uptime = timed(lambda: dump(None), 3), timed(lambda: dump(provider), 3)
+    print(
+        f"   /api/v1/nodes body: {dump(None) / 1e6:.1f} MB in {ms(plain)}; with uptime "
+        f"{dump(provider) / 1e6:.1f} MB in {ms(with_uptime)}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10_000)
@@ -251,6 +290,7 @@ def main() -> None:
         uptime_refresh(args.nodes, args.transitions_per_day, args.days, workdir)
         tracker_cost(args.nodes, workdir)
         one_history(args.nodes, workdir)
+        memory_and_json(args.nodes, workdir)
 
 
 if __name__ == "__main__":
