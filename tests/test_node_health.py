@@ -314,7 +314,7 @@ def test_genesis_less_nodes_stay_unknown_whatever_they_report() -> None:
 def test_networks_nobody_is_in_lose_their_histogram_and_propagation_at_expiry() -> None:
     fleet = fleet_of("a")
     fleet.on_beat("a", beat(100, head_seen_at=seen(100, 1.0)), T0)
-    fleet.on_beat("a", beat(101, genesis=DEVNET, head_seen_at=seen(101, 1.0)), T0 + 3)
+    fleet.on_beat("a", beat(101, "y", genesis=DEVNET, head_seen_at=seen(101, 1.0)), T0 + 3)
     assert set(fleet.snapshot(T0 + 4).head_delays) == {"mainnet", "bafy2bza…2345"}
     assert fleet.propagation.networks() == sorted([MAIN, DEVNET])
     fleet.expire(T0 + 5)
