@@ -21,7 +21,7 @@ from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
 from heartbeat.agent.targets import parse_target
 from heartbeat.net.p2p import StreamClosed, load_or_create_identity, running_host
 from heartbeat.protocol.wire import Beat
-from heartbeat.version import AGENT_VERSION
+from heartbeat.version import AGENT_VERSION, STATIC_MARKER
 from tests.helpers import eventually
 from tests.receiver import Receiver
 
@@ -98,7 +98,7 @@ async def test_beats_decode_to_the_static_head(tmp_path: Path) -> None:
         assert beat.height == 4242
         assert beat.nickname == "alpha"
         assert beat.miner_address == "f01234"
-        assert beat.version == AGENT_VERSION
+        assert beat.version == AGENT_VERSION + STATIC_MARKER  # a static head says so
     # Paced by the 200 ms period, never in a burst: the drift-free timer writes beat
     # k no earlier than k periods after the first, so the last arrival bounds the
     # count from below whatever the machine's load (which only delays beats). The

@@ -8,7 +8,11 @@ import math
 import trio
 import trio.testing
 
+from aggregator.alerts.rules import AlertEvaluator, TransitionKind
+from aggregator.fleet import Fleet
 from heartbeat.agent.sources import DEFAULT_SIMULATED_GENESIS_TIMESTAMP, SimulatedChain
+from heartbeat.protocol.wire import Beat
+from heartbeat.version import AGENT_VERSION, STATIC_MARKER, is_static
 
 #: Wall-clock seconds at trio time 0 of the fake clock.
 WALL0 = DEFAULT_SIMULATED_GENESIS_TIMESTAMP + 333_333 * 30 + 17.0
@@ -93,3 +97,58 @@ async def test_a_restarted_agent_is_not_behind(autojump_clock: trio.testing.Mock
         )
         assert steady.latest.height > steady.start_height + 100  # an hour of 30 s epochs
         nursery.cancel_scope.cancel()
+
+
+def _static_beat(version: str) -> Beat:
+    return Beat(
+        head="{bafy2bzaceaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}",
+        height=1000,
+        nickname="trial",
+        miner_address="",
+        genesis_cid=None,
+        head_timestamp=None,
+        syncing=False,
+        version=version,
+    )
+
+
+def _stall_alerts(versions: list[str], minutes: float = 20.0) -> set[tuple[str, str]]:
+    """Nodes beating one fixed head every 3 s for `minutes`: the (alert, peer) that fired."""
+    fleet = Fleet()
+    peers = [f"12D3KooW{i}" for i in range(len(versions))]
+    for p in peers:
+        fleet.on_connect(p, "", 0.0)
+    evaluator = AlertEvaluator()
+    fired: set[tuple[str, str]] = set()
+    t = 0.0
+    while t <= minutes * 60:
+        for p, version in zip(peers, versions, strict=True):
+            fleet.on_beat(p, _static_beat(version), t)
+        if t % 5 == 0:
+            for tr in evaluator.evaluate(fleet.snapshot(t)):
+                if tr.kind is TransitionKind.FIRED:
+                    fired.add((tr.alert.alertname, tr.alert.labels.get("peer_id", "")))
+        t += 3.0
+    return fired
+
+
+STATIC = AGENT_VERSION + STATIC_MARKER
+
+
+def test_static_heads_fire_no_stall_alert() -> None:
+    assert is_static(STATIC) and not is_static(AGENT_VERSION) and not is_static(None)
+    assert _stall_alerts([STATIC, STATIC]) == set()
+
+
+def test_the_same_heads_without_the_marker_fire_both_stall_alerts() -> None:
+    assert _stall_alerts([AGENT_VERSION]) == {
+        ("FilNodeHeadStalled", "12D3KooW0"),
+        ("FilFleetHeightStalled", ""),
+    }
+
+
+def test_a_real_node_beside_a_static_one_still_makes_the_fleet_stall() -> None:
+    assert _stall_alerts([STATIC, AGENT_VERSION]) == {
+        ("FilNodeHeadStalled", "12D3KooW1"),
+        ("FilFleetHeightStalled", ""),
+    }

@@ -46,6 +46,7 @@ from aggregator.alerts.model import (
 from aggregator.alerts.settings import AlertingSettings, alerting_settings
 from aggregator.fleet import FleetSnapshot, NetworkView, NodeState, NodeView
 from heartbeat.common.durations import format_duration
+from heartbeat.version import is_static
 
 __all__ = [
     "ALERT_SEVERITIES",
@@ -196,7 +197,7 @@ class AlertEvaluator:
             yield from self._source_down(v, now)
             return  # no usable head: lagging and stalled say nothing about it
         unchanged = now - v.head_changed_at
-        if unchanged > p.head_stalled_after:
+        if unchanged > p.head_stalled_after and not is_static(v.version):  # static: by design
             yield _node(
                 "FilNodeHeadStalled",
                 v,
@@ -242,7 +243,9 @@ class AlertEvaluator:
         critical = ALERT_ESCALATIONS[name]
         yield _node(name, v, 1.0, summary, description, p.for_duration(name, critical), critical)
 
-    def _network_conditions(self, n: NetworkView, now: float) -> Iterable[_Condition]:
+    def _network_conditions(
+        self, n: NetworkView, now: float, static_only: bool = False
+    ) -> Iterable[_Condition]:
         p = self.policy
         if n.height is not None:
             last = self._heights.get(n.key)
@@ -250,7 +253,7 @@ class AlertEvaluator:
                 self._heights[n.key] = (n.height, now)
             else:
                 unchanged = now - last[1]
-                if unchanged >= p.fleet_stalled_after:
+                if unchanged >= p.fleet_stalled_after and not static_only:
                     yield _net(
                         "FilFleetHeightStalled",
                         n,
@@ -293,8 +296,10 @@ class AlertEvaluator:
                 continue
             for c in self._node_conditions(v, now):
                 out[c.key] = c
+        # A network whose every node has a static head (a trial) never moves: not a stall.
+        moving = {v.network_key for v in snapshot.nodes if not is_static(v.version)}
         for n in snapshot.networks.values():
-            for c in self._network_conditions(n, now):
+            for c in self._network_conditions(n, now, n.key not in moving):
                 out[c.key] = c
         for key in [k for k in self._heights if k not in snapshot.networks]:
             del self._heights[key]

@@ -54,7 +54,7 @@ from heartbeat.net.p2p import (
     restore_libp2p_logging,
     running_host,
 )
-from heartbeat.version import __version__
+from heartbeat.version import AGENT_VERSION, STATIC_MARKER, __version__
 
 __all__ = [
     "build_parser",
@@ -233,6 +233,8 @@ async def run_agent(
     key_pair = await trio.to_thread.run_sync(load_or_create_identity, config.identity_file)
     head_source = make_head_source(config)
     rng = random.Random()
+    # a static head never moves: said in Version, so the aggregator's stall alerts stay quiet
+    version = AGENT_VERSION + (STATIC_MARKER if config.head_source == "static" else "")
     # The agent dials a known address and protocol: identifying the aggregator buys nothing.
     async with running_host(key_pair, identify_peers=False) as host:
         connector = Libp2pConnector(host)
@@ -250,6 +252,7 @@ async def run_agent(
                 error_log_period=config.error_log_period,
                 rand=rng.random,
                 status=lambda: head_source.status,
+                version=version,
             )
             for target in config.targets
         ]
