@@ -345,3 +345,36 @@ def test_alertmanager_labels_match_the_prometheus_rules() -> None:
     assert same["annotations"]["aggregator"] == "agg-a"
     (kept,) = alertmanager_payload([_alert()], same_labels_as_prometheus=False)
     assert kept["labels"]["aggregator"] == "agg-a"
+
+
+# --- --runbook-base-url -------------------------------------------------------------------------
+
+
+def test_runbook_base_url_from_flag_env_and_toml(tmp_path: Path) -> None:
+    from aggregator.__main__ import parse_args
+
+    _, config = parse_args(["run", "--runbook-base-url", "https://git.example/fh/"], env={})
+    assert config.runbook_base_url == "https://git.example/fh"
+    env = {"FIL_HEARTBEAT_AGGREGATOR_RUNBOOK_BASE_URL": "https://env.example/x"}
+    assert parse_args(["run"], env=env)[1].runbook_base_url == "https://env.example/x"
+    toml = tmp_path / "a.toml"
+    toml.write_text('runbook_base_url = "https://toml.example"\n')
+    assert parse_args(["run", "--config", str(toml)], env={})[1].runbook_base_url == (
+        "https://toml.example"
+    )
+    assert parse_args(["run"], env={})[1].runbook_base_url == ""
+    with pytest.raises(ConfigError) as info:
+        parse_args(["run", "--runbook-base-url", "git.example/fh"], env={})
+    assert info.value.setting == "--runbook-base-url / FIL_HEARTBEAT_AGGREGATOR_RUNBOOK_BASE_URL"
+
+
+def test_a_receivers_env_secret_is_checked_at_parse_time(tmp_path: Path) -> None:
+    from aggregator.__main__ import parse_args
+
+    toml = tmp_path / "a.toml"
+    toml.write_text('[alerts]\n[[alerts.receivers]]\ntype = "pagerduty"\nrouting_key_env = "PD"\n')
+    with pytest.raises(ConfigError) as info:
+        parse_args(["run", "--config", str(toml)], env={})
+    assert info.value.setting == "alerts.receivers[0].routing_key_env"
+    _, config = parse_args(["run", "--config", str(toml)], env={"PD": "key"})
+    assert config.alerts["receivers"][0]["routing_key_env"] == "PD"
