@@ -130,10 +130,13 @@ class Uptime(NamedTuple):
     excluded_seconds: float  # the rest of the window: aggregator gaps, before history
 
     def as_json(self) -> dict[str, float | None]:
+        """Fractions to 6 decimals (0.0001 %: 2.6 s of 30 days), whole seconds: short floats
+        serialise fast, and every node in `/api/v1/nodes` carries three of these."""
+        a, h = self.available, self.healthy
         return {
-            "available": self.available,
-            "healthy": self.healthy,
-            "excluded_seconds": round(self.excluded_seconds, 3),
+            "available": None if a is None else round(a, 6),
+            "healthy": None if h is None else round(h, 6),
+            "excluded_seconds": round(self.excluded_seconds),
         }
 
 
