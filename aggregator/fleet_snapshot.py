@@ -66,8 +66,8 @@ def take_snapshot(
     )
 
 
-#: Per network key: reported network name -> (up nodes reporting it, down nodes reporting it).
-_Reported = dict[str, dict[str, list[int]]]
+#: Per network key: reported network name -> how many nodes report it.
+_Reported = dict[str, dict[str, int]]
 
 
 def _liveness(
@@ -89,14 +89,12 @@ def _liveness(
             continue
         key = n.net_key
         name = n.network_name
-        if name is not None and key != UNKNOWN_NETWORK:
+        if name is not None and is_up:
             per_key = reported.get(key)
             if per_key is None:
-                per_key = reported[key] = {}
-            tally = per_key.get(name)
-            if tally is None:
-                tally = per_key[name] = [0, 0]
-            tally[0 if is_up else 1] += 1
+                reported[key] = {name: 1}
+            else:
+                per_key[name] = per_key.get(name, 0) + 1
         if n.source_down:
             continue  # up or not, no head to vote with
         by_net[key].append(n)
@@ -105,22 +103,32 @@ def _liveness(
     return up, timeouts, by_net, top, reported
 
 
-def _names(nodes: Mapping[str, Node], reported: _Reported) -> dict[str, str]:
+def _names(nodes: Mapping[str, Node], up_reported: _Reported) -> dict[str, str]:
     """The display name of every network key the nodes are in (see the module doc)."""
-    names: dict[str, str] = {}
-    for key in {n.net_key for n in nodes.values()}:
-        tallies = reported.get(key)
+    keys = {n.net_key for n in nodes.values()}
+    keys.discard(UNKNOWN_NETWORK)  # genesis-less nodes of any network: no name to trust
+    quiet = keys - up_reported.keys()
+    down_reported: _Reported = {}
+    if quiet:  # no up node names these: what their down ones said (a second pass, rare)
+        for n in nodes.values():
+            name = n.network_name
+            if name is not None and n.graduated and n.net_key in quiet:
+                per_key = down_reported.setdefault(n.net_key, {})
+                per_key[name] = per_key.get(name, 0) + 1
+    names = {UNKNOWN_NETWORK: network_name(UNKNOWN_NETWORK)}
+    for key in keys:
+        tallies = up_reported.get(key) or down_reported.get(key)
         best = None
         if tallies:
-            # most up nodes, then most down ones, then the smallest name: deterministic
-            best = min(tallies.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[0]
+            # the most nodes, then the smallest name: deterministic
+            best = min(tallies.items(), key=lambda kv: (-kv[1], kv[0]))[0]
         names[key] = display_name(key, best)
     seen: dict[str, list[str]] = defaultdict(list)
     for key, name in names.items():
         seen[name].append(key)
-    for name, keys in seen.items():
-        if len(keys) > 1:
-            for key in keys:
+    for name, sharing in seen.items():
+        if len(sharing) > 1:
+            for key in sharing:
                 if key != UNKNOWN_NETWORK and name != network_name(key):
                     names[key] = f"{name} ({short_cid(key)})"
     return names
