@@ -85,6 +85,8 @@ class LotusHeadSource(NetworkFacts):
         setting: str = "FULLNODE_API_INFO",
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
+        client_factory: Callable[[ApiInfo, float, RpcStats], LotusClient] = LotusClient,
+        notify: Callable[..., Awaitable[None]] = chain_notify,
         rand: Callable[[], float] = random.random,
         logger: logging.Logger = log,
     ) -> None:
@@ -101,6 +103,8 @@ class LotusHeadSource(NetworkFacts):
         self.retry_max = retry_max
         self.setting = setting
         self.rpc_stats = RpcStats()
+        self._new_client = client_factory  # tests pass fakes (trio's fake clock, no sockets)
+        self._notify = notify
         self._clock = clock
         self._wall_clock = wall_clock
         self._rand = rand
@@ -171,10 +175,9 @@ class LotusHeadSource(NetworkFacts):
             self._listeners.fire()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._clients = [LotusClient(info, self.timeout, self.rpc_stats) for info in self._full]
-        self._miner_clients = [
-            LotusClient(info, self.timeout, self.rpc_stats) for info in self._miner
-        ]
+        new = self._new_client
+        self._clients = [new(info, self.timeout, self.rpc_stats) for info in self._full]
+        self._miner_clients = [new(info, self.timeout, self.rpc_stats) for info in self._miner]
         try:
             async with trio.open_nursery() as nursery:
                 first_done = trio.Event()
@@ -387,7 +390,7 @@ class LotusHeadSource(NetworkFacts):
             info = self._full[self._index]
             idle = 10 * self.block_delay if self.block_delay else 300.0
             try:
-                await chain_notify(info, self._on_changes, timeout=self.timeout, idle_timeout=idle)
+                await self._notify(info, self._on_changes, timeout=self.timeout, idle_timeout=idle)
             except HeadSourceError as exc:
                 was_subscribed = self._subscribed
                 self._subscribed = False
