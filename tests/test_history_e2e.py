@@ -156,6 +156,10 @@ def test_history_csv_uptime_and_a_sigkill_gap(tmp_path: Path) -> None:
         # the gap is left out of the uptime: excluded, not down
         assert history["uptime"]["excluded_seconds"] >= gap["to"] - gap["from"]
         assert history["uptime"]["available"] > 0.5
+        # SIGTERM: the final flush marks the run alive until the stop
+        stopping = time.time()
+        assert agg.stop() == 0
+        assert _alive_until(db) >= stopping
     finally:
         agg.stop()
         agents.result(timeout=60)

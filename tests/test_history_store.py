@@ -263,3 +263,26 @@ async def test_service_prunes_on_its_timer(
     assert states == ["lagging", "down", UNKNOWN]
     runs = _rows(path, "SELECT count(*) FROM history_runs")
     assert runs == [(2,)]  # the old run was alive past the horizon: its gap is still shown
+
+
+async def test_the_final_flush_writes_what_the_timer_did_not(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "state.db"
+    fleet = Fleet()
+    service = HistoryService(
+        HistoryStore(path),
+        lambda: fleet.snapshot(T0 + trio.current_time()),
+        flush_interval=3600.0,  # only the first flush (at start) and the last one
+        clock=lambda: T0 + trio.current_time(),
+        run_sync=inline,
+    )
+
+    async def beat_once() -> None:
+        fleet.on_connect("a", "10.0.0.1", T0 + trio.current_time())
+        fleet.on_beat("a", beat(7), T0 + trio.current_time())
+        await trio.sleep(3)
+
+    await _run_service(service, beat_once)
+    assert _rows(path, "SELECT state FROM history_transitions") == [("in_consensus",)]
+    assert _rows(path, "SELECT started, alive_until FROM history_runs") == [(T0, T0 + 3)]
