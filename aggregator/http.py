@@ -7,7 +7,9 @@ i.e. the libp2p listener is up), `/api/v1/nodes`, `/api/v1/nodes/{peer_id}`, `/a
 (the ingest workers: index, pid, up, connections, restarts, beats accepted; worker 0 only
 without `--workers`), `/api/v1/propagation?network=<key>&epochs=30` (who saw each recent
 tipset how late: aggregator/propagation_api.py) and `/nodes` (the original aggregator's JSON
-list of peer ids: here the peers that are up).
+list of peer ids: here the peers that are up). With the history plugged in (`history`,
+aggregator/history_api.py, asked first): `/api/v1/nodes/{peer_id}/history`, `.../history.csv`
+and `/api/v1/uptime.csv`, and each node's `uptime`.
 
 `/api/v1/feed` (WebSocket, when the app hands over its bus; 404 otherwise, and 426 to a plain
 GET): a live feed of the bus's events, one JSON object per message (`{"type": "beat" |
