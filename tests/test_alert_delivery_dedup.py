@@ -4,10 +4,10 @@ The shipped Prometheus rules (`for` shortened, tests/promservers.py) and the agg
 built-in alerter (`--alertmanager-url`, default `alertmanager_labels = "prometheus"`) both
 raise FilNodeDown for a stopped agent. The built-in alert carries exactly the labels the rule
 gives it, so Alertmanager holds one alert and its webhook (a counting HTTP server here) gets
-one firing notification with one alert in it, not two. Both run with a runbook base URL
-(Prometheus: the external label runbook_base_url, dropped from the alerts as the example
-prometheus.yml does; the aggregator: --runbook-base-url): the runbook links are absolute in
-both. Every process is stopped in a `finally`.
+one firing notification with one alert in it, not two, then one recovery. Both run with a
+runbook base URL (Prometheus: the external label runbook_base_url, dropped from the alerts
+as the example prometheus.yml does; the aggregator: --runbook-base-url): the runbook links
+are absolute in both. Every process is stopped in a `finally`.
 """
 
 from __future__ import annotations
@@ -228,3 +228,16 @@ def test_prometheus_and_built_in_alerts_make_one_notification(tmp_path: Path) ->
                 and 'kind="alertmanager"' in line
             ]
             assert sent and float(sent[0].rsplit(" ", 1)[1]) >= 2  # fired + resends
+            # alpha back: both resolve, and the receiver hears of the recovery
+            with process(alpha_args, tmp_path / "alpha2.log"):
+                poll(lambda: peer_of(http_url, "alpha") == alpha, what="alpha to return")
+
+                def recovered() -> bool:
+                    return any(b["status"] == "resolved" for b in _node_down_notices(bodies, alpha))
+
+                poll(recovered, what="the recovery notification")
+                time.sleep(4.0)
+            notices = _node_down_notices(bodies, alpha)
+            assert [b["status"] for b in notices] == ["firing", "resolved"], json.dumps(
+                notices, indent=1
+            )[:3000]
