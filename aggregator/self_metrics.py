@@ -6,6 +6,7 @@ monitor keep; `SelfFrame` is those values copied at one instant, to render in an
 
 from __future__ import annotations
 
+import os
 import platform
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +34,7 @@ __all__ = [
     "GcLike",
     "SelfCollector",
     "SelfFrame",
+    "process_usage",
 ]
 
 #: Reasons the ingest refuses a peer with; pre-initialised (others appear when first used).
@@ -156,6 +158,7 @@ class SelfCollector(Collector):
             gc_sum=g.sum if g else 0.0,
             alerts=self.firing_alerts(),
             workers=self._workers(c),
+            worker_processes=self._worker_processes(),
         )
 
     def _workers(self, c: CountersLike | None) -> list[tuple[str, bool, int, int]]:
@@ -165,6 +168,18 @@ class SelfCollector(Collector):
             (str(w["index"]), bool(w["up"]), int(w["connections"]), int(w["restarts"]))
             for w in self.workers_provider()
         ]
+
+    def _worker_processes(self) -> list[tuple[str, float, float]]:
+        """(worker, resident bytes, CPU seconds) of each worker process (`--workers N`);
+        without workers, `process_*` describes the one process."""
+        if self.workers_provider is None:
+            return []
+        out = []
+        for w in self.workers_provider():
+            usage = process_usage(w.get("pid"))
+            if usage is not None:
+                out.append((str(w["index"]), *usage))
+        return out
 
     def collect(self) -> Iterator[Metric]:
         f = getattr(self._pinned, "frame", None) or self.frame()
@@ -258,6 +273,21 @@ class SelfCollector(Collector):
         yield up
         yield conns
         yield restarts
+        rss = GaugeMetricFamily(
+            PREFIX + "worker_resident_memory_bytes",
+            "Resident memory of each ingest worker process (--workers N).",
+            labels=["worker"],
+        )
+        cpu = CounterMetricFamily(
+            PREFIX + "worker_cpu_seconds",
+            "User and system CPU time of each ingest worker process (--workers N).",
+            labels=["worker"],
+        )
+        for worker, resident, seconds in f.worker_processes:
+            rss.add_metric([worker], resident)
+            cpu.add_metric([worker], seconds)
+        yield rss
+        yield cpu
         info = GaugeMetricFamily(
             PREFIX + "aggregator_info", "This aggregator (always 1).", labels=["peer_id", "version"]
         )
@@ -291,3 +321,25 @@ class SelfFrame:
     alerts: list[tuple[str, str]]
     #: (worker, up, connections, restarts) per ingest worker.
     workers: list[tuple[str, bool, int, int]] = field(default_factory=list)
+    #: (worker, resident bytes, CPU seconds) per worker process, with `--workers N` only.
+    worker_processes: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_usage(pid: object) -> tuple[float, float] | None:
+    """(resident bytes, user + system CPU seconds) of process `pid` from /proc (Linux), or
+    None (no such process, or no /proc). A read of procfs: no disk, microseconds."""
+    if not isinstance(pid, int):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # after the command name, which may hold spaces and parentheses: the 3rd field on
+    fields = text[text.rfind(b")") + 2 :].split()
+    utime, stime, rss = int(fields[11]), int(fields[12]), int(fields[21])
+    return float(rss * _PAGE), (utime + stime) / _TICKS

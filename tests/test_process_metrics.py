@@ -20,6 +20,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from aggregator.metrics import create_metrics
+from aggregator.self_metrics import process_usage
 from tests.helpers import eventually_blocking
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +147,60 @@ def test_aggregator_metrics_exports_its_process(tmp_path: Path) -> None:
     # the HTTP URL, printed on stdout once everything listens
     with running(args, tmp_path / "agg.log", r"(?m)^http://(127\.0\.0\.1:\d+)$") as run:
         assert_describes(scrape(run.metrics_url), run)
+
+
+@pytest.mark.integration
+def test_aggregator_with_workers_exports_each_workers_memory_and_cpu(tmp_path: Path) -> None:
+    """process_* describes worker 0; fil_heartbeat_worker_* each worker process."""
+    args = [
+        sys.executable,
+        "-m",
+        "aggregator",
+        "run",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--identity-file",
+        str(tmp_path / "agg.key"),
+        "--state-db",
+        str(tmp_path / "agg.db"),
+    ]
+    with running(args, tmp_path / "agg.log", r"(?m)^http://(127\.0\.0\.1:\d+)$") as run:
+        base = run.metrics_url.removesuffix("/metrics")
+        workers = httpx.get(f"{base}/api/v1/workers", timeout=10).json()
+        pids = {str(w["index"]): w["pid"] for w in workers}
+        assert set(pids) == {"0", "1"} and pids["0"] == run.proc.pid
+        text = httpx.get(run.metrics_url, timeout=10).text
+        rss: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "fil_heartbeat_worker_resident_memory_bytes":
+                    rss[sample.labels["worker"]] = sample.value
+                elif sample.name == "fil_heartbeat_worker_cpu_seconds_total":
+                    cpu[sample.labels["worker"]] = sample.value
+        assert set(rss) == set(cpu) == {"0", "1"}
+        for worker, pid in pids.items():
+            held = vm_rss_bytes(pid)
+            assert held / 2 < rss[worker] < held * 2, (worker, rss[worker], held)
+            assert 0 < cpu[worker] < 600
+        assert_describes(scrape(run.metrics_url), run)  # process_* is worker 0's
+
+
+def test_process_usage_reads_proc() -> None:
+    usage = process_usage(os.getpid())
+    assert usage is not None
+    resident, seconds = usage
+    assert vm_rss_bytes(os.getpid()) / 2 < resident < vm_rss_bytes(os.getpid()) * 2
+    assert seconds > 0  # this test process has run Python for a while
+    assert process_usage(None) is None
+    assert process_usage(2**22 + 12345) is None  # above pid_max: no such process
+
+
+def test_without_workers_process_families_only() -> None:
+    body = create_metrics(lambda: None).render().decode()
+    assert "\nprocess_resident_memory_bytes " in body
+    assert "fil_heartbeat_worker_resident_memory_bytes{" not in body
