@@ -178,7 +178,14 @@ class HistoryApi:
         if live is not None and live.at <= end_at and (end is None or live.at >= end.at):
             end = live  # not flushed yet
         start = rows.start if rows is not None else None
-        up = uptime(start, since, end, end_at).as_json() if end_at > since else None
+        # before the retention's horizon the history is gone: excluded, never guessed
+        horizon = now - self.service.retention
+        if since < horizon and rows is not None:
+            start = await self.service.read(HistoryReader.mark_at, peer_id, horizon)
+        up = None
+        if end_at > since:
+            u = uptime(start, max(since, horizon), end, end_at)
+            up = u._replace(excluded_seconds=(end_at - since) - u.observed_seconds).as_json()
         transitions = list(rows.transitions) if rows is not None else []
         stored = set(transitions)
         for t in self.service.unflushed(peer_id):  # at most a flush interval's worth

@@ -44,11 +44,13 @@ log = logging.getLogger(__name__)
 
 
 def uptime_table(
-    starts: Mapping[str, Mapping[str, Mark]], marks: Mapping[str, Mark], now: float
+    starts: Mapping[str, tuple[float, Mapping[str, Mark]]], marks: Mapping[str, Mark], now: float
 ) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Per node and window, its uptime as JSON (`starts`: window -> marks at its start)."""
+    """Per node and window, its uptime as JSON. `starts`: window -> (where its data starts,
+    the marks there): the window's start, or the retention's horizon when that is later (what
+    lies before it is gone, and counted as excluded)."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
-    windows = [(name, seconds, now - seconds, starts[name]) for name, seconds in WINDOWS.items()]
+    windows = [(name, WINDOWS[name], start, at) for name, (start, at) in starts.items()]
     for peer_id, mark in marks.items():
         end = totals_at(mark, now)
         out[peer_id] = {
@@ -184,7 +186,10 @@ class HistoryService:
         marks = dict(self.tracker.marks)
 
         def compute(reader: HistoryReader) -> dict[str, dict[str, dict[str, float | None]]]:
-            starts = {name: reader.marks_at(now - s) for name, s in WINDOWS.items()}
+            starts = {}
+            for name, seconds in WINDOWS.items():
+                start = now - min(seconds, self.retention)
+                starts[name] = (start, reader.marks_at(start))
             return uptime_table(starts, marks, now)
 
         self.uptime = await self.read(compute)

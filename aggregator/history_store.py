@@ -244,6 +244,16 @@ class HistoryReader:
         """Every node's last mark at or before `t` (one index seek per node)."""
         return dict(_mark(r) for r in self.conn.execute(_MARKS, (t,)))
 
+    def mark_at(self, peer_id: str, t: float) -> Mark | None:
+        """One node's last mark at or before `t`."""
+        row = self.conn.execute(
+            "SELECT p.peer_id, t.at, t.state, t.observed, t.available, t.healthy "
+            "FROM history_peers p JOIN history_transitions t ON t.node = p.id "
+            "WHERE p.peer_id = ? AND t.at <= ? ORDER BY t.at DESC LIMIT 1",
+            (peer_id, t),
+        ).fetchone()
+        return None if row is None else _mark(row)[1]
+
     def runs(self) -> list[tuple[float, float]]:
         rows = self.conn.execute("SELECT started, alive_until FROM history_runs ORDER BY started")
         return [(float(a), float(b)) for a, b in rows]

@@ -192,7 +192,7 @@ def uptime_refresh(nodes: int, per_day: int, days: int, workdir: Path) -> None:
     for name, seconds in windows.items():
         lookups = timed(partial(reader.marks_at, now - seconds), 3)
         print(f"   marks at the {name} start, all nodes: {ms(lookups)}")
-    starts = {name: reader.marks_at(now - s) for name, s in windows.items()}
+    starts = {name: (now - s, reader.marks_at(now - s)) for name, s in windows.items()}
     arithmetic = timed(partial(uptime_table, starts, marks, now), 3)
     print(f"   the arithmetic, 3 windows x {nodes} nodes: {ms(arithmetic)}")
     reader.close()
@@ -258,7 +258,7 @@ def memory_and_json(nodes: int, workdir: Path) -> None:
         service._batch = Batch()
     held = tracemalloc.get_traced_memory()[0] - base
     service.uptime = uptime_table(
-        {"24h": {}, "7d": {}, "30d": {}}, service.tracker.marks, hour + DAY
+        {n: (hour, {}) for n in ("24h", "7d", "30d")}, service.tracker.marks, hour + DAY
     )
     cached = tracemalloc.get_traced_memory()[0] - base - held
     tracemalloc.stop()

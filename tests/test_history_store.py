@@ -14,6 +14,7 @@ import trio.testing
 
 from aggregator.fleet import Fleet, FleetPolicy
 from aggregator.history import EPOCH, HOUR_SLOTS, UNKNOWN, ChunkEncoder, Totals, Transition
+from aggregator.history_api import HistoryApi
 from aggregator.history_service import HistoryService
 from aggregator.history_store import Batch, HistoryStore
 from aggregator.store import NodeStore
@@ -286,3 +287,51 @@ async def test_the_final_flush_writes_what_the_timer_did_not(
     await _run_service(service, beat_once)
     assert _rows(path, "SELECT state FROM history_transitions") == [("in_consensus",)]
     assert _rows(path, "SELECT started, alive_until FROM history_runs") == [(T0, T0 + 3)]
+
+
+async def test_uptime_stops_at_the_retention_horizon(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "state.db"
+    store = HistoryStore(path)
+    store.start_run(T0 - 20 * DAY)
+    store.write(
+        Batch(
+            [
+                Transition("a", T0 - 20 * DAY, "in_consensus", None, Totals()),
+                Transition("a", T0 - DAY, "lagging", None, Totals(19 * DAY, 19 * DAY, 19 * DAY)),
+            ],
+            {},
+            T0 - 20 * DAY,
+            T0 - 1,
+        )
+    )
+    store.close()
+    fleet = Fleet()
+    service = HistoryService(
+        HistoryStore(path),
+        lambda: fleet.snapshot(T0 + trio.current_time()),
+        retention=2 * DAY,
+        clock=lambda: T0 + trio.current_time(),
+        run_sync=inline,
+    )
+    ups: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        ups.append(service.uptime["a"])
+        api = HistoryApi(service, lambda: fleet.snapshot(T0 + trio.current_time()))
+        history = await api.history("a", T0 - 30 * DAY, T0)
+        assert history is not None
+        ups.append(history["uptime"])
+
+    await _run_service(service, read)
+    # 30d and 7d: only the 2 days kept count (1 in consensus, 1 lagging, less the 1 s gap)
+    observed = 2 * DAY - 1
+    for window, seconds in (("30d", 30 * DAY), ("7d", 7 * DAY)):
+        assert ups[0][window] == {
+            "available": 1.0,
+            "healthy": pytest.approx(DAY / observed, abs=1e-6),
+            "excluded_seconds": seconds - observed,
+        }
+    assert ups[0]["24h"] == {"available": 1.0, "healthy": 0.0, "excluded_seconds": 1}
+    assert ups[1] == ups[0]["30d"]  # the history's own uptime over the same 30 days
