@@ -101,6 +101,9 @@ async def test_metrics_endpoint() -> None:
     assert f"fil_heartbeat_agent_streams_died_early_total{{{labels}}} 2.0" in text
     assert 'fil_heartbeat_agent_head_source_reachable{mode="static"} 1.0' in text
     assert "fil_heartbeat_agent_head_height 77.0" in text
+    assert 'fil_heartbeat_agent_source_state{state="ok"} 1.0' in text
+    assert 'fil_heartbeat_agent_source_state{state="unauthorized"} 0.0' in text
+    assert f"fil_heartbeat_agent_extra_beats_total{{{labels}}} 0.0" in text
     assert missing.status_code == 404
 
 

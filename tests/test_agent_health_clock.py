@@ -24,6 +24,7 @@ from heartbeat.agent.head import (
     NodeUnauthorized,
     NodeUnreachable,
 )
+from heartbeat.agent.health import ErrorKind
 from heartbeat.agent.lotus.apiinfo import ApiInfo
 from heartbeat.agent.lotus.client import ActiveSync, NetworkParams
 from heartbeat.agent.lotus.source import LotusHeadSource
@@ -197,6 +198,10 @@ async def test_a_lost_subscription_polls_at_once(
     node.drop_subscriptions()
     await trio.sleep(1)
     assert node.called("Filecoin.ChainHead") == [0.0, 5.0]  # not at 3600
+    # the subscription's failures are counted (the fake client counts none of its own)
+    notifies = len(node.called("Filecoin.ChainNotify"))
+    assert notifies >= 2
+    assert source.rpc_stats.errors[ErrorKind.UNREACHABLE] == notifies  # the loss + retries
     assert seen[-1] == (
         5.0,
         "unreachable",

@@ -37,7 +37,7 @@ from heartbeat.agent.head import (
     SourceState,
     SourceStatus,
 )
-from heartbeat.agent.health import Failure, classify, source_state
+from heartbeat.agent.health import Failure, classify, kind_of, source_state
 from heartbeat.agent.lotus.client import LotusClient
 from heartbeat.agent.lotus.facts import (
     SYNC_ACTIVE_STAGES,
@@ -392,6 +392,7 @@ class LotusHeadSource(NetworkFacts):
             try:
                 await self._notify(info, self._on_changes, timeout=self.timeout, idle_timeout=idle)
             except HeadSourceError as exc:
+                self.rpc_stats.failed(kind_of(exc))
                 was_subscribed = self._subscribed
                 self._subscribed = False
                 if was_subscribed:
