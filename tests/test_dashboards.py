@@ -580,7 +580,7 @@ def test_fleet_table_shows_figures_coloured_state_and_links_to_the_node() -> Non
     node = _dashboards()["node-detail.json"]
     panel = _panel(fleet, "Nodes")
     exprs = [t["expr"] for t in panel["targets"]]
-    assert len(exprs) == len(gen._NODE_COLUMNS)
+    assert len(exprs) == len(gen.table.NODE_COLUMNS)
     assert all(t["instant"] and t["format"] == "table" for t in panel["targets"])
     # one row per node: every query keeps the node's labels, nothing else but state/version
     for expr in exprs:
@@ -645,8 +645,8 @@ def test_agent_panels_read_the_agents_own_metrics() -> None:
 def test_source_state_numbers_cover_every_state() -> None:
     from heartbeat.protocol.beat import SourceState
 
-    assert {s for s, _ in gen._SOURCE_STATES} == {s.value for s in SourceState}
-    expr = gen._source_state_code("m", 'instance="x"', "instance")
+    assert {s for s, _ in gen.parts.SOURCE_STATES} == {s.value for s in SourceState}
+    expr = gen.parts.source_state_code("m", 'instance="x"', "instance")
     assert expr.startswith('max by (instance) (m{instance="x", state="ok"} or 2 * m{')
-    mapping = gen._source_state_mapping().to_json()
+    mapping = gen.parts.source_state_mapping().to_json()
     assert {o.text for o in mapping["options"].values()} == {s.value for s in SourceState}
