@@ -118,15 +118,18 @@ def create_metrics(
     name: str = "aggregator",
     peer_id: str = "",
     version: str = __version__,
+    process: bool = True,
 ) -> AggregatorMetrics:
     """The fleet renderer and a fresh registry holding the self collector; `name` is the
-    legacy families' `aggregator` label (`--name`)."""
+    legacy families' `aggregator` label (`--name`); `process`: the `process_*` families
+    (off where a test compares two bodies byte for byte)."""
     registry = CollectorRegistry(auto_describe=False)
     own = SelfCollector(peer_id=peer_id, version=version)
     registry.register(own)
     registry.register(Libp2pCollector())
     # process_* (RSS, CPU, open fds, start time) of this process: worker 0 (--workers N)
-    ProcessCollector(registry=registry)
+    if process:
+        ProcessCollector(registry=registry)
     renderer = FleetRenderer(legacy=legacy, name=name)
     return AggregatorMetrics(registry, renderer, own, snapshot_provider)
 
