@@ -134,7 +134,7 @@ class HistoryApi:
             now = self.service.clock()
             return {n: uptime(None, now - s, mark, now).as_json() for n, s in WINDOWS.items()}
         return {
-            name: {"available": None, "healthy": None, "excluded_seconds": float(seconds)}
+            name: {"available": None, "healthy": None, "excluded_seconds": seconds}
             for name, seconds in WINDOWS.items()
         }
 

@@ -125,7 +125,8 @@ class HistoryService:
         uptime_at = ticks + self.uptime_refresh
         prune_at = ticks
         while True:
-            ticks += self.interval
+            # after a stall (a slow write), one tick now rather than a burst of snapshots
+            ticks = max(ticks + self.interval, trio.current_time())
             await trio.sleep_until(ticks)
             self.observe(self.snapshot())
             if ticks >= flush_at:
