@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,8 @@ from prometheus_client import generate_latest
 
 from aggregator.config import AggregatorConfig
 from aggregator.ratelimit import TokenBucket
+from heartbeat.agent.cli import make_head_source
+from heartbeat.agent.config import build_config
 from heartbeat.agent.head import (
     Head,
     NodeBadResponse,
@@ -32,6 +35,7 @@ from heartbeat.agent.head import (
 from heartbeat.agent.health import ErrorKind, classify, source_state, wire_text
 from heartbeat.agent.loop import BeatLoop, make_beat
 from heartbeat.agent.lotus.client import connect_cause
+from heartbeat.agent.lotus.source import LotusHeadSource
 from heartbeat.agent.metrics import make_registry
 from heartbeat.agent.rpcstats import RpcStats, method_label
 from heartbeat.agent.sources import StaticHeadSource, fake_cid
@@ -40,6 +44,8 @@ from heartbeat.protocol.wire import Beat, BeatDecoder, encode_cbor, encode_json
 from tests.test_agent_loop import CID, HEAD, FakeConnector, loop_for, rel
 
 pytestmark = pytest.mark.timeout(30)
+
+TARGET = "/ip4/127.0.0.1/tcp/9081/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"
 
 UNAUTHORIZED = SourceStatus(
     reachable=False,
@@ -371,3 +377,18 @@ def test_health_metrics_have_every_state_and_kind_always() -> None:
     )
     assert float(age.split()[1]) > 0
     assert method_label("Filecoin.StateNetworkName") == "StateNetworkName"
+
+
+@pytest.mark.parametrize(
+    ("beat_period", "poll", "stall"),
+    [("3s", 3.0, 1.5), ("10s", 3.0, 1.5), ("1s", 1.0, 0.5), ("200ms", 0.2, 0.5)],
+)
+def test_lotus_polls_and_stalls_follow_the_beat_period(
+    tmp_path: Path, beat_period: str, poll: float, stall: float
+) -> None:
+    env = {"FULLNODE_API_INFO": "TOKEN:/ip4/127.0.0.1/tcp/1234/http"}
+    flags = {"targets": [TARGET], "beat_period": beat_period}
+    config = build_config(flags, env, default_identity_file=tmp_path / "agent.key")
+    source = make_head_source(config)
+    assert isinstance(source, LotusHeadSource)
+    assert (source.poll_period, source.stall_after, source.timeout) == (poll, stall, 5.0)
