@@ -12,6 +12,7 @@ from aggregator.alerts.rules import AlertEvaluator, TransitionKind
 from aggregator.fleet import Fleet
 from heartbeat.agent.sources import DEFAULT_SIMULATED_GENESIS_TIMESTAMP, SimulatedChain
 from heartbeat.protocol.wire import Beat
+from heartbeat.tools.demo import AlertWatch, next_steps
 from heartbeat.version import AGENT_VERSION, STATIC_MARKER, is_static
 
 #: Wall-clock seconds at trio time 0 of the fake clock.
@@ -152,3 +153,40 @@ def test_a_real_node_beside_a_static_one_still_makes_the_fleet_stall() -> None:
         ("FilNodeHeadStalled", "12D3KooW1"),
         ("FilFleetHeightStalled", ""),
     }
+
+
+def _alert(name: str, nickname: str, state: str) -> dict[str, object]:
+    return {
+        "labels": {
+            "alertname": name,
+            "severity": "critical",
+            "nickname": nickname,
+            "peer_id": "12D3KooW" + nickname,
+            "aggregator": "demo",
+        },
+        "annotations": {"summary": f"Filecoin node {nickname} is down"},
+        "state": state,
+    }
+
+
+def test_alert_watch_says_each_firing_and_resolution_once() -> None:
+    watch = AlertWatch()
+    down = _alert("FilNodeDown", "charlie", "firing")
+    assert watch.update([_alert("FilNodeDown", "charlie", "pending")], 10.0) == []
+    assert watch.update([down], 20.0) == [
+        "ALERT firing    FilNodeDown (critical) charlie: Filecoin node charlie is down"
+    ]
+    assert watch.update([down], 21.0) == []  # still firing: nothing new
+    assert watch.update([], 32.4) == ["ALERT resolved  FilNodeDown (critical) charlie after 12s"]
+    assert watch.update([], 33.0) == []
+    assert watch.firing == {}
+
+
+def test_next_steps_name_the_pages_and_the_agent_commands() -> None:
+    addr = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWAgg"
+    text = "\n".join(next_steps(addr, "http://127.0.0.1:8080", 4.0, "fil-heartbeat"))
+    assert "status page:          http://127.0.0.1:8080/\n" in text
+    assert "FULLNODE_API_INFO=$(lotus auth api-info --perm read | cut -d= -f2) \\\n" in text
+    assert f"    fil-heartbeat run --target {addr} --nickname my-node\n" in text
+    assert "--head-source simulated \\\n        --block-delay 4s" in text
+    assert "FilNodeDown fires after 10s away" in text
