@@ -50,7 +50,8 @@ def node(**over: Any) -> dict[str, Any]:
 
 
 class Cells(HTMLParser):
-    """The text of each `td` by its data-col, and every tag with its attributes."""
+    """The text of each `td` by its column's key (cells come in COLUMNS order), and every
+    tag with its attributes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,9 +62,8 @@ class Cells(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append((tag, dict(attrs)))
         if tag == "td":
-            self._col = dict(attrs).get("data-col")
-            if self._col is not None:
-                self.cells[self._col] = ""
+            self._col = COLUMNS[len(self.cells)][0]
+            self.cells[self._col] = ""
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "td":

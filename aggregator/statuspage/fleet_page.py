@@ -2,8 +2,9 @@
 
 Server-rendered so that the table shows the fleet with JavaScript off; static/app.js then
 keeps it live (aggregator/feed.py's `?mode=nodes`). Every text from a node (nickname,
-version, error) is escaped: a beat's free text never becomes markup. Column keys (`data-col`)
-and sort types (`data-type`) are what app.js reads; a cell's `data-v` is its raw sort value.
+version, error) is escaped: a beat's free text never becomes markup. Column keys (`data-col`, on
+the header cells) and sort types (`data-type`) are what app.js reads; a cell's `data-v` is its
+raw sort value.
 """
 
 from __future__ import annotations
@@ -102,34 +103,29 @@ def node_row(node: Mapping[str, Any], now: float) -> str:
     rank = STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER)
     probation = ' <span class="badge">probation</span>' if node.get("probation") else ""
     shown_height = DASH if not height else _e(height)
+    # Kept short (10,000 rows): no per-cell column names (app.js counts cells by the
+    # header's `data-col`), the peer id only where it is needed.
     cells = (
-        '<td data-col="pin"><button type="button" class="pin js-only" aria-pressed="false"'
-        f' aria-label="Pin {_e(nickname)}">☆</button></td>',
-        f'<td data-col="nickname"><a href="{_e(node_href(peer))}">{_e(nickname)}</a>'
-        f"{probation}</td>",
-        f'<td data-col="miner">{_e(node.get("miner_address") or DASH)}</td>',
-        f'<td data-col="peer" data-v="{_e(peer)}"><code title="{_e(peer)}">'
-        f"{_e(short_peer(peer))}</code>"
-        f' <button type="button" class="copy js-only" data-copy="{_e(peer)}"'
-        ' aria-label="Copy peer id" title="Copy peer id">copy</button></td>',
-        f'<td data-col="network">{_e(node.get("network") or DASH)}</td>',
-        f'<td data-col="state" data-v="{rank}"><span class="state s-{_e(state)}">'
+        '<td><button type="button" class="pin js-only" aria-pressed="false"'
+        ' aria-label="Pin">☆</button></td>',
+        f'<td><a href="{_e(node_href(peer))}">{_e(nickname)}</a>{probation}</td>',
+        f"<td>{_e(node.get('miner_address') or DASH)}</td>",
+        f'<td><code title="{_e(peer)}">{_e(short_peer(peer))}</code>'
+        ' <button type="button" class="copy js-only" aria-label="Copy peer id">copy</button></td>',
+        f"<td>{_e(node.get('network') or DASH)}</td>",
+        f'<td data-v="{rank}"><span class="state s-{_e(state)}">'
         f"{_e(state_word(state))}</span></td>",
-        f'<td data-col="height" data-v="{_num(height or None)}">{shown_height}</td>',
-        f'<td data-col="lag" data-v="{_num(lag)}">{DASH if lag is None else _e(lag)}</td>',
-        f'<td data-col="head_age" data-v="{_num(head_ts)}">{_e(age(head_ts, now))}</td>',
-        f'<td data-col="last_beat" data-v="{_num(last_beat)}">{_e(age(last_beat, now))}</td>',
-        f'<td data-col="delay" data-v="{_num(delay)}">{_e(seconds(delay))}</td>',
-        f'<td data-col="up24" data-v="{_num(up24)}">{_e(fraction(up24))}</td>',
-        f'<td data-col="up7d" data-v="{_num(up7d)}">{_e(fraction(up7d))}</td>',
-        f'<td data-col="version">{_e(version or DASH)}</td>',
-        f'<td data-col="error" class="err">{_e(error or DASH)}</td>',
+        f'<td data-v="{_num(height or None)}">{shown_height}</td>',
+        f'<td data-v="{_num(lag)}">{DASH if lag is None else _e(lag)}</td>',
+        f'<td data-v="{_num(head_ts)}">{_e(age(head_ts, now))}</td>',
+        f'<td data-v="{_num(last_beat)}">{_e(age(last_beat, now))}</td>',
+        f'<td data-v="{_num(delay)}">{_e(seconds(delay))}</td>',
+        f'<td data-v="{_num(up24)}">{_e(fraction(up24))}</td>',
+        f'<td data-v="{_num(up7d)}">{_e(fraction(up7d))}</td>',
+        f"<td>{_e(version or DASH)}</td>",
+        f"<td>{_e(error or DASH)}</td>",
     )
-    return (
-        f'<tr id="n-{_e(peer)}" data-peer="{_e(peer)}" data-state="{_e(state)}">'
-        + "".join(cells)
-        + "</tr>"
-    )
+    return f'<tr data-peer="{_e(peer)}" data-state="{_e(state)}">' + "".join(cells) + "</tr>"
 
 
 def rows_html(nodes: Iterable[Mapping[str, Any]], now: float) -> Iterator[str]:

@@ -78,6 +78,7 @@ def _page(
     return assets.templates["base"].substitute(
         title=_e(title),
         css_version=assets.version("app.css"),
+        nojs_version=assets.version("nojs.css"),
         script=script,
         script_version=assets.version(script),
         page=page,

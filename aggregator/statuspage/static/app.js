@@ -82,17 +82,22 @@
   };
 
   var rows = new Map(); // peer id -> row record {tr, peer, node, text}
+  var order = []; // the records not pinned, in the table's order
+  var pinned = []; // the pinned records, in the table's order
+  var view = []; // `order` as filtered: what the window shows a slice of
   function record(tr) {
-    var r = { tr: tr, peer: tr.dataset.peer, node: null, text: {} };
+    // shown: in the document; stale: its cells lag behind `node` (it was off screen).
+    var r = { tr: tr, peer: tr.dataset.peer, node: null, text: {}, shown: false, stale: false };
     rows.set(r.peer, r);
     return r;
   }
-  Array.prototype.forEach.call(tbody.rows, record);
+  Array.prototype.forEach.call(tbody.rows, function (tr) { order.push(record(tr)); });
 
   // A sort value from the node when the feed gave it, else from the server's cell.
   function value(r, col) {
     var n = r.node;
     if (!n) {
+      if (col === "peer") return r.peer.toLowerCase();
       var cell = r.tr.cells[IDX[col]];
       var raw = cell.dataset.v !== undefined ? cell.dataset.v : cell.textContent;
       if (TYPES[col] === "text") return raw === DASH ? "" : raw.toLowerCase();
@@ -137,6 +142,7 @@
     return null;
   }
 
+  // Offscreen rows are detached: writing to them costs no style or layout.
   function setCell(r, col, now) {
     var text = cellText(col, r.node, now);
     if (text === null || r.text[col] === text) return;
@@ -167,15 +173,13 @@
   function newRow(n) {
     var tr = doc.createElement("tr");
     tr.dataset.peer = n.peer_id;
-    tr.id = "n-" + n.peer_id;
     COLS.forEach(function (col) {
       var td = doc.createElement("td");
-      td.dataset.col = col;
       if (col === "pin") {
         var b = doc.createElement("button");
         b.type = "button"; b.className = "pin"; b.textContent = "\u2606";
         b.setAttribute("aria-pressed", "false");
-        b.setAttribute("aria-label", "Pin " + (n.nickname || n.peer_id));
+        b.setAttribute("aria-label", "Pin");
         td.append(b);
       } else if (col === "nickname") {
         var a = doc.createElement("a");
@@ -185,24 +189,97 @@
         var code = doc.createElement("code");
         code.title = n.peer_id; code.textContent = shortId(n.peer_id);
         var c = doc.createElement("button");
-        c.type = "button"; c.className = "copy"; c.dataset.copy = n.peer_id;
+        c.type = "button"; c.className = "copy";
         c.setAttribute("aria-label", "Copy peer id"); c.title = "Copy peer id";
         c.textContent = "copy";
         td.append(code, " ", c);
       } else if (col === "state") {
         td.append(doc.createElement("span"));
-      } else if (col === "error") {
-        td.className = "err";
       }
       tr.append(td);
     });
     var r = record(tr);
     r.node = n;
-    (pins.has(n.peer_id) ? pinnedBody : tbody).append(tr);
-    if (pins.has(n.peer_id)) markPinned(r, true);
-    if (visible) visible.observe(tr);
+    if (pins.has(n.peer_id)) { pinned.push(r); markPinned(r, true); } else order.push(r);
     return r;
   }
+
+  // -- the window: only the rows on screen (and some around) are in the document ----------
+  var OVERSCAN = 30;
+  var rowHeight = 0;
+  var topPad = spacer(), bottomPad = spacer();
+  var shownFrom = -1, shownTo = -1, layoutDirty = true, renderQueued = false;
+  var onScreen = [];
+  function spacer() {
+    var tr = doc.createElement("tr");
+    tr.className = "spacer";
+    tr.setAttribute("aria-hidden", "true");
+    var td = doc.createElement("td");
+    td.colSpan = COLS.length;
+    tr.append(td);
+    return tr;
+  }
+  function rebuildView() {
+    var filtering = fState.value || fText.value.trim();
+    view = filtering ? order.filter(matches) : order.slice();
+    var pv = filtering ? pinned.filter(matches) : pinned;
+    pinned.forEach(function (r) { r.shown = false; });
+    pv.forEach(function (r) {
+      r.shown = true;
+      if (r.stale) { r.stale = false; COLS.forEach(function (c) { setCell(r, c, serverNow()); }); }
+    });
+    pinnedBody.replaceChildren.apply(pinnedBody, pv.map(function (r) { return r.tr; }));
+    table.setAttribute("aria-rowcount", String(view.length + pv.length + 1));
+    pv.forEach(function (r, i) { r.tr.setAttribute("aria-rowindex", String(i + 2)); });
+    layoutDirty = true;
+    countShown(view.length + pv.length);
+    render();
+  }
+  function render() {
+    if (renderQueued) return;
+    renderQueued = true;
+    requestAnimationFrame(function () { renderQueued = false; renderNow(); });
+  }
+  function renderNow() {
+    var h = rowHeight || 30;
+    var top = tbody.getBoundingClientRect().top;
+    var from = Math.max(0, Math.floor(-top / h) - OVERSCAN);
+    var to = Math.min(view.length, Math.ceil((window.innerHeight - top) / h) + OVERSCAN);
+    if (to < from) to = from;
+    if (!layoutDirty && from === shownFrom && to === shownTo) return;
+    layoutDirty = false;
+    shownFrom = from; shownTo = to;
+    onScreen.forEach(function (r) { r.shown = false; });
+    onScreen = view.slice(from, to);
+    var now = serverNow();
+    onScreen.forEach(function (r) {
+      r.shown = true;
+      if (r.stale) {
+        r.stale = false;
+        COLS.forEach(function (c) { setCell(r, c, now); });
+      }
+    });
+    var base = pinnedBody.rows.length + 2;
+    var trs = onScreen.map(function (r, i) {
+      r.tr.setAttribute("aria-rowindex", String(base + from + i));
+      return r.tr;
+    });
+    topPad.hidden = from === 0;
+    bottomPad.hidden = to === view.length;
+    topPad.firstChild.style.height = from * h + "px";
+    bottomPad.firstChild.style.height = (view.length - to) * h + "px";
+    tbody.replaceChildren.apply(tbody, [topPad].concat(trs, [bottomPad]));
+    if (!rowHeight && trs.length) {
+      rowHeight = trs[0].getBoundingClientRect().height || 30;
+      layoutDirty = true;
+      render();
+    }
+    onScreen.forEach(function (r) {
+      if (r.node) { setCell(r, "head_age", now); setCell(r, "last_beat", now); }
+    });
+  }
+  window.addEventListener("scroll", render, { passive: true });
+  window.addEventListener("resize", function () { layoutDirty = true; render(); });
 
   // -- pins ---------------------------------------------------------------------------------
   var pins = new Set();
@@ -220,32 +297,37 @@
     if (on) pins.add(r.peer); else pins.delete(r.peer);
     savePins();
     markPinned(r, on);
-    if (on) pinnedBody.append(r.tr); else tbody.prepend(r.tr);
-    if (sortCol) sortBy(sortCol, sortDir);
+    var from = on ? order : pinned, to = on ? pinned : order;
+    var i = from.indexOf(r);
+    if (i >= 0) from.splice(i, 1);
+    if (on) to.push(r); else to.unshift(r);
+    if (sortCol) sortLists(); else rebuildView();
   }
-  pins.forEach(function (p) {
-    var r = rows.get(p);
-    if (r) { pinnedBody.append(r.tr); markPinned(r, true); }
+  order = order.filter(function (r) {
+    if (!pins.has(r.peer)) return true;
+    pinned.push(r); markPinned(r, true);
+    return false;
   });
 
   // -- sorting ------------------------------------------------------------------------------
   var sortCol = null, sortDir = 1;
-  function compare(col, dir) {
-    var age = TYPES[col] === "age";
-    return function (a, b) {
-      var x = value(a, col), y = value(b, col);
+  // Each row's key computed once (not once per comparison): 10,000 rows sort in a few ms.
+  function sorted(list, col, dir) {
+    var isAge = TYPES[col] === "age";
+    var keyed = list.map(function (r, i) { return [value(r, col), i, r]; });
+    keyed.sort(function (a, b) {
+      var x = a[0], y = b[0];
       var xn = x === null || x === "", yn = y === null || y === "";
-      if (xn || yn) return xn === yn ? 0 : (xn ? 1 : -1); // missing values last, always
+      if (xn || yn) return xn === yn ? a[1] - b[1] : (xn ? 1 : -1); // missing values last
       var c = x < y ? -1 : (x > y ? 1 : 0);
-      return (age ? -c : c) * dir;
-    };
+      return c ? (isAge ? -c : c) * dir : a[1] - b[1];
+    });
+    return keyed.map(function (k) { return k[2]; });
   }
-  function sortBody(tb, col, dir) {
-    var list = Array.prototype.map.call(tb.rows, function (tr) { return rows.get(tr.dataset.peer); });
-    list.sort(compare(col, dir));
-    var frag = doc.createDocumentFragment();
-    list.forEach(function (r) { frag.append(r.tr); });
-    tb.append(frag);
+  function sortLists() {
+    pinned = sorted(pinned, sortCol, sortDir);
+    order = sorted(order, sortCol, sortDir);
+    rebuildView();
   }
   function sortBy(col, dir) {
     sortCol = col; sortDir = dir;
@@ -255,8 +337,7 @@
           ? (dir > 0 ? "ascending" : "descending") : "none");
       }
     });
-    sortBody(pinnedBody, col, dir);
-    sortBody(tbody, col, dir);
+    sortLists();
   }
 
   // -- filtering ----------------------------------------------------------------------------
@@ -273,20 +354,14 @@
       : r.tr.textContent.toLowerCase() + " " + r.peer.toLowerCase();
     return hay.indexOf(text) >= 0;
   }
-  function countShown() {
-    var n = 0;
-    rows.forEach(function (r) { if (!r.tr.hidden) n++; });
+  function countShown(n) {
     shown.textContent = n === rows.size ? rows.size + " nodes" : n + " of " + rows.size + " nodes";
   }
-  function filterAll() {
-    rows.forEach(function (r) { r.tr.hidden = !matches(r); });
-    countShown();
-  }
   var filterTimer = 0;
-  fState.addEventListener("change", filterAll);
+  fState.addEventListener("change", rebuildView);
   fText.addEventListener("input", function () {
     clearTimeout(filterTimer);
-    filterTimer = setTimeout(filterAll, 150);
+    filterTimer = setTimeout(rebuildView, 150);
   });
 
   // -- clicks: sort, pin, copy (one delegated listener) -------------------------------------
@@ -300,7 +375,7 @@
       var r = rows.get(t.closest("tr").dataset.peer);
       if (r) pin(r, !pins.has(r.peer));
     } else if (t.classList.contains("copy")) {
-      copy(t.dataset.copy, t);
+      copy(t.closest("tr").dataset.peer, t);
     }
   });
   function copy(text, button) {
@@ -323,25 +398,15 @@
   }
 
   // -- ages tick for the rows on screen ------------------------------------------------------
-  var onScreen = new Set();
-  var visible = "IntersectionObserver" in window ? new IntersectionObserver(function (entries) {
-    entries.forEach(function (e) {
-      if (e.isIntersecting) onScreen.add(e.target); else onScreen.delete(e.target);
-    });
-  }) : null;
-  if (visible) rows.forEach(function (r) { visible.observe(r.tr); });
   function tick() {
     var now = serverNow();
-    var list = visible ? onScreen : new Set(Array.prototype.slice.call(tbody.rows, 0, 200));
-    list.forEach(function (tr) {
-      var r = rows.get(tr.dataset.peer);
-      if (!r) return;
+    onScreen.concat(pinned).forEach(function (r) {
       if (r.node) {
         setCell(r, "head_age", now);
         setCell(r, "last_beat", now);
       } else {
         ["head_age", "last_beat"].forEach(function (col) {
-          var cell = tr.cells[IDX[col]], v = num(cell.dataset.v);
+          var cell = r.tr.cells[IDX[col]], v = num(cell.dataset.v);
           if (v !== null) cell.textContent = age(v, now);
         });
       }
@@ -440,44 +505,54 @@
     setTimeout(function () { requestAnimationFrame(apply); }, wait);
   }
   function apply() {
+    var started = performance.now(), size = pending.size;
+    applyNow();
+    if (window.__bench) window.__bench.applies.push([started, size, performance.now() - started]);
+  }
+  function applyNow() {
     scheduled = false;
     lastApply = Date.now();
     var now = serverNow();
-    var full = pendingFull, filtering = fState.value || fText.value.trim();
+    var full = pendingFull, filterState = fState.value, filterText = fText.value.trim();
     var seen = full ? new Set() : null;
+    var reshape = false; // rows came, went, or may have left or joined the filter
     pending.forEach(function (d, peer) {
       var r = rows.get(peer);
       var changed;
       if (!r) {
         r = newRow(Object.assign({}, d));
         changed = COLS;
+        reshape = true;
       } else if (!r.node) {
         r.node = Object.assign({}, d);
         changed = COLS;
       } else {
         changed = [];
         Object.keys(d).forEach(function (k) {
-          if (r.node[k] !== d[k]) (FIELD_COLS[k] || []).forEach(function (c) { changed.push(c); });
+          if (r.node[k] !== d[k]) {
+            (FIELD_COLS[k] || []).forEach(function (c) { changed.push(c); });
+            if (k === "state" && filterState) reshape = true;
+          }
         });
         Object.assign(r.node, d);
       }
       if (seen) seen.add(peer);
+      // Rows off screen are brought up to date when they come into view (renderNow).
+      if (!r.shown) { r.stale = true; return; }
       for (var i = 0; i < changed.length; i++) setCell(r, changed[i], now);
-      if (filtering) r.tr.hidden = !matches(r);
     });
     if (full) rows.forEach(function (r, peer) { if (!seen.has(peer)) pendingRemoved.add(peer); });
-    pendingRemoved.forEach(function (peer) {
-      var r = rows.get(peer);
-      if (!r) return;
-      if (visible) visible.unobserve(r.tr);
-      onScreen.delete(r.tr);
-      r.tr.remove();
-      rows.delete(peer);
-    });
-    var grew = pending.size && rows.size !== Number(body.dataset.nodes);
-    if (pendingRemoved.size || grew || full) {
+    if (pendingRemoved.size) {
+      pendingRemoved.forEach(function (peer) { rows.delete(peer); });
+      var kept = function (r) { return rows.has(r.peer); };
+      order = order.filter(kept);
+      pinned = pinned.filter(kept);
+      reshape = true;
+    }
+    if (filterText && pending.size) reshape = true;
+    if (reshape) {
       body.dataset.nodes = String(rows.size);
-      countShown();
+      if (sortCol && pending.size) sortLists(); else rebuildView();
     }
     if (pendingNetworks) {
       pendingNetworks.forEach(updateNetwork);
@@ -680,6 +755,9 @@
   setInterval(pollPropagation, 30000);
 
   // -- start ------------------------------------------------------------------------------------
+  rebuildView();
+  renderNow(); // detaches the rows off screen before the class lets them all show
+  table.classList.add("windowed");
   setLive("start", "connecting\u2026");
   connect();
   pollAlerts();
