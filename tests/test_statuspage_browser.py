@@ -19,13 +19,22 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
+from aggregator.bus import Bus
+from aggregator.fleet import Fleet
+from aggregator.http import HttpApi, serve_http
+from aggregator.networks import MAINNET_GENESIS_CID
+from heartbeat.agent.sources import fake_cid
+from heartbeat.protocol.wire import Beat
 from tests.helpers import eventually_blocking
 from tests.promservers import HTTP_NOT_YET, REPO, free_port, stop_process
 
@@ -304,3 +313,95 @@ def test_the_status_page_in_chromium(driver: Any, tmp_path: Path) -> None:
             assert "127.0.0.1" not in d.page_source
             assert "Remote address" not in d.find_element(By.ID, "details").text
             shot(d, "node-public.png")
+
+
+@contextlib.contextmanager
+def serve_fleet(fleet: Fleet, now: list[float]) -> Iterator[tuple[str, Any]]:
+    """`HttpApi` over `fleet` (read at `now[0]`) served from a trio thread; yields the URL and
+    a function that runs a callable in that thread (where the fleet may be changed)."""
+    api = HttpApi(lambda: fleet.snapshot(now[0]), bus=Bus())
+    started = threading.Event()
+    stop = threading.Event()
+    box: list[Any] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_http, api, "127.0.0.1", 0)
+            box.extend([f"http://127.0.0.1:{port}", trio.lowlevel.current_trio_token()])
+            started.set()
+            while not stop.is_set():
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert started.wait(WAIT)
+    try:
+        yield box[0], functools.partial(trio.from_thread.run_sync, trio_token=box[1])
+    finally:
+        stop.set()
+        thread.join(WAIT)
+
+
+def filled_fleet(n: int, at: float) -> Fleet:
+    fleet = Fleet()
+    for i in range(n):
+        peer = f"12D3KooWfill{i:04d}"
+        fleet.on_connect(peer, "/ip4/127.0.0.1/tcp/1", at)
+        beat = Beat(
+            head="{" + fake_cid("fill", 100) + "}",
+            height=100,
+            nickname=f"node-{i:04d}",
+            miner_address="f01234",
+            genesis_cid=MAINNET_GENESIS_CID,
+        )
+        fleet.on_beat(peer, beat, at)
+    return fleet
+
+
+def test_many_rows_without_scripting_and_windowed_with_it(driver: Any) -> None:
+    """Without JavaScript every server-rendered row shows; with it, only the rows on screen
+    are in the document, and scrolling brings the others."""
+    from selenium.webdriver.common.by import By
+
+    d = driver
+    now = [time.time()]
+    with serve_fleet(filled_fleet(400, now[0]), now) as (url, _):
+        d.get(url + "/")
+        until(d, lambda: live(d) == "ws", "the feed")
+        attached = len(d.find_elements(By.CSS_SELECTOR, "#rows tr[data-peer]"))
+        assert 0 < attached < 400
+        assert d.find_element(By.ID, "shown").text == "400 nodes"
+        assert d.execute_script("return document.getElementById('nodes').ariaRowCount") == "401"
+        d.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        until(d, lambda: "node-0399" in rows(d), "the last row after scrolling")
+        shot(d, "fleet-scrolled.png")
+
+        # The same page with scripting off (a new browser page, scripts disabled by CDP).
+        d.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+        d.get(url + "/")
+        trs = d.find_elements(By.CSS_SELECTOR, "#rows tr[data-peer]")
+        assert len(trs) == 400
+        assert trs[-1].is_displayed() and trs[150].is_displayed()
+        assert not d.find_element(By.CSS_SELECTOR, ".controls").is_displayed()
+        assert not trs[0].find_element(By.CSS_SELECTOR, "button.pin").is_displayed()
+        d.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+
+
+def test_without_a_websocket_the_page_polls(driver: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    d = driver
+    d.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {"source": "window.WebSocket = function () { throw new Error('blocked'); };"},
+    )
+    now = [time.time()]
+    fleet = filled_fleet(3, now[0])
+    with serve_fleet(fleet, now) as (url, call):
+        d.get(url + "/")
+        until(d, lambda: live(d) == "poll", "polling")
+        assert set(rows(d).values()) == {"in_consensus"}
+        call(fleet.on_disconnect, "12D3KooWfill0001", time.time())
+        until(d, lambda: rows(d).get("node-0001") == "down", "node-0001 down, by polling")
+        assert "polling every 5 s" in d.find_element(By.ID, "live").text
