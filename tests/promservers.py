@@ -53,6 +53,7 @@ TOOLS: dict[str, tuple[tuple[str, ...], str]] = {
     "prometheus": (("prometheus",), "prometheus"),
     "alertmanager": (("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager"),
     "amtool": (("amtool",), "prometheus-alertmanager"),
+    "nats-server": (("nats-server",), "nats-server"),
 }
 
 

@@ -1,0 +1,446 @@
+"""The one shell around NATS JetStream: the only importer of `nats` and `trio_asyncio`.
+
+nats-py is asyncio-only; the aggregator is trio. `open_bridge` enters one trio-asyncio loop
+(`trio_asyncio.open_loop()`) and every call into nats-py runs through `aio_as_trio`, so
+callers see plain trio awaitables, cancellable and with deadlines. Every error the library
+raises (its own, OSError, asyncio timeouts) is translated here, and only here, into
+`NatsUnavailable`; nothing above this module knows nats-py exists.
+
+The connection is made lazily on first use and re-made after it closes, so an aggregator
+started while NATS is down runs normally and its export spools until NATS answers. While a
+connection is up, nats-py reconnects by itself across the cluster's members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import functools
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import trio
+import trio_asyncio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from aggregator.errors import AggregatorError
+
+__all__ = [
+    "STREAM_SUBJECTS",
+    "NatsBridge",
+    "NatsSettings",
+    "NatsUnavailable",
+    "StreamMsg",
+    "open_bridge",
+]
+
+log = logging.getLogger(__name__)
+
+#: Every subject the stream holds (beats and events of every network).
+STREAM_SUBJECTS = "fil.heartbeat.>"
+#: The server drops a re-published Nats-Msg-Id seen within this window (seconds).
+DUPLICATE_WINDOW = 120.0
+#: A delivered message not acknowledged within this time is delivered again (seconds).
+ACK_WAIT = 5.0
+#: An ephemeral consumer left idle this long is removed by the server (seconds).
+EPHEMERAL_IDLE = 30.0
+CONNECT_TIMEOUT = 2
+REQUEST_TIMEOUT = 2.0
+
+T = TypeVar("T")
+
+#: What nats-py raises when the server or the network fails us.
+_NATS_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.Error,
+    OSError,
+    asyncio.TimeoutError,
+    ssl.SSLError,
+)
+
+
+class NatsUnavailable(AggregatorError):
+    """NATS refused or could not serve a request (down, no quorum, timeout, bad credentials)."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(f"nats {operation}: {reason}")
+        self.operation = operation
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """Where NATS is and how the stream and the lease bucket look (built from the config)."""
+
+    urls: tuple[str, ...]
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: Path | None = None
+    nkey_file: Path | None = None
+    tls_ca: Path | None = None
+    stream: str = "FIL_HEARTBEAT"
+    replicas: int = 3
+    max_age: float = 7 * 86400
+    max_bytes: int = 1 << 30
+    kv_bucket: str = "fil_heartbeat_leader"
+    lease_ttl: float = 10.0
+
+
+@dataclass(frozen=True)
+class StreamMsg:
+    """One message read from the stream: `timestamp` is the server's store time (unix s)."""
+
+    subject: str
+    data: bytes
+    msg_id: str | None
+    seq: int
+    timestamp: float
+    #: how many times the server has delivered it to this consumer (> 1: a redelivery)
+    delivered: int = 1
+
+
+def _server(nc: Client | None) -> str:
+    url = nc.connected_url if nc is not None else None
+    return url.netloc if url is not None else "?"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class NatsBridge:
+    """JetStream publish, pull consumers and key-value, as trio awaitables."""
+
+    def __init__(self, settings: NatsSettings) -> None:
+        self.settings = settings
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._lock = trio.Lock()
+        self.connects = 0
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _aio(self, operation: str, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run one nats-py coroutine under trio, translating its errors."""
+        try:
+            result: T = await trio_asyncio.aio_as_trio(fn)()
+            return result
+        except _NATS_ERRORS as exc:
+            raise NatsUnavailable(operation, _describe(exc)) from exc
+
+    def _connect_options(self) -> dict[str, Any]:
+        s = self.settings
+        options: dict[str, Any] = {
+            "servers": list(s.urls),
+            "connect_timeout": CONNECT_TIMEOUT,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "name": "fil-heartbeat-aggregator",
+        }
+        if s.user is not None:
+            options["user"] = s.user
+            options["password"] = s.password or ""
+        if s.token is not None:
+            options["token"] = s.token
+        if s.creds_file is not None:
+            options["user_credentials"] = str(s.creds_file)
+        if s.nkey_file is not None:
+            options["nkeys_seed"] = str(s.nkey_file)
+        if s.tls_ca is not None:
+            options["tls"] = ssl.create_default_context(cafile=str(s.tls_ca))
+        return options
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("nats_error error=%s", _describe(exc))
+
+    async def _on_disconnected(self) -> None:
+        log.info("nats_disconnected")
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats_reconnected server=%s", _server(self._nc))
+
+    async def _jetstream(self) -> JetStreamContext:
+        """The JetStream context of a live connection, connecting first when needed."""
+        async with self._lock:
+            if self._nc is not None and not self._nc.is_closed and self._js is not None:
+                return self._js
+            self._nc, self._js, self._kv = None, None, None
+            options = self._connect_options()
+
+            async def connect() -> Client:
+                # nats-py's first connect walks the server pool once (no retry loop): a
+                # cluster that is entirely down fails fast and the caller spools.
+                return await nats.connect(**options)
+
+            nc = await self._aio("connect", connect)
+            self._nc, self._js = nc, nc.jetstream(timeout=REQUEST_TIMEOUT)
+            self.connects += 1
+            log.info("nats_connected server=%s", _server(nc))
+            return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def close(self) -> None:
+        nc, self._nc, self._js, self._kv = self._nc, None, None, None
+        if nc is not None and not nc.is_closed:
+            with trio.move_on_after(5):
+                try:
+                    await self._aio("close", nc.close)
+                except NatsUnavailable as exc:
+                    log.debug("nats_close_failed error=%s", exc.reason)
+
+    # -- the stream -----------------------------------------------------------
+
+    async def ensure_stream(self) -> None:
+        """Create the stream when absent: replicas min(setting, cluster size), limits, dedup."""
+        js = await self._jetstream()
+        s = self.settings
+        try:
+            await self._aio("stream_info", lambda: js.stream_info(s.stream))
+            return
+        except NatsUnavailable as exc:
+            if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                raise
+        await self._add_with_replicas(
+            "add_stream",
+            lambda replicas: js.add_stream(
+                api.StreamConfig(
+                    name=s.stream,
+                    subjects=[STREAM_SUBJECTS],
+                    retention=api.RetentionPolicy.LIMITS,
+                    storage=api.StorageType.FILE,
+                    num_replicas=replicas,
+                    max_age=s.max_age,
+                    max_bytes=s.max_bytes,
+                    duplicate_window=DUPLICATE_WINDOW,
+                    discard=api.DiscardPolicy.OLD,
+                )
+            ),
+        )
+        log.info("nats_stream_created stream=%s", s.stream)
+
+    async def _add_with_replicas(
+        self, operation: str, create: Callable[[int], Coroutine[Any, Any, Any]]
+    ) -> Any:
+        """Create with the configured replicas, fewer while the cluster is too small for them."""
+        replicas = max(1, min(self.settings.replicas, 5))
+        while True:
+            try:
+                return await self._aio(operation, functools.partial(create, replicas))
+            except NatsUnavailable as exc:
+                cause = exc.__cause__
+                # 10023 insufficient resources, 10074 replicas > 1 without a cluster
+                code = getattr(cause, "err_code", None)
+                if replicas <= 1 or not isinstance(cause, nats.js.errors.APIError):
+                    raise
+                if code not in (10023, 10074) and getattr(cause, "code", None) != 500:
+                    raise
+                replicas -= 1
+                log.info("nats_replicas_lowered operation=%s replicas=%d", operation, replicas)
+
+    async def publish(self, subject: str, data: bytes, msg_id: str, timeout: float = 2.0) -> bool:
+        """Store one message; True when stored, False when the server saw `msg_id` already."""
+        js = await self._jetstream()
+        headers = {"Nats-Msg-Id": msg_id}
+        ack = await self._aio(
+            "publish",
+            lambda: js.publish(
+                subject, data, timeout=timeout, stream=self.settings.stream, headers=headers
+            ),
+        )
+        return not bool(ack.duplicate)
+
+    async def consume(
+        self,
+        durable: str | None,
+        subjects: list[str],
+        *,
+        deliver_since: float | None,
+        batch: int = 256,
+    ) -> AsyncIterator[tuple[StreamMsg, Callable[[], Awaitable[None]]]]:
+        """Messages on `subjects` from a pull consumer, each with its ack.
+
+        `durable` names a consumer the server keeps (a restart resumes after its last ack);
+        None makes an ephemeral one. `deliver_since` (unix s) applies when the consumer is
+        created: from that store time on, else from the start of the stream. An existing
+        durable keeps its position. Several subjects are read through one consumer on the
+        whole stream (servers before 2.10 filter on one subject only); messages on other
+        subjects are acknowledged and skipped.
+        """
+        js = await self._jetstream()
+        s = self.settings
+        filter_subject = subjects[0] if len(subjects) == 1 else STREAM_SUBJECTS
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT,
+            max_ack_pending=max(1024, batch * 4),
+            inactive_threshold=None if durable else EPHEMERAL_IDLE,
+        )
+        if deliver_since is not None:
+            config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.datetime.fromtimestamp(deliver_since, tz=datetime.UTC)
+        sub = await self._aio(
+            "pull_subscribe",
+            lambda: js.pull_subscribe(
+                filter_subject, durable=durable, stream=s.stream, config=config
+            ),
+        )
+        wanted = _subject_matcher(subjects)
+        try:
+            while True:
+                try:
+                    msgs: list[Msg] = await self._aio(
+                        "fetch", lambda: sub.fetch(batch, timeout=1.0)
+                    )
+                except NatsUnavailable as exc:
+                    if isinstance(exc.__cause__, nats.errors.TimeoutError | asyncio.TimeoutError):
+                        continue  # nothing new within the fetch's wait
+                    raise
+                for msg in msgs:
+                    ack = self._acker(msg)
+                    if not wanted(msg.subject):
+                        await ack()
+                        continue
+                    yield _stream_msg(msg), ack
+        finally:
+            # Callers should wrap the iteration in `contextlib.aclosing`; a generator finalized
+            # after the bridge's loop closed cannot reach nats-py any more (the server then
+            # drops an ephemeral consumer after EPHEMERAL_IDLE).
+            if trio_asyncio.current_loop.get() is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await self._aio("unsubscribe", sub.unsubscribe)
+                    except NatsUnavailable as exc:
+                        log.debug("nats_unsubscribe_failed error=%s", exc.reason)
+
+    def _acker(self, msg: Msg) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            await self._aio("ack", msg.ack)
+
+        return ack
+
+    # -- key-value (the leader lease) ----------------------------------------
+
+    async def _bucket(self) -> KeyValue:
+        js = await self._jetstream()
+        if self._kv is not None:
+            return self._kv
+        s = self.settings
+        try:
+            kv = await self._aio("key_value", lambda: js.key_value(s.kv_bucket))
+        except NatsUnavailable as exc:
+            if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                raise
+            kv = await self._add_with_replicas(
+                "create_key_value",
+                lambda replicas: js.create_key_value(
+                    bucket=s.kv_bucket, ttl=s.lease_ttl, history=1, replicas=replicas
+                ),
+            )
+        self._kv = kv
+        return kv
+
+    async def kv_create(self, key: str, value: bytes) -> int | None:
+        """Write `key` only if absent (or deleted/expired): its revision, None if it exists."""
+        kv = await self._bucket()
+        try:
+            return int(await self._aio("kv_create", lambda: kv.create(key, value)))
+        except NatsUnavailable as exc:
+            if isinstance(exc.__cause__, nats.js.errors.KeyWrongLastSequenceError):
+                return None
+            raise
+
+    async def kv_update(self, key: str, value: bytes, last: int) -> int | None:
+        """Rewrite `key` only if its revision is still `last`: the new one, None if lost."""
+        kv = await self._bucket()
+        try:
+            return int(await self._aio("kv_update", lambda: kv.update(key, value, last=last)))
+        except NatsUnavailable as exc:
+            if isinstance(exc.__cause__, nats.js.errors.KeyWrongLastSequenceError):
+                return None
+            raise
+
+    async def kv_get(self, key: str) -> tuple[bytes, int] | None:
+        """The value and revision of `key`, None when absent, deleted or expired."""
+        kv = await self._bucket()
+        try:
+            entry = await self._aio("kv_get", lambda: kv.get(key))
+        except NatsUnavailable as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+        if entry.value is None or entry.revision is None:
+            return None
+        return bytes(entry.value), int(entry.revision)
+
+    async def kv_delete(self, key: str) -> None:
+        kv = await self._bucket()
+        await self._aio("kv_delete", lambda: kv.delete(key))
+
+
+def _subject_matcher(subjects: list[str]) -> Callable[[str], bool]:
+    """NATS subject matching (`*` one token, `>` the rest) for the client-side filter."""
+    patterns = [p.split(".") for p in subjects] or [[">"]]
+
+    def match(subject: str) -> bool:
+        tokens = subject.split(".")
+        for pattern in patterns:
+            for i, part in enumerate(pattern):
+                if part == ">":
+                    if len(tokens) > i:
+                        return True
+                    break
+                if i >= len(tokens) or (part != "*" and part != tokens[i]):
+                    break
+            else:
+                if len(tokens) == len(pattern):
+                    return True
+        return False
+
+    return match
+
+
+def _stream_msg(msg: Msg) -> StreamMsg:
+    meta = msg.metadata
+    headers = msg.headers or {}
+    return StreamMsg(
+        subject=msg.subject,
+        data=bytes(msg.data),
+        msg_id=headers.get("Nats-Msg-Id"),
+        seq=int(meta.sequence.stream),
+        timestamp=meta.timestamp.timestamp() if meta.timestamp else 0.0,
+        delivered=int(meta.num_delivered or 1),
+    )
+
+
+@asynccontextmanager
+async def open_bridge(settings: NatsSettings) -> AsyncIterator[NatsBridge]:
+    """Enter the one trio-asyncio loop and yield a bridge; closes the connection on exit."""
+    if not settings.urls:
+        raise ValueError("open_bridge needs at least one NATS URL")
+    async with trio_asyncio.open_loop():
+        bridge = NatsBridge(settings)
+        try:
+            yield bridge
+        finally:
+            with trio.CancelScope(shield=True):
+                await bridge.close()
