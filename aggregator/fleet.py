@@ -78,6 +78,7 @@ from aggregator.nodestate import (
     Pending,
 )
 from aggregator.propagation import DelayCounter, DelayRing, Propagation, head_delay
+from aggregator.scaleout.merge import MergeResult, merge_remote_beat
 from heartbeat.protocol.beat import SourceState
 from heartbeat.protocol.tipset import parse_head
 
@@ -116,6 +117,8 @@ class Fleet(Admission):
         self._delays: dict[str, DelayCounter] = {}
         #: Per network: the recent heights and who saw them how late (/api/v1/propagation).
         self.propagation = Propagation()
+        #: This aggregator in `NodeView.held_by` (its stream origin with --nats-url).
+        self.origin = ""
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -268,6 +271,11 @@ class Fleet(Admission):
             delay,
         )
 
+    def on_remote_beat(self, origin: str, peer_id: str, beat: Beat, at: float) -> MergeResult:
+        """A beat another aggregator (`origin`) accepted at `at`, read from the stream: merged
+        by `aggregator.scaleout.merge` (newest beat wins; held while any holder beats)."""
+        return merge_remote_beat(self, origin, peer_id, beat, at)
+
     def beat_timeout(self, peer_id: str) -> float:
         """The silence after which `peer_id` counts as DOWN (the default for unknown peers)."""
         node = self._nodes.get(peer_id)
@@ -358,5 +366,11 @@ class Fleet(Admission):
     def snapshot(self, now: float) -> FleetSnapshot:
         """Compute states and per-network consensus at `now` (`aggregator.fleet_snapshot`)."""
         return take_snapshot(
-            self.policy, self._nodes, self.networks, len(self._pending), now, self._delays
+            self.policy,
+            self._nodes,
+            self.networks,
+            len(self._pending),
+            now,
+            self._delays,
+            self.origin,
         )

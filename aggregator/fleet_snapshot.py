@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from aggregator.consensus import head_hash, plurality
 from aggregator.networks import UNKNOWN_NETWORK, display_name, network_name, short_cid
 from aggregator.nodestate import ALL_STATES, FleetSnapshot, NetworkView, NodeState, NodeView
+from aggregator.scaleout.merge import held_by, held_remotely
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -42,13 +43,16 @@ def take_snapshot(
     pending: int,
     now: float,
     delays: Mapping[str, DelayCounter] | None = None,
+    origin: str = "",
 ) -> FleetSnapshot:
     """Compute states and per-network consensus at `now`; `delays`: the head delay histogram
-    per network key."""
+    per network key; `origin`: this aggregator in `NodeView.held_by`."""
     up, timeouts, by_net, top, reported = _liveness(policy, nodes, now)
     names = _names(nodes, reported)
     reference, votes = _reference_heads(policy, by_net, up, top)
-    views, state_counts = _node_views(policy, nodes, up, timeouts, top, reference, names, now)
+    views, state_counts = _node_views(
+        policy, nodes, up, timeouts, top, reference, names, now, origin
+    )
     node_views = tuple(views)
     head_delays: dict[str, DelayHistogram] = {}
     for key, counter in (delays or {}).items():
@@ -83,7 +87,13 @@ def _liveness(
     for pid, n in nodes.items():
         timeout = policy.beat_timeout(n.period)
         timeouts[pid] = timeout
-        is_up = n.connections > 0 and n.beats > 0 and now - n.last_beat <= timeout
+        # Held by a connection here, or by another aggregator whose beats still come
+        # (aggregator/scaleout/merge.py), and beating within its timeout.
+        is_up = (
+            n.beats > 0
+            and now - n.last_beat <= timeout
+            and (n.connections > 0 or (n.remote is not None and held_remotely(n, timeout, now)))
+        )
         up[pid] = is_up
         if not n.graduated:
             continue
@@ -199,8 +209,10 @@ def _node_views(
     reference: _Reference,
     names: Mapping[str, str],
     now: float,
+    origin: str = "",
 ) -> tuple[list[NodeView], dict[str, dict[NodeState, int]]]:
     """One view per node, sorted by peer id; state counts per network (voting nodes only)."""
+    here = (origin,) if origin else ()
     views: list[NodeView] = []
     append = views.append
     new_view = tuple.__new__
@@ -253,6 +265,9 @@ def _node_views(
                     n.head_seen_at,
                     n.delay_p50,
                     n.delay_p90,
+                    (here if n.connections > 0 else ())
+                    if n.remote is None
+                    else held_by(n, origin, timeouts[pid], now),
                 ),
             )
         )

@@ -150,6 +150,9 @@ class NodeView(NamedTuple):
     #: Over the node's recent distinct heads: HeadSeenAt - HeadTimestamp (seconds, >= 0).
     head_delay_p50: float | None = None
     head_delay_p90: float | None = None
+    #: The aggregators holding its connection now (origins, sorted; this one's included when
+    #: it has one). Without a stream (no --nats-url) this aggregator's name or nothing.
+    held_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,7 @@ class Node:
         "nickname",
         "peer_id",
         "period",
+        "remote",
         "remote_addr",
         "session_last_beat",
         "source_down",
@@ -249,6 +253,9 @@ class Node:
         self.beats = 0
         self.connections = 0
         self.remote_addr = ""
+        #: Other aggregators holding this node (origin -> their last beat's time, unix s);
+        #: None while none has (aggregator/scaleout/merge.py).
+        self.remote: dict[str, float] | None = None
         self.period: float | None = None
         self.session_last_beat: float | None = None  # last beat on the current connection
         self.head_changed_at = now
