@@ -65,6 +65,12 @@ PURE_MODULES = [
     "aggregator.propagation",
     "aggregator.propagation_api",
     "aggregator.fleet_admission",
+    "aggregator.statuspage.privacy",
+    "aggregator.statuspage.format",
+    "aggregator.statuspage.fleet_page",
+    "aggregator.statuspage.node_page",
+    "aggregator.statuspage.pages",
+    "aggregator.statuspage.live",
 ]
 FORBIDDEN = ("trio", "libp2p", "prometheus_client", "httpx", "sqlite3")
 CLOCK_CALL = re.compile(r"\btime\.(?:time|monotonic)(?:_ns)?\(")
