@@ -1,0 +1,77 @@
+"""The stream's payload schema (aggregator/scaleout/schema.py): pure round trips and rejects."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+
+from aggregator.scaleout import schema
+from aggregator.scaleout.schema import StreamBeat, StreamDecodeError, StreamEvent
+from heartbeat.protocol.beat import Beat, SourceState
+
+BEAT = Beat(
+    head="{bafy2bzaceabc,bafy2bzacedef}",
+    height=4_000_000,
+    nickname="n1",
+    miner_address="f01234",
+    genesis_cid="bafy2bzacecnamqgqmifpluoeldx7zzglxcljo6oja4vrmtj7432rphldpdmm2",
+    head_timestamp=1_700_000_000,
+    syncing=False,
+    version="1.2.3",
+    source_state=SourceState.OK,
+    head_seen_at=1_700_000_001_234,
+)
+
+
+def test_beat_round_trip_is_a_plain_cbor_map() -> None:
+    data = schema.encode_beat("agg-a/12D3KooWA", "12D3KooWP", 1_700_000_002.5, BEAT)
+    plain = cbor2.loads(data)
+    assert list(plain) == ["v", "origin", "peer_id", "at", "beat"]
+    assert plain["v"] == 1 and plain["beat"]["Height"] == 4_000_000
+    decoded = schema.decode(data)
+    assert decoded == StreamBeat("agg-a/12D3KooWA", "12D3KooWP", 1_700_000_002.5, BEAT)
+    as_json = schema.to_json(decoded)
+    assert as_json["type"] == "beat" and as_json["beat"]["SourceState"] == "ok"
+
+
+def test_event_round_trip() -> None:
+    data = schema.encode_event(
+        "agg-a", "transition", 10.0, {"peer_id": "P", "state": "down", "error": None}
+    )
+    decoded = schema.decode(data)
+    assert decoded == StreamEvent(
+        "agg-a", "transition", 10.0, {"peer_id": "P", "state": "down", "error": None}
+    )
+    assert schema.to_json(decoded)["kind"] == "transition"
+
+
+@pytest.mark.parametrize(
+    ("payload", "what"),
+    [
+        (b"\x01\x02", "bytes after"),
+        (cbor2.dumps([1]), "not a map"),
+        (cbor2.dumps({"v": 2, "origin": "a", "at": 1.0, "kind": "transition"}), "version"),
+        (cbor2.dumps({"v": True, "origin": "a", "at": 1.0, "kind": "transition"}), "version"),
+        (cbor2.dumps({"v": 1, "origin": "", "at": 1.0, "kind": "transition"}), "origin"),
+        (cbor2.dumps({"v": 1, "origin": "a", "at": "x", "kind": "transition"}), "'at'"),
+        (cbor2.dumps({"v": 1, "origin": "a", "at": 1.0, "kind": "nope"}), "kind"),
+        (cbor2.dumps({"v": 1, "origin": "a", "at": 1.0, "peer_id": "p", "beat": {}}), "rejected"),
+        (b"\xff", "not CBOR"),
+        (b"\xa0" + b"\x00" * schema.MAX_PAYLOAD, "limit"),
+    ],
+)
+def test_decode_rejects_with_the_typed_error(payload: bytes, what: str) -> None:
+    with pytest.raises(StreamDecodeError, match=what):
+        schema.decode(payload)
+
+
+def test_subjects_and_ids() -> None:
+    assert schema.beat_subject(None, "12D3KooWP") == "fil.heartbeat.unknown.beat.12D3KooWP"
+    assert schema.beat_subject("a.b *>", "p") == "fil.heartbeat.a_b___.beat.p"
+    assert schema.event_subject("bafy", "alert_firing") == "fil.heartbeat.bafy.event.alert_firing"
+    with pytest.raises(ValueError):
+        schema.event_subject("x", "other")
+    assert schema.beat_msg_id("o", "p", 1.0005) == "o:p:1001"
+    assert schema.event_msg_id("transition", "p", 2.0) == "transition:p:2000"
+    with pytest.raises(ValueError, match="reserved"):
+        schema.encode_event("o", "transition", 1.0, {"at": 3})
