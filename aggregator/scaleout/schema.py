@@ -171,7 +171,7 @@ def _text(obj: Mapping[str, Any], key: str) -> str:
 
 def _at(obj: Mapping[str, Any]) -> float:
     value = obj.get("at")
-    if type(value) not in (int, float):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise StreamDecodeError("'at' missing or not a unix time")
     at = float(value)
     if not math.isfinite(at) or at < 0:
