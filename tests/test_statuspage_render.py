@@ -268,3 +268,28 @@ def test_nodes_diff_a_client_too_far_behind_gets_the_whole_fleet_again() -> None
     msg = json.loads(text)
     assert msg["full"] and msg["seq"] == 5 and msg["nodes"][0]["height"] == 4
     assert diff.full() is diff.full()  # encoded once per update
+
+
+# -- the setting ----------------------------------------------------------------------------
+
+
+def test_status_page_setting_from_flag_env_and_file() -> None:
+    from aggregator.config import build_config
+    from heartbeat.errors import ConfigError
+
+    assert build_config().status_page == "private"
+    assert build_config(file={"status_page": "public"}).status_page == "public"
+    env = {"FIL_HEARTBEAT_AGGREGATOR_STATUS_PAGE": "off"}
+    assert build_config(env=env, file={"status_page": "public"}).status_page == "off"
+    assert build_config({"status_page": "Public"}, env).status_page == "public"
+    with pytest.raises(ConfigError, match="--status-page / FIL_HEARTBEAT_AGGREGATOR_STATUS_PAGE"):
+        build_config(env={"FIL_HEARTBEAT_AGGREGATOR_STATUS_PAGE": "secret"})
+
+
+def test_status_page_flag() -> None:
+    from aggregator.__main__ import parse_args
+
+    _, config = parse_args(["run", "--status-page", "public"], env={})
+    assert config.status_page == "public"
+    with pytest.raises(SystemExit):
+        parse_args(["run", "--status-page", "everyone"], env={})
