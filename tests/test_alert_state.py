@@ -10,6 +10,7 @@ until the node really returns; then the recovery arrives, once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import signal
 import subprocess
@@ -109,23 +110,34 @@ def test_pending_since_survives_a_restart() -> None:
     assert [tr.kind for tr in after.evaluate(_down(T0 + 60))] == [TransitionKind.FIRED]
 
 
+def _same(state: AlertState) -> AlertState:
+    return state
+
+
 async def test_the_writer_saves_changes_off_the_loop_and_once_more_at_shutdown(
     tmp_path: Path,
 ) -> None:
-    store = AlertStateStore(tmp_path / "agg.db")
-    state = AlertState()
-    writer = StateWriter(store, lambda: state, min_gap=0.01)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(writer.run)
-        state.notified = {"slack:x": {"a": 1.0}}
-        writer.mark()
-        with trio.fail_after(5):
-            while writer.saves < 1:
-                await trio.sleep(0.01)
-        state.notified = {"slack:x": {"a": 2.0}}
-        writer.mark()
-        nursery.cancel_scope.cancel()  # the last change is saved on the way out
-    assert AlertStateStore(tmp_path / "agg.db").load().notified == {"slack:x": {"a": 2.0}}
+    """The last change before shutdown is saved, wherever the writer stands when cancelled
+    (before a save's thread started, its change was once lost): 30 rounds, each cancelling
+    at a different point of the writer's loop."""
+    for round_ in range(30):
+        store = AlertStateStore(tmp_path / f"agg{round_}.db")
+        state = AlertState()
+        writer = StateWriter(store, functools.partial(_same, state), min_gap=0.0005 * round_)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            state.notified = {"slack:x": {"a": 1.0}}
+            writer.mark()
+            with trio.fail_after(5):
+                while writer.saves < 1:
+                    await trio.sleep(0.0005 * (round_ % 3))
+            state.notified = {"slack:x": {"a": 2.0}}
+            writer.mark()
+            for _ in range(round_ % 4):
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()  # the last change is saved on the way out
+        saved = AlertStateStore(tmp_path / f"agg{round_}.db").load().notified
+        assert saved == {"slack:x": {"a": 2.0}}, round_
 
 
 # --- a real aggregator, restarted ------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,11 @@ class StateWriter:
         self.shutdown_timeout = shutdown_timeout
         self.saves = 0
         self.failures = 0
-        self._dirty = trio.Event()
+        # Changes are counted, not flagged: a save only clears what it really wrote (a save
+        # cancelled before its thread started must leave the change for the final one).
+        self._marked = 0
+        self._saved = 0
+        self._wake = trio.Event()
 
     async def load(self) -> AlertState | None:
         try:
@@ -141,36 +145,37 @@ class StateWriter:
             log.error("alert_state_load_failed path=%s err=%s", self.store.path, exc)
             return None
 
+    @property
+    def dirty(self) -> bool:
+        return self._saved < self._marked
+
     def mark(self) -> None:
-        self._dirty.set()
+        self._marked += 1
+        self._wake.set()
 
     async def _save(self) -> None:
-        self._dirty = trio.Event()
+        generation = self._marked
         state = self.snapshot()  # taken on the event loop: a consistent copy
         try:
             await trio.to_thread.run_sync(self.store.save, state)
-            self.saves += 1
         except sqlite3.Error as exc:
             self.failures += 1
             log.error("alert_state_save_failed path=%s err=%s", self.store.path, exc)
-            self._dirty.set()
+            return
+        self._saved = max(self._saved, generation)
+        self.saves += 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
             while True:
-                await self._dirty.wait()
-                await self._save()
+                await self._wake.wait()
+                self._wake = trio.Event()
+                if self.dirty:
+                    await self._save()
                 await trio.sleep(self.min_gap)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self.shutdown_timeout):
-                if self._dirty.is_set():
+                if self.dirty:
                     await self._save()
                 await trio.to_thread.run_sync(self.store.close)
-
-
-def restored_counts(state: AlertState) -> Mapping[str, int]:
-    return {
-        "alerts": len(state.evaluator.get("tracks", [])),
-        "receivers": len(state.notified),
-    }
