@@ -81,7 +81,8 @@ def test_promtool_catches_lagging_and_stalled_firing_for_a_source_down_node(
     text = RULES.read_text()
     broken = text.replace('state=~"syncing|source_down"', 'state="syncing"').replace(
         """          unless on (peer_id, network)
-          (max by (peer_id, network) (fil_heartbeat_node_state{state="source_down"}) == 1)
+          (max by (peer_id, network)
+            (last_over_time(fil_heartbeat_node_state{state="source_down"}[2m])) == 1)
 """,
         "",
     )
@@ -94,6 +95,24 @@ def test_promtool_catches_lagging_and_stalled_firing_for_a_source_down_node(
     assert result.returncode != 0
     assert "alertname: FilNodeLagging, time: 15m" in out
     assert "alertname: FilNodeHeadStalled, time: 15m" in out
+
+
+@needs_promtool
+def test_scrape_gap_test_fails_without_the_last_sample_reads(tmp_path: Path) -> None:
+    """tests/scrape_gap_test.yml is not vacuous: with the series read as they are (no
+    `last_over_time`), a firing FilNodeDown resolves in the gap and is pending after it."""
+    (tmp_path / "tests").mkdir()
+    text = RULES.read_text()
+    plain = re.sub(r"last_over_time\((fil_heartbeat_\w+(?:\{[^}]*\})?)\[2m\]\)", r"\1", text)
+    assert "last_over_time(fil_" not in plain
+    (tmp_path / "rules.yml").write_text(plain)
+    test_file = tmp_path / "tests" / "scrape_gap_test.yml"
+    shutil.copy(GRAFANA / "prometheus" / "tests" / "scrape_gap_test.yml", test_file)
+    result = _run(str(PROMTOOL), "test", "rules", str(test_file), cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "alertname: FilNodeDown, time: 5m30s" in out  # in the gap
+    assert "alertname: FilNodeDown, time: 7m" in out  # after it
 
 
 @needs_promtool
