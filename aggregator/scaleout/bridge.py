@@ -6,6 +6,7 @@ callers see plain trio awaitables, cancellable and with deadlines. Every error t
 raises (its own, OSError, asyncio timeouts) is translated here, and only here, into
 `NatsUnavailable`; nothing above this module knows nats-py exists.
 
+Once open, any trio task of the process may call the bridge (it holds the loop it entered).
 The connection is made lazily on first use and re-made after it closes, so an aggregator
 started while NATS is down runs normally and its export spools until NATS answers. While a
 connection is up, nats-py reconnects by itself across the cluster's members.
@@ -18,7 +19,7 @@ import datetime
 import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,11 @@ def _describe(exc: BaseException) -> str:
 class NatsBridge:
     """JetStream publish, pull consumers and key-value, as trio awaitables."""
 
-    def __init__(self, settings: NatsSettings) -> None:
+    def __init__(self, settings: NatsSettings, loop: Any) -> None:
         self.settings = settings
+        # The trio-asyncio loop `open_bridge` entered: every call runs on it, from any trio
+        # task of the process (the loop's context variable is set only in the opening task).
+        self._loop = loop
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
@@ -135,8 +139,10 @@ class NatsBridge:
 
     async def _aio(self, operation: str, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run one nats-py coroutine under trio, translating its errors."""
+        if self._loop.is_closed():
+            raise NatsUnavailable(operation, "the bridge is closed")
         try:
-            result: T = await trio_asyncio.aio_as_trio(fn)()
+            result: T = await trio_asyncio.aio_as_trio(fn, loop=self._loop)()
             return result
         except _NATS_ERRORS as exc:
             raise NatsUnavailable(operation, _describe(exc)) from exc
@@ -276,7 +282,7 @@ class NatsBridge:
         *,
         deliver_since: float | None,
         batch: int = 256,
-    ) -> AsyncIterator[tuple[StreamMsg, Callable[[], Awaitable[None]]]]:
+    ) -> AsyncGenerator[tuple[StreamMsg, Callable[[], Awaitable[None]]], None]:
         """Messages on `subjects` from a pull consumer, each with its ack.
 
         `durable` names a consumer the server keeps (a restart resumes after its last ack);
@@ -325,7 +331,7 @@ class NatsBridge:
             # Callers should wrap the iteration in `contextlib.aclosing`; a generator finalized
             # after the bridge's loop closed cannot reach nats-py any more (the server then
             # drops an ephemeral consumer after EPHEMERAL_IDLE).
-            if trio_asyncio.current_loop.get() is not None:
+            if not self._loop.is_closed():
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await self._aio("unsubscribe", sub.unsubscribe)
@@ -437,8 +443,8 @@ async def open_bridge(settings: NatsSettings) -> AsyncIterator[NatsBridge]:
     """Enter the one trio-asyncio loop and yield a bridge; closes the connection on exit."""
     if not settings.urls:
         raise ValueError("open_bridge needs at least one NATS URL")
-    async with trio_asyncio.open_loop():
-        bridge = NatsBridge(settings)
+    async with trio_asyncio.open_loop() as loop:
+        bridge = NatsBridge(settings, loop)
         try:
             yield bridge
         finally:
