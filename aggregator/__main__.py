@@ -246,6 +246,13 @@ def _parser() -> argparse.ArgumentParser:
     for p in (parser, run, ident, worker):
         p.add_argument("--log-format", choices=["text", "json"])
         p.add_argument("--log-level")
+    for action in run._actions:  # alert-test reads its settings as `run` does
+        if (
+            action.option_strings
+            and not isinstance(action, argparse._HelpAction)
+            and not set(action.option_strings) & set(alert_test._option_string_actions)
+        ):
+            alert_test._add_action(action)
     show = sub.add_parser(
         "config",
         help="print the effective configuration and where each value comes from",
