@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from heartbeat.agent.config_sources import (
+    CONFIG_SETTING,
+    ENV_PREFIX,
+    KNOWN_VARIABLES,
+    OTHER_PREFIXES,
+    SETTINGS,
+    Setting,
+    Sources,
+    by_key,
+)
+from heartbeat.agent.config_sources import choice as _choice
+from heartbeat.agent.config_sources import duration as _duration
+from heartbeat.agent.config_sources import enabled as _yes
+from heartbeat.agent.config_sources import integer as _int
+from heartbeat.agent.config_sources import setting_error as _err
+from heartbeat.agent.config_sources import text as _text
 from heartbeat.agent.targets import Target, parse_target
-from heartbeat.common.settings import parse_choice, parse_duration_value, parse_int
-from heartbeat.errors import ConfigError, HeartbeatError
+from heartbeat.errors import ConfigError
 from heartbeat.protocol.address import AddressError, normalize_miner_address
 from heartbeat.protocol.tipset import is_plausible_cid
 from heartbeat.protocol.wire import validate_nickname
@@ -46,62 +61,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ALERTS_PERIOD = 10.0
 
 _STATIC_HEAD_CID = "bafy2bzacedstaticheadstaticheadstaticheadstaticheadstatichea"
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """How one setting is spelled in each source."""
-
-    key: str  # TOML key and the parsed-flags key
-    flag: str
-    env: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.flag} / {self.env}" if self.env else self.flag
-
-
-_S = {
-    s.key: s
-    for s in (
-        Setting("targets", "--target", "FIL_HEARTBEAT_TARGETS"),
-        Setting("alerts", "--alerts", "FIL_HEARTBEAT_ALERTS"),
-        Setting("nickname", "--nickname", "FIL_HEARTBEAT_NICKNAME"),
-        Setting("beat_period", "--beat-period", "FIL_HEARTBEAT_BEAT_PERIOD"),
-        Setting("reconnect_period", "--reconnect-period", "FIL_HEARTBEAT_RECONNECT_PERIOD"),
-        Setting("jitter", "--jitter", "FIL_HEARTBEAT_JITTER"),
-        Setting("error_log_period", "--error-log-period", "FIL_HEARTBEAT_ERROR_LOG_PERIOD"),
-        Setting("write_timeout", "--write-timeout", "FIL_HEARTBEAT_WRITE_TIMEOUT"),
-        Setting("dial_timeout", "--dial-timeout", "FIL_HEARTBEAT_DIAL_TIMEOUT"),
-        Setting("head_source", "--head-source", "FIL_HEARTBEAT_HEAD_SOURCE"),
-        Setting("fullnode_api_info", "--fullnode-api-info", "FULLNODE_API_INFO"),
-        Setting("miner_api_info", "--miner-api-info", "MINER_API_INFO"),
-        Setting("miner_address", "--miner-address", "FIL_HEARTBEAT_MINER_ADDRESS"),
-        Setting("identity_file", "--identity-file", "FIL_HEARTBEAT_IDENTITY_FILE"),
-        Setting("metrics_listen", "--metrics-listen", "FIL_HEARTBEAT_METRICS_LISTEN"),
-        Setting("log_format", "--log-format", "FIL_HEARTBEAT_LOG_FORMAT"),
-        Setting("log_level", "--log-level", "FIL_HEARTBEAT_LOG_LEVEL"),
-        Setting("encoding", "--encoding", "FIL_HEARTBEAT_ENCODING"),
-        Setting("static_height", "--static-height", "FIL_HEARTBEAT_STATIC_HEIGHT"),
-        Setting("static_head", "--static-head", "FIL_HEARTBEAT_STATIC_HEAD"),
-        Setting("genesis_cid", "--genesis-cid", "FIL_HEARTBEAT_GENESIS_CID"),
-        Setting("block_delay", "--block-delay", "FIL_HEARTBEAT_BLOCK_DELAY"),
-        Setting("lag_epochs", "--lag-epochs", "FIL_HEARTBEAT_LAG_EPOCHS"),
-        Setting("seed", "--seed", "FIL_HEARTBEAT_SEED"),
-        Setting(
-            "allow_unpatched_libp2p",
-            "--allow-unpatched-libp2p",
-            "FIL_HEARTBEAT_ALLOW_UNPATCHED_LIBP2P",
-        ),
-    )
-}
-_CONFIG = Setting("config", "--config", "FIL_HEARTBEAT_CONFIG")
-#: Every setting by key, `--config` included (help, `config`, the variable check).
-SETTINGS: Mapping[str, Setting] = {**_S, "config": _CONFIG}
-#: The agent's prefix; the aggregator's variables (FIL_HEARTBEAT_AGGREGATOR_*) are not ours.
-ENV_PREFIX = "FIL_HEARTBEAT_"
-OTHER_PREFIXES = ("FIL_HEARTBEAT_AGGREGATOR_",)
-KNOWN_VARIABLES = frozenset(s.env for s in SETTINGS.values() if s.env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,80 +94,7 @@ class AgentConfig:
     allow_unpatched_libp2p: bool = False
 
 
-class _Sources:
-    """Looks a setting up in flags, then env, then TOML; remembers where it came from."""
-
-    def __init__(
-        self, flags: Mapping[str, Any], env: Mapping[str, str], toml: Mapping[str, Any]
-    ) -> None:
-        self.flags, self.env, self.toml = flags, env, toml
-
-    def get(self, key: str) -> tuple[Any, str] | None:
-        s = _S[key]
-        value = self.flags.get(key)
-        if value is not None and value != []:
-            return value, "flag"
-        if s.env is not None and self.env.get(s.env, "").strip():
-            return self.env[s.env].strip(), "env"
-        if key in self.toml:
-            return self.toml[key], "config file"
-        return None
-
-
-def _err(key: str, message: str) -> ConfigError:
-    return ConfigError(_S[key].label, message)
-
-
-def _duration(src: _Sources, key: str, default: float, *, minimum: float = 0.001) -> float:
-    found = src.get(key)
-    if found is None:
-        return default
-    value, origin = found
-    try:
-        seconds = parse_duration_value(value)
-    except (ValueError, HeartbeatError) as exc:
-        raise _err(key, f"invalid duration {value!r} ({origin}); example: 3s, 1m30s") from exc
-    if not seconds >= minimum or seconds > 86400 * 365:
-        raise _err(key, f"duration {value!r} ({origin}) out of range; example: 3s")
-    return seconds
-
-
-def _choice(src: _Sources, key: str, choices: Sequence[str], default: str | None) -> str | None:
-    found = src.get(key)
-    if found is None:
-        return default
-    value, origin = found
-    try:
-        return parse_choice(value, choices)
-    except ValueError as exc:
-        raise _err(key, f"invalid value {value!r} ({origin}); {exc}") from exc
-
-
-def _int(src: _Sources, key: str, default: int | None, lo: int, hi: int) -> int | None:
-    found = src.get(key)
-    if found is None:
-        return default
-    value, origin = found
-    try:
-        number = parse_int(value)
-    except ValueError as exc:
-        raise _err(key, f"expected an integer, got {value!r} ({origin}); example: 100") from exc
-    if not lo <= number <= hi:
-        raise _err(key, f"{number} ({origin}) out of range [{lo}, {hi}]")
-    return number
-
-
-def _text(src: _Sources, key: str) -> str | None:
-    found = src.get(key)
-    if found is None:
-        return None
-    value, origin = found
-    if not isinstance(value, str):
-        raise _err(key, f"expected text, got {value!r} ({origin})")
-    return value.strip()
-
-
-def _target_list(src: _Sources) -> list[Target]:
+def _target_list(src: Sources) -> list[Target]:
     found = src.get("targets")
     if found is None:
         return []
@@ -219,10 +105,10 @@ def _target_list(src: _Sources) -> list[Target]:
         items = [part for v in value for part in v.split(",") if part.strip()]
     else:
         raise _err("targets", f"expected multiaddr text or a list of them ({origin})")
-    return [parse_target(item, setting=_S["targets"].label) for item in items]
+    return [parse_target(item, setting=by_key["targets"].label) for item in items]
 
 
-def _listen(src: _Sources) -> tuple[str, int] | None:
+def _listen(src: Sources) -> tuple[str, int] | None:
     found = src.get("metrics_listen")
     if found is None:
         return None
@@ -235,7 +121,7 @@ def _listen(src: _Sources) -> tuple[str, int] | None:
     return host, int(port_text)
 
 
-def _cids(src: _Sources) -> tuple[str, ...] | None:
+def _cids(src: Sources) -> tuple[str, ...] | None:
     found = src.get("static_head")
     if found is None:
         return None
@@ -255,7 +141,7 @@ def config_path(flags: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
     value = flags.get("config")
     if value:
         return str(value)
-    text = env.get(_CONFIG.env or "", "").strip()
+    text = env.get(CONFIG_SETTING.env or "", "").strip()
     return text or None
 
 
@@ -264,16 +150,18 @@ def parse_toml(text: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_CONFIG.label, f"invalid TOML: {exc}") from exc
+        raise ConfigError(CONFIG_SETTING.label, f"invalid TOML: {exc}") from exc
     agent = data.get("agent")
     if isinstance(agent, dict):
         data = {**{k: v for k, v in data.items() if k != "agent"}, **agent}
     normalised = {key.replace("-", "_"): value for key, value in data.items()}
     if "target" in normalised and "targets" not in normalised:
         normalised["targets"] = normalised.pop("target")
-    unknown = sorted(set(normalised) - set(_S))
+    unknown = sorted(set(normalised) - set(by_key))
     if unknown:
-        raise ConfigError(_CONFIG.label, f"unknown key(s) {', '.join(unknown)} in config file")
+        raise ConfigError(
+            CONFIG_SETTING.label, f"unknown key(s) {', '.join(unknown)} in config file"
+        )
     return normalised
 
 
@@ -284,24 +172,13 @@ def resolve_identity_file(
     default: Path,
 ) -> Path:
     """The identity key file (for `fil-heartbeat id` as well as `run`)."""
-    text = _text(_Sources(flags, env, toml), "identity_file")
+    text = _text(Sources(flags, env, toml), "identity_file")
     if text == "":
         raise _err("identity_file", "empty path")
     return Path(text).expanduser() if text else default
 
 
-def _yes(src: _Sources, key: str) -> bool:
-    found = src.get(key)
-    if found is None:
-        return False
-    value, origin = found
-    text = str(value).strip().lower()
-    if isinstance(value, bool) or text in ("true", "1", "yes", "false", "0", "no"):
-        return value if isinstance(value, bool) else text in ("true", "1", "yes")
-    raise _err(key, f"expected true or false, got {value!r} ({origin})")
-
-
-def _jitter(src: _Sources, done: Mapping[str, Any]) -> float:
+def _jitter(src: Sources, done: Mapping[str, Any]) -> float:
     found = src.get("jitter")
     if found is None:
         return 0.2
@@ -316,7 +193,7 @@ def _jitter(src: _Sources, done: Mapping[str, Any]) -> float:
     return jitter
 
 
-def _targets(src: _Sources, done: Mapping[str, Any]) -> tuple[Target, ...]:
+def _targets(src: Sources, done: Mapping[str, Any]) -> tuple[Target, ...]:
     """Every target with the beat and reconnect periods; the alert service's own."""
     targets = [
         replace(t, beat_period=done["beat_period"], reconnect_period=done["reconnect_period"])
@@ -324,7 +201,7 @@ def _targets(src: _Sources, done: Mapping[str, Any]) -> tuple[Target, ...]:
     ]
     alerts = _text(src, "alerts")
     if alerts:
-        alert = parse_target(alerts, setting=_S["alerts"].label)
+        alert = parse_target(alerts, setting=by_key["alerts"].label)
         targets.append(
             replace(alert, beat_period=ALERTS_PERIOD, reconnect_period=ALERTS_PERIOD, role="alerts")
         )
@@ -341,7 +218,7 @@ def _targets(src: _Sources, done: Mapping[str, Any]) -> tuple[Target, ...]:
     return tuple(targets)
 
 
-def _nickname(src: _Sources, done: Mapping[str, Any]) -> str:
+def _nickname(src: Sources, done: Mapping[str, Any]) -> str:
     nickname = _text(src, "nickname") or ""
     if not validate_nickname(nickname):
         raise _err(
@@ -352,14 +229,14 @@ def _nickname(src: _Sources, done: Mapping[str, Any]) -> str:
     return nickname
 
 
-def _miner_api_info(src: _Sources, done: Mapping[str, Any]) -> str | None:
+def _miner_api_info(src: Sources, done: Mapping[str, Any]) -> str | None:
     miner_api = _text(src, "miner_api_info") or None
     if miner_api is None and src.env.get("STORAGE_API_INFO", "").strip():
         miner_api = src.env["STORAGE_API_INFO"].strip()
     return miner_api
 
 
-def _head_source(src: _Sources, done: Mapping[str, Any]) -> str:
+def _head_source(src: Sources, done: Mapping[str, Any]) -> str:
     """The head source; Lotus (the default when FULLNODE_API_INFO is set) needs its API."""
     fullnode = done["fullnode_api_info"]
     head_source = _choice(src, "head_source", HEAD_SOURCES, "lotus" if fullnode else None)
@@ -378,7 +255,7 @@ def _head_source(src: _Sources, done: Mapping[str, Any]) -> str:
     return head_source
 
 
-def _miner_address(src: _Sources, done: Mapping[str, Any]) -> str:
+def _miner_address(src: Sources, done: Mapping[str, Any]) -> str:
     miner_text = _text(src, "miner_address")
     if not miner_text:
         return ""
@@ -390,12 +267,12 @@ def _miner_address(src: _Sources, done: Mapping[str, Any]) -> str:
         ) from exc
 
 
-def _identity_file(src: _Sources, done: Mapping[str, Any]) -> Path:
+def _identity_file(src: Sources, done: Mapping[str, Any]) -> Path:
     # `done` holds the caller's default until this row replaces it
     return resolve_identity_file(src.flags, src.env, src.toml, done["identity_file"])
 
 
-_Parser = Callable[[_Sources, Mapping[str, Any]], Any]
+_Parser = Callable[[Sources, Mapping[str, Any]], Any]
 
 #: Every `AgentConfig` field and its parser, in the order settings are checked (the first
 #: bad one is the one reported). A parser sees the fields parsed before it in `done`.
@@ -436,7 +313,7 @@ def build_config(
 ) -> AgentConfig:
     """Build and validate the agent's configuration. `flags` maps setting keys to the
     parsed command-line values (None or missing = not given)."""
-    src = _Sources(flags, env, toml or {})
+    src = Sources(flags, env, toml or {})
     done: dict[str, Any] = {"identity_file": default_identity_file}
     for key, parse in _PARSERS:
         done[key] = parse(src, done)
@@ -446,7 +323,7 @@ def build_config(
 def _check_api_info(value: str, key: str, *, miner: bool) -> None:
     from heartbeat.agent.lotus.apiinfo import parse_api_info
 
-    parse_api_info(value, setting=_S[key].label, miner=miner)
+    parse_api_info(value, setting=by_key[key].label, miner=miner)
 
 
 def setting_origins(
@@ -454,9 +331,9 @@ def setting_origins(
 ) -> dict[str, str]:
     """Where each setting's value comes from: flag, env, config file or default (for
     `fil-heartbeat config`)."""
-    src = _Sources(flags, env, toml or {})
+    src = Sources(flags, env, toml or {})
     out: dict[str, str] = {}
-    for key, setting in _S.items():
+    for key, setting in by_key.items():
         found = src.get(key)
         origin = "default" if found is None else found[1]
         if origin == "env" and setting.env:
