@@ -122,3 +122,23 @@ async def test_routes(tmp_path: Path, autojump_clock: trio.testing.MockClock) ->
         assert 86_400 - 10 < float(table[1][6]) <= 86_400
 
     await _api(tmp_path, False, check)
+
+
+async def test_csv_lists_the_aggregators_gaps(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def first(api: HistoryApi) -> None:
+        assert api.uptime_of("a")["24h"]["available"] == 0.0  # source down since it came
+
+    await _api(tmp_path, False, first)
+    await trio.sleep(100)  # away
+
+    async def second(api: HistoryApi) -> None:
+        answer = await api.route("GET", "/api/v1/nodes/a/history.csv", "since=0")
+        assert answer is not None and answer[0] == 200
+        rows = list(csv.DictReader(io.StringIO(answer[2].decode())))
+        [gap] = [r for r in rows if r["kind"] == "gap"]
+        assert float(gap["until"]) - float(gap["at"]) == pytest.approx(100)
+        assert gap["utc"].endswith("Z")
+
+    await _api(tmp_path, False, second)

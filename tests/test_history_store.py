@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from aggregator.errors import StoreError
 from aggregator.fleet import Fleet, FleetPolicy
 from aggregator.history import EPOCH, HOUR_SLOTS, UNKNOWN, ChunkEncoder, Totals, Transition
 from aggregator.history_api import HistoryApi
@@ -335,3 +336,43 @@ async def test_uptime_stops_at_the_retention_horizon(
         }
     assert ups[0]["24h"] == {"available": 1.0, "healthy": 0.0, "excluded_seconds": 1}
     assert ups[1] == ups[0]["30d"]  # the history's own uptime over the same 30 days
+
+
+class FailingOnce(HistoryStore):
+    """A store whose second write fails (the disk full for a moment)."""
+
+    writes = 0
+
+    def write(self, batch: Batch) -> None:
+        self.writes += 1
+        if self.writes == 2:
+            raise StoreError(str(self.path), "disk I/O error")
+        super().write(batch)
+
+
+async def test_a_failed_write_is_retried_with_the_next_batch(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    fleet = Fleet()
+    store = FailingOnce(path)
+    service = HistoryService(
+        store,
+        lambda: fleet.snapshot(T0 + trio.current_time()),
+        flush_interval=2.0,
+        clock=lambda: T0 + trio.current_time(),
+        run_sync=inline,
+    )
+
+    async def body() -> None:
+        fleet.on_connect("a", "10.0.0.1", T0 + trio.current_time())
+        fleet.on_beat("a", beat(7), T0 + trio.current_time())
+        await trio.sleep(2.5)  # the flush at 2 s fails
+        assert _rows(path, "SELECT count(*) FROM history_transitions") == [(0,)]
+        assert [t.state for t in service.unflushed("a")] == ["in_consensus"]
+        await trio.sleep(2)  # the next one writes it
+
+    await _run_service(service, body)
+    assert store.writes >= 3
+    assert _rows(path, "SELECT state FROM history_transitions") == [("in_consensus",)]
+    assert any("history_write_failed" in r.getMessage() for r in caplog.records)
