@@ -106,12 +106,10 @@ def node_row(node: Mapping[str, Any], now: float) -> str:
     # Kept short (10,000 rows): no per-cell column names (app.js counts cells by the
     # header's `data-col`), the peer id only where it is needed.
     cells = (
-        '<td><button type="button" class="pin js-only" aria-pressed="false"'
-        ' aria-label="Pin">☆</button></td>',
+        "<td></td>",  # the pin button: app.js adds it (and the copy button)
         f'<td><a href="{_e(node_href(peer))}">{_e(nickname)}</a>{probation}</td>',
         f"<td>{_e(node.get('miner_address') or DASH)}</td>",
-        f'<td><code title="{_e(peer)}">{_e(short_peer(peer))}</code>'
-        ' <button type="button" class="copy js-only" aria-label="Copy peer id">copy</button></td>',
+        f'<td><code title="{_e(peer)}">{_e(short_peer(peer))}</code></td>',
         f"<td>{_e(node.get('network') or DASH)}</td>",
         f'<td data-v="{rank}"><span class="state s-{_e(state)}">'
         f"{_e(state_word(state))}</span></td>",

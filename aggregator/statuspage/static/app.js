@@ -87,7 +87,10 @@
   var view = []; // `order` as filtered: what the window shows a slice of
   function record(tr) {
     // shown: in the document; stale: its cells lag behind `node` (it was off screen).
-    var r = { tr: tr, peer: tr.dataset.peer, node: null, text: {}, shown: false, stale: false };
+    var r = {
+      tr: tr, peer: tr.dataset.peer, node: null, text: {}, shown: false, stale: false,
+      decorated: false
+    };
     rows.set(r.peer, r);
     return r;
   }
@@ -175,24 +178,14 @@
     tr.dataset.peer = n.peer_id;
     COLS.forEach(function (col) {
       var td = doc.createElement("td");
-      if (col === "pin") {
-        var b = doc.createElement("button");
-        b.type = "button"; b.className = "pin"; b.textContent = "\u2606";
-        b.setAttribute("aria-pressed", "false");
-        b.setAttribute("aria-label", "Pin");
-        td.append(b);
-      } else if (col === "nickname") {
+      if (col === "nickname") {
         var a = doc.createElement("a");
         a.href = "/nodes/" + encodeURIComponent(n.peer_id);
         td.append(a);
       } else if (col === "peer") {
         var code = doc.createElement("code");
         code.title = n.peer_id; code.textContent = shortId(n.peer_id);
-        var c = doc.createElement("button");
-        c.type = "button"; c.className = "copy";
-        c.setAttribute("aria-label", "Copy peer id"); c.title = "Copy peer id";
-        c.textContent = "copy";
-        td.append(code, " ", c);
+        td.append(code);
       } else if (col === "state") {
         td.append(doc.createElement("span"));
       }
@@ -202,6 +195,23 @@
     r.node = n;
     if (pins.has(n.peer_id)) { pinned.push(r); markPinned(r, true); } else order.push(r);
     return r;
+  }
+
+  // The pin and copy buttons (they need scripting: the server leaves them out), added to a
+  // row when it first comes into view.
+  function decorate(r) {
+    if (r.decorated) return;
+    r.decorated = true;
+    var b = doc.createElement("button");
+    b.type = "button"; b.className = "pin"; b.textContent = "\u2606";
+    b.setAttribute("aria-pressed", "false");
+    b.setAttribute("aria-label", "Pin " + r.tr.cells[IDX.nickname].textContent);
+    r.tr.cells[IDX.pin].append(b);
+    var c = doc.createElement("button");
+    c.type = "button"; c.className = "copy";
+    c.setAttribute("aria-label", "Copy peer id"); c.title = "Copy peer id";
+    c.textContent = "copy";
+    r.tr.cells[IDX.peer].append(" ", c);
   }
 
   // -- the window: only the rows on screen (and some around) are in the document ----------
@@ -258,6 +268,7 @@
         r.stale = false;
         COLS.forEach(function (c) { setCell(r, c, now); });
       }
+      decorate(r);
     });
     var base = pinnedBody.rows.length + 2;
     var trs = onScreen.map(function (r, i) {
@@ -288,6 +299,7 @@
     try { localStorage.setItem(PIN_KEY, JSON.stringify(Array.from(pins))); } catch (e) { /* private mode */ }
   }
   function markPinned(r, on) {
+    decorate(r);
     var b = r.tr.cells[IDX.pin].firstChild;
     b.setAttribute("aria-pressed", on ? "true" : "false");
     b.textContent = on ? "\u2605" : "\u2606";
