@@ -1,9 +1,10 @@
-"""CLI: `fil-heartbeat-aggregator run|id|alert-test` (no subcommand means `run`).
+"""CLI: `fil-heartbeat-aggregator run|id|alert-test|tail` (no subcommand means `run`).
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration error or a listen address
 already in use (checked before anything is opened; the message names the setting), 1 for an
 identity or store error. `alert-test`: 0 when every alert receiver took the test
-notification, 1 when one did not, 2 for a configuration error.
+notification, 1 when one did not, 2 for a configuration error. `tail`: the JetStream stream
+as JSON lines (aggregator/scaleout/tail.py), 0 when stopped by a signal (it waits NATS out).
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
             "URL/grafana/RUNBOOK.md#alertname (default: relative links); env "
             "FIL_HEARTBEAT_AGGREGATOR_RUNBOOK_BASE_URL, TOML runbook_base_url",
         )
+        _add_nats_arguments(p)
         add_alert_arguments(p)
     for p in (parser, run, ident, worker):
         p.add_argument("--log-format", choices=["text", "json"])
@@ -261,11 +263,38 @@ def _parser() -> argparse.ArgumentParser:
     for action in run._actions:  # the same settings as run
         if action.option_strings and not isinstance(action, argparse._HelpAction):
             show._add_action(action)
+    tail = sub.add_parser(
+        "tail",
+        help="print the NATS stream's beats and events as JSON lines from a durable consumer "
+        "(acknowledged after each line: a restart resumes, no gaps)",
+        argument_default=argparse.SUPPRESS,
+    )
+    for action in run._actions:  # tail connects to NATS as run does
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            tail._add_action(action)
+    tail.add_argument("--durable", dest="tail_durable", metavar="NAME")
+    tail.add_argument("--subjects", dest="tail_subjects", metavar="SUBJECT", action="append")
+    tail.add_argument("--since", dest="tail_since", metavar="DURATION")
     from aggregator.help import setting_help
 
     document_flags(parser, setting_help(_state_dir()))
     hide_subcommands(parser, {"worker"})  # started by worker 0 only
     return parser
+
+
+def _add_nats_arguments(p: argparse.ArgumentParser) -> None:
+    """The JetStream scale-out's settings (aggregator/scaleout/); help from aggregator/help.py."""
+    p.add_argument("--nats-url", metavar="URL", action="append")
+    p.add_argument("--nats-user", metavar="NAME")
+    for flag in ("--nats-password-file", "--nats-token-file", "--nats-creds", "--nats-nkey"):
+        p.add_argument(flag, metavar="FILE")
+    p.add_argument("--nats-tls-ca", metavar="FILE")
+    p.add_argument("--nats-stream", metavar="NAME")
+    p.add_argument("--nats-replicas", metavar="N")
+    p.add_argument("--nats-max-age", metavar="DURATION")
+    p.add_argument("--nats-max-bytes", metavar="BYTES")
+    p.add_argument("--nats-spool-max", metavar="N")
+    p.add_argument("--nats-catch-up", metavar="DURATION")
 
 
 def parse_args(
@@ -410,6 +439,11 @@ def _run_command(command: str, config: AggregatorConfig, argv: Sequence[str]) ->
         from aggregator.alerts.service import run_alert_test
 
         return trio.run(run_alert_test, config, dict(os.environ))
+    if command == "tail":
+        from aggregator.scaleout.tail import run_tail
+
+        code: int = trio.run(run_tail, config)
+        return code
     from aggregator.app import run_aggregator
 
     variants = BenchVariants.from_args(_parser().parse_args(list(argv)))

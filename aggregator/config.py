@@ -132,6 +132,27 @@ class AggregatorConfig:
     #: Where grafana/RUNBOOK.md is published: alert runbook links become absolute
     #: (base + "/grafana/RUNBOOK.md#alertname"); "" keeps them relative.
     runbook_base_url: str = ""
+    # -- NATS JetStream scale-out (aggregator/scaleout/; nothing changes without nats_url) --
+    nats_url: tuple[str, ...] = ()
+    nats_user: str | None = None
+    nats_password_file: Path | None = None
+    nats_token_file: Path | None = None
+    nats_creds: Path | None = None
+    nats_nkey: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_stream: str = "FIL_HEARTBEAT"
+    nats_replicas: int = 3
+    nats_max_age: float = 7 * 86_400.0
+    nats_max_bytes: int = 1 << 30
+    #: Messages NATS has not acknowledged wait in the state db, at most this many (the
+    #: oldest are dropped, and counted, beyond it).
+    nats_spool_max: int = 100_000
+    #: How far back a (re)started aggregator reads the stream before it reports ready.
+    nats_catch_up: float = 600.0
+    #: `tail` only: its durable consumer, the subjects it reads, how far back a new one starts.
+    tail_durable: str = "fil-heartbeat-tail"
+    tail_subjects: tuple[str, ...] = ("fil.heartbeat.>",)
+    tail_since: float | None = None
 
     @property
     def http_url(self) -> str:
@@ -213,6 +234,41 @@ def _log_level(value: Any) -> str:
     return parse_choice(_str(value), ("debug", "info", "warning", "error", "critical")).upper()
 
 
+def _comma_list(value: Any) -> tuple[str, ...]:
+    """A repeatable flag's values, each possibly a comma list (as the env variable is)."""
+    items = value if isinstance(value, list | tuple) else [value]
+    return tuple(part.strip() for v in items for part in str(v).split(",") if part.strip())
+
+
+def _nats_urls(value: Any) -> tuple[str, ...]:
+    urls = _comma_list(value)
+    for url in urls:
+        if not re.match(r"^(nats|tls|ws|wss)://[^/\s]+$", url):
+            raise ValueError(f"{url!r} is not a NATS URL like nats://127.0.0.1:4222")
+    return urls
+
+
+def _subjects(value: Any) -> tuple[str, ...]:
+    subjects = _comma_list(value)
+    for subject in subjects:
+        if not re.match(r"^[A-Za-z0-9_\-*>]+(\.[A-Za-z0-9_\-*>]+)*$", subject):
+            raise ValueError(f"{subject!r} is not a NATS subject like fil.heartbeat.*.beat.*")
+    if not subjects:
+        raise ValueError("at least one subject")
+    return subjects
+
+
+def _consumer_name(value: Any) -> str:
+    text = _str(value)
+    if not re.match(r"^[A-Za-z0-9_-]+$", text):
+        raise ValueError("letters, digits, _ and - only")
+    return text
+
+
+def _opt_str(value: Any) -> str | None:
+    return _str(value) or None
+
+
 def _alerts(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError("expected a table")
@@ -271,6 +327,22 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "alerts": _alerts,
     "alerts_file": _opt_path,
     "runbook_base_url": _base_url,
+    "nats_url": _nats_urls,
+    "nats_user": _opt_str,
+    "nats_password_file": _opt_path,
+    "nats_token_file": _opt_path,
+    "nats_creds": _opt_path,
+    "nats_nkey": _opt_path,
+    "nats_tls_ca": _opt_path,
+    "nats_stream": _str,
+    "nats_replicas": _int,
+    "nats_max_age": _duration,
+    "nats_max_bytes": _int,
+    "nats_spool_max": _int,
+    "nats_catch_up": _duration,
+    "tail_durable": _consumer_name,
+    "tail_subjects": _subjects,
+    "tail_since": _duration,
 }
 
 #: Settings that must be strictly positive / at least 1.
@@ -290,6 +362,9 @@ _POSITIVE = {
     "upgrade_timeout",
     "refusal_window",
     "worker_watchdog",
+    "nats_max_age",
+    "nats_catch_up",
+    "tail_since",
 }
 _AT_LEAST_ONE = {
     "max_connections",
@@ -308,6 +383,9 @@ _AT_LEAST_ONE = {
     "max_nodes",
     "max_probation",
     "max_probation_per_ip",
+    "nats_replicas",
+    "nats_max_bytes",
+    "nats_spool_max",
 }
 
 _MULTIADDR = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/([^/]+)/tcp/(\d+)$")
@@ -360,7 +438,14 @@ def _normalise_key(key: str) -> str:
 
 
 #: Flags not spelt `--<key-with-dashes>`.
-_FLAGS = {"allowlist_file": "--allowlist", "gc_freeze": "--no-gc-freeze", "alerts": "--alert-set"}
+_FLAGS = {
+    "allowlist_file": "--allowlist",
+    "gc_freeze": "--no-gc-freeze",
+    "alerts": "--alert-set",
+    "tail_durable": "--durable",
+    "tail_subjects": "--subjects",
+    "tail_since": "--since",
+}
 #: An example value per parser, for error messages.
 _EXAMPLES: dict[Callable[[Any], Any], str] = {
     _int: "100",
@@ -464,6 +549,8 @@ def build_config(
         raise ConfigError(setting_label("workers"), f"must be between 1 and {MAX_WORKERS}")
     if not config.name:
         raise ConfigError(setting_label("name"), "must not be empty; e.g. aggregator")
+    if not re.match(r"^[A-Za-z0-9_-]+$", config.nats_stream):
+        raise ConfigError(setting_label("nats_stream"), "letters, digits, _ and - only")
     return config
 
 

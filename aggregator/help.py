@@ -84,6 +84,35 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
         "where grafana/RUNBOOK.md is published: alert runbook links become absolute",
         "relative links",
     ),
+    "nats_url": (
+        "NATS server URL (repeatable, or a comma list: every cluster member); turns on the "
+        "JetStream export, the merged fleet and the leader-elected alerter",
+        "none: off",
+    ),
+    "nats_user": ("NATS user name (with --nats-password-file)", "none"),
+    "nats_password_file": ("file holding the NATS password", "none"),
+    "nats_token_file": ("file holding a NATS auth token", "none"),
+    "nats_creds": ("NATS credentials file (JWT and nkey seed, .creds)", "none"),
+    "nats_nkey": ("NATS nkey seed file", "none"),
+    "nats_tls_ca": ("CA bundle to verify the NATS servers' TLS certificates", "system CAs"),
+    "nats_stream": ("the JetStream stream of beats and events (created when absent)", None),
+    "nats_replicas": ("the stream's replicas when created (at most the cluster's size)", None),
+    "nats_max_age": ("the stream drops messages older than this", "7d"),
+    "nats_max_bytes": ("the stream drops its oldest messages beyond this size, bytes", "1 GiB"),
+    "nats_spool_max": (
+        "messages NATS has not acknowledged kept in the state db; beyond, the oldest drop",
+        None,
+    ),
+    "nats_catch_up": ("how far back a started aggregator reads the stream before ready", "10m"),
+    "tail_durable": ("tail: the durable consumer's name (its position survives restarts)", None),
+    "tail_subjects": (
+        "tail: subjects to read (repeatable or comma list), e.g. fil.heartbeat.*.beat.*",
+        None,
+    ),
+    "tail_since": (
+        "tail: a new consumer starts this far back (default: the stream's start)",
+        "all",
+    ),
     "log_format": ("log line format: text or json", None),
     "log_level": ("least severe level logged: DEBUG, INFO, WARNING, ERROR", None),
 }

@@ -73,7 +73,7 @@ def test_agent_variables_in_help_are_the_ones_the_agent_reads() -> None:
 def test_aggregator_hides_its_worker_subcommand_and_lists_alert_set_keys() -> None:
     parser = aggregator_parser()
     usage = parser.format_help()
-    assert "{run,id,alert-test,config}" in usage
+    assert "{run,id,alert-test,config,tail}" in usage
     assert not [line for line in usage.splitlines() if line.strip().startswith("worker")]
     [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     run_help = sub.choices["run"].format_help()

@@ -35,7 +35,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from aggregator.config import AggregatorConfig, setting_label
 from aggregator.errors import AggregatorError
+from heartbeat.errors import ConfigError
 
 __all__ = [
     "STREAM_SUBJECTS",
@@ -44,6 +46,7 @@ __all__ = [
     "NatsUnavailable",
     "StreamMsg",
     "open_bridge",
+    "settings_from_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,41 @@ class StreamMsg:
     timestamp: float
     #: how many times the server has delivered it to this consumer (> 1: a redelivery)
     delivered: int = 1
+
+
+def _secret(path: Path | None, key: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(setting_label(key), f"{path}: {exc}") from exc
+    if not text:
+        raise ConfigError(setting_label(key), f"{path} is empty")
+    return text
+
+
+def settings_from_config(config: AggregatorConfig) -> NatsSettings:
+    """The bridge's settings from the aggregator's (reads the password and token files)."""
+    if not config.nats_url:
+        raise ConfigError(setting_label("nats_url"), "no NATS URL given")
+    for key in ("nats_creds", "nats_nkey", "nats_tls_ca"):
+        path = getattr(config, key)
+        if path is not None and not path.is_file():
+            raise ConfigError(setting_label(key), f"{path}: no such file")
+    return NatsSettings(
+        urls=tuple(config.nats_url),
+        user=config.nats_user,
+        password=_secret(config.nats_password_file, "nats_password_file"),
+        token=_secret(config.nats_token_file, "nats_token_file"),
+        creds_file=config.nats_creds,
+        nkey_file=config.nats_nkey,
+        tls_ca=config.nats_tls_ca,
+        stream=config.nats_stream,
+        replicas=config.nats_replicas,
+        max_age=config.nats_max_age,
+        max_bytes=config.nats_max_bytes,
+    )
 
 
 def _server(nc: Client | None) -> str:
