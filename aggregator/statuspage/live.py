@@ -49,12 +49,15 @@ def live_node(node: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class NodesDiff:
-    """The current fleet and the last `keep` deltas, encoded once for every client."""
+    """The current fleet and the last `keep` deltas, encoded once for every client.
+
+    Nodes are kept as tuples of their `LIVE_KEYS` values: an unchanged node costs one tuple
+    comparison per update."""
 
     def __init__(self, keep: int = 8) -> None:
         self.seq = 0
         self.at: float | None = None
-        self.current: dict[str, dict[str, Any]] = {}
+        self.current: dict[str, tuple[Any, ...]] = {}
         self.networks: list[dict[str, Any]] = []
         self._deltas: deque[tuple[int, str]] = deque(maxlen=keep)
         self._full: tuple[int, str] | None = None
@@ -63,24 +66,25 @@ class NodesDiff:
         self, nodes: Iterable[Mapping[str, Any]], networks: list[dict[str, Any]], at: float
     ) -> int:
         """Take the fleet as it is at `at`; returns how many nodes changed."""
-        new: dict[str, dict[str, Any]] = {}
+        new: dict[str, tuple[Any, ...]] = {}
         changed: list[dict[str, Any]] = []
         current = self.current
+        missing = _MISSING
         for node in nodes:
-            item = live_node(node)
-            peer = str(item.get("peer_id"))
-            new[peer] = item
+            values = tuple([node.get(k, missing) for k in LIVE_KEYS])
+            peer = str(values[0])
+            new[peer] = values
             old = current.get(peer)
+            if old == values:
+                continue
             if old is None:
-                changed.append(item)
-            elif old != item:
-                delta: dict[str, Any] = {"peer_id": peer}
-                for key, value in item.items():
-                    if old.get(key, _MISSING) != value:
-                        delta[key] = value
-                for key in old.keys() - item.keys():
-                    delta[key] = None
-                changed.append(delta)
+                changed.append(_as_dict(values))
+                continue
+            delta: dict[str, Any] = {"peer_id": peer}
+            for key, was, now in zip(LIVE_KEYS, old, values, strict=True):
+                if was != now:
+                    delta[key] = None if now is missing else now
+            changed.append(delta)
         removed = [p for p in current if p not in new]
         self.seq += 1
         self.at = at
@@ -107,7 +111,7 @@ class NodesDiff:
                 "full": True,
                 "seq": self.seq,
                 "at": self.at,
-                "nodes": list(self.current.values()),
+                "nodes": [_as_dict(v) for v in self.current.values()],
                 "removed": [],
                 "networks": self.networks,
             }
@@ -121,6 +125,10 @@ class NodesDiff:
         if seq is None or not self._deltas or self._deltas[0][0] > seq + 1:
             return [self.full()]
         return [text for s, text in self._deltas if s > seq]
+
+
+def _as_dict(values: tuple[Any, ...]) -> dict[str, Any]:
+    return {k: v for k, v in zip(LIVE_KEYS, values, strict=True) if v is not _MISSING}
 
 
 _MISSING = object()
