@@ -187,4 +187,4 @@ def test_config_mapping_rebuilds_the_same_config(tmp_path: Path) -> None:
 def test_bad_worker_count_names_the_setting(value: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config({"workers": value})
-    assert info.value.setting == "workers"
+    assert info.value.setting == "--workers / FIL_HEARTBEAT_AGGREGATOR_WORKERS"
