@@ -12,8 +12,8 @@ import trio.testing
 
 from aggregator.alerts.state_store import AlertState
 from aggregator.scaleout.bridge import NatsUnavailable
-from aggregator.scaleout.lease import LEASE_KEY, Holder, Lease, LeaseOp, Role
 from aggregator.scaleout.leader import Leader, decode_state, encode_state
+from aggregator.scaleout.lease import LEASE_KEY, Holder, Lease, LeaseOp, Role
 
 TTL = 9.0
 ME = Holder("a", "a+peerA", "run1")
