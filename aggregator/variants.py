@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from heartbeat.errors import ConfigError
-from heartbeat.net.compat import CompatOptions
+
+if TYPE_CHECKING:
+    from heartbeat.net.compat import CompatOptions
 
 __all__ = ["MEMORY_CUTS", "BenchVariants", "add_variant_flags", "parse_memory_cuts"]
 
@@ -74,6 +77,8 @@ class BenchVariants:
         return out
 
     def compat_options(self) -> CompatOptions:
+        from heartbeat.net.compat import CompatOptions  # the network layer, on use
+
         return CompatOptions(
             fast_task_lookup=self.fast_task_lookup,
             throttle_reconcile=self.throttle_reconcile,

@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aggregator.alerts.conditions import Condition, human, network_condition, node_conditions
 from aggregator.alerts.model import (
-    ALERT_ESCALATIONS,
     ALERT_SEVERITIES,
     TEST_ALERT_NAME,
     Alert,
@@ -44,8 +44,7 @@ from aggregator.alerts.model import (
     TransitionKind,
 )
 from aggregator.alerts.settings import AlertingSettings, alerting_settings
-from aggregator.fleet import FleetSnapshot, NetworkView, NodeState, NodeView
-from heartbeat.common.durations import format_duration
+from aggregator.fleet import FleetSnapshot, NetworkView
 from heartbeat.version import is_static
 
 __all__ = [
@@ -80,65 +79,6 @@ class _Track:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Condition:
-    key: tuple[str, str]  # (alertname, peer id or network key; "/<severity>" if escalated)
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    value: float
-    for_: float  # how long the condition must hold before the alert fires
-
-
-def _miner(v: NodeView) -> str:
-    return f"miner {v.miner_address}" if v.miner_address else "no miner"
-
-
-def _who(v: NodeView) -> str:
-    return f"{v.nickname} ({_miner(v)}, peer {v.peer_id}, network {v.network})"
-
-
-def _human(seconds: float) -> str:
-    return format_duration(float(round(seconds)))
-
-
-def _node(
-    name: str,
-    v: NodeView,
-    value: float,
-    summary: str,
-    description: str,
-    for_: float,
-    severity: Severity | None = None,
-) -> _Condition:
-    labels = {
-        "alertname": name,
-        "severity": (severity or ALERT_SEVERITIES[name]).value,
-        "peer_id": v.peer_id,
-        "nickname": v.nickname,
-        "network": v.network,
-    }
-    if v.miner_address:
-        labels["miner"] = v.miner_address
-    subject = v.peer_id if severity is None else f"{v.peer_id}/{severity.value}"
-    annotations = _annotations(name, summary, description)
-    return _Condition((name, subject), labels, annotations, value, for_)
-
-
-def _net(
-    name: str, n: NetworkView, value: float, summary: str, description: str, for_: float
-) -> _Condition:
-    labels = {"alertname": name, "severity": ALERT_SEVERITIES[name].value, "network": n.name}
-    return _Condition((name, n.key), labels, _annotations(name, summary, description), value, for_)
-
-
-def _annotations(name: str, summary: str, description: str) -> dict[str, str]:
-    return {
-        "summary": summary,
-        "description": description,
-        "runbook": f"grafana/RUNBOOK.md#{name.lower()}",
-    }
-
-
 class AlertEvaluator:
     """The per-key state machines; feed it snapshots in time order."""
 
@@ -153,99 +93,9 @@ class AlertEvaluator:
 
     # -- conditions --------------------------------------------------------------------------
 
-    def _node_conditions(self, v: NodeView, now: float) -> Iterable[_Condition]:
-        p = self.policy
-        if not v.up:
-            yield _node(
-                "FilNodeDown",
-                v,
-                0.0,
-                f"Filecoin node {v.nickname} is down",
-                f"No aggregator sees node {_who(v)} up: its heartbeat stream is closed "
-                "or timed out.",
-                p.for_duration("FilNodeDown"),
-            )
-        silent = now - v.last_beat
-        if silent > p.heartbeat_missing_after:
-            yield _node(
-                "FilHeartbeatMissing",
-                v,
-                silent,
-                f"No heartbeat from {v.nickname} for {_human(silent)}",
-                f"The last beat of node {_who(v)} arrived {_human(silent)} ago "
-                f"(threshold {_human(p.heartbeat_missing_after)}).",
-                p.for_duration("FilHeartbeatMissing"),
-            )
-        if not v.up:
-            return
-        if (
-            v.lag_epochs is not None
-            and v.lag_epochs >= p.lag_epochs
-            and v.state is not NodeState.SYNCING
-        ):
-            yield _node(
-                "FilNodeLagging",
-                v,
-                v.lag_epochs,
-                f"Node {v.nickname} is {v.lag_epochs} epochs behind",
-                f"Node {v.nickname} ({_miner(v)}, peer {v.peer_id}) is {v.lag_epochs} "
-                f"epochs behind the {v.network} fleet (threshold {p.lag_epochs} epochs "
-                f"for {_human(p.lagging_for)}).",
-                p.for_duration("FilNodeLagging"),
-            )
-        if v.state is NodeState.SOURCE_DOWN:
-            yield from self._source_down(v, now)
-            return  # no usable head: lagging and stalled say nothing about it
-        unchanged = now - v.head_changed_at
-        if unchanged > p.head_stalled_after and not is_static(v.version):  # static: by design
-            yield _node(
-                "FilNodeHeadStalled",
-                v,
-                unchanged,
-                f"Head of {v.nickname} unchanged for {_human(unchanged)}",
-                f"Node {_who(v)} still beats but its head has not changed for "
-                f"{_human(unchanged)} (threshold {_human(p.head_stalled_after)}).",
-                p.for_duration("FilNodeHeadStalled"),
-            )
-        if v.state is NodeState.FORKED:
-            yield _node(
-                "FilNodeForked",
-                v,
-                1.0,
-                f"Node {v.nickname} is on a fork",
-                f"Node {_who(v)} has been on a head that differs from the fleet's "
-                f"consensus at the same height for {_human(p.forked_for)}.",
-                p.for_duration("FilNodeForked"),
-            )
-        if v.state is NodeState.SYNCING:
-            yield _node(
-                "FilNodeSyncingTooLong",
-                v,
-                1.0,
-                f"Node {v.nickname} has been syncing for {_human(p.syncing_for)}",
-                f"Node {_who(v)} has reported syncing for more than {_human(p.syncing_for)}.",
-                p.for_duration("FilNodeSyncingTooLong"),
-            )
-
-    def _source_down(self, v: NodeView, now: float) -> Iterable[_Condition]:
-        """FilNodeSourceDown: warning after `source_down_for`, and beside it critical after
-        `source_down_critical_for` (two rules of one name in rules.yml)."""
-        p = self.policy
-        state = v.source_state or "no head"
-        error = f": {v.source_error}" if v.source_error else ""
-        summary = f"The agent of {v.nickname} gets no head from its Lotus"
-        description = (
-            f"Node {_who(v)} still beats, but its agent reports that its Lotus API gives no "
-            f"usable head ({state}{error})."
-        )
-        name = "FilNodeSourceDown"
-        yield _node(name, v, 1.0, summary, description, p.for_duration(name))
-        critical = ALERT_ESCALATIONS[name]
-        yield _node(name, v, 1.0, summary, description, p.for_duration(name, critical), critical)
-
     def _network_conditions(
         self, n: NetworkView, now: float, static_only: bool = False
-    ) -> Iterable[_Condition]:
+    ) -> Iterable[Condition]:
         p = self.policy
         if n.height is not None:
             last = self._heights.get(n.key)
@@ -254,20 +104,20 @@ class AlertEvaluator:
             else:
                 unchanged = now - last[1]
                 if unchanged >= p.fleet_stalled_after and not static_only:
-                    yield _net(
+                    yield network_condition(
                         "FilFleetHeightStalled",
                         n,
                         n.height,
-                        f"The {n.name} fleet's height has not advanced for {_human(unchanged)}",
+                        f"The {n.name} fleet's height has not advanced for {human(unchanged)}",
                         f"The highest height any node of network {n.name} reports "
-                        f"({n.height}) has not changed for {_human(unchanged)}. Either "
+                        f"({n.height}) has not changed for {human(unchanged)}. Either "
                         "the chain halted or every node is stuck.",
                         p.for_duration("FilFleetHeightStalled"),
                     )
             if n.expected_height is not None:
                 behind = n.expected_height - n.height
                 if behind >= p.fleet_behind_epochs:
-                    yield _net(
+                    yield network_condition(
                         "FilFleetBehindExpectedHeight",
                         n,
                         behind,
@@ -278,7 +128,7 @@ class AlertEvaluator:
                         p.for_duration("FilFleetBehindExpectedHeight"),
                     )
         if n.nodes_up < p.fleet_min_up_nodes:
-            yield _net(
+            yield network_condition(
                 "FilFleetShrunk",
                 n,
                 n.nodes_up,
@@ -288,13 +138,13 @@ class AlertEvaluator:
                 p.for_duration("FilFleetShrunk"),
             )
 
-    def _conditions(self, snapshot: FleetSnapshot) -> dict[tuple[str, str], _Condition]:
+    def _conditions(self, snapshot: FleetSnapshot) -> dict[tuple[str, str], Condition]:
         now = snapshot.taken_at
-        out: dict[tuple[str, str], _Condition] = {}
+        out: dict[tuple[str, str], Condition] = {}
         for v in snapshot.nodes:
             if v.probation:  # a node that never completed probation never alerts
                 continue
-            for c in self._node_conditions(v, now):
+            for c in node_conditions(self.policy, v, now):
                 out[c.key] = c
         # A network whose every node has a static head (a trial) never moves: not a stall.
         moving = {v.network_key for v in snapshot.nodes if not is_static(v.version)}
