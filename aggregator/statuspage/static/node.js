@@ -64,7 +64,9 @@
   var W = 800, L = 44, R = 8;
 
   function timeAxis(svg, since, until, y, H) {
-    var span = until - since, step = span > 2 * 86400 ? 86400 : (span > 6 * 3600 ? 3 * 3600 : 3600);
+    var span = until - since;
+    var steps = [60, 300, 900, 3600, 3 * 3600, 86400];
+    var step = steps.filter(function (x) { return span / x <= 12; })[0] || 86400;
     var x = function (t) { return L + (W - L - R) * (t - since) / span; };
     for (var t = Math.ceil(since / step) * step; t <= until; t += step) {
       el("svg:line", { x1: x(t), x2: x(t), y1: 0, y2: y, class: "grid" }, svg);
@@ -173,8 +175,13 @@
         return;
       }
       body.dataset.history = "yes";
-      drawTimeline(h, since, until);
-      drawLag(h, since, until);
+      // A node known for less than the window: the charts start shortly before its data.
+      var first = until;
+      (h.transitions || []).concat(h.heights || []).forEach(function (x) { first = Math.min(first, x.at); });
+      if (h.state_at_since) first = since;
+      var from = Math.max(since, first - Math.max(10, (until - first) * 0.05));
+      drawTimeline(h, from, until);
+      drawLag(h, from, until);
       listTransitions(h);
       listErrors(h);
       if (h.uptime) {
