@@ -156,7 +156,10 @@ async def test_off_serves_no_page() -> None:
             r = await client.get(path)
             assert r.status_code == 404, path
             assert r.headers["content-type"] == "application/json"
-        assert (await client.get("/api")).status_code == 200
+        index = await client.get("/api")
+        assert index.status_code == 200
+        paths = {e["path"] for e in index.json()["endpoints"]}
+        assert "/" not in paths and "/api/v1/nodes" in paths
         assert (await client.get("/api/v1/nodes")).status_code == 200
 
 

@@ -17,7 +17,7 @@ from aggregator.statuspage.fleet_page import alerts_html, network_html, table_he
 from aggregator.statuspage.format import STATE_ORDER, state_word
 from aggregator.statuspage.node_page import details_html, errors_html, uptime_html
 
-__all__ = ["ENDPOINTS", "api_index", "fleet_page", "node_page", "not_found_page"]
+__all__ = ["ENDPOINTS", "PAGE_PATHS", "api_index", "fleet_page", "node_page", "not_found_page"]
 
 #: (path, what it serves): the footer's list and `GET /api`.
 ENDPOINTS: tuple[tuple[str, str], ...] = (
@@ -45,8 +45,17 @@ def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def api_index() -> dict[str, Any]:
-    return {"endpoints": [{"path": p, "description": d} for p, d in ENDPOINTS]}
+#: The pages among ENDPOINTS (not served with `--status-page off`).
+PAGE_PATHS = frozenset({"/", "/nodes/{peer_id}"})
+
+
+def api_index(*, pages: bool = True) -> dict[str, Any]:
+    """`GET /api`: every endpoint (without the pages when there are none)."""
+    return {
+        "endpoints": [
+            {"path": p, "description": d} for p, d in ENDPOINTS if pages or p not in PAGE_PATHS
+        ]
+    }
 
 
 def _endpoints_html() -> str:

@@ -82,7 +82,7 @@ class StatusPage:
         if path == "/api":
             if method not in ("GET", "HEAD"):
                 return _not_allowed(method)
-            body = json.dumps(api_index()).encode()
+            body = json.dumps(api_index(pages=self.mode != "off")).encode()
             return PageReply(200, b"application/json", body, [(b"cache-control", _NO_CACHE)])
         if self.mode == "off":
             return None
