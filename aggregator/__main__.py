@@ -295,6 +295,7 @@ def _add_nats_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-max-bytes", metavar="BYTES")
     p.add_argument("--nats-spool-max", metavar="N")
     p.add_argument("--nats-catch-up", metavar="DURATION")
+    p.add_argument("--nats-lease-ttl", metavar="DURATION")
 
 
 def parse_args(

@@ -149,6 +149,9 @@ class AggregatorConfig:
     nats_spool_max: int = 100_000
     #: How far back a (re)started aggregator reads the stream before it reports ready.
     nats_catch_up: float = 600.0
+    #: The alerter's leader lease: another aggregator takes over this long after the
+    #: leader's last renewal (it renews every third of it).
+    nats_lease_ttl: float = 10.0
     #: `tail` only: its durable consumer, the subjects it reads, how far back a new one starts.
     tail_durable: str = "fil-heartbeat-tail"
     tail_subjects: tuple[str, ...] = ("fil.heartbeat.>",)
@@ -340,6 +343,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "nats_max_bytes": _int,
     "nats_spool_max": _int,
     "nats_catch_up": _duration,
+    "nats_lease_ttl": _duration,
     "tail_durable": _consumer_name,
     "tail_subjects": _subjects,
     "tail_since": _duration,
@@ -364,6 +368,7 @@ _POSITIVE = {
     "worker_watchdog",
     "nats_max_age",
     "nats_catch_up",
+    "nats_lease_ttl",
     "tail_since",
 }
 _AT_LEAST_ONE = {

@@ -104,6 +104,11 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
         None,
     ),
     "nats_catch_up": ("how far back a started aggregator reads the stream before ready", "10m"),
+    "nats_lease_ttl": (
+        "the alerter's leader lease: another aggregator takes over this long after the "
+        "leader's last renewal",
+        "10s",
+    ),
     "tail_durable": ("tail: the durable consumer's name (its position survives restarts)", None),
     "tail_subjects": (
         "tail: subjects to read (repeatable or comma list), e.g. fil.heartbeat.*.beat.*",

@@ -3,7 +3,9 @@
 Routes (GET and HEAD only; anything else is 405, an unknown path a JSON 404):
 `/metrics` (Prometheus text), `/healthz`, `/readyz` (503 until the app marks itself ready,
 i.e. the libp2p listener is up), `/api/v1/nodes`, `/api/v1/nodes/{peer_id}`, `/api/v1/fleet`,
-`/api/v1/alerts` (from a provider the alerting plugs in; `[]` by default), `/api/v1/workers`
+`/api/v1/alerts` (from a provider the alerting plugs in; `[]` by default),
+`/api/v1/alerts/leader` (`{"leader": <name>}`: the aggregator that sends the alerts, the
+lease holder with --nats-url; null when none is known), `/api/v1/workers`
 (the ingest workers: index, pid, up, connections, restarts, beats accepted; worker 0 only
 without `--workers`), `/api/v1/propagation?network=<key>&epochs=30` (who saw each recent
 tipset how late: aggregator/propagation_api.py) and `/nodes` (the original aggregator's JSON
@@ -175,6 +177,8 @@ class HttpApi:
             else None
         )
         self.workers_provider: Callable[[], list[dict[str, Any]]] | None = None
+        #: Which aggregator sends the alerts (`/api/v1/alerts/leader`; the app plugs it in).
+        self.alerts_leader: Callable[[], str | None] | None = None
         self.page = StatusPage(
             snapshot_provider,
             self.node_out,
@@ -296,6 +300,9 @@ class HttpApi:
             return 200, _TEXT, b"ok\n"
         if path == "/readyz":
             return (200, _TEXT, b"ready\n") if self.ready else (503, _TEXT, b"not ready\n")
+        if path == "/api/v1/alerts/leader":
+            leader = self.alerts_leader() if self.alerts_leader is not None else None
+            return _json(200, {"leader": leader})
         if path == "/api/v1/alerts":
             alerts = self.alerts_provider() if self.alerts_provider else []
             if self.public:
@@ -342,6 +349,7 @@ _ROUTES = frozenset(
         "/api/v1/nodes",
         "/api/v1/fleet",
         "/api/v1/alerts",
+        "/api/v1/alerts/leader",
         "/api/v1/workers",
         "/nodes",
         FEED_PATH,

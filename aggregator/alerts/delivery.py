@@ -130,6 +130,7 @@ class Target:
     failed: int = 0  # batches abandoned: retries exhausted, or refused (4xx)
     overflow: int = 0
     retries: int = 0
+    fenced: int = 0  # requests not sent: this aggregator was not surely the alert leader
     attempt_failures: dict[FailureReason, int] = field(
         default_factory=lambda: dict.fromkeys(FailureReason, 0)
     )
@@ -190,6 +191,8 @@ class AlertDelivery:
         self.transport = transport
         self.rng = rng if rng is not None else random.Random()
         self.targets: list[Target] = []
+        #: Checked before every request (None: always): the leader lease's fence.
+        self.send_allowed: Callable[[], bool] | None = None
         every: list[Receiver] = [
             AlertmanagerReceiver(url.rstrip("/"), generator_url, same_labels_as_prometheus)
             for url in alertmanager_urls
@@ -213,13 +216,24 @@ class AlertDelivery:
 
     def submit(self, transitions: Sequence[Transition]) -> None:
         """Queue a batch for every receiver; never blocks (a full queue drops and counts)."""
+        self.enqueue(self.prepare(transitions))
+
+    def prepare(self, transitions: Sequence[Transition]) -> list[tuple[Target, list[Notice]]]:
+        """What each receiver is to be told (its `notified` updated), not queued yet: with
+        several aggregators the leader records the state before it queues (`enqueue`)."""
         if not transitions:
-            return
+            return []
         now = self.wall_clock()
+        out = []
         for target in self.targets:
             notices = notices_for(target.receiver, transitions, target.notified, now)
-            if not notices:
-                continue
+            if notices:
+                out.append((target, notices))
+        return out
+
+    def enqueue(self, prepared: Sequence[tuple[Target, list[Notice]]]) -> None:
+        """Queue what `prepare` decided; never blocks (a full queue drops and counts)."""
+        for target, notices in prepared:
             try:
                 target.send.send_nowait(notices)
             except trio.WouldBlock:
@@ -290,6 +304,11 @@ class AlertDelivery:
         attempt = 0
         while True:
             attempt += 1
+            if self.send_allowed is not None and not self.send_allowed():
+                # The fence (aggregator/scaleout/leader.py): not surely the leader any more.
+                target.fenced += 1
+                log.warning("alert_send_fenced target=%s alerts=%d", target.name, alerts)
+                return Failure(FailureReason.REFUSED, "not the alert leader")
             failure = await self._post(client, target, request)
             if failure is None:
                 target.delivered += 1

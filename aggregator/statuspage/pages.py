@@ -81,6 +81,7 @@ def _page(
     taken_at: float,
     main: str,
     body_attrs: Mapping[str, str] | None = None,
+    leader: str | None = None,
 ) -> str:
     attrs = "".join(f' data-{k}="{_e(v)}"' for k, v in (body_attrs or {}).items())
     mode = "public" if public else "private"
@@ -93,6 +94,8 @@ def _page(
         page=page,
         mode=mode,
         mode_text="public view" if public else "private view",
+        # with several aggregators (--nats-url): which one sends the alerts
+        leader=f'<span class="leader">alerts sent by {_e(leader)}</span>' if leader else "",
         body_attrs=attrs,
         taken_at=_e(time.strftime("%H:%M:%S UTC", time.gmtime(taken_at))),
         main=main,
@@ -109,8 +112,10 @@ def fleet_page(
     node_count: int,
     taken_at: float,
     public: bool,
+    leader: str | None = None,
 ) -> str:
-    """The fleet page around already rendered rows (`fleet_page.node_row`)."""
+    """The fleet page around already rendered rows (`fleet_page.node_row`); `leader`: the
+    aggregator that sends the alerts (shown in the header when given)."""
     options = "".join(f'<option value="{_e(s)}">{_e(state_word(s))}</option>' for s in STATE_ORDER)
     cards = "".join(network_html(n, alerts, taken_at) for n in networks)
     main = assets.templates["fleet"].substitute(
@@ -131,6 +136,7 @@ def fleet_page(
         taken_at=taken_at,
         main=main,
         body_attrs={"nodes": str(node_count), "now": str(taken_at)},
+        leader=leader,
     )
 
 

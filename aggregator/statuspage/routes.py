@@ -67,6 +67,8 @@ class StatusPage:
     network_dicts: Callable[[FleetSnapshot], list[dict[str, Any]]]
     alerts_provider: Callable[[], list[Any]] | None = None
     mode: str = "private"
+    #: Which aggregator sends the alerts (--nats-url: the lease holder), for the header.
+    alerts_leader: Callable[[], str | None] | None = None
     assets: Assets = field(default_factory=Assets.load)
 
     @property
@@ -116,6 +118,7 @@ class StatusPage:
             node_count=len(nodes),
             taken_at=snap.taken_at,
             public=self.public,
+            leader=self.alerts_leader() if self.alerts_leader is not None else None,
         )
         return _html(200, html)
 

@@ -1,0 +1,129 @@
+"""The merged fleet's consumer (trio shell): beats other aggregators accepted, read from the
+stream and merged into this aggregator's fleet (aggregator/scaleout/merge.py).
+
+`MergeConsumer(bridge, merger, catch_up=600).run(task_status=...)` reads
+`fil.heartbeat.*.beat.>` through an ephemeral consumer that starts `catch_up` seconds back
+(wall clock), acknowledges each message once merged, and re-creates the consumer (from the
+newest beat merged, minus a little) when NATS fails. Ready (`caught_up`): once a message
+stored after the consumer started has been merged (the backlog is behind it), or once the
+stream has been idle for `IDLE_CAUGHT_UP` seconds, or at the latest `GIVE_UP` seconds after
+the start (NATS down: the aggregator serves its own agents meanwhile, and says so in its log).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import trio
+
+from aggregator.scaleout import schema
+from aggregator.scaleout.bridge import NatsBridge, NatsUnavailable
+from aggregator.scaleout.merge import RemoteMerger
+
+__all__ = ["BEAT_SUBJECTS", "GIVE_UP", "IDLE_CAUGHT_UP", "MergeConsumer"]
+
+log = logging.getLogger(__name__)
+
+BEAT_SUBJECTS = ["fil.heartbeat.*.beat.>"]
+#: No message for this long (seconds): the backlog is read.
+IDLE_CAUGHT_UP = 2.0
+#: Ready after this long (seconds) even if NATS never answered.
+GIVE_UP = 30.0
+#: A re-created consumer starts this far before the newest beat merged (seconds): the
+#: redeliveries are dropped as duplicates, and nothing in between is missed.
+RESUME_OVERLAP = 5.0
+RETRY_PAUSE = 1.0
+
+
+class MergeConsumer:
+    """Stream → `RemoteMerger` (see the module doc)."""
+
+    def __init__(
+        self,
+        bridge: NatsBridge,
+        merger: RemoteMerger,
+        *,
+        catch_up: float = 600.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bridge = bridge
+        self.merger = merger
+        self.catch_up = catch_up
+        self.wall_clock = wall_clock
+        self.caught_up = trio.Event()
+        self.started_at = 0.0  # wall clock
+        self.catch_up_seconds: float | None = None  # how long the catch-up took (monotonic)
+        self.received = 0
+        self.undecodable = 0
+        self.consumer_errors = 0
+        self._last_msg = 0.0  # trio clock
+
+    def _ready(self, why: str, began: float) -> None:
+        if not self.caught_up.is_set():
+            self.catch_up_seconds = trio.current_time() - began
+            self.caught_up.set()
+            log.info(
+                "nats_catch_up_done reason=%s seconds=%.2f merged=%d",
+                why,
+                self.catch_up_seconds,
+                self.received,
+            )
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[MergeConsumer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        began = trio.current_time()
+        self.started_at = self.wall_clock()
+        self._last_msg = began
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, began)
+            task_status.started(self)
+            since = self.started_at - self.catch_up
+            while True:
+                try:
+                    await self._consume(since, began)
+                except NatsUnavailable as exc:
+                    self.consumer_errors += 1
+                    log.warning("nats_merge_consumer_failed err=%s", exc.reason)
+                newest = self.merger.stats.newest_at
+                since = max(since, newest - RESUME_OVERLAP) if newest else since
+                await trio.sleep(RETRY_PAUSE)
+
+    async def _watch(self, began: float) -> None:
+        """Ready once idle (the backlog read), or at the give-up time."""
+        while not self.caught_up.is_set():
+            now = trio.current_time()
+            if now - began >= GIVE_UP:
+                log.warning("nats_catch_up_gave_up seconds=%.0f merged=%d", GIVE_UP, self.received)
+                self._ready("gave_up", began)
+                return
+            if self.received and now - self._last_msg >= IDLE_CAUGHT_UP:
+                self._ready("idle", began)
+                return
+            if not self.received and self._connected_idle(now, began):
+                self._ready("empty", began)
+                return
+            await trio.sleep(0.2)
+
+    def _connected_idle(self, now: float, began: float) -> bool:
+        return self.bridge.connected and now - max(began, self._last_msg) >= IDLE_CAUGHT_UP
+
+    async def _consume(self, since: float, began: float) -> None:
+        merge = self.merger.merge
+        async for msg, ack in self.bridge.consume(None, BEAT_SUBJECTS, deliver_since=since):
+            self._last_msg = trio.current_time()
+            try:
+                decoded = schema.decode(msg.data)
+            except schema.StreamDecodeError as exc:
+                self.undecodable += 1
+                log.debug("nats_merge_undecodable seq=%d err=%s", msg.seq, exc)
+                await ack()
+                continue
+            if isinstance(decoded, schema.StreamBeat):
+                self.received += 1
+                merge(decoded.origin, decoded.peer_id, decoded.beat, decoded.at)
+                if msg.timestamp >= self.started_at and not self.caught_up.is_set():
+                    self._ready("live", began)
+            await ack()
