@@ -185,8 +185,12 @@ class Installed:
 def run(
     args: list[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    # Not under the test command's coverage: the copies built and installed here are not
+    # the tree it measures (they would count as other files, all unexecuted).
+    clean = dict(os.environ if env is None else env)
+    clean.pop("COVERAGE_PROCESS_START", None)
     return subprocess.run(
-        args, capture_output=True, text=True, timeout=60, check=False, cwd=cwd, env=env
+        args, capture_output=True, text=True, timeout=60, check=False, cwd=cwd, env=clean
     )
 
 
