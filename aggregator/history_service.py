@@ -97,6 +97,8 @@ class HistoryService:
         self._chunks: dict[str, ChunkEncoder] = {}
         self._reader: HistoryReader | None = None
         self._read_lock = trio.Lock()
+        #: Called (inline, must be cheap) with each step's node transitions: the NATS export.
+        self.on_transitions: Callable[[list[Transition]], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         now = self.started_at = self.clock()
@@ -143,6 +145,8 @@ class HistoryService:
         """One tracker step: its transitions and samples join the next batch (cheap, inline)."""
         observed = self.tracker.observe_snapshot(snap)
         self._batch.transitions.extend(observed.transitions)
+        if self.on_transitions is not None and observed.transitions:
+            self.on_transitions(observed.transitions)
         chunks, dirty = self._chunks, self._batch.chunks
         for s in observed.samples:
             hour = s.slot // HOUR_SLOTS

@@ -118,6 +118,8 @@ class SelfCollector(Collector):
     #: With several workers (aggregator/workers.py): one dict per worker, 0 first, with
     #: `index`, `up`, `connections`, `restarts`. None: this process is the only worker.
     workers_provider: Callable[[], list[dict[str, Any]]] | None = None
+    #: With --nats-url: the JetStream export's values (aggregator/scaleout/export.py `stats`).
+    nats_provider: Callable[[], Mapping[str, float]] | None = None
     _pinned: threading.local = field(default_factory=threading.local, repr=False)
 
     def describe(self) -> list[Metric]:
@@ -159,6 +161,7 @@ class SelfCollector(Collector):
             alerts=self.firing_alerts(),
             workers=self._workers(c),
             worker_processes=self._worker_processes(),
+            nats=dict(self.nats_provider()) if self.nats_provider is not None else {},
         )
 
     def _workers(self, c: CountersLike | None) -> list[tuple[str, bool, int, int]]:
@@ -288,6 +291,7 @@ class SelfCollector(Collector):
             cpu.add_metric([worker], seconds)
         yield rss
         yield cpu
+        yield from _nats_families(f.nats)
         info = GaugeMetricFamily(
             PREFIX + "aggregator_info", "This aggregator (always 1).", labels=["peer_id", "version"]
         )
@@ -323,6 +327,31 @@ class SelfFrame:
     workers: list[tuple[str, bool, int, int]] = field(default_factory=list)
     #: (worker, resident bytes, CPU seconds) per worker process, with `--workers N` only.
     worker_processes: list[tuple[str, float, float]] = field(default_factory=list)
+    #: The JetStream export's values by name (empty without --nats-url).
+    nats: dict[str, float] = field(default_factory=dict)
+
+
+#: The JetStream export's families: name (after `nats_`), type, help.
+_NATS = (
+    ("spool_depth", "gauge", "Messages waiting in the spool for a NATS acknowledgement."),
+    ("spool_oldest_age_seconds", "gauge", "Age of the oldest message waiting in the spool."),
+    ("spool_dropped", "counter", "Messages dropped because the spool was full."),
+    ("published", "counter", "Messages NATS acknowledged as stored."),
+    ("duplicates", "counter", "Messages NATS acknowledged as duplicates (already stored)."),
+    ("publish_errors", "counter", "Publish rounds that left messages unacknowledged."),
+    ("connected", "gauge", "1 while NATS acknowledges the export's publishes."),
+)
+
+
+def _nats_families(values: Mapping[str, float]) -> Iterator[Metric]:
+    if not values:
+        return
+    for name, kind, doc in _NATS:
+        value = values.get(name + ("_total" if kind == "counter" else ""), 0.0)
+        if kind == "counter":
+            yield CounterMetricFamily(PREFIX + "nats_" + name, doc, value=value)
+        else:
+            yield GaugeMetricFamily(PREFIX + "nats_" + name, doc, value=value)
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -19,7 +19,14 @@ import datetime
 import functools
 import logging
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +153,7 @@ def settings_from_config(config: AggregatorConfig) -> NatsSettings:
         replicas=config.nats_replicas,
         max_age=config.nats_max_age,
         max_bytes=config.nats_max_bytes,
+        lease_ttl=config.nats_lease_ttl,
     )
 
 
@@ -170,6 +178,8 @@ class NatsBridge:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
+        #: Buckets other than the lease's (`kv_*(bucket=...)`), per JetStream context.
+        self._plain: tuple[JetStreamContext, dict[str, KeyValue]] | None = None
         self._lock = trio.Lock()
         self.connects = 0
 
@@ -184,6 +194,10 @@ class NatsBridge:
             return result
         except _NATS_ERRORS as exc:
             raise NatsUnavailable(operation, _describe(exc)) from exc
+        except asyncio.CancelledError as exc:
+            # trio_asyncio turns a cancellation of ours into trio.Cancelled; a bare asyncio
+            # one means the loop is closing under a (shielded) caller: the bridge is gone
+            raise NatsUnavailable(operation, "the bridge is closing") from exc
 
     def _connect_options(self) -> dict[str, Any]:
         s = self.settings
@@ -313,6 +327,42 @@ class NatsBridge:
         )
         return not bool(ack.duplicate)
 
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes, str]], timeout: float = 2.0
+    ) -> list[bool | None]:
+        """Publish (subject, data, msg_id) items pipelined on the connection, in order.
+
+        One result per item: True stored, False a duplicate, None not acknowledged (retry
+        it). Raises `NatsUnavailable` when there is no connection at all."""
+        js = await self._jetstream()
+        stream = self.settings.stream
+
+        async def publish_all() -> list[Any]:
+            # gather starts the publishes in order: their PUBs go out in order on the one
+            # connection, so the stream stores them in order
+            return await asyncio.gather(
+                *(
+                    js.publish(
+                        subject, data, timeout=timeout, stream=stream, headers={"Nats-Msg-Id": i}
+                    )
+                    for subject, data, i in items
+                ),
+                return_exceptions=True,
+            )
+
+        results = await self._aio("publish", publish_all)
+        out: list[bool | None] = []
+        for result in results:
+            if isinstance(result, api.PubAck):
+                out.append(not bool(result.duplicate))
+            elif isinstance(result, _NATS_ERRORS):
+                out.append(None)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                out.append(None)
+        return out
+
     async def consume(
         self,
         durable: str | None,
@@ -384,8 +434,12 @@ class NatsBridge:
 
     # -- key-value (the leader lease) ----------------------------------------
 
-    async def _bucket(self) -> KeyValue:
+    async def _bucket(self, name: str | None = None) -> KeyValue:
+        """The lease bucket (`kv_bucket`, entries expire after `lease_ttl`), or with `name`
+        another bucket of this connection whose entries never expire (the alert state)."""
         js = await self._jetstream()
+        if name is not None and name != self.settings.kv_bucket:
+            return await self._plain_bucket(js, name)
         if self._kv is not None:
             return self._kv
         s = self.settings
@@ -403,9 +457,28 @@ class NatsBridge:
         self._kv = kv
         return kv
 
-    async def kv_create(self, key: str, value: bytes) -> int | None:
+    async def _plain_bucket(self, js: JetStreamContext, name: str) -> KeyValue:
+        cached = self._plain
+        if cached is None or cached[0] is not js:
+            cached = self._plain = (js, {})
+        buckets: dict[str, KeyValue] = cached[1]
+        if name in buckets:
+            return buckets[name]
+        try:
+            kv = await self._aio("key_value", lambda: js.key_value(name))
+        except NatsUnavailable as exc:
+            if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                raise
+            kv = await self._add_with_replicas(
+                "create_key_value",
+                lambda replicas: js.create_key_value(bucket=name, history=1, replicas=replicas),
+            )
+        buckets[name] = kv
+        return kv
+
+    async def kv_create(self, key: str, value: bytes, *, bucket: str | None = None) -> int | None:
         """Write `key` only if absent (or deleted/expired): its revision, None if it exists."""
-        kv = await self._bucket()
+        kv = await self._bucket(bucket)
         try:
             return int(await self._aio("kv_create", lambda: kv.create(key, value)))
         except NatsUnavailable as exc:
@@ -413,9 +486,11 @@ class NatsBridge:
                 return None
             raise
 
-    async def kv_update(self, key: str, value: bytes, last: int) -> int | None:
+    async def kv_update(
+        self, key: str, value: bytes, last: int, *, bucket: str | None = None
+    ) -> int | None:
         """Rewrite `key` only if its revision is still `last`: the new one, None if lost."""
-        kv = await self._bucket()
+        kv = await self._bucket(bucket)
         try:
             return int(await self._aio("kv_update", lambda: kv.update(key, value, last=last)))
         except NatsUnavailable as exc:
@@ -423,9 +498,9 @@ class NatsBridge:
                 return None
             raise
 
-    async def kv_get(self, key: str) -> tuple[bytes, int] | None:
+    async def kv_get(self, key: str, *, bucket: str | None = None) -> tuple[bytes, int] | None:
         """The value and revision of `key`, None when absent, deleted or expired."""
-        kv = await self._bucket()
+        kv = await self._bucket(bucket)
         try:
             entry = await self._aio("kv_get", lambda: kv.get(key))
         except NatsUnavailable as exc:
@@ -436,8 +511,8 @@ class NatsBridge:
             return None
         return bytes(entry.value), int(entry.revision)
 
-    async def kv_delete(self, key: str) -> None:
-        kv = await self._bucket()
+    async def kv_delete(self, key: str, *, bucket: str | None = None) -> None:
+        kv = await self._bucket(bucket)
         await self._aio("kv_delete", lambda: kv.delete(key))
 
 

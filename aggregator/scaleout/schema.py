@@ -36,6 +36,7 @@ __all__ = [
     "StreamBeat",
     "StreamDecodeError",
     "StreamEvent",
+    "at_ms",
     "beat_msg_id",
     "beat_subject",
     "decode",
@@ -99,8 +100,15 @@ def _ms(at: float) -> int:
     return math.floor(at * 1000 + 0.5)
 
 
-def beat_msg_id(origin: str, peer_id: str, at: float) -> str:
-    return f"{origin}:{peer_id}:{_ms(at)}"
+def beat_msg_id(origin: str, peer_id: str, at: float, repeat: int = 0) -> str:
+    """`<origin>:<peer_id>:<at_ms>`; the n-th further beat of a peer within the same
+    millisecond gets `.<n>` appended (the exporter counts them)."""
+    base = f"{origin}:{peer_id}:{_ms(at)}"
+    return f"{base}.{repeat}" if repeat else base
+
+
+def at_ms(at: float) -> int:
+    return _ms(at)
 
 
 def event_msg_id(kind: str, key: str, at: float) -> str:
