@@ -196,7 +196,9 @@ async def test_a_lost_subscription_polls_at_once(
     assert source.status.mode == "subscribed"
     node.mode = "refused"
     node.drop_subscriptions()
-    await trio.sleep(1)
+    # 1.5 s, not 1: the resubscription due at 6.0 would race the test's own wake-up at 6.0
+    # (trio runs tasks due at the same instant in random order)
+    await trio.sleep(1.5)
     assert node.called("Filecoin.ChainHead") == [0.0, 5.0]  # not at 3600
     # the subscription's failures are counted (the fake client counts none of its own)
     notifies = len(node.called("Filecoin.ChainNotify"))
