@@ -242,11 +242,12 @@ def test_the_status_page_in_chromium(driver: Any, tmp_path: Path) -> None:
         # -- sort, filter, pin --
         th = d.find_element(By.CSS_SELECTOR, 'th[data-col="nickname"]')
         th.find_element(By.TAG_NAME, "button").click()
-        assert th.get_attribute("aria-sort") == "ascending"
-        assert list(rows(d)) == sorted(NICKNAMES)
+        # the table is redrawn on the next frame: wait for it (a loaded machine is slow)
+        until(d, lambda: th.get_attribute("aria-sort") == "ascending", "sorted up")
+        until(d, lambda: list(rows(d)) == sorted(NICKNAMES), "rows in ascending order")
         th.find_element(By.TAG_NAME, "button").click()
-        assert th.get_attribute("aria-sort") == "descending"
-        assert list(rows(d)) == sorted(NICKNAMES, reverse=True)
+        until(d, lambda: th.get_attribute("aria-sort") == "descending", "sorted down")
+        until(d, lambda: list(rows(d)) == sorted(NICKNAMES, reverse=True), "rows descending")
         search = d.find_element(By.ID, "f-text")
         search.send_keys("bravo")
         until(d, lambda: d.find_element(By.ID, "shown").text == "1 of 3 nodes", "filtered")
