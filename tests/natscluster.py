@@ -82,13 +82,14 @@ class NatsCluster:
     def start_blocking(self, i: int, timeout: float = 20.0) -> None:
         if not self.running(i):
             self._spawn(i)
-        self._wait_healthy([i], timeout)
+        self._wait_healthy([i], timeout, "/varz")
 
     async def start(self, i: int, timeout: float = 20.0) -> None:
-        """Restart member `i` on its ports and store; returns once it serves clients."""
+        """Restart member `i` on its ports and store; returns once it is up (its JetStream
+        may still wait for a quorum: see `wait_meta_leader`)."""
         if not self.running(i):
             self._spawn(i)
-        await trio.to_thread.run_sync(self._wait_healthy, [i], timeout)
+        await trio.to_thread.run_sync(self._wait_healthy, [i], timeout, "/varz")
 
     def stop_all(self) -> None:
         for m in self.members:
@@ -102,7 +103,7 @@ class NatsCluster:
             return None
         return r.json() if r.status_code == 200 else None
 
-    def _wait_healthy(self, indexes: list[int], timeout: float) -> None:
+    def _wait_healthy(self, indexes: list[int], timeout: float, path: str = "/healthz") -> None:
         deadline = time.monotonic() + timeout
         pending = set(indexes)
         while pending:
@@ -112,7 +113,7 @@ class NatsCluster:
                     raise RuntimeError(f"nats-server {i} exited:\n{self.log(i)}")
                 try:
                     r = httpx.get(
-                        f"http://127.0.0.1:{self.members[i].http_port}/healthz", timeout=1.0
+                        f"http://127.0.0.1:{self.members[i].http_port}{path}", timeout=1.0
                     )
                     if r.status_code == 200:
                         pending.discard(i)
