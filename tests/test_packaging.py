@@ -310,6 +310,54 @@ def test_console_scripts_run_outside_the_tree(installed: Installed, tmp_path: Pa
     assert list(elsewhere.iterdir()) == []  # nothing written to the working directory
 
 
+WHEELHOUSE = REPO / "build" / "wheelhouse"  # scripts/setup: the lock's wheels
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_pipx_installs_the_wheel_and_its_commands_run_anywhere(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """`pipx install <wheel>` as the README says, offline: pipx makes its own venv and
+    resolves the dependencies from the lock's wheels (scripts/setup downloads them)."""
+    if not any(WHEELHOUSE.glob("libp2p-*.whl")):
+        reason = f"no wheelhouse at {WHEELHOUSE}: run scripts/setup"
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    home, bin_dir = tmp_path / "pipx", tmp_path / "bin"
+    env = {
+        **os.environ,
+        "PIPX_HOME": str(home),
+        "PIPX_BIN_DIR": str(bin_dir),
+        "PIPX_MAN_DIR": str(tmp_path / "man"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    env.pop("PYTHONPATH", None)
+    pip_args = f"--no-index --find-links {WHEELHOUSE}"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipx", "install", "--pip-args", pip_args, str(installed.wheel)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+        env={k: v for k, v in env.items() if k != "COVERAGE_PROCESS_START"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in bin_dir.iterdir()) == sorted(SCRIPTS)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    version = run([str(bin_dir / "fil-heartbeat"), "--version"], cwd=elsewhere, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("fil-heartbeat "), version
+    helped = run([str(bin_dir / "fil-heartbeat-aggregator"), "--help"], cwd=elsewhere, env=env)
+    assert helped.returncode == 0 and "status-page" in helped.stdout, helped.stderr
+    ident = run([str(bin_dir / "fil-heartbeat"), "id"], cwd=elsewhere, env=env)
+    assert ident.returncode == 0 and ident.stdout.startswith("12D3KooW"), ident.stderr
+    # its own venv under PIPX_HOME, not the project's
+    assert (home / "venvs" / "fil-heartbeat").is_dir()
+    assert list(elsewhere.iterdir()) == []
+
+
 # -- the units, verified ------------------------------------------------------------------
 
 
