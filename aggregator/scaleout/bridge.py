@@ -386,7 +386,10 @@ class NatsBridge:
         config = api.ConsumerConfig(
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT,
-            max_ack_pending=max(1024, batch * 4),
+            # a durable's reader that died leaves at most one batch unacknowledged, and the
+            # server delivers nothing past it until it is redelivered (after ACK_WAIT): a
+            # restart resumes in order
+            max_ack_pending=batch if durable else max(1024, batch * 4),
             inactive_threshold=None if durable else EPHEMERAL_IDLE,
         )
         if deliver_since is not None:
