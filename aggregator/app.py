@@ -10,7 +10,8 @@ through `task_status.started` once everything listens.
 
 The bus's required subscribers, in order: the fleet model (inline), the alert
 evaluator's change signal (inline) and the store writer (a bounded channel: when
-it lags, ingest waits and `bus_backpressure_seconds_total` grows).
+it lags, ingest waits and `bus_backpressure_seconds_total` grows); with `--nats-url`,
+the JetStream export too (a bounded channel into its spool, aggregator/scaleout/export.py).
 """
 
 from __future__ import annotations
@@ -166,6 +167,11 @@ class Aggregator:
     http: Any = None  # aggregator.http.HttpApi
     hub: Any = None  # aggregator.workers.WorkerHub when workers > 1
     history: Any = None  # aggregator.history_service.HistoryService
+    nats: Any = None  # aggregator.scaleout.bridge.NatsBridge (--nats-url)
+    nats_export: Any = None  # aggregator.scaleout.export.Exporter (--nats-url)
+    nats_merge: Any = None  # aggregator.scaleout.merge_consumer.MergeConsumer (--nats-url)
+    alert_leader: Any = None  # aggregator.scaleout.leader.Leader (--nats-url)
+    ha_metrics: Any = None  # aggregator.scaleout.ha_metrics.HaCollector (--nats-url)
     multiaddrs: list[str] = field(default_factory=list)
     http_url: str = ""
     wall_clock: Callable[[], float] = time.time
@@ -247,11 +253,17 @@ async def _start_alerts(
         changes=agg.alert_changes,
         runbook_base_url=agg.config.runbook_base_url,
         state_store=AlertStateStore(agg.config.state_db),
+        leader=await _start_leader(agg, nursery) if agg.nats is not None else None,
     )
+    if agg.nats_export is not None:
+        service.on_transitions = agg.nats_export.on_alert_transitions
     await nursery.start(service.run)
     agg.metrics.set_alerts_provider(service.firing)
     if agg.http is not None:
         agg.http.set_alerts_provider(service.current)
+        agg.http.alerts_leader = service.leader_name
+        if service.leader is not None:  # several aggregators: the page says which one sends
+            agg.http.page.alerts_leader = service.leader_name
 
 
 async def run_expiry(
@@ -306,7 +318,30 @@ async def _start_history(agg: Aggregator, nursery: trio.Nursery) -> None:
         flush_interval=agg.config.store_flush_interval,
         clock=agg.wall_clock,
     )
+    if agg.nats_export is not None:
+        agg.history.on_transitions = agg.nats_export.on_node_transitions
     await nursery.start(agg.history.run)
+
+
+async def _start_nats(agg: Aggregator, nursery: trio.Nursery) -> None:
+    """The process's one NATS bridge, then the JetStream export (aggregator/scaleout/)."""
+    from aggregator.scaleout.bridge import settings_from_config
+    from aggregator.scaleout.export import run_bridge
+
+    agg.nats = await nursery.start(run_bridge, settings_from_config(agg.config))
+    await nursery.start(agg.nats_export.run, agg.nats)
+
+
+async def _start_merge(agg: Aggregator, nursery: trio.Nursery) -> None:
+    from aggregator.scaleout.merge_consumer import start_merge
+
+    await start_merge(agg, nursery)
+
+
+async def _start_leader(agg: Aggregator, nursery: trio.Nursery) -> Any:
+    from aggregator.scaleout.leader import start_leader
+
+    return await start_leader(agg, nursery)
 
 
 def _attach_history(agg: Aggregator) -> None:
@@ -358,7 +393,13 @@ def build_aggregator(
     metrics.own.counters = ingest.counters
     metrics.own.bus = bus
     metrics.own.gc = gc_monitor
-    return Aggregator(
+    nats_export = None
+    if config.nats_url:  # the JetStream export: a required subscriber into its spool
+        from aggregator.scaleout.export import Exporter
+
+        nats_export = Exporter.for_aggregator(config, peer_id, bus, fleet, wall_clock=wall_clock)
+        metrics.own.nats_provider = nats_export.stats
+    agg = Aggregator(
         config,
         peer_id,
         fleet,
@@ -370,6 +411,8 @@ def build_aggregator(
         store_events,
         wall_clock=wall_clock,
     )
+    agg.nats_export = nats_export
+    return agg
 
 
 def install_accept_path_patches(
@@ -443,6 +486,9 @@ async def run_aggregator(
         async with trio.open_nursery() as nursery:
             await nursery.start(agg.ingest.run)
             await _start_store(agg, nursery)
+            if config.nats_url:
+                await _start_nats(agg, nursery)
+                await _start_merge(agg, nursery)
             await _start_history(agg, nursery)
             await nursery.start(
                 partial(run_expiry, agg.fleet, config.expire_interval, clock=agg.wall_clock)
@@ -462,6 +508,8 @@ async def run_aggregator(
                 await _start_alerts(agg, nursery, alert_env)
                 if handle_signals:
                     await nursery.start(_signals, agg, shutdown)
+                if agg.nats_merge is not None:  # the whole fleet first (bounded)
+                    await agg.nats_merge.caught_up.wait()
                 agg.http.set_ready(True)
                 tune_gc(config.gc_threshold, freeze=config.gc_freeze)
                 for addr in agg.multiaddrs:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from aggregator.bus import Event
     from aggregator.config import AggregatorConfig
     from aggregator.fleet import FleetSnapshot
+    from aggregator.scaleout.leader import Leader
 
 __all__ = [
     "AlertingService",
@@ -113,8 +114,16 @@ class AlertingService:
         min_gap: float = 1.0,
         runbook_base_url: str = "",
         state_store: AlertStateStore | None = None,
+        leader: Leader | None = None,
     ) -> None:
         self.snapshot_provider = snapshot_provider
+        #: With several aggregators (--nats-url): only the lease's holder evaluates and
+        #: sends; its state is shared through the lease's bucket (aggregator/scaleout/leader.py).
+        self.leader = leader
+        self._term = 0
+        self._kv_signature: tuple[Any, ...] = ()
+        if leader is not None:
+            delivery.send_allowed = leader.may_send
         self.changes = changes
         self.min_gap = min_gap
         self.delivery = delivery
@@ -129,9 +138,21 @@ class AlertingService:
         self.state_writer: StateWriter | None = None
         self._saved_signature: tuple[Any, ...] = ()
         self.restored = 0
+        #: Called (inline, must be cheap) with each evaluation's transitions: the NATS export.
+        self.on_transitions: Callable[[list[Transition]], None] | None = None
 
     def firing(self) -> list[Alert]:
+        """Alerts firing (the `alerts_firing` metric): with a leader lease, the leader's only,
+        so that scraping every aggregator counts each alert once."""
+        if self.leader is not None and not self.leader.is_leader():
+            return []
         return self.evaluator.firing()
+
+    def leader_name(self) -> str | None:
+        """Which aggregator sends the alerts: this one without a lease, else the holder."""
+        if self.leader is None:
+            return str(self.static_labels.get("aggregator", "")) or None
+        return self.leader.leader_name()
 
     def current(self) -> list[dict[str, Any]]:
         out = self.evaluator.current()
@@ -180,6 +201,58 @@ class AlertingService:
             return []
         transitions = self.evaluator.evaluate(snapshot)
         self.evaluations += 1
+        self._log_transitions(transitions)
+        self.delivery.submit(self._with_runbook(transitions))
+        self._after(transitions)
+        return transitions
+
+    def _adopt(self, state: AlertState) -> None:
+        """Take the shared state over (another aggregator's, or an older term's)."""
+        self.evaluator = AlertEvaluator(self.evaluator.policy, self.static_labels)
+        self.evaluator.restore_state(state.evaluator)
+        for target in self.delivery.targets:
+            target.notified.clear()
+        self.delivery.restore_notified(state.notified)
+        self._kv_signature = self.evaluator.state_signature
+
+    async def evaluate_led(self) -> list[Transition]:
+        """One evaluation under the leader lease: a follower only mirrors the shared state
+        (for /api/v1/alerts); the leader, on taking over, reads it first, then evaluates,
+        writes the state by revision and only then queues the notifications (each request
+        fenced by the lease). A write refused by revision withholds them."""
+        leader = self.leader
+        assert leader is not None
+        if not leader.is_leader():
+            state = await leader.load_state()
+            if state is not None and not leader.is_leader():
+                self._adopt(state)
+            return []
+        if leader.term != self._term:
+            self._term = leader.term
+            state = await leader.load_state()
+            if state is not None:
+                self._adopt(state)
+            log.info("alert_leader_active term=%d alerts=%d", self._term, len(self.firing()))
+        if self.changes is not None:
+            self.changes.clear()
+        snapshot = self.snapshot_provider()
+        if snapshot is None:
+            return []
+        transitions = self.evaluator.evaluate(snapshot)
+        self.evaluations += 1
+        self._log_transitions(transitions)
+        prepared = self.delivery.prepare(self._with_runbook(transitions))
+        signature = self.evaluator.state_signature
+        if transitions or signature != self._kv_signature:
+            if not await leader.save_state(self.state()):
+                log.warning("alert_notifications_withheld transitions=%d", len(transitions))
+                return transitions
+            self._kv_signature = signature
+        self.delivery.enqueue(prepared)
+        self._after(transitions)
+        return transitions
+
+    def _log_transitions(self, transitions: list[Transition]) -> None:
         for tr in transitions:
             if tr.kind is TransitionKind.FIRED:
                 log.warning(
@@ -189,13 +262,17 @@ class AlertingService:
                 log.info(
                     "alert_resolved alertname=%s labels=%s", tr.alert.alertname, _short(tr.alert)
                 )
-        self.delivery.submit(self._with_runbook(transitions))
+
+    def _after(self, transitions: list[Transition]) -> None:
+        """What follows an evaluation whose notifications were queued: the export hook, the
+        state db."""
+        if self.on_transitions is not None and transitions:
+            self.on_transitions(transitions)
         if self.state_writer is not None:
             signature = self.evaluator.state_signature
             if transitions or signature != self._saved_signature:
                 self._saved_signature = signature
                 self.state_writer.mark()
-        return transitions
 
     async def run(
         self, *, task_status: trio.TaskStatus[AlertingService] = trio.TASK_STATUS_IGNORED
@@ -212,7 +289,10 @@ class AlertingService:
             task_status.started(self)
             deadline = trio.current_time()
             while True:
-                self.evaluate_once()
+                if self.leader is None:
+                    self.evaluate_once()
+                else:
+                    await self.evaluate_led()
                 done = trio.current_time()
                 while deadline <= done:
                     deadline += self.interval

@@ -19,12 +19,13 @@ decided again: at most one evaluation's notifications can repeat, none is lost.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
@@ -32,8 +33,18 @@ from aggregator.scaleout.lease import LEASE_KEY, Holder, Lease, LeaseOp, Role
 
 if TYPE_CHECKING:
     from aggregator.alerts.state_store import AlertState
+    from aggregator.scaleout.bridge import NatsBridge
 
-__all__ = ["ALERT_STATE_KEY", "Kv", "Leader", "decode_state", "encode_state", "new_holder"]
+__all__ = [
+    "ALERT_STATE_KEY",
+    "BucketKv",
+    "Kv",
+    "Leader",
+    "decode_state",
+    "encode_state",
+    "new_holder",
+    "start_leader",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,26 @@ class Kv(Protocol):
     async def kv_update(self, key: str, value: bytes, last: int) -> int | None: ...
     async def kv_get(self, key: str) -> tuple[bytes, int] | None: ...
     async def kv_delete(self, key: str) -> None: ...
+
+
+class BucketKv:
+    """`Kv` over one named bucket of a bridge (`kv_*(bucket=...)`: the alert state's)."""
+
+    def __init__(self, bridge: NatsBridge, bucket: str) -> None:
+        self.bridge = bridge
+        self.bucket = bucket
+
+    async def kv_create(self, key: str, value: bytes) -> int | None:
+        return await self.bridge.kv_create(key, value, bucket=self.bucket)
+
+    async def kv_update(self, key: str, value: bytes, last: int) -> int | None:
+        return await self.bridge.kv_update(key, value, last, bucket=self.bucket)
+
+    async def kv_get(self, key: str) -> tuple[bytes, int] | None:
+        return await self.bridge.kv_get(key, bucket=self.bucket)
+
+    async def kv_delete(self, key: str) -> None:
+        await self.bridge.kv_delete(key, bucket=self.bucket)
 
 
 def new_holder(name: str, origin: str) -> Holder:
@@ -215,7 +246,9 @@ class Leader:
             try:
                 await self._call("release", lambda: self.lease_kv.kv_delete(LEASE_KEY))
                 log.info("lease_released holder=%s", self.me.name)
-            except _Unavailable:
+            except (_Unavailable, asyncio.CancelledError):
+                # NATS gone, or the bridge's loop closing at the same shutdown: the lease
+                # then expires after its TTL instead.
                 log.warning("lease_release_failed (it expires after the ttl)")
 
     # -- the shared alert state ------------------------------------------------------------------
@@ -276,3 +309,20 @@ class Leader:
         self._state_revision = rev
         self.state_saves += 1
         return self.may_send()
+
+
+async def start_leader(agg: Any, nursery: trio.Nursery) -> Leader:
+    """The aggregator's wiring (aggregator/app.py, for the alerting service): the lease in
+    the bridge's lease bucket, the alert state in `<kv_bucket>_state`."""
+    settings = agg.nats.settings
+    leader = Leader(
+        agg.nats,
+        BucketKv(agg.nats, f"{settings.kv_bucket}_state"),
+        new_holder(agg.config.name, agg.nats_export.origin),
+        settings.lease_ttl,
+    )
+    agg.alert_leader = leader
+    if agg.ha_metrics is not None:
+        agg.ha_metrics.leader = leader
+    await nursery.start(leader.run)
+    return leader

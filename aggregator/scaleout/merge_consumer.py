@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -22,7 +23,7 @@ from aggregator.scaleout import schema
 from aggregator.scaleout.bridge import NatsBridge, NatsUnavailable
 from aggregator.scaleout.merge import RemoteMerger
 
-__all__ = ["BEAT_SUBJECTS", "GIVE_UP", "IDLE_CAUGHT_UP", "MergeConsumer"]
+__all__ = ["BEAT_SUBJECTS", "GIVE_UP", "IDLE_CAUGHT_UP", "MergeConsumer", "start_merge"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class MergeConsumer:
 
     async def _consume(self, since: float, began: float) -> None:
         merge = self.merger.merge
+        await self.bridge.ensure_stream()  # the first aggregator up creates it
         async for msg, ack in self.bridge.consume(None, BEAT_SUBJECTS, deliver_since=since):
             self._last_msg = trio.current_time()
             try:
@@ -127,3 +129,24 @@ class MergeConsumer:
                 if msg.timestamp >= self.started_at and not self.caught_up.is_set():
                     self._ready("live", began)
             await ack()
+
+
+async def start_merge(agg: Any, nursery: trio.Nursery) -> MergeConsumer:
+    """The aggregator's wiring (aggregator/app.py, after the bridge and the export): this
+    aggregator's origin in the fleet, the consumer, the HA metrics; `run_aggregator` waits for
+    `caught_up` before it reports ready."""
+    from aggregator.scaleout.ha_metrics import HaCollector
+
+    origin = agg.nats_export.origin
+    agg.fleet.origin = origin
+    agg.nats_merge = MergeConsumer(
+        agg.nats,
+        RemoteMerger(agg.fleet, origin),
+        catch_up=agg.config.nats_catch_up,
+        wall_clock=agg.wall_clock,
+    )
+    agg.ha_metrics = HaCollector(agg.config.name, agg.fleet, agg.wall_clock, agg.nats_merge)
+    agg.metrics.registry.register(agg.ha_metrics)
+    await nursery.start(agg.nats_merge.run)
+    consumer: MergeConsumer = agg.nats_merge
+    return consumer
