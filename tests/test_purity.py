@@ -78,6 +78,7 @@ PURE_MODULES = [
     "aggregator.statuspage.node_page",
     "aggregator.statuspage.pages",
     "aggregator.statuspage.live",
+    "aggregator.scaleout.schema",
 ]
 FORBIDDEN = ("trio", "libp2p", "prometheus_client", "httpx", "sqlite3")
 CLOCK_CALL = re.compile(r"\btime\.(?:time|monotonic)(?:_ns)?\(")
@@ -188,6 +189,16 @@ def test_only_the_network_layer_and_the_tools_import_libp2p() -> None:
     assert any(path.startswith("heartbeat/net/") for path in importers)
     strays = sorted(path for path in importers if not path.startswith(LIBP2P_HOMES))
     assert not strays, f"libp2p imported outside heartbeat/net: {strays}"
+
+
+def test_only_the_nats_bridge_imports_nats_and_trio_asyncio() -> None:
+    importers = {
+        path.relative_to(ROOT).as_posix()
+        for package in ("heartbeat", "aggregator", "bench")
+        for path in _sources(package)
+        if any(_under(name, lib) for name in _imports(path) for lib in ("nats", "trio_asyncio"))
+    }
+    assert importers == {"aggregator/scaleout/bridge.py"}, importers
 
 
 def test_the_aggregator_never_imports_the_agent_or_the_tools() -> None:
