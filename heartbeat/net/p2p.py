@@ -24,7 +24,6 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError, StreamReset
-from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStore
 from libp2p.rcmgr import ResourceLimits, new_resource_manager
@@ -34,6 +33,18 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from heartbeat.net.connections import (
+    close_connection,
+    close_peer,
+    conn_peer_id,
+    conn_remote_ip,
+    connection_count,
+    listen_multiaddrs,
+    set_stream_handlers,
+    stream_peer_id,
+    stream_remote_ip,
+    watch_connections,
+)
 from heartbeat.net.gate import HandshakeGate, gate_inbound_upgrades, handshake_gate
 from heartbeat.net.identity import (
     IdentityFileRefused,
@@ -41,7 +52,7 @@ from heartbeat.net.identity import (
     new_identity,
     peer_id_of,
 )
-from heartbeat.net.libp2p_errors import LIBP2P_ERRORS, StreamClosed, quietly
+from heartbeat.net.libp2p_errors import LIBP2P_ERRORS, StreamClosed
 
 __all__ = [
     "LIBP2P_ERRORS",
@@ -333,97 +344,3 @@ async def running_host(
 def restore_libp2p_logging() -> None:
     """`import libp2p` turns off propagation of its logger; programs turn it back on."""
     logging.getLogger("libp2p").propagate = True
-
-
-# -- server-side helpers (the aggregator's ingest) ------------------------------
-# py-libp2p never applies its per-peer limits and offers no per-IP view: the
-# ingest counts connections and streams itself through these.
-
-
-def stream_peer_id(stream: INetStream) -> str:
-    """The remote peer id (base58) of a stream."""
-    return stream.muxed_conn.peer_id.to_base58()
-
-
-def stream_remote_ip(stream: INetStream) -> str | None:
-    """The remote IP address of a stream's connection, if known."""
-    try:
-        remote = stream.get_remote_address()
-    except (AttributeError, OSError):
-        return None
-    return str(remote[0]) if remote else None
-
-
-def conn_peer_id(conn: Any) -> str:
-    """The remote peer id (base58) of a connection (`INetConn`)."""
-    return str(conn.muxed_conn.peer_id.to_base58())
-
-
-def conn_remote_ip(conn: Any) -> str | None:
-    """The remote IP address of a connection (`INetConn`), if known."""
-    for addr in conn.get_transport_addresses():
-        for proto in ("ip4", "ip6"):
-            try:
-                return str(addr.value_for_protocol(proto))
-            except LookupError:  # multiaddr's ProtocolLookupError: not this family
-                continue
-    remote = getattr(conn.muxed_conn, "get_remote_address", lambda: None)()
-    return str(remote[0]) if remote else None
-
-
-async def close_connection(conn: Any) -> None:
-    """Close one connection (`INetConn`) and every stream on it; one already gone is fine."""
-    await quietly("close_connection", conn.close)
-
-
-async def close_peer(host: IHost, peer_id: str) -> None:
-    """Close every connection to `peer_id`; connections already gone are fine."""
-    await quietly("close_peer", lambda: host.get_network().close_peer(ID.from_base58(peer_id)))
-
-
-def connection_count(host: IHost) -> int:
-    return int(host.get_network().get_total_connections())
-
-
-def listen_multiaddrs(host: IHost) -> list[str]:
-    """The addresses the host really listens on (ports resolved), without /p2p."""
-    out: list[str] = []
-    for listener in host.get_network().listeners.values():
-        out.extend(str(addr) for addr in listener.get_addrs())
-    return out
-
-
-def set_stream_handlers(host: IHost, protocols: list[str], handler: Any) -> None:
-    """Register `handler` (an async callable taking a stream) for every protocol id."""
-    for protocol in protocols:
-        host.set_stream_handler(TProtocol(protocol), handler)
-
-
-def watch_connections(host: IHost, on_connected: Any, on_disconnected: Any) -> None:
-    """Call `await on_connected(conn)` / `await on_disconnected(conn)` on connection events.
-
-    The callbacks run inside the swarm's event path: they must be quick and must
-    not raise (py-libp2p isolates notifee errors, but only by logging them).
-    """
-    from libp2p.abc import INotifee
-
-    class _Watcher(INotifee):
-        async def opened_stream(self, network: Any, stream: Any) -> None:
-            return None
-
-        async def closed_stream(self, network: Any, stream: Any) -> None:
-            return None
-
-        async def connected(self, network: Any, conn: Any) -> None:
-            await on_connected(conn)
-
-        async def disconnected(self, network: Any, conn: Any) -> None:
-            await on_disconnected(conn)
-
-        async def listen(self, network: Any, multiaddr: Any) -> None:
-            return None
-
-        async def listen_close(self, network: Any, multiaddr: Any) -> None:
-            return None
-
-    host.get_network().register_notifee(_Watcher())
