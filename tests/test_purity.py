@@ -26,6 +26,7 @@ PURE_MODULES = [
     "heartbeat.protocol.beat",
     "heartbeat.protocol.codec",
     "heartbeat.protocol.decoder",
+    "heartbeat.protocol.fastpath",
     "heartbeat.protocol.wire",
     "heartbeat.protocol.tipset",
     "heartbeat.protocol.address",
@@ -79,6 +80,8 @@ PURE_MODULES = [
     "aggregator.statuspage.pages",
     "aggregator.statuspage.live",
     "aggregator.scaleout.schema",
+    "aggregator.scaleout.merge",
+    "aggregator.scaleout.lease",
 ]
 FORBIDDEN = ("trio", "libp2p", "prometheus_client", "httpx", "sqlite3")
 CLOCK_CALL = re.compile(r"\btime\.(?:time|monotonic)(?:_ns)?\(")

@@ -15,7 +15,10 @@ which (``{`` is JSON: no CBOR map starts with 0x7B).
 Memory is bounded before buffering: the decoder never holds more than ``max_buffer`` bytes,
 and a frame that will be larger than ``max_beat_size`` is refused as soon as a header says so.
 CBOR framing is checked by a small scanner here (definite lengths only, no tags, depth at most
-`MAX_DEPTH`); cbor2 then decodes exactly the bytes of one item. Pure: no I/O, no clock.
+`MAX_DEPTH`); cbor2 then decodes exactly the bytes of one item. A frame of the common flat shape
+(text keys, scalar values) takes the fast path first (`heartbeat.protocol.fastpath`: a walk
+over its headers, then one `cbor2.loads`); anything else, and every refusal, is the scanner's.
+Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from heartbeat.protocol.beat import (
     RejectReason,
 )
 from heartbeat.protocol.codec import JSON_DECODER, JSONDuplicateKey, reject, to_beat
+from heartbeat.protocol.fastpath import flat_map
 
 __all__ = ["BeatDecoder"]
 
@@ -46,7 +50,9 @@ class BeatDecoder:
     __slots__ = (
         "_allow_json",
         "_buf",
+        "_declined",
         "_error",
+        "_fast",
         "_invalid",
         "_max_beat",
         "_max_buffer",
@@ -57,13 +63,22 @@ class BeatDecoder:
     )
 
     def __init__(
-        self, max_beat_size: int = 4096, max_buffer: int = 65536, *, allow_json: bool = True
+        self,
+        max_beat_size: int = 4096,
+        max_buffer: int = 65536,
+        *,
+        allow_json: bool = True,
+        fast_path: bool = True,
     ) -> None:
+        """``fast_path=False`` sends every CBOR frame through the full scanner (tests, bench:
+        both give the same beats, rejects and errors)."""
         if not 0 < max_beat_size <= max_buffer:
             raise ValueError("need 0 < max_beat_size <= max_buffer")
         self._max_beat = max_beat_size
         self._max_buffer = max_buffer
         self._allow_json = allow_json
+        self._fast = fast_path
+        self._declined = False  # the fast path declined the frame at the buffer's start
         self.encoding: str | None = None  # "cbor" | "json" once the first byte arrived
         self._buf = bytearray()
         self._error: BeatDecodeError | None = None
@@ -95,6 +110,11 @@ class BeatDecoder:
         step = self._feed_json if self.encoding == "json" else self._feed_cbor
         view = memoryview(data)
         offset = 0
+        if self._fast and not self._buf and self.encoding == "cbor":
+            # nothing buffered (so no frame half scanned): whole flat frames straight from
+            # `data`, without copying them into the buffer; only the rest is buffered
+            offset = self._feed_direct(data, out)
+            self._declined = offset < len(data)
         try:
             while offset < len(data):
                 room = self._max_buffer - len(self._buf)
@@ -183,7 +203,20 @@ class BeatDecoder:
     def _feed_cbor(self, out: list[Beat | BeatRejected]) -> None:
         buf = self._buf
         start = 0
+        fast = self._fast and not self._declined
+        self._declined = False
+        max_beat = self._max_beat
         while True:
+            # the fast path only at a frame's first byte: a frame it declines is then scanned
+            # from where the scanner stops (it retries only while the scanner could not
+            # take even the frame's first header)
+            if fast and self._pos == start and start < len(buf) and not self._stack:
+                found = flat_map(buf, start, max_beat)
+                if found is not None:
+                    out.append(to_beat(found[0], legacy=False))
+                    start = self._pos = found[1]
+                    continue
+            fast = self._fast
             end = self._scan(buf, start)
             if end < 0:
                 break
@@ -197,6 +230,19 @@ class BeatDecoder:
         if start:
             del buf[:start]
             self._pos -= start
+
+    def _feed_direct(self, data: bytes, out: list[Beat | BeatRejected]) -> int:
+        """Decode the flat frames at the start of `data` (fast path only); bytes used."""
+        start = 0
+        end = len(data)
+        max_beat = self._max_beat
+        while start < end:
+            found = flat_map(data, start, max_beat)
+            if found is None:
+                break
+            out.append(to_beat(found[0], legacy=False))
+            start = found[1]
+        return start
 
     @staticmethod
     def _decode_cbor_item(frame: bytes) -> Beat | BeatRejected:
