@@ -53,6 +53,8 @@ class BenchVariants:
     memory_cuts: tuple[str, ...] = MEMORY_CUTS
     #: Identify towards every connecting agent (py-libp2p's default).
     identify_peers: bool = False
+    #: One socket receive serves many Noise/Yamux frames (off: py-libp2p's frame reader).
+    buffered_read: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchVariants:
@@ -85,6 +87,7 @@ class BenchVariants:
             yamux_release_on_read=self.yamux_release_on_read,
             memory_cuts=self.memory_cuts,
             identify_peers=self.identify_peers,
+            buffered_read=self.buffered_read,
         )
 
 
@@ -94,6 +97,7 @@ _SWITCHES = (
     ("--no-throttle-reconcile", "throttle_reconcile", False),
     ("--yamux-release-on-read", "yamux_release_on_read", True),
     ("--identify-peers", "identify_peers", True),
+    ("--no-buffered-read", "buffered_read", False),
 )
 
 

@@ -49,6 +49,7 @@ def _stock_state() -> dict[str, Any]:
         "window_update": YamuxStream.__dict__["_auto_tune_and_send_window_update"],
         "muxer": muxer_multistream.__dict__["Yamux"],
         "yamux_start": HeartbeatYamux.start,
+        "read_frames": HeartbeatYamux.__dict__["_fil_read_frames"],
         "swarm_conn_start": SwarmConn.__dict__["start"],
         "cipher": noise_backend.ciphers["ChaChaPoly"],
         "handshake_done": NoiseProtocol.__dict__["handshake_done"],

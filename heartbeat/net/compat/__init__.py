@@ -14,7 +14,8 @@ The fixes are process-wide (py-libp2p's classes are). Where py-libp2p has a seam
 used (`build_host`'s options: Noise only, the inbound negotiation deadline); the Yamux
 limits ride on a subclass, `HeartbeatYamux`, that `muxer_opt` should carry but 0.8.1
 ignores for Yamux (`yamux_muxer`), and the sessions' one-task `start` is set on that
-subclass only (`yamux_session`), never on py-libp2p's `Yamux`.
+subclass only (`yamux_session`), never on py-libp2p's `Yamux`; so is its frame reader,
+the buffered receive path (`buffered_read`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from types import ModuleType
 
 from heartbeat.net.compat import (
     accept_loop,
+    buffered_read,
     inbound_limiter,
     log_fold,
     noise_memory,
@@ -85,6 +87,18 @@ FILES = {
     "noise.functions.cipher": "ab910ae35aca33081c82882e3a74a8c81439b900aab12f9612fb92f384413098",
     "noise.state": "6c042444e91e06bbe184bf4810e78241848e086ac776e769fdba38c9c31eaecd",
     "noise.noise_protocol": "37abb8c458dce19514edfbbbe4b27716edb1d1afb9af462859c2a458be5114cd",
+    # The buffered receive path (`buffered_read`) reads beneath these layers.
+    "libp2p.security.secure_session": (
+        "3c56b3b06f2ec6dfd9585c73a0c323c02f039abfda8ad83ce27a5c8dec2f2b80"
+    ),
+    "libp2p.security.noise.io": (
+        "a2194d3c2695e688061ea0efbdbaf26522d4522fd600b2e36fd9394fafaa247f"
+    ),
+    "libp2p.io.trio": "1bc7be280610c1b1787c6d1b81381156f2d476182e64a20208cf43510b4cb049",
+    "libp2p.network.connection.raw_connection": (
+        "5b75c7d077a97921f5d6f09ae53c126478539cd359a04234342a2440227958b6"
+    ),
+    "noise.connection": "0953d68fdfc8aa84f5692f979b612a6ab53e5a161941a9d727a684c1fd0c556f",
 }
 
 #: The global fixes, in install order (`uninstall_all` undoes them in reverse).
@@ -94,6 +108,7 @@ FIXES: tuple[ModuleType, ...] = (
     yamux_credit,
     yamux_muxer,
     yamux_session,
+    buffered_read,
     accept_loop,
     noise_memory,
     inbound_limiter,
@@ -130,6 +145,8 @@ class CompatOptions:
     memory_cuts: tuple[str, ...] = MEMORY_CUTS
     #: Identify every connecting peer (py-libp2p's default).
     identify_peers: bool = False
+    #: One socket receive serves many frames (`buffered_read`); False: py-libp2p's reader.
+    buffered_read: bool = True
 
     def wanted(self) -> tuple[ModuleType, ...]:
         cuts = set(self.memory_cuts)
@@ -145,6 +162,8 @@ class CompatOptions:
             chosen.add(reconcile)
         if not self.yamux_release_on_read:
             chosen.add(yamux_credit)
+        if self.buffered_read:
+            chosen.add(buffered_read)
         return tuple(fix for fix in FIXES if fix in chosen)
 
 

@@ -169,9 +169,13 @@ class HeartbeatYamux(Yamux):
             self.event_shutting_down.set()
         return False
 
+    async def _fil_read_frames(self) -> None:
+        """The frame reader: py-libp2p's loop, or `buffered_read`'s when installed."""
+        await super().handle_incoming()
+
     async def handle_incoming(self) -> None:
         try:
-            await super().handle_incoming()
+            await self._fil_read_frames()
             flooded = self._fil_pings_over >= self.limits.ping_close_after
             if flooded and not self.event_closed.is_set():
                 # Ended by the ping limit: the loop left without py-libp2p's clean-up.
