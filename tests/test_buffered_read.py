@@ -1,0 +1,220 @@
+"""`heartbeat.net.compat.buffered_read`: one socket receive serves many frames.
+
+Real hosts on loopback: a light client sends many Yamux frames, each in its own Noise
+message, in ONE TCP send; the server must decrypt and demultiplex them from a few
+receives and wake its reader a few times, not once per frame. Flow control (the sender
+gets its credit back and never stalls), a tampered Noise message, an incomplete DATA
+frame past its deadline, and the fix's install/uninstall (stock state back).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from heartbeat.net import compat, p2p
+from heartbeat.net.compat import buffered_read
+from heartbeat.net.compat.yamux_limits import HeartbeatYamux
+from heartbeat.tools.loadgen.light import LightConnection, light_connection
+
+pytestmark = [pytest.mark.timeout(60)]
+
+PROTOCOL = "fil/heartbeat-test-buffered/1.0.0"
+HEADER = struct.Struct("!BBHII")
+
+
+@pytest.fixture
+def buffered() -> Iterator[None]:
+    """Every fix in (the aggregator's configuration) for the test, then as before."""
+    before = compat.installed_fixes()
+    compat.install_all()
+    assert buffered_read.installed()
+    yield
+    compat.uninstall_all()
+    for fix in compat.FIXES:
+        if before[fix.NAME]:
+            fix.install()
+
+
+@asynccontextmanager
+async def served(handler: Any) -> AsyncIterator[LightConnection]:
+    key = p2p.new_identity()
+    async with p2p.running_host(
+        key, ["/ip4/127.0.0.1/tcp/0"], p2p.HostLimits.server(16), identify_peers=False
+    ) as srv:
+        p2p.set_stream_handlers(srv, [PROTOCOL], handler)
+        [listen] = p2p.listen_multiaddrs(srv)
+        async with light_connection(
+            p2p.new_identity(), f"{listen}/p2p/{p2p.peer_id_of(key)}", timeout=10
+        ) as conn:
+            yield conn
+
+
+def _noise(conn: LightConnection) -> Any:
+    """The client's Noise transport reader/writer (beneath its Yamux session)."""
+    return conn._muxed.secured_conn.conn
+
+
+async def send_raw_frames(conn: LightConnection, frames: list[bytes]) -> None:
+    """Each Yamux frame in its own Noise message, all of them in one TCP send."""
+    noise = _noise(conn)
+    wire = b"".join(noise.read_writer.encode_msg(noise.encrypt(f)) for f in frames)
+    await noise.read_writer.read_write_closer.write(wire)
+
+
+def sid_of(stream: Any) -> int:
+    return int(stream.muxed_stream.stream_id)
+
+
+def data_frame(sid: int, body: bytes, flags: int = 0) -> bytes:
+    return HEADER.pack(0, 0, flags, sid, len(body)) + body
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("buffered")
+async def test_one_receive_serves_many_frames_and_one_wake_many_beats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receives = 0
+    receive = buffered_read._receive
+
+    async def counted(sock: Any) -> bytes:
+        nonlocal receives
+        data = await receive(sock)
+        receives += 1
+        return data
+
+    monkeypatch.setattr(buffered_read, "_receive", counted)
+    frames = [f"beat-{i:04d};".encode() for i in range(300)]
+    want = b"".join(frames)
+    got = bytearray()
+    reads = 0
+    done = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        nonlocal reads
+        while len(got) < len(want):
+            got.extend(await stream.read(65536))
+            reads += 1
+        done.set()
+        await stream.read(1)
+
+    async with served(handler) as conn:
+        stream = await conn.open_stream(PROTOCOL)
+        sid = sid_of(stream)
+        with trio.fail_after(10):
+            await trio.sleep(0.2)  # the negotiation's frames are read and handled
+            receives = 0
+            await send_raw_frames(conn, [data_frame(sid, f) for f in frames])
+            await done.wait()
+        await stream.close()
+    assert bytes(got) == want  # every byte, in order
+    # 300 Noise messages (~9 KB) in one send: a few receives and reads, not 300.
+    assert 1 <= receives <= 5
+    assert reads <= 5
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("buffered")
+async def test_a_sender_of_many_windows_gets_its_credit_back() -> None:
+    total = 3 * 256 * 1024  # three default receive windows: credit must come back
+    got = 0
+    done = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        nonlocal got
+        while got < total:
+            got += len(await stream.read(65536))
+        done.set()
+        await stream.read(1)
+
+    async with served(handler) as conn:
+        stream = await conn.open_stream(PROTOCOL)
+        conn._muxed.streams[sid_of(stream)].send_window = 256 * 1024  # one window, no more
+        window_update = HeartbeatYamux._fil_read_frames
+        assert window_update is buffered_read.buffered_read_frames
+        with trio.fail_after(20):  # py-libp2p's writer gives up after 5 s without credit
+            chunk = b"x" * 16384
+            for _ in range(total // len(chunk)):
+                await stream.write(chunk)
+            await done.wait()
+        await stream.close()
+    assert got == total  # 3 windows through: the reader's credit came back
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("buffered")
+async def test_a_tampered_noise_message_closes_the_connection() -> None:
+    async def handler(stream: Any) -> None:
+        await stream.read(1)
+
+    async with served(handler) as conn:
+        stream = await conn.open_stream(PROTOCOL)
+        noise = _noise(conn)
+        sealed = bytearray(noise.encrypt(data_frame(sid_of(stream), b"hello")))
+        sealed[-1] ^= 0xFF  # the Poly1305 tag no longer matches
+        await noise.read_writer.read_write_closer.write(noise.read_writer.encode_msg(sealed))
+        with trio.fail_after(10):
+            await conn.wait_closed()
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("buffered")
+async def test_an_incomplete_data_frame_is_cut_off_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PY_YAMUX_DATA_READ_TIMEOUT", "1")
+    got = bytearray()
+
+    async def handler(stream: Any) -> None:
+        got.extend(await stream.read(100))
+        await stream.read(100)
+
+    async with served(handler) as conn:
+        stream = await conn.open_stream(PROTOCOL)
+        sid = sid_of(stream)
+        whole = data_frame(sid, b"whole")
+        announced = HEADER.pack(0, 0, 0, sid, 100) + b"only ten b"  # 90 bytes never come
+        await send_raw_frames(conn, [whole, announced])
+        start = trio.current_time()
+        with trio.fail_after(10):
+            await conn.wait_closed()
+        assert trio.current_time() - start >= 0.5
+    assert bytes(got) == b"whole"
+
+
+def test_install_and_uninstall_restore_the_stock_reader() -> None:
+    was = buffered_read.installed()
+    try:
+        buffered_read.uninstall()
+        stock = HeartbeatYamux.__dict__["_fil_read_frames"]
+        assert not buffered_read.installed()
+        buffered_read.install()
+        buffered_read.install()  # idempotent
+        assert HeartbeatYamux.__dict__["_fil_read_frames"] is buffered_read.buffered_read_frames
+        buffered_read.uninstall()
+        assert HeartbeatYamux.__dict__["_fil_read_frames"] is stock
+    finally:
+        if was:
+            buffered_read.install()
+
+
+def test_the_gate_pins_the_layers_it_reads_beneath_and_the_switch_leaves_it_out() -> None:
+    for module in (
+        "libp2p.security.secure_session",
+        "libp2p.security.noise.io",
+        "libp2p.io.trio",
+        "libp2p.network.connection.raw_connection",
+        "libp2p.stream_muxer.yamux.yamux",
+        "noise.connection",
+        "noise.state",
+    ):
+        assert module in compat.FILES
+    assert buffered_read in compat.FIXES
+    assert buffered_read in compat.CompatOptions().wanted()
+    assert buffered_read not in compat.CompatOptions(buffered_read=False).wanted()
