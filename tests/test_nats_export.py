@@ -21,7 +21,7 @@ import trio
 from aggregator.app import Aggregator, run_aggregator
 from aggregator.config import AggregatorConfig, build_config
 from aggregator.scaleout import schema
-from aggregator.scaleout.bridge import NatsBridge, StreamMsg
+from aggregator.scaleout.bridge import NatsBridge, NatsUnavailable, StreamMsg
 from heartbeat.protocol.wire import Beat, encode_cbor
 from tests.helpers import eventually, metric_value
 from tests.legacy_sender import ScriptedSender, scripted_sender
@@ -73,7 +73,19 @@ async def send_beats(sender: ScriptedSender, first: int, count: int, pause: floa
 
 
 async def read_stream(bridge: NatsBridge, expected: int, idle: float = 3.0) -> list[StreamMsg]:
-    """The stream's beats from its start: until `expected` arrived and `idle` s brought none."""
+    """The stream's beats from its start: until `expected` arrived and `idle` s brought none
+    (a fresh reader each try while the cluster elects new leaders after a kill)."""
+    for attempt in range(20):
+        try:
+            return await _read_stream(bridge, expected, idle)
+        except NatsUnavailable:
+            if attempt == 19:
+                raise
+            await trio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+async def _read_stream(bridge: NatsBridge, expected: int, idle: float) -> list[StreamMsg]:
     got: list[StreamMsg] = []
     stream = bridge.consume(None, ["fil.heartbeat.*.beat.*"], deliver_since=None)
     async with contextlib.aclosing(stream) as messages:

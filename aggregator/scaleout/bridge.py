@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import json
 import logging
 import ssl
 from collections.abc import (
@@ -182,6 +183,10 @@ class NatsBridge:
         self._plain: tuple[JetStreamContext, dict[str, KeyValue]] | None = None
         self._lock = trio.Lock()
         self.connects = 0
+        #: The publish acks' inbox (per connection) and the futures waiting on it.
+        self._ack_sub: tuple[Client, str] | None = None
+        self._acks: dict[str, asyncio.Future[bytes]] = {}
+        self._ack_seq = 0
 
     # -- plumbing -------------------------------------------------------------
 
@@ -334,34 +339,57 @@ class NatsBridge:
 
         One result per item: True stored, False a duplicate, None not acknowledged (retry
         it). Raises `NatsUnavailable` when there is no connection at all."""
-        js = await self._jetstream()
+        await self._jetstream()  # connected (or NatsUnavailable)
         stream = self.settings.stream
 
+        nc = self._nc
+        assert nc is not None
+
         async def publish_all() -> list[Any]:
-            # gather starts the publishes in order: their PUBs go out in order on the one
-            # connection, so the stream stores them in order
-            return await asyncio.gather(
-                *(
-                    js.publish(
-                        subject, data, timeout=timeout, stream=stream, headers={"Nats-Msg-Id": i}
-                    )
-                    for subject, data, i in items
-                ),
-                return_exceptions=True,
-            )
+            # One core PUB each, replying to this connection's one ack inbox: no request
+            # task or timer per message (nats-py's js.publish and publish_async have one),
+            # and no suspension between the PUBs, so they leave in order in few writes and
+            # the stream stores them in order.
+            prefix = await self._ack_prefix(nc)
+            loop = asyncio.get_running_loop()
+            futures: list[asyncio.Future[bytes]] = []
+            tokens: list[str] = []
+            for subject, data, msg_id in items:
+                token = f"{prefix}{self._ack_seq}"
+                tokens.append(token)
+                self._ack_seq += 1
+                future: asyncio.Future[bytes] = loop.create_future()
+                self._acks[token] = future
+                futures.append(future)
+                headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": stream}
+                await nc.publish(subject, data, reply=token, headers=headers)
+            try:
+                if futures:
+                    await asyncio.wait(futures, timeout=timeout)
+            finally:
+                for token in tokens:
+                    self._acks.pop(token, None)  # unanswered: a late ack is ignored
+            return [f.result() if f.done() and not f.cancelled() else None for f in futures]
 
         results = await self._aio("publish", publish_all)
-        out: list[bool | None] = []
-        for result in results:
-            if isinstance(result, api.PubAck):
-                out.append(not bool(result.duplicate))
-            elif isinstance(result, _NATS_ERRORS):
-                out.append(None)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                out.append(None)
-        return out
+        return [_pub_ack(r) for r in results]
+
+    async def _ack_prefix(self, nc: Client) -> str:
+        """This connection's ack inbox (`<inbox>.`), subscribed once (asyncio side)."""
+        if self._ack_sub is not None and self._ack_sub[0] is nc:
+            return self._ack_sub[1]
+        prefix = nc.new_inbox() + "."
+        acks = self._acks
+
+        async def on_ack(msg: Msg) -> None:
+            future = acks.pop(msg.subject, None)
+            if future is not None and not future.done():
+                # a status reply (503: no responders) has no body: not stored
+                future.set_result(b"" if msg.headers and msg.headers.get("Status") else msg.data)
+
+        await nc.subscribe(prefix + "*", cb=on_ack, pending_msgs_limit=-1)
+        self._ack_sub = (nc, prefix)
+        return prefix
 
     async def consume(
         self,
@@ -370,6 +398,8 @@ class NatsBridge:
         *,
         deliver_since: float | None,
         batch: int = 256,
+        acks: bool = True,
+        last_per_subject: bool = False,
     ) -> AsyncGenerator[tuple[StreamMsg, Callable[[], Awaitable[None]]], None]:
         """Messages on `subjects` from a pull consumer, each with its ack.
 
@@ -378,13 +408,17 @@ class NatsBridge:
         created: from that store time on, else from the start of the stream. An existing
         durable keeps its position. Several subjects are read through one consumer on the
         whole stream (servers before 2.10 filter on one subject only); messages on other
-        subjects are acknowledged and skipped.
+        subjects are acknowledged and skipped. `acks=False` (an ephemeral reader that
+        re-creates its consumer from its own position, the merged fleet's): no
+        acknowledgements at all (AckPolicy NONE), each `ack` a no-op. `last_per_subject`
+        (instead of `deliver_since`): the newest message of each subject first, then every
+        new one (a restarted aggregator's catch-up: one beat per node, not the window's all).
         """
         js = await self._jetstream()
         s = self.settings
         filter_subject = subjects[0] if len(subjects) == 1 else STREAM_SUBJECTS
         config = api.ConsumerConfig(
-            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_policy=api.AckPolicy.EXPLICIT if acks else api.AckPolicy.NONE,
             ack_wait=ACK_WAIT,
             # a durable's reader that died leaves at most one batch unacknowledged, and the
             # server delivers nothing past it until it is redelivered (after ACK_WAIT): a
@@ -392,7 +426,9 @@ class NatsBridge:
             max_ack_pending=batch if durable else max(1024, batch * 4),
             inactive_threshold=None if durable else EPHEMERAL_IDLE,
         )
-        if deliver_since is not None:
+        if last_per_subject:
+            config.deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
+        elif deliver_since is not None:
             config.deliver_policy = api.DeliverPolicy.BY_START_TIME
             config.opt_start_time = datetime.datetime.fromtimestamp(deliver_since, tz=datetime.UTC)
         sub = await self._aio(
@@ -413,7 +449,7 @@ class NatsBridge:
                         continue  # nothing new within the fetch's wait
                     raise
                 for msg in msgs:
-                    ack = self._acker(msg)
+                    ack = self._acker(msg) if acks else _no_ack
                     if not wanted(msg.subject):
                         await ack()
                         continue
@@ -519,6 +555,10 @@ class NatsBridge:
         await self._aio("kv_delete", lambda: kv.delete(key))
 
 
+async def _no_ack() -> None:
+    return None
+
+
 def _subject_matcher(subjects: list[str]) -> Callable[[str], bool]:
     """NATS subject matching (`*` one token, `>` the rest) for the client-side filter."""
     patterns = [p.split(".") for p in subjects] or [[">"]]
@@ -539,6 +579,19 @@ def _subject_matcher(subjects: list[str]) -> Callable[[str], bool]:
         return False
 
     return match
+
+
+def _pub_ack(body: bytes | None) -> bool | None:
+    """A JetStream publish ack's body: True stored, False duplicate, None not stored."""
+    if not body:
+        return None
+    try:
+        ack = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(ack, dict) or "error" in ack or "seq" not in ack:
+        return None
+    return not ack.get("duplicate", False)
 
 
 def _stream_msg(msg: Msg) -> StreamMsg:
