@@ -147,6 +147,7 @@ def test_config_guard_rails() -> None:
         "--storm-at": [replace(ok, storm_at=61.0)],
         "--hog-streams": [replace(ok, hog_streams=1000)],
         "--flood-rate": [replace(ok, flood_rate=1e6)],
+        "--beats-per-write": [replace(ok, beats_per_write=0), replace(ok, beats_per_write=257)],
     }
     for setting, configs in refused.items():
         for config in configs:
@@ -278,6 +279,50 @@ async def test_short_run_against_a_real_aggregator(tmp_path: Path) -> None:
     assert 'fil_heartbeat_decode_errors_total{reason="malformed_cbor"}' in metrics
     assert all(k in KINDS for k in report["kinds"])
     assert not any(n.startswith(("lg-garbage-", "lg-oversize-", "lg-silent-")) for n in seen)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("beats_per_write", "beats_per_frame"), [(1, 1), (16, 1), (5, 3)])
+async def test_packed_writes_are_every_beat_counted(
+    tmp_path: Path, beats_per_write: int, beats_per_frame: int
+) -> None:
+    """Several Yamux frames in one Noise message (and several beats per frame): the real
+    aggregator counts every beat the load generator says it sent, nothing refused."""
+    config = make_config(tmp_path, rate_limit=100_000.0, rate_burst=100_000, flood_drops=10**9)
+    async with running(config) as agg:
+        lg = LoadgenConfig(
+            target=agg.multiaddrs[0],
+            agents=3,
+            ramp=50.0,
+            duration=3.0,
+            beat_period=0.01,
+            beats_per_write=beats_per_write,
+            beats_per_frame=beats_per_frame,
+            key_seed="packed",
+        ).validate()
+        report, _ = await run_worker(lg, range(lg.agents))
+        sent = report["kinds"]["healthy"]["beats_sent"]
+        async with httpx.AsyncClient(base_url=agg.http_url) as client:
+
+            async def received() -> int:
+                data = (await client.get("/api/v1/nodes")).json()
+                listed = data["nodes"] if isinstance(data, dict) else data
+                return _received({n["nickname"]: n for n in listed}, "healthy")
+
+            async def all_counted() -> bool:
+                return await received() >= sent
+
+            try:
+                await eventually(all_counted, timeout=10)
+            except trio.TooSlowError:
+                pass  # the assertion below says what is missing
+            assert await received() == sent
+        counters = agg.ingest.counters
+    assert report["kinds"]["healthy"]["connected"] == 3
+    assert sent >= 3 * 20 * beats_per_write * beats_per_frame  # it really beat, in batches
+    assert sent % (beats_per_write * beats_per_frame) == 0
+    assert not any(counters.decode_errors.values())
+    assert not any(counters.peers_disconnected.values())
 
 
 @pytest.mark.integration

@@ -49,6 +49,13 @@ def build_parser(prog: str = "fil-heartbeat loadgen") -> argparse.ArgumentParser
     add("--hog-connections", type=int, default=3)
     add("--hog-streams", type=int, default=8)
     add("--beats-per-frame", type=int, default=1, help="beats per write (1 = like the agent)")
+    add(
+        "--beats-per-write",
+        type=int,
+        default=1,
+        help="writes (each its own Yamux frame) sent together in one Noise message and one "
+        "socket send (1 = one per beat period, like the agent)",
+    )
     add("--dialer", choices=("light", "host"), default="light")
     add("--stamp", action="store_true", help="send CLOCK_MONOTONIC ns in Version")
     add("--key-seed", help="derive agent keys from this seed (same peer ids every run)")
@@ -84,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> LoadgenConfig:
         hog_connections=args.hog_connections,
         hog_streams=args.hog_streams,
         beats_per_frame=args.beats_per_frame,
+        beats_per_write=args.beats_per_write,
         dialer=args.dialer,
         stamp=args.stamp,
         key_seed=args.key_seed,

@@ -52,6 +52,7 @@ MAX_FLOOD_RATE = 2_000.0
 MAX_HOG_CONNECTIONS = 16
 MAX_HOG_STREAMS = 64
 MAX_BEATS_PER_FRAME = 100
+MAX_BEATS_PER_WRITE = 256
 MAX_RECOVERIES_KEPT = 64  # per agent
 
 #: The simulated network: its own genesis CID, Filecoin's 30 s epochs.
@@ -82,6 +83,7 @@ class LoadgenConfig:
     hog_streams: int = 8
     drip_interval: float = 1.0
     beats_per_frame: int = 1
+    beats_per_write: int = 1  # Yamux frames packed in one Noise message and one send
     dialer: str = "light"
     stamp: bool = False
     key_seed: str | None = None
@@ -122,6 +124,8 @@ class LoadgenConfig:
             raise bad("--hog-streams", f"must be within 1..{MAX_HOG_STREAMS}")
         if not 1 <= self.beats_per_frame <= MAX_BEATS_PER_FRAME:
             raise bad("--beats-per-frame", f"must be within 1..{MAX_BEATS_PER_FRAME}")
+        if not 1 <= self.beats_per_write <= MAX_BEATS_PER_WRITE:
+            raise bad("--beats-per-write", f"must be within 1..{MAX_BEATS_PER_WRITE}")
         if self.dialer not in ("light", "host"):
             raise bad("--dialer", "must be light or host")
         if self.storm_at is not None and not 0 < self.storm_at < self.duration:

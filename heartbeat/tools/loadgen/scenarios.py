@@ -58,7 +58,8 @@ def parse_stamp(version: str | None) -> int | None:
 
 
 async def beating(sim: Sim, session: Session, *, period: float | None = None) -> str:
-    """healthy, lagging, forked, flapping and flood: a beat every period."""
+    """healthy, lagging, forked, flapping and flood: a beat every period (`--beats-per-write`
+    of them, each its own Yamux frame, all in one Noise message)."""
     config = sim.worker.config
     if period is None:
         period = config.beat_period
@@ -70,9 +71,11 @@ async def beating(sim: Sim, session: Session, *, period: float | None = None) ->
     async with trio.open_nursery() as nursery:
         watched = await sim.open(session, nursery)
         deadline = trio.current_time()
+        batch = config.beats_per_write
         while True:
-            await sim.write(watched, sim.worker.payload(sim))
-            sim.wrote_beat(config.beats_per_frame)
+            payload = sim.worker.payload
+            await sim.write_frames(watched, [payload(sim) for _ in range(batch)])
+            sim.wrote_beat(config.beats_per_frame * batch)
             now = trio.current_time()
             deadline += period
             if deadline < now:  # stalled: skip missed beats rather than burst

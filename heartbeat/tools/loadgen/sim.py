@@ -18,12 +18,14 @@ from heartbeat.net import p2p
 from heartbeat.protocol.wire import PROTOCOL_ID, encode_cbor
 from heartbeat.tools.loadgen.config import (
     MAX_RECOVERIES_KEPT,
+    SIM_GENESIS_TS,
     STOP_GRACE,
     LoadgenConfig,
     assign_kinds,
 )
 from heartbeat.tools.loadgen.connection import Cut, Session, Watched, connect, leaf_exception
 from heartbeat.tools.loadgen.hostile import flood, garbage, hog, oversize, silent, slowdrip
+from heartbeat.tools.loadgen.light import write_frames
 from heartbeat.tools.loadgen.report import AgentStats
 from heartbeat.tools.loadgen.scenarios import beating, head_for, stamp_version
 
@@ -61,14 +63,23 @@ class Worker:
         return p2p.new_identity(hashlib.sha256(f"{seed}:{index}".encode()).digest())
 
     def payload(self, sim: Sim) -> bytes:
+        """What `sim` writes now. Without `--stamp` a beat changes only with the simulated
+        head (once an epoch), so it is encoded once per epoch, not once per write."""
         config = self.config
+        now = time.time()
+        epoch = int((now - SIM_GENESIS_TS) // config.epoch)
+        if not config.stamp and sim.payload_epoch == epoch:
+            return sim.payload_cache
         beat = replace(
-            head_for(sim.kind, time.time(), epoch=config.epoch, lag=config.lag),
+            head_for(sim.kind, now, epoch=config.epoch, lag=config.lag),
             nickname=sim.nickname,
             miner_address=sim.miner,
             version=stamp_version(time.monotonic_ns()) if config.stamp else self._version,
         )
-        return encode_cbor(beat) * config.beats_per_frame
+        data = encode_cbor(beat) * config.beats_per_frame
+        if not config.stamp:
+            sim.payload_epoch, sim.payload_cache = epoch, data
+        return data
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -115,6 +126,8 @@ class Sim:
         self._lost_at: float | None = None
         self._storm_pending = False
         self.key: p2p.KeyPair | None = None
+        self.payload_epoch: int | None = None  # Worker.payload's cache
+        self.payload_cache = b""
 
     # -- control (synchronous: called by the worker) ------------------------------------
 
@@ -210,6 +223,16 @@ class Sim:
         try:
             with trio.fail_after(self.worker.config.write_timeout):
                 await watched.stream.write(data)
+        except p2p.StreamClosed as exc:
+            self._cut(watched, exc)
+
+    async def write_frames(self, watched: Watched, chunks: list[bytes]) -> None:
+        """`write` for several writes at once: each its own Yamux frame, one Noise message."""
+        if watched.closed.is_set():
+            self._cut(watched)
+        try:
+            with trio.fail_after(self.worker.config.write_timeout):
+                await write_frames(watched.stream, chunks)
         except p2p.StreamClosed as exc:
             self._cut(watched, exc)
 
