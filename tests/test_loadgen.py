@@ -301,7 +301,7 @@ async def test_packed_writes_are_every_beat_counted(
             key_seed="packed",
         ).validate()
         report, _ = await run_worker(lg, range(lg.agents))
-        sent = report["kinds"]["healthy"]["beats_sent"]
+        sent = int(report["kinds"]["healthy"]["beats_sent"])
         async with httpx.AsyncClient(base_url=agg.http_url) as client:
 
             async def received() -> int:
