@@ -381,7 +381,7 @@ def test_health_metrics_have_every_state_and_kind_always() -> None:
 
 @pytest.mark.parametrize(
     ("beat_period", "poll", "stall"),
-    [("3s", 3.0, 1.5), ("10s", 3.0, 1.5), ("1s", 1.0, 0.5), ("200ms", 0.2, 0.5)],
+    [("3s", 1.5, 1.5), ("10s", 1.5, 1.5), ("1s", 0.5, 0.5), ("200ms", 0.1, 0.5)],
 )
 def test_lotus_polls_and_stalls_follow_the_beat_period(
     tmp_path: Path, beat_period: str, poll: float, stall: float
@@ -392,3 +392,6 @@ def test_lotus_polls_and_stalls_follow_the_beat_period(
     source = make_head_source(config)
     assert isinstance(source, LotusHeadSource)
     assert (source.poll_period, source.stall_after, source.timeout) == (poll, stall, 5.0)
+    # a node silent from just after a poll is reported within one beat period (from 1 s up)
+    if config.beat_period >= 1.0:
+        assert source.poll_period + source.stall_after <= config.beat_period

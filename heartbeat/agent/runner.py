@@ -60,11 +60,12 @@ def make_head_source(config: AgentConfig) -> HeadSource:
         if config.miner_api_info
         else None
     )
-    # Poll at least once a beat period and call a silent node unreachable half a period
-    # into a call (1.5 s at most, 0.5 s at least: a loaded Lotus is not a dead one), so
-    # the beats say so promptly even with a short --beat-period.
-    poll = min(3.0, config.beat_period)
-    stall = min(1.5, max(0.5, poll / 2))
+    # Poll twice a beat period (1.5 s at most) and call a silent node unreachable as long
+    # into a call (0.5 s at least: a loaded Lotus is not a dead one): a node that stops
+    # answering just after a poll is reported within poll + stall <= one beat period, by
+    # the extra beat its new state sends at once.
+    poll = min(3.0, config.beat_period) / 2
+    stall = min(1.5, max(0.5, poll))
     return LotusHeadSource(full, miner, config.miner_address or None, poll, stall_after=stall)
 
 
