@@ -185,7 +185,7 @@ class NatsBridge:
         self.connects = 0
         #: The publish acks' inbox (per connection) and the futures waiting on it.
         self._ack_sub: tuple[Client, str] | None = None
-        self._acks: dict[str, asyncio.Future[bytes]] = {}
+        self._acks: dict[str, tuple[_AckWindow, int]] = {}
         self._ack_seq = 0
 
     # -- plumbing -------------------------------------------------------------
@@ -351,25 +351,25 @@ class NatsBridge:
             # and no suspension between the PUBs, so they leave in order in few writes and
             # the stream stores them in order.
             prefix = await self._ack_prefix(nc)
-            loop = asyncio.get_running_loop()
-            futures: list[asyncio.Future[bytes]] = []
+            window = _AckWindow(len(items))
             tokens: list[str] = []
-            for subject, data, msg_id in items:
+            for index, (subject, data, msg_id) in enumerate(items):
                 token = f"{prefix}{self._ack_seq}"
                 tokens.append(token)
                 self._ack_seq += 1
-                future: asyncio.Future[bytes] = loop.create_future()
-                self._acks[token] = future
-                futures.append(future)
+                self._acks[token] = (window, index)
                 headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": stream}
                 await nc.publish(subject, data, reply=token, headers=headers)
             try:
-                if futures:
-                    await asyncio.wait(futures, timeout=timeout)
+                if items:
+                    # one event for the window, set by its last ack: no callback per message
+                    await asyncio.wait_for(window.complete.wait(), timeout)
+            except TimeoutError:
+                pass  # the unanswered ones stay None: retried
             finally:
                 for token in tokens:
                     self._acks.pop(token, None)  # unanswered: a late ack is ignored
-            return [f.result() if f.done() and not f.cancelled() else None for f in futures]
+            return window.bodies
 
         results = await self._aio("publish", publish_all)
         return [_pub_ack(r) for r in results]
@@ -382,10 +382,12 @@ class NatsBridge:
         acks = self._acks
 
         async def on_ack(msg: Msg) -> None:
-            future = acks.pop(msg.subject, None)
-            if future is not None and not future.done():
+            entry = acks.pop(msg.subject, None)
+            if entry is not None:
                 # a status reply (503: no responders) has no body: not stored
-                future.set_result(b"" if msg.headers and msg.headers.get("Status") else msg.data)
+                entry[0].answer(
+                    entry[1], b"" if msg.headers and msg.headers.get("Status") else msg.data
+                )
 
         await nc.subscribe(prefix + "*", cb=on_ack, pending_msgs_limit=-1)
         self._ack_sub = (nc, prefix)
@@ -579,6 +581,24 @@ def _subject_matcher(subjects: list[str]) -> Callable[[str], bool]:
         return False
 
     return match
+
+
+class _AckWindow:
+    """The acks of one `publish_many` window (asyncio side)."""
+
+    __slots__ = ("bodies", "complete", "missing")
+
+    def __init__(self, size: int) -> None:
+        self.bodies: list[bytes | None] = [None] * size
+        self.missing = size
+        self.complete = asyncio.Event()
+
+    def answer(self, index: int, body: bytes) -> None:
+        if self.bodies[index] is None:
+            self.bodies[index] = body
+            self.missing -= 1
+            if self.missing == 0:
+                self.complete.set()
 
 
 def _pub_ack(body: bytes | None) -> bool | None:
