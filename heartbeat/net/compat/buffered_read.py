@@ -319,7 +319,9 @@ async def buffered_read_frames(self: Any) -> None:
             if plain:
                 _demux_all(self, plain, out)
             if not out.control and not out.new_streams and not out.woken and not out.shutdown:
-                if out.partial_data:
+                partial = out.partial_data
+                del out  # not held by an idle connection while it waits
+                if partial:
                     if deadline is None:
                         deadline = trio.current_time() + y._yamux_data_read_timeout()
                     with trio.move_on_at(deadline) as scope:
@@ -334,6 +336,7 @@ async def buffered_read_frames(self: Any) -> None:
                 if not data:
                     break
                 cbuf += data
+                del data
                 _decrypt_all(cipher_state, cbuf, plain)
                 continue
             if not out.partial_data:
