@@ -196,6 +196,12 @@ def bench_aggregator(cluster: NatsCluster | None, tmp: Path, args: argparse.Name
             f"{run_for:.0f}s",
         )
         time.sleep(args.agg_warmup)
+        flowing = time.monotonic() + 30
+        while agg.metric("fil_heartbeat_beats_accepted_total") < args.agents:
+            if time.monotonic() > flowing:
+                log = (tmp / "aggregator.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"no beats accepted; aggregator log:\n{log}")
+            time.sleep(0.5)
         b0, c0 = agg.metric("fil_heartbeat_beats_accepted_total"), agg.cpu_seconds()
         time.sleep(args.agg_duration)
         b1, c1 = agg.metric("fil_heartbeat_beats_accepted_total"), agg.cpu_seconds()
