@@ -11,7 +11,8 @@ through `task_status.started` once everything listens.
 The bus's required subscribers, in order: the fleet model (inline), the alert
 evaluator's change signal (inline) and the store writer (a bounded channel: when
 it lags, ingest waits and `bus_backpressure_seconds_total` grows); with `--nats-url`,
-the JetStream export too (a bounded channel into its spool, aggregator/scaleout/export.py).
+the JetStream export too (inline: it only encodes into its spool's batch,
+aggregator/scaleout/export.py).
 """
 
 from __future__ import annotations

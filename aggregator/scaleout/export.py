@@ -1,11 +1,12 @@
 """The JetStream export: every accepted beat and fleet event, at least once, via a spool.
 
-- Intake (never waits on NATS): the exporter is a REQUIRED bus subscriber; its task reads
-  `BeatAccepted` events from a bounded channel and encodes each (aggregator/scaleout/schema.py)
-  into an in-memory batch. The history tracker's node transitions and the alerter's firing /
-  resolved transitions arrive through `on_node_transitions` / `on_alert_transitions`, plain
-  calls, into the same batch. Ingest waits only if the exporter's own task falls behind
-  encoding (measured as bus back-pressure), never because NATS is slow or down.
+- Intake (never waits on NATS): the exporter is a REQUIRED, inline bus subscriber
+  (`on_event`): each `BeatAccepted` is encoded (aggregator/scaleout/schema.py, a few µs) into
+  an in-memory batch, bounded by `nats_spool_max`. (A channel and a task per event cost more
+  than the encoding; `events`, a channel, is still accepted.) The history tracker's node
+  transitions and the alerter's firing / resolved transitions arrive through
+  `on_node_transitions` / `on_alert_transitions`, plain calls, into the same batch. Ingest
+  never waits because NATS is slow or down.
 - Spool: every `flush_interval` the batch is appended to the spool (a state-db table,
   aggregator/scaleout/spool.py, in a worker thread). What a SIGKILL loses is that last
   interval; a clean stop spools it first.
@@ -85,7 +86,7 @@ class Exporter:
 
     def __init__(
         self,
-        events: trio.MemoryReceiveChannel[Any],
+        events: trio.MemoryReceiveChannel[Any] | None,
         spool_factory: Callable[[], Spool],
         origin: str,
         *,
@@ -117,21 +118,22 @@ class Exporter:
     def for_aggregator(
         cls, config: AggregatorConfig, peer_id: str, bus: Bus, fleet: Any, **kwargs: Any
     ) -> Exporter:
-        """Subscribe to `bus` (required) and spool into the state db."""
-        events = bus.subscribe_required("nats_export", EXPORT_CHANNEL_CAPACITY)
+        """Subscribe to `bus` (required, inline) and spool into the state db."""
 
         def network_of(peer: str) -> str | None:
             records = fleet.records([peer])
             return network_key(records[0].genesis_cid) if records else None
 
-        return cls(
-            events,
+        exporter = cls(
+            None,
             partial(Spool, config.state_db, config.nats_spool_max),
             f"{config.name}/{peer_id}",
             spool_max=config.nats_spool_max,
             network_of=network_of,
             **kwargs,
         )
+        bus.subscribe_sync("nats_export", exporter.on_event)
+        return exporter
 
     # -- intake (synchronous, cheap) ------------------------------------------
 
@@ -219,7 +221,8 @@ class Exporter:
         log.info("nats_export_started origin=%s spooled=%d", self.origin, self.spool.depth)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._intake)
+                if self.events is not None:
+                    nursery.start_soon(self._intake)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._publisher, bridge)
                 task_status.started()
@@ -230,10 +233,15 @@ class Exporter:
                 if spool is not None:
                     await trio.to_thread.run_sync(spool.close)
 
+    def on_event(self, event: object) -> None:
+        """The inline bus subscriber."""
+        if isinstance(event, BeatAccepted):
+            self.offer_beat(event)
+
     async def _intake(self) -> None:
+        assert self.events is not None
         async for event in self.events:
-            if isinstance(event, BeatAccepted):
-                self.offer_beat(event)
+            self.on_event(event)
 
     async def _flusher(self) -> None:
         deadline = trio.current_time()
