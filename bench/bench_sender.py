@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,10 +46,11 @@ class Receiver:
     def __init__(self) -> None:
         if not (JS / "node_modules").is_dir():
             raise SystemExit(f"bench_sender: run `npm ci` in {JS} first")
+        self._err = tempfile.TemporaryFile()  # a full pipe would block the receiver
         self.proc = subprocess.Popen(
             [NODE, str(JS / "receiver.mjs")],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._err,
             cwd=JS,
         )
         assert self.proc.stdout is not None
@@ -68,13 +70,15 @@ class Receiver:
 
     def beats_at(self, t: float) -> tuple[float, int]:
         """The first sample at or after monotonic time `t` (waits for it)."""
-        deadline = time.monotonic() + 10
+        deadline = t + 20
         while time.monotonic() < deadline:
             for sample in self.samples:
                 if sample[0] >= t:
                     return sample
             time.sleep(0.1)
-        raise RuntimeError("js receiver stopped reporting")
+        self._err.seek(0)
+        tail = self._err.read().decode(errors="replace")[-2000:]
+        raise RuntimeError(f"js receiver stopped reporting (exit {self.proc.poll()}): {tail}")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -10,7 +10,9 @@ harness checks that
 - the decoder never buffers more than max_buffer, nor more than one partial frame;
 - the chunked stream decodes exactly as the whole stream does (same beats, same rejects,
   same error);
-- every decoded beat survives a re-encode / decode round trip in both encodings.
+- every decoded beat survives a re-encode / decode round trip in both encodings;
+- the decoder's fast path and its full scanner alone (`fast_path=False`) agree: same beats,
+  rejects and error, whole and chunked.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ def _summary(items: list[Beat | BeatRejected]) -> list[object]:
     return [item if isinstance(item, Beat) else item.reason for item in items]
 
 
-def _run(stream: bytes, chunks: list[int]) -> tuple[list[object], object]:
-    decoder = BeatDecoder(max_beat_size=MAX_BEAT, max_buffer=MAX_BUFFER)
+def _run(stream: bytes, chunks: list[int], fast: bool = True) -> tuple[list[object], object]:
+    decoder = BeatDecoder(max_beat_size=MAX_BEAT, max_buffer=MAX_BUFFER, fast_path=fast)
     out: list[Beat | BeatRejected] = []
     start = 0
     try:
@@ -76,6 +78,8 @@ def test_one_input(data: bytes) -> None:
     whole = _run(stream, [])
     chunked = _run(stream, chunks)
     assert whole == chunked, (whole, chunked)
+    scanned = _run(stream, chunks, fast=False)
+    assert scanned == chunked, (scanned, chunked)
     for item in whole[0]:
         if isinstance(item, Beat):
             _round_trip(item)

@@ -26,12 +26,12 @@ from heartbeat.tools.loadgen import head_for
 __all__ = ["main", "measure"]
 
 
-async def _serve() -> None:
+async def _serve(fast_path: bool = True) -> None:
     count = 0
 
     async def handle(stream: trio.SocketStream) -> None:
         nonlocal count
-        decoder = BeatDecoder()
+        decoder = BeatDecoder(fast_path=fast_path)
         async with stream:
             while data := await stream.receive_some(65536):
                 count += len(decoder.feed(data))
@@ -67,11 +67,13 @@ def measure(
     senders: int = 1,
     warmup: float = 2.0,
     beats_per_frame: int = 1,
+    fast_path: bool = True,
 ) -> dict[str, Any]:
     """One run: receiver beats/s and CPU µs per beat over `duration` seconds after warm-up."""
-    recv = subprocess.Popen(
-        [PYTHON, "-m", "bench.tcp_baseline", "serve"], stdout=subprocess.PIPE, cwd=REPO
-    )
+    serve = [PYTHON, "-m", "bench.tcp_baseline", "serve"]
+    if not fast_path:
+        serve.append("--no-fast-path")
+    recv = subprocess.Popen(serve, stdout=subprocess.PIPE, cwd=REPO)
     assert recv.stdout is not None
     try:
         port = int(recv.stdout.readline())
@@ -124,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--beats-per-frame", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-fast-path", action="store_true", help="the decoder's full scanner only")
     args = p.parse_args(argv)
     if args.mode == "serve":
-        trio.run(_serve)
+        trio.run(_serve, not args.no_fast_path)
         return 0
     if args.mode == "send":
         trio.run(_send, args.port, args.connections, min(args.for_, 600.0), args.beats_per_frame)
@@ -137,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             connections=args.connections,
             senders=args.senders,
             beats_per_frame=args.beats_per_frame,
+            fast_path=not args.no_fast_path,
         )
         for _ in range(args.repeat)
     ]
     print(
         f"tcp_baseline duration={args.duration}s connections={args.connections} "
-        f"senders={args.senders} runs={len(runs)} {machine_note()}"
+        f"senders={args.senders} beats_per_frame={args.beats_per_frame} "
+        f"fast_path={not args.no_fast_path} runs={len(runs)} {machine_note()}"
     )
     print_table(
         ["figure", "median (min–max)"],
