@@ -88,16 +88,29 @@ class BufferedYamuxStream(y.YamuxStream):
     async def read(self, n: int | None = -1) -> bytes:
         conn = self.conn
         sid = self.stream_id
-        buffer = conn.stream_buffers.get(sid)
-        if (
-            n is None
-            or n < 0
-            or not buffer
-            or conn.event_shutting_down.is_set()
-            or conn.streams.get(sid) is not self
-            or (self.reset_received and not self.recv_closed)
-        ):
-            return await super().read(n)  # py-libp2p's path: waits, EOF, reset
+        if n is None or n < 0:
+            return await super().read(n)
+        while True:
+            buffer = conn.stream_buffers.get(sid)
+            if (
+                buffer is None
+                or conn.event_shutting_down.is_set()
+                or conn.streams.get(sid) is not self
+                or (self.reset_received and not self.recv_closed)
+            ):
+                return await super().read(n)  # py-libp2p's path: EOF, reset, gone
+            if buffer:
+                break
+            if self.recv_closed:
+                return await super().read(n)  # the end: py-libp2p's EOF
+            # Nothing buffered yet: wait for the reader's wake, as py-libp2p's
+            # `read_stream` does, without its lock around each look.
+            event = conn.stream_events.get(sid)
+            if event is None:
+                return await super().read(n)
+            await event.wait()
+            if conn.stream_events.get(sid) is event:
+                conn.stream_events[sid] = trio.Event()
         await trio.lowlevel.checkpoint_if_cancelled()
         data = bytes(buffer[:n])
         del buffer[:n]
