@@ -23,12 +23,12 @@ import trio
 
 from aggregator.alerts.service import add_alert_arguments, load_settings, merge_alert_flags
 from aggregator.config import (
-    _MULTIADDR,
     AggregatorConfig,
     build_config,
     config_mapping,
     setting_label,
 )
+from aggregator.config_values import MULTIADDR as _MULTIADDR
 from aggregator.errors import AggregatorError
 from aggregator.variants import BenchVariants, add_variant_flags
 from heartbeat.common.cli import document_flags, hide_subcommands, join_dash_values, render_config

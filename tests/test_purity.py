@@ -51,6 +51,7 @@ PURE_MODULES = [
     "aggregator.alerts.settings",
     "aggregator.alerts.rules",
     "aggregator.alerts.conditions",
+    "aggregator.config_values",
     "aggregator.history",
     "aggregator.variants",
     "aggregator.help",
