@@ -9,7 +9,6 @@ as JSON lines (aggregator/scaleout/tail.py), 0 when stopped by a signal (it wait
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -21,7 +20,9 @@ from typing import Any
 
 import trio
 
-from aggregator.alerts.service import add_alert_arguments, load_settings, merge_alert_flags
+from aggregator.alerts.service import load_settings, merge_alert_flags
+from aggregator.cli_parser import build_parser as _parser
+from aggregator.cli_parser import state_dir as _state_dir
 from aggregator.config import (
     AggregatorConfig,
     build_config,
@@ -30,8 +31,8 @@ from aggregator.config import (
 )
 from aggregator.config_values import MULTIADDR as _MULTIADDR
 from aggregator.errors import AggregatorError
-from aggregator.variants import BenchVariants, add_variant_flags
-from heartbeat.common.cli import document_flags, hide_subcommands, join_dash_values, render_config
+from aggregator.variants import BenchVariants
+from heartbeat.common.cli import join_dash_values, render_config
 from heartbeat.common.ports import bind_problem, shown_address
 from heartbeat.errors import ConfigError, HeartbeatError
 from heartbeat.net.errors import UNPATCHED_HINT, CompatError
@@ -40,262 +41,6 @@ from heartbeat.net.identity import IdentityFileRefused
 __all__ = ["busy_listen_address", "main", "parse_args"]
 
 log = logging.getLogger("aggregator")
-
-
-def _state_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("fil-heartbeat"))
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fil-heartbeat-aggregator",
-        description="Ingest heartbeats from Filecoin node agents and export fleet metrics.",
-        argument_default=argparse.SUPPRESS,
-    )
-    sub = parser.add_subparsers(dest="command")
-    # SUPPRESS everywhere: an option given before the subcommand is not reset by
-    # the subcommand's own default.
-    run = sub.add_parser(
-        "run", help="run the aggregator (the default)", argument_default=argparse.SUPPRESS
-    )
-    ident = sub.add_parser(
-        "id", help="print the aggregator's peer id", argument_default=argparse.SUPPRESS
-    )
-    alert_test = sub.add_parser(
-        "alert-test",
-        help="send one test notification to every configured alert receiver and exit "
-        "(0: all took it, 1: some failed, 2: configuration error)",
-        argument_default=argparse.SUPPRESS,
-    )
-    # Started by worker 0 (`--workers N`), not by hand: the configuration comes over the link.
-    worker = sub.add_parser("worker", argument_default=argparse.SUPPRESS)
-    worker.add_argument("--worker-index", type=int, required=True, help=argparse.SUPPRESS)
-    worker.add_argument("--worker-link", required=True, metavar="PATH", help=argparse.SUPPRESS)
-    add_variant_flags(worker)  # worker 0 passes its own on (`BenchVariants.argv`)
-    for p in (parser, run, ident, alert_test):
-        p.add_argument("--config", metavar="FILE", help="TOML configuration file")
-        p.add_argument("--identity-file", metavar="PATH", help="Ed25519 key file (created)")
-    for p in (parser, run):
-        p.add_argument(
-            "--listen",
-            action="append",
-            metavar="MULTIADDR",
-            help="libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/9081)",
-        )
-        p.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP address (0.0.0.0:9082)")
-        p.add_argument("--state-db", metavar="PATH", help="SQLite node registry")
-        p.add_argument(
-            "--allowlist",
-            dest="allowlist_file",
-            metavar="FILE",
-            help="allowed peer ids, one per line (reloaded on SIGHUP)",
-        )
-        p.add_argument(
-            "--legacy-metrics",
-            action="store_const",
-            const=True,
-            help="also export go-filecoin's unprefixed gauges",
-        )
-        p.add_argument("--name", help="this aggregator's name (legacy metrics label)")
-        p.add_argument(
-            "--status-page",
-            choices=["private", "public", "off"],
-            help="the status page at / (private, the default: everything; public: no remote "
-            "addresses, IPs or source error texts, in the page and its JSON; off: no page); "
-            "env FIL_HEARTBEAT_AGGREGATOR_STATUS_PAGE, TOML status_page",
-        )
-        p.add_argument("--max-connections", type=str, metavar="N")
-        p.add_argument("--max-connections-per-ip", type=str, metavar="N")
-        p.add_argument(
-            "--max-streams-total",
-            type=str,
-            metavar="N",
-            help="streams on the host (default 4 x max connections)",
-        )
-        p.add_argument(
-            "--max-memory-mb",
-            type=str,
-            metavar="MB",
-            help="resource manager memory (default max(512, max connections / 4))",
-        )
-        p.add_argument(
-            "--max-peers",
-            type=str,
-            metavar="N",
-            help="peerstore size (default 2 x max connections + 64)",
-        )
-        p.add_argument(
-            "--max-pending-inbound",
-            type=str,
-            metavar="N",
-            help="inbound handshakes at once (default 64)",
-        )
-        p.add_argument(
-            "--handshake-queue-wait",
-            type=str,
-            metavar="DURATION",
-            help="close a connection that waited this long for a handshake (5s)",
-        )
-        p.add_argument(
-            "--first-bytes-timeout",
-            type=str,
-            metavar="DURATION",
-            help="close an inbound dialer that sends nothing this long (2s)",
-        )
-        p.add_argument(
-            "--upgrade-timeout",
-            type=str,
-            metavar="DURATION",
-            help="the inbound Noise + Yamux upgrade's deadline (10s)",
-        )
-        p.add_argument(
-            "--refusal-cap",
-            type=str,
-            metavar="N",
-            help="close at accept an IP refused more than N times per window (20; 0: off)",
-        )
-        p.add_argument(
-            "--refusal-window",
-            type=str,
-            metavar="DURATION",
-            help="the window of --refusal-cap (1m)",
-        )
-        add_variant_flags(p)  # hidden: bench/README.md
-        p.add_argument(
-            "--max-connections-per-peer",
-            type=str,
-            metavar="N",
-            help="connections per peer id (default 2)",
-        )
-        p.add_argument("--max-streams-per-peer", type=str, metavar="N")
-        p.add_argument("--max-beat-size", type=str, metavar="BYTES")
-        p.add_argument("--rate-limit", type=str, metavar="BEATS_PER_S")
-        p.add_argument("--rate-burst", type=str, metavar="N")
-        p.add_argument("--flood-drops", type=str, metavar="N")
-        p.add_argument("--flood-window", type=str, metavar="DURATION")
-        p.add_argument(
-            "--beat-timeout",
-            type=str,
-            metavar="DURATION",
-            help="silence before a node is down, until its period is known (30s)",
-        )
-        p.add_argument("--beat-timeout-min", type=str, metavar="DURATION")
-        p.add_argument("--beat-timeout-max", type=str, metavar="DURATION")
-        p.add_argument("--lag-threshold", type=str, metavar="EPOCHS")
-        p.add_argument("--stall-after", type=str, metavar="DURATION")
-        p.add_argument("--retention", type=str, metavar="DURATION")
-        p.add_argument(
-            "--history-retention",
-            type=str,
-            metavar="DURATION",
-            help="how long node history (state changes, epoch heights, uptime) is kept in "
-            "the state db (default 720h = 30 days; env "
-            "FIL_HEARTBEAT_AGGREGATOR_HISTORY_RETENTION, TOML history_retention)",
-        )
-        p.add_argument("--max-nodes", type=str, metavar="N")
-        p.add_argument(
-            "--probation",
-            type=str,
-            metavar="DURATION",
-            help="a new peer id counts once it has beaten this long (1m; 0 disables)",
-        )
-        p.add_argument("--max-probation", type=str, metavar="N", help="peers on probation (1000)")
-        p.add_argument("--max-probation-per-ip", type=str, metavar="N", help="per IP (64)")
-        p.add_argument(
-            "--reset-state",
-            action="store_const",
-            const=True,
-            help="move an unreadable state db aside and start empty",
-        )
-        p.add_argument("--gc-threshold", type=str, metavar="G0,G1,G2")
-        p.add_argument(
-            "--no-gc-freeze",
-            dest="gc_freeze",
-            action="store_const",
-            const=False,
-        )
-        p.add_argument(
-            "--allow-unpatched-libp2p",
-            action="store_const",
-            const=True,
-            help="run py-libp2p's stock code on a version the fixes were not written for "
-            "(it refuses every connection after max_connections ever accepted)",
-        )
-        p.add_argument(
-            "--workers",
-            type=str,
-            metavar="N",
-            help="ingest processes on one port and identity (default 1)",
-        )
-        p.add_argument(
-            "--worker-watchdog",
-            type=str,
-            metavar="DURATION",
-            help="kill and restart a worker silent this long (60s)",
-        )
-        p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
-        p.add_argument(
-            "--runbook-base-url",
-            metavar="URL",
-            help="where grafana/RUNBOOK.md is published: alert runbook links become "
-            "URL/grafana/RUNBOOK.md#alertname (default: relative links); env "
-            "FIL_HEARTBEAT_AGGREGATOR_RUNBOOK_BASE_URL, TOML runbook_base_url",
-        )
-        _add_nats_arguments(p)
-        add_alert_arguments(p)
-    for p in (parser, run, ident, worker):
-        p.add_argument("--log-format", choices=["text", "json"])
-        p.add_argument("--log-level")
-    for action in run._actions:  # alert-test reads its settings as `run` does
-        if (
-            action.option_strings
-            and not isinstance(action, argparse._HelpAction)
-            and not set(action.option_strings) & set(alert_test._option_string_actions)
-        ):
-            alert_test._add_action(action)
-    show = sub.add_parser(
-        "config",
-        help="print the effective configuration and where each value comes from",
-        argument_default=argparse.SUPPRESS,
-    )
-    for action in run._actions:  # the same settings as run
-        if action.option_strings and not isinstance(action, argparse._HelpAction):
-            show._add_action(action)
-    tail = sub.add_parser(
-        "tail",
-        help="print the NATS stream's beats and events as JSON lines from a durable consumer "
-        "(acknowledged after each line: a restart resumes, no gaps)",
-        argument_default=argparse.SUPPRESS,
-    )
-    for action in run._actions:  # tail connects to NATS as run does
-        if action.option_strings and not isinstance(action, argparse._HelpAction):
-            tail._add_action(action)
-    tail.add_argument("--durable", dest="tail_durable", metavar="NAME")
-    tail.add_argument("--subjects", dest="tail_subjects", metavar="SUBJECT", action="append")
-    tail.add_argument("--since", dest="tail_since", metavar="DURATION")
-    from aggregator.help import setting_help
-
-    document_flags(parser, setting_help(_state_dir()))
-    hide_subcommands(parser, {"worker"})  # started by worker 0 only
-    return parser
-
-
-def _add_nats_arguments(p: argparse.ArgumentParser) -> None:
-    """The JetStream scale-out's settings (aggregator/scaleout/); help from aggregator/help.py."""
-    p.add_argument("--nats-url", metavar="URL", action="append")
-    p.add_argument("--nats-user", metavar="NAME")
-    for flag in ("--nats-password-file", "--nats-token-file", "--nats-creds", "--nats-nkey"):
-        p.add_argument(flag, metavar="FILE")
-    p.add_argument("--nats-tls-ca", metavar="FILE")
-    p.add_argument("--nats-stream", metavar="NAME")
-    p.add_argument("--nats-replicas", metavar="N")
-    p.add_argument("--nats-max-age", metavar="DURATION")
-    p.add_argument("--nats-max-bytes", metavar="BYTES")
-    p.add_argument("--nats-spool-max", metavar="N")
-    p.add_argument("--nats-catch-up", metavar="DURATION")
-    p.add_argument("--nats-lease-ttl", metavar="DURATION")
 
 
 def parse_args(
