@@ -103,21 +103,28 @@ def held_remotely(node: Node, timeout: float, now: float) -> bool:
     if not holders:
         return False
     horizon = now - timeout
-    return any(at >= horizon for at in holders.values())
+    for at in holders.values():  # one or two holders: a plain loop beats any()
+        if at >= horizon:
+            return True
+    return False
 
 
 def held_by(node: Node, origin: str, timeout: float, now: float) -> tuple[str, ...]:
     """Who holds the node's connection now: this aggregator (`origin`, when it has a
     connection) and every live remote holder, sorted."""
     holders = node.remote
-    local = node.connections > 0
+    local = node.connections > 0 and bool(origin)
     if not holders:
-        return (origin,) if local and origin else ()
+        return (origin,) if local else ()
     horizon = now - timeout
-    out = {o for o, at in holders.items() if at >= horizon}
-    if local and origin:
-        out.add(origin)
-    return tuple(sorted(out))
+    if len(holders) == 1 and not local:  # the common case: one other aggregator
+        for o, at in holders.items():
+            return (o,) if at >= horizon else ()
+    out = [o for o, at in holders.items() if at >= horizon]
+    if local and origin not in out:
+        out.append(origin)
+    out.sort()
+    return tuple(out)
 
 
 class MergeStats:
