@@ -16,8 +16,9 @@ import trio
 
 from heartbeat.agent.cli import run_agent
 from heartbeat.agent.config import AgentConfig, build_config
+from heartbeat.agent.connector import Libp2pConnector
 from heartbeat.agent.head import Head
-from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+from heartbeat.agent.loop import Agent, BeatLoop
 from heartbeat.agent.targets import parse_target
 from heartbeat.net.p2p import StreamClosed, load_or_create_identity, running_host
 from heartbeat.protocol.wire import Beat

@@ -253,8 +253,9 @@ async def test_allowlist_refusals_are_counted_and_capped_per_ip(tmp_path: Path) 
 async def real_agent(
     addr: str, nickname: str, height: int, *, key: Any = None, period: float = 0.5
 ) -> AsyncIterator[Any]:
+    from heartbeat.agent.connector import Libp2pConnector
     from heartbeat.agent.head import Head
-    from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+    from heartbeat.agent.loop import Agent, BeatLoop
     from heartbeat.agent.targets import parse_target
     from heartbeat.net import p2p
 

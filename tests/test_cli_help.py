@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.__main__ import _parser as aggregator_parser
 from aggregator.__main__ import main as aggregator_main
+from aggregator.cli_parser import build_parser as aggregator_parser
 from aggregator.help import ALERT_SET_KEYS
 from aggregator.help import setting_help as aggregator_help
 from heartbeat.agent.cli import build_parser, default_identity_file

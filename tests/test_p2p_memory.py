@@ -79,7 +79,7 @@ def test_variants_name_the_same_cuts() -> None:
 
 
 def test_cli_flag() -> None:
-    from aggregator.__main__ import _parser
+    from aggregator.cli_parser import build_parser as _parser
 
     def variants(*argv: str) -> BenchVariants:
         return BenchVariants.from_args(_parser().parse_args(["run", *argv]))

@@ -188,7 +188,7 @@ async def test_same_parent_as_the_walk_on_a_real_host() -> None:
 @pytest.mark.parametrize(("argv", "expected"), [([], True), (["--no-fast-task-lookup"], False)])
 def test_benchmark_variant_flag(argv: list[str], expected: bool) -> None:
     """A benchmark variant, not a setting: a hidden flag only (aggregator/variants.py)."""
-    from aggregator.__main__ import _parser
+    from aggregator.cli_parser import build_parser as _parser
     from aggregator.variants import BenchVariants
 
     variants = BenchVariants.from_args(_parser().parse_args(["run", *argv]))

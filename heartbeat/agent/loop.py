@@ -25,19 +25,18 @@ instead of redialing at once with a WARNING every beat period. Recovery (INFO) i
 logged once a new stream has lived that long.
 
 The network is behind a small `Connector` interface so that the loop runs under
-trio's MockClock with a fake; `Libp2pConnector` is the real one over the host
-(`heartbeat.net.streams`, which raises only `DialFailed` and `StreamLost`).
+trio's MockClock with a fake; `heartbeat.agent.connector.Libp2pConnector` is the real one
+over the host (`heartbeat.net.streams`, which raises only `DialFailed` and `StreamLost`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -45,9 +44,8 @@ from heartbeat.agent.head import Head, HeadSource, SourceStatus
 from heartbeat.agent.policy import FailureLog, format_seconds, jittered, next_deadline
 from heartbeat.agent.targets import Target
 from heartbeat.net.errors import DialFailed, StreamLost
-from heartbeat.net.streams import StreamDialer
 from heartbeat.protocol.tipset import format_head
-from heartbeat.protocol.wire import PROTOCOL_ID, Beat, encode_cbor, encode_json
+from heartbeat.protocol.wire import Beat, encode_cbor, encode_json
 from heartbeat.version import AGENT_VERSION
 
 __all__ = [
@@ -55,7 +53,6 @@ __all__ = [
     "BeatLoop",
     "BeatStream",
     "Connector",
-    "Libp2pConnector",
     "TargetStats",
     "make_beat",
 ]
@@ -389,44 +386,3 @@ class Agent:
             await self._done.wait()
             return True
         return False
-
-
-async def resolve_target(target: Target) -> str:
-    """The target's multiaddr with a `/dns*` host resolved to an `/ip4` or `/ip6` one.
-
-    py-libp2p 0.8.1's TCP transport does not dial `/dns4/…` addresses, so the agent
-    resolves the name itself, at every dial (the aggregator's address may change),
-    under the caller's dial deadline.
-    """
-    kind = target.addr.split("/", 2)[1]
-    if not kind.startswith("dns"):
-        return target.addr
-    family = {"dns4": socket.AF_INET, "dns6": socket.AF_INET6}.get(kind, socket.AF_UNSPEC)
-    try:
-        infos = await trio.socket.getaddrinfo(
-            target.host, target.port, family=family, type=socket.SOCK_STREAM
-        )
-    except OSError as exc:
-        raise DialFailed(f"dns_failed:{target.host}:{exc}") from exc
-    if not infos:
-        raise DialFailed(f"dns_failed:{target.host}:no_address")
-    # Prefer IPv4 when the name has both and the target said /dns: loopback and
-    # dual-stack set-ups are far more common than IPv6-only aggregators.
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    ip = str(infos[0][4][0])
-    proto = "ip4" if infos[0][0] == socket.AF_INET else "ip6"
-    return f"/{proto}/{ip}/tcp/{target.port}/p2p/{target.peer_id}"
-
-
-class Libp2pConnector:
-    """Dials targets over a running libp2p host and opens heartbeat streams.
-
-    The network layer (`heartbeat.net.streams`) does the dialing and translates py-libp2p's
-    errors into `DialFailed` / `StreamLost`; this adds the agent's name resolution.
-    """
-
-    def __init__(self, host: Any, protocol: str = PROTOCOL_ID) -> None:
-        self._dialer = StreamDialer(host, protocol)
-
-    async def connect(self, target: Target) -> BeatStream:
-        return await self._dialer.open(await resolve_target(target))

@@ -14,8 +14,9 @@ from typing import Any
 import trio
 
 from heartbeat.agent.config import AgentConfig
+from heartbeat.agent.connector import Libp2pConnector
 from heartbeat.agent.head import Head, HeadSource
-from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+from heartbeat.agent.loop import Agent, BeatLoop
 from heartbeat.net.p2p import load_or_create_identity, peer_id_of, running_host
 from heartbeat.version import AGENT_VERSION, STATIC_MARKER
 

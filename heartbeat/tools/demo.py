@@ -38,7 +38,8 @@ import trio
 from aggregator.app import Aggregator, run_aggregator
 from aggregator.config import AggregatorConfig, build_config
 from aggregator.fleet import FleetSnapshot
-from heartbeat.agent.loop import Agent, BeatLoop, Libp2pConnector
+from heartbeat.agent.connector import Libp2pConnector
+from heartbeat.agent.loop import Agent, BeatLoop
 from heartbeat.agent.sources import SimulatedChain
 from heartbeat.agent.targets import parse_target
 from heartbeat.net import p2p
