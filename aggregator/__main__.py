@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from aggregator.alerts.service import load_settings, merge_alert_flags
+from aggregator.alerts.wiring import load_settings, merge_alert_flags
 from aggregator.cli_parser import build_parser as _parser
 from aggregator.cli_parser import state_dir as _state_dir
 from aggregator.config import (
@@ -182,7 +182,7 @@ def _run_command(command: str, config: AggregatorConfig, argv: Sequence[str]) ->
     if command == "config":
         return _print_config(argv)
     if command == "alert-test":
-        from aggregator.alerts.service import run_alert_test
+        from aggregator.alerts.wiring import run_alert_test
 
         return trio.run(run_alert_test, config, dict(os.environ))
     if command == "tail":

@@ -233,8 +233,9 @@ async def _start_alerts(
     """The built-in alerter (aggregator/alerts): on unless `[alerts] enabled = false`; its
     state in the state db (aggregator/alerts/state_store.py)."""
     from aggregator.alerts.delivery import DeliveryCollector
-    from aggregator.alerts.service import AlertingService, build_delivery, load_settings
+    from aggregator.alerts.service import AlertingService
     from aggregator.alerts.state_store import AlertStateStore
+    from aggregator.alerts.wiring import build_delivery, load_settings
 
     settings = load_settings(agg.config.alerts, agg.config.alerts_file, env)
     if not settings.enabled:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import platformdirs
 
-from aggregator.alerts.service import add_alert_arguments
+from aggregator.alerts.wiring import add_alert_arguments
 from aggregator.variants import add_variant_flags
 from heartbeat.common.cli import document_flags, hide_subcommands
 

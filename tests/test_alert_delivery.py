@@ -37,7 +37,8 @@ from aggregator.alerts.rules import (
     Transition,
     TransitionKind,
 )
-from aggregator.alerts.service import AlertingService, load_settings
+from aggregator.alerts.service import AlertingService
+from aggregator.alerts.wiring import load_settings
 from aggregator.fleet import FleetSnapshot, NodeState, NodeView
 from heartbeat.common.asgi import lifespan
 from heartbeat.errors import ConfigError
@@ -492,4 +493,4 @@ def test_load_settings_merges_file_and_table(tmp_path: Any) -> None:
     path.write_text("not toml = = =")
     with pytest.raises(ConfigError) as info:
         load_settings({}, path)
-    assert info.value.setting == "alerts_file"
+    assert info.value.setting == "--alerts-file / FIL_HEARTBEAT_AGGREGATOR_ALERTS_FILE"

@@ -19,8 +19,8 @@ import pytest
 
 from aggregator.__main__ import parse_args
 from aggregator.alerts.model import AlertPolicy
-from aggregator.alerts.service import load_settings
 from aggregator.alerts.settings import AlertingSettings
+from aggregator.alerts.wiring import load_settings
 from aggregator.config import AggregatorConfig
 from aggregator.config import build_config as build_aggregator_config
 from heartbeat.agent.config import AgentConfig, build_config, config_path, parse_toml

@@ -27,7 +27,7 @@ from aggregator.alerts.receivers import (
     TelegramReceiver,
 )
 from aggregator.alerts.receivers.common import absolute_runbook
-from aggregator.alerts.service import alert_test
+from aggregator.alerts.wiring import alert_test
 from tests.fake_receivers import FakeApi, FakeDiscord, FakePagerDuty, FakeSlack, FakeTelegram
 from tests.fake_receivers import serving as serving_fakes
 

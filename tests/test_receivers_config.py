@@ -34,7 +34,7 @@ from aggregator.alerts.receivers.discord import discord_body
 from aggregator.alerts.receivers.pagerduty import dedup_key, pagerduty_event, pd_severity
 from aggregator.alerts.receivers.slack import slack_body
 from aggregator.alerts.receivers.telegram import telegram_body
-from aggregator.alerts.service import load_settings
+from aggregator.alerts.wiring import load_settings
 from heartbeat.errors import ConfigError
 
 FIRED, RESEND, RESOLVED = TransitionKind.FIRED, TransitionKind.RESEND, TransitionKind.RESOLVED
