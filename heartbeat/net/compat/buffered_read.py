@@ -6,7 +6,7 @@ on the `SecureSession`, which reads through msgio (libp2p/io/msgio.py: the 2-byt
 length, then the body, each its own `receive_some` through `TrioTCPStream`'s lock) and
 decrypts one message; every body read runs in a `fail_after`, every frame takes
 `streams_lock` (and `window_lock`), and the reader is woken once per frame. Profiled
-under a flood of one beat per write (docs/CAPACITY.md, section 8): 49 % of the
+under a flood of one beat per write (docs/CAPACITY.md, section 11): 49 % of the
 aggregator's samples in `handle_incoming`, 33 % in `read_exactly`, 10 % in lock entry.
 Retired by: upstream reading into a buffer and demultiplexing every complete frame of
 it (as go-yamux's and js-libp2p's readers do).
