@@ -19,24 +19,39 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from aggregator.alerts.service import ChangeSignal
+from aggregator.assembly import (
+    dialable_multiaddrs,
+    fleet_policy,
+    host_limits,
+    load_allowlist,
+    local_ip_addresses,
+)
 from aggregator.bus import BeatAccepted, Bus, Event, PeerConnected, PeerDisconnected
-from aggregator.config import AggregatorConfig, http_url, parse_allowlist
-from aggregator.fleet import Fleet, FleetPolicy, FleetSnapshot
+from aggregator.config import AggregatorConfig
+from aggregator.fleet import Fleet, FleetSnapshot
 from aggregator.gcmon import GcMonitor, tune_gc
 from aggregator.ingest import Ingest, IngestSettings
 from aggregator.metrics import AggregatorMetrics, create_metrics
+from aggregator.services import (
+    attach_history,
+    start_alerts,
+    start_history,
+    start_http,
+    start_merge,
+    start_nats,
+    start_store,
+    start_workers,
+)
 from aggregator.variants import BenchVariants
 from heartbeat.errors import ConfigError
 from heartbeat.net import compat, p2p
@@ -60,95 +75,6 @@ log = logging.getLogger(__name__)
 
 #: The store writer's bus channel: ~1 s of 10,000 agents beating every 3 s, twice over.
 STORE_CHANNEL_CAPACITY = 8192
-
-
-def fleet_policy(config: AggregatorConfig) -> FleetPolicy:
-    return FleetPolicy(
-        lag_epochs=config.lag_threshold,
-        stall_after=config.stall_after,
-        beat_timeout_default=config.beat_timeout,
-        beat_timeout_min=config.beat_timeout_min,
-        beat_timeout_max=config.beat_timeout_max,
-        retention=config.retention,
-        max_nodes=config.max_nodes,
-        probation=config.probation,
-        max_probation=config.max_probation,
-        max_probation_per_ip=config.max_probation_per_ip,
-    )
-
-
-def host_limits(config: AggregatorConfig) -> p2p.HostLimits:
-    """All four layers of py-libp2p's limits from the config (unset ones derived)."""
-    return p2p.HostLimits.server(
-        config.max_connections,
-        max_streams_total=config.max_streams_total,
-        max_memory_mb=config.max_memory_mb,
-        max_peers=config.max_peers,
-        max_pending_inbound=config.max_pending_inbound,
-        max_connections_per_peer=config.max_connections_per_peer,
-        handshake_queue_wait=config.handshake_queue_wait,
-        first_bytes_timeout=config.first_bytes_timeout,
-        upgrade_timeout=config.upgrade_timeout,
-        refusal_cap=config.refusal_cap,
-        refusal_window=config.refusal_window,
-    )
-
-
-def load_allowlist(path: Path | None) -> frozenset[str] | None:
-    """Read and parse the allowlist file (None: everyone is allowed)."""
-    if path is None:
-        return None
-    try:
-        text = path.read_text(encoding="utf-8")
-        return parse_allowlist(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError("allowlist_file", f"{path}: {exc}") from exc
-
-
-def local_ip_addresses() -> tuple[list[str], list[str]]:
-    """This machine's IPv4 and IPv6 addresses (loopback first), best effort."""
-    v4: list[str] = ["127.0.0.1"]
-    v6: list[str] = ["::1"]
-    candidates: set[tuple[int, str]] = set()
-    try:
-        for family, _, _, _, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
-            candidates.add((family, str(sockaddr[0])))
-    except OSError as exc:
-        log.debug("hostname_lookup_failed err=%r", exc)
-    # The address the default route would use (a UDP connect sends nothing).
-    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.connect((probe, 9))
-                candidates.add((family, str(sock.getsockname()[0])))
-        except OSError:
-            continue  # no route for this family
-    for kind, addr in sorted(candidates):
-        if kind == socket.AF_INET and addr not in v4 and not addr.startswith("127."):
-            v4.append(addr)
-        elif kind == socket.AF_INET6 and addr not in v6 and not addr.startswith("fe80"):
-            v6.append(addr.split("%")[0])
-    return v4, v6
-
-
-def dialable_multiaddrs(
-    listening: Iterable[str], peer_id: str, v4: Iterable[str], v6: Iterable[str]
-) -> list[str]:
-    """Full `/…/tcp/N/p2p/<id>` addresses; wildcard listeners expand to `v4`/`v6`."""
-    v4, v6 = list(v4), list(v6)
-    out: list[str] = []
-    for addr in listening:
-        parts = addr.split("/")  # ["", "ip4", host, "tcp", port]
-        hosts = [parts[2]] if len(parts) > 2 else []
-        if addr.startswith("/ip4/0.0.0.0/"):
-            hosts = v4
-        elif addr.startswith("/ip6/::/"):
-            hosts = v6
-        for host in hosts:
-            full = "/".join([*parts[:2], host, *parts[3:]]) + f"/p2p/{peer_id}"
-            if full not in out:
-                out.append(full)
-    return out
 
 
 @dataclass
@@ -227,47 +153,6 @@ async def _signals(
             return
 
 
-async def _start_alerts(
-    agg: Aggregator, nursery: trio.Nursery, env: Mapping[str, str] | None = None
-) -> None:
-    """The built-in alerter (aggregator/alerts): on unless `[alerts] enabled = false`; its
-    state in the state db (aggregator/alerts/state_store.py)."""
-    from aggregator.alerts.delivery import DeliveryCollector
-    from aggregator.alerts.service import AlertingService
-    from aggregator.alerts.state_store import AlertStateStore
-    from aggregator.alerts.wiring import build_delivery, load_settings
-
-    settings = load_settings(agg.config.alerts, agg.config.alerts_file, env)
-    if not settings.enabled:
-        return
-    delivery = build_delivery(
-        settings, agg.config.name, f"{agg.http_url}/api/v1/alerts" if agg.http_url else ""
-    )
-    agg.metrics.registry.register(DeliveryCollector(delivery))
-    service = AlertingService(
-        agg.snapshot,
-        settings.policy,
-        delivery,
-        interval=settings.evaluation_interval,
-        static_labels={"aggregator": agg.config.name},
-        send_test_alert=settings.send_test_alert,
-        wall_clock=agg.wall_clock,
-        changes=agg.alert_changes,
-        runbook_base_url=agg.config.runbook_base_url,
-        state_store=AlertStateStore(agg.config.state_db),
-        leader=await _start_leader(agg, nursery) if agg.nats is not None else None,
-    )
-    if agg.nats_export is not None:
-        service.on_transitions = agg.nats_export.on_alert_transitions
-    await nursery.start(service.run)
-    agg.metrics.set_alerts_provider(service.firing)
-    if agg.http is not None:
-        agg.http.set_alerts_provider(service.current)
-        agg.http.alerts_leader = service.leader_name
-        if service.leader is not None:  # several aggregators: the page says which one sends
-            agg.http.page.alerts_leader = service.leader_name
-
-
 async def run_expiry(
     fleet: Fleet,
     interval: float,
@@ -287,82 +172,6 @@ async def run_expiry(
         deadline += interval
         await trio.sleep_until(deadline)
         fleet.expire(clock())
-
-
-async def _start_store(agg: Aggregator, nursery: trio.Nursery) -> None:
-    """Restore the node registry into the fleet, then run the batched writer."""
-    from aggregator import store
-
-    # The writer restores the fleet before it starts and flushes once more
-    # (shielded) at shutdown; expiry is `run_expiry`'s.
-    restored = await nursery.start(
-        partial(
-            store.run_store_writer,
-            agg.fleet,
-            store.NodeStore(agg.config.state_db, reset_broken=agg.config.reset_state),
-            agg.store_events,
-            agg.config.store_flush_interval,
-            clock=agg.wall_clock,
-        )
-    )
-    log.info("fleet_restored nodes=%s path=%s", restored, agg.config.state_db)
-
-
-async def _start_history(agg: Aggregator, nursery: trio.Nursery) -> None:
-    """Node history and uptime (aggregator/history_service.py) in the state db's own tables."""
-    from aggregator.history_service import HistoryService
-    from aggregator.history_store import HistoryStore
-
-    agg.history = HistoryService(
-        HistoryStore(agg.config.state_db),
-        agg.snapshot,
-        retention=agg.config.history_retention,
-        flush_interval=agg.config.store_flush_interval,
-        clock=agg.wall_clock,
-    )
-    if agg.nats_export is not None:
-        agg.history.on_transitions = agg.nats_export.on_node_transitions
-    await nursery.start(agg.history.run)
-
-
-async def _start_nats(agg: Aggregator, nursery: trio.Nursery) -> None:
-    """The process's one NATS bridge, then the JetStream export (aggregator/scaleout/)."""
-    from aggregator.scaleout.bridge import settings_from_config
-    from aggregator.scaleout.export import run_bridge
-
-    agg.nats = await nursery.start(run_bridge, settings_from_config(agg.config))
-    await nursery.start(agg.nats_export.run, agg.nats)
-
-
-async def _start_merge(agg: Aggregator, nursery: trio.Nursery) -> None:
-    from aggregator.scaleout.merge_consumer import start_merge
-
-    await start_merge(agg, nursery)
-
-
-async def _start_leader(agg: Aggregator, nursery: trio.Nursery) -> Any:
-    from aggregator.scaleout.leader import start_leader
-
-    return await start_leader(agg, nursery)
-
-
-def _attach_history(agg: Aggregator) -> None:
-    """The history routes and each node's `uptime` in the HTTP API."""
-    from aggregator.history_api import HistoryApi
-
-    public = getattr(agg.config, "status_page", "private") == "public"
-    agg.http.history = HistoryApi(agg.history, agg.snapshot, public=public)
-
-
-async def _start_http(agg: Aggregator, nursery: trio.Nursery) -> str:
-    from aggregator.http import HttpApi, serve_http
-
-    agg.http = HttpApi(agg.snapshot, agg.metrics, bus=agg.bus, status_page=agg.config.status_page)
-    agg.http.propagation = agg.fleet.propagation  # /api/v1/propagation
-    port: int = await nursery.start(
-        partial(serve_http, agg.http, agg.config.http_host, agg.config.http_port)
-    )
-    return http_url(agg.config.http_host, port)
 
 
 def build_aggregator(
@@ -458,17 +267,6 @@ async def serving_heartbeats(
         yield host
 
 
-async def _start_workers(agg: Aggregator, nursery: trio.Nursery) -> None:
-    """Workers 1..N-1 on this process's port (aggregator/workers.py)."""
-    from aggregator.workers import WorkerHub
-
-    agg.hub = WorkerHub(agg)
-    agg.metrics.own.counters = agg.hub.counters
-    agg.metrics.own.workers_provider = agg.hub.summary
-    agg.http.set_workers_provider(agg.hub.summary)
-    await nursery.start(agg.hub.run, p2p.listen_multiaddrs(agg.host))
-
-
 async def run_aggregator(
     config: AggregatorConfig,
     *,
@@ -487,11 +285,11 @@ async def run_aggregator(
     with trio.CancelScope() as shutdown, agg.gc:
         async with trio.open_nursery() as nursery:
             await nursery.start(agg.ingest.run)
-            await _start_store(agg, nursery)
+            await start_store(agg, nursery)
             if config.nats_url:
-                await _start_nats(agg, nursery)
-                await _start_merge(agg, nursery)
-            await _start_history(agg, nursery)
+                await start_nats(agg, nursery)
+                await start_merge(agg, nursery)
+            await start_history(agg, nursery)
             await nursery.start(
                 partial(run_expiry, agg.fleet, config.expire_interval, clock=agg.wall_clock)
             )
@@ -503,11 +301,11 @@ async def run_aggregator(
                 agg.multiaddrs = dialable_multiaddrs(
                     p2p.listen_multiaddrs(host), agg.peer_id, v4, v6
                 )
-                agg.http_url = await _start_http(agg, nursery)
-                _attach_history(agg)
+                agg.http_url = await start_http(agg, nursery)
+                attach_history(agg)
                 if config.workers > 1:
-                    await _start_workers(agg, nursery)
-                await _start_alerts(agg, nursery, alert_env)
+                    await start_workers(agg, nursery)
+                await start_alerts(agg, nursery, alert_env)
                 if handle_signals:
                     await nursery.start(_signals, agg, shutdown)
                 if agg.nats_merge is not None:  # the whole fleet first (bounded)
