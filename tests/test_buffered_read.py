@@ -218,3 +218,32 @@ def test_the_gate_pins_the_layers_it_reads_beneath_and_the_switch_leaves_it_out(
     assert buffered_read in compat.FIXES
     assert buffered_read in compat.CompatOptions().wanted()
     assert buffered_read not in compat.CompatOptions(buffered_read=False).wanted()
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("buffered")
+async def test_a_reset_from_the_remote_wakes_a_reader_with_nothing_buffered() -> None:
+    """Both ends buffered: the RST finalizes the stream (nothing buffered drops its event),
+    and the reader waiting on that event must be woken, not left waiting forever."""
+    from libp2p.custom_types import TProtocol
+
+    async def handler(stream: Any) -> None:
+        await stream.read(1)
+        await stream.reset()
+
+    key = p2p.new_identity()
+    limits = p2p.HostLimits.server(16)
+    async with (
+        p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False) as srv,
+        p2p.running_host(p2p.new_identity(), None, identify_peers=False) as client,
+    ):
+        p2p.set_stream_handlers(srv, [PROTOCOL], handler)
+        [listen] = p2p.listen_multiaddrs(srv)
+        info = p2p.peer_info_from_multiaddr(f"{listen}/p2p/{p2p.peer_id_of(key)}")
+        await client.connect(info)
+        stream = await client.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
+        await stream.write(b"x")
+        with trio.fail_after(5):  # before the fix: waited here until the test timed out
+            with pytest.raises(p2p.StreamClosed):
+                while True:
+                    await stream.read(1024)

@@ -311,6 +311,11 @@ def _end(conn: Any, stream: Any, flags: int, out: _Pass) -> None:
         stream.reset_received = True
     out.woken.add(stream.stream_id)
     if stream.closed:
+        # Finalizing may drop the stream's event (nothing buffered): its reader, waiting
+        # on that event for the FIN or RST, is woken now or never.
+        event = conn.stream_events.get(stream.stream_id)
+        if event is not None:
+            event.set()
         conn._finalize_stream_locked(stream, fully_closed=True)
 
 
