@@ -78,10 +78,11 @@ def stock() -> Iterator[None]:
 
 @pytest.mark.usefixtures("stock")
 def test_install_all_then_uninstall_all_restores_stock() -> None:
-    installed = compat.install_all()
+    every = compat.CompatOptions(buffered_read=True)  # the buffered reader is opt-in
+    installed = compat.install_all(every)
     assert installed == dict.fromkeys(installed, True)
     assert all(_stock_state()[k] != STOCK[k] for k in ("add_conn", "inbound", "muxer", "cipher"))
-    assert compat.install_all() == installed  # idempotent
+    assert compat.install_all(every) == installed  # idempotent
     compat.uninstall_all()
     assert _stock_state() == STOCK
     before = compat.install_all(compat.CompatOptions(memory_cuts=(), throttle_reconcile=False))
