@@ -25,6 +25,7 @@ __all__ = [
     "AGGREGATOR_LABEL",
     "Failure",
     "FailureReason",
+    "HookReceiver",
     "Notice",
     "NoticeKind",
     "Receiver",
@@ -276,3 +277,26 @@ def absolute_runbook(alert: Alert, base_url: str) -> Alert:
         return alert
     annotations = {**alert.annotations, "runbook": f"{base_url.rstrip('/')}/{runbook.lstrip('/')}"}
     return replace(alert, annotations=annotations)
+
+
+@dataclass(frozen=True, slots=True)
+class HookReceiver:
+    """A chat service reached by one secret webhook URL (Slack, Discord): its name is the
+    masked URL, its identity the URL's hash; subclasses build the body and may read more
+    of a reply."""
+
+    url: str
+    repeat_interval: float = 4 * 3600.0
+    send_resolved: bool = True
+    kind: str = "webhook"
+
+    @property
+    def name(self) -> str:
+        return mask_url(self.url)
+
+    @property
+    def ident(self) -> str:
+        return ident_of(self.kind, self.url)
+
+    def check(self, reply: Reply) -> Failure | None:
+        return classify_status(reply)

@@ -21,13 +21,12 @@ from aggregator.alerts.receivers.chat import (
 )
 from aggregator.alerts.receivers.common import (
     Failure,
+    HookReceiver,
     Notice,
     Reply,
     Request,
     classify_status,
     headline,
-    ident_of,
-    mask_url,
     rfc3339,
     truncate,
 )
@@ -77,19 +76,8 @@ def discord_body(notices: Sequence[Notice]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class DiscordReceiver:
-    url: str
-    repeat_interval: float = 4 * 3600.0
-    send_resolved: bool = True
+class DiscordReceiver(HookReceiver):
     kind: str = "discord"
-
-    @property
-    def name(self) -> str:
-        return mask_url(self.url)
-
-    @property
-    def ident(self) -> str:
-        return ident_of(self.kind, self.url)
 
     def requests(self, notices: Sequence[Notice]) -> list[Request]:
         return [Request(self.url, discord_body(notices), self.name)]

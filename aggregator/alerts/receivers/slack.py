@@ -13,14 +13,10 @@ from typing import Any
 
 from aggregator.alerts.receivers.chat import alert_lines, batch_title, detail_labels, runbook_link
 from aggregator.alerts.receivers.common import (
-    Failure,
+    HookReceiver,
     Notice,
-    Reply,
     Request,
-    classify_status,
     headline,
-    ident_of,
-    mask_url,
     truncate,
 )
 
@@ -64,22 +60,8 @@ def slack_body(notices: Sequence[Notice]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class SlackReceiver:
-    url: str
-    repeat_interval: float = 4 * 3600.0
-    send_resolved: bool = True
+class SlackReceiver(HookReceiver):
     kind: str = "slack"
-
-    @property
-    def name(self) -> str:
-        return mask_url(self.url)
-
-    @property
-    def ident(self) -> str:
-        return ident_of(self.kind, self.url)
 
     def requests(self, notices: Sequence[Notice]) -> list[Request]:
         return [Request(self.url, slack_body(notices), self.name)]
-
-    def check(self, reply: Reply) -> Failure | None:
-        return classify_status(reply)
