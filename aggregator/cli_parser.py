@@ -49,36 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-link", required=True, metavar="PATH", help=argparse.SUPPRESS)
     add_variant_flags(worker)  # worker 0 passes its own on (`BenchVariants.argv`)
     for p in (parser, run, ident, alert_test):
-        p.add_argument("--config", metavar="FILE", help="TOML configuration file")
-        p.add_argument("--identity-file", metavar="PATH", help="Ed25519 key file (created)")
+        p.add_argument("--config", metavar="FILE")
+        p.add_argument("--identity-file", metavar="PATH")
     for p in (parser, run):
         p.add_argument(
             "--listen",
             action="append",
             metavar="MULTIADDR",
-            help="libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/9081)",
         )
-        p.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP address (0.0.0.0:9082)")
-        p.add_argument("--state-db", metavar="PATH", help="SQLite node registry")
+        p.add_argument("--http-listen", metavar="HOST:PORT")
+        p.add_argument("--state-db", metavar="PATH")
         p.add_argument(
             "--allowlist",
             dest="allowlist_file",
             metavar="FILE",
-            help="allowed peer ids, one per line (reloaded on SIGHUP)",
         )
         p.add_argument(
             "--legacy-metrics",
             action="store_const",
             const=True,
-            help="also export go-filecoin's unprefixed gauges",
         )
-        p.add_argument("--name", help="this aggregator's name (legacy metrics label)")
+        p.add_argument("--name")
         p.add_argument(
             "--status-page",
             choices=["private", "public", "off"],
-            help="the status page at / (private, the default: everything; public: no remote "
-            "addresses, IPs or source error texts, in the page and its JSON; off: no page); "
-            "env FIL_HEARTBEAT_AGGREGATOR_STATUS_PAGE, TOML status_page",
         )
         p.add_argument("--max-connections", type=str, metavar="N")
         p.add_argument("--max-connections-per-ip", type=str, metavar="N")
@@ -86,62 +80,52 @@ def build_parser() -> argparse.ArgumentParser:
             "--max-streams-total",
             type=str,
             metavar="N",
-            help="streams on the host (default 4 x max connections)",
         )
         p.add_argument(
             "--max-memory-mb",
             type=str,
             metavar="MB",
-            help="resource manager memory (default max(512, max connections / 4))",
         )
         p.add_argument(
             "--max-peers",
             type=str,
             metavar="N",
-            help="peerstore size (default 2 x max connections + 64)",
         )
         p.add_argument(
             "--max-pending-inbound",
             type=str,
             metavar="N",
-            help="inbound handshakes at once (default 64)",
         )
         p.add_argument(
             "--handshake-queue-wait",
             type=str,
             metavar="DURATION",
-            help="close a connection that waited this long for a handshake (5s)",
         )
         p.add_argument(
             "--first-bytes-timeout",
             type=str,
             metavar="DURATION",
-            help="close an inbound dialer that sends nothing this long (2s)",
         )
         p.add_argument(
             "--upgrade-timeout",
             type=str,
             metavar="DURATION",
-            help="the inbound Noise + Yamux upgrade's deadline (10s)",
         )
         p.add_argument(
             "--refusal-cap",
             type=str,
             metavar="N",
-            help="close at accept an IP refused more than N times per window (20; 0: off)",
         )
         p.add_argument(
             "--refusal-window",
             type=str,
             metavar="DURATION",
-            help="the window of --refusal-cap (1m)",
         )
         add_variant_flags(p)  # hidden: bench/README.md
         p.add_argument(
             "--max-connections-per-peer",
             type=str,
             metavar="N",
-            help="connections per peer id (default 2)",
         )
         p.add_argument("--max-streams-per-peer", type=str, metavar="N")
         p.add_argument("--max-beat-size", type=str, metavar="BYTES")
@@ -153,7 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
             "--beat-timeout",
             type=str,
             metavar="DURATION",
-            help="silence before a node is down, until its period is known (30s)",
         )
         p.add_argument("--beat-timeout-min", type=str, metavar="DURATION")
         p.add_argument("--beat-timeout-max", type=str, metavar="DURATION")
@@ -164,24 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
             "--history-retention",
             type=str,
             metavar="DURATION",
-            help="how long node history (state changes, epoch heights, uptime) is kept in "
-            "the state db (default 720h = 30 days; env "
-            "FIL_HEARTBEAT_AGGREGATOR_HISTORY_RETENTION, TOML history_retention)",
         )
         p.add_argument("--max-nodes", type=str, metavar="N")
         p.add_argument(
             "--probation",
             type=str,
             metavar="DURATION",
-            help="a new peer id counts once it has beaten this long (1m; 0 disables)",
         )
-        p.add_argument("--max-probation", type=str, metavar="N", help="peers on probation (1000)")
-        p.add_argument("--max-probation-per-ip", type=str, metavar="N", help="per IP (64)")
+        p.add_argument("--max-probation", type=str, metavar="N")
+        p.add_argument("--max-probation-per-ip", type=str, metavar="N")
         p.add_argument(
             "--reset-state",
             action="store_const",
             const=True,
-            help="move an unreadable state db aside and start empty",
         )
         p.add_argument("--gc-threshold", type=str, metavar="G0,G1,G2")
         p.add_argument(
@@ -194,28 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
             "--allow-unpatched-libp2p",
             action="store_const",
             const=True,
-            help="run py-libp2p's stock code on a version the fixes were not written for "
-            "(it refuses every connection after max_connections ever accepted)",
         )
         p.add_argument(
             "--workers",
             type=str,
             metavar="N",
-            help="ingest processes on one port and identity (default 1)",
         )
         p.add_argument(
             "--worker-watchdog",
             type=str,
             metavar="DURATION",
-            help="kill and restart a worker silent this long (60s)",
         )
-        p.add_argument("--alerts-file", metavar="FILE", help="alerting configuration")
+        p.add_argument("--alerts-file", metavar="FILE")
         p.add_argument(
             "--runbook-base-url",
             metavar="URL",
-            help="where grafana/RUNBOOK.md is published: alert runbook links become "
-            "URL/grafana/RUNBOOK.md#alertname (default: relative links); env "
-            "FIL_HEARTBEAT_AGGREGATOR_RUNBOOK_BASE_URL, TOML runbook_base_url",
         )
         _add_nats_arguments(p)
         add_alert_arguments(p)

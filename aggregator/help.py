@@ -1,7 +1,7 @@
 """What `fil-heartbeat-aggregator --help` says of every setting: meaning, default, the
 variable and the TOML key. One table keyed by the setting; the variable is always
 `FIL_HEARTBEAT_AGGREGATOR_<KEY>` and the default comes from `AggregatorConfig` unless the
-table says otherwise. `tests/test_aggregator_help.py` checks every flag is here.
+table says otherwise. `tests/test_cli_help.py` checks every flag is here.
 """
 
 from __future__ import annotations

@@ -67,10 +67,8 @@ PROG = "fil-heartbeat"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", dest="config", help="TOML file (FIL_HEARTBEAT_CONFIG)")
-    parser.add_argument(
-        "--identity-file", dest="identity_file", help="Ed25519 key file (created 0600)"
-    )
+    parser.add_argument("--config", dest="config")
+    parser.add_argument("--identity-file", dest="identity_file")
     parser.add_argument("--log-format", dest="log_format", choices=("text", "json"))
     parser.add_argument(
         "--log-level", dest="log_level", choices=("debug", "info", "warning", "error")
@@ -80,7 +78,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
         dest="allow_unpatched_libp2p",
         action="store_const",
         const=True,
-        help="run py-libp2p's stock code on a version its fixes were not written for",
     )
 
 
