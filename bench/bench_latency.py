@@ -51,6 +51,12 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         cap,
         "--max-connections",
         cap,
+        # Every agent of the load generator comes from one loopback IP standing in for
+        # many hosts: lift the per-IP probation bound (64) so admission keeps them all.
+        "--max-probation-per-ip",
+        cap,
+        "--max-probation",
+        cap,
         *GC_FLAGS[args.gc],
         "--workers",
         str(args.workers),

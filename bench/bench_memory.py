@@ -100,6 +100,12 @@ def run_once(args: argparse.Namespace, workdir: Path, *, traced: bool) -> dict[s
         cap,
         "--max-connections-per-ip",
         cap,
+        # Every agent of the load generator comes from one loopback IP standing in for
+        # many hosts: lift the per-IP probation bound (64) so admission keeps them all.
+        "--max-probation-per-ip",
+        cap,
+        "--max-probation",
+        cap,
         *args.aggregator_arg,
     )
     probe_dir = workdir / "probe"
