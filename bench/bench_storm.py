@@ -52,6 +52,11 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         cap,
         "--max-nodes",
         cap,
+        # One loopback IP stands in for many hosts: lift the per-IP probation bound (64).
+        "--max-probation-per-ip",
+        cap,
+        "--max-probation",
+        cap,
         *variant_flags(args),
         "--workers",
         str(args.workers),
