@@ -247,3 +247,82 @@ async def test_a_reset_from_the_remote_wakes_a_reader_with_nothing_buffered() ->
             with pytest.raises(p2p.StreamClosed):
                 while True:
                     await stream.read(1024)
+
+
+RST = 0x8
+
+
+def rst_frame(sid: int) -> bytes:
+    return HEADER.pack(0, 1, RST, sid, 0)  # WINDOW_UPDATE with RST
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("buffered")
+async def test_the_bytes_before_a_reset_are_read_before_the_reset_inbound() -> None:
+    """DATA and the RST in one receive (one pass): the handler reads the bytes, then
+    the reset. Before the fix the reset was reported at once and the bytes were lost:
+    a reader only saw them if it was scheduled between the two frames."""
+    got = bytearray()
+    outcome: list[str] = []
+    done = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        try:
+            while True:
+                got.extend(await stream.read(1024))
+        except p2p.StreamClosed:
+            outcome.append("reset")
+        finally:
+            done.set()
+
+    async with served(handler) as conn:
+        stream = await conn.open_stream(PROTOCOL)
+        sid = sid_of(stream)
+        frames = [data_frame(sid, b"beat-1;"), data_frame(sid, b"beat-2;"), rst_frame(sid)]
+        await send_raw_frames(conn, frames)
+        with trio.fail_after(10):
+            await done.wait()
+    assert bytes(got) == b"beat-1;beat-2;"
+    assert outcome == ["reset"]
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("buffered")
+async def test_a_stream_refused_right_after_negotiation_keeps_what_came_before() -> None:
+    """The allowlist's shape: the listener's bytes and its RST reach the dialer together.
+    The dialer (an outbound, py-libp2p stream over the buffered reader) reads the bytes,
+    then sees the reset. Before the fix the RST dropped them: the dialer's negotiation
+    failed when the protocol echo came with them (the refused stranger of
+    `test_allowlist_refuses_and_reloads`, 1 run in 3), its first read raised `StreamReset`
+    otherwise."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.stream_muxer.yamux import yamux as y
+
+    from tests.helpers import eventually
+
+    async def handler(stream: Any) -> None:
+        muxed = stream.muxed_stream
+        sid = muxed.stream_id
+        # One write: the DATA frame and the RST in one Noise message, one receive.
+        await muxed.conn._write_frame(data_frame(sid, b"refused") + rst_frame(sid))
+        muxed.closed = muxed.send_closed = muxed.recv_closed = True
+
+    key = p2p.new_identity()
+    limits = p2p.HostLimits.server(16)
+    async with (
+        p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False) as srv,
+        p2p.running_host(p2p.new_identity(), None, identify_peers=False) as client,
+    ):
+        p2p.set_stream_handlers(srv, [PROTOCOL], handler)
+        [listen] = p2p.listen_multiaddrs(srv)
+        info = p2p.peer_info_from_multiaddr(f"{listen}/p2p/{p2p.peer_id_of(key)}")
+        await client.connect(info)
+        stream = await client.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
+        muxed: Any = stream.muxed_stream  # type: ignore[attr-defined]
+        assert isinstance(muxed.conn, HeartbeatYamux)
+        assert type(muxed) is y.YamuxStream  # the dialer's own stream: py-libp2p's read
+        await eventually(lambda: muxed.reset_received, timeout=5)  # both frames handled
+        with trio.fail_after(5):
+            assert await stream.read(1024) == b"refused"
+            with pytest.raises(p2p.StreamClosed):
+                await stream.read(1024)

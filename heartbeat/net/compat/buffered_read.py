@@ -128,6 +128,8 @@ class BufferedYamuxStream(y.YamuxStream):
         """
         from heartbeat.net.compat import yamux_credit
 
+        if self.reset_received:
+            return  # the peer reset the stream: no credit (nothing more can arrive)
         if yamux_credit.installed():
             buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
             delta = self.target_recv_window - (self.recv_window + buffered)
@@ -307,8 +309,14 @@ def _end(conn: Any, stream: Any, flags: int, out: _Pass) -> None:
         if stream.send_closed:
             stream.closed = True
     if flags & y.FLAG_RST:
+        # Nothing more can arrive: the bytes that came before the RST (this pass or an
+        # earlier one, not read yet) are read first, then the reset is reported. py-libp2p
+        # leaves `recv_closed` unset and drops them: whether a reader saw them depended on
+        # it being scheduled between two frames, which a pass never does (a refused
+        # stream's protocol echo and its RST: the dialer's negotiation failed).
         stream.closed = True
         stream.reset_received = True
+        stream.recv_closed = True
     out.woken.add(stream.stream_id)
     if stream.closed:
         # Finalizing may drop the stream's event (nothing buffered): its reader, waiting
