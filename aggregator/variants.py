@@ -53,9 +53,9 @@ class BenchVariants:
     memory_cuts: tuple[str, ...] = MEMORY_CUTS
     #: Identify towards every connecting agent (py-libp2p's default).
     identify_peers: bool = False
-    #: One socket receive serves many Noise/Yamux frames: opt-in (`--buffered-read`) until
-    #: its reconnect race is fixed (heartbeat.net.compat.CompatOptions).
-    buffered_read: bool = False
+    #: One socket receive serves many Noise/Yamux frames (off: py-libp2p's frame reader,
+    #: `--py-libp2p-read`; heartbeat.net.compat.CompatOptions).
+    buffered_read: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchVariants:
@@ -98,7 +98,7 @@ _SWITCHES = (
     ("--no-throttle-reconcile", "throttle_reconcile", False),
     ("--yamux-release-on-read", "yamux_release_on_read", True),
     ("--identify-peers", "identify_peers", True),
-    ("--buffered-read", "buffered_read", True),
+    ("--py-libp2p-read", "buffered_read", False),
 )
 
 

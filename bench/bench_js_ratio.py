@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "--aggregator-arg",
         action="append",
         default=[],
-        help="extra aggregator flag (repeatable), e.g. --aggregator-arg=--buffered-read=off",
+        help="extra aggregator flag (repeatable), e.g. --aggregator-arg=--py-libp2p-read",
     )
     args = p.parse_args(argv)
     args.duration = min(args.duration, 300.0)

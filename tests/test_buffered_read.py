@@ -32,7 +32,7 @@ HEADER = struct.Struct("!BBHII")
 def buffered() -> Iterator[None]:
     """Every fix in (the aggregator's configuration) for the test, then as before."""
     before = compat.installed_fixes()
-    compat.install_all(compat.CompatOptions(buffered_read=True))  # opt-in
+    compat.install_all(compat.CompatOptions())  # the default: the buffered reader in
     assert buffered_read.installed()
     yield
     compat.uninstall_all()
@@ -216,8 +216,8 @@ def test_the_gate_pins_the_layers_it_reads_beneath_and_the_switch_leaves_it_out(
     ):
         assert module in compat.FILES
     assert buffered_read in compat.FIXES
-    assert buffered_read not in compat.CompatOptions().wanted()  # opt-in for now
-    assert buffered_read in compat.CompatOptions(buffered_read=True).wanted()
+    assert buffered_read in compat.CompatOptions().wanted()  # the default
+    assert buffered_read not in compat.CompatOptions(buffered_read=False).wanted()
 
 
 @pytest.mark.integration
@@ -326,3 +326,17 @@ async def test_a_stream_refused_right_after_negotiation_keeps_what_came_before()
             assert await stream.read(1024) == b"refused"
             with pytest.raises(p2p.StreamClosed):
                 await stream.read(1024)
+
+
+def test_the_benchmark_switch_brings_back_py_libp2ps_reader() -> None:
+    import argparse
+
+    from aggregator.variants import BenchVariants, add_variant_flags
+
+    parser = argparse.ArgumentParser()
+    add_variant_flags(parser)
+    default = BenchVariants.from_args(parser.parse_args([]))
+    before = BenchVariants.from_args(parser.parse_args(["--py-libp2p-read"]))
+    assert default.compat_options().buffered_read and default.argv() == []
+    assert not before.compat_options().buffered_read
+    assert before.argv() == ["--py-libp2p-read"]  # handed on to the workers

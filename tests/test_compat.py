@@ -78,7 +78,7 @@ def stock() -> Iterator[None]:
 
 @pytest.mark.usefixtures("stock")
 def test_install_all_then_uninstall_all_restores_stock() -> None:
-    every = compat.CompatOptions(buffered_read=True)  # the buffered reader is opt-in
+    every = compat.CompatOptions()  # every fix (the buffered reader is in by default)
     installed = compat.install_all(every)
     assert installed == dict.fromkeys(installed, True)
     assert all(_stock_state()[k] != STOCK[k] for k in ("add_conn", "inbound", "muxer", "cipher"))

@@ -145,10 +145,9 @@ class CompatOptions:
     memory_cuts: tuple[str, ...] = MEMORY_CUTS
     #: Identify every connecting peer (py-libp2p's default).
     identify_peers: bool = False
-    #: One socket receive serves many frames (`buffered_read`); off by default (py-libp2p's
-    #: reader) until a race is fixed: a peer id reconnecting right after the aggregator cut
-    #: it sometimes fails its first stream negotiation with the buffered reader.
-    buffered_read: bool = False
+    #: One socket receive serves many frames (`buffered_read`, the default); False is
+    #: py-libp2p's frame reader (the benchmarks' `--py-libp2p-read`).
+    buffered_read: bool = True
 
     def wanted(self) -> tuple[ModuleType, ...]:
         cuts = set(self.memory_cuts)
