@@ -15,7 +15,8 @@ used (`build_host`'s options: Noise only, the inbound negotiation deadline); the
 limits ride on a subclass, `HeartbeatYamux`, that `muxer_opt` should carry but 0.8.1
 ignores for Yamux (`yamux_muxer`), and the sessions' one-task `start` is set on that
 subclass only (`yamux_session`), never on py-libp2p's `Yamux`; so is its frame reader,
-the buffered receive path (`buffered_read`).
+the buffered receive path (`buffered_read`, on by default: a stream's bytes that came
+before its RST are read before the reset, whatever the scheduling; see its docstring).
 """
 
 from __future__ import annotations

@@ -28,6 +28,15 @@ Inbound streams are `BufferedYamuxStream`s, whose `read(n)` takes buffered bytes
 without the two locks and returns the Yamux credit only when it is due (the
 `yamux_credit` rule; every read when that fix is off). Connections that are not Noise
 over TCP run py-libp2p's loop.
+
+On by default (`CompatOptions.buffered_read`; the benchmarks' `--py-libp2p-read` is the
+"before"). One difference from py-libp2p, made for the pass: a RST also closes the
+stream's receive side, so the bytes that came before it are read first and the reset is
+reported after them. py-libp2p reports a RST before any buffered byte (dropping them); its
+reader switches tasks several times per frame, so a reader nearly always took the bytes
+between the two frames, but a pass applies both with no switch: the aggregator's refusal
+of a stream (protocol echo, then RST, docs/CAPACITY.md section 11) failed the dialer's
+negotiation about 1 run in 3 before this. A reset stream gets no Yamux credit back.
 """
 
 from __future__ import annotations
