@@ -5,6 +5,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -28,6 +29,7 @@ __all__ = [
     "BeatRejected",
     "RejectReason",
     "SourceState",
+    "trusted_beat",
     "validate_nickname",
 ]
 
@@ -136,6 +138,49 @@ class Beat:
             SourceState.OK,
             SourceState.SYNCING,
         )
+
+
+class _BeatSlots:
+    """`Beat`'s slots, filled by plain attribute stores: the frozen dataclass's ``__init__``
+    calls ``object.__setattr__`` once per field (~1.2 µs for 12); this is ~0.5 µs. The object
+    then takes the class `Beat` (CPython allows it: same slots, same layout) and is a `Beat`
+    in every way (equal, hashed, frozen, pickled, ``dataclasses.replace``). Never exported."""
+
+    __slots__ = Beat.__slots__
+
+    def __init__(  # one parameter per field of Beat, in its order
+        self,
+        head: str,
+        height: int,
+        nickname: str,
+        miner_address: str,
+        genesis_cid: str | None,
+        head_timestamp: int | None,
+        syncing: bool | None,
+        version: str | None,
+        source_state: SourceState | None,
+        source_error: str | None,
+        head_seen_at: int | None,
+        network_name: str | None,
+    ) -> None:
+        self.head = head
+        self.height = height
+        self.nickname = nickname
+        self.miner_address = miner_address
+        self.genesis_cid = genesis_cid
+        self.head_timestamp = head_timestamp
+        self.syncing = syncing
+        self.version = version
+        self.source_state = source_state
+        self.source_error = source_error
+        self.head_seen_at = head_seen_at
+        self.network_name = network_name
+        self.__class__ = Beat  # type: ignore[assignment]
+
+
+#: ``trusted_beat(head, height, ..., network_name)``: a `Beat` of values the caller has
+#: already validated, every field given, in `Beat`'s field order (`codec.to_beat` only).
+trusted_beat: Callable[..., Beat] = _BeatSlots  # type: ignore[assignment]
 
 
 def validate_nickname(text: str) -> bool:

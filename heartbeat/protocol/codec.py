@@ -24,11 +24,20 @@ from heartbeat.protocol.beat import (
     BeatRejected,
     RejectReason,
     SourceState,
+    trusted_beat,
     validate_nickname,
 )
 from heartbeat.protocol.tipset import HeadParseError, is_plausible_cid, parse_head
 
-__all__ = ["JSON_DECODER", "JSONDuplicateKey", "encode_cbor", "encode_json", "reject", "to_beat"]
+__all__ = [
+    "JSON_DECODER",
+    "JSONDuplicateKey",
+    "encode_cbor",
+    "encode_json",
+    "forget_known",
+    "reject",
+    "to_beat",
+]
 
 
 def _wire_map(beat: Beat) -> dict[str, Any]:
@@ -86,9 +95,136 @@ def reject(reason: RejectReason, detail: str) -> BeatRejected:
 
 
 def to_beat(obj: object, legacy: bool) -> Beat | BeatRejected:
-    """A decoded object as a `Beat`, or the `BeatRejected` naming the first thing wrong."""
+    """A decoded object as a `Beat`, or the `BeatRejected` naming the first thing wrong.
+
+    The common beat (its head, nickname, miner address and genesis already seen in an
+    accepted beat) is validated in one pass (`_known_beat`); anything else, and so every
+    refusal, takes the full check (`_checked_beat`), which remembers what it accepted.
+    """
     if type(obj) is not dict:
         return reject(RejectReason.NOT_A_MAP, "beat is not a map")
+    known = _known_beat(obj)
+    if known is not None:
+        return known
+    beat = _checked_beat(obj, legacy)
+    if type(beat) is Beat:
+        _remember(beat, obj.get("MinerAddress"))
+    return beat
+
+
+# What an accepted beat carried, bounded (emptied when full): a fleet sends the same heads
+# (every node of a network), nicknames, miner addresses and genesis CIDs beat after beat.
+# Their checks are pure, so a value once accepted needs no second check. Only the full
+# check adds to them, and only the values of a beat it accepted whole.
+_KNOWN_LIMIT = 4096
+_known_heads: dict[str, None] = {}
+_known_nicknames: dict[str, None] = {}
+_known_miners: dict[str, str] = {}  # as sent -> normalised
+_known_genesis: dict[str, None] = {}
+
+
+def _remember(beat: Beat, miner: object) -> None:
+    for known, key in (
+        (_known_heads, beat.head),
+        (_known_nicknames, beat.nickname),
+        (_known_genesis, beat.genesis_cid),
+    ):
+        if key is not None and key not in known:
+            if len(known) >= _KNOWN_LIMIT:
+                known.clear()
+            known[key] = None
+    if type(miner) is str and miner not in _known_miners:
+        if len(_known_miners) >= _KNOWN_LIMIT:
+            _known_miners.clear()
+        _known_miners[miner] = beat.miner_address
+
+
+def forget_known() -> None:
+    """Empty the memory of accepted values (tests, benchmarks: the cold case)."""
+    for known in (_known_heads, _known_nicknames, _known_miners, _known_genesis):
+        known.clear()
+
+
+def _known_beat(obj: dict[Any, Any]) -> Beat | None:
+    """The beat when every key is valid and its texts are known; None: take the full check.
+
+    The same tests as `_checked_beat` (exact types, ranges, lengths, printable text), with
+    the known values standing for the head, nickname, miner and genesis checks.
+    """
+    get = obj.get
+    head = get("Head")
+    height = get("Height")
+    nickname = get("Nickname")
+    miner = get("MinerAddress")
+    if (
+        type(head) is not str
+        or head not in _known_heads
+        or type(height) is not int
+        or not 0 <= height <= MAX_HEIGHT
+        or type(nickname) is not str
+        or nickname not in _known_nicknames
+        or type(miner) is not str
+    ):
+        return None
+    miner = _known_miners.get(miner)
+    if miner is None:
+        return None
+    genesis = get("GenesisCID")
+    if genesis is not None and (type(genesis) is not str or genesis not in _known_genesis):
+        return None
+    timestamp = get("HeadTimestamp")
+    if timestamp is not None and (
+        type(timestamp) is not int or not 0 <= timestamp <= MAX_HEAD_TIMESTAMP
+    ):
+        return None
+    syncing = get("Syncing")
+    if syncing is not None and type(syncing) is not bool:
+        return None
+    version = get("Version")
+    if version is not None and (
+        type(version) is not str or len(version) > MAX_VERSION_LENGTH or not version.isprintable()
+    ):
+        return None
+    state = get("SourceState")
+    if state is not None:
+        if type(state) is not str:
+            return None
+        state = _SOURCE_STATES.get(state)
+        if state is None:
+            return None
+    error = get("SourceError")
+    if error is not None and (
+        type(error) is not str or len(error) > MAX_SOURCE_ERROR_LENGTH or not error.isprintable()
+    ):
+        return None
+    seen = get("HeadSeenAt")
+    if seen is not None and (type(seen) is not int or not 0 <= seen <= MAX_HEAD_SEEN_AT):
+        return None
+    network = get("StateNetworkName")
+    if network is not None and (
+        type(network) is not str
+        or len(network) > MAX_NETWORK_NAME_LENGTH
+        or not network.isprintable()
+    ):
+        return None
+    return trusted_beat(
+        head,
+        height,
+        nickname,
+        miner,
+        genesis,
+        timestamp,
+        syncing,
+        version,
+        state,
+        error,
+        seen,
+        network,
+    )
+
+
+def _checked_beat(obj: dict[Any, Any], legacy: bool) -> Beat | BeatRejected:
+    """The full check of a map: each key in turn, the first thing wrong refused."""
     get = obj.get
     required = _required_keys(get)
     if isinstance(required, BeatRejected):

@@ -54,6 +54,8 @@ class BeatDecoder:
         "_error",
         "_fast",
         "_invalid",
+        "_last",
+        "_last_beat",
         "_max_beat",
         "_max_buffer",
         "_outstanding",
@@ -87,6 +89,10 @@ class BeatDecoder:
         self._stack: list[list[Any]] = []  # [items left, is_map, keys seen]
         self._outstanding = 0  # items announced by open containers, not yet started
         self._invalid: tuple[RejectReason, str] | None = None
+        # the fast path's last frame that gave a Beat, and that Beat: an agent resends the
+        # same bytes until its head changes, and the same bytes decode to the same Beat
+        self._last = b""
+        self._last_beat: Beat | None = None
 
     @property
     def buffered(self) -> int:
@@ -107,14 +113,16 @@ class BeatDecoder:
                 self.encoding = "json"
             else:
                 self.encoding = "cbor"
-        step = self._feed_json if self.encoding == "json" else self._feed_cbor
-        view = memoryview(data)
         offset = 0
         if self._fast and not self._buf and self.encoding == "cbor":
             # nothing buffered (so no frame half scanned): whole flat frames straight from
             # `data`, without copying them into the buffer; only the rest is buffered
             offset = self._feed_direct(data, out)
-            self._declined = offset < len(data)
+            if offset == len(data):
+                return out
+            self._declined = True
+        step = self._feed_json if self.encoding == "json" else self._feed_cbor
+        view = memoryview(data)
         try:
             while offset < len(data):
                 room = self._max_buffer - len(self._buf)
@@ -211,10 +219,20 @@ class BeatDecoder:
             # from where the scanner stops (it retries only while the scanner could not
             # take even the frame's first header)
             if fast and self._pos == start and start < len(buf) and not self._stack:
+                last = self._last
+                if last and buf.startswith(last, start):
+                    out.append(self._last_beat)  # type: ignore[arg-type]
+                    start = self._pos = start + len(last)
+                    continue
                 found = flat_map(buf, start, max_beat)
                 if found is not None:
-                    out.append(to_beat(found[0], legacy=False))
-                    start = self._pos = found[1]
+                    obj, end = found
+                    beat = to_beat(obj, legacy=False)
+                    if type(beat) is Beat:
+                        self._last = bytes(buf[start:end])
+                        self._last_beat = beat
+                    out.append(beat)
+                    start = self._pos = end
                     continue
             fast = self._fast
             end = self._scan(buf, start)
@@ -232,16 +250,31 @@ class BeatDecoder:
             self._pos -= start
 
     def _feed_direct(self, data: bytes, out: list[Beat | BeatRejected]) -> int:
-        """Decode the flat frames at the start of `data` (fast path only); bytes used."""
+        """Decode the flat frames at the start of `data` (fast path only); bytes used.
+
+        A frame equal to the last one that gave a Beat is that Beat again (the walk reads
+        only the frame's own bytes, so the same bytes give the same end and the same map)."""
         start = 0
         end = len(data)
         max_beat = self._max_beat
+        last = self._last
+        same = data.startswith if type(data) is bytes else None
         while start < end:
+            if last and same is not None and same(last, start):
+                out.append(self._last_beat)  # type: ignore[arg-type]
+                start += len(last)
+                continue
             found = flat_map(data, start, max_beat)
             if found is None:
                 break
-            out.append(to_beat(found[0], legacy=False))
-            start = found[1]
+            obj, stop = found
+            beat = to_beat(obj, legacy=False)
+            if type(beat) is Beat:
+                whole = same is not None and stop - start == end  # immutable, all of it
+                last = self._last = data if whole else bytes(data[start:stop])
+                self._last_beat = beat
+            out.append(beat)
+            start = stop
         return start
 
     @staticmethod
