@@ -7,6 +7,10 @@
   slow consumer applies back-pressure. The time the publisher spends waiting is
   measured (`backpressure_seconds`, exported as
   `fil_heartbeat_bus_backpressure_seconds_total`).
+- `publish_nowait` is the synchronous fast path (ingest's: no coroutine, no checkpoint
+  per beat): it delivers at once where it can; an event a full required channel cannot
+  take waits in that subscriber's backlog, in order, and `publish_nowait` returns False:
+  the publisher then owes the wait, `await flush()`, before it publishes more.
 - OPTIONAL subscribers (live feeds) get events through bounded channels with
   `send_nowait`; when full, the event is dropped for that subscriber and
   counted. A slow optional consumer never slows ingest.
@@ -17,6 +21,7 @@ Events are the small frozen dataclasses below; ingest publishes them.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,13 +41,25 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class _Required:
+    """An asynchronous required subscriber: its channel, and what it could not take yet."""
+
+    __slots__ = ("backlog", "name", "send")
+
+    def __init__(self, name: str, send: trio.MemorySendChannel[Any]) -> None:
+        self.name = name
+        self.send = send
+        self.backlog: deque[Any] = deque()
+
+
 class Bus:
     """One publisher (ingest), many subscribers; see the module docstring."""
 
     def __init__(self, *, clock: Callable[[], float] = trio.current_time) -> None:
         self._clock = clock
         self._sync: list[tuple[str, Callable[[Any], None]]] = []
-        self._required: list[tuple[str, trio.MemorySendChannel[Any]]] = []
+        self._callbacks: tuple[Callable[[Any], None], ...] = ()
+        self._required: list[_Required] = []
         self._optional: dict[str, trio.MemorySendChannel[Any]] = {}
         self.backpressure_seconds = 0.0
         self.dropped: dict[str, int] = {}
@@ -53,11 +70,12 @@ class Bus:
     def subscribe_sync(self, name: str, callback: Callable[[Any], None]) -> None:
         """A required subscriber called inline for every event (must be fast)."""
         self._sync.append((name, callback))
+        self._callbacks = tuple(cb for _name, cb in self._sync)
 
     def subscribe_required(self, name: str, capacity: int = 1024) -> trio.MemoryReceiveChannel[Any]:
         """A required asynchronous subscriber: a bounded channel the publisher awaits."""
         send, receive = trio.open_memory_channel[Any](capacity)
-        self._required.append((name, send))
+        self._required.append(_Required(name, send))
         return receive
 
     def subscribe_optional(self, name: str, capacity: int = 256) -> trio.MemoryReceiveChannel[Any]:
@@ -90,23 +108,64 @@ class Bus:
 
     # -- publishing ----------------------------------------------------------
 
+    def publish_nowait(self, event: Event) -> bool:
+        """Deliver `event` now; False when a required subscriber must be waited for.
+
+        Sync and optional subscribers always get it at once. A full required channel
+        keeps it in that subscriber's backlog (behind any earlier one, so the order
+        holds): the caller must `await flush()` before it publishes again.
+        """
+        self.published += 1
+        for callback in self._callbacks:
+            callback(event)
+        delivered = True
+        for sub in self._required:
+            if sub.backlog:
+                sub.backlog.append(event)
+                delivered = False
+                continue
+            try:
+                sub.send.send_nowait(event)
+            except trio.WouldBlock:
+                sub.backlog.append(event)
+                delivered = False
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.error("bus_required_subscriber_gone subscriber=%s", sub.name)
+                raise
+        if self._optional:
+            self._offer_optional(event)
+        return delivered
+
     async def publish(self, event: Event) -> None:
         """Deliver `event` to every subscriber; waits only for required ones."""
-        self.published += 1
-        for _name, callback in self._sync:
-            callback(event)
-        for name, send in self._required:
+        if not self.publish_nowait(event):
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every required subscriber has taken its backlog (back-pressure).
+
+        Several publishers may flush at once: each event is taken off the backlog before
+        its send, and trio queues blocked senders in order, so the order still holds.
+        """
+        for sub in self._required:
+            if not sub.backlog:
+                continue
+            started = self._clock()
             try:
-                send.send_nowait(event)
-            except trio.WouldBlock:
-                started = self._clock()
-                try:
-                    await send.send(event)
-                finally:
-                    self.backpressure_seconds += self._clock() - started
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.error("bus_required_subscriber_gone subscriber=%s", name)
-                raise
+                while sub.backlog:
+                    event = sub.backlog.popleft()
+                    try:
+                        await sub.send.send(event)
+                    except trio.Cancelled:
+                        sub.backlog.appendleft(event)  # not sent: the next flush sends it
+                        raise
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        log.error("bus_required_subscriber_gone subscriber=%s", sub.name)
+                        raise
+            finally:
+                self.backpressure_seconds += self._clock() - started
+
+    def _offer_optional(self, event: Event) -> None:
         gone: list[str] = []
         for name, send in self._optional.items():
             try:
@@ -121,8 +180,8 @@ class Bus:
 
     def close(self) -> None:
         """Close every channel: subscribers see end-of-stream."""
-        for _name, send in self._required:
-            send.close()
+        for sub in self._required:
+            sub.send.close()
         for send in self._optional.values():
             send.close()
         self._required.clear()

@@ -22,7 +22,9 @@ the one catch-all (an exception escaping a py-libp2p handler kills the host).
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -45,6 +47,19 @@ if TYPE_CHECKING:
 __all__ = ["InboundStream", "Ingest", "IngestCounters", "IngestSettings", "ReadableStream"]
 
 log = logging.getLogger(__name__)
+
+_ACCEPT = RateDecision.ACCEPT
+
+
+class _Verdict(enum.Enum):
+    """How a stream's read loop ended (what `_read_beats` does next, outside its deadline)."""
+
+    EOF = "eof"
+    GARBAGE = "garbage"
+    FLOODING = "flooding"
+    #: Not an end: a required bus subscriber is full and must be waited for.
+    BACKLOG = "backlog"
+
 
 #: How long closing or resetting a stream may take before we give up on it.
 CLOSE_TIMEOUT = 5.0
@@ -259,72 +274,96 @@ class Ingest:
     async def _read_beats(self, stream: ReadableStream, peer: str) -> None:
         settings = self.settings
         decoder = BeatDecoder(max_beat_size=settings.max_beat_size, max_buffer=settings.max_buffer)
-        # The deadline is for completing the next beat, not for the next byte:
-        # a slow drip cannot keep a stream alive.
-        deadline = self._clock() + self._beat_timeout(peer)
-        while True:
-            data = b""
-            with trio.move_on_at(deadline) as scope:
+        clock = self._clock
+        # The deadline is for completing the next beat, not for the next byte: a slow
+        # drip cannot keep a stream alive. One scope per stream, its deadline moved
+        # when beats complete (a scope per read costs more than the rest of the loop).
+        verdict = _Verdict.EOF
+        error: BeatDecodeError | None = None
+        with trio.CancelScope(deadline=clock() + self._beat_timeout(peer)) as scope:
+            while True:
                 data = await stream.read(READ_SIZE)  # b"" at the end, however it ended
-            if scope.cancelled_caught:
-                self._disconnected(peer, "read_timeout")
-                await self._reset(stream)
-                self._spawn(self._disconnect, peer)
-                return
-            eof = not data  # the decoder's finish() decodes or refuses what is left
-            error: BeatDecodeError | None = None
-            try:
-                items = decoder.finish() if eof else decoder.feed(data)
-            except BeatDecodeError as exc:
-                error = exc
-                items = exc.decoded  # what came before the fault still counts
-            if items:
-                if not await self._handle_items(items, peer, stream):
-                    return
-                deadline = self._clock() + self._beat_timeout(peer)
-            if error is not None:
-                reason = error.reason.value
-                self.counters.decode_errors[reason] += 1
-                if self._log_limiter.allow(peer, self._clock()):
-                    log.warning("stream_garbage peer=%s reason=%s err=%s", peer, reason, error)
-                await self._reset(stream)
-                return
-            if eof:  # close our side too, so the sender's last beats land
-                await self._close(stream)
-                return
+                eof = not data  # the decoder's finish() decodes or refuses what is left
+                try:
+                    items = decoder.finish() if eof else decoder.feed(data)
+                except BeatDecodeError as exc:
+                    error = exc
+                    items = exc.decoded  # what came before the fault still counts
+                if items:
+                    taken = self._take(items, peer)
+                    if taken is _Verdict.FLOODING:
+                        verdict = taken
+                        break
+                    if taken is _Verdict.BACKLOG:
+                        # A required subscriber is full: wait for it (back-pressure),
+                        # outside the read deadline.
+                        scope.deadline = math.inf
+                        await self.bus.flush()
+                    scope.deadline = clock() + self._beat_timeout(peer)
+                if error is not None:
+                    verdict = _Verdict.GARBAGE
+                    break
+                if eof:
+                    break
+        if scope.cancelled_caught:
+            self._disconnected(peer, "read_timeout")
+            await self._reset(stream)
+            self._spawn(self._disconnect, peer)
+        elif verdict is _Verdict.FLOODING:
+            self._disconnected(peer, "flooding")
+            await self._reset(stream)
+            self._spawn(self._disconnect, peer)
+        elif error is not None:
+            reason = error.reason.value
+            self.counters.decode_errors[reason] += 1
+            if self._log_limiter.allow(peer, clock()):
+                log.warning("stream_garbage peer=%s reason=%s err=%s", peer, reason, error)
+            await self._reset(stream)
+        else:  # EOF: close our side too, so the sender's last beats land
+            await self._close(stream)
 
-    async def _handle_items(
-        self, items: list[Beat | BeatRejected], peer: str, stream: ReadableStream
-    ) -> bool:
-        """Count, rate limit and publish; False when the peer was disconnected."""
+    def _take(self, items: list[Beat | BeatRejected], peer: str) -> _Verdict | None:
+        """Count, rate limit and publish one read's beats (synchronous: no await per beat).
+
+        FLOODING: the peer is to be cut; BACKLOG: a required subscriber is full, the
+        caller owes `await bus.flush()`; None: all delivered.
+        """
         counters = self.counters
-        for item in items:
-            counters.beats_received += 1
-            now = self._clock()
-            # Rejected beats take tokens too: flooding with junk is still flooding.
-            decision = self._limiter.check(peer, now)
-            if decision is not RateDecision.ACCEPT:
-                counters.beats_rate_limited += 1
-                if decision is RateDecision.DISCONNECT:
-                    self._disconnected(peer, "flooding")
-                    await self._reset(stream)
-                    self._spawn(self._disconnect, peer)
-                    return False
-                continue
-            if isinstance(item, BeatRejected):
-                counters.beats_rejected[item.reason.value] += 1
-                if self._log_limiter.allow(peer, now):
-                    log.warning(
-                        "beat_rejected peer=%s reason=%s detail=%s suppressed=%d",
-                        peer,
-                        item.reason.value,
-                        item.detail,
-                        self._log_limiter.take_suppressed(peer),
-                    )
-                continue
-            counters.beats_accepted += 1
-            await self.bus.publish(BeatAccepted(peer, item, self._wall()))
-        return True
+        limiter = self._limiter
+        publish = self.bus.publish_nowait
+        now = self._clock()
+        at = self._wall()
+        taken = accepted = limited = 0
+        outcome: _Verdict | None = None
+        try:
+            for item in items:
+                taken += 1
+                # Rejected beats take tokens too: flooding with junk is still flooding.
+                decision = limiter.check(peer, now)
+                if decision is not _ACCEPT:
+                    limited += 1
+                    if decision is RateDecision.DISCONNECT:
+                        return _Verdict.FLOODING
+                    continue
+                if isinstance(item, BeatRejected):
+                    counters.beats_rejected[item.reason.value] += 1
+                    if self._log_limiter.allow(peer, now):
+                        log.warning(
+                            "beat_rejected peer=%s reason=%s detail=%s suppressed=%d",
+                            peer,
+                            item.reason.value,
+                            item.detail,
+                            self._log_limiter.take_suppressed(peer),
+                        )
+                    continue
+                accepted += 1
+                if not publish(BeatAccepted(peer, item, at)):
+                    outcome = _Verdict.BACKLOG
+            return outcome
+        finally:  # counted once per read, not per beat
+            counters.beats_received += taken
+            counters.beats_accepted += accepted
+            counters.beats_rate_limited += limited
 
     # -- helpers -----------------------------------------------------------------
 

@@ -87,3 +87,47 @@ async def test_required_subscriber_gone_is_an_error() -> None:
     await receive.aclose()
     with pytest.raises(trio.BrokenResourceError):
         await bus.publish(PeerConnected("p", "1.2.3.4", 0.0))
+
+
+async def test_publish_nowait_keeps_a_backlog_in_order_and_flush_waits_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = Bus()
+    seen_sync: list[Any] = []
+    bus.subscribe_sync("fleet", seen_sync.append)
+    receive = bus.subscribe_required("store", capacity=1)
+    # The channel takes one; the rest wait in the bus, in order, and the caller is told.
+    assert [bus.publish_nowait(_event(i)) for i in range(4)] == [True, False, False, False]
+    assert seen_sync == [_event(i) for i in range(4)]  # inline subscribers never wait
+    seen: list[Any] = []
+
+    async def consumer() -> None:
+        async for event in receive:
+            seen.append(event)
+            await trio.sleep(1.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer)
+        # Two publishers owe the wait at once (two streams): nothing twice, nothing lost.
+        nursery.start_soon(bus.flush)
+        nursery.start_soon(bus.flush)
+        await trio.sleep(0.5)
+        assert bus.publish_nowait(_event(4)) is False  # behind the backlog, not past it
+        await bus.flush()
+        await trio.sleep(2.0)
+        bus.close()
+    assert seen == [_event(i) for i in range(5)]
+    assert bus.backpressure_seconds > 0
+    assert bus.published == 5
+
+
+async def test_a_cancelled_flush_keeps_its_event(autojump_clock: trio.testing.MockClock) -> None:
+    bus = Bus()
+    receive = bus.subscribe_required("store", capacity=1)
+    assert bus.publish_nowait(_event(0)) is True
+    assert bus.publish_nowait(_event(1)) is False
+    with trio.move_on_after(1.0):
+        await bus.flush()  # nobody reads: cancelled while sending
+    assert receive.receive_nowait() == _event(0)
+    await bus.flush()  # room now: the event the cancelled flush held is still sent
+    assert receive.receive_nowait() == _event(1)

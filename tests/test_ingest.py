@@ -317,3 +317,52 @@ async def test_cancellation_is_not_swallowed(autojump_clock: trio.testing.MockCl
     assert scope.cancelled_caught
     assert h.ingest.counters.handler_errors == 0
     assert isinstance(h.events[-1], PeerDisconnected)
+
+
+async def test_each_completed_beat_moves_the_read_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    h = Harness()
+    stream = FakeStream()
+    start = trio.current_time()
+
+    async def body() -> None:
+        for i in range(3):  # beats at 0, 20 and 40 s, then silence: cut at 70 s
+            stream.feed(encode_cbor(beat(i)))
+            await trio.sleep(20)
+        while not stream.reset_called:
+            await trio.sleep(0.5)
+
+    await _run(h, stream, body=body)
+    assert stream.reset_at is not None
+    assert stream.reset_at - start == pytest.approx(70.0)
+    assert h.ingest.counters.peers_disconnected == {"read_timeout": 1}
+    assert [b.height for b in h.beats()] == [0, 1, 2]
+
+
+async def test_waiting_on_a_full_subscriber_does_not_count_against_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    h = Harness()
+    slow = h.bus.subscribe_required("store", capacity=1)
+    stream = FakeStream()
+    start = trio.current_time()
+    taken: list[float] = []
+
+    async def body() -> None:
+        stream.feed(b"".join(encode_cbor(beat(i)) for i in range(3)))
+        await trio.sleep(45)  # the subscriber takes nothing for longer than the timeout
+        with trio.move_on_after(100):  # bounded: a cut stream would leave them unsent
+            for _ in range(4):  # PeerConnected and the three beats
+                await slow.receive()
+                taken.append(trio.current_time() - start)
+            while not stream.reset_called:
+                await trio.sleep(0.5)
+
+    await _run(h, stream, body=body)
+    assert taken == [45.0, 45.0, 45.0, 45.0]
+    assert stream.reset_at is not None
+    # Cut 30 s after the wait ended, not 30 s after the beats arrived.
+    assert stream.reset_at - start == pytest.approx(75.0)
+    assert h.ingest.counters.peers_disconnected == {"read_timeout": 1}
+    assert h.bus.backpressure_seconds == pytest.approx(45.0)
