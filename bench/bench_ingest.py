@@ -10,11 +10,18 @@ same `BeatDecoder` (bench/tcp_baseline.py) gives the ceiling, and the ratio is p
 each and sums their ingest: the upper bound of a two-worker (SO_REUSEPORT) design.
 
     .venv/bin/python -m bench.bench_ingest --agents 32 --duration 15 --repeat 3
+
+`--py-spy OUT` profiles the (first) aggregator over the first run's measurement window
+(`py-spy record --format raw`, 100 Hz, CPU samples only: collapsed stacks in OUT, e.g. for
+`bench/../flamegraph.pl` or a grep); py-spy comes from the venv or PATH.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,9 +92,13 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             cpu = sum(a.cpu_seconds() for a in aggs)
             return time.monotonic(), beats, cpu
 
+        spy = _start_py_spy(args, aggs[0].proc.pid) if args.py_spy else None
         t0, b0, c0 = sample()
         time.sleep(args.duration)
         t1, b1, c1 = sample()
+        if spy is not None:
+            spy.wait(timeout=60)
+            args.py_spy = None  # the first run only
         rss = [a.rss_kb() / 1024 for a in aggs]
         for lg in loadgens:
             lg.result(timeout=run_for + 60)
@@ -101,6 +112,16 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "cpu_cores": (c1 - c0) / (t1 - t0),
         "rss_mb": sum(rss),
     }
+
+
+def _start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).parent / "py-spy"
+    spy = str(exe) if exe.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
+    cmd += ["--duration", f"{args.duration:.0f}", "--nonblocking", "-o", args.py_spy]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="aggregator environment, e.g. PY_YAMUX_RELEASE_ON_READ=0",
+    )
+    p.add_argument(
+        "--py-spy",
+        metavar="OUT",
+        help="profile the aggregator over the first run's window into OUT (collapsed stacks)",
     )
     args = p.parse_args(argv)
     args.duration = min(args.duration, 300.0)
