@@ -9,9 +9,16 @@ Cases (each a stream of CBOR beats, fed to one decoder):
   scanner runs), duplicate keys and bad UTF-8 (refused by cbor2, rescanned: a reject), a
   4 KiB beat of 255 tiny pairs, a 4 KiB beat of one long text, and garbage (a fresh decoder
   per input, each refused at its first byte).
+- distinct frames: 1,000 beats that differ (loadgen: 1,000 nicknames; agent: HeadSeenAt),
+  one after another, so no frame equals the one before (the decoder's last-frame shortcut
+  never applies; the known heads, nicknames and miners do, as in a fleet on one head).
 `--no-fast-path` runs the same cases through the full scanner only (the decoder before the
 fast path); by default both are run and printed side by side. The validation alone
-(`to_beat` on an already decoded map) is printed as a reference line.
+(`to_beat` on an already decoded map) is printed as a reference line, and then the stages
+of one beat, each timed alone with `timeit` (wall µs per call, min of `--repeat` runs): the
+fast path's walk and `cbor2.loads`, `to_beat` on a fresh map with known values and with the
+full check, building the `Beat`, and one `feed` of a frame new to the decoder and of the
+same frame again.
 
     .venv/bin/python bench/bench_decoder.py [--repeat 5] [--beats 20000]
 """
@@ -24,6 +31,7 @@ import inspect
 import statistics
 import sys
 import time
+import timeit
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -33,7 +41,10 @@ import cbor2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from heartbeat.protocol import codec
+from heartbeat.protocol.beat import trusted_beat
 from heartbeat.protocol.codec import to_beat
+from heartbeat.protocol.fastpath import flat_map
 from heartbeat.protocol.wire import (
     Beat,
     BeatDecodeError,
@@ -52,7 +63,7 @@ def _decoder(fast: bool) -> BeatDecoder:
     return BeatDecoder()
 
 
-def _beats() -> dict[str, bytes]:
+def _beat_objects() -> tuple[Beat, Beat]:
     base = replace(
         head_for("healthy", 1_796_173_920.0),
         nickname="lg-healthy-12",
@@ -69,6 +80,20 @@ def _beats() -> dict[str, bytes]:
         head_seen_at=1_796_173_921_234,
         network_name="mainnet",
     )
+    return base, agent
+
+
+def _distinct(name: str, count: int = 1000) -> list[bytes]:
+    """`count` different frames of the `name` beat (loadgen: nicknames; agent: HeadSeenAt)."""
+    base, agent = _beat_objects()
+    if name == "loadgen":
+        return [encode_cbor(replace(base, nickname=f"lg-healthy-{i}")) for i in range(count)]
+    seen = agent.head_seen_at or 0
+    return [encode_cbor(replace(agent, head_seen_at=seen + i)) for i in range(count)]
+
+
+def _beats() -> dict[str, bytes]:
+    base, agent = _beat_objects()
     wire = cbor2.loads(encode_cbor(base))
     nested = cbor2.dumps({**wire, "Future": [1, 2]})
     dup = bytearray(encode_cbor(base))
@@ -98,6 +123,20 @@ def _stream_run(frame: bytes, count: int, chunk: int | None, fast: bool) -> Call
         pieces = [frame] * count
     else:
         pieces = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+
+    def run() -> int:
+        decoder = _decoder(fast)
+        feed = decoder.feed
+        n = 0
+        for piece in pieces:
+            n += len(feed(piece))
+        return n
+
+    return run
+
+
+def _distinct_run(frames: list[bytes], count: int, fast: bool) -> Callable[[], int]:
+    pieces = (frames * (count // len(frames) + 1))[:count]
 
     def run() -> int:
         decoder = _decoder(fast)
@@ -157,6 +196,9 @@ def _cases(beats: dict[str, bytes], n: int) -> list[tuple[str, Maker]]:
             frame = beats[name]
             make = partial(_stream_run, frame, count, chunk)
             cases.append((f"{name} ({len(frame)} B), {label}", make))
+    for name in ("loadgen", "agent"):
+        make = partial(_distinct_run, _distinct(name), n)
+        cases.append((f"{name}, distinct frames, one beat per feed", make))
     for name in ("nested last value", "duplicate key", "bad utf-8"):
         frame = beats[name]
         make = partial(_stream_run, frame, n, 4096)
@@ -178,6 +220,47 @@ def _validation_only(frame: bytes, n: int, repeat: int) -> float:
         return n
 
     return _time(run, repeat)[0]
+
+
+def _per_call(run: Callable[[], object], repeat: int, number: int = 20_000) -> float:
+    """Wall µs per call: the min over `repeat` timeit runs of `number` calls each."""
+    return min(timeit.repeat(run, number=number, repeat=repeat)) / number * 1e6
+
+
+def _stages(name: str, frame: bytes, repeat: int) -> list[tuple[str, float]]:
+    """One beat's decoding step by step (`_per_call` each); fresh maps (as cbor2 gives them,
+    their strings' hashes not yet computed) for the validation steps."""
+    frames = _distinct(name)
+    maps = iter([cbor2.loads(f) for f in frames] * 400)  # more than repeat × number calls
+    for obj in maps:  # the heads, nicknames and miners known, as in a running fleet
+        to_beat(obj, legacy=False)
+        break
+    for f in frames:
+        to_beat(cbor2.loads(f), legacy=False)
+    walked = _per_call(lambda: flat_map(frame, 0, 4096), repeat)
+    loads = _per_call(lambda: cbor2.loads(frame, allow_indefinite=False), repeat)
+    known = _per_call(lambda: to_beat(next(maps), legacy=False), repeat)
+    checked = _per_call(lambda: codec._checked_beat(next(maps), False), repeat)
+    beat = to_beat(cbor2.loads(frame), legacy=False)
+    assert isinstance(beat, Beat)
+    fields = [getattr(beat, f) for f in beat.__slots__]
+    init = _per_call(lambda: Beat(*fields), repeat)
+    trusted = _per_call(lambda: trusted_beat(*fields), repeat)
+    decoder = _decoder(True)
+    cycle = iter(frames * 400)
+    new = _per_call(lambda: decoder.feed(next(cycle)), repeat)
+    decoder.feed(frame)
+    again = _per_call(lambda: decoder.feed(frame), repeat)
+    return [
+        ("fast path: header walk (walk + loads − loads)", walked - loads),
+        ("fast path: cbor2.loads", loads),
+        ("to_beat, known values (one pass)", known),
+        ("to_beat, full check (a new head, nickname or miner)", checked),
+        ("  of which: Beat(...) / trusted_beat(...)", init),
+        ("  trusted_beat(...)", trusted),
+        ("feed, a frame new to the decoder: all of the above", new),
+        ("feed, the same frame again (last-frame shortcut)", again),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
     print(f"reference: to_beat alone on a decoded loadgen map: {validation:.2f} µs")
+    for name in ("loadgen", "agent"):
+        frame = beats[name]
+        print(f"stages, {name} beat ({len(frame)} B), wall µs per call, min of {args.repeat}:")
+        for label, figure in _stages(name, frame, args.repeat):
+            print(f"  {label:55s} {figure:6.2f}")
     return 0
 
 

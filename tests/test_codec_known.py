@@ -5,8 +5,11 @@
   ``__init__`` (`beat.trusted_beat`); anything else takes the full check (`_checked_beat`).
   Property: for any map, warm or cold, `to_beat` equals `_checked_beat` (the same Beat, or the
   same reason and detail), and only values of accepted beats are remembered.
-- `BeatDecoder` gives a frame equal to the last one that gave a Beat that Beat again.
-  Property: streams that repeat frames, cut anywhere, decode as the full scanner decodes them.
+- `BeatDecoder` gives a frame equal to the last one that gave a Beat that Beat again, and does
+  not walk a frame that reads as the last one walked did (`fastpath.Layout`).
+  Properties: streams that repeat frames, or that vary a frame's bytes the walk does not read
+  (any of them: a value, a string's body, turned into bad UTF-8 or a repeated key), cut
+  anywhere, decode as the full scanner decodes them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hypothesis import strategies as st
 from heartbeat.protocol import codec
 from heartbeat.protocol.beat import Beat, BeatRejected, SourceState, trusted_beat
 from heartbeat.protocol.codec import encode_cbor, forget_known, to_beat
+from heartbeat.protocol.fastpath import Layout, _reads, flat_map
 from heartbeat.protocol.wire import BeatDecoder
 from tests.test_decoder_fastpath import frames, run
 from tests.test_wire import FULL, GOOD, MINERS, sent_beats
@@ -180,3 +184,52 @@ def test_a_repeated_frame_is_the_same_beat_again() -> None:
     assert len(changed) == len(frame)
     held[:] = changed  # the caller reuses its buffer: the decoder kept its own copy
     assert decoder.feed(bytes(held)) == [other]
+
+
+@st.composite
+def same_layout_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """Frames that differ from a first one only in bytes its walk does not read, and the
+    offsets where each begins (a feed per frame, as the ingest gets them)."""
+    base = draw(sent_beats.map(encode_cbor) | frames.filter(lambda f: flat_map(f, 0, 4096)))
+    walked = flat_map(base, 0, 4096)
+    free = sorted(set(range(len(base))) - set(_reads(base))) if walked else []
+    out = [base]
+    for _ in range(draw(st.integers(1, 5))):
+        frame = bytearray(base)
+        for _ in range(draw(st.integers(0, 3)) if free else 0):
+            frame[draw(st.sampled_from(free))] = draw(st.integers(0, 255))
+        out.append(bytes(frame))
+    starts = [sum(len(f) for f in out[:i]) for i in range(len(out))]
+    return b"".join(out), starts
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(same_layout_streams(), st.lists(st.integers(0, 1200), max_size=4), st.booleans())
+def test_frames_of_one_layout_decode_as_the_scanner_decodes_them(
+    stream: tuple[bytes, list[int]], extra: list[int], cold: bool
+) -> None:
+    if cold:
+        forget_known()
+    data, starts = stream
+    cuts = sorted({*starts[1:], *(c for c in extra if c <= len(data))})
+    assert run(data, cuts, 4096, True) == run(data, cuts, 4096, False)
+
+
+@settings(max_examples=300)
+@given(sent_beats.map(encode_cbor), st.data())
+def test_a_layout_stands_for_the_walk(frame: bytes, data: st.DataObject) -> None:
+    """Any bytes it does not read changed, the walk ends where it did; a byte it reads
+    changed, the layout no longer claims the frame."""
+    found = flat_map(frame, 0, 4096)
+    assert found is not None
+    layout = Layout(frame, len(found[0]), found[1])
+    reads = set(_reads(frame))
+    at = data.draw(st.integers(0, len(frame) - 1))
+    changed = bytearray(frame)
+    changed[at] = data.draw(st.integers(0, 255).filter(lambda b: b != frame[at]))
+    mine, walked = layout.flat_map(changed), flat_map(changed, 0, 4096)
+    if at in reads:
+        assert mine is None
+    else:
+        assert mine == walked  # both None when the change made bad UTF-8 or a repeated key
+        assert walked is None or walked[1] == len(frame)

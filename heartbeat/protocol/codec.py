@@ -21,6 +21,7 @@ from heartbeat.protocol.beat import (
     MAX_SOURCE_ERROR_LENGTH,
     MAX_VERSION_LENGTH,
     Beat,
+    BeatDecodeError,
     BeatRejected,
     RejectReason,
     SourceState,
@@ -35,6 +36,7 @@ __all__ = [
     "encode_cbor",
     "encode_json",
     "forget_known",
+    "json_line_beat",
     "reject",
     "to_beat",
 ]
@@ -355,3 +357,21 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 JSON_DECODER = json.JSONDecoder(object_pairs_hook=_json_pairs, parse_constant=_json_constant)
+
+
+def json_line_beat(line: bytes) -> Beat | BeatRejected:
+    """One legacy JSON line (no newline) as a `Beat` or a `BeatRejected`; a line that is
+    not JSON, or nested too deep, raises `BeatDecodeError` (`BeatDecoder` resets the stream)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return reject(RejectReason.BAD_UTF8, "json line")
+    try:
+        obj = JSON_DECODER.decode(text)
+    except JSONDuplicateKey:
+        return reject(RejectReason.DUPLICATE_KEY, "json object")
+    except RecursionError as exc:
+        raise BeatDecodeError(RejectReason.TOO_DEEP, "json nesting") from exc
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, huge integers
+        raise BeatDecodeError(RejectReason.MALFORMED_JSON, type(exc).__name__) from exc
+    return to_beat(obj, legacy=True)

@@ -35,8 +35,8 @@ from heartbeat.protocol.beat import (
     BeatRejected,
     RejectReason,
 )
-from heartbeat.protocol.codec import JSON_DECODER, JSONDuplicateKey, reject, to_beat
-from heartbeat.protocol.fastpath import flat_map
+from heartbeat.protocol.codec import json_line_beat, reject, to_beat
+from heartbeat.protocol.fastpath import Layout, flat_map
 
 __all__ = ["BeatDecoder"]
 
@@ -56,6 +56,7 @@ class BeatDecoder:
         "_invalid",
         "_last",
         "_last_beat",
+        "_layout",
         "_max_beat",
         "_max_buffer",
         "_outstanding",
@@ -93,6 +94,7 @@ class BeatDecoder:
         # same bytes until its head changes, and the same bytes decode to the same Beat
         self._last = b""
         self._last_beat: Beat | None = None
+        self._layout: Layout | None = None  # where the walk went in the last frame at 0
 
     @property
     def buffered(self) -> int:
@@ -149,7 +151,7 @@ class BeatDecoder:
         if self.encoding == "json":
             if buf.strip(b" \t\r"):
                 try:
-                    out.append(self._decode_json_line(bytes(buf)))
+                    out.append(json_line_beat(bytes(buf)))
                 except BeatDecodeError as exc:
                     cut = exc.reason is RejectReason.MALFORMED_JSON
                     reason = RejectReason.TRUNCATED if cut else exc.reason
@@ -185,26 +187,10 @@ class BeatDecoder:
             line = bytes(buf[start:newline])
             start = self._pos = newline + 1
             if line.strip(b" \t\r"):
-                out.append(self._decode_json_line(line))
+                out.append(json_line_beat(line))
         if start:
             del buf[:start]
             self._pos -= start
-
-    @staticmethod
-    def _decode_json_line(line: bytes) -> Beat | BeatRejected:
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            return reject(RejectReason.BAD_UTF8, "json line")
-        try:
-            obj = JSON_DECODER.decode(text)
-        except JSONDuplicateKey:
-            return reject(RejectReason.DUPLICATE_KEY, "json object")
-        except RecursionError as exc:
-            raise BeatDecodeError(RejectReason.TOO_DEEP, "json nesting") from exc
-        except ValueError as exc:  # JSONDecodeError, NaN/Infinity, huge integers
-            raise BeatDecodeError(RejectReason.MALFORMED_JSON, type(exc).__name__) from exc
-        return to_beat(obj, legacy=True)
 
     # -- CBOR sequence ---------------------------------------------------------------------
 
@@ -253,7 +239,8 @@ class BeatDecoder:
         """Decode the flat frames at the start of `data` (fast path only); bytes used.
 
         A frame equal to the last one that gave a Beat is that Beat again (the walk reads
-        only the frame's own bytes, so the same bytes give the same end and the same map)."""
+        only the frame's own bytes, so the same bytes give the same end and the same map);
+        a frame at offset 0 that reads as the last one did (`Layout`) is not walked again."""
         start = 0
         end = len(data)
         max_beat = self._max_beat
@@ -264,9 +251,14 @@ class BeatDecoder:
                 out.append(self._last_beat)  # type: ignore[arg-type]
                 start += len(last)
                 continue
-            found = flat_map(data, start, max_beat)
+            layout = self._layout if start == 0 else None
+            found = None if layout is None else layout.flat_map(data)
             if found is None:
-                break
+                found = flat_map(data, start, max_beat)
+                if found is None:
+                    break
+                if start == 0:
+                    self._layout = Layout(data, len(found[0]), found[1])
             obj, stop = found
             beat = to_beat(obj, legacy=False)
             if type(beat) is Beat:

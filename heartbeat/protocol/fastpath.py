@@ -19,11 +19,12 @@ it buffers nothing and costs at most one header walk per frame. Pure: no I/O, no
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 import cbor2
 
-__all__ = ["flat_map"]
+__all__ = ["Layout", "flat_map"]
 
 # Size of an item from its initial byte: 1..24 the whole item (header and body), _LEN1 / _LEN2
 # a string whose length follows in 1 / 2 bytes, 0 not in the fast path.
@@ -95,11 +96,67 @@ def flat_map(
         return None
     if pos > len(buf) or pos - start > max_size:
         return None
+    return _decode(buf, start, pairs, pos)
+
+
+def _decode(
+    buf: bytes | bytearray, start: int, pairs: int, end: int
+) -> tuple[dict[Any, Any], int] | None:
+    """The walked frame ``buf[start:end]`` decoded; None when cbor2 refuses it or a key
+    repeats (the scanner then says why)."""
     try:
-        frame = buf if start == 0 and pos == len(buf) else buf[start:pos]
+        frame = buf if start == 0 and end == len(buf) else buf[start:end]
         obj = cbor2.loads(frame, allow_indefinite=False)  # the walk let none through anyway
     except cbor2.CBORDecodeError:  # bad UTF-8: the scanner finds it and says so
         return None
     if len(obj) != pairs:  # a repeated key: the scanner rejects it
         return None
-    return obj, pos
+    return obj, end
+
+
+def _reads(buf: bytes | bytearray) -> list[int]:
+    """The offsets of every byte `flat_map` reads in the frame at ``buf[0:]``, one it took:
+    the map's header, each key's and value's initial byte, and the length bytes of strings
+    whose length follows the initial byte. Nothing else decides where it goes next."""
+    initial = buf[0]
+    reads, pos = ([0], 1) if initial != 0xB8 else ([0, 1], 2)
+    pairs = initial - 0xA0 if initial != 0xB8 else buf[1]
+    for table in (_KEY_SIZE, _VALUE_SIZE) * pairs:
+        size = table[buf[pos]]
+        reads.append(pos)
+        if size < _LEN1:
+            pos += size
+        elif size == _LEN1:
+            reads.append(pos + 1)
+            pos += 2 + buf[pos + 1]
+        else:
+            reads += (pos + 1, pos + 2)
+            pos += 3 + (buf[pos + 1] << 8 | buf[pos + 2])
+    return reads
+
+
+class Layout:
+    """Where `flat_map` went in one frame it took: the bytes it read, at their offsets.
+
+    A stream's next beat mostly differs from its last in values only (a new head of the
+    same length, a new height of the same width): the same bytes at the same offsets. The
+    walk reads nothing else, so it would go the same way and end at the same offset; one
+    C-level gather (`operator.itemgetter`) and compare stands for it. Pure.
+    """
+
+    __slots__ = ("_end", "_expected", "_pairs", "_read")
+
+    def __init__(self, frame: bytes | bytearray, pairs: int, end: int) -> None:
+        """``frame[:end]``: a frame `flat_map` took whole at offset 0, of ``pairs`` pairs."""
+        offsets = _reads(frame)
+        self._read = itemgetter(*offsets)
+        self._expected = self._read(frame)  # read now: `frame` is not kept
+        self._pairs = pairs
+        self._end = end
+
+    def flat_map(self, buf: bytes | bytearray) -> tuple[dict[Any, Any], int] | None:
+        """``flat_map(buf, 0, max_size)`` (the limit the layout's frame was taken under)
+        when the frame at ``buf[0:]`` reads as this layout's; None to ask `flat_map`."""
+        if len(buf) < self._end or self._read(buf) != self._expected:
+            return None
+        return _decode(buf, 0, self._pairs, self._end)
