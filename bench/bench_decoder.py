@@ -16,9 +16,9 @@ Cases (each a stream of CBOR beats, fed to one decoder):
 fast path); by default both are run and printed side by side. The validation alone
 (`to_beat` on an already decoded map) is printed as a reference line, and then the stages
 of one beat, each timed alone with `timeit` (wall µs per call, min of `--repeat` runs): the
-fast path's walk and `cbor2.loads`, `to_beat` on a fresh map with known values and with the
-full check, building the `Beat`, and one `feed` of a frame new to the decoder and of the
-same frame again.
+fast path's walk (or the layout compare that stands for it) and `cbor2.loads`, `to_beat` on
+a fresh map with known values and with the full check, building the `Beat`, and one `feed`
+of a frame new to the decoder and of the same frame again.
 
     .venv/bin/python bench/bench_decoder.py [--repeat 5] [--beats 20000]
 """
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from heartbeat.protocol import codec
 from heartbeat.protocol.beat import trusted_beat
 from heartbeat.protocol.codec import to_beat
-from heartbeat.protocol.fastpath import flat_map
+from heartbeat.protocol.fastpath import Layout, flat_map
 from heartbeat.protocol.wire import (
     Beat,
     BeatDecodeError,
@@ -238,6 +238,10 @@ def _stages(name: str, frame: bytes, repeat: int) -> list[tuple[str, float]]:
     for f in frames:
         to_beat(cbor2.loads(f), legacy=False)
     walked = _per_call(lambda: flat_map(frame, 0, 4096), repeat)
+    found = flat_map(frame, 0, 4096)
+    assert found is not None
+    layout = Layout(frame, len(found[0]), found[1])
+    laid = _per_call(lambda: layout.flat_map(frame), repeat)
     loads = _per_call(lambda: cbor2.loads(frame, allow_indefinite=False), repeat)
     known = _per_call(lambda: to_beat(next(maps), legacy=False), repeat)
     checked = _per_call(lambda: codec._checked_beat(next(maps), False), repeat)
@@ -253,11 +257,12 @@ def _stages(name: str, frame: bytes, repeat: int) -> list[tuple[str, float]]:
     again = _per_call(lambda: decoder.feed(frame), repeat)
     return [
         ("fast path: header walk (walk + loads − loads)", walked - loads),
+        ("fast path: same layout, no walk (layout + loads − loads)", laid - loads),
         ("fast path: cbor2.loads", loads),
         ("to_beat, known values (one pass)", known),
         ("to_beat, full check (a new head, nickname or miner)", checked),
-        ("  of which: Beat(...) / trusted_beat(...)", init),
-        ("  trusted_beat(...)", trusted),
+        ("  of which: building it, Beat(...) (the frozen init)", init),
+        ("  building it, trusted_beat(...) (as to_beat does)", trusted),
         ("feed, a frame new to the decoder: all of the above", new),
         ("feed, the same frame again (last-frame shortcut)", again),
     ]

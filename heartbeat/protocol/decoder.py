@@ -213,7 +213,7 @@ class BeatDecoder:
                 found = flat_map(buf, start, max_beat)
                 if found is not None:
                     obj, end = found
-                    beat = to_beat(obj, legacy=False)
+                    beat = to_beat(obj, False)
                     if type(beat) is Beat:
                         self._last = bytes(buf[start:end])
                         self._last_beat = beat
@@ -260,7 +260,7 @@ class BeatDecoder:
                 if start == 0:
                     self._layout = Layout(data, len(found[0]), found[1])
             obj, stop = found
-            beat = to_beat(obj, legacy=False)
+            beat = to_beat(obj, False)
             if type(beat) is Beat:
                 whole = same is not None and stop - start == end  # immutable, all of it
                 last = self._last = data if whole else bytes(data[start:stop])
