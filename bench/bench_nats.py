@@ -3,7 +3,8 @@
 1. Publish: one message at a time (the round trip: latency p50/p99) and pipelined windows
    of 256 as the exporter sends them (messages/s), replicas 3.
 2. The export path in process: `BeatAccepted` events on a bus at `--rate` for `--duration`
-   through the exporter (encode, spool in SQLite, publish): this process's CPU per beat
+   through the exporter (encode, publish: from memory while the spool is empty, through
+   SQLite while NATS does not acknowledge): this process's CPU per beat
    (threads included) and the added latency per beat, from the beat's acceptance to its
    store time on the stream (p50/p99/max); then `--outage` seconds with every NATS server
    killed while beats keep coming: the spool's peak, the drain time once NATS is back, and
@@ -14,6 +15,7 @@
    and the leader lease: the ratio is the whole scale-out's cost, not the export's alone.
 
     .venv/bin/python -m bench.bench_nats --rate 2000 --duration 10 --outage 30
+    .venv/bin/python -m bench.bench_nats --aggregator-only --repeat 3   # part 3 alone
 """
 
 from __future__ import annotations
@@ -205,41 +207,49 @@ def bench_aggregator(cluster: NatsCluster | None, tmp: Path, args: argparse.Name
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-nats-") as name:
         tmp = Path(name)
-        async with nats_cluster(tmp / "nats") as cluster:
-            async with open_bridge(NatsSettings(urls=tuple(cluster.urls))) as bridge:
-                await bridge.ensure_stream()
-                pub = await bench_publish(bridge, args.single, args.window)
-                (
-                    print_table(
-                        ["publish (R3)", "value"],
-                        [
-                            ["single round trip p50 (ms)", f"{pub['rtt_p50_ms']:.2f}"],
-                            ["single round trip p99 (ms)", f"{pub['rtt_p99_ms']:.2f}"],
-                            ["pipelined 256/window (msgs/s)", f"{pub['window_msgs_per_s']:.0f}"],
-                        ],
-                    )
-                )
-                args.baseline = await feed_baseline(args)
-                exp = await bench_export(cluster, bridge, tmp, args)
-            print_table(["export path", "value"], [[k, f"{v:.2f}"] for k, v in exp.items()])
+        if not args.aggregator_only:
+            await run_export_parts(tmp, args)
         if args.agents > 0:
-            without, with_nats = [], []
-            for r in range(args.repeat):
-                without.append(bench_aggregator(None, tmp / f"plain{r}", args))
-                async with nats_cluster(tmp / f"nats-agg{r}") as cluster:
-                    with_nats.append(
-                        await trio.to_thread.run_sync(
-                            bench_aggregator, cluster, tmp / f"nats{r}", args
-                        )
-                    )
-            a, b = statistics.median(without), statistics.median(with_nats)
-            rows = [
-                ["without --nats-url (µs/beat)", f"{a:.1f}", " ".join(f"{x:.1f}" for x in without)],
-                ["with --nats-url (µs/beat)", f"{b:.1f}", " ".join(f"{x:.1f}" for x in with_nats)],
-                ["ratio", f"{b / a:.2f}", "target <= 1.20"],
-            ]
-            print_table(["aggregator CPU", "median", "runs"], rows)
+            await run_aggregator_part(tmp, args)
     print(machine_note())
+
+
+async def run_export_parts(tmp: Path, args: argparse.Namespace) -> None:
+    async with nats_cluster(tmp / "nats") as cluster:
+        async with open_bridge(NatsSettings(urls=tuple(cluster.urls))) as bridge:
+            await bridge.ensure_stream()
+            pub = await bench_publish(bridge, args.single, args.window)
+            (
+                print_table(
+                    ["publish (R3)", "value"],
+                    [
+                        ["single round trip p50 (ms)", f"{pub['rtt_p50_ms']:.2f}"],
+                        ["single round trip p99 (ms)", f"{pub['rtt_p99_ms']:.2f}"],
+                        ["pipelined 256/window (msgs/s)", f"{pub['window_msgs_per_s']:.0f}"],
+                    ],
+                )
+            )
+            args.baseline = await feed_baseline(args)
+            exp = await bench_export(cluster, bridge, tmp, args)
+        print_table(["export path", "value"], [[k, f"{v:.2f}"] for k, v in exp.items()])
+
+
+async def run_aggregator_part(tmp: Path, args: argparse.Namespace) -> None:
+    """Without and with --nats-url, interleaved, same agents and rate; medians and ratio."""
+    without, with_nats = [], []
+    for r in range(args.repeat):
+        without.append(bench_aggregator(None, tmp / f"plain{r}", args))
+        async with nats_cluster(tmp / f"nats-agg{r}") as cluster:
+            with_nats.append(
+                await trio.to_thread.run_sync(bench_aggregator, cluster, tmp / f"nats{r}", args)
+            )
+    a, b = statistics.median(without), statistics.median(with_nats)
+    rows = [
+        ["without --nats-url (µs/beat)", f"{a:.1f}", " ".join(f"{x:.1f}" for x in without)],
+        ["with --nats-url (µs/beat)", f"{b:.1f}", " ".join(f"{x:.1f}" for x in with_nats)],
+        ["ratio", f"{b / a:.2f}", "target <= 1.20"],
+    ]
+    print_table(["aggregator CPU", "median", "runs"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agg-warmup", type=float, default=8.0)
     p.add_argument("--agg-duration", type=float, default=15.0)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--aggregator-only", action="store_true", help="only part 3 (CPU per beat, the ratio)"
+    )
     args = p.parse_args(argv)
     args.duration = min(args.duration, 120.0)
     args.outage = min(args.outage, 120.0)

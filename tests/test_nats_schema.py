@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cbor2
 import pytest
 
+from aggregator.networks import network_key
 from aggregator.scaleout import schema
+from aggregator.scaleout.natsconf import pub_ack
 from aggregator.scaleout.schema import StreamBeat, StreamDecodeError, StreamEvent
 from heartbeat.protocol.beat import Beat, SourceState
 
@@ -75,3 +79,33 @@ def test_subjects_and_ids() -> None:
     assert schema.event_msg_id("transition", "p", 2.0) == "transition:p:2000"
     with pytest.raises(ValueError, match="reserved"):
         schema.encode_event("o", "transition", 1.0, {"at": 3})
+
+
+@pytest.mark.parametrize("at", [1_700_000_002.5, 1.0, 1_735_000_002.123456, 0.1])
+def test_the_exports_beat_encoder_writes_what_encode_beat_writes(at: float) -> None:
+    encoder = schema.BeatEncoder("agg-a/12D3KooWA")
+    unknown = replace(BEAT, genesis_cid=None)
+    for beat in (BEAT, BEAT, unknown, BEAT):  # cached, then a peer whose network changes
+        subject, data = encoder.subject_and_payload(network_key, "12D3KooWP", at, beat)
+        assert data == schema.encode_beat("agg-a/12D3KooWA", "12D3KooWP", at, beat)
+        assert subject == schema.beat_subject(network_key(beat.genesis_cid), "12D3KooWP")
+    assert schema.decode(data) == StreamBeat("agg-a/12D3KooWA", "12D3KooWP", at, BEAT)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"stream":"S","seq":5}', True),
+        (b'{"stream":"S","seq":5,"duplicate":true}', False),
+        (b'{"stream": "S", "seq": 5, "duplicate": true}', False),  # parsed as JSON
+        (b'{"error":{"code":503,"description":"no responders"}}', None),
+        (b'{"stream":"S","seq":5,"error":{"code":10060}}', None),
+        (b'{"stream":"S"}', None),
+        (b"", None),
+        (b"not json", None),
+    ],
+)
+def test_a_publish_ack_is_read_stored_duplicate_or_not_stored(
+    body: bytes, expected: bool | None
+) -> None:
+    assert pub_ack(body) is expected

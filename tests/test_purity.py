@@ -82,6 +82,7 @@ PURE_MODULES = [
     "aggregator.statuspage.live",
     "aggregator.scaleout.schema",
     "aggregator.scaleout.merge",
+    "aggregator.scaleout.events",
     "aggregator.scaleout.lease",
 ]
 FORBIDDEN = ("trio", "libp2p", "prometheus_client", "httpx", "sqlite3")

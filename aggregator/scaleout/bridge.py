@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import inspect
+import json
 import logging
 import ssl
 from collections.abc import (
@@ -78,6 +80,9 @@ _NATS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_CONNECT_PARAMS = frozenset(inspect.signature(Client.connect).parameters)
+
+
 def _server(nc: Client | None) -> str:
     url = nc.connected_url if nc is not None else None
     return url.netloc if url is not None else "?"
@@ -137,6 +142,10 @@ class NatsBridge:
             "reconnected_cb": self._on_reconnected,
             "name": "fil-heartbeat-aggregator",
         }
+        if "skip_subject_validation" in _CONNECT_PARAMS:
+            # every subject we publish is built from sanitized tokens (schema.subject_token):
+            # no per-message check (nats-py 2.11+)
+            options["skip_subject_validation"] = True
         if s.user is not None:
             options["user"] = s.user
             options["password"] = s.password or ""
@@ -322,6 +331,8 @@ class NatsBridge:
         batch: int = 256,
         acks: bool = True,
         last_per_subject: bool = False,
+        skip_id_prefix: str | None = None,
+        on_skipped: Callable[[int, float], None] | None = None,
     ) -> AsyncGenerator[tuple[StreamMsg, Callable[[], Awaitable[None]]], None]:
         """Messages on `subjects` from a pull consumer, each with its ack.
 
@@ -335,6 +346,9 @@ class NatsBridge:
         acknowledgements at all (AckPolicy NONE), each `ack` a no-op. `last_per_subject`
         (instead of `deliver_since`): the newest message of each subject first, then every
         new one (a restarted aggregator's catch-up: one beat per node, not the window's all).
+        `skip_id_prefix` (with `acks=False`): messages whose `Nats-Msg-Id` starts with it are
+        dropped before anything else is read of them (an aggregator's own beats); after each
+        fetch that dropped some, `on_skipped(count, store time of the last)`.
         """
         js = await self._jetstream()
         s = self.settings
@@ -370,6 +384,8 @@ class NatsBridge:
                     if isinstance(exc.__cause__, nats.errors.TimeoutError | asyncio.TimeoutError):
                         continue  # nothing new within the fetch's wait
                     raise
+                if skip_id_prefix is not None and not acks:
+                    msgs = _drop_own(msgs, skip_id_prefix, on_skipped)
                 for msg in msgs:
                     ack = self._acker(msg) if acks else _no_ack
                     if not wanted(msg.subject):
@@ -384,6 +400,62 @@ class NatsBridge:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await self._aio("unsubscribe", sub.unsubscribe)
+                    except NatsUnavailable as exc:
+                        log.debug("nats_unsubscribe_failed error=%s", exc.reason)
+
+    async def poll(
+        self,
+        subjects: list[str],
+        *,
+        deliver_since: float | None,
+        last_per_subject: bool = False,
+        batch: int = 1024,
+        interval: float = 0.25,
+        skip_id_prefix: str | None = None,
+        on_skipped: Callable[[int, float], None] | None = None,
+    ) -> AsyncGenerator[list[StreamMsg], None]:
+        """Batches of messages on `subjects` from an ephemeral consumer without acks, read by
+        polling: every `interval` one request for what is stored (`no_wait`), at once again
+        while a request returns a full batch. One wakeup per burst, not one per message as a
+        waiting pull (nats-py's `fetch`) has: the merged fleet's reader. `deliver_since`,
+        `last_per_subject`, `skip_id_prefix` and `on_skipped` as for `consume`."""
+        js = await self._jetstream()
+        nc = self._nc
+        assert nc is not None
+        s = self.settings
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=EPHEMERAL_IDLE,
+            filter_subject=subjects[0] if len(subjects) == 1 else STREAM_SUBJECTS,
+        )
+        if last_per_subject:
+            config.deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
+        elif deliver_since is not None:
+            config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.datetime.fromtimestamp(deliver_since, tz=datetime.UTC)
+        info = await self._aio("add_consumer", lambda: js.add_consumer(s.stream, config))
+        puller = _Puller(nc, f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{info.name}", batch)
+        await self._aio("subscribe", puller.start)
+        wanted = subject_matcher(subjects)
+        try:
+            while True:
+                msgs = await self._aio("fetch", puller.pull)
+                full = len(msgs) >= batch
+                if skip_id_prefix is not None:
+                    msgs = _drop_own(msgs, skip_id_prefix, on_skipped)
+                out = [_stream_msg(m) for m in msgs if wanted(m.subject)]
+                if out:
+                    yield out
+                if not full:
+                    await trio.sleep(interval)
+        finally:
+            if not self._loop.is_closed():
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await self._aio("unsubscribe", puller.stop)
+                        await self._aio(
+                            "delete_consumer", lambda: js.delete_consumer(s.stream, info.name)
+                        )
                     except NatsUnavailable as exc:
                         log.debug("nats_unsubscribe_failed error=%s", exc.reason)
 
@@ -497,6 +569,88 @@ class _AckWindow:
             self.missing -= 1
             if self.missing == 0:
                 self.complete.set()
+
+
+class _Puller:
+    """One ephemeral consumer's no-wait pull requests, on a callback subscription (asyncio
+    side): the messages of a request are collected by the callback, no task per message."""
+
+    #: A request answered by nothing for this long: the consumer is gone (re-created above).
+    TIMEOUT = 2.0
+
+    def __init__(self, nc: Client, next_subject: str, batch: int) -> None:
+        self.nc = nc
+        self.next_subject = next_subject
+        self.batch = batch
+        self.request = json.dumps({"batch": batch, "no_wait": True}).encode()
+        self.inbox = nc.new_inbox()
+        self.sub: Any = None
+        self.msgs: list[Msg] = []
+        self.token = ""
+        self.seq = 0
+        self.count = 0
+        self.done: asyncio.Event | None = None
+        self.error: str | None = None
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(
+            self.inbox + ".*", cb=self._on_msg, pending_msgs_limit=-1
+        )
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
+        current = msg.subject == self.token
+        if status is None:
+            self.msgs.append(msg)  # a late one of an earlier request still counts
+            if current:
+                self.count += 1
+                if self.count >= self.batch and self.done is not None:
+                    self.done.set()
+        elif current and self.done is not None:
+            # 404 no messages, 408 the request ended: this request is over; others: an error
+            if status not in ("404", "408"):
+                self.error = f"status {status} {headers.get('Description', '') if headers else ''}"
+            self.done.set()
+
+    async def pull(self) -> list[Msg]:
+        """One request: what the consumer has now, up to `batch` messages."""
+        self.seq += 1
+        self.token = f"{self.inbox}.{self.seq}"
+        self.count, self.error = 0, None
+        done = self.done = asyncio.Event()
+        await self.nc.publish(self.next_subject, self.request, reply=self.token)
+        try:
+            await asyncio.wait_for(done.wait(), self.TIMEOUT)
+        except TimeoutError:
+            self.error = "no answer to a pull request"
+        msgs, self.msgs = self.msgs, []
+        if self.error is not None and not msgs:
+            raise nats.errors.Error(self.error)
+        return msgs
+
+
+def _drop_own(
+    msgs: list[Msg], prefix: str, on_skipped: Callable[[int, float], None] | None
+) -> list[Msg]:
+    """`msgs` without those whose msg id starts with `prefix` (one header lookup each)."""
+    kept: list[Msg] = []
+    last: Msg | None = None
+    for msg in msgs:
+        headers = msg.headers
+        msg_id = headers.get("Nats-Msg-Id") if headers else None
+        if msg_id is not None and msg_id.startswith(prefix):
+            last = msg
+        else:
+            kept.append(msg)
+    if last is not None and on_skipped is not None:
+        meta = last.metadata  # one reply subject parsed per fetch, not one per message
+        on_skipped(len(msgs) - len(kept), meta.timestamp.timestamp() if meta.timestamp else 0.0)
+    return kept
 
 
 def _stream_msg(msg: Msg) -> StreamMsg:

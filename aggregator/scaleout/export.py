@@ -7,25 +7,30 @@
   transitions and the alerter's firing / resolved transitions arrive through
   `on_node_transitions` / `on_alert_transitions`, plain calls, into the same batch. Ingest
   never waits because NATS is slow or down.
-- Spool: every `flush_interval` the batch is appended to the spool (a state-db table,
-  aggregator/scaleout/spool.py, in a worker thread). What a SIGKILL loses is that last
-  interval; a clean stop spools it first.
-- Publisher: reads the spool oldest first, publishes a window of messages with their
-  `Nats-Msg-Id` (pipelined on one connection, so in order), and deletes what NATS
-  acknowledged. A failure keeps the rest in the spool and retries with backoff (0.2 s
-  doubling to 10 s); a re-send of something NATS did store is dropped by the server's
-  duplicate window. Beyond `nats_spool_max` messages the oldest are dropped and counted.
+- Every `flush_interval` the batch moves on. While the spool is empty and NATS acknowledges
+  (`_direct_ok`), it goes from memory straight to the publisher: no SQLite write in the
+  steady state. Otherwise it is appended to the spool (a state-db table,
+  aggregator/scaleout/spool.py, in a worker thread).
+- Publisher: publishes a handed-over batch, or a window of the spool oldest first, with
+  their `Nats-Msg-Id` (pipelined on one connection, so in order). What NATS does not
+  acknowledge within `publish_timeout` is spooled, with every batch waiting behind it, and
+  the spool is drained (deleting what NATS acknowledged) until it is empty again. A failure
+  retries with backoff (0.2 s doubling to 10 s); a re-send of something NATS did store is
+  dropped by the server's duplicate window. Beyond `nats_spool_max` messages the oldest are
+  dropped and counted. What a SIGKILL loses: what was neither acknowledged nor spooled
+  (normally one interval and a round trip); a clean stop spools it.
+- Node transitions and alert events: aggregator/scaleout/events.py (the lease's leader
+  publishes the transitions).
 
 `stats()` feeds the `fil_heartbeat_nats_*` metrics (aggregator/self_metrics.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -37,6 +42,7 @@ from aggregator.errors import StoreError
 from aggregator.networks import network_key
 from aggregator.scaleout import schema
 from aggregator.scaleout.bridge import NatsBridge, NatsSettings, NatsUnavailable, open_bridge
+from aggregator.scaleout.events import FleetEvents, Row, alert_key
 from aggregator.scaleout.spool import Spool
 
 if TYPE_CHECKING:
@@ -51,10 +57,12 @@ log = logging.getLogger(__name__)
 #: The exporter's bus channel: it only encodes, so a few seconds of a large fleet suffice.
 EXPORT_CHANNEL_CAPACITY = 8192
 RETRY_MIN, RETRY_MAX = 0.2, 10.0
+#: Batches handed to the publisher from memory at most (then the spool takes the rest).
+DIRECT_BATCHES = 8
 #: Peers whose last beat's millisecond is remembered (to number beats of one millisecond).
 LAST_MS_PEERS = 100_000
 
-_Row = tuple[str, str, bytes, float]  # subject, msg id, payload, at
+_Row = Row
 
 
 async def run_bridge(
@@ -64,12 +72,6 @@ async def run_bridge(
     async with open_bridge(settings) as bridge:
         task_status.started(bridge)
         await trio.sleep_forever()
-
-
-def alert_key(labels: Mapping[str, str]) -> str:
-    """A stable short fingerprint of an alert's labels (its events' msg-id key)."""
-    text = "\x1f".join(f"{k}={labels[k]}" for k in sorted(labels))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -91,7 +93,7 @@ class Exporter:
         origin: str,
         *,
         spool_max: int = 100_000,
-        network_of: Callable[[str], str | None] = lambda _peer: None,
+        node_of: Callable[[str], tuple[str | None, float | None]] = lambda _peer: (None, None),
         flush_interval: float = 0.1,
         window: int = 256,
         publish_timeout: float = 2.0,
@@ -101,7 +103,6 @@ class Exporter:
         self.spool_factory = spool_factory
         self.origin = origin
         self.spool_max = spool_max
-        self.network_of = network_of
         self.flush_interval = flush_interval
         self.window = window
         self.publish_timeout = publish_timeout
@@ -110,9 +111,17 @@ class Exporter:
         self.stats_ = ExportStats()
         self._pending: deque[_Row] = deque()
         self._last_ms: dict[str, tuple[int, int]] = {}
+        self._encoder = schema.BeatEncoder(origin)
         self._spooled = trio.Event()
         self._spool_lock = trio.Lock()
         self.connected = False
+        #: Batches `flush` handed straight to the publisher (the spool was empty and NATS
+        #: acknowledging: `_direct_ok`), and the one being published.
+        self._direct: deque[list[_Row]] = deque()
+        self._inflight: list[_Row] = []
+        self._direct_ok = False
+        #: Node transitions and alert events (published by the lease's leader).
+        self.fleet_events = FleetEvents(origin, self._offer, node_of, wall_clock, spool_max)
 
     @classmethod
     def for_aggregator(
@@ -120,16 +129,18 @@ class Exporter:
     ) -> Exporter:
         """Subscribe to `bus` (required, inline) and spool into the state db."""
 
-        def network_of(peer: str) -> str | None:
+        def node_of(peer: str) -> tuple[str | None, float | None]:
             records = fleet.records([peer])
-            return network_key(records[0].genesis_cid) if records else None
+            if not records:
+                return None, None
+            return network_key(records[0].genesis_cid), records[0].last_beat
 
         exporter = cls(
             None,
             partial(Spool, config.state_db, config.nats_spool_max),
             f"{config.name}/{peer_id}",
             spool_max=config.nats_spool_max,
-            network_of=network_of,
+            node_of=node_of,
             **kwargs,
         )
         bus.subscribe_sync("nats_export", exporter.on_event)
@@ -152,61 +163,30 @@ class Exporter:
         self._last_ms[event.peer_id] = (ms, repeat)
         if len(self._last_ms) > LAST_MS_PEERS:
             self._last_ms.clear()  # only beats of one millisecond need telling apart
+        subject, payload = self._encoder.subject_and_payload(
+            network_key, event.peer_id, event.at, beat
+        )
         self._offer(
             (
-                schema.beat_subject(network_key(beat.genesis_cid), event.peer_id),
+                subject,
                 schema.beat_msg_id(self.origin, event.peer_id, event.at, repeat),
-                schema.encode_beat(self.origin, event.peer_id, event.at, beat),
+                payload,
                 event.at,
             )
         )
 
-    def offer_event(
-        self, kind: str, network: str | None, key: str, at: float, fields: Mapping[str, Any]
-    ) -> None:
-        self._offer(
-            (
-                schema.event_subject(network, kind),
-                schema.event_msg_id(kind, key, at),
-                schema.encode_event(self.origin, kind, at, fields),
-                at,
-            )
-        )
+    # -- fleet events (aggregator/scaleout/events.py) -----------------------------
 
     def on_node_transitions(self, transitions: Iterable[NodeTransition]) -> None:
-        """The history tracker's hook: each node state change as a `transition` event."""
-        for t in transitions:
-            self.offer_event(
-                "transition",
-                self.network_of(t.peer_id),
-                t.peer_id,
-                t.at,
-                {"peer_id": t.peer_id, "state": t.state, "error": t.error},
-            )
+        """The history tracker's hook (see `FleetEvents.node_transitions`)."""
+        self.fleet_events.node_transitions(transitions)
 
     def on_alert_transitions(self, transitions: Iterable[AlertTransition]) -> None:
-        """The alerter's hook: `alert_firing` / `alert_resolved` (re-sends are not events)."""
-        for tr in transitions:
-            kind = {"fired": "alert_firing", "resolved": "alert_resolved"}.get(str(tr.kind))
-            if kind is None:
-                continue
-            alert = tr.alert
-            at = alert.ends_at if kind == "alert_resolved" and alert.ends_at else alert.starts_at
-            self.offer_event(
-                kind,
-                alert.labels.get("network"),
-                alert_key(alert.labels),
-                at,
-                {
-                    "alertname": alert.alertname,
-                    "severity": alert.severity,
-                    "labels": dict(alert.labels),
-                    "annotations": dict(alert.annotations),
-                    "starts_at": alert.starts_at,
-                    "ends_at": alert.ends_at,
-                    "fingerprint": alert_key(alert.labels),
-                },
-            )
+        """The alerter's hook (see `FleetEvents.alert_transitions`)."""
+        self.fleet_events.alert_transitions(transitions)
+
+    async def follow_leader(self, leader: Any) -> None:
+        await self.fleet_events.follow_leader(leader)
 
     # -- the tasks ------------------------------------------------------------
 
@@ -228,7 +208,12 @@ class Exporter:
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await self.flush()  # a clean stop loses nothing: the next start drains it
+                # a clean stop loses nothing: what is in flight or waiting for the publisher
+                # and the batch go to the spool (the next start drains it; what NATS had
+                # stored already is dropped there as a duplicate)
+                waiting, self._inflight = self._inflight, []
+                await self._to_spool(waiting)
+                await self.flush(to_spool=True)
                 spool, self.spool = self.spool, None
                 if spool is not None:
                     await trio.to_thread.run_sync(spool.close)
@@ -250,13 +235,29 @@ class Exporter:
             await trio.sleep_until(deadline)
             await self.flush()
 
-    async def flush(self) -> None:
-        """Move the in-memory batch into the spool (a worker thread)."""
+    async def flush(self, *, to_spool: bool = False) -> None:
+        """Move the in-memory batch on: straight to the publisher while the spool is empty
+        and NATS acknowledges (no SQLite in the steady state), else into the spool."""
         if not self._pending or self.spool is None:
             return
         rows = list(self._pending)
         self._pending.clear()
+        if self._direct_ok and not to_spool and self.spool.depth == 0:
+            if len(self._direct) >= DIRECT_BATCHES:
+                # the publisher is behind (or waiting for acks that may not come): the batch
+                # waits here, so that whatever happens to those ahead, order is kept
+                self._pending.extendleft(reversed(rows))
+                return
+            self._direct.append(rows)
+            self._spooled.set()
+            return
+        await self._append(rows)
+
+    async def _append(self, rows: list[_Row]) -> None:
+        """Rows into the spool (a worker thread); on failure back into the batch."""
         spool = self.spool
+        if spool is None or not rows:
+            return
         async with self._spool_lock:
             try:
                 dropped = await trio.to_thread.run_sync(spool.append, rows)
@@ -269,12 +270,57 @@ class Exporter:
             log.warning("nats_spool_full dropped=%d max=%d", dropped, spool.max_items)
         self._spooled.set()
 
+    async def _to_spool(self, first: list[_Row]) -> None:
+        """Direct mode ends (NATS did not acknowledge): `first`, then every batch waiting for
+        the publisher, into the spool in order, ahead of anything newer."""
+        self._direct_ok = False
+        rows = list(first)
+        while self._direct:
+            rows.extend(self._direct.popleft())
+        self._inflight = rows
+        try:
+            await self._append(rows)
+        finally:
+            self._inflight = []
+
+    def _count(self, results: list[bool | None]) -> None:
+        self.stats_.published += sum(1 for r in results if r is True)
+        self.stats_.duplicates += sum(1 for r in results if r is False)
+
+    async def _publish_direct(self, bridge: NatsBridge) -> str | None:
+        """Publish the oldest batch handed over by `flush`; the reason when some of it
+        was not acknowledged (then it and the rest went to the spool)."""
+        rows = self._direct.popleft()
+        self._inflight = rows
+        reason: str | None = None
+        try:
+            items = [(r[0], r[2], r[1]) for r in rows]
+            results = await bridge.publish_many(items, timeout=self.publish_timeout)
+        except NatsUnavailable as exc:
+            results, reason = [None] * len(rows), exc.reason
+        self._count(results)
+        unacked = [row for row, r in zip(rows, results, strict=True) if r is None]
+        if not unacked:
+            self._inflight = []
+            return None
+        await self._to_spool(unacked)
+        return reason or f"{len(unacked)} of {len(rows)} not acknowledged"
+
     async def _publisher(self, bridge: NatsBridge) -> None:
         delay = RETRY_MIN
         stream_ready = False
         while True:
             spool = self.spool
             assert spool is not None
+            if self._direct:
+                reason = await self._publish_direct(bridge)
+                if reason is None:
+                    delay = RETRY_MIN
+                    continue
+                self._failed(reason, delay)
+                await trio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
             if spool.depth == 0:
                 self._spooled = trio.Event()
                 await self._spooled.wait()
@@ -293,8 +339,7 @@ class Exporter:
                 delay = min(RETRY_MAX, delay * 2)
                 continue
             done = [m.seq for m, r in zip(batch, results, strict=True) if r is not None]
-            self.stats_.published += sum(1 for r in results if r is True)
-            self.stats_.duplicates += sum(1 for r in results if r is False)
+            self._count(results)
             async with self._spool_lock:
                 await trio.to_thread.run_sync(spool.remove, done)
             if len(done) < len(batch):
@@ -305,6 +350,8 @@ class Exporter:
             if not self.connected:
                 log.info("nats_export_flowing spooled=%d", spool.depth)
             self.connected = True
+            # the spool is drained: the next batches go straight to NATS again
+            self._direct_ok = spool.depth == 0
             delay = RETRY_MIN
 
     def _failed(self, reason: str, delay: float) -> None:
@@ -319,9 +366,17 @@ class Exporter:
         """The values of the `fil_heartbeat_nats_*` metrics, read on the event loop."""
         spool = self.spool
         oldest = spool.oldest_at if spool is not None else None
-        if self._pending:
-            oldest = min(oldest, self._pending[0][3]) if oldest is not None else self._pending[0][3]
-        depth = (spool.depth if spool is not None else 0) + len(self._pending)
+        in_memory = len(self._pending) + len(self._inflight)
+        firsts = [self._pending[0][3]] if self._pending else []
+        if self._inflight:
+            firsts.append(self._inflight[0][3])
+        for rows in self._direct:
+            in_memory += len(rows)
+            if rows:
+                firsts.append(rows[0][3])
+        if firsts:
+            oldest = min(firsts) if oldest is None else min(oldest, *firsts)
+        depth = (spool.depth if spool is not None else 0) + in_memory
         s = self.stats_
         return {
             "spool_depth": float(depth),

@@ -312,8 +312,12 @@ class Leader:
 
 
 async def start_leader(agg: Any, nursery: trio.Nursery) -> Leader:
-    """The aggregator's wiring (aggregator/app.py, for the alerting service): the lease in
-    the bridge's lease bucket, the alert state in `<kv_bucket>_state`."""
+    """The aggregator's wiring (aggregator/scaleout/merge_consumer.py `start_merge`, then
+    the alerting service gets the same one): the lease in the bridge's lease bucket, the
+    alert state in `<kv_bucket>_state`; the export publishes node transitions while it leads."""
+    if agg.alert_leader is not None:
+        existing: Leader = agg.alert_leader
+        return existing
     settings = agg.nats.settings
     leader = Leader(
         agg.nats,
@@ -325,4 +329,6 @@ async def start_leader(agg: Any, nursery: trio.Nursery) -> Leader:
     if agg.ha_metrics is not None:
         agg.ha_metrics.leader = leader
     await nursery.start(leader.run)
+    if agg.nats_export is not None:
+        nursery.start_soon(agg.nats_export.follow_leader, leader)
     return leader

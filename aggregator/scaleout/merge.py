@@ -146,6 +146,13 @@ class RemoteMerger:
         self.origin = origin
         self.stats = MergeStats()
 
+    def skipped_own(self, count: int, at: float) -> None:
+        """`count` of this aggregator's own beats dropped before decoding, the last at `at`."""
+        stats = self.stats
+        stats.counts[MergeResult.OWN] += count
+        if at > stats.newest_at:
+            stats.newest_at = at
+
     def merge(self, origin: str, peer_id: str, beat: Beat, at: float) -> MergeResult:
         if origin == self.origin:
             result = MergeResult.OWN

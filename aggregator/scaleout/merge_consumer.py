@@ -2,7 +2,9 @@
 stream and merged into this aggregator's fleet (aggregator/scaleout/merge.py).
 
 `MergeConsumer(bridge, merger, catch_up=600).run(task_status=...)` reads
-`fil.heartbeat.*.beat.>` through an ephemeral consumer without acknowledgements. At start
+`fil.heartbeat.*.beat.>` through an ephemeral consumer without acknowledgements, polled
+every `POLL_INTERVAL` (what is stored since, in one burst; its own beats dropped unread by
+their msg id). At start
 (the catch-up) it asks for the newest beat of every subject (every node), then every new
 one: one message per node rather than the window's every beat; a newest beat older than
 `catch_up` seconds (wall clock) is skipped. When NATS fails it re-creates the consumer from
@@ -42,6 +44,9 @@ RESUME_OVERLAP = 5.0
 RETRY_PAUSE = 1.0
 #: Messages per pull request.
 FETCH_BATCH = 1024
+#: How often the consumer asks for what is new (seconds): a remote beat is merged at most
+#: this much later, and the reads come in bursts (one wakeup each), not one per beat.
+POLL_INTERVAL = 0.25
 
 
 class MergeConsumer:
@@ -128,17 +133,29 @@ class MergeConsumer:
         # No acknowledgements: an ephemeral reader that re-creates its consumer from the
         # newest beat it merged (duplicates dropped) needs none, and one round trip per beat
         # through the asyncio bridge capped the catch-up at ~2,000 beats/s.
-        stream = self.bridge.consume(
-            None,
+        stream = self.bridge.poll(
             BEAT_SUBJECTS,
             deliver_since=since,
             batch=FETCH_BATCH,
-            acks=False,
             last_per_subject=last_per_subject,
+            interval=POLL_INTERVAL,
+            # this aggregator's own beats (their msg ids start with its origin) are dropped
+            # in the bridge, before their metadata and payload are read
+            skip_id_prefix=self.merger.origin + ":",
+            on_skipped=lambda count, stored: self._on_skipped(count, stored, began),
         )
-        async with contextlib.aclosing(stream) as messages:
-            async for msg, _ack in messages:
-                self._on_message(msg, merge, began)
+        async with contextlib.aclosing(stream) as batches:
+            async for msgs in batches:
+                for msg in msgs:
+                    self._on_message(msg, merge, began)
+
+    def _on_skipped(self, count: int, stored: float, began: float) -> None:
+        """Own beats dropped unread: counted, and (their store time) the resume point and
+        the catch-up's progress."""
+        self._last_msg = trio.current_time()
+        self.merger.skipped_own(count, stored)
+        if stored >= self.started_at and not self.caught_up.is_set():
+            self._ready("live", began)
 
     def _on_message(self, msg: StreamMsg, merge: Callable[..., object], began: float) -> None:
         self._last_msg = trio.current_time()
@@ -175,5 +192,10 @@ async def start_merge(agg: Any, nursery: trio.Nursery) -> MergeConsumer:
     agg.ha_metrics = HaCollector(agg.config.name, agg.fleet, agg.wall_clock, agg.nats_merge)
     agg.metrics.registry.register(agg.ha_metrics)
     await nursery.start(agg.nats_merge.run)
+    # The lease runs with or without the alerter: its leader also publishes the fleet's node
+    # transitions (once on the stream across aggregators, docs/STREAM.md).
+    from aggregator.scaleout.leader import start_leader
+
+    await start_leader(agg, nursery)
     consumer: MergeConsumer = agg.nats_merge
     return consumer

@@ -145,6 +145,11 @@ def pub_ack(body: bytes | None) -> bool | None:
     """A JetStream publish ack's body: True stored, False duplicate, None not stored."""
     if not body:
         return None
+    if body.startswith(b'{"stream":') and b'"error"' not in body and b" " not in body:
+        # the server's compact `{"stream":"S","seq":N}` / `…,"duplicate":true}`: no JSON
+        # parse per ack (anything else is parsed below)
+        if b'"seq":' in body and body.endswith(b"}"):
+            return b'"duplicate":true' not in body
     try:
         ack = json.loads(body)
     except ValueError:

@@ -7,7 +7,8 @@ docs/STREAM.md is the reader's copy of this module: subjects, keys, an example, 
   Nats-Msg-Id `<origin>:<peer_id>:<at_ms>`.
 - Events: subject `fil.heartbeat.<network>.event.<kind>` (kind: transition, alert_firing,
   alert_resolved), payload `{"v": 1, "origin", "kind", "at", ...fields}`, Nats-Msg-Id
-  `<kind>:<key>:<at_ms>` where the key is the event's peer id (or the alert's fingerprint).
+  `<kind>:<fingerprint>:<at_ms>` for alerts, `transition:<peer_id>:<state>:<last beat ms>` for
+  node transitions (the same on every aggregator).
 
 A beat's embedded map is the agent's own CBOR encoding (`encode_cbor`), spliced in as is:
 readers decode it with the protocol's validation, and the export costs one encode per beat.
@@ -18,7 +19,8 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Mapping
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "MAX_PAYLOAD",
     "SCHEMA_VERSION",
     "SUBJECT_PREFIX",
+    "BeatEncoder",
     "StreamBeat",
     "StreamDecodeError",
     "StreamEvent",
@@ -46,6 +49,7 @@ __all__ = [
     "event_subject",
     "subject_token",
     "to_json",
+    "transition_msg_id",
 ]
 
 SCHEMA_VERSION = 1
@@ -115,6 +119,13 @@ def event_msg_id(kind: str, key: str, at: float) -> str:
     return f"{kind}:{key}:{_ms(at)}"
 
 
+def transition_msg_id(peer_id: str, state: str, basis: float) -> str:
+    """`transition:<peer_id>:<state>:<basis_ms>`, `basis` being the node's last beat's `at`
+    when the state changed: every aggregator of the merged fleet computes the same id for
+    the same change (the beat's `at` travels in the stream), so the server stores it once."""
+    return f"transition:{peer_id}:{state}:{_ms(basis)}"
+
+
 def _head(n: int) -> bytes:
     """A CBOR definite-length map header for `n` pairs (n < 24)."""
     return bytes([0xA0 | n])
@@ -143,6 +154,44 @@ def encode_beat(origin: str, peer_id: str, at: float, beat: Beat) -> bytes:
             encode_cbor(beat),
         )
     )
+
+
+_F64 = struct.Struct(">Bd")
+#: Peers whose encoded id and subject a `BeatEncoder` keeps (cleared beyond).
+ENCODER_PEERS = 100_000
+
+
+class BeatEncoder:
+    """`encode_beat` and `beat_subject` for one origin, the constant parts encoded once and
+    each peer's id and subject kept: the export's per-beat cost (same bytes)."""
+
+    __slots__ = ("_peers", "_prefix")
+
+    def __init__(self, origin: str) -> None:
+        self._prefix = b"".join(
+            (_head(5), _K_V, cbor2.dumps(SCHEMA_VERSION), _K_ORIGIN, cbor2.dumps(origin), _K_PEER)
+        )
+        #: peer id -> (its genesis CID, its beat subject, its encoded id and the "at" key)
+        self._peers: dict[str, tuple[str | None, str, bytes]] = {}
+
+    def subject_and_payload(
+        self, network: Callable[[str | None], str], peer_id: str, at: float, beat: Beat
+    ) -> tuple[str, bytes]:
+        """The beat's subject (`network` maps its genesis CID to the network key) and its
+        payload."""
+        entry = self._peers.get(peer_id)
+        genesis = beat.genesis_cid
+        if entry is None or entry[0] != genesis:
+            if len(self._peers) >= ENCODER_PEERS:
+                self._peers.clear()
+            entry = self._peers[peer_id] = (
+                genesis,
+                beat_subject(network(genesis), peer_id),
+                cbor2.dumps(peer_id) + _K_AT,
+            )
+        return entry[1], b"".join(
+            (self._prefix, entry[2], _F64.pack(0xFB, at), _K_BEAT, encode_cbor(beat))
+        )
 
 
 def encode_event(origin: str, kind: str, at: float, fields: Mapping[str, Any]) -> bytes:
