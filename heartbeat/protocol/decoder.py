@@ -61,6 +61,7 @@ class BeatDecoder:
         "_max_buffer",
         "_outstanding",
         "_pos",
+        "_relayout",
         "_stack",
         "encoding",
     )
@@ -94,7 +95,8 @@ class BeatDecoder:
         # same bytes until its head changes, and the same bytes decode to the same Beat
         self._last = b""
         self._last_beat: Beat | None = None
-        self._layout: Layout | None = None  # where the walk went in the last frame at 0
+        self._layout: Layout | None = None  # where the walk went in a recent frame at 0
+        self._relayout = True  # a miss builds a new layout; not twice in a row without a hit
 
     @property
     def buffered(self) -> int:
@@ -253,12 +255,16 @@ class BeatDecoder:
                 continue
             layout = self._layout if start == 0 else None
             found = None if layout is None else layout.flat_map(data)
-            if found is None:
+            if found is not None:
+                self._relayout = True
+            else:
                 found = flat_map(data, start, max_beat)
                 if found is None:
                     break
-                if start == 0:
-                    self._layout = Layout(data, len(found[0]), found[1])
+                if start == 0:  # building one costs about a walk: every other miss at most
+                    if self._relayout:
+                        self._layout = Layout(data, len(found[0]), found[1])
+                    self._relayout = not self._relayout
             obj, stop = found
             beat = to_beat(obj, False)
             if type(beat) is Beat:
