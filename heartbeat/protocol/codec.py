@@ -6,6 +6,7 @@ CBOR (this project's format) and go-filecoin's legacy JSON lines share one valid
 
 from __future__ import annotations
 
+import io
 import json
 from functools import lru_cache
 from typing import Any
@@ -33,6 +34,7 @@ from heartbeat.protocol.tipset import HeadParseError, is_plausible_cid, parse_he
 __all__ = [
     "JSON_DECODER",
     "JSONDuplicateKey",
+    "cbor_item_beat",
     "encode_cbor",
     "encode_json",
     "forget_known",
@@ -375,3 +377,16 @@ def json_line_beat(line: bytes) -> Beat | BeatRejected:
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, huge integers
         raise BeatDecodeError(RejectReason.MALFORMED_JSON, type(exc).__name__) from exc
     return to_beat(obj, legacy=True)
+
+
+def cbor_item_beat(frame: bytes) -> Beat | BeatRejected:
+    """Exactly one CBOR item, framed by the scanner, as a `Beat` or a `BeatRejected`; what
+    cbor2 refuses, or an item that is not all of ``frame``, raises `BeatDecodeError`."""
+    stream = io.BytesIO(frame)
+    try:
+        obj = cbor2.CBORDecoder(stream, allow_indefinite=False).decode()
+    except cbor2.CBORDecodeError as exc:  # the scanner let through what cbor2 refuses
+        raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "cbor2 refused item") from exc
+    if stream.tell() != len(frame):
+        raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "item length mismatch")
+    return to_beat(obj, legacy=False)

@@ -23,10 +23,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-import io
 from typing import Any
-
-import cbor2
 
 from heartbeat.protocol.beat import (
     MAX_DEPTH,
@@ -35,7 +32,7 @@ from heartbeat.protocol.beat import (
     BeatRejected,
     RejectReason,
 )
-from heartbeat.protocol.codec import json_line_beat, reject, to_beat
+from heartbeat.protocol.codec import cbor_item_beat, json_line_beat, reject, to_beat
 from heartbeat.protocol.fastpath import Layout, flat_map
 
 __all__ = ["BeatDecoder"]
@@ -231,7 +228,7 @@ class BeatDecoder:
                 out.append(reject(*invalid))
                 self._invalid = None
             else:
-                out.append(self._decode_cbor_item(bytes(buf[start:end])))
+                out.append(cbor_item_beat(bytes(buf[start:end])))
             start = self._pos = end
         if start:
             del buf[:start]
@@ -274,17 +271,6 @@ class BeatDecoder:
             out.append(beat)
             start = stop
         return start
-
-    @staticmethod
-    def _decode_cbor_item(frame: bytes) -> Beat | BeatRejected:
-        stream = io.BytesIO(frame)
-        try:
-            obj = cbor2.CBORDecoder(stream, allow_indefinite=False).decode()
-        except cbor2.CBORDecodeError as exc:  # the scanner let through what cbor2 refuses
-            raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "cbor2 refused item") from exc
-        if stream.tell() != len(frame):
-            raise BeatDecodeError(RejectReason.MALFORMED_CBOR, "item length mismatch")
-        return to_beat(obj, legacy=False)
 
     def _scan(self, buf: bytearray, start: int) -> int:
         """Advance over the frame beginning at ``start``; its end offset, or -1 if incomplete.
