@@ -37,7 +37,9 @@ from bench.common import (
     start_workers,
 )
 
-__all__ = ["UNLIMITED", "main", "run_once"]
+__all__ = ["UNLIMITED", "main", "run_once", "run_paired"]
+
+BEATS = "fil_heartbeat_beats_received_total"
 
 #: Aggregator flags lifting the per-peer rate limit (a saturation test, not a policy).
 UNLIMITED = (
@@ -54,6 +56,8 @@ UNLIMITED = (
 
 def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     env = dict(kv.split("=", 1) for kv in args.aggregator_env)
+    if args.against:
+        return run_paired(args, workdir, env)
     if args.reuseport:  # N workers behind one port and one identity
         aggs = start_workers(workdir, args.aggregators, *UNLIMITED, *args.aggregator_arg, env=env)
     else:  # N independent aggregators, each on its own port with its share of the agents
@@ -114,6 +118,49 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
+def run_paired(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """This tree's aggregator and `--against`'s at the same time, one load generator each
+    (`--agents` agents): both see the same machine, so the difference is the code's."""
+    against = Path(args.against).resolve()
+    trees: list[Path | None] = [None, against]
+    if args.pair_index % 2:  # alternate which one starts first
+        trees.reverse()
+    args.pair_index += 1
+    flags = (*UNLIMITED, *args.aggregator_arg)
+    aggs = {
+        tree: AggregatorProcess.start(workdir / f"agg{i}", *flags, env=env, source=tree)
+        for i, tree in enumerate(trees)
+    }
+    run_for = args.warmup + args.duration + 5
+    loadgens = [
+        LoadgenProcess(
+            agg.multiaddr,
+            *("--agents", str(args.agents), "--ramp", "200/s", "--beat-period", args.beat_period),
+            *("--beats-per-frame", str(args.beats_per_frame), "--duration", f"{run_for:.0f}s"),
+        )
+        for agg in aggs.values()
+    ]
+    try:
+        time.sleep(args.warmup + 1.0)
+        first = {t: (time.monotonic(), a.metric(BEATS), a.cpu_seconds()) for t, a in aggs.items()}
+        time.sleep(args.duration)
+        last = {t: (time.monotonic(), a.metric(BEATS), a.cpu_seconds()) for t, a in aggs.items()}
+        for lg in loadgens:
+            lg.result(timeout=run_for + 60)
+    finally:
+        for agg in aggs.values():
+            agg.stop()
+    out: dict[str, Any] = {}
+    for tree, key in ((None, ""), (against, "against_")):
+        (t0, b0, c0), (t1, b1, c1) = first[tree], last[tree]
+        beats = b1 - b0
+        out[key + "beats_per_s"] = beats / (t1 - t0)
+        out[key + "cpu_us_per_beat"] = (c1 - c0) / max(beats, 1) * 1e6
+        out[key + "cpu_cores"] = (c1 - c0) / (t1 - t0)
+    out["rss_mb"] = 0.0
+    return out
+
+
 def _start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "py-spy"
     spy = str(exe) if exe.exists() else shutil.which("py-spy")
@@ -154,11 +201,20 @@ def main(argv: list[str] | None = None) -> int:
         help="aggregator environment, e.g. PY_YAMUX_RELEASE_ON_READ=0",
     )
     p.add_argument(
+        "--against",
+        metavar="DIR",
+        help="paired A/B: also run the aggregator of the source tree DIR (e.g. `git archive "
+        "<commit> | tar -x -C DIR`) at the same time, with its own load generator",
+    )
+    p.add_argument(
         "--py-spy",
         metavar="OUT",
         help="profile the aggregator over the first run's window into OUT (collapsed stacks)",
     )
     args = p.parse_args(argv)
+    args.pair_index = 0
+    if args.against and (args.aggregators != 1 or args.reuseport):
+        p.error("--against compares one aggregator with one")
     args.duration = min(args.duration, 300.0)
     runs, tcp_runs = [], []
     for i in range(args.repeat):
@@ -209,6 +265,20 @@ def main(argv: list[str] | None = None) -> int:
                         for r, t in zip(runs, tcp_runs, strict=True)
                     ),
                     "{:.1f}",
+                ),
+            ],
+        ]
+    if args.against:
+        rows += [
+            [f"{args.against}: beats/s", fmt_spread(r["against_beats_per_s"] for r in runs)],
+            [
+                f"{args.against}: CPU µs/beat",
+                fmt_spread((r["against_cpu_us_per_beat"] for r in runs), "{:.1f}"),
+            ],
+            [
+                "this tree − that one, µs/beat (same runs)",
+                fmt_spread(
+                    (r["cpu_us_per_beat"] - r["against_cpu_us_per_beat"] for r in runs), "{:.1f}"
                 ),
             ],
         ]

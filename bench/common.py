@@ -119,8 +119,10 @@ class AggregatorProcess:
         timeout: float = 30.0,
         log_path: Path | None = None,
         module: str = "aggregator",
+        source: Path | None = None,
     ) -> AggregatorProcess:
-        """Start with its identity and state db in `workdir` (reused across restarts)."""
+        """Start with its identity and state db in `workdir` (reused across restarts);
+        `source`: run the code of another source tree (an A/B comparison), not REPO's."""
         workdir.mkdir(parents=True, exist_ok=True)
         cmd = [
             PYTHON,
@@ -144,7 +146,7 @@ class AggregatorProcess:
             cmd,
             stdout=subprocess.PIPE,
             stderr=log_file,
-            cwd=REPO,
+            cwd=source or REPO,
             env={**os.environ, **(env or {})},
         )
         log_file.close()
