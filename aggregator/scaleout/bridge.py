@@ -18,7 +18,6 @@ import asyncio
 import datetime
 import functools
 import inspect
-import json
 import logging
 import ssl
 from collections.abc import (
@@ -56,6 +55,15 @@ from aggregator.scaleout.natsconf import (
     settings_from_config,
     subject_matcher,
 )
+from aggregator.scaleout.natswire import (
+    AckWindow,
+    Puller,
+    PullFailed,
+    drop_own,
+    no_ack,
+    raw_sender,
+    stream_msg,
+)
 
 __all__ = [
     "STREAM_SUBJECTS",
@@ -74,6 +82,7 @@ T = TypeVar("T")
 #: What nats-py raises when the server or the network fails us.
 _NATS_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.Error,
+    PullFailed,
     OSError,
     asyncio.TimeoutError,
     ssl.SSLError,
@@ -110,7 +119,7 @@ class NatsBridge:
         self.connects = 0
         #: The publish acks' inbox (per connection) and the futures waiting on it.
         self._ack_sub: tuple[Client, str] | None = None
-        self._acks: dict[str, tuple[_AckWindow, int]] = {}
+        self._acks: dict[str, tuple[AckWindow, int]] = {}
         self._ack_seq = 0
 
     # -- plumbing -------------------------------------------------------------
@@ -280,15 +289,28 @@ class NatsBridge:
             # and no suspension between the PUBs, so they leave in order in few writes and
             # the stream stores them in order.
             prefix = await self._ack_prefix(nc)
-            window = _AckWindow(len(items))
+            window = AckWindow(len(items))
             tokens: list[str] = []
+            # Connected: each HPUB is written as bytes into the client's pending buffer
+            # (`_send_command`, what `publish` ends in) and flushed once: nats-py's per
+            # message header checks were most of the export's publishing cost. Ids with
+            # line breaks, and anything while reconnecting, take the public `publish`.
+            raw = raw_sender(nc)
+            tail = b"\r\nNats-Expected-Stream: " + stream.encode() + b"\r\n\r\n"
             for index, (subject, data, msg_id) in enumerate(items):
                 token = f"{prefix}{self._ack_seq}"
                 tokens.append(token)
                 self._ack_seq += 1
                 self._acks[token] = (window, index)
-                headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": stream}
-                await nc.publish(subject, data, reply=token, headers=headers)
+                if raw is not None and "\n" not in msg_id and "\r" not in msg_id:
+                    hdr = b"NATS/1.0\r\nNats-Msg-Id: " + msg_id.encode() + tail
+                    head = f"HPUB {subject} {token} {len(hdr)} {len(hdr) + len(data)}\r\n"
+                    await raw(head.encode() + hdr + data + b"\r\n")
+                else:
+                    headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": stream}
+                    await nc.publish(subject, data, reply=token, headers=headers)
+            if raw is not None and items:
+                await nc._flush_pending()
             try:
                 if items:
                     # one event for the window, set by its last ack: no callback per message
@@ -331,8 +353,6 @@ class NatsBridge:
         batch: int = 256,
         acks: bool = True,
         last_per_subject: bool = False,
-        skip_id_prefix: str | None = None,
-        on_skipped: Callable[[int, float], None] | None = None,
     ) -> AsyncGenerator[tuple[StreamMsg, Callable[[], Awaitable[None]]], None]:
         """Messages on `subjects` from a pull consumer, each with its ack.
 
@@ -346,9 +366,6 @@ class NatsBridge:
         acknowledgements at all (AckPolicy NONE), each `ack` a no-op. `last_per_subject`
         (instead of `deliver_since`): the newest message of each subject first, then every
         new one (a restarted aggregator's catch-up: one beat per node, not the window's all).
-        `skip_id_prefix` (with `acks=False`): messages whose `Nats-Msg-Id` starts with it are
-        dropped before anything else is read of them (an aggregator's own beats); after each
-        fetch that dropped some, `on_skipped(count, store time of the last)`.
         """
         js = await self._jetstream()
         s = self.settings
@@ -384,14 +401,12 @@ class NatsBridge:
                     if isinstance(exc.__cause__, nats.errors.TimeoutError | asyncio.TimeoutError):
                         continue  # nothing new within the fetch's wait
                     raise
-                if skip_id_prefix is not None and not acks:
-                    msgs = _drop_own(msgs, skip_id_prefix, on_skipped)
                 for msg in msgs:
-                    ack = self._acker(msg) if acks else _no_ack
+                    ack = self._acker(msg) if acks else no_ack
                     if not wanted(msg.subject):
                         await ack()
                         continue
-                    yield _stream_msg(msg), ack
+                    yield stream_msg(msg), ack
         finally:
             # Callers should wrap the iteration in `contextlib.aclosing`; a generator finalized
             # after the bridge's loop closed cannot reach nats-py any more (the server then
@@ -416,9 +431,12 @@ class NatsBridge:
     ) -> AsyncGenerator[list[StreamMsg], None]:
         """Batches of messages on `subjects` from an ephemeral consumer without acks, read by
         polling: every `interval` one request for what is stored (`no_wait`), at once again
-        while a request returns a full batch. One wakeup per burst, not one per message as a
+        while more is pending behind it. One wakeup per burst, not one per message as a
         waiting pull (nats-py's `fetch`) has: the merged fleet's reader. `deliver_since`,
-        `last_per_subject`, `skip_id_prefix` and `on_skipped` as for `consume`."""
+        `last_per_subject` as for `consume`; messages whose `Nats-Msg-Id` starts with
+        `skip_id_prefix` are dropped before anything else is read of them (an aggregator's
+        own beats), and after each request that dropped some, `on_skipped(count, store time
+        of the last)`."""
         js = await self._jetstream()
         nc = self._nc
         assert nc is not None
@@ -434,16 +452,18 @@ class NatsBridge:
             config.deliver_policy = api.DeliverPolicy.BY_START_TIME
             config.opt_start_time = datetime.datetime.fromtimestamp(deliver_since, tz=datetime.UTC)
         info = await self._aio("add_consumer", lambda: js.add_consumer(s.stream, config))
-        puller = _Puller(nc, f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{info.name}", batch)
+        puller = Puller(nc, f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{info.name}", batch)
         await self._aio("subscribe", puller.start)
         wanted = subject_matcher(subjects)
         try:
             while True:
                 msgs = await self._aio("fetch", puller.pull)
-                full = len(msgs) >= batch
+                # more stored behind this request (the last message's pending count: a
+                # no-wait request may end before `batch`): ask again at once
+                full = len(msgs) >= batch or bool(msgs and msgs[-1].metadata.num_pending)
                 if skip_id_prefix is not None:
-                    msgs = _drop_own(msgs, skip_id_prefix, on_skipped)
-                out = [_stream_msg(m) for m in msgs if wanted(m.subject)]
+                    msgs = drop_own(msgs, skip_id_prefix, on_skipped)
+                out = [stream_msg(m) for m in msgs if wanted(m.subject)]
                 if out:
                     yield out
                 if not full:
@@ -547,123 +567,6 @@ class NatsBridge:
     async def kv_delete(self, key: str, *, bucket: str | None = None) -> None:
         kv = await self._bucket(bucket)
         await self._aio("kv_delete", lambda: kv.delete(key))
-
-
-async def _no_ack() -> None:
-    return None
-
-
-class _AckWindow:
-    """The acks of one `publish_many` window (asyncio side)."""
-
-    __slots__ = ("bodies", "complete", "missing")
-
-    def __init__(self, size: int) -> None:
-        self.bodies: list[bytes | None] = [None] * size
-        self.missing = size
-        self.complete = asyncio.Event()
-
-    def answer(self, index: int, body: bytes) -> None:
-        if self.bodies[index] is None:
-            self.bodies[index] = body
-            self.missing -= 1
-            if self.missing == 0:
-                self.complete.set()
-
-
-class _Puller:
-    """One ephemeral consumer's no-wait pull requests, on a callback subscription (asyncio
-    side): the messages of a request are collected by the callback, no task per message."""
-
-    #: A request answered by nothing for this long: the consumer is gone (re-created above).
-    TIMEOUT = 2.0
-
-    def __init__(self, nc: Client, next_subject: str, batch: int) -> None:
-        self.nc = nc
-        self.next_subject = next_subject
-        self.batch = batch
-        self.request = json.dumps({"batch": batch, "no_wait": True}).encode()
-        self.inbox = nc.new_inbox()
-        self.sub: Any = None
-        self.msgs: list[Msg] = []
-        self.token = ""
-        self.seq = 0
-        self.count = 0
-        self.done: asyncio.Event | None = None
-        self.error: str | None = None
-
-    async def start(self) -> None:
-        self.sub = await self.nc.subscribe(
-            self.inbox + ".*", cb=self._on_msg, pending_msgs_limit=-1
-        )
-
-    async def stop(self) -> None:
-        if self.sub is not None:
-            await self.sub.unsubscribe()
-
-    async def _on_msg(self, msg: Msg) -> None:
-        headers = msg.headers
-        status = headers.get("Status") if headers else None
-        current = msg.subject == self.token
-        if status is None:
-            self.msgs.append(msg)  # a late one of an earlier request still counts
-            if current:
-                self.count += 1
-                if self.count >= self.batch and self.done is not None:
-                    self.done.set()
-        elif current and self.done is not None:
-            # 404 no messages, 408 the request ended: this request is over; others: an error
-            if status not in ("404", "408"):
-                self.error = f"status {status} {headers.get('Description', '') if headers else ''}"
-            self.done.set()
-
-    async def pull(self) -> list[Msg]:
-        """One request: what the consumer has now, up to `batch` messages."""
-        self.seq += 1
-        self.token = f"{self.inbox}.{self.seq}"
-        self.count, self.error = 0, None
-        done = self.done = asyncio.Event()
-        await self.nc.publish(self.next_subject, self.request, reply=self.token)
-        try:
-            await asyncio.wait_for(done.wait(), self.TIMEOUT)
-        except TimeoutError:
-            self.error = "no answer to a pull request"
-        msgs, self.msgs = self.msgs, []
-        if self.error is not None and not msgs:
-            raise nats.errors.Error(self.error)
-        return msgs
-
-
-def _drop_own(
-    msgs: list[Msg], prefix: str, on_skipped: Callable[[int, float], None] | None
-) -> list[Msg]:
-    """`msgs` without those whose msg id starts with `prefix` (one header lookup each)."""
-    kept: list[Msg] = []
-    last: Msg | None = None
-    for msg in msgs:
-        headers = msg.headers
-        msg_id = headers.get("Nats-Msg-Id") if headers else None
-        if msg_id is not None and msg_id.startswith(prefix):
-            last = msg
-        else:
-            kept.append(msg)
-    if last is not None and on_skipped is not None:
-        meta = last.metadata  # one reply subject parsed per fetch, not one per message
-        on_skipped(len(msgs) - len(kept), meta.timestamp.timestamp() if meta.timestamp else 0.0)
-    return kept
-
-
-def _stream_msg(msg: Msg) -> StreamMsg:
-    meta = msg.metadata
-    headers = msg.headers or {}
-    return StreamMsg(
-        subject=msg.subject,
-        data=bytes(msg.data),
-        msg_id=headers.get("Nats-Msg-Id"),
-        seq=int(meta.sequence.stream),
-        timestamp=meta.timestamp.timestamp() if meta.timestamp else 0.0,
-        delivered=int(meta.num_delivered or 1),
-    )
 
 
 @asynccontextmanager
