@@ -84,6 +84,11 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         cap,
         "--max-connections-per-ip",
         cap,
+        # ...and the per-IP probation bound (64): one loopback IP stands in for many hosts.
+        "--max-probation-per-ip",
+        cap,
+        "--max-probation",
+        cap,
         *variant_flags(args),
     )
     if args.workers > 1:  # the production mode: one port and identity, one fleet
