@@ -185,8 +185,9 @@ class Exporter:
         """The alerter's hook (see `FleetEvents.alert_transitions`)."""
         self.fleet_events.alert_transitions(transitions)
 
-    async def follow_leader(self, leader: Any) -> None:
-        await self.fleet_events.follow_leader(leader)
+    async def follow_leader(self, leader: Any, read_published: Any = None) -> None:
+        """See `FleetEvents.follow_leader`."""
+        await self.fleet_events.follow_leader(leader, read_published)
 
     # -- the tasks ------------------------------------------------------------
 

@@ -20,6 +20,7 @@ decided again: at most one evaluation's notifications can repeat, none is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -49,6 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALERT_STATE_KEY = "alert_state"
+TRANSITION_SUBJECTS = ["fil.heartbeat.*.event.transition"]
 #: Every request to NATS here is bounded by this (seconds).
 REQUEST_DEADLINE = 3.0
 
@@ -330,5 +332,41 @@ async def start_leader(agg: Any, nursery: trio.Nursery) -> Leader:
         agg.ha_metrics.leader = leader
     await nursery.start(leader.run)
     if agg.nats_export is not None:
-        nursery.start_soon(agg.nats_export.follow_leader, leader)
+        bridge = agg.nats
+
+        async def read_published(since: float) -> dict[str, str] | None:
+            return await published_transitions(bridge, since)
+
+        nursery.start_soon(agg.nats_export.follow_leader, leader, read_published)
     return leader
+
+
+async def published_transitions(bridge: NatsBridge, since: float) -> dict[str, str] | None:
+    """Each peer's last transition state stored on the stream since `since` (unix s), read by
+    a new leader before it releases its held ones; None when NATS did not answer in time."""
+    from aggregator.scaleout import schema
+    from aggregator.scaleout.bridge import NatsUnavailable
+
+    last: dict[str, str] = {}
+    try:
+        with trio.fail_after(REQUEST_DEADLINE * 2):
+            stream = bridge.poll(TRANSITION_SUBJECTS, deliver_since=since, interval=0.05)
+            async with contextlib.aclosing(stream) as batches:
+                while True:
+                    # the stream's backlog comes at once; nothing within a moment: all read
+                    with trio.move_on_after(0.5) as idle:
+                        msgs = await batches.__anext__()
+                    if idle.cancelled_caught:
+                        return last
+                    for msg in msgs:
+                        try:
+                            event = schema.decode(msg.data)
+                        except schema.StreamDecodeError:
+                            continue
+                        if isinstance(event, schema.StreamEvent):
+                            peer, state = event.fields.get("peer_id"), event.fields.get("state")
+                            if isinstance(peer, str) and isinstance(state, str):
+                                last[peer] = state
+    except (NatsUnavailable, trio.TooSlowError, StopAsyncIteration) as exc:
+        log.warning("transitions_read_failed err=%s (held ones released by msg id)", exc)
+        return None
