@@ -340,3 +340,49 @@ def test_the_benchmark_switch_brings_back_py_libp2ps_reader() -> None:
     assert default.compat_options().buffered_read and default.argv() == []
     assert not before.compat_options().buffered_read
     assert before.argv() == ["--py-libp2p-read"]  # handed on to the workers
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"PY_YAMUX_BATCH_THRESHOLD_DIV": "4"},
+        {"PY_YAMUX_BATCH_THRESHOLD_DIV": "0"},
+        {"PY_YAMUX_BATCH_THRESHOLD_DIV": "half"},
+        {"PY_YAMUX_DISABLE_HYSTERESIS": "yes"},
+        {"PY_YAMUX_DISABLE_HYSTERESIS": "0", "PY_YAMUX_BATCH_THRESHOLD_DIV": "8"},
+    ],
+)
+def test_the_credit_threshold_is_py_libp2ps_its_settings_read_once_per_stream(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    for name in ("PY_YAMUX_BATCH_THRESHOLD_DIV", "PY_YAMUX_DISABLE_HYSTERESIS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    conn: Any = object()
+    ours = buffered_read.BufferedYamuxStream(1, conn, False)
+    stock = YamuxStream(1, conn, False)
+    reads = 0
+    getenv = os.getenv
+
+    def counted(*args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return getenv(*args)
+
+    monkeypatch.setattr(os, "getenv", counted)
+    for target in (256 * 1024, 512 * 1024, 16 * 1024 * 1024):  # the window auto-tunes
+        ours.target_recv_window = stock.target_recv_window = target
+        before = reads
+        threshold = ours._grow_threshold()
+        assert reads == before  # no environment read per read
+        assert threshold == stock._grow_threshold()  # py-libp2p's, for this environment
+    # Read when the stream was opened: a later change is seen by later streams only.
+    monkeypatch.setenv("PY_YAMUX_DISABLE_HYSTERESIS", "1")
+    assert ours._grow_threshold() == threshold
+    assert buffered_read.BufferedYamuxStream(3, conn, False)._grow_threshold() == 0

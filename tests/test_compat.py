@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from heartbeat.net import compat, p2p
-from heartbeat.net.compat import _recompile, accept_loop, reconcile
+from heartbeat.net.compat import _recompile, accept_loop, net_stream_read, reconcile
 from heartbeat.net.errors import CompatError
 from heartbeat.net.refusals import REFUSALS, RefusalReason
 from heartbeat.tools.loadgen.light import light_connection
@@ -30,6 +30,7 @@ PROTOCOL = "fil/heartbeat-test-compat/1.0.0"
 def _stock_state() -> dict[str, Any]:
     """Every attribute a fix replaces, as it is now."""
     from libp2p.network.connection.swarm_connection import SwarmConn
+    from libp2p.network.stream.net_stream import NetStream
     from libp2p.network.swarm import Swarm
     from libp2p.stream_muxer import muxer_multistream
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
@@ -47,6 +48,7 @@ def _stock_state() -> dict[str, Any]:
         "add_conn": Swarm.__dict__["add_conn"],
         "inbound": Swarm.__dict__["_do_handle_inbound_connection"],
         "window_update": YamuxStream.__dict__["_auto_tune_and_send_window_update"],
+        "net_stream_read": NetStream.__dict__["read"],
         "muxer": muxer_multistream.__dict__["Yamux"],
         "yamux_start": HeartbeatYamux.start,
         "read_frames": HeartbeatYamux.__dict__["_fil_read_frames"],
@@ -81,7 +83,8 @@ def test_install_all_then_uninstall_all_restores_stock() -> None:
     every = compat.CompatOptions()  # every fix (the buffered reader is in by default)
     installed = compat.install_all(every)
     assert installed == dict.fromkeys(installed, True)
-    assert all(_stock_state()[k] != STOCK[k] for k in ("add_conn", "inbound", "muxer", "cipher"))
+    changed = ("add_conn", "inbound", "muxer", "cipher", "net_stream_read")
+    assert all(_stock_state()[k] != STOCK[k] for k in changed)
     assert compat.install_all(every) == installed  # idempotent
     compat.uninstall_all()
     assert _stock_state() == STOCK
@@ -206,10 +209,12 @@ def test_recompiled_code_keeps_the_file_and_its_lines(tmp_path: Path) -> None:
 def test_recompiled_library_methods_keep_file_and_lines() -> None:
     import dis
 
+    from libp2p.network.stream.net_stream import NetStream
     from libp2p.network.swarm import Swarm
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
     owners = [
+        (NetStream, "read"),
         (Swarm, "add_conn"),
         (Swarm, "_do_handle_inbound_connection"),
         (YamuxStream, "_auto_tune_and_send_window_update"),
@@ -234,6 +239,21 @@ def test_accept_drain_returns_queued_streams_and_the_end() -> None:
     send.close()
     assert accept_loop._drain(receive) == (["c"], True)
     assert accept_loop._drain(accept_loop._ENDED) == ([], True)
+
+
+def test_net_stream_read_patch_keeps_line_count_and_refuses_other_sources() -> None:
+    import inspect
+
+    from libp2p.network.stream.net_stream import NetStream
+
+    source = textwrap.dedent(inspect.getsource(net_stream_read.original_read or NetStream.read))
+    patched = net_stream_read.patched_read_source(source)
+    assert patched is not None and patched.count("\n") == source.count("\n")
+    assert "async with self._state_lock:\n            pass" in patched
+    assert patched.count("self._state_lock") == source.count("self._state_lock") + 1
+    assert "libp2p.network.stream.net_stream" in compat.FILES  # the gate pins its file
+    assert net_stream_read in compat.CompatOptions().wanted()
+    assert net_stream_read.patched_read_source(source.replace("RESET", "RESET ")) is None
 
 
 def test_reconcile_guard_keeps_line_count() -> None:

@@ -17,6 +17,8 @@ ignores for Yamux (`yamux_muxer`), and the sessions' one-task `start` is set on 
 subclass only (`yamux_session`), never on py-libp2p's `Yamux`; so is its frame reader,
 the buffered receive path (`buffered_read`, on by default: a stream's bytes that came
 before its RST are read before the reset, whatever the scheduling; see its docstring).
+`net_stream_read` keeps `NetStream.read` from entering its state lock (a checkpoint) on
+every read when no one holds it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from heartbeat.net.compat import (
     buffered_read,
     inbound_limiter,
     log_fold,
+    net_stream_read,
     noise_memory,
     reconcile,
     task_lookup,
@@ -100,6 +103,9 @@ FILES = {
         "5b75c7d077a97921f5d6f09ae53c126478539cd359a04234342a2440227958b6"
     ),
     "noise.connection": "0953d68fdfc8aa84f5692f979b612a6ab53e5a161941a9d727a684c1fd0c556f",
+    "libp2p.network.stream.net_stream": (
+        "d637e9fec092784bdce07ea09e772cfc8a70d71923459836c4261a68e754d7f8"
+    ),
 }
 
 #: The global fixes, in install order (`uninstall_all` undoes them in reverse).
@@ -110,6 +116,7 @@ FIXES: tuple[ModuleType, ...] = (
     yamux_muxer,
     yamux_session,
     buffered_read,
+    net_stream_read,
     accept_loop,
     noise_memory,
     inbound_limiter,
@@ -157,7 +164,8 @@ class CompatOptions:
             raise ValueError(f"unknown memory cuts: {sorted(unknown)}")
         if "accept" in cuts and "yamux" not in cuts:
             raise ValueError("memory cut accept needs the yamux cut")
-        chosen: set[ModuleType] = {log_fold, yamux_muxer} | {_CUT_FIX[c] for c in cuts}
+        chosen: set[ModuleType] = {log_fold, yamux_muxer, net_stream_read}
+        chosen |= {_CUT_FIX[c] for c in cuts}
         if self.fast_task_lookup:
             chosen.add(task_lookup)
         if self.throttle_reconcile:

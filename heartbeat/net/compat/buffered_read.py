@@ -26,8 +26,9 @@ DATA frame whose body is incomplete keeps py-libp2p's deadline
 (`PY_YAMUX_DATA_READ_TIMEOUT`, 60 s): the connection is closed when it expires.
 Inbound streams are `BufferedYamuxStream`s, whose `read(n)` takes buffered bytes
 without the two locks and returns the Yamux credit only when it is due (the
-`yamux_credit` rule; every read when that fix is off). Connections that are not Noise
-over TCP run py-libp2p's loop.
+`yamux_credit` rule; every read when that fix is off; its threshold is py-libp2p's
+`_grow_threshold`, whose two PY_YAMUX_* settings are read once when the stream opens,
+not on every read). Connections that are not Noise over TCP run py-libp2p's loop.
 
 On by default (`CompatOptions.buffered_read`; the benchmarks' `--py-libp2p-read` is the
 "before"). One difference from py-libp2p, made for the pass: a RST also closes the
@@ -52,6 +53,8 @@ from libp2p.io.trio import TrioTCPStream
 from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as y
+
+from heartbeat.net.compat import yamux_credit
 
 __all__ = ["RECEIVE_SIZE", "BufferedYamuxStream", "install", "installed", "uninstall"]
 
@@ -94,6 +97,18 @@ def uninstall() -> None:
 class BufferedYamuxStream(y.YamuxStream):
     """An inbound stream whose `read(n)` takes buffered bytes without locks."""
 
+    def __init__(self, stream_id: int, conn: Any, is_initiator: bool) -> None:
+        super().__init__(stream_id, conn, is_initiator)
+        # py-libp2p's `_grow_threshold` reads these on every call (every read here).
+        self._fil_no_hysteresis = y._yamux_disable_hysteresis()
+        self._fil_threshold_divisor = y._yamux_batch_threshold_divisor()
+
+    def _grow_threshold(self) -> int:
+        """py-libp2p's threshold, its settings as they were when the stream opened."""
+        if self._fil_no_hysteresis:
+            return 0
+        return self.target_recv_window // self._fil_threshold_divisor
+
     async def read(self, n: int | None = -1) -> bytes:
         conn = self.conn
         sid = self.stream_id
@@ -135,8 +150,6 @@ class BufferedYamuxStream(y.YamuxStream):
         half the window is consumed); that method itself (and its lock) runs only when it
         will send. With `yamux_credit` off it runs on every read, as py-libp2p does.
         """
-        from heartbeat.net.compat import yamux_credit
-
         if self.reset_received:
             return  # the peer reset the stream: no credit (nothing more can arrive)
         if yamux_credit.installed():
