@@ -1,0 +1,176 @@
+"""The NATS bridge's consumer path, without importing nats: pull consumers (durable or
+ephemeral, fetched with their acks) and the polled ephemeral one without acks (the merged
+fleet's reader, in bursts). A part of `NatsBridge` (aggregator/scaleout/bridge.py), on its
+connection (`BridgeCore`); nats-py's configurations and errors are the ones bridge.py hands in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import trio
+
+from aggregator.scaleout.natsconf import (
+    ACK_WAIT,
+    EPHEMERAL_IDLE,
+    STREAM_SUBJECTS,
+    NatsUnavailable,
+    StreamMsg,
+    subject_matcher,
+)
+from aggregator.scaleout.natsconnect import BridgeCore
+from aggregator.scaleout.natswire import Puller, drop_own, no_ack, stream_msg
+
+__all__ = ["Consumer"]
+
+log = logging.getLogger("aggregator.scaleout.bridge")
+
+
+class Consumer(BridgeCore):
+    """Pull consumers on the stream, as trio async generators."""
+
+    async def consume(
+        self,
+        durable: str | None,
+        subjects: list[str],
+        *,
+        deliver_since: float | None,
+        batch: int = 256,
+        acks: bool = True,
+        last_per_subject: bool = False,
+    ) -> AsyncGenerator[tuple[StreamMsg, Callable[[], Awaitable[None]]], None]:
+        """Messages on `subjects` from a pull consumer, each with its ack.
+
+        `durable` names a consumer the server keeps (a restart resumes after its last ack);
+        None makes an ephemeral one. `deliver_since` (unix s) applies when the consumer is
+        created: from that store time on, else from the start of the stream. An existing
+        durable keeps its position. Several subjects are read through one consumer on the
+        whole stream (servers before 2.10 filter on one subject only); messages on other
+        subjects are acknowledged and skipped. `acks=False` (an ephemeral reader that
+        re-creates its consumer from its own position, the merged fleet's): no
+        acknowledgements at all (AckPolicy NONE), each `ack` a no-op. `last_per_subject`
+        (instead of `deliver_since`): the newest message of each subject first, then every
+        new one (a restarted aggregator's catch-up: one beat per node, not the window's all).
+        """
+        js = await self._jetstream()
+        s = self.settings
+        api = self._api
+        filter_subject = subjects[0] if len(subjects) == 1 else STREAM_SUBJECTS
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.EXPLICIT if acks else api.AckPolicy.NONE,
+            ack_wait=ACK_WAIT,
+            # a durable's reader that died leaves at most one batch unacknowledged, and the
+            # server delivers nothing past it until it is redelivered (after ACK_WAIT): a
+            # restart resumes in order
+            max_ack_pending=batch if durable else max(1024, batch * 4),
+            inactive_threshold=None if durable else EPHEMERAL_IDLE,
+        )
+        if last_per_subject:
+            config.deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
+        elif deliver_since is not None:
+            config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.datetime.fromtimestamp(deliver_since, tz=datetime.UTC)
+        sub = await self._aio(
+            "pull_subscribe",
+            lambda: js.pull_subscribe(
+                filter_subject, durable=durable, stream=s.stream, config=config
+            ),
+        )
+        wanted = subject_matcher(subjects)
+        try:
+            while True:
+                try:
+                    msgs: list[Any] = await self._aio(
+                        "fetch", lambda: sub.fetch(batch, timeout=1.0)
+                    )
+                except NatsUnavailable as exc:
+                    if isinstance(exc.__cause__, self._fetch_timeout):
+                        continue  # nothing new within the fetch's wait
+                    raise
+                for msg in msgs:
+                    ack = self._acker(msg) if acks else no_ack
+                    if not wanted(msg.subject):
+                        await ack()
+                        continue
+                    yield stream_msg(msg), ack
+        finally:
+            # Callers should wrap the iteration in `contextlib.aclosing`; a generator finalized
+            # after the bridge's loop closed cannot reach nats-py any more (the server then
+            # drops an ephemeral consumer after EPHEMERAL_IDLE).
+            if not self._loop.is_closed():
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await self._aio("unsubscribe", sub.unsubscribe)
+                    except NatsUnavailable as exc:
+                        log.debug("nats_unsubscribe_failed error=%s", exc.reason)
+
+    async def poll(
+        self,
+        subjects: list[str],
+        *,
+        deliver_since: float | None,
+        last_per_subject: bool = False,
+        batch: int = 1024,
+        interval: float = 0.25,
+        skip_id_prefix: str | None = None,
+        on_skipped: Callable[[int, float], None] | None = None,
+    ) -> AsyncGenerator[list[StreamMsg], None]:
+        """Batches of messages on `subjects` from an ephemeral consumer without acks, read by
+        polling: every `interval` one request for what is stored (`no_wait`), at once again
+        while more is pending behind it. One wakeup per burst, not one per message as a
+        waiting pull (nats-py's `fetch`) has: the merged fleet's reader. `deliver_since`,
+        `last_per_subject` as for `consume`; messages whose `Nats-Msg-Id` starts with
+        `skip_id_prefix` are dropped before anything else is read of them (an aggregator's
+        own beats), and after each request that dropped some, `on_skipped(count, store time
+        of the last)`."""
+        js = await self._jetstream()
+        nc = self._nc
+        assert nc is not None
+        s = self.settings
+        api = self._api
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=EPHEMERAL_IDLE,
+            filter_subject=subjects[0] if len(subjects) == 1 else STREAM_SUBJECTS,
+        )
+        if last_per_subject:
+            config.deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
+        elif deliver_since is not None:
+            config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.datetime.fromtimestamp(deliver_since, tz=datetime.UTC)
+        info = await self._aio("add_consumer", lambda: js.add_consumer(s.stream, config))
+        puller = Puller(nc, f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{info.name}", batch)
+        await self._aio("subscribe", puller.start)
+        wanted = subject_matcher(subjects)
+        try:
+            while True:
+                msgs = await self._aio("fetch", puller.pull)
+                # more stored behind this request (the last message's pending count: a
+                # no-wait request may end before `batch`): ask again at once
+                full = len(msgs) >= batch or bool(msgs and msgs[-1].metadata.num_pending)
+                if skip_id_prefix is not None:
+                    msgs = drop_own(msgs, skip_id_prefix, on_skipped)
+                out = [stream_msg(m) for m in msgs if wanted(m.subject)]
+                if out:
+                    yield out
+                if not full:
+                    await trio.sleep(interval)
+        finally:
+            if not self._loop.is_closed():
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await self._aio("unsubscribe", puller.stop)
+                        await self._aio(
+                            "delete_consumer", lambda: js.delete_consumer(s.stream, info.name)
+                        )
+                    except NatsUnavailable as exc:
+                        log.debug("nats_unsubscribe_failed error=%s", exc.reason)
+
+    def _acker(self, msg: Any) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            await self._aio("ack", msg.ack)
+
+        return ack
