@@ -179,8 +179,11 @@ def test_hostile_mix_healthy_beats_all_counted(tmp_path: Path) -> None:
     flooding = metric("fil_heartbeat_peers_disconnected_total", reason="flooding")
     assert flooding >= kinds["flood"]["cut_off"]
     assert metric("fil_heartbeat_beats_rate_limited_total") > 0
-    # A hog opens more streams than one peer may hold: the extra ones are refused.
-    assert kinds["hog"]["cut_off"] >= each
+    # A hog opens more streams than one peer may hold: the extra ones are refused, either
+    # during their negotiation or right after it (the aggregator's echo and its reset can
+    # reach the hog in one receive or in two): both are the refusal, counted below by reason.
+    hog = kinds["hog"]
+    assert hog["cut_off"] + hog["failures"].get("hog_stream_refused", 0) >= each, hog
     assert metric("fil_heartbeat_peers_refused_total", reason="too_many_streams") >= each
     # Memory stays bounded: ~220 peers cost a few MB; the churn of hostile reconnects during
     # the second half of the run does not make it grow.
