@@ -21,9 +21,8 @@ from aggregator.alerts.receivers.common import (
     Notice,
     Reply,
     Request,
+    UrlReceiver,
     classify_status,
-    ident_of,
-    mask_url,
     rfc3339,
     visible_labels,
 )
@@ -58,21 +57,13 @@ def alertmanager_payload(
 
 
 @dataclass(frozen=True, slots=True)
-class AlertmanagerReceiver:
+class AlertmanagerReceiver(UrlReceiver):
     url: str
     generator_url: str = ""
     same_labels_as_prometheus: bool = True
     kind: str = "alertmanager"
     repeat_interval: float = 0.0  # every resend goes out anyway: Alertmanager needs them
     send_resolved: bool = True
-
-    @property
-    def name(self) -> str:
-        return mask_url(self.url)
-
-    @property
-    def ident(self) -> str:
-        return ident_of(self.kind, self.url)
 
     def requests(self, notices: Sequence[Notice]) -> list[Request]:
         body = alertmanager_payload(

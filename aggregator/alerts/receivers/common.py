@@ -32,6 +32,7 @@ __all__ = [
     "Reply",
     "Request",
     "RetryPolicy",
+    "UrlReceiver",
     "absolute_runbook",
     "alert_key",
     "classify_status",
@@ -279,16 +280,13 @@ def absolute_runbook(alert: Alert, base_url: str) -> Alert:
     return replace(alert, annotations=annotations)
 
 
-@dataclass(frozen=True, slots=True)
-class HookReceiver:
-    """A chat service reached by one secret webhook URL (Slack, Discord): its name is the
-    masked URL, its identity the URL's hash; subclasses build the body and may read more
-    of a reply."""
+class UrlReceiver:
+    """A receiver reached by one secret URL: its name is the masked URL, its identity the
+    URL's hash (a mixin of the receiver dataclasses, which declare `url` and `kind`)."""
 
+    __slots__ = ()
     url: str
-    repeat_interval: float = 4 * 3600.0
-    send_resolved: bool = True
-    kind: str = "webhook"
+    kind: str
 
     @property
     def name(self) -> str:
@@ -297,6 +295,17 @@ class HookReceiver:
     @property
     def ident(self) -> str:
         return ident_of(self.kind, self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class HookReceiver(UrlReceiver):
+    """A chat service reached by one secret webhook URL (Slack, Discord); subclasses build
+    the body and may read more of a reply."""
+
+    url: str
+    repeat_interval: float = 4 * 3600.0
+    send_resolved: bool = True
+    kind: str = "webhook"
 
     def check(self, reply: Reply) -> Failure | None:
         return classify_status(reply)

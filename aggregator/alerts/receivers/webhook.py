@@ -13,9 +13,8 @@ from aggregator.alerts.receivers.common import (
     Notice,
     Reply,
     Request,
+    UrlReceiver,
     classify_status,
-    ident_of,
-    mask_url,
     rfc3339,
     visible_labels,
 )
@@ -41,20 +40,12 @@ def webhook_body(notices: Sequence[Notice], sender: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class WebhookReceiver:
+class WebhookReceiver(UrlReceiver):
     url: str
     sender: str = "aggregator"
     repeat_interval: float = 0.0
     send_resolved: bool = True
     kind: str = "webhook"
-
-    @property
-    def name(self) -> str:
-        return mask_url(self.url)
-
-    @property
-    def ident(self) -> str:
-        return ident_of(self.kind, self.url)
 
     def requests(self, notices: Sequence[Notice]) -> list[Request]:
         return [Request(self.url, webhook_body(notices, self.sender), self.name)]
