@@ -127,7 +127,13 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         lg_cpu_s = _tree_cpu(loadgen.proc.pid) - lg_cpu0
         window = time.monotonic() - t_cpu0
         tcp_after = established(port)
-        shed = restarted.metric("fil_heartbeat_handshakes_shed_total")
+        samples = restarted.metrics()
+        shed = sum(v for (n, _), v in samples.items() if n == "fil_heartbeat_handshakes_shed_total")
+        refusals = {
+            dict(lab).get("reason", "?"): v
+            for (n, lab), v in samples.items()
+            if n == "fil_heartbeat_refusals_total" and v
+        }
         summary = loadgen.result(timeout=run_for + 120)
     finally:
         (restarted or agg).stop()
@@ -139,6 +145,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "tcp_before": tcp_before,
         "tcp_after": tcp_after,
         "handshakes_shed": shed,
+        "refusals": refusals,
         "startup_s": startup,
         # CPU while the agents came back: the aggregator's group and the load generator's
         # (its agents' Noise handshakes cost about as much as the aggregator's).
