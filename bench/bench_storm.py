@@ -31,6 +31,7 @@ from bench.common import (
     fmt_spread,
     http_get,
     machine_note,
+    metric_sum,
     print_table,
     proc_children,
     proc_cpu_seconds,
@@ -128,7 +129,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         window = time.monotonic() - t_cpu0
         tcp_after = established(port)
         samples = restarted.metrics()
-        shed = sum(v for (n, _), v in samples.items() if n == "fil_heartbeat_handshakes_shed_total")
+        shed = metric_sum(samples, "fil_heartbeat_handshakes_shed_total")
         refusals = {
             dict(lab).get("reason", "?"): v
             for (n, lab), v in samples.items()

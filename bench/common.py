@@ -34,6 +34,7 @@ __all__ = [
     "LoadgenProcess",
     "add_aggregator_variants",
     "http_get",
+    "metric_sum",
     "print_table",
     "proc_children",
     "proc_cpu_seconds",
@@ -47,6 +48,17 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+
+def metric_sum(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """The sum of the `samples` (as `AggregatorProcess.metrics` returns) named `name` whose
+    labels include `labels`: several figures from one scrape."""
+    want = set(labels.items())
+    return sum(value for (n, lab), value in samples.items() if n == name and want <= set(lab))
+
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -202,10 +214,7 @@ class AggregatorProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples named `name` whose labels include `labels`."""
-        want = set(labels.items())
-        return sum(
-            value for (n, lab), value in self.metrics().items() if n == name and want <= set(lab)
-        )
+        return metric_sum(self.metrics(), name, **labels)
 
     def nodes(self) -> list[dict[str, Any]]:
         data = json.loads(http_get(self.http_url + "/api/v1/nodes"))
