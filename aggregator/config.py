@@ -83,8 +83,8 @@ class AggregatorConfig:
     first_bytes_timeout: float = 2.0
     #: The whole inbound upgrade (Noise + Yamux) must finish within this.
     upgrade_timeout: float = 10.0
-    #: An IP refused more than `refusal_cap` times per `refusal_window` is closed at
-    #: TCP accept, before any handshake (0: no cap).
+    #: An IP refused more than `refusal_cap` times per `refusal_window`, beyond its
+    #: successful handshakes in the window, is closed at TCP accept (0: no cap).
     refusal_cap: int = 20
     refusal_window: float = 60.0
     max_streams_per_peer: int = 4

@@ -50,7 +50,10 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
     "handshake_queue_wait": ("close a connection that waited this long for a handshake slot", None),
     "first_bytes_timeout": ("close an inbound dialer that sends nothing this long", None),
     "upgrade_timeout": ("the inbound Noise + Yamux upgrade's deadline", None),
-    "refusal_cap": ("close at accept an IP refused more than N times per window; 0: off", None),
+    "refusal_cap": (
+        "close at accept an IP refused N times per window more than it upgraded; 0: off",
+        None,
+    ),
     "refusal_window": ("the window of --refusal-cap", None),
     "max_connections_per_peer": ("connections from one peer id at most", "2"),
     "max_streams_per_peer": ("heartbeat streams from one peer id at most", None),

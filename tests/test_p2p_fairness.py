@@ -103,6 +103,49 @@ def test_a_zero_refusal_cap_is_off() -> None:
     assert not w.capped(A, 0.0)
 
 
+def test_each_successful_handshake_earns_its_address_one_more_refusal() -> None:
+    # A NAT'd fleet reconnecting through a saturated gate: most handshakes succeed, some
+    # dialers give up mid-handshake. Its failures never outnumber its successes by the cap.
+    w = RefusalWindow(limit=2, window=60.0)
+    for i in range(1_000):
+        w.upgraded(A, i * 0.05)
+        if i % 3 == 0:
+            w.refused(A, i * 0.05)
+    assert not w.capped(A, 50.0)
+    # An address that only fails is capped at the limit, whatever the others earned.
+    for _ in range(3):
+        w.refused(B, 50.0)
+    assert w.capped(B, 50.0)
+    # The credit is spent: refusals beyond the successes by more than the limit cap it.
+    for _ in range(1_000):
+        w.refused(A, 50.0)
+    assert w.capped(A, 50.0)
+    # A refusal after a successful handshake (not on the allowlist) takes its credit back.
+    s = RefusalWindow(limit=2, window=60.0)
+    for _ in range(3):
+        s.upgraded(A, 0.0)
+        s.refused(A, 0.0, after_upgrade=True)
+    assert s.capped(A, 0.0)
+    # Credit ages out with the window like the refusals.
+    c = RefusalWindow(limit=2, window=60.0)
+    for _ in range(10):
+        c.upgraded(A, 0.0)
+    for _ in range(3):
+        c.refused(A, 61.0)
+    assert c.capped(A, 61.0)
+
+
+def test_the_refusal_window_keeps_bounded_state_per_address_and_in_all() -> None:
+    w = RefusalWindow(limit=2, window=60.0, max_addresses=100)
+    for i in range(100_000):
+        w.upgraded(A, i * 0.01)  # 1,000 s at 100 per second
+    assert len(w._buckets[A]) <= 13
+    for i in range(1_000):
+        w.refused(f"10.1.{i // 256}.{i % 256}", 1_000.0)
+    assert len(w._buckets) == 100
+    assert A not in w._buckets  # the least recently seen went first
+
+
 def test_log_limiter_one_line_per_cause_and_ip_per_period() -> None:
     lim = LogLimiter(period=60.0)
     table = [

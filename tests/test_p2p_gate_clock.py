@@ -167,3 +167,54 @@ async def test_the_address_holding_most_yields_to_a_newcomer(
     assert out["after"] == pytest.approx(1.0)  # admitted at once, the upgrade's own second
     assert gate.refused.get(GateReason.GATE_SHED_CONTENDED) == 1
     assert sum(h.closed for h in hogs) == 1  # one hog's slot taken, the other kept
+
+
+class GivingUpSwarm(FakeSwarm):
+    """An upgrade of a connection from `gives_up` times out (a dialer that gave up
+    mid-handshake); every other one succeeds after half a second."""
+
+    def __init__(self, gives_up: set[int]) -> None:
+        super().__init__(hold=0.5)
+        self.gives_up = gives_up
+
+    async def upgrade_inbound_raw_conn(self, raw: FakeRaw, maddr: Any) -> str:
+        if id(raw) not in self.gives_up:
+            return await super().upgrade_inbound_raw_conn(raw, maddr)
+        await raw.read()
+        try:
+            with trio.fail_after(2.0):
+                await trio.sleep_forever()
+        except trio.TooSlowError:
+            raise SwarmException("upgrade timed out") from None
+        raise AssertionError("unreachable")
+
+
+async def _storm(
+    ip: str, count: int, fail_every: int, every: float = 0.1
+) -> tuple[HandshakeGate, int]:
+    raws = [FakeRaw(ip) for _ in range(count)]
+    swarm = GivingUpSwarm({id(r) for i, r in enumerate(raws) if i % fail_every == 0})
+    gate = _gate(swarm, 64, 60.0, refusal_cap=20, refusal_window=60.0)
+    outs = [dict[str, Any]() for _ in raws]
+    async with trio.open_nursery() as nursery:
+        for raw, out in zip(raws, outs, strict=True):
+            raw.feed(b"/multistream/1.0.0\n")
+            nursery.start_soon(_attempt, swarm, raw, out)
+            await trio.sleep(every)
+    return gate, sum("conn" in out for out in outs)
+
+
+async def test_a_fleet_behind_one_nat_is_never_capped_for_its_failures_in_a_storm(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 300 agents behind one address reconnect within 30 s; a third of their handshakes
+    # time out, 100 failures against a cap of 20. Each success earns the address one
+    # refusal, so it is never closed at accept and every other handshake is served.
+    gate, served = await _storm("192.0.2.1", 300, fail_every=3)
+    assert gate.refused == {GateReason.UPGRADE_TIMEOUT: 100}
+    assert served == 200
+    # An address that only fails, one every 1.5 s (each known 2 s later): from the 22nd,
+    # 21 failures are known and it is closed at accept.
+    capped, served = await _storm("198.51.100.7", 30, fail_every=1, every=1.5)
+    assert capped.refused == {GateReason.UPGRADE_TIMEOUT: 22, GateReason.PER_IP_REFUSAL_CAP: 8}
+    assert served == 0

@@ -7,14 +7,18 @@ The handshake gate's decisions without trio or libp2p; every method takes `now`.
   oldest handshake in progress is preempted for an arrival from an address holding fewer,
   its newest waiter is shed when the queue is full, and a freed slot goes to the waiter
   whose address holds the fewest. A lone address may still use every slot.
-- `RefusalWindow`: an address refused more than `limit` times within `window` seconds is
-  closed at accept, before any handshake.
+- `RefusalWindow`: an address refused more than `limit` times within `window` seconds,
+  beyond one refusal for each of its handshakes that succeeded in the same window, is
+  closed at accept, before any handshake. The credit keeps a NAT'd fleet reconnecting
+  through a saturated gate (its dialers give up mid-handshake, counted as failures of
+  the one address) from locking itself out; an address that only fails is capped after
+  `limit`, and one that earns its refusals pays a full handshake for each.
 - `LogLimiter`: one log line per (cause, address) per `period`, with the count suppressed.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 __all__ = ["Arrival", "LogLimiter", "RefusalWindow", "SlotTable"]
@@ -100,38 +104,69 @@ class SlotTable:
 
 @dataclass
 class RefusalWindow:
-    """Refusals per address in a sliding window; over `limit` the address is capped."""
+    """Refusals and upgrades per address in a sliding window (see the module docstring).
+
+    Each address keeps at most `_BUCKETS` + 1 counters of `window / _BUCKETS` seconds, so
+    the window is exact to within one bucket and an address's memory does not grow with
+    its rate; at most `max_addresses` are kept, the least recently seen dropped first.
+    """
 
     limit: int
     window: float
-    _times: dict[str, deque[float]] = field(default_factory=dict)
+    max_addresses: int = 65_536
+    _buckets: OrderedDict[str, deque[list[float]]] = field(default_factory=OrderedDict)
 
-    def _trim(self, ip: str, now: float) -> deque[float] | None:
-        times = self._times.get(ip)
-        if times is None:
+    def _counts(self, ip: str, now: float) -> deque[list[float]] | None:
+        buckets = self._buckets.get(ip)
+        if buckets is None:
             return None
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._times[ip]
+        while buckets and buckets[0][0] <= now - self.window:
+            buckets.popleft()
+        if not buckets:
+            del self._buckets[ip]
             return None
-        return times
+        return buckets
 
-    def refused(self, ip: str, now: float) -> None:
-        self._trim(ip, now)
-        times = self._times.setdefault(ip, deque())
-        times.append(now)
-        if len(times) > self.limit * 2:  # bounded memory: only "over the limit" matters
-            times.popleft()
-        if len(self._times) > 65_536:  # a bound on addresses: drop the stalest
-            oldest = min(self._times, key=lambda k: self._times[k][-1])
-            del self._times[oldest]
+    def _add(self, ip: str, now: float, slot: int) -> None:
+        buckets = self._counts(ip, now)
+        if buckets is None:
+            buckets = self._buckets[ip] = deque()
+            if len(self._buckets) > self.max_addresses:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(ip)
+        width = self.window / _BUCKETS
+        start = now - now % width if width > 0 else now
+        if not buckets or buckets[-1][0] != start:
+            buckets.append([start, 0.0, 0.0])
+        buckets[-1][slot] += 1
+
+    def refused(self, ip: str, now: float, *, after_upgrade: bool = False) -> None:
+        """One refusal of `ip`; `after_upgrade`: of a connection whose handshake already
+        succeeded (a peer not on the allowlist), whose credit it takes back."""
+        self._add(ip, now, 1)
+        if after_upgrade:
+            for bucket in reversed(self._buckets[ip]):
+                if bucket[2] > 0:
+                    bucket[2] -= 1
+                    break
+
+    def upgraded(self, ip: str, now: float) -> None:
+        """A handshake from `ip` succeeded: it earns the address one more refusal."""
+        self._add(ip, now, 2)
 
     def capped(self, ip: str, now: float) -> bool:
         if self.limit <= 0:
             return False
-        times = self._trim(ip, now)
-        return times is not None and len(times) > self.limit
+        buckets = self._counts(ip, now)
+        if buckets is None:
+            return False
+        refused = sum(b[1] for b in buckets)
+        upgraded = sum(b[2] for b in buckets)
+        return refused > self.limit + upgraded
+
+
+_BUCKETS = 12
 
 
 @dataclass

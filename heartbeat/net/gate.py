@@ -73,7 +73,7 @@ class HandshakeGate:
     yields its slots to the others. A dialer that sends nothing for `first_bytes_timeout`
     is closed. An address refused more than `refusal_cap` times per `refusal_window` (for
     what it did: silence, a timed-out or refused upgrade, not on the allowlist; never for
-    a shed) is closed at accept.
+    a shed) beyond its successful handshakes in the window is closed at accept.
 
     Every connection is accepted at once and waits here, not in the kernel's listen
     backlog: leaving the excess to the backlog (SYNs dropped, the dialers' kernels
@@ -108,7 +108,7 @@ class HandshakeGate:
         # Only what the dialer did counts towards its cap, not the server's own load (a
         # reconnect storm from one NAT must not be locked out for its sheds).
         if ip is not None and reason in _COUNTS_TOWARDS_CAP:
-            self.window.refused(ip, now)
+            self.window.refused(ip, now, after_upgrade=reason == GateReason.NOT_ALLOWLISTED)
         if reason in (GateReason.GATE_SHED_CONTENDED, GateReason.GATE_QUEUE_TIMEOUT):
             self.shed += 1
             if self.on_shed is not None:
@@ -231,6 +231,8 @@ def gate_inbound_upgrades(
                     _FirstBytes(raw_conn, scope)
                     conn = await upgrade(raw_conn, maddr)
                     gate.upgraded += 1
+                    if ip is not None:
+                        gate.window.upgraded(ip, trio.current_time())
                     return conn
             if ticket not in dropped:  # the first-bytes deadline
                 dropped[ticket] = GateReason.FIRST_BYTES_TIMEOUT
