@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from heartbeat.net import fairness
 from heartbeat.net.fairness import LogLimiter, RefusalWindow, SlotTable
@@ -159,3 +163,84 @@ def test_log_limiter_one_line_per_cause_and_ip_per_period() -> None:
     ]
     for cause, ip, now, expected in table:
         assert lim.allow(cause, ip, now) == expected, (cause, ip, now)
+
+
+class NaiveSlotTable:
+    """The slot table's rules by scanning every ticket: the reference for the indexed one."""
+
+    def __init__(self, concurrent: int, max_queue: int) -> None:
+        self.concurrent, self.max_queue = concurrent, max_queue
+        self.running: dict[int, tuple[str, float]] = {}
+        self.queued: dict[int, tuple[str, float]] = {}
+        self.held: dict[str, int] = {}
+
+    def _hog(self, among: dict[int, tuple[str, float]]) -> str | None:
+        ips = {ip for ip, _ in among.values()}
+        return max(sorted(ips), key=lambda ip: self.held[ip], default=None)
+
+    def arrive(self, ticket: int, ip: str, now: float) -> tuple[bool, int | None, int | None]:
+        self.held[ip] = self.held.get(ip, 0) + 1
+        if len(self.running) < self.concurrent and not self.queued:
+            self.running[ticket] = (ip, now)
+            return (True, None, None)
+        self.queued[ticket] = (ip, now)
+        preempt = None
+        hog = self._hog(self.running)
+        if hog is not None and hog != ip and self.held[hog] > self.held[ip]:
+            preempt = min(
+                (t for t, (i, _) in self.running.items() if i == hog),
+                key=lambda t: self.running[t][1],
+            )
+        shed = None
+        if len(self.queued) > self.max_queue:
+            qhog = self._hog(self.queued)
+            shed = max(
+                (t for t, (i, _) in self.queued.items() if i == qhog),
+                key=lambda t: (self.queued[t][1], t),
+            )
+        return (False, preempt, shed)
+
+    def leave(self, ticket: int) -> list[int]:
+        entry = self.running.pop(ticket, None) or self.queued.pop(ticket, None)
+        if entry is None:
+            return []
+        self.held[entry[0]] -= 1
+        admitted = []
+        while len(self.running) < self.concurrent and self.queued:
+            nxt = min(
+                self.queued,
+                key=lambda t: (self.held[self.queued[t][0]], self.queued[t][1], t),
+            )
+            self.running[nxt] = self.queued.pop(nxt)
+            admitted.append(nxt)
+        return admitted
+
+
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(
+    concurrent=st.integers(1, 4),
+    max_queue=st.integers(1, 6),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("arrive"), st.sampled_from([A, B, C, "10.0.0.4"])),
+            st.tuples(st.just("leave"), st.integers(0, 12)),
+        ),
+        max_size=60,
+    ),
+)
+def test_the_indexed_slot_table_decides_exactly_as_a_scan_of_every_ticket(
+    concurrent: int, max_queue: int, ops: list[tuple[str, Any]]
+) -> None:
+    fast, naive = SlotTable(concurrent, max_queue), NaiveSlotTable(concurrent, max_queue)
+    ticket = 0
+    for step, (op, arg) in enumerate(ops):
+        now = float(step // 2)  # ties in time too
+        if op == "arrive":
+            got = fast.arrive(ticket, arg, now)
+            assert (got.admitted, got.preempt, got.shed) == naive.arrive(ticket, arg, now)
+            ticket += 1
+        else:
+            assert fast.leave(arg) == naive.leave(arg)
+        assert fast.running == naive.running and fast.queued == naive.queued
+        for ip in (A, B, C, "10.0.0.4"):
+            assert fast.holding(ip) == naive.held.get(ip, 0)

@@ -190,11 +190,16 @@ class GivingUpSwarm(FakeSwarm):
 
 
 async def _storm(
-    ip: str, count: int, fail_every: int, every: float = 0.1
+    ip: str,
+    count: int,
+    fail_every: int,
+    every: float = 0.1,
+    concurrent: int = 64,
+    refusal_cap: int = 20,
 ) -> tuple[HandshakeGate, int]:
     raws = [FakeRaw(ip) for _ in range(count)]
     swarm = GivingUpSwarm({id(r) for i, r in enumerate(raws) if i % fail_every == 0})
-    gate = _gate(swarm, 64, 60.0, refusal_cap=20, refusal_window=60.0)
+    gate = _gate(swarm, concurrent, 1000.0, refusal_cap=refusal_cap, refusal_window=60.0)
     outs = [dict[str, Any]() for _ in raws]
     async with trio.open_nursery() as nursery:
         for raw, out in zip(raws, outs, strict=True):
@@ -218,3 +223,20 @@ async def test_a_fleet_behind_one_nat_is_never_capped_for_its_failures_in_a_stor
     capped, served = await _storm("198.51.100.7", 30, fail_every=1, every=1.5)
     assert capped.refused == {GateReason.UPGRADE_TIMEOUT: 22, GateReason.PER_IP_REFUSAL_CAP: 8}
     assert served == 0
+
+
+async def test_handshakes_given_up_while_the_gate_is_contended_never_count_towards_the_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # One address, one slot; a dialer every second, each giving up mid-handshake after
+    # 2 s, so others always queue. That is the server's load, not the dialers' doing:
+    # none counts towards the cap (of 5 here), and the address is never closed at accept.
+    gate, served = await _storm(
+        "192.0.2.9", 15, fail_every=1, every=1.0, concurrent=1, refusal_cap=5
+    )
+    assert gate.refused == {GateReason.UPGRADE_TIMEOUT: 15}
+    assert served == 0
+    assert "192.0.2.9" not in gate.window._buckets
+    # The same dialers one at a time (never queued): each counts, capped after 5.
+    idle, _ = await _storm("192.0.2.9", 15, fail_every=1, every=2.5, refusal_cap=5)
+    assert idle.refused == {GateReason.UPGRADE_TIMEOUT: 6, GateReason.PER_IP_REFUSAL_CAP: 9}

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
+
+from sortedcontainers import SortedList
 
 __all__ = ["Arrival", "LogLimiter", "RefusalWindow", "SlotTable"]
 
@@ -36,68 +39,121 @@ class Arrival:
 
 @dataclass
 class SlotTable:
-    """Handshake slots shared fairly between addresses (see the module docstring)."""
+    """Handshake slots shared fairly between addresses (see the module docstring).
+
+    Every decision is O(log n) in the addresses present: each address keeps its running
+    and queued tickets in arrival order, and three sorted indexes (`sortedcontainers`,
+    trio's own dependency) name the address holding most among those running, the one
+    holding most among those queued, and the queued address holding fewest with its
+    oldest waiter, so a queue of thousands in a storm costs no scan per connection.
+    """
 
     concurrent: int
     max_queue: int
     running: dict[int, tuple[str, float]] = field(default_factory=dict)
     queued: dict[int, tuple[str, float]] = field(default_factory=dict)
     _held: Counter[str] = field(default_factory=Counter)
+    _running_of: dict[str, OrderedDict[int, float]] = field(default_factory=dict)
+    _queued_of: dict[str, OrderedDict[int, float]] = field(default_factory=dict)
+    #: (-held, ip) of addresses running / queued: the first is the hog (ties: lowest ip).
+    _running_hogs: SortedList = field(default_factory=SortedList)
+    _queued_hogs: SortedList = field(default_factory=SortedList)
+    #: (held, oldest waiter's arrival, its ticket, ip): the first gets the next free slot.
+    _fewest: SortedList = field(default_factory=SortedList)
+    _keys: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
 
     def holding(self, ip: str) -> int:
         """Slots held plus connections queued by `ip`."""
         return self._held[ip]
 
+    def _unindex(self, ip: str) -> None:
+        keys = self._keys.pop(ip, None)
+        if keys is None:
+            return
+        for index, key in zip(
+            (self._running_hogs, self._queued_hogs, self._fewest), keys, strict=True
+        ):
+            if key is not None:
+                index.remove(key)
+
+    def _index(self, ip: str) -> None:
+        held = self._held[ip]
+        running = self._running_of.get(ip)
+        queued = self._queued_of.get(ip)
+        r = (-held, ip) if running else None
+        q = f = None
+        if queued:
+            q = (-held, ip)
+            ticket, at = next(iter(queued.items()))
+            f = (held, at, ticket, ip)
+        indexes = (self._running_hogs, self._queued_hogs, self._fewest)
+        for index, key in zip(indexes, (r, q, f), strict=True):
+            if key is not None:
+                index.add(key)
+        if r or q:
+            self._keys[ip] = (r, q, f)
+
     def arrive(self, ticket: int, ip: str, now: float) -> Arrival:
+        self._unindex(ip)
         self._held[ip] += 1
         if len(self.running) < self.concurrent and not self.queued:
             self.running[ticket] = (ip, now)
+            self._running_of.setdefault(ip, OrderedDict())[ticket] = now
+            self._index(ip)
             return Arrival(admitted=True)
         self.queued[ticket] = (ip, now)
+        self._queued_of.setdefault(ip, OrderedDict())[ticket] = now
+        self._index(ip)
         preempt = self._preemptable(ip)
         shed = None
         if len(self.queued) > self.max_queue:
             shed = self._newest_waiter_of_hog()
         return Arrival(admitted=False, preempt=preempt, shed=shed)
 
-    def _hog(self, among: dict[int, tuple[str, float]]) -> str | None:
-        ips = {ip for ip, _ in among.values()}
-        return max(sorted(ips), key=lambda ip: self._held[ip], default=None)
-
     def _preemptable(self, ip: str) -> int | None:
-        hog = self._hog(self.running)
-        if hog is None or hog == ip or self._held[hog] <= self._held[ip]:
+        if not self._running_hogs:
             return None
-        return min(
-            (t for t, (i, _) in self.running.items() if i == hog),
-            key=lambda t: self.running[t][1],
-        )
+        hog = self._running_hogs[0][1]
+        if hog == ip or self._held[hog] <= self._held[ip]:
+            return None
+        return next(iter(self._running_of[hog]))  # its oldest handshake in progress
 
     def _newest_waiter_of_hog(self) -> int | None:
-        hog = self._hog(self.queued)
-        if hog is None:
+        if not self._queued_hogs:
             return None
-        return max(
-            (t for t, (i, _) in self.queued.items() if i == hog),
-            key=lambda t: (self.queued[t][1], t),
-        )
+        return next(reversed(self._queued_of[self._queued_hogs[0][1]]))
+
+    def _pop(self, of: dict[str, OrderedDict[int, float]], ip: str, ticket: int) -> None:
+        tickets = of[ip]
+        del tickets[ticket]
+        if not tickets:
+            del of[ip]
 
     def leave(self, ticket: int) -> list[int]:
         """`ticket` is done (upgraded, failed, shed or cancelled); the waiters now admitted."""
-        entry = self.running.pop(ticket, None) or self.queued.pop(ticket, None)
-        if entry is None:
+        if ticket in self.running:
+            ip, _ = self.running.pop(ticket)
+            of = self._running_of
+        elif ticket in self.queued:
+            ip, _ = self.queued.pop(ticket)
+            of = self._queued_of
+        else:
             return []
-        self._held[entry[0]] -= 1
-        if self._held[entry[0]] <= 0:
-            del self._held[entry[0]]
+        self._unindex(ip)
+        self._pop(of, ip, ticket)
+        self._held[ip] -= 1
+        if self._held[ip] <= 0:
+            del self._held[ip]
+        self._index(ip)
         admitted: list[int] = []
         while len(self.running) < self.concurrent and self.queued:
             # The waiter whose address holds the fewest, oldest first.
-            nxt = min(
-                self.queued,
-                key=lambda t: (self._held[self.queued[t][0]], self.queued[t][1], t),
-            )
+            _, at, nxt, nip = self._fewest[0]
+            self._unindex(nip)
+            self._pop(self._queued_of, nip, nxt)
             self.running[nxt] = self.queued.pop(nxt)
+            self._running_of.setdefault(nip, OrderedDict())[nxt] = at
+            self._index(nip)
             admitted.append(nxt)
         return admitted
 

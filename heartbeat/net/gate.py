@@ -48,12 +48,13 @@ class GateReason(StrEnum):
     PER_IP_REFUSAL_CAP = "per_ip_refusal_cap"
 
 
-_COUNTS_TOWARDS_CAP = frozenset(
+#: Failures that count towards the per-IP cap only when the gate was not contended: under
+#: load a handshake is slow because of the server, and its dialer gives up mid-way.
+_COUNTS_WHEN_IDLE = frozenset(
     {
         GateReason.FIRST_BYTES_TIMEOUT,
         GateReason.UPGRADE_TIMEOUT,
         GateReason.SECURITY_NEGOTIATION,
-        GateReason.NOT_ALLOWLISTED,
     }
 )
 
@@ -71,9 +72,11 @@ class HandshakeGate:
 
     The slots are shared fairly (`SlotTable`): one address holding many idle sockets
     yields its slots to the others. A dialer that sends nothing for `first_bytes_timeout`
-    is closed. An address refused more than `refusal_cap` times per `refusal_window` (for
-    what it did: silence, a timed-out or refused upgrade, not on the allowlist; never for
-    a shed) beyond its successful handshakes in the window is closed at accept.
+    is closed. An address refused more than `refusal_cap` times per `refusal_window`
+    beyond its successful handshakes in the window is closed at accept; what counts is
+    what the dialer did: not on the allowlist, always; silence, a timed-out or a refused
+    upgrade, only while the gate was not contended (under load they are the server's
+    slowness: the dialers give up mid-handshake); a shed, never.
 
     Every connection is accepted at once and waits here, not in the kernel's listen
     backlog: leaving the excess to the backlog (SYNs dropped, the dialers' kernels
@@ -99,16 +102,21 @@ class HandshakeGate:
         self.table = SlotTable(self.concurrent, max_queue=max(self.concurrent * 4, 16))
         self.window = RefusalWindow(self.refusal_cap, self.refusal_window)
 
-    def refuse(self, reason: str, ip: str | None) -> None:
-        """Count (and log, rate-limited) one refusal of a connection from `ip`."""
+    def refuse(self, reason: str, ip: str | None, *, contended: bool = False) -> None:
+        """Count (and log, rate-limited) one refusal of a connection from `ip`;
+        `contended`: the connection had to queue for its slot, or others queue now."""
         REFUSALS.add(reason)
         self.refused[reason] = self.refused.get(reason, 0) + 1
         now = trio.current_time()
         where = ip or "?"
-        # Only what the dialer did counts towards its cap, not the server's own load (a
-        # reconnect storm from one NAT must not be locked out for its sheds).
-        if ip is not None and reason in _COUNTS_TOWARDS_CAP:
-            self.window.refused(ip, now, after_upgrade=reason == GateReason.NOT_ALLOWLISTED)
+        # Only what the dialer did counts towards its cap, not the server's own load: a
+        # reconnect storm from one NAT is never locked out for its sheds, nor for the
+        # handshakes its dialers gave up on while the gate was contended.
+        contended = contended or bool(self.table.queued)
+        if ip is not None and reason == GateReason.NOT_ALLOWLISTED:
+            self.window.refused(ip, now, after_upgrade=True)
+        elif ip is not None and reason in _COUNTS_WHEN_IDLE and not contended:
+            self.window.refused(ip, now)
         if reason in (GateReason.GATE_SHED_CONTENDED, GateReason.GATE_QUEUE_TIMEOUT):
             self.shed += 1
             if self.on_shed is not None:
@@ -213,8 +221,10 @@ def gate_inbound_upgrades(
         ticket = next(tickets)
         event = admitted[ticket] = trio.Event()
         scope = scopes[ticket] = trio.CancelScope()
+        queued = False
         try:
             arrival = gate.table.arrive(ticket, ip or "?", now)
+            queued = not arrival.admitted
             if arrival.admitted:
                 event.set()
             drop(arrival.preempt, GateReason.GATE_SHED_CONTENDED)
@@ -237,13 +247,13 @@ def gate_inbound_upgrades(
             if ticket not in dropped:  # the first-bytes deadline
                 dropped[ticket] = GateReason.FIRST_BYTES_TIMEOUT
             reason = dropped[ticket]
-            gate.refuse(reason, ip)
+            gate.refuse(reason, ip, contended=queued)
             await close(raw_conn)
             raise SwarmException(f"inbound connection refused: {reason}")
         except SwarmException as exc:
             reason_of = _failure_reason(exc)
             if reason_of is not None:
-                gate.refuse(reason_of, ip)
+                gate.refuse(reason_of, ip, contended=queued)
             raise
         finally:
             leave(ticket)
