@@ -9,9 +9,9 @@ The handshake gate's decisions without trio or libp2p; every method takes `now`.
   whose address holds the fewest. A lone address may still use every slot.
 - `RefusalWindow`: an address refused more than `limit` times within `window` seconds,
   beyond one refusal for each of its handshakes that succeeded in the same window, is
-  closed at accept, before any handshake. The credit keeps a NAT'd fleet reconnecting
-  through a saturated gate (its dialers give up mid-handshake, counted as failures of
-  the one address) from locking itself out; an address that only fails is capped after
+  closed at accept, before any handshake. The credit keeps a NAT'd fleet whose dialers
+  fail now and then from locking itself out (the gate does not even count the failures
+  of a contended gate: `heartbeat.net.gate`); an address that only fails is capped after
   `limit`, and one that earns its refusals pays a full handshake for each.
 - `LogLimiter`: one log line per (cause, address) per `period`, with the count suppressed.
 """
