@@ -18,6 +18,7 @@ A tool, not production code: it talks to py-libp2p directly.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -98,7 +99,7 @@ async def light_connection(
     from libp2p.transport.tcp.tcp import TCP
     from libp2p.transport.upgrader import TransportUpgrader
 
-    info = peer_info_from_multiaddr(addr)
+    info = _target(addr)
     upgrader = TransportUpgrader(
         {
             TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
@@ -134,6 +135,14 @@ async def light_connection(
             with trio.CancelScope(shield=True), trio.move_on_after(2.0):
                 await conn.close()
             nursery.cancel_scope.cancel()
+
+
+@functools.lru_cache(maxsize=16)
+def _target(addr: str) -> Any:
+    """The target's peer info, parsed once: every simulated agent dials the same one, and
+    parsing the multiaddr and its peer id took a tenth of the load generator's CPU in a
+    reconnect storm (py-spy, docs/CAPACITY.md section 4). Nothing here mutates it."""
+    return peer_info_from_multiaddr(addr)
 
 
 async def _refuse_inbound(muxed: Any) -> None:
