@@ -52,13 +52,33 @@ _ACCEPT = RateDecision.ACCEPT
 
 
 class _Verdict(enum.Enum):
-    """How a stream's read loop ended (what `_read_beats` does next, outside its deadline)."""
+    """What one read's beats ask of the stream's task (`Ingest._take`)."""
 
-    EOF = "eof"
-    GARBAGE = "garbage"
+    #: The peer is to be cut.
     FLOODING = "flooding"
     #: Not an end: a required bus subscriber is full and must be waited for.
     BACKLOG = "backlog"
+
+
+class _Reading:
+    """How a stream's reading went: what `_read_beats` does once it is over."""
+
+    __slots__ = ("armed", "deadline", "error", "scope", "timed_out", "verdict")
+
+    def __init__(self, deadline: float) -> None:
+        #: When the stream times out unless a beat completes first.
+        self.deadline = deadline
+        #: The deadline its scope was given (`deadline` moves on without it).
+        self.armed = deadline
+        self.scope: trio.CancelScope | None = None
+        self.verdict: _Verdict | None = None
+        self.error: BeatDecodeError | None = None
+        self.timed_out = False
+
+    def arm(self, deadline: float) -> None:
+        if self.scope is not None:
+            self.scope.deadline = deadline
+        self.armed = deadline
 
 
 #: How long closing or resetting a stream may take before we give up on it.
@@ -274,42 +294,17 @@ class Ingest:
     async def _read_beats(self, stream: ReadableStream, peer: str) -> None:
         settings = self.settings
         decoder = BeatDecoder(max_beat_size=settings.max_beat_size, max_buffer=settings.max_buffer)
+        pump = getattr(stream, "pump", None)  # `Channel.pump`: the reader feeds us
+        reading = None if pump is None else await self._pump_beats(pump, decoder, peer)
+        if reading is None:
+            reading = await self._read_loop(stream, decoder, peer)
         clock = self._clock
-        # The deadline is for completing the next beat, not for the next byte: a slow
-        # drip cannot keep a stream alive. One scope per stream, its deadline moved
-        # when beats complete (a scope per read costs more than the rest of the loop).
-        verdict = _Verdict.EOF
-        error: BeatDecodeError | None = None
-        with trio.CancelScope(deadline=clock() + self._beat_timeout(peer)) as scope:
-            while True:
-                data = await stream.read(READ_SIZE)  # b"" at the end, however it ended
-                eof = not data  # the decoder's finish() decodes or refuses what is left
-                try:
-                    items = decoder.finish() if eof else decoder.feed(data)
-                except BeatDecodeError as exc:
-                    error = exc
-                    items = exc.decoded  # what came before the fault still counts
-                if items:
-                    taken = self._take(items, peer)
-                    if taken is _Verdict.FLOODING:
-                        verdict = taken
-                        break
-                    if taken is _Verdict.BACKLOG:
-                        # A required subscriber is full: wait for it (back-pressure),
-                        # outside the read deadline.
-                        scope.deadline = math.inf
-                        await self.bus.flush()
-                    scope.deadline = clock() + self._beat_timeout(peer)
-                if error is not None:
-                    verdict = _Verdict.GARBAGE
-                    break
-                if eof:
-                    break
-        if scope.cancelled_caught:
+        error = reading.error
+        if reading.timed_out:
             self._disconnected(peer, "read_timeout")
             await self._reset(stream)
             self._spawn(self._disconnect, peer)
-        elif verdict is _Verdict.FLOODING:
+        elif reading.verdict is _Verdict.FLOODING:
             self._disconnected(peer, "flooding")
             await self._reset(stream)
             self._spawn(self._disconnect, peer)
@@ -321,6 +316,115 @@ class Ingest:
             await self._reset(stream)
         else:  # EOF: close our side too, so the sender's last beats land
             await self._close(stream)
+
+    async def _pump_beats(
+        self,
+        pump: Callable[[Callable[[bytes], bool]], Awaitable[bool | None]],
+        decoder: BeatDecoder,
+        peer: str,
+    ) -> _Reading | None:
+        """Take the stream's beats in its connection's reader (`Channel.pump`): decoded,
+        counted and published there, synchronously, with no wake-up of this task per beat.
+
+        This task wakes for the end, a required subscriber's back-pressure and the read
+        deadline, which the beats move lazily: they only note it, and a deadline that
+        fires early is armed again (one wake-up per beat timeout). None: the stream
+        cannot be pumped (`_read_loop` then).
+        """
+        clock = self._clock
+        beat_timeout = self._beat_timeout
+        take = self._take
+        reading = _Reading(clock() + beat_timeout(peer))
+
+        def sink(data: bytes) -> bool:
+            try:
+                items = decoder.feed(data)
+            except BeatDecodeError as exc:
+                reading.error = exc
+                items = exc.decoded  # what came before the fault still counts
+            if items:
+                taken = take(items, peer)
+                if taken is not None:  # FLOODING, or BACKLOG: the task must flush
+                    reading.verdict = taken
+                    return False
+                deadline = clock() + beat_timeout(peer)
+                reading.deadline = deadline
+                if deadline < reading.armed:  # the beat timeout shrank: fire sooner
+                    reading.arm(deadline)
+            return reading.error is None
+
+        while True:
+            ended: bool | None = False
+            with trio.CancelScope(deadline=reading.deadline) as scope:
+                reading.scope = scope
+                reading.armed = reading.deadline
+                ended = await pump(sink)
+            reading.scope = None
+            if scope.cancelled_caught:
+                if reading.deadline > clock():
+                    continue  # beats came meanwhile: the deadline moved on
+                reading.timed_out = True
+                return reading
+            if ended is None:
+                return None
+            if reading.verdict is _Verdict.BACKLOG:
+                reading.verdict = None
+                await self.bus.flush()  # back-pressure, outside the read deadline
+                reading.deadline = clock() + beat_timeout(peer)
+            if reading.error is not None or reading.verdict is not None:
+                return reading
+            if ended:
+                await self._finish(decoder, peer, reading)
+                return reading
+
+    async def _read_loop(self, stream: ReadableStream, decoder: BeatDecoder, peer: str) -> _Reading:
+        """Read and take the stream's beats until its end, a deadline or misbehaviour."""
+        clock = self._clock
+        reading = _Reading(math.inf)
+        # The deadline is for completing the next beat, not for the next byte: a slow
+        # drip cannot keep a stream alive. One scope per stream, its deadline moved
+        # when beats complete (a scope per read costs more than the rest of the loop).
+        with trio.CancelScope(deadline=clock() + self._beat_timeout(peer)) as scope:
+            while True:
+                data = await stream.read(READ_SIZE)  # b"" at the end, however it ended
+                if not data:  # the decoder's finish() decodes or refuses what is left
+                    scope.deadline = math.inf
+                    await self._finish(decoder, peer, reading)
+                    break
+                try:
+                    items = decoder.feed(data)
+                except BeatDecodeError as exc:
+                    reading.error = exc
+                    items = exc.decoded  # what came before the fault still counts
+                if items:
+                    taken = self._take(items, peer)
+                    if taken is _Verdict.FLOODING:
+                        reading.verdict = taken
+                        break
+                    if taken is _Verdict.BACKLOG:
+                        # A required subscriber is full: wait for it (back-pressure),
+                        # outside the read deadline.
+                        scope.deadline = math.inf
+                        await self.bus.flush()
+                    scope.deadline = clock() + self._beat_timeout(peer)
+                if reading.error is not None:
+                    break
+        reading.timed_out = scope.cancelled_caught
+        return reading
+
+    async def _finish(self, decoder: BeatDecoder, peer: str, reading: _Reading) -> None:
+        """The stream's end: decode or refuse what is left in the decoder, and take it."""
+        try:
+            items = decoder.finish()
+        except BeatDecodeError as exc:
+            reading.error = exc
+            items = exc.decoded
+        if items:
+            taken = self._take(items, peer)
+            if taken is _Verdict.FLOODING:
+                reading.verdict = taken
+            elif taken is _Verdict.BACKLOG:
+                await self.bus.flush()
 
     def _take(self, items: list[Beat | BeatRejected], peer: str) -> _Verdict | None:
         """Count, rate limit and publish one read's beats (synchronous: no await per beat).

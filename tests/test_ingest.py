@@ -1,8 +1,13 @@
-"""The ingest handler against a fake stream, on trio's virtual clock."""
+"""The ingest handler against a fake stream, on trio's virtual clock.
+
+Every test runs twice: the stream read (`Channel.read`) and the stream pumped
+(`Channel.pump`: the connection's reader hands the bytes to the ingest's sink).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +28,13 @@ def beat(height: int = 100, nickname: str = "alpha") -> Beat:
 
 
 class FakeStream:
-    """A `Channel`'s shape: bytes in through a channel; EOF when the test closes its side."""
+    """A `Channel`'s shape: bytes in through a channel; EOF when the test closes its side.
+
+    `pump` is `Channel.pump`'s contract when `pumped` (each chunk to the sink as it comes,
+    False when the sink stops, True at the end), None otherwise (the read path then).
+    """
+
+    pumped = False
 
     def __init__(self, peer: str = PEER) -> None:
         self.peer_id = peer
@@ -49,6 +60,16 @@ class FakeStream:
         except trio.EndOfChannel:
             return b""  # a Channel gives b"" at the end
 
+    async def pump(self, sink: Callable[[bytes], bool]) -> bool | None:
+        if not self.pumped:
+            return None
+        while True:
+            data = await self.read()
+            if not data:
+                return True
+            if not sink(data):
+                return False
+
     async def close(self) -> None:
         self.closed = True
 
@@ -58,6 +79,12 @@ class FakeStream:
 
     def get_remote_address(self) -> tuple[str, int]:
         return ("10.0.0.1", 4001)
+
+
+@pytest.fixture(autouse=True, params=["read", "pump"])
+def stream_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(FakeStream, "pumped", request.param == "pump")
+    return str(request.param)
 
 
 class _FakeID:
@@ -74,7 +101,7 @@ class _FakeMuxedConn:
 
 
 class Harness:
-    def __init__(self, timeout: float = 30.0, **settings: Any) -> None:
+    def __init__(self, timeout: float | Callable[[str], float] = 30.0, **settings: Any) -> None:
         self.bus = Bus()
         self.events: list[Any] = []
         self.bus.subscribe_sync("test", self.events.append)
@@ -82,7 +109,7 @@ class Harness:
         self.ingest = Ingest(
             IngestSettings(**settings),
             self.bus,
-            beat_timeout=lambda peer: timeout,
+            beat_timeout=timeout if callable(timeout) else lambda peer: timeout,
             disconnect_peer=self._disconnect,
             wall_clock=trio.current_time,
         )
@@ -338,6 +365,31 @@ async def test_each_completed_beat_moves_the_read_deadline(
     assert stream.reset_at - start == pytest.approx(70.0)
     assert h.ingest.counters.peers_disconnected == {"read_timeout": 1}
     assert [b.height for b in h.beats()] == [0, 1, 2]
+
+
+async def test_a_beat_timeout_that_shrinks_takes_effect_from_the_next_beat(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The node's expected interval fell (its timeout with it): the deadline the next
+    beat sets is the shorter one, not the one armed before it (the pumped path arms
+    its scope lazily, and must arm it sooner here)."""
+    timeouts = [30.0]
+    h = Harness(timeout=lambda peer: timeouts[0])
+    stream = FakeStream()
+    start = trio.current_time()
+
+    async def body() -> None:
+        stream.feed(encode_cbor(beat(1)))
+        await trio.sleep(10)
+        timeouts[0] = 5.0
+        stream.feed(encode_cbor(beat(2)))  # at 10 s: cut at 15 s, not at 40
+        while not stream.reset_called:
+            await trio.sleep(0.5)
+
+    await _run(h, stream, body=body)
+    assert stream.reset_at is not None
+    assert stream.reset_at - start == pytest.approx(15.0)
+    assert h.ingest.counters.peers_disconnected == {"read_timeout": 1}
 
 
 async def test_waiting_on_a_full_subscriber_does_not_count_against_the_deadline(

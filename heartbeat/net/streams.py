@@ -19,6 +19,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 
+from heartbeat.net.compat.buffered_read import BufferedYamuxStream
 from heartbeat.net.errors import DialFailed, StreamLost
 from heartbeat.net.libp2p_errors import LIBP2P_ERRORS
 from heartbeat.net.p2p import peer_info_from_multiaddr, stream_peer_id, stream_remote_ip
@@ -56,6 +57,29 @@ class Channel:
         except LIBP2P_ERRORS as exc:
             log.debug("read_failed peer=%s err=%r", self.peer_id, exc)
             return b""
+
+    async def pump(self, sink: Callable[[bytes], bool]) -> bool | None:
+        """Hand the stream's bytes to `sink` as they arrive, until it returns False
+        (False) or the stream has ended (True, as `read` giving ``b""``); None when this
+        stream cannot (not on the buffered receive path): use `read`.
+
+        `sink` runs synchronously in the connection's reader (see
+        `heartbeat.net.compat.buffered_read`): it must not block; what it raises is
+        raised here.
+        """
+        muxed = getattr(self._stream, "muxed_stream", None)
+        if not isinstance(muxed, BufferedYamuxStream):
+            return None
+        try:
+            if not await muxed.pump(sink):
+                return False
+        except LIBP2P_ERRORS as exc:  # returning credit found the connection gone
+            log.debug("pump_failed peer=%s err=%r", self.peer_id, exc)
+            return True
+        while data := await self.read():  # py-libp2p's own end (its stream state)
+            if not sink(data):
+                return False
+        return True
 
     async def write(self, data: bytes) -> None:
         try:

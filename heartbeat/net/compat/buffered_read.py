@@ -30,6 +30,15 @@ without the two locks and returns the Yamux credit only when it is due (the
 `_grow_threshold`, whose two PY_YAMUX_* settings are read once when the stream opens,
 not on every read). Connections that are not Noise over TCP run py-libp2p's loop.
 
+Past a buffer: `BufferedYamuxStream.pump(sink)` (the project's `Channel.pump`) has the
+pass hand each DATA payload of the stream straight to a synchronous sink, the
+aggregator's decoder and ingest, so a beat costs no wake-up of the stream's task at all;
+that task wakes only to return the credit when it is due, for the stream's end and when
+the sink stops (what the sink raises is kept and raised there, never in the reader).
+The receive itself is one wait for readability and one `os.read` on the socket: trio's
+`receive_some` first tries a receive that nearly always fails with one frame per receive
+(an exception per receive) and, after a successful one, yields again.
+
 On by default (`CompatOptions.buffered_read`; the benchmarks' `--py-libp2p-read` is the
 "before"). One difference from py-libp2p, made for the pass: a RST also closes the
 stream's receive side, so the bytes that came before it are read first and the reset is
@@ -43,7 +52,9 @@ negotiation about 1 run in 3 before this. A reset stream gets no Yamux credit ba
 from __future__ import annotations
 
 import logging
+import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -94,14 +105,25 @@ def uninstall() -> None:
     _original = None
 
 
+#: What `BufferedYamuxStream.pump` hands a stream's bytes to; False stops it.
+Sink = Callable[[bytes], bool]
+
+
 class BufferedYamuxStream(y.YamuxStream):
-    """An inbound stream whose `read(n)` takes buffered bytes without locks."""
+    """An inbound stream whose `read(n)` takes buffered bytes without locks, and whose
+    `pump(sink)` has the connection's reader hand its bytes to `sink` in the pass."""
 
     def __init__(self, stream_id: int, conn: Any, is_initiator: bool) -> None:
         super().__init__(stream_id, conn, is_initiator)
         # py-libp2p's `_grow_threshold` reads these on every call (every read here).
         self._fil_no_hysteresis = y._yamux_disable_hysteresis()
         self._fil_threshold_divisor = y._yamux_batch_threshold_divisor()
+        #: The pump's sink while one runs: the pass hands it every DATA payload.
+        self._fil_sink: Sink | None = None
+        #: What the sink raised in the pass (raised again by `pump`, in its own task).
+        self._fil_sink_error: Exception | None = None
+        #: Bytes the sink took whose Yamux credit is not returned yet.
+        self._fil_unreturned = 0
 
     def _grow_threshold(self) -> int:
         """py-libp2p's threshold, its settings as they were when the stream opened."""
@@ -140,8 +162,79 @@ class BufferedYamuxStream(y.YamuxStream):
         del buffer[:n]
         if self.closed and not buffer:
             conn._finalize_stream_locked(self, fully_closed=True)
-        await self._credit(len(data))
+        owed = len(data) + self._fil_unreturned
+        self._fil_unreturned = 0
+        await self._credit(owed)
         return data
+
+    async def pump(self, sink: Sink) -> bool:
+        """Hand this stream's bytes to `sink` from the connection reader's pass: no read,
+        no task switch per frame.
+
+        `sink(data)` runs synchronously inside the reader's demultiplexing pass (it must
+        not block; what it raises stops the pump and is raised here, in the caller's task,
+        never in the reader) and returns False to stop. Bytes buffered before the pump
+        starts go to it first. Returns True when the stream has ended (FIN, reset, the
+        connection gone: nothing more will come), False when the sink stopped it (what
+        arrives later is buffered for `read` or the next pump). This task wakes only to
+        return the Yamux credit for what the sink took, when it is due (`_credit`'s rule),
+        and for the end.
+        """
+        conn = self.conn
+        sid = self.stream_id
+        buffer = conn.stream_buffers.get(sid)
+        if buffer:
+            data = bytes(buffer)
+            buffer.clear()
+            self._fil_unreturned += len(data)
+            if not sink(data):
+                await self._return_credit()
+                return False
+        self._fil_sink = sink
+        try:
+            while self._fil_sink is not None:
+                if self._pump_ended():
+                    return True
+                event = conn.stream_events.get(sid)
+                if event is None:
+                    return True
+                await event.wait()
+                if conn.stream_events.get(sid) is event:
+                    conn.stream_events[sid] = trio.Event()
+                if self._fil_unreturned:
+                    await self._return_credit()
+        finally:
+            self._fil_sink = None
+        error = self._fil_sink_error
+        if error is not None:
+            self._fil_sink_error = None
+            raise error
+        await self._return_credit()
+        return False
+
+    def _pump_ended(self) -> bool:
+        conn = self.conn
+        buffer = conn.stream_buffers.get(self.stream_id)
+        return (
+            buffer is None
+            or conn.event_shutting_down.is_set()
+            or conn.streams.get(self.stream_id) is not self
+            or self.reset_received
+            or (self.recv_closed and not buffer)
+        )
+
+    def _credit_due(self) -> bool:
+        """Whether `_credit` would send a window update now (nothing is buffered while a
+        sink runs, so what is not credited is the window's shortfall)."""
+        if not yamux_credit.installed():
+            return True  # py-libp2p's rule: credit on every read
+        return self.target_recv_window - self.recv_window >= self._grow_threshold()
+
+    async def _return_credit(self) -> None:
+        owed = self._fil_unreturned
+        if owed:
+            self._fil_unreturned = 0
+            await self._credit(owed)
 
     async def _credit(self, nbytes: int) -> None:
         """Return the Yamux receive credit for `nbytes` read, when it is due.
@@ -183,10 +276,27 @@ def _layers(conn: Any) -> tuple[Any, Any] | None:
 
 
 async def _receive(sock: trio.SocketStream) -> bytes:
-    """Up to RECEIVE_SIZE bytes; b"" at the end (closed here or there, reset)."""
+    """Up to RECEIVE_SIZE bytes; b"" at the end (closed here or there, reset).
+
+    One wait for readability and one `read`: trio's `receive_some` first tries a
+    receive that, with one frame per receive, nearly always fails (an exception) and,
+    once it has bytes, yields again (its cancellation sandwich). This is a scheduling
+    point all the same (`wait_readable` is a checkpoint).
+    """
+    raw = sock.socket
     try:
-        return await sock.receive_some(RECEIVE_SIZE)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        while True:
+            fd = raw.fileno()
+            if fd < 0:  # closed here
+                return b""
+            await trio.lowlevel.wait_readable(fd)
+            if raw.fileno() != fd:  # closed meanwhile: never read a reused descriptor
+                return b""
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue  # woken without bytes: wait again
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError):
         return b""
 
 
@@ -273,14 +383,20 @@ def _demux_all(conn: Any, plain: bytearray, out: _Pass) -> None:
                     continue
                 if typ == y.TYPE_DATA:
                     if length:
-                        buffers[sid] += plain[body_at:pos]
                         stream.recv_window -= length
                         if stream.recv_window < 0:
                             log.warning(
                                 "yamux_window_exceeded stream=%d peer=%s", sid, conn.peer_id
                             )
                             stream.recv_window = 0
-                    out.woken.add(sid)
+                        sink = getattr(stream, "_fil_sink", None)
+                        if sink is not None:
+                            _to_sink(stream, sink, bytes(plain[body_at:pos]), out)
+                        else:
+                            buffers[sid] += plain[body_at:pos]
+                            out.woken.add(sid)
+                    elif not flags & (y.FLAG_FIN | y.FLAG_RST):
+                        out.woken.add(sid)
                 elif length:
                     stream.send_window += length
                 if flags & (y.FLAG_FIN | y.FLAG_RST):
@@ -301,6 +417,21 @@ def _demux_all(conn: Any, plain: bytearray, out: _Pass) -> None:
     finally:
         if pos:
             del plain[:pos]
+
+
+def _to_sink(stream: BufferedYamuxStream, sink: Sink, data: bytes, out: _Pass) -> None:
+    """Give a pumped stream its bytes; wake its pump when it stopped or credit is due."""
+    stream._fil_unreturned += len(data)
+    try:
+        keep = sink(data)
+    except Exception as exc:  # raised again by `pump` in its own task, never here
+        stream._fil_sink_error = exc
+        keep = False
+    if not keep:
+        stream._fil_sink = None
+        out.woken.add(stream.stream_id)
+    elif stream._credit_due():
+        out.woken.add(stream.stream_id)
 
 
 def _open_inbound(conn: Any, sid: int, flags: int, out: _Pass) -> Any:
