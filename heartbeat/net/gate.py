@@ -59,6 +59,17 @@ _COUNTS_WHEN_IDLE = frozenset(
 )
 
 
+#: Connections that may queue per handshake slot before the address holding most is shed
+#: (its newest waiter). A reconnect storm comes from few addresses (one, behind a NAT or on
+#: loopback): with 4 per slot most of its dials were shed at once and redialled 10 s later,
+#: each redial a TCP and Noise start thrown away on both sides; 32 (2,048 sockets at the
+#: default 64 slots, each closed after `max_wait`) brought back more agents within 120 s in
+#: every run (3,023 and 4,334 of 10,000 against 2,286 and 2,783: docs/CAPACITY.md section
+#: 4, round 7). Fairness does not depend on it: the address holding fewest gets the next
+#: slot, and one holding more yields a running one.
+QUEUE_PER_SLOT = 32
+
+
 @dataclass
 class HandshakeGate:
     """Bounded inbound handshakes: `concurrent` at once, at most `max_wait` queued.
@@ -99,7 +110,7 @@ class HandshakeGate:
     log_limiter: LogLimiter = field(default_factory=LogLimiter)
 
     def __post_init__(self) -> None:
-        self.table = SlotTable(self.concurrent, max_queue=max(self.concurrent * 4, 16))
+        self.table = SlotTable(self.concurrent, max_queue=max(self.concurrent * QUEUE_PER_SLOT, 16))
         self.window = RefusalWindow(self.refusal_cap, self.refusal_window)
 
     def refuse(self, reason: str, ip: str | None, *, contended: bool = False) -> None:
