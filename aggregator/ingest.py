@@ -80,6 +80,15 @@ class _Reading:
             self.scope.deadline = deadline
         self.armed = deadline
 
+    def decode(self, decoder: BeatDecoder, data: bytes | None) -> list[Beat | BeatRejected]:
+        """The beats of `data` (None: the stream's end, `finish`); a fault is noted here,
+        and what came before it still counts."""
+        try:
+            return decoder.finish() if data is None else decoder.feed(data)
+        except BeatDecodeError as exc:
+            self.error = exc
+            return exc.decoded
+
 
 #: How long closing or resetting a stream may take before we give up on it.
 CLOSE_TIMEOUT = 5.0
@@ -337,11 +346,7 @@ class Ingest:
         reading = _Reading(clock() + beat_timeout(peer))
 
         def sink(data: bytes) -> bool:
-            try:
-                items = decoder.feed(data)
-            except BeatDecodeError as exc:
-                reading.error = exc
-                items = exc.decoded  # what came before the fault still counts
+            items = reading.decode(decoder, data)
             if items:
                 taken = take(items, peer)
                 if taken is not None:  # FLOODING, or BACKLOG: the task must flush
@@ -391,11 +396,7 @@ class Ingest:
                     scope.deadline = math.inf
                     await self._finish(decoder, peer, reading)
                     break
-                try:
-                    items = decoder.feed(data)
-                except BeatDecodeError as exc:
-                    reading.error = exc
-                    items = exc.decoded  # what came before the fault still counts
+                items = reading.decode(decoder, data)
                 if items:
                     taken = self._take(items, peer)
                     if taken is _Verdict.FLOODING:
@@ -414,11 +415,7 @@ class Ingest:
 
     async def _finish(self, decoder: BeatDecoder, peer: str, reading: _Reading) -> None:
         """The stream's end: decode or refuse what is left in the decoder, and take it."""
-        try:
-            items = decoder.finish()
-        except BeatDecodeError as exc:
-            reading.error = exc
-            items = exc.decoded
+        items = reading.decode(decoder, None)
         if items:
             taken = self._take(items, peer)
             if taken is _Verdict.FLOODING:
