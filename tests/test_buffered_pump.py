@@ -20,6 +20,7 @@ import trio
 from heartbeat.net import compat, p2p
 from heartbeat.net.compat import buffered_read
 from heartbeat.net.streams import Channel
+from tests.helpers import eventually
 from tests.test_buffered_read import (
     PROTOCOL,
     buffered,  # noqa: F401  (the fixture, for usefixtures)
@@ -45,6 +46,11 @@ def collecting(into: bytearray, stop_at: bytes | None = None) -> Callable[[bytes
     return sink
 
 
+def pumping(streams: list[Any]) -> bool:
+    """The handler's stream (recorded in `streams`) has a pump running."""
+    return bool(streams) and streams[-1].muxed_stream._fil_sink is not None
+
+
 class TaskSteps(trio.abc.Instrument):
     """How many times the calling task is scheduled while this is installed."""
 
@@ -63,12 +69,15 @@ async def test_every_byte_before_the_fin_reaches_the_sink_without_a_wake_per_fra
     got = bytearray()
     outcome: list[bool | None] = []
     counted: list[TaskSteps] = []
+    served_streams: list[Any] = []
     done = trio.Event()
-    sent = trio.Event()
+
+    def received(n: int) -> Callable[[], bool]:
+        return lambda: len(got) >= n
 
     async def handler(stream: Any) -> None:
         channel = Channel(stream)
-        await sent.wait()
+        served_streams.append(stream)
         steps = TaskSteps()
         counted.append(steps)
         trio.lowlevel.add_instrument(steps)
@@ -82,12 +91,10 @@ async def test_every_byte_before_the_fin_reaches_the_sink_without_a_wake_per_fra
         stream = await conn.open_stream(PROTOCOL)
         sid = sid_of(stream)
         with trio.fail_after(10):
-            await trio.sleep(0.2)  # the negotiation's frames are read and handled
-            sent.set()
-            await trio.sleep(0.1)  # the handler is pumping, nothing buffered yet
+            await eventually(lambda: pumping(served_streams))  # nothing buffered before
             for i in range(0, len(frames), 6):  # 50 sends, each its own receive
                 await send_raw_frames(conn, [data_frame(sid, f) for f in frames[i : i + 6]])
-                await trio.sleep(0.01)
+                await eventually(received(len(b"".join(frames[: i + 6]))), interval=0.001)
             await send_raw_frames(conn, [data_frame(sid, b"last;", FIN)])
             await done.wait()
     assert bytes(got) == b"".join(frames) + b"last;"  # every byte, in order
@@ -131,8 +138,11 @@ async def test_a_stopped_sink_leaves_later_bytes_buffered_in_order_for_the_next_
     again = trio.Event()
     done = trio.Event()
 
+    served_streams: list[Any] = []
+
     async def handler(stream: Any) -> None:
         channel = Channel(stream)
+        served_streams.append(stream)
         outcomes.append(await channel.pump(collecting(first, stop_at=b"stop;")))
         stopped.set()
         await again.wait()  # meanwhile the rest arrives, buffered
@@ -143,13 +153,15 @@ async def test_a_stopped_sink_leaves_later_bytes_buffered_in_order_for_the_next_
         stream = await conn.open_stream(PROTOCOL)
         sid = sid_of(stream)
         with trio.fail_after(10):
-            await trio.sleep(0.2)
+            await eventually(lambda: pumping(served_streams))
             parts = [b"a;", b"stop;", b"b;", b"c;"]
             await send_raw_frames(conn, [data_frame(sid, p) for p in parts])
             await stopped.wait()
-            await trio.sleep(0.2)  # b; and c; are read by the connection and kept
+            muxed = served_streams[0].muxed_stream
+            # b; and c; are read by the connection and kept for the next pump
+            await eventually(lambda: bytes(muxed.conn.stream_buffers[sid]) == b"b;c;")
             again.set()
-            await trio.sleep(0.1)
+            await eventually(lambda: pumping(served_streams))
             await send_raw_frames(conn, [data_frame(sid, b"d;", FIN)])
             await done.wait()
     assert bytes(first) == b"a;stop;"
@@ -181,10 +193,8 @@ async def test_what_a_sink_raises_is_raised_in_the_pump_and_the_connection_serve
     async with served(handler) as conn:
         stream = await conn.open_stream(PROTOCOL)
         with trio.fail_after(10):
-            await trio.sleep(0.2)
             await send_raw_frames(conn, [data_frame(sid_of(stream), b"boom;")])
-            while not raised:
-                await trio.sleep(0.05)
+            await eventually(lambda: raised)
             other = await conn.open_stream(PROTOCOL)  # the same connection
             await other.write(b"still here;")
             await other.close()
@@ -207,7 +217,6 @@ async def test_a_reset_ends_the_pump_after_the_bytes_before_it() -> None:
         stream = await conn.open_stream(PROTOCOL)
         sid = sid_of(stream)
         with trio.fail_after(10):
-            await trio.sleep(0.2)
             frames = [data_frame(sid, b"beat-1;"), data_frame(sid, b"beat-2;"), rst_frame(sid)]
             await send_raw_frames(conn, frames)
             await done.wait()
