@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from heartbeat.net import compat, p2p
+from heartbeat.net import compat
 from heartbeat.net.compat import buffered_read
 from heartbeat.net.streams import Channel
 from tests.helpers import eventually
@@ -25,6 +25,7 @@ from tests.test_buffered_read import (
     PROTOCOL,
     buffered,  # noqa: F401  (the fixture, for usefixtures)
     data_frame,
+    dialed,
     rst_frame,
     send_raw_frames,
     served,
@@ -250,19 +251,7 @@ async def test_a_stream_off_the_buffered_path_cannot_be_pumped_and_is_read() -> 
             read.extend(data)
         done.set()
 
-    key = p2p.new_identity()
-    limits = p2p.HostLimits.server(16)
-    async with (
-        p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False) as srv,
-        p2p.running_host(p2p.new_identity(), None, identify_peers=False) as client,
-    ):
-        from libp2p.custom_types import TProtocol
-
-        p2p.set_stream_handlers(srv, [PROTOCOL], handler)
-        [listen] = p2p.listen_multiaddrs(srv)
-        info = p2p.peer_info_from_multiaddr(f"{listen}/p2p/{p2p.peer_id_of(key)}")
-        await client.connect(info)
-        stream = await client.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
+    async with dialed(handler) as stream:
         with trio.fail_after(10):
             await stream.write(b"read me;")
             await stream.close()

@@ -55,6 +55,24 @@ async def served(handler: Any) -> AsyncIterator[LightConnection]:
             yield conn
 
 
+@asynccontextmanager
+async def dialed(handler: Any) -> AsyncIterator[Any]:
+    """A py-libp2p host's stream to another running `handler` (both real, on loopback)."""
+    from libp2p.custom_types import TProtocol
+
+    key = p2p.new_identity()
+    limits = p2p.HostLimits.server(16)
+    async with (
+        p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False) as srv,
+        p2p.running_host(p2p.new_identity(), None, identify_peers=False) as client,
+    ):
+        p2p.set_stream_handlers(srv, [PROTOCOL], handler)
+        [listen] = p2p.listen_multiaddrs(srv)
+        info = p2p.peer_info_from_multiaddr(f"{listen}/p2p/{p2p.peer_id_of(key)}")
+        await client.connect(info)
+        yield await client.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
+
+
 def _noise(conn: LightConnection) -> Any:
     """The client's Noise transport reader/writer (beneath its Yamux session)."""
     return conn._muxed.secured_conn.conn
@@ -225,23 +243,12 @@ def test_the_gate_pins_the_layers_it_reads_beneath_and_the_switch_leaves_it_out(
 async def test_a_reset_from_the_remote_wakes_a_reader_with_nothing_buffered() -> None:
     """Both ends buffered: the RST finalizes the stream (nothing buffered drops its event),
     and the reader waiting on that event must be woken, not left waiting forever."""
-    from libp2p.custom_types import TProtocol
 
     async def handler(stream: Any) -> None:
         await stream.read(1)
         await stream.reset()
 
-    key = p2p.new_identity()
-    limits = p2p.HostLimits.server(16)
-    async with (
-        p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False) as srv,
-        p2p.running_host(p2p.new_identity(), None, identify_peers=False) as client,
-    ):
-        p2p.set_stream_handlers(srv, [PROTOCOL], handler)
-        [listen] = p2p.listen_multiaddrs(srv)
-        info = p2p.peer_info_from_multiaddr(f"{listen}/p2p/{p2p.peer_id_of(key)}")
-        await client.connect(info)
-        stream = await client.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
+    async with dialed(handler) as stream:
         await stream.write(b"x")
         with trio.fail_after(5):  # before the fix: waited here until the test timed out
             with pytest.raises(p2p.StreamClosed):
@@ -295,7 +302,6 @@ async def test_a_stream_refused_right_after_negotiation_keeps_what_came_before()
     failed when the protocol echo came with them (the refused stranger of
     `test_allowlist_refuses_and_reloads`, 1 run in 3), its first read raised `StreamReset`
     otherwise."""
-    from libp2p.custom_types import TProtocol
     from libp2p.stream_muxer.yamux import yamux as y
 
     from tests.helpers import eventually
@@ -307,18 +313,8 @@ async def test_a_stream_refused_right_after_negotiation_keeps_what_came_before()
         await muxed.conn._write_frame(data_frame(sid, b"refused") + rst_frame(sid))
         muxed.closed = muxed.send_closed = muxed.recv_closed = True
 
-    key = p2p.new_identity()
-    limits = p2p.HostLimits.server(16)
-    async with (
-        p2p.running_host(key, ["/ip4/127.0.0.1/tcp/0"], limits, identify_peers=False) as srv,
-        p2p.running_host(p2p.new_identity(), None, identify_peers=False) as client,
-    ):
-        p2p.set_stream_handlers(srv, [PROTOCOL], handler)
-        [listen] = p2p.listen_multiaddrs(srv)
-        info = p2p.peer_info_from_multiaddr(f"{listen}/p2p/{p2p.peer_id_of(key)}")
-        await client.connect(info)
-        stream = await client.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
-        muxed: Any = stream.muxed_stream  # type: ignore[attr-defined]
+    async with dialed(handler) as stream:
+        muxed: Any = stream.muxed_stream
         assert isinstance(muxed.conn, HeartbeatYamux)
         assert type(muxed) is y.YamuxStream  # the dialer's own stream: py-libp2p's read
         await eventually(lambda: muxed.reset_received, timeout=5)  # both frames handled
