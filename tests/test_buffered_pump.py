@@ -47,6 +47,19 @@ def collecting(into: bytearray, stop_at: bytes | None = None) -> Callable[[bytes
     return sink
 
 
+class Pumped:
+    """A handler that pumps its stream into `got`; `outcome` has what `pump` returned."""
+
+    def __init__(self) -> None:
+        self.got = bytearray()
+        self.outcome: list[bool | None] = []
+        self.done = trio.Event()
+
+    async def __call__(self, stream: Any) -> None:
+        self.outcome.append(await Channel(stream).pump(collecting(self.got)))
+        self.done.set()
+
+
 def pumping(streams: list[Any]) -> bool:
     """The handler's stream (recorded in `streams`) has a pump running."""
     return bool(streams) and streams[-1].muxed_stream._fil_sink is not None
@@ -109,13 +122,7 @@ async def test_every_byte_before_the_fin_reaches_the_sink_without_a_wake_per_fra
 @pytest.mark.usefixtures("buffered")
 async def test_a_sender_of_many_windows_gets_its_credit_back_through_a_pump() -> None:
     total = 3 * 256 * 1024  # three default receive windows: credit must come back
-    got = bytearray()
-    outcome: list[bool | None] = []
-    done = trio.Event()
-
-    async def handler(stream: Any) -> None:
-        outcome.append(await Channel(stream).pump(collecting(got)))
-        done.set()
+    handler = Pumped()
 
     async with served(handler) as conn:
         stream = await conn.open_stream(PROTOCOL)
@@ -125,9 +132,9 @@ async def test_a_sender_of_many_windows_gets_its_credit_back_through_a_pump() ->
             for _ in range(total // len(chunk)):
                 await stream.write(chunk)
             await stream.close()
-            await done.wait()
-    assert len(got) == total  # 3 windows through: the pump's credit came back
-    assert outcome == [True]
+            await handler.done.wait()
+    assert len(handler.got) == total  # 3 windows through: the pump's credit came back
+    assert handler.outcome == [True]
 
 
 @pytest.mark.usefixtures("buffered")
@@ -206,13 +213,7 @@ async def test_what_a_sink_raises_is_raised_in_the_pump_and_the_connection_serve
 
 @pytest.mark.usefixtures("buffered")
 async def test_a_reset_ends_the_pump_after_the_bytes_before_it() -> None:
-    got = bytearray()
-    outcome: list[bool | None] = []
-    done = trio.Event()
-
-    async def handler(stream: Any) -> None:
-        outcome.append(await Channel(stream).pump(collecting(got)))
-        done.set()
+    handler = Pumped()
 
     async with served(handler) as conn:
         stream = await conn.open_stream(PROTOCOL)
@@ -220,9 +221,9 @@ async def test_a_reset_ends_the_pump_after_the_bytes_before_it() -> None:
         with trio.fail_after(10):
             frames = [data_frame(sid, b"beat-1;"), data_frame(sid, b"beat-2;"), rst_frame(sid)]
             await send_raw_frames(conn, frames)
-            await done.wait()
-    assert bytes(got) == b"beat-1;beat-2;"
-    assert outcome == [True]
+            await handler.done.wait()
+    assert bytes(handler.got) == b"beat-1;beat-2;"
+    assert handler.outcome == [True]
 
 
 @pytest.fixture
