@@ -96,6 +96,10 @@ def test_the_exports_beat_encoder_writes_what_encode_beat_writes(at: float) -> N
     ("body", "expected"),
     [
         (b'{"stream":"S","seq":5}', True),
+        # what nats-server 2.9.10 writes (recorded): read without a JSON parse
+        (b'{"stream":"FIL_HEARTBEAT", "seq":1}', True),
+        (b'{"stream":"FIL_HEARTBEAT", "seq":1,"duplicate": true}', False),
+        (b'{"stream":"S", "seq":1,"duplicate": false}', True),  # parsed as JSON
         (b'{"stream":"S","seq":5,"duplicate":true}', False),
         (b'{"stream": "S", "seq": 5, "duplicate": true}', False),  # parsed as JSON
         (b'{"error":{"code":503,"description":"no responders"}}', None),
@@ -109,3 +113,16 @@ def test_a_publish_ack_is_read_stored_duplicate_or_not_stored(
     body: bytes, expected: bool | None
 ) -> None:
     assert pub_ack(body) is expected
+
+
+def test_the_servers_own_publish_acks_take_the_compact_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aggregator.scaleout.natsconf as natsconf
+
+    def no_json(body: bytes) -> object:
+        raise AssertionError(f"parsed as JSON: {body!r}")
+
+    monkeypatch.setattr(natsconf.json, "loads", no_json)
+    assert pub_ack(b'{"stream":"FIL_HEARTBEAT", "seq":12}') is True
+    assert pub_ack(b'{"stream":"FIL_HEARTBEAT", "seq":12,"duplicate": true}') is False

@@ -7,6 +7,7 @@ constants, subject matching and the publish ack's reading. `aggregator/scaleout/
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,15 +142,19 @@ def subject_matcher(subjects: list[str]) -> Callable[[str], bool]:
     return match
 
 
+#: A publish ack as nats-server 2.9–2.10 writes it, stored or a duplicate.
+_PUB_ACK = re.compile(rb'\{"stream": ?"[^"\\]*", ?"seq": ?\d+(, ?"duplicate": ?true)?\}')
+
+
 def pub_ack(body: bytes | None) -> bool | None:
     """A JetStream publish ack's body: True stored, False duplicate, None not stored."""
     if not body:
         return None
-    if body.startswith(b'{"stream":') and b'"error"' not in body and b" " not in body:
-        # the server's compact `{"stream":"S","seq":N}` / `…,"duplicate":true}`: no JSON
-        # parse per ack (anything else is parsed below)
-        if b'"seq":' in body and body.endswith(b"}"):
-            return b'"duplicate":true' not in body
+    compact = _PUB_ACK.fullmatch(body)
+    if compact is not None:
+        # what nats-server writes (`{"stream":"S", "seq":N}`, `…,"duplicate": true}`): no
+        # JSON parse per ack (anything else is parsed below)
+        return compact.group(1) is None
     try:
         ack = json.loads(body)
     except ValueError:
