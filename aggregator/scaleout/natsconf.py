@@ -23,6 +23,7 @@ __all__ = [
     "EPHEMERAL_IDLE",
     "REQUEST_TIMEOUT",
     "STREAM_SUBJECTS",
+    "NatsCompatError",
     "NatsSettings",
     "NatsUnavailable",
     "StreamMsg",
@@ -50,6 +51,15 @@ class NatsUnavailable(AggregatorError):
         super().__init__(f"nats {operation}: {reason}")
         self.operation = operation
         self.reason = reason
+
+
+class NatsCompatError(AggregatorError):
+    """The installed nats-py is not the one the bridge's raw delivery was written for:
+    `what` names the distribution or the file (aggregator/scaleout/bridge.py)."""
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(f"{what}: {message} (refusing to open the NATS bridge)")
+        self.what = what
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from aggregator.scaleout.natsconf import (
     subject_matcher,
 )
 from aggregator.scaleout.natsconnect import BridgeCore
-from aggregator.scaleout.natswire import Puller, drop_own, no_ack, stream_msg
+from aggregator.scaleout.natswire import Puller, Raw, drop_own, no_ack, raw_stream_msg, stream_msg
 
 __all__ = ["Consumer"]
 
@@ -150,10 +150,10 @@ class Consumer(BridgeCore):
                 msgs = await self._aio("fetch", puller.pull)
                 # more stored behind this request (the last message's pending count: a
                 # no-wait request may end before `batch`): ask again at once
-                full = len(msgs) >= batch or bool(msgs and msgs[-1].metadata.num_pending)
+                full = len(msgs) >= batch or bool(msgs and puller.pending(msgs[-1]))
                 if skip_id_prefix is not None:
                     msgs = drop_own(msgs, skip_id_prefix, on_skipped)
-                out = [stream_msg(m) for m in msgs if wanted(m.subject)]
+                out = self._stream_msgs(msgs, wanted)
                 if out:
                     yield out
                 if not full:
@@ -168,6 +168,19 @@ class Consumer(BridgeCore):
                         )
                     except NatsUnavailable as exc:
                         log.debug("nats_unsubscribe_failed error=%s", exc.reason)
+
+    @staticmethod
+    def _stream_msgs(msgs: list[Raw], wanted: Callable[[str], bool]) -> list[StreamMsg]:
+        out: list[StreamMsg] = []
+        for raw in msgs:
+            try:
+                msg = raw_stream_msg(raw)
+            except ValueError as exc:  # not a stream delivery: nothing to read of it
+                log.debug("nats_poll_not_a_stream_message err=%s", exc)
+                continue
+            if wanted(msg.subject):
+                out.append(msg)
+        return out
 
     def _acker(self, msg: Any) -> Callable[[], Awaitable[None]]:
         async def ack() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from aggregator.scaleout.natsconf import pub_ack
 from aggregator.scaleout.natsconnect import BridgeCore
-from aggregator.scaleout.natswire import AckWindow, raw_sender
+from aggregator.scaleout.natswire import AckWindow, raw_sender, raw_status
 
 __all__ = ["Publisher"]
 
@@ -20,8 +20,8 @@ class Publisher(BridgeCore):
     """JetStream publishes with their acks."""
 
     #: The publish acks' inbox (per connection) and the futures waiting on it.
-    _ack_sub: tuple[Any, str] | None
-    _acks: dict[str, tuple[AckWindow, int]]
+    _ack_sub: tuple[Any, bytes] | None
+    _acks: dict[bytes, tuple[AckWindow, int]]
     _ack_seq: int
 
     async def publish(self, subject: str, data: bytes, msg_id: str, timeout: float = 2.0) -> bool:
@@ -56,7 +56,7 @@ class Publisher(BridgeCore):
             # the stream stores them in order.
             prefix = await self._ack_prefix(nc)
             window = AckWindow(len(items))
-            tokens: list[str] = []
+            tokens: list[bytes] = []
             # Connected: each HPUB is written as bytes into the client's pending buffer
             # (`_send_command`, what `publish` ends in) and flushed once: nats-py's per
             # message header checks were most of the export's publishing cost. Ids with
@@ -64,17 +64,22 @@ class Publisher(BridgeCore):
             raw = raw_sender(nc)
             tail = b"\r\nNats-Expected-Stream: " + stream.encode() + b"\r\n\r\n"
             for index, (subject, data, msg_id) in enumerate(items):
-                token = f"{prefix}{self._ack_seq}"
+                token = prefix + b"%d" % self._ack_seq
                 tokens.append(token)
                 self._ack_seq += 1
                 self._acks[token] = (window, index)
                 if raw is not None and "\n" not in msg_id and "\r" not in msg_id:
                     hdr = b"NATS/1.0\r\nNats-Msg-Id: " + msg_id.encode() + tail
-                    head = f"HPUB {subject} {token} {len(hdr)} {len(hdr) + len(data)}\r\n"
-                    await raw(head.encode() + hdr + data + b"\r\n")
+                    head = b"HPUB %s %s %d %d\r\n" % (
+                        subject.encode(),
+                        token,
+                        len(hdr),
+                        len(hdr) + len(data),
+                    )
+                    await raw(head + hdr + data + b"\r\n")
                 else:
                     headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": stream}
-                    await nc.publish(subject, data, reply=token, headers=headers)
+                    await nc.publish(subject, data, reply=token.decode(), headers=headers)
             if raw is not None and items:
                 await nc._flush_pending()
             try:
@@ -91,21 +96,19 @@ class Publisher(BridgeCore):
         results = await self._aio("publish", publish_all)
         return [pub_ack(r) for r in results]
 
-    async def _ack_prefix(self, nc: Any) -> str:
+    async def _ack_prefix(self, nc: Any) -> bytes:
         """This connection's ack inbox (`<inbox>.`), subscribed once (asyncio side)."""
         if self._ack_sub is not None and self._ack_sub[0] is nc:
             return self._ack_sub[1]
         prefix: str = nc.new_inbox() + "."
         acks = self._acks
 
-        async def on_ack(msg: Any) -> None:
-            entry = acks.pop(msg.subject, None)
+        def on_ack(subject: bytes, _reply: bytes, data: bytes, hdr: bytes | None) -> None:
+            entry = acks.pop(subject, None)
             if entry is not None:
                 # a status reply (503: no responders) has no body: not stored
-                entry[0].answer(
-                    entry[1], b"" if msg.headers and msg.headers.get("Status") else msg.data
-                )
+                entry[0].answer(entry[1], b"" if raw_status(hdr) else data)
 
-        await nc.subscribe(prefix + "*", cb=on_ack, pending_msgs_limit=-1)
-        self._ack_sub = (nc, prefix)
-        return prefix
+        await nc.subscribe_raw(prefix + "*", on_ack)
+        self._ack_sub = (nc, prefix.encode())
+        return self._ack_sub[1]
