@@ -19,11 +19,14 @@ The one change to nats-py's behaviour lives here too: `_RawClient`, its client w
 delivery for the hot subscriptions (the publish acks, the merged fleet's reader): a message
 on one of them goes from the protocol parser straight to a synchronous handler as bytes,
 without nats-py's message object, header parse, queue and task per message (what the export
-spent most of its receiving on). It overrides the client's `_process_msg`, a private method,
-so it refuses to run (`NatsCompatError`, checked by `open_bridge`) on any nats-py other than
-the one it was written for (`NATS_PY`, the sha256 of each file it relies on: `NATS_FILES`).
-What should go upstream: a synchronous raw callback per subscription (or a cheaper default
-path: headers parsed on access, no task per message for callbacks).
+spent most of its receiving on), and the complete frames at the front of each read are cut
+before the stock parser's per-message regular expressions and copies (`_RawParser`, written
+by hand: MSG/HMSG lines only, anything else left to the stock parse). It overrides the
+client's `_process_msg` and the parser's `parse`, so it refuses to run (`NatsCompatError`,
+checked by `open_bridge`) on any nats-py other than the one it was written for (`NATS_PY`,
+the sha256 of each file it relies on: `NATS_FILES`). What should go upstream: a synchronous
+raw callback per subscription, a parser without a regular expression and two copies per
+message, headers parsed on access, no task per message for callbacks.
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
+from nats.protocol.parser import (
+    AWAITING_CONTROL_LINE,
+    CRLF_SIZE,
+    MAX_CONTROL_LINE_SIZE,
+    Parser,
+)
 
 from aggregator.scaleout.natsadmin import StreamAdmin
 from aggregator.scaleout.natsconf import (
@@ -125,18 +134,59 @@ def verify_nats() -> None:
             raise NatsCompatError(path, f"sha256 {digest[:16]}… is not the recorded one")
 
 
+class _RawParser(Parser):
+    """nats-py's protocol parser with a fast path: the complete MSG/HMSG frames of raw
+    subscriptions are cut from each read and handed over synchronously
+    (`_RawClient.deliver_raw`); anything else (another operation, another subscription's
+    message, a frame the read ends inside) is given to the stock parse alone, one item at a
+    time, so the fast path resumes right after it."""
+
+    nc: _RawClient
+
+    async def parse(self, data: bytes = b"") -> None:
+        while True:
+            if self.state != AWAITING_CONTROL_LINE:
+                # the stock parse is inside a message: give it the rest of that one only
+                rest = self.needed + CRLF_SIZE - len(self.buf)
+                if rest > len(data):
+                    await super().parse(data)
+                    return
+                await super().parse(data[:rest])
+                data = data[rest:]
+                if self.state != AWAITING_CONTROL_LINE:  # not the stock parse's own state
+                    await super().parse(data)
+                    return
+                continue
+            if self.buf:  # the start of a control line left by the last read (< 4 KiB)
+                data = bytes(self.buf) + data
+                self.buf.clear()
+            used, item = self.nc.deliver_raw(data)
+            data = data[used:]
+            if not data:
+                return
+            if not item:  # not complete yet (or not readable here): the stock parse keeps it
+                await super().parse(data)
+                return
+            await super().parse(data[:item])
+            data = data[item:]
+            if self.buf:  # the stock parse did not take the item whole: it keeps the rest
+                await super().parse(data)
+                return
+
+
 class _RawClient(Client):
     """nats-py's client with a raw delivery (see the module docstring): `subscribe_raw`."""
 
     def __init__(self) -> None:
         super().__init__()
         self._raw: dict[int, RawHandler] = {}
+        self._ps = _RawParser(self)
         self.raw_handler_errors = 0
 
     async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
         """Subscribe `subject`; each message goes to `handler(subject, reply, payload,
         header block)` on the read loop (a subscription without a callback: nothing is
-        queued for it, `_process_msg` hands every message over)."""
+        queued for it, its messages never reach the subscription)."""
         sub = await self.subscribe(subject, pending_msgs_limit=-1)
         self._raw[sub._id] = handler
         return sub
@@ -144,6 +194,48 @@ class _RawClient(Client):
     async def unsubscribe_raw(self, sub: Subscription) -> None:
         self._raw.pop(sub._id, None)
         await sub.unsubscribe()
+
+    def deliver_raw(self, data: bytes) -> tuple[int, int]:
+        """Hand over the complete frames of raw subscriptions at the start of `data`: how
+        many bytes they took, and how long the complete item after them is that is not
+        one (another operation's line, another subscription's frame; 0: none complete, or
+        a line the stock parse should read)."""
+        raw, stats = self._raw, self.stats
+        pos, end = 0, len(data)
+        while pos < end:
+            if data.startswith(b"HMSG ", pos):
+                start, headers = pos + 5, True
+            elif data.startswith(b"MSG ", pos):
+                start, headers = pos + 4, False
+            else:
+                eol = data.find(b"\r\n", pos, pos + MAX_CONTROL_LINE_SIZE)
+                return pos, (eol + 2 - pos if eol >= 0 else 0)
+            eol = data.find(b"\r\n", start, pos + MAX_CONTROL_LINE_SIZE)
+            if eol < 0:
+                return pos, 0
+            # MSG <subject> <sid> [reply] <size> / HMSG <subject> <sid> [reply] <hsize> <size>
+            args = data[start:eol].split()
+            if len(args) not in ((4, 5) if headers else (3, 4)):
+                return pos, 0
+            try:
+                sid, total = int(args[1]), int(args[-1])
+                hsize = int(args[-2]) if headers else 0
+            except ValueError:
+                return pos, 0
+            body = eol + 2
+            after = body + total
+            if hsize > total or after + 2 > end or data[after : after + 2] != b"\r\n":
+                return pos, 0
+            handler = raw.get(sid)
+            if handler is None:
+                return pos, after + 2 - pos
+            reply = args[2] if len(args) == (5 if headers else 4) else b""
+            payload = data[body + hsize : after]
+            pos = after + 2
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(payload)
+            self._call_raw(handler, args[0], reply, payload, data[body : body + hsize] or None)
+        return pos, 0
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -154,8 +246,13 @@ class _RawClient(Client):
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
+        self._call_raw(handler, subject, reply, data, headers)
+
+    def _call_raw(
+        self, handler: RawHandler, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None
+    ) -> None:
         try:
-            handler(subject, reply, data, headers)
+            handler(subject, reply, data, hdr)
         except Exception:  # a handler's bug must not take the connection's read loop down
             self.raw_handler_errors += 1
             log.exception("nats_raw_handler_failed subject=%r", subject[:80])

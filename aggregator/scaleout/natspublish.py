@@ -57,12 +57,14 @@ class Publisher(BridgeCore):
             prefix = await self._ack_prefix(nc)
             window = AckWindow(len(items))
             tokens: list[bytes] = []
-            # Connected: each HPUB is written as bytes into the client's pending buffer
-            # (`_send_command`, what `publish` ends in) and flushed once: nats-py's per
-            # message header checks were most of the export's publishing cost. Ids with
-            # line breaks, and anything while reconnecting, take the public `publish`.
+            # Connected: the window's HPUBs are written as one bytes into the client's
+            # pending buffer (`_send_command`, what `publish` ends in) and flushed once:
+            # nats-py's per message header checks were most of the export's publishing cost.
+            # Ids with line breaks, and anything while reconnecting, take the public
+            # `publish` (after what is gathered so far: the order stays).
             raw = raw_sender(nc)
             tail = b"\r\nNats-Expected-Stream: " + stream.encode() + b"\r\n\r\n"
+            gathered: list[bytes] = []
             for index, (subject, data, msg_id) in enumerate(items):
                 token = prefix + b"%d" % self._ack_seq
                 tokens.append(token)
@@ -70,16 +72,18 @@ class Publisher(BridgeCore):
                 self._acks[token] = (window, index)
                 if raw is not None and "\n" not in msg_id and "\r" not in msg_id:
                     hdr = b"NATS/1.0\r\nNats-Msg-Id: " + msg_id.encode() + tail
-                    head = b"HPUB %s %s %d %d\r\n" % (
-                        subject.encode(),
-                        token,
-                        len(hdr),
-                        len(hdr) + len(data),
+                    gathered.append(
+                        b"HPUB %s %s %d %d\r\n%s%s\r\n"
+                        % (subject.encode(), token, len(hdr), len(hdr) + len(data), hdr, data)
                     )
-                    await raw(head + hdr + data + b"\r\n")
                 else:
+                    if gathered and raw is not None:
+                        await raw(b"".join(gathered))
+                        gathered.clear()
                     headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": stream}
                     await nc.publish(subject, data, reply=token.decode(), headers=headers)
+            if raw is not None and gathered:
+                await raw(b"".join(gathered))
             if raw is not None and items:
                 await nc._flush_pending()
             try:
