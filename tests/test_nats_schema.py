@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import cbor2
@@ -118,11 +119,9 @@ def test_a_publish_ack_is_read_stored_duplicate_or_not_stored(
 def test_the_servers_own_publish_acks_take_the_compact_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import aggregator.scaleout.natsconf as natsconf
-
     def no_json(body: bytes) -> object:
         raise AssertionError(f"parsed as JSON: {body!r}")
 
-    monkeypatch.setattr(natsconf.json, "loads", no_json)
+    monkeypatch.setattr(json, "loads", no_json)
     assert pub_ack(b'{"stream":"FIL_HEARTBEAT", "seq":12}') is True
     assert pub_ack(b'{"stream":"FIL_HEARTBEAT", "seq":12,"duplicate": true}') is False
