@@ -32,9 +32,6 @@ message, headers parsed on access, no task per message for callbacks.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib.metadata
-import importlib.util
 import inspect
 import logging
 import ssl
@@ -72,6 +69,7 @@ from aggregator.scaleout.natsconnect import describe, server_of
 from aggregator.scaleout.natsconsume import Consumer
 from aggregator.scaleout.natspublish import Publisher
 from aggregator.scaleout.natswire import AckWindow, PullFailed, RawHandler
+from heartbeat.common.pinned import verify_pinned
 
 __all__ = [
     "NATS_FILES",
@@ -115,23 +113,7 @@ NATS_FILES = {
 def verify_nats() -> None:
     """Raise `NatsCompatError` unless nats-py and each file in `NATS_FILES` are the recorded
     ones."""
-    try:
-        version = importlib.metadata.version("nats-py")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise NatsCompatError("nats-py", f"not installed (the bridge needs {NATS_PY})") from exc
-    if version != NATS_PY:
-        raise NatsCompatError(
-            f"nats-py=={version}", f"the raw delivery was written for nats-py=={NATS_PY}"
-        )
-    for module, expected in NATS_FILES.items():
-        spec = importlib.util.find_spec(module)
-        path = spec.origin if spec is not None else None
-        if path is None:
-            raise NatsCompatError(module, "source file not found")
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        if digest != expected:
-            raise NatsCompatError(path, f"sha256 {digest[:16]}… is not the recorded one")
+    verify_pinned({"nats-py": NATS_PY}, NATS_FILES, NatsCompatError, "the raw delivery")
 
 
 class _RawParser(Parser):

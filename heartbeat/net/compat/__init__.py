@@ -24,13 +24,11 @@ every read when no one holds it.
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.metadata
-import importlib.util
 import logging
 from dataclasses import dataclass
 from types import ModuleType
 
+from heartbeat.common.pinned import verify_pinned
 from heartbeat.net.compat import (
     accept_loop,
     buffered_read,
@@ -177,40 +175,9 @@ class CompatOptions:
         return tuple(fix for fix in FIXES if fix in chosen)
 
 
-def _file_of(module: str) -> str | None:
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    return spec.origin if spec is not None else None
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def verify() -> None:
     """Raise `CompatError` unless the distributions and every file are the recorded ones."""
-    for dist, expected in DISTRIBUTIONS.items():
-        try:
-            version = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError as exc:
-            raise CompatError(dist, f"not installed (the fixes need {dist}=={expected})") from exc
-        if version != expected:
-            raise CompatError(
-                f"{dist}=={version}", f"the libp2p fixes were written for {dist}=={expected}"
-            )
-    for module, expected in FILES.items():
-        path = _file_of(module)
-        if path is None:
-            raise CompatError(module, "source file not found")
-        try:
-            digest = _sha256(path)
-        except OSError as exc:
-            raise CompatError(path, f"unreadable: {exc}") from exc
-        if digest != expected:
-            raise CompatError(path, f"sha256 {digest[:16]}… is not the recorded {expected[:16]}…")
+    verify_pinned(DISTRIBUTIONS, FILES, CompatError, "the libp2p fixes")
 
 
 @functools.cache
