@@ -22,19 +22,11 @@ from aggregator.scaleout.natswire import drop_own, raw_msg_id, raw_status, raw_s
 
 RAW_SIDS = (1, 2)
 
-Delivery = tuple[int, bytes, bytes, bytes, bytes | None]
 
+class PingPong:
+    """PINGs and PONGs recorded in `got` among the messages."""
 
-class Recording:
-    """What nats-py's stock parser hands its client."""
-
-    def __init__(self) -> None:
-        self.got: list[Any] = []
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        self.got.append((sid, subject, reply, data, headers))
+    got: list[Any]
 
     async def _process_ping(self) -> None:
         self.got.append("PING")
@@ -43,12 +35,24 @@ class Recording:
         self.got.append("PONG")
 
 
-class RecordingRaw(bridge._RawClient):
+class Recording(PingPong):
+    """What nats-py's stock parser hands its client."""
+
+    def __init__(self) -> None:
+        self.got = []
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.got.append((sid, subject, reply, data, headers))
+
+
+class RecordingRaw(PingPong, bridge._RawClient):
     """The raw client, its stock path recorded the same way (no connection needed)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.got: list[Any] = []
+        self.got = []
         self.via_stock = 0  # raw subscriptions' messages that the stock parse cut
         for sid in RAW_SIDS:
             self._raw[sid] = self._handler(sid)
@@ -67,12 +71,6 @@ class RecordingRaw(bridge._RawClient):
             await super()._process_msg(sid, subject, reply, data, headers)
         else:
             self.got.append((sid, subject, reply, data, headers))
-
-    async def _process_ping(self) -> None:
-        self.got.append("PING")
-
-    async def _process_pong(self) -> None:
-        self.got.append("PONG")
 
 
 def frame(sid: int, subject: bytes, reply: bytes, hdr: bytes | None, data: bytes) -> bytes:

@@ -182,7 +182,7 @@ class _RawClient(Client):
         many bytes they took, and how long the complete item after them is that is not
         one (another operation's line, another subscription's frame; 0: none complete, or
         a line the stock parse should read)."""
-        raw, stats = self._raw, self.stats
+        raw = self._raw
         pos, end = 0, len(data)
         while pos < end:
             if data.startswith(b"HMSG ", pos):
@@ -212,11 +212,14 @@ class _RawClient(Client):
             if handler is None:
                 return pos, after + 2 - pos
             reply = args[2] if len(args) == (5 if headers else 4) else b""
-            payload = data[body + hsize : after]
             pos = after + 2
-            stats["in_msgs"] += 1
-            stats["in_bytes"] += len(payload)
-            self._call_raw(handler, args[0], reply, payload, data[body : body + hsize] or None)
+            self._call_raw(
+                handler,
+                args[0],
+                reply,
+                data[body + hsize : after],
+                data[body : body + hsize] or None,
+            )
         return pos, 0
 
     async def _process_msg(
@@ -226,13 +229,15 @@ class _RawClient(Client):
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
         self._call_raw(handler, subject, reply, data, headers)
 
     def _call_raw(
         self, handler: RawHandler, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None
     ) -> None:
+        """One message of a raw subscription: counted as nats-py counts its own, handed over."""
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
         try:
             handler(subject, reply, data, hdr)
         except Exception:  # a handler's bug must not take the connection's read loop down
