@@ -19,9 +19,6 @@ each and sums their ingest: the upper bound of a two-worker (SO_REUSEPORT) desig
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +31,7 @@ from bench.common import (
     fmt_spread,
     machine_note,
     print_table,
+    start_py_spy,
     start_workers,
 )
 
@@ -96,7 +94,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             cpu = sum(a.cpu_seconds() for a in aggs)
             return time.monotonic(), beats, cpu
 
-        spy = _start_py_spy(args, aggs[0].proc.pid) if args.py_spy else None
+        spy = start_py_spy(args.py_spy, aggs[0].proc.pid, args.duration) if args.py_spy else None
         t0, b0, c0 = sample()
         time.sleep(args.duration)
         t1, b1, c1 = sample()
@@ -159,16 +157,6 @@ def run_paired(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> 
         out[key + "cpu_cores"] = (c1 - c0) / (t1 - t0)
     out["rss_mb"] = 0.0
     return out
-
-
-def _start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).parent / "py-spy"
-    spy = str(exe) if exe.exists() else shutil.which("py-spy")
-    if spy is None:
-        raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
-    cmd = [spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
-    cmd += ["--duration", f"{args.duration:.0f}", "--nonblocking", "-o", args.py_spy]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@
 
     .venv/bin/python -m bench.bench_nats --rate 2000 --duration 10 --outage 30
     .venv/bin/python -m bench.bench_nats --aggregator-only --repeat 3   # part 3 alone
+    .venv/bin/python -m bench.bench_nats --aggregator-only --py-spy /tmp/nats.txt  # its profile
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from aggregator.scaleout import schema
 from aggregator.scaleout.bridge import NatsBridge, NatsSettings, open_bridge
 from aggregator.scaleout.export import Exporter
 from aggregator.scaleout.spool import Spool
-from bench.common import AggregatorProcess, LoadgenProcess, machine_note, print_table
+from bench.common import (
+    AggregatorProcess,
+    LoadgenProcess,
+    machine_note,
+    print_table,
+    start_py_spy,
+)
 from heartbeat.protocol.beat import Beat
 from tests.natscluster import NatsCluster, nats_cluster
 
@@ -195,9 +202,15 @@ def bench_aggregator(cluster: NatsCluster | None, tmp: Path, args: argparse.Name
                 log = (tmp / "aggregator.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"no beats accepted; aggregator log:\n{log}")
             time.sleep(0.5)
+        spy = None
+        if args.py_spy and cluster is not None:
+            spy = start_py_spy(args.py_spy, agg.proc.pid, args.agg_duration)
+            args.py_spy = None  # the first run with NATS only
         b0, c0 = agg.metric("fil_heartbeat_beats_accepted_total"), agg.cpu_seconds()
         time.sleep(args.agg_duration)
         b1, c1 = agg.metric("fil_heartbeat_beats_accepted_total"), agg.cpu_seconds()
+        if spy is not None:
+            spy.wait(timeout=60)
         lg.result(timeout=run_for + 60)
     finally:
         agg.stop()
@@ -266,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agg-warmup", type=float, default=8.0)
     p.add_argument("--agg-duration", type=float, default=15.0)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--py-spy",
+        metavar="OUT",
+        help="profile the aggregator with --nats-url over the first run's window into OUT",
+    )
     p.add_argument(
         "--aggregator-only", action="store_true", help="only part 3 (CPU per beat, the ratio)"
     )

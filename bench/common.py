@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ __all__ = [
     "proc_rss_kb",
     "run_loadgen",
     "spread",
+    "start_py_spy",
     "start_workers",
     "variant_flags",
     "wait_for",
@@ -379,6 +381,18 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def start_py_spy(out: str, pid: int, duration: float) -> subprocess.Popen[bytes]:
+    """`py-spy record` of `pid` for `duration` s into `out` (collapsed stacks, 100 Hz, CPU
+    samples only, e.g. for flamegraph.pl or a grep); py-spy from the venv or PATH."""
+    exe = Path(sys.executable).parent / "py-spy"
+    spy = str(exe) if exe.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
+    cmd += ["--duration", f"{duration:.0f}", "--nonblocking", "-o", out]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def machine_note() -> str:
