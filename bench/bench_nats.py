@@ -43,6 +43,7 @@ from bench.common import (
     print_table,
     start_py_spy,
 )
+from heartbeat.common.durations import parse_duration
 from heartbeat.protocol.beat import Beat
 from tests.natscluster import NatsCluster, nats_cluster
 
@@ -247,21 +248,78 @@ async def run_export_parts(tmp: Path, args: argparse.Namespace) -> None:
         print_table(["export path", "value"], [[k, f"{v:.2f}"] for k, v in exp.items()])
 
 
+async def _side_load(bridge: NatsBridge, rate: float, stop: trio.Event) -> None:
+    """Keep the cluster as busy as an exporting aggregator would, from outside it: `rate`
+    beats/s published in batches every 0.1 s (R3, acknowledged) and read back by a poll."""
+    beat = Beat(head="{bafy2bzaceheadaaaa}", height=1, nickname="n", miner_address="f01234")
+    payload = schema.encode_beat("side", "P", 1.0, beat)
+    per_batch = max(1, int(rate / 10))
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            stream = bridge.poll(["fil.heartbeat.*.beat.>"], deliver_since=time.time())
+            async with contextlib.aclosing(stream) as batches:
+                async for _msgs in batches:
+                    pass
+
+        nursery.start_soon(read)
+        seq, deadline = 0, trio.current_time()
+        while not stop.is_set():
+            items = [
+                (f"fil.heartbeat.side.beat.P{(seq + i) % 1000}", payload, f"side-{seq + i}")
+                for i in range(per_batch)
+            ]
+            seq += per_batch
+            await bridge.publish_many(items)
+            deadline += 0.1
+            await trio.sleep_until(deadline)
+        nursery.cancel_scope.cancel()
+
+
 async def run_aggregator_part(tmp: Path, args: argparse.Namespace) -> None:
-    """Without and with --nats-url, interleaved, same agents and rate; medians and ratio."""
-    without, with_nats = [], []
+    """Without and with --nats-url, interleaved, same agents and rate; medians and ratio.
+    `--loaded-baseline`: also without --nats-url while a NATS cluster beside it takes the
+    same publishes and read-back from another client (what sharing the cores with NATS
+    costs the aggregator, apart from its own export)."""
+    without, with_nats, loaded = [], [], []
+    rate = args.agents / parse_duration(args.beat_period)
     for r in range(args.repeat):
         without.append(bench_aggregator(None, tmp / f"plain{r}", args))
         async with nats_cluster(tmp / f"nats-agg{r}") as cluster:
             with_nats.append(
                 await trio.to_thread.run_sync(bench_aggregator, cluster, tmp / f"nats{r}", args)
             )
+        if args.loaded_baseline:
+            async with (
+                nats_cluster(tmp / f"nats-side{r}") as cluster,
+                open_bridge(NatsSettings(urls=tuple(cluster.urls))) as bridge,
+            ):
+                await bridge.ensure_stream()
+                stop = trio.Event()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_side_load, bridge, rate, stop)
+                    loaded.append(
+                        await trio.to_thread.run_sync(
+                            bench_aggregator, None, tmp / f"loaded{r}", args
+                        )
+                    )
+                    stop.set()
     a, b = statistics.median(without), statistics.median(with_nats)
     rows = [
         ["without --nats-url (µs/beat)", f"{a:.1f}", " ".join(f"{x:.1f}" for x in without)],
         ["with --nats-url (µs/beat)", f"{b:.1f}", " ".join(f"{x:.1f}" for x in with_nats)],
         ["ratio", f"{b / a:.2f}", "target <= 1.20"],
     ]
+    if loaded:
+        c = statistics.median(loaded)
+        rows += [
+            [
+                "without, NATS loaded beside it (µs/beat)",
+                f"{c:.1f}",
+                " ".join(f"{x:.1f}" for x in loaded),
+            ],
+            ["with / loaded baseline", f"{b / c:.2f}", "the export's own share"],
+        ]
     print_table(["aggregator CPU", "median", "runs"], rows)
 
 
@@ -279,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agg-warmup", type=float, default=8.0)
     p.add_argument("--agg-duration", type=float, default=15.0)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--loaded-baseline",
+        action="store_true",
+        help="also measure without --nats-url beside a NATS cluster loaded from outside",
+    )
     p.add_argument(
         "--py-spy",
         metavar="OUT",
