@@ -248,9 +248,10 @@ async def run_export_parts(tmp: Path, args: argparse.Namespace) -> None:
         print_table(["export path", "value"], [[k, f"{v:.2f}"] for k, v in exp.items()])
 
 
-async def _side_load(bridge: NatsBridge, rate: float, stop: trio.Event) -> None:
-    """Keep the cluster as busy as an exporting aggregator would, from outside it: `rate`
-    beats/s published in batches every 0.1 s (R3, acknowledged) and read back by a poll."""
+async def _side_load(bridge: NatsBridge, rate: float) -> None:
+    """Keep the cluster as busy as an exporting aggregator would, from outside it, until
+    cancelled: `rate` beats/s published in batches every 0.1 s (R3, acknowledged) and read
+    back by a poll."""
     beat = Beat(head="{bafy2bzaceheadaaaa}", height=1, nickname="n", miner_address="f01234")
     payload = schema.encode_beat("side", "P", 1.0, beat)
     per_batch = max(1, int(rate / 10))
@@ -264,7 +265,7 @@ async def _side_load(bridge: NatsBridge, rate: float, stop: trio.Event) -> None:
 
         nursery.start_soon(read)
         seq, deadline = 0, trio.current_time()
-        while not stop.is_set():
+        while True:
             items = [
                 (f"fil.heartbeat.side.beat.P{(seq + i) % 1000}", payload, f"side-{seq + i}")
                 for i in range(per_batch)
@@ -273,7 +274,6 @@ async def _side_load(bridge: NatsBridge, rate: float, stop: trio.Event) -> None:
             await bridge.publish_many(items)
             deadline += 0.1
             await trio.sleep_until(deadline)
-        nursery.cancel_scope.cancel()
 
 
 async def run_aggregator_part(tmp: Path, args: argparse.Namespace) -> None:
@@ -295,15 +295,14 @@ async def run_aggregator_part(tmp: Path, args: argparse.Namespace) -> None:
                 open_bridge(NatsSettings(urls=tuple(cluster.urls))) as bridge,
             ):
                 await bridge.ensure_stream()
-                stop = trio.Event()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_side_load, bridge, rate, stop)
+                    nursery.start_soon(_side_load, bridge, rate)
                     loaded.append(
                         await trio.to_thread.run_sync(
                             bench_aggregator, None, tmp / f"loaded{r}", args
                         )
                     )
-                    stop.set()
+                    nursery.cancel_scope.cancel()
     a, b = statistics.median(without), statistics.median(with_nats)
     rows = [
         ["without --nats-url (µs/beat)", f"{a:.1f}", " ".join(f"{x:.1f}" for x in without)],
