@@ -76,6 +76,8 @@ async def test_the_ha_metrics() -> None:
 
     class Merge:
         catch_up_seconds = 1.25
+        resyncs = 2
+        consumer_errors = 1
 
     Merge.merger = merger  # type: ignore[attr-defined]
     leader = Leader(Client(Bucket()), None, Holder("agg-b", HERE, "r"), 9.0)
@@ -95,6 +97,8 @@ async def test_the_ha_metrics() -> None:
         value = metric_value(body, "fil_heartbeat_nats_merged_beats_total", result=result.value)
         assert value == count
     assert metric_value(body, "fil_heartbeat_nats_catch_up_seconds") == 1.25
+    assert metric_value(body, "fil_heartbeat_nats_merge_stream_reads_total") == 2
+    assert metric_value(body, "fil_heartbeat_nats_merge_errors_total") == 1
     # 15 s later the other aggregator's beats are past the timeout: it holds nothing
     collector.wall_clock = lambda: T0 + 40
     body = generate_latest(registry).decode()

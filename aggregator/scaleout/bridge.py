@@ -311,6 +311,7 @@ class NatsBridge(StreamAdmin, Publisher, Consumer):
             nc = await self._aio("connect", connect)
             self._nc, self._js = nc, nc.jetstream(timeout=REQUEST_TIMEOUT)
             self.connects += 1
+            self.epoch += 1
             log.info("nats_connected server=%s", server_of(nc))
             return self._js
 

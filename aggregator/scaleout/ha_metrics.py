@@ -6,6 +6,9 @@ who holds each node's connection.
 - `fil_heartbeat_nats_merged_beats_total{result}`: remote beats by what became of them
   (`MergeResult`: applied, stale, duplicate, own, refused).
 - `fil_heartbeat_nats_catch_up_seconds`: how long the start-up catch-up took (absent until done).
+- `fil_heartbeat_nats_merge_stream_reads_total`: reads of the stream's newest beat per node
+  (the catch-up, then one after each time the live subscription may have missed a beat: a
+  lost connection); `fil_heartbeat_nats_merge_errors_total`: the merge consumer's failures.
 - `fil_heartbeat_node_holder{peer_id, holder}`: 1 for every aggregator (its `--name`) holding
   the node's connection now, as this aggregator's merged fleet sees it. Every aggregator
   exports the whole merged fleet, so scraping two exports each node's figures twice (once per
@@ -75,6 +78,17 @@ class HaCollector(Collector):
                 PREFIX + "nats_catch_up_seconds",
                 "How long the start-up catch-up from the stream took.",
                 value=self.merge.catch_up_seconds,
+            )
+        if self.merge is not None:
+            yield CounterMetricFamily(
+                PREFIX + "nats_merge_stream_reads",
+                "Reads of the stream's newest beat per node (catch-up, then after a loss).",
+                value=self.merge.resyncs,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "nats_merge_errors",
+                "Failures of the merge consumer (NATS unavailable, the live reader lost).",
+                value=self.merge.consumer_errors,
             )
         yield self._holders()
 

@@ -2,15 +2,21 @@
 stream and merged into this aggregator's fleet (aggregator/scaleout/merge.py).
 
 `MergeConsumer(bridge, merger, catch_up=600).run(task_status=...)` reads
-`fil.heartbeat.*.beat.>` through an ephemeral consumer without acknowledgements, polled
-every `POLL_INTERVAL` (what is stored since, in one burst; its own beats dropped unread by
-their msg id). At start
-(the catch-up) it asks for the newest beat of every subject (every node), then every new
-one: one message per node rather than the window's every beat; a newest beat older than
-`catch_up` seconds (wall clock) is skipped. When NATS fails it re-creates the consumer from
-the newest beat merged, minus a little (the repeats are dropped as duplicates). Ready
-(`caught_up`): once a message stored after the start has been merged (the backlog is behind
-it), or once the stream has been idle for `IDLE_CAUGHT_UP` seconds, or at the latest
+`fil.heartbeat.*.beat.>` in two ways, both without acknowledgements:
+
+- **Live**, a core subscription on the bridge's connection (`NatsBridge.live`), taken every
+  `POLL_INTERVAL` in one burst. The connection is made with `no_echo`, so the server sends
+  it only the beats the other aggregators published: a lone aggregator reads nothing back,
+  and two read each other's beats only (the stream is not read for them).
+- **From the stream**, an ephemeral consumer asking for the newest beat of every subject
+  (every node; its own dropped unread by their msg id), polled until nothing is left behind
+  it: after the live subscription is in place, at start (the catch-up) and again whenever
+  the live one may have missed a beat (the connection lost or re-made, its buffer full).
+  One message per node rather than the window's every beat; a newest beat older than
+  `catch_up` seconds (wall clock) is skipped. What both deliver is merged twice and dropped
+  the second time as a duplicate.
+
+Ready (`caught_up`): once the start-up read of the stream is done, or at the latest
 `GIVE_UP` seconds after the start (NATS down: the aggregator serves its own agents meanwhile,
 and says so in its log).
 """
@@ -26,26 +32,21 @@ from typing import Any
 import trio
 
 from aggregator.scaleout import schema
-from aggregator.scaleout.bridge import NatsBridge, NatsUnavailable, StreamMsg
+from aggregator.scaleout.bridge import NatsBridge, NatsUnavailable
 from aggregator.scaleout.merge import RemoteMerger
 
-__all__ = ["BEAT_SUBJECTS", "GIVE_UP", "IDLE_CAUGHT_UP", "MergeConsumer", "start_merge"]
+__all__ = ["BEAT_SUBJECTS", "GIVE_UP", "MergeConsumer", "start_merge"]
 
 log = logging.getLogger(__name__)
 
 BEAT_SUBJECTS = ["fil.heartbeat.*.beat.>"]
-#: No message for this long (seconds): the backlog is read.
-IDLE_CAUGHT_UP = 2.0
 #: Ready after this long (seconds) even if NATS never answered.
 GIVE_UP = 30.0
-#: A re-created consumer starts this far before the newest beat merged (seconds): the
-#: redeliveries are dropped as duplicates, and nothing in between is missed.
-RESUME_OVERLAP = 5.0
 RETRY_PAUSE = 1.0
-#: Messages per pull request.
+#: Messages per pull request (reading the stream).
 FETCH_BATCH = 1024
-#: How often the consumer asks for what is new (seconds): a remote beat is merged at most
-#: this much later, and the reads come in bursts (one wakeup each), not one per beat.
+#: How often the live beats are taken (seconds): a remote beat is merged at most this much
+#: later, and they come in bursts (one wakeup each), not one per beat.
 POLL_INTERVAL = 0.25
 
 
@@ -72,7 +73,7 @@ class MergeConsumer:
         self.consumer_errors = 0
         self.too_old = 0  # newest beats of nodes silent since before the window, skipped
         self.window_start = 0.0  # wall clock: beats older than this are not merged
-        self._last_msg = 0.0  # trio clock
+        self.resyncs = 0  # reads of the stream done (the catch-up, then after each loss)
 
     def _ready(self, why: str, began: float) -> None:
         if not self.caught_up.is_set():
@@ -90,89 +91,69 @@ class MergeConsumer:
     ) -> None:
         began = trio.current_time()
         self.started_at = self.wall_clock()
-        self._last_msg = began
+        self.window_start = self.started_at - self.catch_up
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, began)
+            nursery.start_soon(self._give_up, began)
             task_status.started(self)
-            since = self.started_at - self.catch_up
-            self.window_start = since
-            first = True
             while True:
                 try:
-                    await self._consume(since, began, last_per_subject=first)
+                    await self._consume(began)
                 except NatsUnavailable as exc:
                     self.consumer_errors += 1
                     log.warning("nats_merge_consumer_failed err=%s", exc.reason)
-                first = False
-                newest = self.merger.stats.newest_at
-                since = max(since, newest - RESUME_OVERLAP) if newest else since
                 await trio.sleep(RETRY_PAUSE)
 
-    async def _watch(self, began: float) -> None:
-        """Ready once idle (the backlog read), or at the give-up time."""
-        while not self.caught_up.is_set():
-            now = trio.current_time()
-            if now - began >= GIVE_UP:
-                log.warning("nats_catch_up_gave_up seconds=%.0f merged=%d", GIVE_UP, self.received)
-                self._ready("gave_up", began)
-                return
-            if self.received and now - self._last_msg >= IDLE_CAUGHT_UP:
-                self._ready("idle", began)
-                return
-            if not self.received and self._connected_idle(now, began):
-                self._ready("empty", began)
-                return
-            await trio.sleep(0.2)
+    async def _give_up(self, began: float) -> None:
+        """Ready at the give-up time, whatever NATS does."""
+        await trio.sleep(GIVE_UP)
+        if not self.caught_up.is_set():
+            log.warning("nats_catch_up_gave_up seconds=%.0f merged=%d", GIVE_UP, self.received)
+            self._ready("gave_up", began)
 
-    def _connected_idle(self, now: float, began: float) -> bool:
-        return self.bridge.connected and now - max(began, self._last_msg) >= IDLE_CAUGHT_UP
-
-    async def _consume(self, since: float, began: float, *, last_per_subject: bool) -> None:
-        merge = self.merger.merge
+    async def _consume(self, began: float) -> None:
         await self.bridge.ensure_stream()  # the first aggregator up creates it
-        # No acknowledgements: an ephemeral reader that re-creates its consumer from the
-        # newest beat it merged (duplicates dropped) needs none, and one round trip per beat
-        # through the asyncio bridge capped the catch-up at ~2,000 beats/s.
+        async with self.bridge.live(BEAT_SUBJECTS) as live:
+            # in place: what is published from now on comes live; what is stored, from here
+            await self._read_stream(began)
+            self.resyncs += 1
+            self._ready("read", began)
+            on_payload = self._on_payload
+            while True:
+                for data in await live.take(POLL_INTERVAL):
+                    on_payload(data)
+
+    async def _read_stream(self, began: float) -> None:
+        """The newest stored beat of every node, until nothing is left behind the last."""
         stream = self.bridge.poll(
             BEAT_SUBJECTS,
-            deliver_since=since,
+            deliver_since=None,
             batch=FETCH_BATCH,
-            last_per_subject=last_per_subject,
-            interval=POLL_INTERVAL,
+            last_per_subject=True,
+            until_drained=True,
             # this aggregator's own beats (their msg ids start with its origin) are dropped
             # in the bridge, before their metadata and payload are read
             skip_id_prefix=self.merger.origin + ":",
-            on_skipped=lambda count, stored: self._on_skipped(count, stored, began),
+            on_skipped=self.merger.skipped_own,
         )
+        on_payload = self._on_payload
         async with contextlib.aclosing(stream) as batches:
             async for msgs in batches:
                 for msg in msgs:
-                    self._on_message(msg, merge, began)
+                    on_payload(msg.data)
 
-    def _on_skipped(self, count: int, stored: float, began: float) -> None:
-        """Own beats dropped unread: counted, and (their store time) the resume point and
-        the catch-up's progress."""
-        self._last_msg = trio.current_time()
-        self.merger.skipped_own(count, stored)
-        if stored >= self.started_at and not self.caught_up.is_set():
-            self._ready("live", began)
-
-    def _on_message(self, msg: StreamMsg, merge: Callable[..., object], began: float) -> None:
-        self._last_msg = trio.current_time()
+    def _on_payload(self, data: bytes) -> None:
         try:
-            decoded = schema.decode(msg.data)
+            decoded = schema.decode(data)
         except schema.StreamDecodeError as exc:
             self.undecodable += 1
-            log.debug("nats_merge_undecodable seq=%d err=%s", msg.seq, exc)
+            log.debug("nats_merge_undecodable err=%s", exc)
             return
         if isinstance(decoded, schema.StreamBeat):
             if decoded.at < self.window_start:  # a node silent since before the window
                 self.too_old += 1
                 return
             self.received += 1
-            merge(decoded.origin, decoded.peer_id, decoded.beat, decoded.at)
-            if msg.timestamp >= self.started_at and not self.caught_up.is_set():
-                self._ready("live", began)
+            self.merger.merge(decoded.origin, decoded.peer_id, decoded.beat, decoded.at)
 
 
 async def start_merge(agg: Any, nursery: trio.Nursery) -> MergeConsumer:

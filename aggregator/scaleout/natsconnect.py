@@ -72,6 +72,10 @@ class BridgeCore:
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
             "name": "fil-heartbeat-aggregator",
+            # the server does not deliver this connection's own publishes to its own
+            # subscriptions: the merged fleet's live reader (natsconsume `live`) gets the
+            # beats the other aggregators accepted, never its own back
+            "no_echo": True,
         }
         if "skip_subject_validation" in self._connect_params:
             # every subject we publish is built from sanitized tokens (schema.subject_token):
@@ -93,7 +97,12 @@ class BridgeCore:
     async def _on_error(self, exc: Exception) -> None:
         log.debug("nats_error error=%s", describe(exc))
 
+    #: Bumped at every connection made and every disconnect: a core subscription that saw
+    #: it change may have missed messages in between (`live` readers re-read the stream).
+    epoch: int = 0
+
     async def _on_disconnected(self) -> None:
+        self.epoch += 1
         log.info("nats_disconnected")
 
     async def _on_reconnected(self) -> None:

@@ -1,14 +1,16 @@
 """The NATS bridge's consumer path, without importing nats: pull consumers (durable or
-ephemeral, fetched with their acks) and the polled ephemeral one without acks (the merged
-fleet's reader, in bursts). A part of `NatsBridge` (aggregator/scaleout/bridge.py), on its
-connection (`BridgeCore`); nats-py's configurations and errors are the ones bridge.py hands in.
+ephemeral, fetched with their acks), the polled ephemeral one without acks (in bursts), and
+live core subscriptions (the merged fleet's reader of what is new, in bursts). A part of
+`NatsBridge` (aggregator/scaleout/bridge.py), on its connection (`BridgeCore`); nats-py's
+configurations and errors are the ones bridge.py hands in.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -22,15 +24,82 @@ from aggregator.scaleout.natsconf import (
     subject_matcher,
 )
 from aggregator.scaleout.natsconnect import BridgeCore
-from aggregator.scaleout.natswire import Puller, Raw, drop_own, no_ack, raw_stream_msg, stream_msg
+from aggregator.scaleout.natswire import (
+    LiveBuffer,
+    Puller,
+    Raw,
+    drop_own,
+    no_ack,
+    raw_stream_msg,
+    stream_msg,
+)
 
-__all__ = ["Consumer"]
+__all__ = ["Consumer", "LiveReader"]
 
 log = logging.getLogger("aggregator.scaleout.bridge")
 
 
+class LiveReader:
+    """A live core subscription's reader (`Consumer.live`): `take` waits, then returns the
+    payloads that came meanwhile, in order."""
+
+    def __init__(self, core: BridgeCore, buffer: LiveBuffer, nc: Any, epoch: int) -> None:
+        self._core = core
+        self._buffer = buffer
+        self._nc = nc
+        self._epoch = epoch
+
+    async def take(self, interval: float) -> list[bytes]:
+        """The payloads received within the next `interval` seconds (and before). Raises
+        `NatsUnavailable` once the subscription may have missed one: its connection was lost
+        (even if nats-py re-made it) or replaced, or its buffer overflowed."""
+        await trio.sleep(interval)
+        core, buffer = self._core, self._buffer
+        if buffer.overflowed:
+            raise NatsUnavailable("live", f"more than {buffer.cap} messages waiting")
+        if core.epoch != self._epoch or core._nc is not self._nc:
+            raise NatsUnavailable("live", "the connection was lost meanwhile")
+        return buffer.take()
+
+
 class Consumer(BridgeCore):
-    """Pull consumers on the stream, as trio async generators."""
+    """Pull consumers on the stream, as trio async generators; live core subscriptions."""
+
+    @asynccontextmanager
+    async def live(self, subjects: list[str], *, cap: int = 500_000) -> AsyncIterator[LiveReader]:
+        """A core subscription of `subjects` on the bridge's connection, in place (the server
+        has it) when this is entered: every message published on them from then on, but
+        none this connection published (it connects with `no_echo`), and none while the
+        connection is down. The stream is not read: what a reader must not miss it reads
+        from the stream after entering (then it has everything, repeats possible), and again
+        after every `NatsUnavailable` from `take`. Nothing is acknowledged, nothing waits
+        in the server for a reader: the one to read what others publish, not to resume."""
+        await self._jetstream()  # connected
+        nc = self._nc
+        buffer = LiveBuffer(cap)
+        epoch = self.epoch
+        subs: list[Any] = []
+        try:
+            for subject in subjects:
+
+                async def subscribe(subject: str = subject) -> Any:
+                    return await nc.subscribe_raw(subject, buffer.on_raw)
+
+                subs.append(await self._aio("subscribe", subscribe))
+            await self._aio("flush", nc.flush)  # the server has the subscriptions
+            yield LiveReader(self, buffer, nc, epoch)
+        finally:
+            if not self._loop.is_closed() and not nc.is_closed:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    for sub in subs:
+
+                        async def unsubscribe(sub: Any = sub) -> None:
+                            await nc.unsubscribe_raw(sub)
+
+                        try:
+                            await self._aio("unsubscribe", unsubscribe)
+                        except NatsUnavailable as exc:
+                            log.debug("nats_unsubscribe_failed error=%s", exc.reason)
 
     async def consume(
         self,
@@ -117,6 +186,7 @@ class Consumer(BridgeCore):
         interval: float = 0.25,
         skip_id_prefix: str | None = None,
         on_skipped: Callable[[int, float], None] | None = None,
+        until_drained: bool = False,
     ) -> AsyncGenerator[list[StreamMsg], None]:
         """Batches of messages on `subjects` from an ephemeral consumer without acks, read by
         polling: every `interval` one request for what is stored (`no_wait`), at once again
@@ -125,7 +195,8 @@ class Consumer(BridgeCore):
         `last_per_subject` as for `consume`; messages whose `Nats-Msg-Id` starts with
         `skip_id_prefix` are dropped before anything else is read of them (an aggregator's
         own beats), and after each request that dropped some, `on_skipped(count, store time
-        of the last)`."""
+        of the last)`. `until_drained`: the generator ends at the first request that leaves
+        nothing stored behind it (what was stored when it began is read)."""
         js = await self._jetstream()
         nc = self._nc
         assert nc is not None
@@ -157,6 +228,8 @@ class Consumer(BridgeCore):
                 if out:
                     yield out
                 if not full:
+                    if until_drained:
+                        return
                     await trio.sleep(interval)
         finally:
             if not self._loop.is_closed():

@@ -21,6 +21,7 @@ from aggregator.scaleout.natsconf import StreamMsg
 
 __all__ = [
     "AckWindow",
+    "LiveBuffer",
     "PullFailed",
     "Puller",
     "Raw",
@@ -186,6 +187,30 @@ class Puller:
             return _ack_tokens(raw[1])[3]
         except ValueError:
             return 0
+
+
+class LiveBuffer:
+    """A core subscription's payloads as they come (asyncio side, a raw handler: one list
+    append per message), taken in bursts by its reader. Past `cap` waiting messages it stops
+    keeping them and says so (`overflowed`): its reader re-reads the stream instead."""
+
+    __slots__ = ("cap", "overflowed", "payloads")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.payloads: list[bytes] = []
+        self.overflowed = False
+
+    def on_raw(self, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> None:
+        payloads = self.payloads
+        if len(payloads) < self.cap:
+            payloads.append(data)
+        else:
+            self.overflowed = True
+
+    def take(self) -> list[bytes]:
+        payloads, self.payloads = self.payloads, []
+        return payloads
 
 
 def raw_sender(nc: Any) -> Callable[[bytes], Awaitable[None]] | None:
