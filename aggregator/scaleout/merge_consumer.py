@@ -114,7 +114,7 @@ class MergeConsumer:
         await self.bridge.ensure_stream()  # the first aggregator up creates it
         async with self.bridge.live(BEAT_SUBJECTS) as live:
             # in place: what is published from now on comes live; what is stored, from here
-            await self._read_stream(began)
+            await self._read_stream()
             self.resyncs += 1
             self._ready("read", began)
             on_payload = self._on_payload
@@ -122,7 +122,7 @@ class MergeConsumer:
                 for data in await live.take(POLL_INTERVAL):
                     on_payload(data)
 
-    async def _read_stream(self, began: float) -> None:
+    async def _read_stream(self) -> None:
         """The newest stored beat of every node, until nothing is left behind the last."""
         stream = self.bridge.poll(
             BEAT_SUBJECTS,
